@@ -1,0 +1,197 @@
+//! R2: the engine's environment-style configuration.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// One `CHUTES_MODELS` entry: the public (routing, catalog) id and the chute
+/// slug the provider names upstream (R3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChutesModelEntry {
+    pub canonical_id: String,
+    pub chute_slug: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("CHUTES_MODELS entry {entry:?} is malformed: {why} (expected `canonical_id=chute_slug` or a bare id)")]
+    MalformedChutesEntry { entry: String, why: &'static str },
+    #[error("{name} is not a valid number of seconds: {value:?}")]
+    BadInterval { name: &'static str, value: String },
+}
+
+/// Parses `CHUTES_MODELS` (R2). Unset or blank means no entries. Entries are
+/// comma-separated `canonical_id=chute_slug`; a bare entry means
+/// canonical == slug; whitespace is trimmed and empty entries are dropped. A
+/// repeated canonical id keeps the first entry and logs a warning naming it.
+/// An entry with an empty side or more than one `=` refuses the whole value,
+/// so nothing is half-configured.
+pub fn parse_chutes_models(raw: Option<&str>) -> Result<Vec<ChutesModelEntry>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let malformed = |why| ConfigError::MalformedChutesEntry {
+            entry: entry.to_string(),
+            why,
+        };
+        let (canonical, slug) = match entry.split_once('=') {
+            None => (entry, entry),
+            Some((_, rest)) if rest.contains('=') => return Err(malformed("more than one `=`")),
+            Some((c, s)) => (c.trim(), s.trim()),
+        };
+        if canonical.is_empty() {
+            return Err(malformed("empty canonical id"));
+        }
+        if slug.is_empty() {
+            return Err(malformed("empty chute slug"));
+        }
+        if !seen.insert(canonical.to_string()) {
+            tracing::warn!(
+                canonical_id = canonical,
+                "CHUTES_MODELS repeats a canonical id; keeping the first entry"
+            );
+            continue;
+        }
+        out.push(ChutesModelEntry {
+            canonical_id: canonical.to_string(),
+            chute_slug: slug.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Everything the engine reads from its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// `CHUTES_MODELS`.
+    pub chutes_models: Vec<ChutesModelEntry>,
+    /// `CHUTES_API_KEY`. Missing leaves the canonical ids reserved with no
+    /// Chutes provider (R5).
+    pub chutes_api_key: Option<String>,
+    /// `CHUTES_ENABLE_STREAMING` (default off).
+    pub chutes_streaming: bool,
+    /// `MODEL_REFRESH_INTERVAL_SECS`: how often discovery is polled.
+    pub refresh_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            chutes_models: Vec::new(),
+            chutes_api_key: None,
+            chutes_streaming: false,
+            refresh_interval: Duration::from_secs(900),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Reads the configuration through `get` (e.g. `|k| std::env::var(k).ok()`),
+    /// so tests and the simulation supply their own environment.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let chutes_models = parse_chutes_models(get("CHUTES_MODELS").as_deref())?;
+        let chutes_api_key = get("CHUTES_API_KEY").filter(|k| !k.trim().is_empty());
+        let chutes_streaming = get("CHUTES_ENABLE_STREAMING")
+            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+        let refresh_interval = match get("MODEL_REFRESH_INTERVAL_SECS") {
+            None => EngineConfig::default().refresh_interval,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs)
+                .ok_or(ConfigError::BadInterval {
+                    name: "MODEL_REFRESH_INTERVAL_SECS",
+                    value: v,
+                })?,
+        };
+        Ok(EngineConfig {
+            chutes_models,
+            chutes_api_key,
+            chutes_streaming,
+            refresh_interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(c: &str, s: &str) -> ChutesModelEntry {
+        ChutesModelEntry {
+            canonical_id: c.into(),
+            chute_slug: s.into(),
+        }
+    }
+
+    #[test]
+    fn r2_pairs_bare_entries_whitespace_and_empties() {
+        let got = parse_chutes_models(Some(
+            " zai-org/GLM-5.1-FP8 = zai-org/GLM-5.1-TEE ,, moonshotai/Kimi-K2.6-TEE ,",
+        ))
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                entry("zai-org/GLM-5.1-FP8", "zai-org/GLM-5.1-TEE"),
+                entry("moonshotai/Kimi-K2.6-TEE", "moonshotai/Kimi-K2.6-TEE"),
+            ]
+        );
+    }
+
+    #[test]
+    fn r2_unset_or_blank_means_none() {
+        assert!(parse_chutes_models(None).unwrap().is_empty());
+        assert!(parse_chutes_models(Some("  , ,")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn r2_repeated_canonical_id_first_wins() {
+        let got = parse_chutes_models(Some("a=slugA,a=slugB,b")).unwrap();
+        assert_eq!(got, vec![entry("a", "slugA"), entry("b", "b")]);
+    }
+
+    #[test]
+    fn r2_malformed_entries_name_the_entry() {
+        for (raw, bad, why) in [
+            ("ok,a=b=c", "a=b=c", "more than one `=`"),
+            ("=slug", "=slug", "empty canonical id"),
+            ("id= ", "id=", "empty chute slug"),
+        ] {
+            let err = parse_chutes_models(Some(raw)).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::MalformedChutesEntry {
+                    entry: bad.into(),
+                    why
+                }
+            );
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn r2_env_defaults_and_flags() {
+        let env = |k: &str| match k {
+            "CHUTES_MODELS" => Some("x=y".to_string()),
+            "CHUTES_API_KEY" => Some("  ".to_string()),
+            "CHUTES_ENABLE_STREAMING" => Some("true".to_string()),
+            "MODEL_REFRESH_INTERVAL_SECS" => Some("30".to_string()),
+            _ => None,
+        };
+        let cfg = EngineConfig::from_env(env).unwrap();
+        assert_eq!(cfg.chutes_models, vec![entry("x", "y")]);
+        assert_eq!(cfg.chutes_api_key, None, "a blank key counts as missing");
+        assert!(cfg.chutes_streaming);
+        assert_eq!(cfg.refresh_interval, Duration::from_secs(30));
+        let def = EngineConfig::from_env(|_| None).unwrap();
+        assert!(!def.chutes_streaming, "streaming is off by default");
+        let bad = EngineConfig::from_env(|k| (k == "MODEL_REFRESH_INTERVAL_SECS").then(|| "0s".into()));
+        assert!(matches!(bad, Err(ConfigError::BadInterval { .. })));
+    }
+}

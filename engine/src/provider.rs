@@ -1,0 +1,201 @@
+//! The provider model (R1): what the router needs from any upstream.
+//!
+//! Providers have stable textual ids; nothing in the engine compares pointers.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::tier::{Capabilities, Tier};
+
+/// Stable identity of a provider, e.g. `near-1` (NEAR providers are shared per
+/// inference URL, so the id is derived from it), `chutes:zai-org/GLM-5.1-TEE`,
+/// `external:openrouter`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProviderId(Arc<str>);
+
+impl ProviderId {
+    pub fn new(id: impl AsRef<str>) -> Self {
+        ProviderId(Arc::from(id.as_ref()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for ProviderId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// The operations the router performs through a provider. Streaming is an
+/// explicit property of the operation, not a naming convention (R18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Operation {
+    ChatCompletion,
+    ChatCompletionStream,
+}
+
+use serde::Serialize;
+
+impl Operation {
+    /// Every operation that produces a stream. A new streaming operation must
+    /// be added here; `r18_streaming_operations_are_listed` guards it.
+    pub const STREAMING: &'static [Operation] = &[Operation::ChatCompletionStream];
+
+    pub fn is_streaming(self) -> bool {
+        Self::STREAMING.contains(&self)
+    }
+}
+
+/// A chat completion request as the router forwards it. `body` is the client's
+/// OpenAI-style JSON object; its `model` is the canonical id, and each provider
+/// substitutes its own upstream name (R3).
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub model: String,
+    pub body: serde_json::Map<String, serde_json::Value>,
+    /// `x-model-pub-key`: route only to providers holding this signing key (R16).
+    pub model_pub_key: Option<String>,
+    /// `x-client-pub-key`: the client wants a provider that speaks client E2EE (R18).
+    pub client_pub_key: Option<String>,
+}
+
+impl ChatRequest {
+    pub fn operation(&self, stream: bool) -> Operation {
+        if stream {
+            Operation::ChatCompletionStream
+        } else {
+            Operation::ChatCompletion
+        }
+    }
+}
+
+/// A complete (non-streamed) response: the JSON body the client receives,
+/// already carrying the canonical id in `model`.
+#[derive(Debug, Clone)]
+pub struct ChatResponse {
+    pub body: Bytes,
+}
+
+/// One item of a streamed response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    /// One OpenAI SSE `data:` payload (without the `data: ` prefix), already
+    /// carrying the canonical id in `model`.
+    Chunk(Bytes),
+    /// The authenticated end of the stream. Only this produces the client's
+    /// `[DONE]`; a stream that ends without it is a truncation (R23).
+    Done,
+}
+
+pub type ChatStream = Pin<Box<dyn Stream<Item = Result<StreamItem, ProviderError>> + Send>>;
+
+/// Why a provider refused a request it cannot serve (R24).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Refusal {
+    StreamingDisabled,
+    ClientE2eeUnsupported,
+}
+
+/// A failed attempt, as the provider observed it. Classification into
+/// retryable / fall-through / fatal lives in one place: [`crate::retry::classify`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The upstream answered with a non-success HTTP status.
+    #[error("upstream returned HTTP {status}: {message}")]
+    Status {
+        status: u16,
+        message: String,
+        detail: StatusDetail,
+    },
+    /// Could not connect, or the connection was reset / the pipe broke.
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// The upstream's body could not be read or decoded.
+    #[error("could not decode upstream body: {0}")]
+    BodyDecode(String),
+    /// The inference did not finish within its deadline.
+    #[error("inference timed out")]
+    Timeout,
+    /// The provider cannot serve this kind of request (R24).
+    #[error("{}", refusal_message(*.0))]
+    Refused(Refusal),
+    /// End-to-end encryption or attestation failed: tampering or a broken
+    /// peer. Fail closed; never retried on another round.
+    #[error("end-to-end encryption failed: {0}")]
+    Integrity(String),
+    /// The stream ended without an authenticated terminator (R23).
+    #[error("stream truncated: upstream ended without an authenticated [DONE]")]
+    Truncated,
+}
+
+/// Extra meaning of an HTTP status that changes its classification (R19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum StatusDetail {
+    #[default]
+    None,
+    /// A 404 whose body says the model is not found on this upstream.
+    ModelNotFound,
+    /// A 5xx caused by the upstream failing to fetch client media.
+    ClientMediaFetch,
+}
+
+fn refusal_message(r: Refusal) -> &'static str {
+    match r {
+        Refusal::StreamingDisabled => {
+            "streaming is disabled for this provider (set CHUTES_ENABLE_STREAMING to enable it)"
+        }
+        Refusal::ClientE2eeUnsupported => "client-facing E2EE is not supported by this provider",
+    }
+}
+
+impl ProviderError {
+    pub fn status(status: u16, message: impl Into<String>) -> Self {
+        ProviderError::Status {
+            status,
+            message: message.into(),
+            detail: StatusDetail::None,
+        }
+    }
+}
+
+/// An upstream the router can route to.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    fn id(&self) -> &ProviderId;
+    fn tier(&self) -> Tier;
+    fn capabilities(&self) -> Capabilities;
+    /// Signing public keys (hex) for pubkey routing (R16). NEAR: from its
+    /// attestation report. Chutes and plaintext providers: none.
+    fn signing_keys(&self) -> &[String];
+
+    async fn chat_completion(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError>;
+
+    /// Opens a stream. `Ok` means the upstream accepted the request; errors
+    /// after that arrive as stream items.
+    async fn chat_completion_stream(&self, req: &ChatRequest) -> Result<ChatStream, ProviderError>;
+}
+
+impl fmt::Debug for dyn Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Provider({} {})", self.id(), self.tier())
+    }
+}
