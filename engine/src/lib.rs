@@ -8,7 +8,7 @@ pub mod provider;
 pub mod tier;
 
 pub use provider::{
-    ChatRequest, ChatResponse, ChatStream, Operation, Provider, ProviderError, ProviderId,
-    Refusal, StatusDetail, StreamItem,
+    ChatRequest, ChatResponse, ChatStream, Operation, Provider, ProviderError, ProviderId, Refusal,
+    StatusDetail, StreamItem,
 };
 pub use tier::{Capabilities, Tier};

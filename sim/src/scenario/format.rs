@@ -1,0 +1,346 @@
+//! The scenario file format (TOML). These types are the format: the JSON
+//! Schema in `scenarios/scenario.schema.json` is generated from them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+use toml::Spanned;
+
+/// One scenario: a world, a configuration and an ordered script of steps.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// A short human title.
+    pub name: String,
+    /// What the scenario pins and why its expected outcome is right.
+    pub description: String,
+    /// Drives turmoil, every RNG, every id and timestamp in served bytes.
+    #[serde(default)]
+    pub seed: u64,
+    /// The SPEC rules (`R1`…`R25`) this scenario pins.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub pins: Vec<Spanned<String>>,
+    /// Review findings of the seed PR this scenario pins (free text ids,
+    /// e.g. `round2/blocking`).
+    #[serde(default)]
+    pub findings: Vec<String>,
+    #[serde(default)]
+    pub config: Config,
+    /// NEAR backends: one host each.
+    #[serde(default)]
+    pub near: Vec<NearSpec>,
+    /// Chutes on the `chutes` gateway host.
+    #[serde(default)]
+    pub chutes: Vec<ChuteSpec>,
+    /// Plaintext OpenAI-compatible providers: one host each.
+    #[serde(default)]
+    pub external: Vec<ExternalSpec>,
+    /// The catalog's initial rows (the router's discovery source).
+    #[serde(default)]
+    pub catalog: Vec<CatalogRow>,
+    /// The script, in order.
+    #[serde(default, rename = "step")]
+    #[schemars(with = "Vec<Step>")]
+    pub steps: Vec<Spanned<Step>>,
+}
+
+/// The engine's environment-style settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `CHUTES_MODELS`: comma-separated `canonical_id=chute_slug` entries.
+    pub chutes_models: Option<String>,
+    /// Whether `CHUTES_API_KEY` is set.
+    pub chutes_api_key: bool,
+    /// `CHUTES_ENABLE_STREAMING`.
+    pub chutes_streaming: bool,
+    /// How often the router polls the catalog (simulated time).
+    #[schemars(with = "String")]
+    pub refresh_interval: Dur,
+    /// Whether the router trusts the simulated vendor key that signs Chutes
+    /// instance evidence (SPEC §7b). `false` models a misconfigured router.
+    pub trust_chutes_vendor: bool,
+    /// The engine must refuse to start, with an error containing this text.
+    pub expect_startup_error: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            chutes_models: None,
+            chutes_api_key: true,
+            chutes_streaming: false,
+            refresh_interval: Dur(Duration::from_secs(60)),
+            trust_chutes_vendor: true,
+            expect_startup_error: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NearSpec {
+    /// Host name, also the provider id (e.g. `near-1`).
+    pub host: String,
+    /// Model ids this backend serves; others answer 404 model_not_found.
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChuteSpec {
+    /// The chute slug named upstream (e.g. `zai-org/GLM-5.1-TEE`).
+    pub slug: String,
+    /// Instances behind the gateway, each with its own ML-KEM key.
+    #[serde(default = "one")]
+    pub instances: u32,
+    /// Encrypted stream protocol: 1 (Chutes' v1, the default) or 2 (hardened).
+    #[serde(default = "one")]
+    pub stream_protocol: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalSpec {
+    /// Host name (e.g. `openrouter`); the provider id is `external:<host>`.
+    pub host: String,
+    /// Model ids this provider serves.
+    pub models: Vec<String>,
+    /// Model ids the catalog lists for this provider (default: `models`).
+    pub rows: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogRow {
+    pub id: String,
+    /// The NEAR host serving this id, if any.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub inference_url: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    pub active: bool,
+    #[serde(default)]
+    pub price: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One step: at most one action, optionally at a simulated time, optionally
+/// followed by expectations.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Absolute simulated time at which the step runs (e.g. `"90s"`);
+    /// default: right after the previous step.
+    #[schemars(with = "Option<String>")]
+    pub at: Option<Spanned<Dur>>,
+    /// A note shown in the snapshot and the Mermaid diagram.
+    pub note: Option<String>,
+
+    /// Trigger a complete discovery refresh now (the periodic one also runs).
+    pub refresh: Option<Empty>,
+    /// `PATCH /v1/admin/models` on the router: a partial batch.
+    pub admin_patch: Option<Vec<PatchRow>>,
+    /// Edit the catalog directly (as an operator editing the database).
+    pub catalog: Option<CatalogEdit>,
+    /// Inject a fault on a host.
+    pub fault: Option<FaultSpec>,
+    /// Clear every fault of a host.
+    #[schemars(with = "Option<String>")]
+    pub clear_faults: Option<Spanned<String>>,
+    /// Cut the link between two hosts.
+    #[schemars(with = "Option<[String; 2]>")]
+    pub partition: Option<Spanned<[String; 2]>>,
+    /// Restore the link between two hosts.
+    #[schemars(with = "Option<[String; 2]>")]
+    pub repair: Option<Spanned<[String; 2]>>,
+    /// Crash a host (its state is lost).
+    #[schemars(with = "Option<String>")]
+    pub crash: Option<Spanned<String>>,
+    /// Restart a crashed host.
+    #[schemars(with = "Option<String>")]
+    pub restart: Option<Spanned<String>>,
+    /// A client request to the router.
+    pub request: Option<RequestSpec>,
+    /// Let simulated time pass (e.g. `"30s"`).
+    #[schemars(with = "Option<String>")]
+    pub advance: Option<Dur>,
+
+    /// What must hold after the step.
+    pub expect: Option<Expect>,
+}
+
+/// An empty table: `refresh = {}`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchRow {
+    pub id: String,
+    /// A NEAR host; `""` clears the inference URL.
+    #[schemars(with = "Option<String>")]
+    pub inference_url: Option<Spanned<String>>,
+    pub active: Option<bool>,
+    pub price: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEdit {
+    /// Rows to insert or replace.
+    #[serde(default)]
+    pub upsert: Vec<CatalogRow>,
+    /// Row ids to delete.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// External (plaintext) rows to add: `{ model, host }`.
+    #[serde(default)]
+    pub external_upsert: Vec<ExternalRow>,
+    /// External rows to delete, by model id.
+    #[serde(default)]
+    pub external_remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalRow {
+    pub model: String,
+    #[schemars(with = "String")]
+    pub host: Spanned<String>,
+}
+
+/// A fault: one host, one kind. `times` bounds how many requests it hits
+/// (default: until cleared).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    #[schemars(with = "String")]
+    pub host: Spanned<String>,
+    pub times: Option<u32>,
+    /// Answer with this HTTP status.
+    pub http_status: Option<u16>,
+    /// Answer 404 model_not_found.
+    pub model_not_found: Option<bool>,
+    /// Reset the connection before the response body.
+    pub reset_before_body: Option<bool>,
+    /// Reset the connection after this many streamed chunks.
+    pub reset_mid_body: Option<u32>,
+    /// Add this latency before answering.
+    #[schemars(with = "Option<String>")]
+    pub latency: Option<Dur>,
+    /// Delay the first streamed token by this much.
+    #[schemars(with = "Option<String>")]
+    pub slow_first_token: Option<Dur>,
+    /// End the stream after this many chunks without any terminator.
+    pub stream_cut: Option<u32>,
+    /// Chutes gateway: add a forged plaintext outer `[DONE]` after this many
+    /// frames and drop the rest.
+    pub forged_outer_done: Option<u32>,
+    /// Chutes instance: send an `e2e_error` event instead of the stream.
+    pub e2e_error: Option<bool>,
+    /// Chutes gateway: drop encrypted frame number N (0-based).
+    pub drop_frame: Option<u32>,
+    /// Chutes gateway: swap encrypted frames N and N+1.
+    pub reorder_frame: Option<u32>,
+    /// Chutes gateway: send encrypted frame N twice.
+    pub replay_frame: Option<u32>,
+    /// Chutes gateway: substitute its own ML-KEM key for the instance's.
+    pub wrong_key: Option<bool>,
+    /// Chutes instance: answer with a gzip bomb.
+    pub gzip_bomb: Option<bool>,
+    /// Chutes gateway: send an SSE line over the 16 MiB cap.
+    pub oversized_line: Option<bool>,
+}
+
+/// A client request to the router's `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    pub model: String,
+    #[serde(default)]
+    pub stream: bool,
+    /// The user message (default: "hello").
+    pub prompt: Option<String>,
+    /// `x-model-pub-key` set to the signing key of this NEAR host.
+    #[schemars(with = "Option<String>")]
+    pub pub_key_of: Option<Spanned<String>>,
+    /// `x-model-pub-key` set to this literal value.
+    pub model_pub_key: Option<String>,
+    /// `x-client-pub-key` set to this literal value.
+    pub client_pub_key: Option<String>,
+}
+
+/// Expectations checked after the step. Provider names match a provider id
+/// exactly or its family (`chutes` matches `chutes:<slug>`, `external`
+/// matches `external:<host>`).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The HTTP status the client received.
+    pub status: Option<u16>,
+    /// The provider that served the request.
+    pub served_by: Option<String>,
+    /// The tier that served it: `near`, `attested3p`, `non_attested`.
+    pub tier: Option<String>,
+    /// The exact attempt sequence (provider per attempt).
+    pub tried: Option<Vec<String>>,
+    /// Providers never attempted.
+    #[serde(default)]
+    pub never: Vec<String>,
+    /// Simulated delays between consecutive rounds (e.g. `["500ms", "1s"]`).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub backoff: Option<Vec<Dur>>,
+    /// Substrings of the bytes the client received.
+    #[serde(default)]
+    pub contains: Vec<String>,
+    /// Substrings that must not appear in them.
+    #[serde(default)]
+    pub not_contains: Vec<String>,
+    /// Whether a stream ended with `[DONE]`.
+    pub done: Option<bool>,
+    /// A model's ordered provider ids (`[]` means the model is absent).
+    #[serde(default)]
+    pub providers: BTreeMap<String, Vec<String>>,
+    /// Model ids that must be absent from the routing table.
+    #[serde(default)]
+    pub absent: Vec<String>,
+    /// The exact set of pinned ids.
+    pub pinned: Option<Vec<String>>,
+    /// The exact set of reserved ids.
+    pub reserved: Option<Vec<String>>,
+    /// Ids `GET /v1/models` lists.
+    pub listed: Option<Vec<String>>,
+}
+
+/// A duration written as text: `"500ms"`, `"2s"`, `"1m 30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "bad duration {text:?}: {e} (write e.g. \"500ms\", \"2s\", \"1m 30s\")"
+            ))
+        })
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}

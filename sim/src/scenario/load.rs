@@ -1,0 +1,405 @@
+//! Reading a scenario file: TOML errors and semantic errors alike come back
+//! with file, line, column and a hint; a scenario that fails here never runs.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::format::{Scenario, Step};
+use crate::rules::RULES;
+
+/// Where a scenario went wrong, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// Reads and validates a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read scenario: {e}"),
+        hint: None,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates scenario text; `path` is only used in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let at = |span: Option<Range<usize>>, message: String, hint: Option<String>| {
+        let (line, column) = line_col(text, span.map_or(0, |s| s.start));
+        ScenarioError {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message,
+            hint,
+        }
+    };
+    let scenario: Scenario = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        let hint = hint_for_toml_error(&message);
+        at(e.span(), message, hint)
+    })?;
+    Validator {
+        scenario: &scenario,
+        hosts: host_names(&scenario),
+    }
+    .check()
+    .map_err(|(span, message, hint)| at(Some(span), message, hint))?;
+    Ok(scenario)
+}
+
+fn hint_for_toml_error(message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        Some("check the spelling; `tiersim schema` prints every key the format accepts".into())
+    } else if message.contains("missing field") {
+        Some("this table needs the field named above".into())
+    } else {
+        None
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Every host of the world the scenario describes, by name.
+pub fn host_names(s: &Scenario) -> BTreeSet<String> {
+    let mut hosts: BTreeSet<String> = ["router", "catalog", "client"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if !s.chutes.is_empty() {
+        hosts.insert("chutes".into());
+    }
+    hosts.extend(s.near.iter().map(|n| n.host.clone()));
+    hosts.extend(s.external.iter().map(|e| e.host.clone()));
+    hosts
+}
+
+type Problem = (Range<usize>, String, Option<String>);
+
+struct Validator<'a> {
+    scenario: &'a Scenario,
+    hosts: BTreeSet<String>,
+}
+
+impl Validator<'_> {
+    fn check(&self) -> Result<(), Problem> {
+        let s = self.scenario;
+        for pin in &s.pins {
+            if !RULES.iter().any(|r| r.id == pin.get_ref().as_str()) {
+                return Err((
+                    pin.span(),
+                    format!("unknown rule {:?}", pin.get_ref()),
+                    Some(format!("rules are R1…R{}", RULES.len())),
+                ));
+            }
+        }
+        let near: BTreeSet<&str> = s.near.iter().map(|n| n.host.as_str()).collect();
+        let mut seen = BTreeSet::new();
+        for name in s
+            .near
+            .iter()
+            .map(|n| &n.host)
+            .chain(s.external.iter().map(|e| &e.host))
+        {
+            if !seen.insert(name.as_str())
+                || ["router", "catalog", "client", "chutes"].contains(&name.as_str())
+            {
+                return Err((0..0, format!("host name {name:?} is used twice or reserved"), Some("hosts router, catalog, client and chutes are built in; give each backend its own name".into())));
+            }
+        }
+        for row in &s.catalog {
+            self.near_host(row.inference_url.as_ref(), &near)?;
+        }
+        let mut last_at = None;
+        for step in &s.steps {
+            self.step(step, &near, &mut last_at)?;
+        }
+        Ok(())
+    }
+
+    fn step(
+        &self,
+        step: &Spanned<Step>,
+        near: &BTreeSet<&str>,
+        last_at: &mut Option<std::time::Duration>,
+    ) -> Result<(), Problem> {
+        let st = step.get_ref();
+        let actions = [
+            st.refresh.is_some(),
+            st.admin_patch.is_some(),
+            st.catalog.is_some(),
+            st.fault.is_some(),
+            st.clear_faults.is_some(),
+            st.partition.is_some(),
+            st.repair.is_some(),
+            st.crash.is_some(),
+            st.restart.is_some(),
+            st.request.is_some(),
+            st.advance.is_some(),
+        ]
+        .iter()
+        .filter(|a| **a)
+        .count();
+        const KINDS: &str = "refresh, admin_patch, catalog, fault, clear_faults, partition, repair, crash, restart, request, advance";
+        if actions > 1 {
+            return Err((
+                step.span(),
+                "a step holds at most one action".into(),
+                Some(format!(
+                    "split it into several [[step]] tables; actions are: {KINDS}"
+                )),
+            ));
+        }
+        if actions == 0 && st.expect.is_none() {
+            return Err((
+                step.span(),
+                "a step needs an action or an expect".into(),
+                Some(format!("actions are: {KINDS}")),
+            ));
+        }
+        if let Some(at) = &st.at {
+            if last_at.is_some_and(|l| at.get_ref().0 < l) {
+                return Err((
+                    at.span(),
+                    "`at` goes back in time".into(),
+                    Some(
+                        "steps run in order; each `at` must be at or after the previous one".into(),
+                    ),
+                ));
+            }
+            *last_at = Some(at.get_ref().0);
+        }
+        if let Some(f) = &st.fault {
+            self.host(&f.host)?;
+            if fault_kinds(f) != 1 {
+                return Err((
+                    f.host.span(),
+                    "a fault names exactly one kind".into(),
+                    Some("e.g. { host = \"near-1\", http_status = 503, times = 4 }".into()),
+                ));
+            }
+        }
+        for h in [&st.clear_faults, &st.crash, &st.restart]
+            .into_iter()
+            .flatten()
+        {
+            self.host(h)?;
+        }
+        for pair in [&st.partition, &st.repair].into_iter().flatten() {
+            for h in pair.get_ref() {
+                if !self.hosts.contains(h) {
+                    return Err(self.unknown_host(pair.span(), h));
+                }
+            }
+        }
+        if let Some(rows) = &st.admin_patch {
+            for row in rows {
+                if row
+                    .inference_url
+                    .as_ref()
+                    .is_some_and(|u| !u.get_ref().is_empty())
+                {
+                    self.near_host(row.inference_url.as_ref(), near)?;
+                }
+            }
+        }
+        if let Some(edit) = &st.catalog {
+            for row in &edit.upsert {
+                self.near_host(row.inference_url.as_ref(), near)?;
+            }
+            for row in &edit.external_upsert {
+                if !self
+                    .scenario
+                    .external
+                    .iter()
+                    .any(|e| &e.host == row.host.get_ref())
+                {
+                    return Err((
+                        row.host.span(),
+                        format!("{:?} is not an external provider host", row.host.get_ref()),
+                        Some(self.listing(
+                            "external hosts",
+                            self.scenario.external.iter().map(|e| e.host.as_str()),
+                        )),
+                    ));
+                }
+            }
+        }
+        if let Some(req) = &st.request {
+            self.near_host(req.pub_key_of.as_ref(), near)?;
+        }
+        Ok(())
+    }
+
+    fn host(&self, h: &Spanned<String>) -> Result<(), Problem> {
+        if self.hosts.contains(h.get_ref()) {
+            Ok(())
+        } else {
+            Err(self.unknown_host(h.span(), h.get_ref()))
+        }
+    }
+
+    fn near_host(&self, h: Option<&Spanned<String>>, near: &BTreeSet<&str>) -> Result<(), Problem> {
+        match h {
+            Some(h) if !near.contains(h.get_ref().as_str()) => Err((
+                h.span(),
+                format!("{:?} names no NEAR backend", h.get_ref()),
+                Some(self.listing("NEAR hosts", near.iter().copied())),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn unknown_host(&self, span: Range<usize>, h: &str) -> Problem {
+        (
+            span,
+            format!("{h:?} names no host of this scenario"),
+            Some(self.listing("hosts", self.hosts.iter().map(String::as_str))),
+        )
+    }
+
+    fn listing<'s>(&self, what: &str, names: impl Iterator<Item = &'s str>) -> String {
+        let names: Vec<&str> = names.collect();
+        if names.is_empty() {
+            format!("this scenario declares no {what}")
+        } else {
+            format!("{what} in this scenario: {}", names.join(", "))
+        }
+    }
+}
+
+fn fault_kinds(f: &super::format::FaultSpec) -> usize {
+    [
+        f.http_status.is_some(),
+        f.model_not_found == Some(true),
+        f.reset_before_body == Some(true),
+        f.reset_mid_body.is_some(),
+        f.latency.is_some(),
+        f.slow_first_token.is_some(),
+        f.stream_cut.is_some(),
+        f.forged_outer_done.is_some(),
+        f.e2e_error == Some(true),
+        f.drop_frame.is_some(),
+        f.reorder_frame.is_some(),
+        f.replay_frame.is_some(),
+        f.wrong_key == Some(true),
+        f.gzip_bomb == Some(true),
+        f.oversized_line == Some(true),
+    ]
+    .iter()
+    .filter(|k| **k)
+    .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ScenarioError {
+        parse(Path::new("s.toml"), text).unwrap_err()
+    }
+
+    const HEAD: &str =
+        "name = \"t\"\ndescription = \"d\"\n[[near]]\nhost = \"near-1\"\nmodels = [\"m\"]\n";
+
+    #[test]
+    fn unknown_key_points_at_line_and_column() {
+        let e = err(&format!("{HEAD}[[step]]\nrefresh = {{}}\nbogus = 1\n"));
+        assert_eq!((e.line, e.column), (8, 1), "{e}");
+        assert!(e.message.contains("unknown field `bogus`"), "{e}");
+        assert!(e.hint.is_some());
+        assert!(e.to_string().starts_with("s.toml:8:1: "), "{e}");
+    }
+
+    #[test]
+    fn unknown_step_kind_is_an_error() {
+        let e = err(&format!("{HEAD}[[step]]\nexplode = {{}}\n"));
+        assert_eq!(e.line, 7);
+        assert!(e.message.contains("explode"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_says_how_to_write_one() {
+        let e = err(&format!("{HEAD}[[step]]\nadvance = \"ten seconds\"\n"));
+        assert_eq!(e.line, 7);
+        assert!(e.message.contains("bad duration"), "{e}");
+    }
+
+    #[test]
+    fn host_that_names_nothing_lists_the_hosts() {
+        let e = err(&format!(
+            "{HEAD}[[step]]\nfault = {{ host = \"near-9\", http_status = 503 }}\n"
+        ));
+        assert_eq!((e.line, e.column), (7, 18), "{e}");
+        assert!(e.message.contains("near-9"));
+        assert!(e.hint.unwrap().contains("near-1"));
+    }
+
+    #[test]
+    fn two_actions_in_one_step_is_an_error() {
+        let e = err(&format!(
+            "{HEAD}[[step]]\nrefresh = {{}}\nadvance = \"1s\"\n"
+        ));
+        assert!(e.message.contains("at most one action"), "{e}");
+    }
+
+    #[test]
+    fn unknown_rule_pin_is_an_error() {
+        let e = err("name = \"t\"\ndescription = \"d\"\npins = [\"R99\"]\n");
+        assert_eq!((e.line, e.column), (3, 9), "{e}");
+    }
+
+    #[test]
+    fn time_going_backwards_is_an_error() {
+        let e = err(&format!(
+            "{HEAD}[[step]]\nat = \"10s\"\nrefresh = {{}}\n[[step]]\nat = \"5s\"\nrefresh = {{}}\n"
+        ));
+        assert_eq!(e.line, 10, "{e}");
+    }
+
+    #[test]
+    fn a_valid_scenario_parses() {
+        let s = parse(
+            Path::new("ok.toml"),
+            &format!("{HEAD}[[step]]\nrefresh = {{}}\n[[step]]\nrequest = {{ model = \"m\" }}\nexpect = {{ status = 200 }}\n"),
+        )
+        .unwrap();
+        assert_eq!(s.steps.len(), 2);
+    }
+}
