@@ -310,14 +310,18 @@ fn open_blob(dk: &DecapsulationKey, info: &[u8], blob: &[u8]) -> Result<Vec<u8>,
         return Err(E2eeError::BlobTooShort { len: blob.len() });
     }
     let (ct, rest) = blob.split_at(MLKEM_CT_LEN);
+    let (nonce, rest) = rest.split_at(NONCE_LEN);
+    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
     let shared = dk
         .decapsulate_slice(ct)
         .map_err(|_| E2eeError::InvalidKey { what: "ciphertext" })?;
     let cipher = derive_cipher(&shared, ct, info);
-    let mut buf = rest.to_vec();
-    let n = open_in_place(&cipher, &[], &mut buf)?;
-    buf.copy_within(NONCE_LEN..NONCE_LEN + n, 0);
-    buf.truncate(n);
+    let nonce = chacha20poly1305::Nonce::try_from(nonce).map_err(|_| E2eeError::Decrypt)?;
+    let tag = chacha20poly1305::Tag::try_from(tag).map_err(|_| E2eeError::Decrypt)?;
+    let mut buf = body.to_vec();
+    cipher
+        .decrypt_inout_detached(&nonce, &[], buf.as_mut_slice().into(), &tag)
+        .map_err(|_| E2eeError::Decrypt)?;
     Ok(buf)
 }
 

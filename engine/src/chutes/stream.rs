@@ -304,8 +304,13 @@ impl StreamDecoder {
         self.queue.push_back((Ok(ev), weight));
     }
 
+    /// Closes the stream with a fatal error. Once the authenticated inner
+    /// `[DONE]` was decoded the stream has ended cleanly and nothing later can
+    /// taint it: the decoder then just stops, without an error.
     fn fail(&mut self, e: StreamError) {
-        self.queue.push_back((Err(e), 0));
+        if !self.done {
+            self.queue.push_back((Err(e), 0));
+        }
         self.state = State::Closed;
         self.line = Vec::new();
         self.key = None;
@@ -1048,5 +1053,16 @@ mod tests {
         want.push(Ok(StreamEvent::Done));
         want.push(Ok(StreamEvent::Usage(json!(1))));
         assert_eq!(run(&mut f.decoder(), &wire), want);
+
+        // After Done, even a cap violation just stops the decoder quietly.
+        let mut f = fixture(StreamVersion::V1);
+        let fr = f.frames();
+        let key = f.decoder().key.take().unwrap();
+        let mut dec = StreamDecoder::with_limits(key, StreamVersion::V1, 2048, 8192);
+        let wire = f.init() + &fr[0] + &fr[3] + &"x".repeat(3000) + "\n" + &usage_event(&json!(2));
+        let mut want = chunks(&[0]);
+        want.push(Ok(StreamEvent::Done));
+        assert_eq!(run(&mut dec, &wire), want);
+        assert!(dec.is_done());
     }
 }
