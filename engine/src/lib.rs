@@ -3,6 +3,7 @@
 //! The engine knows nothing of simulation: its network, randomness and time are
 //! injected (see `ARCHITECTURE.md`).
 
+pub mod chutes;
 pub mod config;
 pub mod provider;
 pub mod tier;
