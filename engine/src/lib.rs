@@ -3,12 +3,18 @@
 //! The engine knows nothing of simulation: its network, randomness and time are
 //! injected (see `ARCHITECTURE.md`).
 
+pub mod catalog;
 pub mod config;
+pub mod external;
+pub mod http;
+pub mod near;
+pub mod net;
+pub mod openai;
 pub mod provider;
 pub mod tier;
 
 pub use provider::{
-    ChatRequest, ChatResponse, ChatStream, Operation, Provider, ProviderError, ProviderId,
-    Refusal, StatusDetail, StreamItem,
+    ChatRequest, ChatResponse, ChatStream, Operation, Provider, ProviderError, ProviderId, Refusal,
+    StatusDetail, StreamItem,
 };
 pub use tier::{Capabilities, Tier};
