@@ -25,6 +25,13 @@ pub trait Listener: Send + 'static {
     async fn accept(&mut self) -> io::Result<Box<dyn Io>>;
 }
 
+#[async_trait]
+impl<L: Listener + ?Sized> Listener for Box<L> {
+    async fn accept(&mut self) -> io::Result<Box<dyn Io>> {
+        (**self).accept().await
+    }
+}
+
 /// Production connector over tokio TCP.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokioConnector;

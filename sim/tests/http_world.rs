@@ -553,3 +553,59 @@ fn same_seed_same_bytes() {
         "the seed reaches the bytes (signing key)"
     );
 }
+
+#[test]
+fn partitions_and_held_links_fail_as_connection_or_timeout() {
+    world(11).run(|faults| async move {
+        let http = http_client().with_connect_timeout(Duration::from_secs(1));
+        let p = NearProvider::discover_with(http, &url("near-1"), TIMEOUTS)
+            .await
+            .unwrap();
+        let req = request(MODEL, "hi");
+
+        // turmoil drops a partitioned SYN together with its reply channel:
+        // the connect is refused at once.
+        turmoil::partition("client", "near-1");
+        let err = p.chat_completion(&req).await.unwrap_err();
+        assert_eq!(err, ProviderError::Connection("connection refused".into()));
+        turmoil::repair("client", "near-1");
+        assert!(p.chat_completion(&req).await.is_ok());
+
+        // A held link never answers the SYN (no retransmit either): the
+        // connect deadline ends it, as a connection failure.
+        turmoil::hold("client", "near-1");
+        let start = tokio::time::Instant::now();
+        let err = p.chat_completion(&req).await.unwrap_err();
+        assert_eq!(err, ProviderError::Connection("connect timed out".into()));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        turmoil::release("client", "near-1");
+
+        // Connected, then the link holds the chunks (due in 500 ms, well
+        // within the idle deadline): the stream goes idle.
+        faults.inject("near-1", Fault::SlowFirstToken { ms: 500 }.rule().times(1));
+        let s = p.chat_completion_stream(&req).await.unwrap();
+        turmoil::hold("client", "near-1");
+        let (items, err) = drain(s).await;
+        turmoil::release("client", "near-1");
+        assert!(items.is_empty(), "{items:?}");
+        assert_eq!(err, Some(ProviderError::Timeout));
+    });
+}
+
+#[test]
+fn pubkey_headers_reach_the_backend() {
+    let w = world(12);
+    let key = w.near_key.clone();
+    w.run(|_| async move {
+        let p = near().await;
+        let mut req = request(MODEL, "secret");
+        req.model_pub_key = Some(key.to_uppercase());
+        assert!(p.chat_completion(&req).await.is_ok());
+        req.model_pub_key = Some("00".repeat(32));
+        let err = p.chat_completion(&req).await.unwrap_err();
+        assert!(
+            matches!(err, ProviderError::Status { status: 400, .. }),
+            "{err:?}"
+        );
+    });
+}

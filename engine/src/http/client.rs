@@ -85,7 +85,11 @@ impl Drop for ConnGuard {
 #[derive(Clone)]
 pub struct HttpClient {
     connector: Arc<dyn Connector>,
+    connect_timeout: Duration,
 }
+
+/// Default bound on opening a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -114,7 +118,18 @@ pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, HttpError>> + Send
 
 impl HttpClient {
     pub fn new(connector: Arc<dyn Connector>) -> Self {
-        HttpClient { connector }
+        HttpClient {
+            connector,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Bounds opening a connection. A connect that does not finish in time
+    /// (an unreachable or partitioned host) is a connection failure, not the
+    /// call's timeout: nothing reached the upstream, so R19 may retry it.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
     }
 
     /// Sends `req` (absolute `http://` URI) and waits for the response head,
@@ -150,10 +165,9 @@ impl HttpClient {
     async fn open_inner(&self, req: Request<Bytes>) -> Result<Response, HttpError> {
         let (mut parts, body) = req.into_parts();
         let (authority, host) = connect_target(&parts.uri)?;
-        let io = self
-            .connector
-            .connect(&authority)
+        let io = tokio::time::timeout(self.connect_timeout, self.connector.connect(&authority))
             .await
+            .map_err(|_| HttpError::Connect("connect timed out".into()))?
             .map_err(|e| HttpError::Connect(HttpError::from_io(&e)))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await

@@ -6,6 +6,6 @@ mod client;
 mod lines;
 mod server;
 
-pub use client::{BodyStream, HttpClient, HttpError, Response};
+pub use client::{BodyStream, HttpClient, HttpError, Response, DEFAULT_CONNECT_TIMEOUT};
 pub use lines::{lines, LineStream};
 pub use server::serve;

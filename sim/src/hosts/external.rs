@@ -50,6 +50,7 @@ impl ExternalBackend {
                 host: self.host.clone(),
                 models: self.models.clone(),
                 faults: self.faults.clone(),
+                signing_key: None,
                 served: AtomicU64::new(0),
             })
         });

@@ -27,7 +27,7 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -184,6 +184,9 @@ struct ChatBackend {
     host: String,
     models: BTreeSet<String>,
     faults: FaultBoard,
+    /// Hex signing key of a NEAR backend: a request pinned to another key
+    /// (`x-model-pub-key`) was misrouted and is refused, loudly.
+    signing_key: Option<String>,
     /// Requests served since boot: ids and timestamps derive from it.
     served: AtomicU64,
 }
@@ -217,7 +220,11 @@ fn words(s: &str) -> usize {
     s.split_whitespace().count()
 }
 
-async fn chat(State(backend): State<Arc<ChatBackend>>, body: Bytes) -> Response {
+async fn chat(
+    State(backend): State<Arc<ChatBackend>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return error_response(StatusCode::BAD_REQUEST, None, "request body is not JSON");
     };
@@ -232,6 +239,17 @@ async fn chat(State(backend): State<Arc<ChatBackend>>, body: Bytes) -> Response 
     let fault = backend.faults.take(host, kind);
     if let Some(resp) = before_answer(fault.as_ref(), host, &model, streaming).await {
         return resp;
+    }
+    if let (Some(ours), Some(pinned)) = (&backend.signing_key, headers.get("x-model-pub-key")) {
+        if !pinned.as_bytes().eq_ignore_ascii_case(ours.as_bytes()) {
+            let message =
+                format!("{host}: x-model-pub-key does not match this backend's signing key");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                Some("model_pub_key_mismatch"),
+                &message,
+            );
+        }
     }
     if !backend.models.contains(&model) {
         return model_not_found(&model, host);

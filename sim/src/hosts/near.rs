@@ -83,11 +83,13 @@ impl NearBackend {
             faults: self.faults.clone(),
         };
         let host = self.host.clone();
+        let key = self.signing_key_hex();
         install(sim, &host, move || {
             let chat = chat_router(ChatBackend {
                 host: self.host.clone(),
                 models: self.models.clone(),
                 faults: self.faults.clone(),
+                signing_key: Some(key.clone()),
                 served: AtomicU64::new(0),
             });
             chat.merge(
