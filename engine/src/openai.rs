@@ -53,6 +53,7 @@ impl Default for Timeouts {
 pub struct OpenAiClient {
     http: HttpClient,
     base: String,
+    authority: String,
     api_key: Option<String>,
     timeouts: Timeouts,
     /// Forward `x-model-pub-key` / `x-client-pub-key` (NEAR backends serve
@@ -66,14 +67,18 @@ impl OpenAiClient {
         let uri: http::Uri = base
             .parse()
             .map_err(|_| HttpError::InvalidUrl("unparseable URL".into()))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(HttpError::InvalidUrl(
-                "only http://host URLs are supported".into(),
-            ));
-        }
+        let authority = match (uri.scheme_str(), uri.authority()) {
+            (Some("http"), Some(a)) => a.as_str().to_string(),
+            _ => {
+                return Err(HttpError::InvalidUrl(
+                    "only http://host URLs are supported".into(),
+                ))
+            }
+        };
         Ok(OpenAiClient {
             http,
             base,
+            authority,
             api_key: None,
             timeouts: Timeouts::default(),
             forward_key_headers: false,
@@ -101,8 +106,7 @@ impl OpenAiClient {
 
     /// `host[:port]` of the base URL.
     pub fn authority(&self) -> &str {
-        let rest = &self.base["http://".len()..];
-        rest.split('/').next().unwrap_or(rest)
+        &self.authority
     }
 
     pub fn timeouts(&self) -> Timeouts {
@@ -336,29 +340,26 @@ fn with_model(body: Bytes, canonical: &str) -> Result<Bytes, ProviderError> {
 /// non-`data` fields are skipped; the stream ends after `[DONE]` or the first
 /// error.
 fn sse_stream(lines: crate::http::LineStream, canonical: String) -> ChatStream {
-    let state = Some(lines);
-    Box::pin(futures_util::stream::unfold(state, move |state| {
-        let canonical = canonical.clone();
-        async move {
-            let mut lines = state?;
-            loop {
-                let line = match lines.next().await {
-                    None => return Some((Err(ProviderError::Truncated), None)),
-                    Some(Err(e)) => return Some((Err(provider_error(e)), None)),
-                    Some(Ok(line)) => line,
-                };
-                let Some(payload) = line.strip_prefix(b"data:") else {
-                    continue;
-                };
-                let payload = payload.strip_prefix(b" ").unwrap_or(payload);
-                if payload == b"[DONE]" {
-                    return Some((Ok(StreamItem::Done), None));
-                }
-                return match with_model(line.slice_ref(payload), &canonical) {
-                    Ok(chunk) => Some((Ok(StreamItem::Chunk(chunk)), Some(lines))),
-                    Err(e) => Some((Err(e), None)),
-                };
+    let state = Some((lines, canonical));
+    Box::pin(futures_util::stream::unfold(state, |state| async move {
+        let (mut lines, canonical) = state?;
+        loop {
+            let line = match lines.next().await {
+                None => return Some((Err(ProviderError::Truncated), None)),
+                Some(Err(e)) => return Some((Err(provider_error(e)), None)),
+                Some(Ok(line)) => line,
+            };
+            let Some(payload) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let payload = payload.strip_prefix(b" ").unwrap_or(payload);
+            if payload == b"[DONE]" {
+                return Some((Ok(StreamItem::Done), None));
             }
+            return match with_model(line.slice_ref(payload), &canonical) {
+                Ok(chunk) => Some((Ok(StreamItem::Chunk(chunk)), Some((lines, canonical)))),
+                Err(e) => Some((Err(e), None)),
+            };
         }
     }))
 }

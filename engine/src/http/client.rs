@@ -153,10 +153,13 @@ impl HttpClient {
         limit: usize,
     ) -> Result<(StatusCode, HeaderMap, Bytes), HttpError> {
         tokio::time::timeout(timeout, async {
-            let resp = self.open_inner(req).await?;
-            let (status, headers) = (resp.status, resp.headers.clone());
-            let body = read_body(resp.body, limit).await?;
-            Ok((status, headers, body))
+            let Response {
+                status,
+                headers,
+                body,
+                conn: _conn,
+            } = self.open_inner(req).await?;
+            Ok((status, headers, read_body(body, limit).await?))
         })
         .await
         .unwrap_or(Err(HttpError::Timeout))
