@@ -437,4 +437,51 @@ mod tests {
             Err(ProviderError::BodyDecode(_))
         ));
     }
+
+    fn sse(chunks: &[&'static str], max_line: usize) -> ChatStream {
+        let body: Vec<Result<Bytes, HttpError>> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+            .collect();
+        sse_stream(
+            lines(Box::pin(futures_util::stream::iter(body)), max_line),
+            "m".into(),
+        )
+    }
+
+    #[tokio::test]
+    async fn sse_maps_data_done_comments_and_eof() {
+        let items: Vec<_> = sse(
+            &[
+                ": keepalive\r\n\nevent: x\ndata: {\"model\":\"slug\"}\r\n\n",
+                "data:{}\n\ndata: [DONE]\n\ndata: {}\n",
+            ],
+            1024,
+        )
+        .collect()
+        .await;
+        assert_eq!(
+            items,
+            vec![
+                Ok(StreamItem::Chunk(Bytes::from_static(br#"{"model":"m"}"#))),
+                Ok(StreamItem::Chunk(Bytes::from_static(b"{}"))),
+                Ok(StreamItem::Done),
+            ]
+        );
+        // No [DONE] (and a half line at the cut): truncated, never Done.
+        let items: Vec<_> = sse(&["data: {}\n\ndata: [DO"], 1024).collect().await;
+        assert_eq!(items.last(), Some(&Err(ProviderError::Truncated)));
+        assert!(!items.contains(&Ok(StreamItem::Done)));
+        // Oversized line and undecodable payload are fatal body errors.
+        let items: Vec<_> = sse(&["data: 0123456789\n"], 8).collect().await;
+        assert!(
+            matches!(items[..], [Err(ProviderError::BodyDecode(_))]),
+            "{items:?}"
+        );
+        let items: Vec<_> = sse(&["data: {nope\n"], 64).collect().await;
+        assert!(
+            matches!(items[..], [Err(ProviderError::BodyDecode(_))]),
+            "{items:?}"
+        );
+    }
 }
