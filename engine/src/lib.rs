@@ -3,8 +3,14 @@
 //! The engine knows nothing of simulation: its network, randomness and time are
 //! injected (see `ARCHITECTURE.md`).
 
+pub mod catalog;
 pub mod chutes;
 pub mod config;
+pub mod external;
+pub mod http;
+pub mod near;
+pub mod net;
+pub mod openai;
 pub mod provider;
 pub mod tier;
 

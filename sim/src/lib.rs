@@ -1,5 +1,9 @@
-//! tiersim: the deterministic simulated world around the routing engine, the
-//! scenario runner, oracles and the `tiersim` CLI.
+//! tiersim: the deterministic simulated world around the routing engine
+//! (turmoil network, hosts, faults), the scenario runner, oracles and the
+//! `tiersim` CLI.
 
+pub mod fault;
+pub mod hosts;
+pub mod net;
 pub mod rules;
 pub mod scenario;

@@ -1,0 +1,185 @@
+//! The catalog (discovery source / model DB) wire format and its client.
+//!
+//! `GET /v1/catalog`   → [`CatalogList`]  `{"models":[{id, inference_url?, active, price}]}`
+//! `GET /v1/external`  → [`ExternalList`] `{"providers":[{model, base_url, name}]}`
+//! `PATCH /v1/catalog` ← [`CatalogPatch`] `{"models":[{id, inference_url?, active?, price?}]}`
+//!                     → [`CatalogList`] (the whole catalog after the upsert)
+
+use http::Method;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::http::HttpClient;
+use crate::openai::{provider_error, OpenAiClient, Timeouts};
+use crate::provider::ProviderError;
+
+pub const CATALOG_PATH: &str = "/v1/catalog";
+pub const EXTERNAL_PATH: &str = "/v1/external";
+
+/// One model row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogRow {
+    /// The canonical model id.
+    pub id: String,
+    /// The NEAR backend serving it (`http://near-1`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_url: Option<String>,
+    /// Inactive rows are not served (404, R6/R13).
+    pub active: bool,
+    /// Price per million tokens in micro-dollars: an integer, so exact.
+    pub price: u64,
+}
+
+/// One external plaintext provider row for a model.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalRow {
+    pub model: String,
+    pub base_url: String,
+    /// Provider name; the provider id is `external:<name>`.
+    pub name: String,
+}
+
+/// A partial update of one row: absent fields are kept; `inference_url:
+/// null` clears the URL. A new row starts inactive, at price 0, without URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogPatchRow {
+    pub id: String,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inference_url: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<u64>,
+}
+
+/// Distinguishes a present `null` (`Some(None)`) from an absent field (`None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+impl CatalogPatchRow {
+    /// The row after this patch, starting from `current` if it exists.
+    pub fn apply(&self, current: Option<&CatalogRow>) -> CatalogRow {
+        let mut row = current.cloned().unwrap_or(CatalogRow {
+            id: self.id.clone(),
+            inference_url: None,
+            active: false,
+            price: 0,
+        });
+        if let Some(url) = &self.inference_url {
+            row.inference_url = url.clone();
+        }
+        if let Some(active) = self.active {
+            row.active = active;
+        }
+        if let Some(price) = self.price {
+            row.price = price;
+        }
+        row
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogList {
+    pub models: Vec<CatalogRow>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalList {
+    pub providers: Vec<ExternalRow>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogPatch {
+    pub models: Vec<CatalogPatchRow>,
+}
+
+/// Client of the catalog service at `base_url` (e.g. `http://catalog`).
+#[derive(Debug, Clone)]
+pub struct CatalogClient {
+    client: OpenAiClient,
+}
+
+impl CatalogClient {
+    pub fn new(
+        http: HttpClient,
+        base_url: &str,
+        timeouts: Timeouts,
+    ) -> Result<Self, ProviderError> {
+        let client = OpenAiClient::new(http, base_url)
+            .map_err(provider_error)?
+            .with_timeouts(timeouts);
+        Ok(CatalogClient { client })
+    }
+
+    pub async fn models(&self) -> Result<Vec<CatalogRow>, ProviderError> {
+        Ok(self
+            .client
+            .get_json::<CatalogList>(CATALOG_PATH)
+            .await?
+            .models)
+    }
+
+    pub async fn external(&self) -> Result<Vec<ExternalRow>, ProviderError> {
+        Ok(self
+            .client
+            .get_json::<ExternalList>(EXTERNAL_PATH)
+            .await?
+            .providers)
+    }
+
+    /// Upserts `rows`; returns the whole catalog after the write.
+    pub async fn patch(
+        &self,
+        rows: Vec<CatalogPatchRow>,
+    ) -> Result<Vec<CatalogRow>, ProviderError> {
+        let body = CatalogPatch { models: rows };
+        let list: CatalogList = self
+            .client
+            .send_json(Method::PATCH, CATALOG_PATH, &body)
+            .await?;
+        Ok(list.models)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_distinguishes_null_from_absent() {
+        let p: CatalogPatchRow =
+            serde_json::from_str(r#"{"id":"m","inference_url":null}"#).unwrap();
+        assert_eq!(p.inference_url, Some(None));
+        let p: CatalogPatchRow = serde_json::from_str(r#"{"id":"m","active":true}"#).unwrap();
+        assert_eq!(p.inference_url, None);
+        let current = CatalogRow {
+            id: "m".into(),
+            inference_url: Some("http://near-1".into()),
+            active: false,
+            price: 5,
+        };
+        let row = p.apply(Some(&current));
+        assert_eq!(row.inference_url.as_deref(), Some("http://near-1"));
+        assert!(row.active);
+        assert_eq!(row.price, 5);
+        let fresh = CatalogPatchRow {
+            id: "n".into(),
+            ..Default::default()
+        }
+        .apply(None);
+        assert_eq!(
+            (fresh.active, fresh.price, fresh.inference_url),
+            (false, 0, None)
+        );
+    }
+}

@@ -1,0 +1,487 @@
+//! The OpenAI-compatible chat client shared by every plaintext-HTTP provider
+//! (NEAR backends and external providers): request forwarding, SSE parsing
+//! and the mapping of HTTP failures to [`ProviderError`] (R19's inputs).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, StatusCode};
+use serde_json::{Map, Value};
+
+use crate::http::{lines, HttpClient, HttpError};
+use crate::provider::{
+    ChatRequest, ChatResponse, ChatStream, ProviderError, StatusDetail, StreamItem,
+};
+
+/// Longest SSE line accepted (R23's cap, shared by every stream).
+pub const MAX_SSE_LINE: usize = 16 << 20;
+/// Largest response body accepted.
+pub const MAX_BODY: usize = 64 << 20;
+/// Largest error body read to explain a failed status.
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// Longest upstream error message passed on.
+const MAX_MESSAGE: usize = 300;
+
+/// Explicit markers in an OpenAI-style error body (`error.code` or
+/// `error.type`) that change a status's classification (R19).
+pub const CODE_MODEL_NOT_FOUND: &str = "model_not_found";
+pub const CODE_CLIENT_MEDIA_FETCH: &str = "client_media_fetch_failed";
+
+/// Deadlines of one upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connect, send and receive the whole JSON body (or, for a stream, the
+    /// response head).
+    pub request: Duration,
+    /// Longest silence between two chunks of a stream.
+    pub stream_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request: Duration::from_secs(120),
+            stream_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An OpenAI-compatible endpoint at `base` (`http://host[:port]`).
+#[derive(Debug, Clone)]
+pub struct OpenAiClient {
+    http: HttpClient,
+    base: String,
+    authority: String,
+    api_key: Option<String>,
+    timeouts: Timeouts,
+    /// Forward `x-model-pub-key` / `x-client-pub-key` (NEAR backends serve
+    /// E2EE; a plaintext provider must not receive them).
+    forward_key_headers: bool,
+}
+
+impl OpenAiClient {
+    pub fn new(http: HttpClient, base_url: &str) -> Result<Self, HttpError> {
+        let base = base_url.trim_end_matches('/').to_string();
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|_| HttpError::InvalidUrl("unparseable URL".into()))?;
+        let authority = match (uri.scheme_str(), uri.authority()) {
+            (Some("http"), Some(a)) => a.as_str().to_string(),
+            _ => {
+                return Err(HttpError::InvalidUrl(
+                    "only http://host URLs are supported".into(),
+                ))
+            }
+        };
+        Ok(OpenAiClient {
+            http,
+            base,
+            authority,
+            api_key: None,
+            timeouts: Timeouts::default(),
+            forward_key_headers: false,
+        })
+    }
+
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    pub fn forwarding_key_headers(mut self, on: bool) -> Self {
+        self.forward_key_headers = on;
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `host[:port]` of the base URL.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// `GET {base}{path}` decoded as JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ProviderError> {
+        let req = self.request(Method::GET, path, Bytes::new())?;
+        let body = self.fetch_ok(req).await?;
+        serde_json::from_slice(&body).map_err(|e| ProviderError::BodyDecode(e.to_string()))
+    }
+
+    /// `{method} {base}{path}` with a JSON body, answer decoded as JSON.
+    pub async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, ProviderError> {
+        let body =
+            serde_json::to_vec(body).map_err(|e| ProviderError::BodyDecode(e.to_string()))?;
+        let req = self.request(method, path, body.into())?;
+        let body = self.fetch_ok(req).await?;
+        serde_json::from_slice(&body).map_err(|e| ProviderError::BodyDecode(e.to_string()))
+    }
+
+    /// A non-streamed completion. The upstream is asked for `upstream_model`;
+    /// the response carries the request's canonical id in `model` (R3).
+    pub async fn chat_completion(
+        &self,
+        req: &ChatRequest,
+        upstream_model: &str,
+    ) -> Result<ChatResponse, ProviderError> {
+        let http_req = self.chat_request(req, upstream_model, false)?;
+        let body = self.fetch_ok(http_req).await?;
+        let body = with_model(body, &req.model)?;
+        Ok(ChatResponse { body })
+    }
+
+    /// A streamed completion: each upstream `data:` payload becomes a
+    /// [`StreamItem::Chunk`] carrying the canonical id, `data: [DONE]`
+    /// becomes [`StreamItem::Done`], and an end without it is
+    /// [`ProviderError::Truncated`].
+    pub async fn chat_completion_stream(
+        &self,
+        req: &ChatRequest,
+        upstream_model: &str,
+    ) -> Result<ChatStream, ProviderError> {
+        let http_req = self.chat_request(req, upstream_model, true)?;
+        let resp = self
+            .http
+            .open(http_req, self.timeouts.request)
+            .await
+            .map_err(provider_error)?;
+        if !resp.status.is_success() {
+            let status = resp.status;
+            let body = resp
+                .bytes(MAX_ERROR_BODY, self.timeouts.request)
+                .await
+                .unwrap_or_default();
+            return Err(status_error(status, &body));
+        }
+        let body = resp.into_stream(MAX_BODY, self.timeouts.stream_idle);
+        Ok(sse_stream(lines(body, MAX_SSE_LINE), req.model.clone()))
+    }
+
+    fn chat_request(
+        &self,
+        req: &ChatRequest,
+        upstream_model: &str,
+        stream: bool,
+    ) -> Result<Request<Bytes>, ProviderError> {
+        let mut body: Map<String, Value> = req.body.clone();
+        body.insert("model".into(), Value::String(upstream_model.into()));
+        body.insert("stream".into(), Value::Bool(stream));
+        let bytes =
+            serde_json::to_vec(&body).map_err(|e| ProviderError::BodyDecode(e.to_string()))?;
+        let mut http_req = self.request(Method::POST, "/v1/chat/completions", bytes.into())?;
+        let headers = http_req.headers_mut();
+        if stream {
+            headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        }
+        if self.forward_key_headers {
+            for (name, value) in [
+                ("x-model-pub-key", &req.model_pub_key),
+                ("x-client-pub-key", &req.client_pub_key),
+            ] {
+                if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                    headers.insert(name, v);
+                }
+            }
+        }
+        Ok(http_req)
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Request<Bytes>, ProviderError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.api_key {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {key}"));
+        }
+        builder
+            .body(body)
+            .map_err(|e| ProviderError::Connection(format!("invalid request: {e}")))
+    }
+
+    /// The body of a 2xx answer; any other status becomes its error.
+    async fn fetch_ok(&self, req: Request<Bytes>) -> Result<Bytes, ProviderError> {
+        let (status, _, body) = self
+            .http
+            .fetch(req, self.timeouts.request, MAX_BODY)
+            .await
+            .map_err(provider_error)?;
+        if !status.is_success() {
+            return Err(status_error(status, &body));
+        }
+        Ok(body)
+    }
+}
+
+/// Transport failures as provider errors (classified by R19).
+pub fn provider_error(e: HttpError) -> ProviderError {
+    match e {
+        HttpError::Timeout => ProviderError::Timeout,
+        HttpError::Connect(m) | HttpError::Connection(m) | HttpError::InvalidUrl(m) => {
+            ProviderError::Connection(m)
+        }
+        e @ (HttpError::Protocol(_)
+        | HttpError::BodyTooLarge { .. }
+        | HttpError::LineTooLong { .. }) => ProviderError::BodyDecode(e.to_string()),
+    }
+}
+
+/// A non-success status with its OpenAI-style error body
+/// (`{"error":{"message","type","code"}}`) as a provider error.
+pub fn status_error(status: StatusCode, body: &[u8]) -> ProviderError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let err = parsed.as_ref().map(|v| v.get("error").unwrap_or(v));
+    let field = |name: &str| err.and_then(|e| e.get(name)).and_then(Value::as_str);
+    let has_marker = |marker: &str| field("code") == Some(marker) || field("type") == Some(marker);
+
+    let detail = if status == StatusCode::NOT_FOUND && has_marker(CODE_MODEL_NOT_FOUND) {
+        StatusDetail::ModelNotFound
+    } else if status.is_server_error() && has_marker(CODE_CLIENT_MEDIA_FETCH) {
+        StatusDetail::ClientMediaFetch
+    } else {
+        StatusDetail::None
+    };
+    let raw = match (field("message"), err.and_then(Value::as_str)) {
+        (Some(m), _) | (None, Some(m)) => m.to_string(),
+        (None, None) if parsed.is_none() && !body.is_empty() => {
+            String::from_utf8_lossy(body).into_owned()
+        }
+        _ => String::new(),
+    };
+    let mut message = sanitize_message(&raw);
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_string();
+    }
+    ProviderError::Status {
+        status: status.as_u16(),
+        message,
+        detail,
+    }
+}
+
+/// An upstream message made safe to show a client (R22): URLs redacted,
+/// control characters and runs of whitespace collapsed, length capped.
+pub fn sanitize_message(raw: &str) -> String {
+    let mut out = String::new();
+    for word in raw.split(|c: char| c.is_whitespace() || c.is_control()) {
+        if word.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let lower = word.to_ascii_lowercase();
+        match lower.find("http://").or_else(|| lower.find("https://")) {
+            Some(at) => {
+                out.push_str(&word[..at]);
+                out.push_str("[redacted-url]");
+            }
+            None => out.push_str(word),
+        }
+        if out.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push('…');
+            break;
+        }
+    }
+    out
+}
+
+/// Validates a JSON object and makes its `model` the canonical id, leaving
+/// the bytes untouched when they already carry it.
+fn with_model(body: Bytes, canonical: &str) -> Result<Bytes, ProviderError> {
+    let mut value: Value =
+        serde_json::from_slice(&body).map_err(|e| ProviderError::BodyDecode(e.to_string()))?;
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| ProviderError::BodyDecode("expected a JSON object".into()))?;
+    match obj.get("model") {
+        Some(Value::String(m)) if m == canonical => Ok(body),
+        None => Ok(body),
+        Some(_) => {
+            obj.insert("model".into(), Value::String(canonical.into()));
+            serde_json::to_vec(&value)
+                .map(Bytes::from)
+                .map_err(|e| ProviderError::BodyDecode(e.to_string()))
+        }
+    }
+}
+
+/// Upstream SSE lines → stream items. Keepalive comments, blank lines and
+/// non-`data` fields are skipped; the stream ends after `[DONE]` or the first
+/// error.
+fn sse_stream(lines: crate::http::LineStream, canonical: String) -> ChatStream {
+    let state = Some((lines, canonical));
+    Box::pin(futures_util::stream::unfold(state, |state| async move {
+        let (mut lines, canonical) = state?;
+        loop {
+            let line = match lines.next().await {
+                None => return Some((Err(ProviderError::Truncated), None)),
+                Some(Err(e)) => return Some((Err(provider_error(e)), None)),
+                Some(Ok(line)) => line,
+            };
+            let Some(payload) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let payload = payload.strip_prefix(b" ").unwrap_or(payload);
+            if payload == b"[DONE]" {
+                return Some((Ok(StreamItem::Done), None));
+            }
+            return match with_model(line.slice_ref(payload), &canonical) {
+                Ok(chunk) => Some((Ok(StreamItem::Chunk(chunk)), Some((lines, canonical)))),
+                Err(e) => Some((Err(e), None)),
+            };
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_details_need_explicit_markers() {
+        let nf = br#"{"error":{"message":"model m not found","type":"invalid_request_error","code":"model_not_found"}}"#;
+        assert_eq!(
+            status_error(StatusCode::NOT_FOUND, nf),
+            ProviderError::Status {
+                status: 404,
+                message: "model m not found".into(),
+                detail: StatusDetail::ModelNotFound
+            }
+        );
+        // A bare 404 without the marker stays a plain 4xx.
+        let plain = status_error(
+            StatusCode::NOT_FOUND,
+            br#"{"error":{"message":"no such route"}}"#,
+        );
+        assert!(matches!(
+            plain,
+            ProviderError::Status {
+                detail: StatusDetail::None,
+                ..
+            }
+        ));
+        let media = br#"{"error":{"message":"fetch failed","code":"client_media_fetch_failed"}}"#;
+        assert!(matches!(
+            status_error(StatusCode::BAD_GATEWAY, media),
+            ProviderError::Status {
+                status: 502,
+                detail: StatusDetail::ClientMediaFetch,
+                ..
+            }
+        ));
+        // The media marker on a 4xx means nothing.
+        assert!(matches!(
+            status_error(StatusCode::BAD_REQUEST, media),
+            ProviderError::Status {
+                detail: StatusDetail::None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn messages_are_sanitised() {
+        assert_eq!(
+            sanitize_message("upstream  http://10.0.0.1:8000/v1 failed\n(see https://x)"),
+            "upstream [redacted-url] failed (see [redacted-url]"
+        );
+        let e = status_error(StatusCode::SERVICE_UNAVAILABLE, b"");
+        assert_eq!(e, ProviderError::status(503, "Service Unavailable"));
+        let e = status_error(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        assert_eq!(e, ProviderError::status(502, "<html>bad gateway</html>"));
+        assert!(sanitize_message(&"é".repeat(400)).len() <= MAX_MESSAGE + '…'.len_utf8());
+    }
+
+    #[test]
+    fn model_is_rewritten_only_when_it_differs() {
+        let same = Bytes::from_static(br#"{"model":"m",  "x":1}"#);
+        assert_eq!(with_model(same.clone(), "m").unwrap(), same);
+        let other = Bytes::from_static(br#"{"model":"slug","x":1}"#);
+        assert_eq!(
+            &with_model(other, "m").unwrap()[..],
+            br#"{"model":"m","x":1}"#
+        );
+        assert!(matches!(
+            with_model(Bytes::from_static(b"nope"), "m"),
+            Err(ProviderError::BodyDecode(_))
+        ));
+    }
+
+    fn sse(chunks: &[&'static str], max_line: usize) -> ChatStream {
+        let body: Vec<Result<Bytes, HttpError>> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+            .collect();
+        sse_stream(
+            lines(Box::pin(futures_util::stream::iter(body)), max_line),
+            "m".into(),
+        )
+    }
+
+    #[tokio::test]
+    async fn sse_maps_data_done_comments_and_eof() {
+        let items: Vec<_> = sse(
+            &[
+                ": keepalive\r\n\nevent: x\ndata: {\"model\":\"slug\"}\r\n\n",
+                "data:{}\n\ndata: [DONE]\n\ndata: {}\n",
+            ],
+            1024,
+        )
+        .collect()
+        .await;
+        assert_eq!(
+            items,
+            vec![
+                Ok(StreamItem::Chunk(Bytes::from_static(br#"{"model":"m"}"#))),
+                Ok(StreamItem::Chunk(Bytes::from_static(b"{}"))),
+                Ok(StreamItem::Done),
+            ]
+        );
+        // No [DONE] (and a half line at the cut): truncated, never Done.
+        let items: Vec<_> = sse(&["data: {}\n\ndata: [DO"], 1024).collect().await;
+        assert_eq!(items.last(), Some(&Err(ProviderError::Truncated)));
+        assert!(!items.contains(&Ok(StreamItem::Done)));
+        // Oversized line and undecodable payload are fatal body errors.
+        let items: Vec<_> = sse(&["data: 0123456789\n"], 8).collect().await;
+        assert!(
+            matches!(items[..], [Err(ProviderError::BodyDecode(_))]),
+            "{items:?}"
+        );
+        let items: Vec<_> = sse(&["data: {nope\n"], 64).collect().await;
+        assert!(
+            matches!(items[..], [Err(ProviderError::BodyDecode(_))]),
+            "{items:?}"
+        );
+    }
+}

@@ -1,0 +1,554 @@
+//! A deterministic, scriptable fault board shared by the simulated hosts.
+//!
+//! The scenario runner injects faults per host; each host asks the board once
+//! per request ([`FaultBoard::take`]) and acts out what it gets. Partitions and
+//! crash/restart are not here: the runner uses turmoil's own API for those.
+//!
+//! In a scenario a fault is one flat table (see [`FaultInjection`]):
+//!
+//! ```toml
+//! fault = { host = "near-1", http_status = 503, times = 4 }
+//! fault = { host = "near-1", http_status = 500, code = "client_media_fetch_failed" }
+//! fault = { host = "near-1", model_not_found = true }
+//! fault = { host = "near-1", reset_before_body = true }
+//! fault = { host = "near-1", reset_after_chunks = 2 }
+//! fault = { host = "near-1", latency_ms = 5000 }
+//! fault = { host = "near-1", slow_first_token_ms = 5000 }
+//! fault = { host = "near-1", cut_stream_after = 2 }
+//! fault = { host = "catalog", http_status = 503, on = "catalog" }
+//! ```
+//!
+//! `times` (default: until cleared) counts the requests the fault hits. `on`
+//! narrows which requests it hits; by default a stream-only fault hits
+//! streamed chats and any other fault hits every request but the
+//! attestation report (see [`Scope`]). Several faults on one host: the first
+//! injected that matches the request fires.
+//!
+//! Adding a fault kind (e.g. Chutes' forged outer `[DONE]`): a [`Fault`]
+//! variant, its key in `FaultSpec` and the two conversions below.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+/// What a host is asked to serve, as far as faults are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// `POST /v1/chat/completions`, JSON answer.
+    Chat,
+    /// `POST /v1/chat/completions` with `stream: true`.
+    ChatStream,
+    /// `GET /v1/attestation/report`.
+    Attestation,
+    /// `GET /v1/catalog`.
+    Catalog,
+    /// `GET /v1/external`.
+    External,
+    /// `PATCH /v1/catalog`.
+    CatalogPatch,
+}
+
+/// Which requests a fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Any,
+    /// Everything but the attestation report: a host's own traffic.
+    Service,
+    /// Chat completions, JSON or streamed.
+    Chat,
+    ChatJson,
+    ChatStream,
+    Attestation,
+    Catalog,
+    External,
+    CatalogPatch,
+}
+
+impl Scope {
+    pub fn matches(self, kind: RequestKind) -> bool {
+        use RequestKind as K;
+        match self {
+            Scope::Any => true,
+            Scope::Service => kind != K::Attestation,
+            Scope::Chat => matches!(kind, K::Chat | K::ChatStream),
+            Scope::ChatJson => kind == K::Chat,
+            Scope::ChatStream => kind == K::ChatStream,
+            Scope::Attestation => kind == K::Attestation,
+            Scope::Catalog => kind == K::Catalog,
+            Scope::External => kind == K::External,
+            Scope::CatalogPatch => kind == K::CatalogPatch,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::Any => "any",
+            Scope::Service => "service",
+            Scope::Chat => "chat",
+            Scope::ChatJson => "chat_json",
+            Scope::ChatStream => "chat_stream",
+            Scope::Attestation => "attestation",
+            Scope::Catalog => "catalog",
+            Scope::External => "external",
+            Scope::CatalogPatch => "catalog_patch",
+        }
+    }
+}
+
+/// One kind of misbehaviour of an HTTP host (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Answer with this status and an OpenAI-style error body; `code` is the
+    /// body's `error.code` (429 defaults to `rate_limit_exceeded`).
+    HttpStatus {
+        status: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
+    /// 404 with `error.code = "model_not_found"`, whatever the model.
+    ModelNotFound,
+    /// Drop the connection before any response byte.
+    ResetBeforeBody,
+    /// Send the head and `after_chunks` stream chunks (half a JSON body),
+    /// then drop the connection.
+    ResetMidBody { after_chunks: u32 },
+    /// Delay the whole response.
+    Latency { ms: u64 },
+    /// Send the stream's head at once but its first chunk after `ms`.
+    SlowFirstToken { ms: u64 },
+    /// End the stream cleanly after `after_chunks` chunks, without `[DONE]`
+    /// (a JSON body: cut in half).
+    CutStream { after_chunks: u32 },
+}
+
+impl Fault {
+    /// Requests the fault hits when the scenario does not say (`on`).
+    pub fn default_scope(&self) -> Scope {
+        match self {
+            Fault::SlowFirstToken { .. } | Fault::CutStream { .. } => Scope::ChatStream,
+            _ => Scope::Service,
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::HttpStatus { status, code: None } => write!(f, "http_status = {status}"),
+            Fault::HttpStatus {
+                status,
+                code: Some(code),
+            } => write!(f, "http_status = {status}, code = {code:?}"),
+            Fault::ModelNotFound => f.write_str("model_not_found = true"),
+            Fault::ResetBeforeBody => f.write_str("reset_before_body = true"),
+            Fault::ResetMidBody { after_chunks } => {
+                write!(f, "reset_after_chunks = {after_chunks}")
+            }
+            Fault::Latency { ms } => write!(f, "latency_ms = {ms}"),
+            Fault::SlowFirstToken { ms } => write!(f, "slow_first_token_ms = {ms}"),
+            Fault::CutStream { after_chunks } => write!(f, "cut_stream_after = {after_chunks}"),
+        }
+    }
+}
+
+/// A fault with how often and on what it fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRule {
+    pub fault: Fault,
+    /// Requests it hits before expiring; `None`: until cleared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u32>,
+    /// Requests it hits; `None`: [`Fault::default_scope`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Scope>,
+}
+
+impl FaultRule {
+    pub fn times(mut self, n: u32) -> Self {
+        self.times = Some(n);
+        self
+    }
+
+    pub fn on(mut self, scope: Scope) -> Self {
+        self.on = Some(scope);
+        self
+    }
+
+    pub fn scope(&self) -> Scope {
+        self.on.unwrap_or_else(|| self.fault.default_scope())
+    }
+}
+
+impl From<Fault> for FaultRule {
+    fn from(fault: Fault) -> Self {
+        FaultRule {
+            fault,
+            times: None,
+            on: None,
+        }
+    }
+}
+
+impl Fault {
+    /// This fault as a rule, for chaining `.times(n)` / `.on(scope)`.
+    pub fn rule(self) -> FaultRule {
+        self.into()
+    }
+}
+
+impl fmt::Display for FaultRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.fault)?;
+        if let Some(n) = self.times {
+            write!(f, ", times = {n}")?;
+        }
+        if let Some(scope) = self.on {
+            write!(f, ", on = {:?}", scope.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// A fault aimed at a host: the scenario's flat table
+/// `{ host = "near-1", http_status = 503, times = 4 }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "FaultSpec", into = "FaultSpec")]
+pub struct FaultInjection {
+    pub host: String,
+    pub rule: FaultRule,
+}
+
+impl fmt::Display for FaultInjection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{ host = {:?}, {} }}", self.host, self.rule)
+    }
+}
+
+/// The flat wire form of [`FaultInjection`]: exactly one fault key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultSpec {
+    host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model_not_found: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reset_before_body: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reset_after_chunks: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slow_first_token_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cut_stream_after: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    times: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on: Option<Scope>,
+}
+
+fn flag(key: &str, value: bool) -> Result<(), String> {
+    if value {
+        Ok(())
+    } else {
+        Err(format!("`{key} = false` means nothing: leave the key out"))
+    }
+}
+
+impl TryFrom<FaultSpec> for FaultInjection {
+    type Error = String;
+
+    fn try_from(s: FaultSpec) -> Result<Self, String> {
+        let mut faults = Vec::new();
+        if let Some(status) = s.http_status {
+            if !(400..=599).contains(&status) {
+                return Err(format!(
+                    "http_status = {status}: a fault status must be 4xx or 5xx"
+                ));
+            }
+            faults.push(Fault::HttpStatus {
+                status,
+                code: s.code.clone(),
+            });
+        } else if s.code.is_some() {
+            return Err("`code` only goes with `http_status`".into());
+        }
+        if let Some(v) = s.model_not_found {
+            flag("model_not_found", v)?;
+            faults.push(Fault::ModelNotFound);
+        }
+        if let Some(v) = s.reset_before_body {
+            flag("reset_before_body", v)?;
+            faults.push(Fault::ResetBeforeBody);
+        }
+        if let Some(after_chunks) = s.reset_after_chunks {
+            faults.push(Fault::ResetMidBody { after_chunks });
+        }
+        if let Some(ms) = s.latency_ms {
+            faults.push(Fault::Latency { ms });
+        }
+        if let Some(ms) = s.slow_first_token_ms {
+            faults.push(Fault::SlowFirstToken { ms });
+        }
+        if let Some(after_chunks) = s.cut_stream_after {
+            faults.push(Fault::CutStream { after_chunks });
+        }
+        if s.times == Some(0) {
+            return Err("times = 0 would never fire: use times >= 1, or leave it out".into());
+        }
+        if faults.len() != 1 {
+            return Err(format!(
+                "a fault names exactly one of http_status, model_not_found, reset_before_body, \
+                 reset_after_chunks, latency_ms, slow_first_token_ms, cut_stream_after \
+                 (found {})",
+                faults.len()
+            ));
+        }
+        Ok(FaultInjection {
+            host: s.host,
+            rule: FaultRule {
+                fault: faults.remove(0),
+                times: s.times,
+                on: s.on,
+            },
+        })
+    }
+}
+
+impl From<FaultInjection> for FaultSpec {
+    fn from(i: FaultInjection) -> Self {
+        let mut s = FaultSpec {
+            host: i.host,
+            times: i.rule.times,
+            on: i.rule.on,
+            ..FaultSpec::default()
+        };
+        match i.rule.fault {
+            Fault::HttpStatus { status, code } => {
+                s.http_status = Some(status);
+                s.code = code;
+            }
+            Fault::ModelNotFound => s.model_not_found = Some(true),
+            Fault::ResetBeforeBody => s.reset_before_body = Some(true),
+            Fault::ResetMidBody { after_chunks } => s.reset_after_chunks = Some(after_chunks),
+            Fault::Latency { ms } => s.latency_ms = Some(ms),
+            Fault::SlowFirstToken { ms } => s.slow_first_token_ms = Some(ms),
+            Fault::CutStream { after_chunks } => s.cut_stream_after = Some(after_chunks),
+        }
+        s
+    }
+}
+
+/// What a host must do for one request.
+pub type Action = Fault;
+
+/// One fault that fired, for the scenario's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fired {
+    pub host: String,
+    pub kind: RequestKind,
+    pub fault: Fault,
+}
+
+/// An injected rule and what is left of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActiveFault {
+    pub rule: FaultRule,
+    /// Hits left; `None`: until cleared.
+    pub remaining: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct Board {
+    /// Per host, in injection order. BTreeMap: any listing is ordered.
+    rules: BTreeMap<String, Vec<ActiveFault>>,
+    fired: Vec<Fired>,
+}
+
+/// The shared fault board. Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct FaultBoard(Arc<Mutex<Board>>);
+
+impl FaultBoard {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn board(&self) -> MutexGuard<'_, Board> {
+        // A panicking host must not take the whole board down with it.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a fault to `host`, after the ones already there.
+    pub fn inject(&self, host: impl Into<String>, rule: impl Into<FaultRule>) {
+        let rule = rule.into();
+        let remaining = rule.times;
+        self.board()
+            .rules
+            .entry(host.into())
+            .or_default()
+            .push(ActiveFault { rule, remaining });
+    }
+
+    /// Applies a scenario's fault step.
+    pub fn apply(&self, injection: FaultInjection) {
+        self.inject(injection.host, injection.rule);
+    }
+
+    /// Removes every fault of `host`.
+    pub fn clear(&self, host: &str) {
+        self.board().rules.remove(host);
+    }
+
+    pub fn clear_all(&self) {
+        self.board().rules.clear();
+    }
+
+    /// Called by `host` once per request of `kind`: the first matching fault,
+    /// counting one hit against it (it expires after its last).
+    pub fn take(&self, host: &str, kind: RequestKind) -> Option<Action> {
+        let mut board = self.board();
+        let rules = board.rules.get_mut(host)?;
+        let at = rules.iter().position(|r| r.rule.scope().matches(kind))?;
+        let fault = rules[at].rule.fault.clone();
+        if let Some(left) = &mut rules[at].remaining {
+            *left -= 1;
+            if *left == 0 {
+                rules.remove(at);
+            }
+        }
+        if rules.is_empty() {
+            board.rules.remove(host);
+        }
+        board.fired.push(Fired {
+            host: host.to_string(),
+            kind,
+            fault: fault.clone(),
+        });
+        Some(fault)
+    }
+
+    /// The faults still armed, per host.
+    pub fn active(&self) -> BTreeMap<String, Vec<ActiveFault>> {
+        self.board().rules.clone()
+    }
+
+    /// Every fault that fired so far, in order.
+    pub fn fired(&self) -> Vec<Fired> {
+        self.board().fired.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<FaultInjection, String> {
+        #[derive(Deserialize)]
+        struct Step {
+            fault: FaultInjection,
+        }
+        toml::from_str::<Step>(s)
+            .map(|s| s.fault)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn scenario_form_round_trips() {
+        let f = parse(r#"fault = { host = "near-1", http_status = 503, times = 4 }"#).unwrap();
+        assert_eq!(f.host, "near-1");
+        assert_eq!(
+            f.rule,
+            Fault::HttpStatus {
+                status: 503,
+                code: None
+            }
+            .rule()
+            .times(4)
+        );
+        assert_eq!(
+            f.to_string(),
+            r#"{ host = "near-1", http_status = 503, times = 4 }"#
+        );
+        let back = toml::to_string(&f).unwrap();
+        assert_eq!(back, "host = \"near-1\"\nhttp_status = 503\ntimes = 4\n");
+
+        let f = parse(r#"fault = { host = "catalog", latency_ms = 10, on = "catalog" }"#).unwrap();
+        assert_eq!(f.rule.scope(), Scope::Catalog);
+        let f = parse(r#"fault = { host = "n", cut_stream_after = 2 }"#).unwrap();
+        assert_eq!(f.rule.scope(), Scope::ChatStream);
+    }
+
+    #[test]
+    fn bad_faults_are_rejected_with_reasons() {
+        for (src, needle) in [
+            (r#"fault = { host = "n" }"#, "exactly one"),
+            (
+                r#"fault = { host = "n", http_status = 503, latency_ms = 1 }"#,
+                "exactly one",
+            ),
+            (r#"fault = { host = "n", http_status = 200 }"#, "4xx or 5xx"),
+            (
+                r#"fault = { host = "n", http_status = 503, times = 0 }"#,
+                "times = 0",
+            ),
+            (
+                r#"fault = { host = "n", model_not_found = false }"#,
+                "means nothing",
+            ),
+            (r#"fault = { host = "n", code = "x" }"#, "only goes with"),
+            (
+                r#"fault = { host = "n", http_status = 503, tims = 2 }"#,
+                "unknown field",
+            ),
+            (
+                r#"fault = { host = "n", http_status = 503, on = "chats" }"#,
+                "unknown variant",
+            ),
+        ] {
+            let err = parse(src).unwrap_err();
+            assert!(err.contains(needle), "{src}: {err}");
+        }
+    }
+
+    #[test]
+    fn take_counts_down_and_respects_scope() {
+        let board = FaultBoard::new();
+        board.inject(
+            "near-1",
+            Fault::HttpStatus {
+                status: 503,
+                code: None,
+            }
+            .rule()
+            .times(2),
+        );
+        board.inject("near-1", Fault::CutStream { after_chunks: 1 });
+        assert_eq!(board.take("near-1", RequestKind::Attestation), None);
+        assert_eq!(board.take("near-2", RequestKind::Chat), None);
+        for _ in 0..2 {
+            assert!(matches!(
+                board.take("near-1", RequestKind::ChatStream),
+                Some(Fault::HttpStatus { status: 503, .. })
+            ));
+        }
+        assert_eq!(board.take("near-1", RequestKind::Chat), None);
+        assert_eq!(
+            board.take("near-1", RequestKind::ChatStream),
+            Some(Fault::CutStream { after_chunks: 1 })
+        );
+        assert_eq!(board.fired().len(), 3);
+        board.clear("near-1");
+        assert!(board.active().is_empty());
+        assert_eq!(board.take("near-1", RequestKind::ChatStream), None);
+    }
+}

@@ -1,0 +1,178 @@
+//! The simulated catalog: the discovery source the router polls, and the
+//! model DB the admin API writes. Wire format: [`tiersim_engine::catalog`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::StatusCode;
+use tiersim_engine::catalog::{
+    CatalogList, CatalogPatch, CatalogPatchRow, CatalogRow, ExternalList, ExternalRow,
+    CATALOG_PATH, EXTERNAL_PATH,
+};
+
+use super::{before_answer, error_response, install, json_answer};
+use crate::fault::{FaultBoard, RequestKind};
+
+#[derive(Debug, Default)]
+struct Rows {
+    models: BTreeMap<String, CatalogRow>,
+    external: BTreeSet<ExternalRow>,
+}
+
+/// Direct access to the catalog's rows, for the scenario runner's catalog
+/// edits. The rows outlive host crashes (it is a database). Listings are
+/// ordered (by id; external rows by model, base URL, name).
+#[derive(Debug, Clone, Default)]
+pub struct CatalogHandle(Arc<Mutex<Rows>>);
+
+impl CatalogHandle {
+    fn rows(&self) -> MutexGuard<'_, Rows> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts or replaces the row with `row.id`.
+    pub fn upsert(&self, row: CatalogRow) {
+        self.rows().models.insert(row.id.clone(), row);
+    }
+
+    /// Applies partial updates, as `PATCH /v1/catalog` does.
+    pub fn patch(&self, patches: &[CatalogPatchRow]) {
+        let mut rows = self.rows();
+        for p in patches {
+            let row = p.apply(rows.models.get(&p.id));
+            rows.models.insert(row.id.clone(), row);
+        }
+    }
+
+    /// Removes the row `id`; false if there was none.
+    pub fn remove(&self, id: &str) -> bool {
+        self.rows().models.remove(id).is_some()
+    }
+
+    pub fn models(&self) -> Vec<CatalogRow> {
+        self.rows().models.values().cloned().collect()
+    }
+
+    pub fn add_external(&self, row: ExternalRow) {
+        self.rows().external.insert(row);
+    }
+
+    /// Removes every external row of `model` named `name`; false if none.
+    pub fn remove_external(&self, model: &str, name: &str) -> bool {
+        let mut rows = self.rows();
+        let before = rows.external.len();
+        rows.external
+            .retain(|r| !(r.model == model && r.name == name));
+        rows.external.len() != before
+    }
+
+    pub fn external(&self) -> Vec<ExternalRow> {
+        self.rows().external.iter().cloned().collect()
+    }
+}
+
+/// Builder of the catalog host:
+/// `Catalog::new("catalog").model(row).external(row).faults(&board).install(&mut sim)`.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    host: String,
+    rows: CatalogHandle,
+    faults: FaultBoard,
+}
+
+impl Catalog {
+    pub fn new(host: impl Into<String>) -> Self {
+        Catalog {
+            host: host.into(),
+            rows: CatalogHandle::default(),
+            faults: FaultBoard::new(),
+        }
+    }
+
+    pub fn model(self, row: CatalogRow) -> Self {
+        self.rows.upsert(row);
+        self
+    }
+
+    pub fn external(self, row: ExternalRow) -> Self {
+        self.rows.add_external(row);
+        self
+    }
+
+    pub fn faults(mut self, board: &FaultBoard) -> Self {
+        self.faults = board.clone();
+        self
+    }
+
+    pub fn handle(&self) -> CatalogHandle {
+        self.rows.clone()
+    }
+
+    /// Registers the host; returns the handle to its rows.
+    pub fn install(self, sim: &mut turmoil::Sim<'_>) -> CatalogHandle {
+        let handle = self.rows.clone();
+        let host = self.host.clone();
+        let state = Arc::new(self);
+        install(sim, &host, move || {
+            Router::new()
+                .route(CATALOG_PATH, get(list_models).patch(patch_models))
+                .route(EXTERNAL_PATH, get(list_external))
+                .with_state(state.clone())
+        });
+        handle
+    }
+
+    /// Serves `answer()` unless a fault says otherwise. The fault is taken
+    /// before `answer` runs, so an error status means nothing was written;
+    /// a reset after a write means the write happened but its answer was lost.
+    async fn respond(&self, kind: RequestKind, answer: impl FnOnce() -> Bytes) -> Response {
+        let fault = self.faults.take(&self.host, kind);
+        if let Some(resp) = before_answer(fault.as_ref(), &self.host, "", false).await {
+            return resp;
+        }
+        json_answer(fault.as_ref(), answer())
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Bytes {
+    serde_json::to_vec(value)
+        .expect("catalog rows serialise")
+        .into()
+}
+
+async fn list_models(State(c): State<Arc<Catalog>>) -> Response {
+    c.respond(RequestKind::Catalog, || {
+        to_json(&CatalogList {
+            models: c.rows.models(),
+        })
+    })
+    .await
+}
+
+async fn list_external(State(c): State<Arc<Catalog>>) -> Response {
+    c.respond(RequestKind::External, || {
+        to_json(&ExternalList {
+            providers: c.rows.external(),
+        })
+    })
+    .await
+}
+
+async fn patch_models(State(c): State<Arc<Catalog>>, body: Bytes) -> Response {
+    let patch: CatalogPatch = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, None, &format!("bad patch: {e}")),
+    };
+    c.respond(RequestKind::CatalogPatch, || {
+        c.rows.patch(&patch.models);
+        to_json(&CatalogList {
+            models: c.rows.models(),
+        })
+    })
+    .await
+}

@@ -1,0 +1,328 @@
+//! Simulated HTTP hosts: NEAR backends, an external plaintext provider and
+//! the catalog. Each is an axum router served by the engine's own
+//! [`serve`](tiersim_engine::http::serve) over a turmoil listener, and each
+//! consults the shared [`FaultBoard`] once per request.
+//!
+//! Everything a host answers is a function of the request, its configuration
+//! and a per-boot request counter: no wall clock, no OS randomness.
+
+mod catalog;
+mod external;
+mod near;
+
+pub use catalog::{Catalog, CatalogHandle};
+pub use external::ExternalBackend;
+pub use near::NearBackend;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, StatusCode};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tiersim_engine::openai::CODE_MODEL_NOT_FOUND;
+
+use crate::fault::{Fault, FaultBoard, RequestKind};
+use crate::net::{TurmoilListener, HTTP_PORT};
+
+/// `created` timestamps count up from here (one per request), so responses
+/// look plausible without reading any clock.
+const CREATED_BASE: u64 = 1_700_000_000;
+
+/// A 32-byte key seed derived from the world's seed and a label (e.g. a host
+/// name): distinct labels get independent keys, the same inputs the same key.
+pub fn derive_seed(world_seed: u64, label: &str) -> [u8; 32] {
+    // FNV-1a: a stable hash (std's hashers are not stable across releases).
+    let label_hash = label.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&world_seed.to_le_bytes());
+    key[8..16].copy_from_slice(&label_hash.to_le_bytes());
+    let mut out = [0u8; 32];
+    ChaCha20Rng::from_seed(key).fill_bytes(&mut out);
+    out
+}
+
+/// Registers `host` on the simulation: each (re)boot builds a fresh router
+/// (fresh per-boot state) and serves it on [`HTTP_PORT`].
+fn install<'a>(sim: &mut turmoil::Sim<'a>, host: &str, make_router: impl Fn() -> Router + 'a) {
+    sim.host(host, move || {
+        let router = make_router();
+        async move {
+            let listener = TurmoilListener::bind(HTTP_PORT).await?;
+            tiersim_engine::http::serve(listener, router).await?;
+            Ok(())
+        }
+    });
+}
+
+/// An OpenAI-style error: `{"error":{"message","type","code"}}`.
+fn error_response(status: StatusCode, code: Option<&str>, message: &str) -> Response {
+    let kind = if status.is_server_error() {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    let body = json!({ "error": { "message": message, "type": kind, "code": code } });
+    let mut resp = (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+fn model_not_found(model: &str, host: &str) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        Some(CODE_MODEL_NOT_FOUND),
+        &format!("The model `{model}` does not exist on {host}"),
+    )
+}
+
+/// The part of a fault that happens before any answer is built: delays, and
+/// faults that replace the answer with an error. `None`: go on serving.
+async fn before_answer(
+    fault: Option<&Fault>,
+    host: &str,
+    model: &str,
+    streaming: bool,
+) -> Option<Response> {
+    match fault? {
+        Fault::Latency { ms } => {
+            tokio::time::sleep(Duration::from_millis(*ms)).await;
+            None
+        }
+        // A JSON answer has no first token: the whole answer is slow.
+        Fault::SlowFirstToken { ms } if !streaming => {
+            tokio::time::sleep(Duration::from_millis(*ms)).await;
+            None
+        }
+        Fault::HttpStatus { status, code } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let code = code
+                .as_deref()
+                .or((status == StatusCode::TOO_MANY_REQUESTS).then_some("rate_limit_exceeded"));
+            let message = format!(
+                "{host}: injected {}",
+                status.canonical_reason().unwrap_or("error")
+            );
+            Some(error_response(status, code, &message))
+        }
+        Fault::ModelNotFound => Some(model_not_found(model, host)),
+        _ => None,
+    }
+}
+
+/// One step of a scripted response body.
+enum Step {
+    Data(Bytes),
+    Sleep(Duration),
+    /// Let the server flush what it has buffered before the next step.
+    Flush,
+    /// Fail the body: hyper then drops the connection, which the client sees
+    /// as a reset / early close.
+    Reset,
+}
+
+fn scripted(status: StatusCode, content_type: &'static str, steps: Vec<Step>) -> Response {
+    let steps: VecDeque<Step> = steps.into();
+    let body = futures_util::stream::unfold(steps, |mut steps| async move {
+        loop {
+            match steps.pop_front()? {
+                Step::Data(b) => return Some((Ok(b), steps)),
+                Step::Sleep(d) => tokio::time::sleep(d).await,
+                Step::Flush => tokio::task::yield_now().await,
+                Step::Reset => {
+                    let err = io::Error::new(io::ErrorKind::ConnectionReset, "injected reset");
+                    return Some((Err(err), VecDeque::new()));
+                }
+            }
+        }
+    });
+    (
+        status,
+        [(CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// A complete JSON answer, shaped by a body fault if one fired.
+fn json_answer(fault: Option<&Fault>, body: Bytes) -> Response {
+    let half = || Step::Data(body.slice(..body.len() / 2));
+    let steps = match fault {
+        Some(Fault::ResetBeforeBody) => vec![Step::Reset],
+        Some(Fault::ResetMidBody { .. }) => vec![half(), Step::Flush, Step::Reset],
+        // A clean end after half the JSON: an undecodable body.
+        Some(Fault::CutStream { .. }) => vec![half()],
+        _ => return ([(CONTENT_TYPE, "application/json")], body).into_response(),
+    };
+    scripted(StatusCode::OK, "application/json", steps)
+}
+
+/// An OpenAI-compatible chat backend: the part NEAR backends and external
+/// providers share.
+struct ChatBackend {
+    host: String,
+    models: BTreeSet<String>,
+    faults: FaultBoard,
+    /// Hex signing key of a NEAR backend: a request pinned to another key
+    /// (`x-model-pub-key`) was misrouted and is refused, loudly.
+    signing_key: Option<String>,
+    /// Requests served since boot: ids and timestamps derive from it.
+    served: AtomicU64,
+}
+
+fn chat_router(backend: ChatBackend) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .with_state(Arc::new(backend))
+}
+
+/// The text of the last user message (string content or text parts).
+fn last_user_message(body: &Value) -> String {
+    let Some(msg) = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+    else {
+        return String::new();
+    };
+    match &msg["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+fn words(s: &str) -> usize {
+    s.split_whitespace().count()
+}
+
+async fn chat(
+    State(backend): State<Arc<ChatBackend>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error_response(StatusCode::BAD_REQUEST, None, "request body is not JSON");
+    };
+    let streaming = request["stream"] == true;
+    let kind = if streaming {
+        RequestKind::ChatStream
+    } else {
+        RequestKind::Chat
+    };
+    let host = backend.host.as_str();
+    let model = request["model"].as_str().unwrap_or_default().to_string();
+    let fault = backend.faults.take(host, kind);
+    if let Some(resp) = before_answer(fault.as_ref(), host, &model, streaming).await {
+        return resp;
+    }
+    if let (Some(ours), Some(pinned)) = (&backend.signing_key, headers.get("x-model-pub-key")) {
+        if !pinned.as_bytes().eq_ignore_ascii_case(ours.as_bytes()) {
+            let message =
+                format!("{host}: x-model-pub-key does not match this backend's signing key");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                Some("model_pub_key_mismatch"),
+                &message,
+            );
+        }
+    }
+    if !backend.models.contains(&model) {
+        return model_not_found(&model, host);
+    }
+
+    let n = backend.served.fetch_add(1, Ordering::Relaxed) + 1;
+    let id = format!("chatcmpl-{host}-{n}");
+    let created = CREATED_BASE + n;
+    let prompt = last_user_message(&request);
+    let content = format!("{host} says: {prompt}");
+
+    if !streaming {
+        let body = json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": content },
+                "finish_reason": "stop",
+            }],
+            "usage": {
+                "prompt_tokens": words(&prompt),
+                "completion_tokens": words(&content),
+                "total_tokens": words(&prompt) + words(&content),
+            },
+        });
+        return json_answer(fault.as_ref(), body.to_string().into());
+    }
+
+    // Role, three content pieces, the finish: five chunks, then [DONE].
+    let chunk = |delta: Value, finish: Value| {
+        let c = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+        });
+        Step::Data(format!("data: {c}\n\n").into())
+    };
+    let mut chunks = vec![chunk(
+        json!({ "role": "assistant", "content": "" }),
+        Value::Null,
+    )];
+    for piece in [host.to_string(), " says:".into(), format!(" {prompt}")] {
+        chunks.push(chunk(json!({ "content": piece }), Value::Null));
+    }
+    chunks.push(chunk(json!({}), json!("stop")));
+    let done = Step::Data(Bytes::from_static(b"data: [DONE]\n\n"));
+
+    let steps = match fault {
+        Some(Fault::ResetBeforeBody) => vec![Step::Reset],
+        Some(Fault::ResetMidBody { after_chunks }) => {
+            chunks.truncate(after_chunks as usize);
+            chunks.extend([Step::Flush, Step::Reset]);
+            chunks
+        }
+        Some(Fault::CutStream { after_chunks }) => {
+            chunks.truncate(after_chunks as usize);
+            chunks
+        }
+        Some(Fault::SlowFirstToken { ms }) => {
+            let mut steps = vec![Step::Sleep(Duration::from_millis(ms))];
+            steps.extend(chunks);
+            steps.push(done);
+            steps
+        }
+        _ => {
+            chunks.push(done);
+            chunks
+        }
+    };
+    scripted(StatusCode::OK, "text/event-stream", steps)
+}

@@ -1,0 +1,117 @@
+//! A simulated NEAR backend: OpenAI-compatible chat plus an attestation
+//! report carrying its ed25519 signing key.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use ed25519_dalek::SigningKey;
+use tiersim_engine::near::{AttestationReport, ATTESTATION_PATH};
+
+use super::{before_answer, chat_router, derive_seed, install, json_answer, ChatBackend};
+use crate::fault::{FaultBoard, RequestKind};
+
+/// Builder of a NEAR backend host:
+/// `NearBackend::new("near-1").serves(["m1"]).signing_seed(seed).faults(&board).install(&mut sim)`.
+#[derive(Debug, Clone)]
+pub struct NearBackend {
+    host: String,
+    models: BTreeSet<String>,
+    signing_seed: [u8; 32],
+    faults: FaultBoard,
+}
+
+impl NearBackend {
+    /// A backend serving nothing yet, its key derived from its name.
+    pub fn new(host: impl Into<String>) -> Self {
+        let host = host.into();
+        NearBackend {
+            signing_seed: derive_seed(0, &host),
+            host,
+            models: BTreeSet::new(),
+            faults: FaultBoard::new(),
+        }
+    }
+
+    /// Adds models it serves; any other model gets 404 `model_not_found`.
+    pub fn serves<I, S>(mut self, models: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.models.extend(models.into_iter().map(Into::into));
+        self
+    }
+
+    /// The ed25519 secret key seed of its signing key.
+    pub fn signing_seed(mut self, seed: [u8; 32]) -> Self {
+        self.signing_seed = seed;
+        self
+    }
+
+    /// The fault board it consults (shared with the scenario runner).
+    pub fn faults(mut self, board: &FaultBoard) -> Self {
+        self.faults = board.clone();
+        self
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Lower-case hex of its ed25519 verifying key, as its report carries it.
+    pub fn signing_key_hex(&self) -> String {
+        SigningKey::from_bytes(&self.signing_seed)
+            .verifying_key()
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub fn install(self, sim: &mut turmoil::Sim<'_>) {
+        let report = AttestationReport {
+            signing_algo: "ed25519".into(),
+            signing_public_keys: vec![self.signing_key_hex()],
+        };
+        let attestation = Attestation {
+            host: self.host.clone(),
+            report: serde_json::to_string(&report).expect("report serialises"),
+            faults: self.faults.clone(),
+        };
+        let host = self.host.clone();
+        let key = self.signing_key_hex();
+        install(sim, &host, move || {
+            let chat = chat_router(ChatBackend {
+                host: self.host.clone(),
+                models: self.models.clone(),
+                faults: self.faults.clone(),
+                signing_key: Some(key.clone()),
+                served: AtomicU64::new(0),
+            });
+            chat.merge(
+                Router::new()
+                    .route(ATTESTATION_PATH, get(attestation_report))
+                    .with_state(attestation.clone()),
+            )
+        });
+    }
+}
+
+#[derive(Clone)]
+struct Attestation {
+    host: String,
+    report: String,
+    faults: FaultBoard,
+}
+
+async fn attestation_report(State(a): State<Attestation>) -> Response {
+    let fault = a.faults.take(&a.host, RequestKind::Attestation);
+    if let Some(resp) = before_answer(fault.as_ref(), &a.host, "", false).await {
+        return resp;
+    }
+    json_answer(fault.as_ref(), a.report.into())
+}
