@@ -94,7 +94,12 @@ impl EngineConfig {
         let chutes_models = parse_chutes_models(get("CHUTES_MODELS").as_deref())?;
         let chutes_api_key = get("CHUTES_API_KEY").filter(|k| !k.trim().is_empty());
         let chutes_streaming = get("CHUTES_ENABLE_STREAMING")
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .map(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
             .unwrap_or(false);
         let refresh_interval = match get("MODEL_REFRESH_INTERVAL_SECS") {
             None => EngineConfig::default().refresh_interval,
@@ -191,7 +196,8 @@ mod tests {
         assert_eq!(cfg.refresh_interval, Duration::from_secs(30));
         let def = EngineConfig::from_env(|_| None).unwrap();
         assert!(!def.chutes_streaming, "streaming is off by default");
-        let bad = EngineConfig::from_env(|k| (k == "MODEL_REFRESH_INTERVAL_SECS").then(|| "0s".into()));
+        let bad =
+            EngineConfig::from_env(|k| (k == "MODEL_REFRESH_INTERVAL_SECS").then(|| "0s".into()));
         assert!(matches!(bad, Err(ConfigError::BadInterval { .. })));
     }
 }

@@ -1,0 +1,5 @@
+fn main() {}
+#[test]
+fn t() {
+    let _ = tiersim_engine::testing::FakeProvider::near("x");
+}
