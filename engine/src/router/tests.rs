@@ -68,7 +68,7 @@ fn failures(router: &Router, provider: &str) -> Option<u32> {
 
 // ---- R3 ----
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn r3_responses_carry_the_canonical_id_never_the_slug() {
     let c = FakeProvider::chutes("chutes:slug")
         .with_streaming(true)
@@ -93,7 +93,7 @@ async fn r3_responses_carry_the_canonical_id_never_the_slug() {
     assert_eq!(items[1], Ok(StreamItem::Done));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn r3_bodies_already_canonical_pass_through_byte_for_byte() {
     let n1 = FakeProvider::near("n1").arc();
     let router = world(&[&n1], &[]);
@@ -107,7 +107,7 @@ async fn r3_bodies_already_canonical_pass_through_byte_for_byte() {
 
 // ---- R6 / R9 / R13 at the API edge ----
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn r6_unknown_and_inactive_ids_are_404_without_touching_a_provider() {
     let c = FakeProvider::chutes("c1").arc();
     let reg = Registry::new();
@@ -131,7 +131,7 @@ async fn r6_unknown_and_inactive_ids_are_404_without_touching_a_provider() {
     assert_eq!(r.result.unwrap().provider().as_str(), "c1");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn r9_reserved_only_id_dropped_by_near_is_404_not_a_dead_mapping() {
     let n1 = FakeProvider::near("n1").arc();
     let router = world(&[&n1], &[]);
@@ -146,7 +146,7 @@ async fn r9_reserved_only_id_dropped_by_near_is_404_not_a_dead_mapping() {
     assert_eq!(n1.calls(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn r13_deactivated_pinned_id_is_404_and_serves_again_when_reactivated() {
     let n1 = FakeProvider::near("n1").arc();
     let c1 = FakeProvider::chutes("c1").arc();
@@ -161,7 +161,7 @@ async fn r13_deactivated_pinned_id_is_404_and_serves_again_when_reactivated() {
 
 // ---- R16 at the API edge ----
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn r16_unmatched_pubkey_is_an_error_and_never_reaches_chutes() {
     let n1 = FakeProvider::near("n1").with_keys(["k1"]).arc();
     let c1 = FakeProvider::chutes("c1").arc();
