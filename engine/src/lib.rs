@@ -12,10 +12,20 @@ pub mod near;
 pub mod net;
 pub mod openai;
 pub mod provider;
+pub mod registry;
+pub mod retry;
+pub mod router;
+pub mod select;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tier;
 
 pub use provider::{
     ChatRequest, ChatResponse, ChatStream, Operation, Provider, ProviderError, ProviderId, Refusal,
     StatusDetail, StreamItem,
 };
+pub use registry::{CatalogRow, Discovered, External, Registry, RegistryView, SourceRead};
+pub use retry::{Attempt, Class, Decision, Outcome};
+pub use router::{RouteError, Routed, Router, Served};
+pub use select::{SelectError, Selection};
 pub use tier::{Capabilities, Tier};

@@ -1,0 +1,227 @@
+//! The immutable routing snapshot and its builder.
+//!
+//! A [`Table`] has two halves:
+//! - [`Sources`], the state writers change: what discovery, the pinned
+//!   (secondary) registrations and the external load each say about a model,
+//!   plus the reserved ids and the catalog rows;
+//! - an index derived from them on every build (flat provider slots, model →
+//!   slot range, per-provider health and per-model round-robin counters), which
+//!   is what the selection hot path reads.
+//!
+//! Because every model list, the pubkey view and the health table are derived
+//! from `Sources` in one build, nothing can point at a provider that backs no
+//! model (R8/R9 cleanup holds by construction).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use crate::provider::{Provider, ProviderId};
+use crate::retry::DEMOTE_AFTER;
+use crate::tier::{Capabilities, Tier};
+
+/// One model's catalog row (R6/R13): whether clients may use it, and its price
+/// in integer micro-units per million tokens (no floats in the engine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct CatalogRow {
+    pub active: bool,
+    pub price: u64,
+}
+
+pub(crate) type Providers = Vec<Arc<dyn Provider>>;
+
+/// What each source says, keyed by model id. Lists are never empty: an empty
+/// list is removed, so a model with no provider has no mapping (R9: 404, not a
+/// dead mapping).
+#[derive(Clone, Default)]
+pub(crate) struct Sources {
+    /// NEAR providers from discovery or the admin PATCH (R7).
+    pub near: BTreeMap<String, Providers>,
+    /// Pinned (secondary, Chutes) providers: the source of truth for
+    /// re-attachment (R4). A key here means the id is pinned.
+    pub pinned: BTreeMap<String, Providers>,
+    /// Plaintext rows from the external load (R12).
+    pub external: BTreeMap<String, Providers>,
+    /// Canonical ids reserved before any load (R5).
+    pub reserved: BTreeSet<String>,
+    pub catalog: BTreeMap<String, CatalogRow>,
+}
+
+impl Sources {
+    /// R5 + R12, the one place the fail-closed reservation is enforced: a
+    /// reserved or pinned id holds no NonAttested provider and no external row,
+    /// whatever path tried to add one. Also drops emptied lists.
+    pub fn enforce_fail_closed(&mut self) {
+        let Sources {
+            near,
+            pinned,
+            external,
+            reserved,
+            ..
+        } = self;
+        let protected = |m: &str| reserved.contains(m) || pinned.contains_key(m);
+        external.retain(|m, ps| !protected(m) && !ps.is_empty());
+        near.retain(|m, ps| {
+            if protected(m) {
+                ps.retain(|p| p.tier().is_attested());
+            }
+            !ps.is_empty()
+        });
+        pinned.retain(|_, ps| {
+            ps.retain(|p| p.tier().is_attested());
+            !ps.is_empty()
+        });
+    }
+}
+
+/// Consecutive retryable failures of one provider (R21), shared by every
+/// model it backs and carried across snapshots by [`ProviderId`].
+#[derive(Debug, Default)]
+pub struct Health(AtomicU32);
+
+impl Health {
+    pub fn consecutive_failures(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// R17: demoted below every healthy provider.
+    #[inline]
+    pub fn is_demoted(&self) -> bool {
+        self.consecutive_failures() >= DEMOTE_AFTER
+    }
+    pub(crate) fn record_failure(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn record_success(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Per-model round-robin counters (R17), carried across snapshots by model id.
+#[derive(Debug, Default)]
+pub(crate) struct RoundRobin {
+    pub plain: AtomicUsize,
+    /// Pubkey-routed requests rotate on their own counter.
+    pub pubkey: AtomicUsize,
+}
+
+/// One provider in one model's list, with everything selection reads inline.
+pub(crate) struct Slot {
+    pub tier: Tier,
+    pub caps: Capabilities,
+    pub health: Arc<Health>,
+    /// Signing keys usable for pubkey routing (R16); empty for anything not NEAR.
+    pub keys: Arc<[Box<str>]>,
+    pub provider: Arc<dyn Provider>,
+}
+
+pub(crate) struct ModelIdx {
+    pub start: u32,
+    pub len: u32,
+    pub rr: Arc<RoundRobin>,
+}
+
+/// An immutable snapshot. Readers hold it through an `arc_swap` guard.
+pub struct Table {
+    pub(crate) sources: Sources,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) models: FxHashMap<Box<str>, ModelIdx>,
+    pub(crate) health: BTreeMap<ProviderId, Arc<Health>>,
+}
+
+impl Table {
+    pub(crate) fn empty() -> Table {
+        Table::build(Sources::default(), None)
+    }
+
+    /// Builds the derived index from `sources`, reusing `prev`'s health and
+    /// round-robin counters for providers and models that are still present
+    /// (so they survive unrelated swaps and vanish with their owner).
+    pub(crate) fn build(mut sources: Sources, prev: Option<&Table>) -> Table {
+        sources.enforce_fail_closed();
+        let mut ids: BTreeSet<&str> = BTreeSet::new();
+        for map in [&sources.near, &sources.pinned, &sources.external] {
+            ids.extend(map.keys().map(String::as_str));
+        }
+        fn list<'a>(map: &'a BTreeMap<String, Providers>, m: &str) -> &'a [Arc<dyn Provider>] {
+            map.get(m).map_or(&[], Vec::as_slice)
+        }
+
+        let mut slots = Vec::new();
+        let mut models = FxHashMap::default();
+        models.reserve(ids.len());
+        let mut health: BTreeMap<ProviderId, Arc<Health>> = BTreeMap::new();
+        let mut keys: BTreeMap<ProviderId, Arc<[Box<str>]>> = BTreeMap::new();
+        for m in ids {
+            let start = slots.len();
+            // R7: [NEAR…] + [pinned…] (+ external, only on unprotected ids),
+            // deduplicated by provider id, first occurrence wins.
+            let chain = list(&sources.near, m)
+                .iter()
+                .chain(list(&sources.pinned, m))
+                .chain(list(&sources.external, m));
+            for p in chain {
+                let id = p.id();
+                if slots[start..].iter().any(|s: &Slot| s.provider.id() == id) {
+                    continue;
+                }
+                let h = health
+                    .entry(id.clone())
+                    .or_insert_with(|| {
+                        prev.and_then(|t| t.health.get(id).cloned())
+                            .unwrap_or_default()
+                    })
+                    .clone();
+                let tier = p.tier();
+                let k = keys
+                    .entry(id.clone())
+                    .or_insert_with(|| {
+                        // Pubkey routing trusts keys from an attestation report,
+                        // which only NEAR has (R4: Chutes gets no pubkey entries).
+                        if tier == Tier::Near {
+                            p.signing_keys().iter().map(|k| k.as_str().into()).collect()
+                        } else {
+                            Arc::from([])
+                        }
+                    })
+                    .clone();
+                slots.push(Slot {
+                    tier,
+                    caps: p.capabilities(),
+                    health: h,
+                    keys: k,
+                    provider: p.clone(),
+                });
+            }
+            let rr = prev
+                .and_then(|t| t.models.get(m))
+                .map(|x| x.rr.clone())
+                .unwrap_or_default();
+            let len = slots.len() - start;
+            models.insert(
+                m.into(),
+                ModelIdx {
+                    start: u32::try_from(start).expect("fewer than 2^32 slots"),
+                    len: u32::try_from(len).expect("fewer than 2^32 slots"),
+                    rr,
+                },
+            );
+        }
+        Table {
+            sources,
+            slots,
+            models,
+            health,
+        }
+    }
+
+    pub(crate) fn model_slots(&self, idx: &ModelIdx) -> &[Slot] {
+        &self.slots[idx.start as usize..(idx.start + idx.len) as usize]
+    }
+
+    pub(crate) fn catalog_row(&self, model: &str) -> Option<CatalogRow> {
+        self.sources.catalog.get(model).copied()
+    }
+}

@@ -1,0 +1,239 @@
+//! The router facade: catalog gate (R6/R13), selection (R15–R18), retry and
+//! fallback (R19–R22), and the canonical id on every response (R3).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+use crate::provider::{ChatRequest, ChatResponse, ChatStream, ProviderId, StreamItem};
+use crate::registry::Registry;
+use crate::retry::{self, Attempt};
+use crate::select::{select_in, SelectError};
+use crate::tier::Tier;
+
+/// A successful response and who served it.
+pub enum Served {
+    Json {
+        provider: ProviderId,
+        tier: Tier,
+        response: ChatResponse,
+    },
+    /// The stream as opened by the provider; its items arrive later.
+    Stream {
+        provider: ProviderId,
+        tier: Tier,
+        stream: ChatStream,
+    },
+}
+
+impl Served {
+    pub fn provider(&self) -> &ProviderId {
+        match self {
+            Served::Json { provider, .. } | Served::Stream { provider, .. } => provider,
+        }
+    }
+    pub fn tier(&self) -> Tier {
+        match self {
+            Served::Json { tier, .. } | Served::Stream { tier, .. } => *tier,
+        }
+    }
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Served::Json { .. } => "Json",
+            Served::Stream { .. } => "Stream",
+        };
+        write!(f, "Served::{kind}({} {})", self.provider(), self.tier())
+    }
+}
+
+/// Why a request was not served. Every message names the canonical model id
+/// and carries no upstream URL (R22).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("model {model} not found")]
+    UnknownModel { model: String },
+    /// The catalog row is inactive (R6/R13); indistinguishable from unknown to
+    /// a client (404), distinct in the log.
+    #[error("model {model} not found (inactive)")]
+    Inactive { model: String },
+    #[error("model {model}: no provider for this public key")]
+    NoProviderForPubKey { model: String },
+    #[error("model {model}: no provider available")]
+    NoProviders { model: String },
+    /// Every attempt failed; this is the most informative provider error.
+    #[error("model {model}: {message}")]
+    Provider {
+        model: String,
+        provider: ProviderId,
+        status: u16,
+        message: String,
+    },
+}
+
+impl RouteError {
+    /// The HTTP status the client receives.
+    pub fn status(&self) -> u16 {
+        match self {
+            RouteError::UnknownModel { .. }
+            | RouteError::Inactive { .. }
+            | RouteError::NoProviderForPubKey { .. } => 404,
+            RouteError::NoProviders { .. } => 503,
+            RouteError::Provider { status, .. } => *status,
+        }
+    }
+}
+
+/// The result of routing one request, with every attempt made.
+#[derive(Debug)]
+pub struct Routed {
+    /// The canonical model id requested.
+    pub model: String,
+    pub attempts: Vec<Attempt>,
+    pub result: Result<Served, RouteError>,
+}
+
+pub struct Router {
+    registry: Arc<Registry>,
+    epoch: Instant,
+}
+
+impl Router {
+    /// Attempt times are measured from here, on tokio time.
+    pub fn new(registry: Arc<Registry>) -> Router {
+        Router {
+            registry,
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Routes one chat completion. For a stream, retry and fallback cover
+    /// opening it; the first opened stream is returned.
+    pub async fn chat(&self, req: ChatRequest, stream: bool) -> Routed {
+        let mut attempts = Vec::new();
+        let result = self.route(&req, stream, &mut attempts).await;
+        Routed {
+            model: req.model,
+            attempts,
+            result,
+        }
+    }
+
+    async fn route(
+        &self,
+        req: &ChatRequest,
+        stream: bool,
+        attempts: &mut Vec<Attempt>,
+    ) -> Result<Served, RouteError> {
+        let model = req.model.as_str();
+        let table = self.registry.load();
+        match table.catalog_row(model) {
+            None => {
+                return Err(RouteError::UnknownModel {
+                    model: model.into(),
+                })
+            }
+            Some(row) if !row.active => {
+                return Err(RouteError::Inactive {
+                    model: model.into(),
+                })
+            }
+            Some(_) => {}
+        }
+        let op = req.operation(stream);
+        let selection = select_in(
+            table,
+            model,
+            op,
+            req.model_pub_key.as_deref(),
+            req.client_pub_key.is_some(),
+        )
+        .map_err(|e| match e {
+            SelectError::UnknownModel => RouteError::UnknownModel {
+                model: model.into(),
+            },
+            SelectError::NoProviderForPubKey => RouteError::NoProviderForPubKey {
+                model: model.into(),
+            },
+            SelectError::NoProviders => RouteError::NoProviders {
+                model: model.into(),
+            },
+        })?;
+        // Owned copies: the snapshot guard is not held across awaits.
+        let candidates = selection.to_candidates();
+        drop(selection);
+
+        let failed = |f: retry::Failure| RouteError::Provider {
+            model: model.into(),
+            provider: f.provider,
+            status: retry::http_status(&f.error),
+            message: retry::sanitize(&f.error.to_string()),
+        };
+        let served = |i: usize| {
+            let p = &candidates[i].0;
+            (p.id().clone(), p.tier())
+        };
+        if stream {
+            let (i, stream) = retry::run(&candidates, self.epoch, attempts, |p| async move {
+                p.chat_completion_stream(req).await
+            })
+            .await
+            .map_err(failed)?;
+            let (provider, tier) = served(i);
+            Ok(Served::Stream {
+                provider,
+                tier,
+                stream: canonical_stream(stream, model),
+            })
+        } else {
+            let (i, response) = retry::run(&candidates, self.epoch, attempts, |p| async move {
+                p.chat_completion(req).await
+            })
+            .await
+            .map_err(failed)?;
+            let (provider, tier) = served(i);
+            Ok(Served::Json {
+                provider,
+                tier,
+                response: ChatResponse {
+                    body: canonical_model(response.body, model),
+                },
+            })
+        }
+    }
+}
+
+/// R3: the `model` the client sees is the canonical id, never a provider's
+/// upstream name (e.g. a chute slug). Bodies already right pass through
+/// byte-for-byte; anything not a JSON object with `model` is left alone.
+fn canonical_model(body: Bytes, model: &str) -> Bytes {
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&body) else {
+        return body;
+    };
+    match obj.get("model") {
+        Some(serde_json::Value::String(m)) if m != model => {
+            obj.insert("model".into(), model.into());
+            serde_json::to_vec(&obj).map_or(body, Bytes::from)
+        }
+        _ => body,
+    }
+}
+
+fn canonical_stream(stream: ChatStream, model: &str) -> ChatStream {
+    let model: Arc<str> = model.into();
+    Box::pin(stream.map(move |item| match item {
+        Ok(StreamItem::Chunk(b)) => Ok(StreamItem::Chunk(canonical_model(b, &model))),
+        other => other,
+    }))
+}
+
+#[cfg(test)]
+mod tests;

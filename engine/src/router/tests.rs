@@ -1,0 +1,663 @@
+//! Routing end to end on fake providers: R3, R6/R9/R13 at the API edge, the
+//! R18 masking findings, and retry/fallback R19–R22 on paused tokio time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::*;
+use crate::provider::{Provider, ProviderError, Refusal, StatusDetail};
+use crate::registry::{CatalogRow, Discovered, External, SourceRead};
+use crate::retry::{classify, sanitize, Backoff, Class, Decision, Outcome};
+use crate::testing::{request, rows, FakeProvider};
+
+const M: &str = "zai-org/GLM-5.1-FP8";
+const SLUG: &str = "zai-org/GLM-5.1-TEE";
+
+fn active(reg: &Registry, model: &str) {
+    reg.set_catalog_rows([(
+        model,
+        CatalogRow {
+            active: true,
+            price: 1,
+        },
+    )]);
+}
+
+/// M served by `near` then the pinned `chutes`, catalog row active.
+fn world(near: &[&Arc<FakeProvider>], chutes: &[&Arc<FakeProvider>]) -> Router {
+    let reg = Registry::new();
+    reg.reserve([M]);
+    for c in chutes {
+        reg.register_secondary(M, Arc::clone(c) as Arc<dyn Provider>);
+    }
+    reg.refresh(
+        SourceRead::Ok(Discovered(rows(&[(M, near)]))),
+        SourceRead::Ok(External::default()),
+    );
+    active(&reg, M);
+    Router::new(Arc::new(reg))
+}
+
+fn s503() -> ProviderError {
+    ProviderError::status(503, "service unavailable")
+}
+
+fn tried(r: &Routed) -> Vec<(&str, u32, u64)> {
+    r.attempts
+        .iter()
+        .map(|a| (a.provider.as_str(), a.round, a.at.as_millis() as u64))
+        .collect()
+}
+
+fn err(r: &Routed) -> &RouteError {
+    r.result.as_ref().unwrap_err()
+}
+
+fn body(r: &Routed) -> serde_json::Value {
+    match r.result.as_ref().unwrap() {
+        Served::Json { response, .. } => serde_json::from_slice(&response.body).unwrap(),
+        other => panic!("expected JSON, got {other:?}"),
+    }
+}
+
+fn failures(router: &Router, provider: &str) -> Option<u32> {
+    router.registry().view().failures(provider)
+}
+
+// ---- R3 ----
+
+#[tokio::test(start_paused = true)]
+async fn r3_responses_carry_the_canonical_id_never_the_slug() {
+    let c = FakeProvider::chutes("chutes:slug")
+        .with_streaming(true)
+        .with_upstream_model(SLUG)
+        .arc();
+    let router = world(&[], &[&c]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(body(&r)["model"], M);
+    assert!(!format!("{}", body(&r)).contains(SLUG));
+
+    let r = router.chat(request(M), true).await;
+    let Ok(Served::Stream { stream, .. }) = r.result else {
+        panic!("expected a stream");
+    };
+    let items: Vec<_> = stream.collect().await;
+    assert_eq!(items.len(), 2);
+    let Ok(StreamItem::Chunk(chunk)) = &items[0] else {
+        panic!("{items:?}")
+    };
+    let chunk: serde_json::Value = serde_json::from_slice(chunk).unwrap();
+    assert_eq!(chunk["model"], M);
+    assert_eq!(items[1], Ok(StreamItem::Done));
+}
+
+#[tokio::test(start_paused = true)]
+async fn r3_bodies_already_canonical_pass_through_byte_for_byte() {
+    let n1 = FakeProvider::near("n1").arc();
+    let router = world(&[&n1], &[]);
+    let r = router.chat(request(M), false).await;
+    let Ok(Served::Json { response, .. }) = &r.result else {
+        panic!()
+    };
+    let expected = serde_json::json!({"id": "n1-1", "model": M, "provider": "n1"}).to_string();
+    assert_eq!(response.body, expected.as_bytes());
+}
+
+// ---- R6 / R9 / R13 at the API edge ----
+
+#[tokio::test(start_paused = true)]
+async fn r6_unknown_and_inactive_ids_are_404_without_touching_a_provider() {
+    let c = FakeProvider::chutes("c1").arc();
+    let reg = Registry::new();
+    reg.reserve([M]);
+    reg.register_secondary(M, c.clone());
+    assert!(reg.seed_catalog_row_if_absent(M));
+    let router = Router::new(Arc::new(reg));
+
+    let r = router.chat(request(M), false).await;
+    assert!(matches!(err(&r), RouteError::Inactive { .. }), "{r:?}");
+    assert_eq!(err(&r).status(), 404);
+    assert!(err(&r).to_string().contains(M));
+    let r = router.chat(request("no/such-model"), false).await;
+    assert!(matches!(err(&r), RouteError::UnknownModel { .. }));
+    assert_eq!(err(&r).status(), 404);
+    assert_eq!(c.calls(), 0);
+    assert!(r.attempts.is_empty());
+
+    router.registry().set_active(M, true);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(r.result.unwrap().provider().as_str(), "c1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn r9_reserved_only_id_dropped_by_near_is_404_not_a_dead_mapping() {
+    let n1 = FakeProvider::near("n1").arc();
+    let router = world(&[&n1], &[]);
+    assert!(router.chat(request(M), false).await.result.is_ok());
+    router.registry().refresh(
+        SourceRead::Ok(Discovered::default()),
+        SourceRead::Ok(External::default()),
+    );
+    let r = router.chat(request(M), false).await;
+    assert!(matches!(err(&r), RouteError::UnknownModel { .. }), "{r:?}");
+    assert_eq!(err(&r).status(), 404);
+    assert_eq!(n1.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r13_deactivated_pinned_id_is_404_and_serves_again_when_reactivated() {
+    let n1 = FakeProvider::near("n1").arc();
+    let c1 = FakeProvider::chutes("c1").arc();
+    let router = world(&[&n1], &[&c1]);
+    router.registry().set_active(M, false);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(err(&r).status(), 404);
+    assert_eq!(router.registry().view().provider_ids(M), ["n1", "c1"]);
+    router.registry().set_active(M, true);
+    assert!(router.chat(request(M), false).await.result.is_ok());
+}
+
+// ---- R16 at the API edge ----
+
+#[tokio::test(start_paused = true)]
+async fn r16_unmatched_pubkey_is_an_error_and_never_reaches_chutes() {
+    let n1 = FakeProvider::near("n1").with_keys(["k1"]).arc();
+    let c1 = FakeProvider::chutes("c1").arc();
+    let router = world(&[&n1], &[&c1]);
+    let mut req = request(M);
+    req.model_pub_key = Some("k-other".into());
+    let r = router.chat(req.clone(), false).await;
+    assert!(matches!(err(&r), RouteError::NoProviderForPubKey { .. }));
+    assert!(err(&r)
+        .to_string()
+        .contains("no provider for this public key"));
+    // Matching key, NEAR failing: no Chutes fallback on the pubkey path.
+    n1.push_failures(s503(), 4);
+    req.model_pub_key = Some("k1".into());
+    let r = router.chat(req, false).await;
+    assert_eq!(err(&r).status(), 503);
+    assert_eq!(c1.calls(), 0);
+}
+
+// ---- R18 masking findings (with R20/R22) ----
+
+#[tokio::test(start_paused = true)]
+async fn r18_near_5xx_with_chutes_streaming_off_surfaces_near_503() {
+    // Review round 1, blocking 2 (a design-card scenario).
+    let n1 = FakeProvider::near("n1").fail(s503(), 4).arc();
+    let c1 = FakeProvider::chutes("c1").arc();
+    let router = world(&[&n1], &[&c1]);
+    let r = router.chat(request(M), true).await;
+    assert_eq!(
+        tried(&r),
+        [
+            ("n1", 1, 0),
+            ("n1", 2, 500),
+            ("n1", 3, 1500),
+            ("n1", 4, 3500)
+        ]
+    );
+    assert_eq!(err(&r).status(), 503);
+    assert!(!err(&r).to_string().contains("streaming"), "{}", err(&r));
+    assert_eq!(c1.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r18_client_e2ee_request_never_masks_a_near_failure_with_a_chutes_refusal() {
+    // Review round 3, blocking (a design-card scenario).
+    let n1 = FakeProvider::near("n1").fail(s503(), 1).arc();
+    let c1 = FakeProvider::chutes("c1").arc();
+    let router = world(&[&n1], &[&c1]);
+    let mut req = request(M);
+    req.client_pub_key = Some("client-key".into());
+    let r = router.chat(req, false).await;
+    assert_eq!(tried(&r), [("n1", 1, 0), ("n1", 2, 500)]);
+    assert_eq!(r.result.unwrap().provider().as_str(), "n1");
+    assert_eq!(c1.calls(), 0);
+}
+
+// ---- R19 ----
+
+#[test]
+fn r19_classification() {
+    use ProviderError as E;
+    let st = |status, detail| E::Status {
+        status,
+        message: "x".into(),
+        detail,
+    };
+    let cases = [
+        (
+            st(500, StatusDetail::None),
+            Class::Retryable(Backoff::Standard),
+        ),
+        (
+            st(502, StatusDetail::None),
+            Class::Retryable(Backoff::Standard),
+        ),
+        (
+            st(503, StatusDetail::None),
+            Class::Retryable(Backoff::Standard),
+        ),
+        (
+            st(429, StatusDetail::None),
+            Class::Retryable(Backoff::RateLimited),
+        ),
+        (
+            E::Connection("reset".into()),
+            Class::Retryable(Backoff::Standard),
+        ),
+        (
+            E::BodyDecode("eof".into()),
+            Class::Retryable(Backoff::Standard),
+        ),
+        (E::Truncated, Class::Retryable(Backoff::Standard)),
+        (st(502, StatusDetail::ClientMediaFetch), Class::FallThrough),
+        (st(408, StatusDetail::None), Class::FallThrough),
+        (st(404, StatusDetail::ModelNotFound), Class::FallThrough),
+        (st(404, StatusDetail::None), Class::FastReturn),
+        (st(400, StatusDetail::None), Class::FastReturn),
+        (st(401, StatusDetail::None), Class::FastReturn),
+        (st(422, StatusDetail::None), Class::FastReturn),
+        (E::Timeout, Class::FallThrough),
+        (E::Refused(Refusal::StreamingDisabled), Class::FallThrough),
+        (
+            E::Refused(Refusal::ClientE2eeUnsupported),
+            Class::FallThrough,
+        ),
+        (E::Integrity("bad tag".into()), Class::Fatal),
+    ];
+    for (e, want) in cases {
+        assert_eq!(classify(&e), want, "{e:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn r19_non_retryable_4xx_fast_returns_without_chutes_or_failure_count() {
+    let n1 = FakeProvider::near("n1")
+        .fail(
+            ProviderError::status(400, "bad request: messages must not be empty"),
+            1,
+        )
+        .arc();
+    let c1 = FakeProvider::chutes("c1").arc();
+    let router = world(&[&n1], &[&c1]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(tried(&r), [("n1", 1, 0)]);
+    assert_eq!(r.attempts[0].decision, Decision::FastReturn);
+    assert_eq!(err(&r).status(), 400);
+    assert_eq!(c1.calls(), 0, "no Chutes quota spent");
+    assert_eq!(failures(&router, "n1"), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn r19_408_and_model_not_found_fall_through_without_making_the_round_retryable() {
+    for e in [
+        ProviderError::status(408, "request timeout"),
+        ProviderError::Status {
+            status: 404,
+            message: "model not found".into(),
+            detail: StatusDetail::ModelNotFound,
+        },
+    ] {
+        // Falls through to the next provider…
+        let n1 = FakeProvider::near("n1").fail(e.clone(), 1).arc();
+        let c1 = FakeProvider::chutes("c1").arc();
+        let router = world(&[&n1], &[&c1]);
+        let r = router.chat(request(M), false).await;
+        assert_eq!(tried(&r), [("n1", 1, 0), ("c1", 1, 0)], "{e:?}");
+        assert_eq!(r.attempts[0].decision, Decision::FallThrough);
+        assert_eq!(r.result.unwrap().provider().as_str(), "c1");
+        assert_eq!(failures(&router, "n1"), Some(0));
+        // …and alone, it is not retried.
+        let n1 = FakeProvider::near("n1").fail(e.clone(), 4).arc();
+        let router = world(&[&n1], &[]);
+        let r = router.chat(request(M), false).await;
+        assert_eq!(tried(&r), [("n1", 1, 0)], "{e:?}");
+        assert_eq!(err(&r).status(), http_of(&e));
+    }
+}
+
+fn http_of(e: &ProviderError) -> u16 {
+    crate::retry::http_status(e)
+}
+
+#[tokio::test(start_paused = true)]
+async fn r19_client_media_fetch_5xx_is_not_retried() {
+    let e = ProviderError::Status {
+        status: 502,
+        message: "failed to fetch image".into(),
+        detail: StatusDetail::ClientMediaFetch,
+    };
+    let n1 = FakeProvider::near("n1").fail(e, 4).arc();
+    let router = world(&[&n1], &[]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(tried(&r), [("n1", 1, 0)]);
+    assert_eq!(err(&r).status(), 502);
+    assert_eq!(failures(&router, "n1"), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn r19_timeout_and_refusal_are_not_retried() {
+    let n1 = FakeProvider::near("n1")
+        .fail(ProviderError::Timeout, 4)
+        .arc();
+    let router = world(&[&n1], &[]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(tried(&r), [("n1", 1, 0)]);
+    assert_eq!(err(&r).status(), 504);
+    assert_eq!(failures(&router, "n1"), Some(0));
+
+    let c1 = FakeProvider::chutes("c1").arc();
+    let router = world(&[], &[&c1]);
+    let r = router.chat(request(M), true).await;
+    assert_eq!(tried(&r), [("c1", 1, 0)]);
+    assert!(
+        err(&r).to_string().contains("CHUTES_ENABLE_STREAMING"),
+        "{}",
+        err(&r)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn r19_integrity_failure_fails_closed() {
+    let n1 = FakeProvider::near("n1")
+        .fail(ProviderError::Integrity("AEAD tag mismatch".into()), 1)
+        .arc();
+    let c1 = FakeProvider::chutes("c1").arc();
+    let router = world(&[&n1], &[&c1]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(tried(&r), [("n1", 1, 0)]);
+    assert_eq!(r.attempts[0].decision, Decision::FailClosed);
+    assert_eq!(err(&r).status(), 502);
+    assert_eq!(c1.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r19_truncated_before_stream_start_is_retried_as_body_decode() {
+    let n1 = FakeProvider::near("n1")
+        .fail(ProviderError::Truncated, 1)
+        .arc();
+    let router = world(&[&n1], &[]);
+    let r = router.chat(request(M), true).await;
+    assert_eq!(tried(&r), [("n1", 1, 0), ("n1", 2, 500)]);
+    assert!(matches!(r.result, Ok(Served::Stream { .. })));
+}
+
+// ---- R20 ----
+
+#[tokio::test(start_paused = true)]
+async fn r20_5xx_and_connection_backoff_is_500ms_1s_2s_over_four_rounds() {
+    for e in [
+        s503(),
+        ProviderError::Connection("connection reset by peer".into()),
+    ] {
+        let n1 = FakeProvider::near("n1").fail(e.clone(), 10).arc();
+        let router = world(&[&n1], &[]);
+        let r = router.chat(request(M), false).await;
+        assert_eq!(
+            tried(&r),
+            [
+                ("n1", 1, 0),
+                ("n1", 2, 500),
+                ("n1", 3, 1500),
+                ("n1", 4, 3500)
+            ],
+            "{e:?}"
+        );
+        let waits: Vec<_> = r.attempts.iter().map(|a| a.retry_after).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(waits, [Some(ms(500)), Some(ms(1000)), Some(ms(2000)), None]);
+        assert_eq!(n1.calls(), 4);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn r20_429_backoff_is_1s_2s_4s() {
+    let n1 = FakeProvider::near("n1")
+        .fail(ProviderError::status(429, "slow down"), 10)
+        .arc();
+    let router = world(&[&n1], &[]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(
+        tried(&r),
+        [
+            ("n1", 1, 0),
+            ("n1", 2, 1000),
+            ("n1", 3, 3000),
+            ("n1", 4, 7000)
+        ]
+    );
+    assert_eq!(err(&r).status(), 429);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r20_each_round_walks_every_provider_before_backing_off() {
+    let n1 = FakeProvider::near("n1").fail(s503(), 2).arc();
+    let c1 = FakeProvider::chutes("c1")
+        .fail(ProviderError::status(429, "quota"), 2)
+        .arc();
+    let router = world(&[&n1], &[&c1]);
+    let r = router.chat(request(M), false).await;
+    // The round's last retryable failure (429) sets the schedule: 1 s, 2 s.
+    assert_eq!(
+        tried(&r),
+        [
+            ("n1", 1, 0),
+            ("c1", 1, 0),
+            ("n1", 2, 1000),
+            ("c1", 2, 1000),
+            ("n1", 3, 3000)
+        ]
+    );
+    assert_eq!(r.result.unwrap().provider().as_str(), "n1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn r20_attempt_times_include_provider_latency() {
+    let n1 = FakeProvider::near("n1")
+        .with_latency(Duration::from_millis(100))
+        .fail(s503(), 1)
+        .arc();
+    let router = world(&[&n1], &[]);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let r = router.chat(request(M), false).await;
+    // 5 s after the router was created; 100 ms call + 500 ms backoff.
+    assert_eq!(tried(&r), [("n1", 1, 5000), ("n1", 2, 5600)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r20_stream_open_is_retried_then_the_stream_is_handed_over() {
+    let n1 = FakeProvider::near("n1").fail(s503(), 2).arc();
+    let router = world(&[&n1], &[]);
+    let r = router.chat(request(M), true).await;
+    assert_eq!(tried(&r), [("n1", 1, 0), ("n1", 2, 500), ("n1", 3, 1500)]);
+    let Ok(Served::Stream {
+        stream, provider, ..
+    }) = r.result
+    else {
+        panic!()
+    };
+    assert_eq!(provider.as_str(), "n1");
+    let items: Vec<_> = stream.collect().await;
+    assert_eq!(items.last(), Some(&Ok(StreamItem::Done)));
+}
+
+// ---- R21 ----
+
+#[tokio::test(start_paused = true)]
+async fn r21_retryable_failures_count_and_a_success_resets() {
+    let n1 = FakeProvider::near("n1").fail(s503(), 6).arc();
+    let router = world(&[&n1], &[]);
+    let _ = router.chat(request(M), false).await;
+    assert_eq!(failures(&router, "n1"), Some(4));
+    let r = router.chat(request(M), false).await;
+    assert_eq!(failures(&router, "n1"), Some(0));
+    assert!(r.result.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn r21_ten_consecutive_failures_demote_below_chutes() {
+    let n1 = FakeProvider::near("n1").fail(s503(), 10).arc();
+    let c1 = FakeProvider::chutes("c1").arc();
+    let router = world(&[&n1], &[&c1]);
+    for i in 1..=10 {
+        let r = router.chat(request(M), false).await;
+        assert_eq!(
+            tried(&r).iter().map(|t| t.0).collect::<Vec<_>>(),
+            ["n1", "c1"],
+            "#{i}"
+        );
+    }
+    let v = router.registry().view();
+    assert_eq!(v.models[M][0].consecutive_failures, 10);
+    assert!(v.models[M][0].demoted);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(tried(&r), [("c1", 1, 0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r21_non_retryable_failures_are_not_counted() {
+    let n1 = FakeProvider::near("n1")
+        .fail(ProviderError::status(408, "timeout"), 1)
+        .fail(ProviderError::Timeout, 1)
+        .fail(ProviderError::status(403, "forbidden"), 1)
+        .arc();
+    let router = world(&[&n1], &[]);
+    for _ in 0..3 {
+        assert!(router.chat(request(M), false).await.result.is_err());
+    }
+    assert_eq!(n1.calls(), 3);
+    assert_eq!(failures(&router, "n1"), Some(0));
+}
+
+// ---- R22 ----
+
+#[tokio::test(start_paused = true)]
+async fn r22_refusal_never_replaces_a_retryable_primary_failure() {
+    // R18 normally keeps the refusing provider out; here Chutes refuses a
+    // request R18 cannot know about, right after NEAR's 503 in every round.
+    // The 503 must win, and the refusal must not stop the retries.
+    let n1 = FakeProvider::near("n1").fail(s503(), 10).arc();
+    let c1 = FakeProvider::chutes("c1")
+        .fail(ProviderError::Refused(Refusal::StreamingDisabled), 10)
+        .arc();
+    let router = world(&[&n1], &[&c1]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(
+        tried(&r),
+        [
+            ("n1", 1, 0),
+            ("c1", 1, 0),
+            ("n1", 2, 500),
+            ("c1", 2, 500),
+            ("n1", 3, 1500),
+            ("c1", 3, 1500),
+            ("n1", 4, 3500),
+            ("c1", 4, 3500)
+        ]
+    );
+    match err(&r) {
+        RouteError::Provider {
+            provider,
+            status,
+            message,
+            ..
+        } => {
+            assert_eq!((provider.as_str(), *status), ("n1", 503));
+            assert!(!message.contains("streaming"), "{message}");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(
+        failures(&router, "c1"),
+        Some(0),
+        "a refusal is not a health failure"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn r22_most_informative_error_of_the_last_round_wins() {
+    let n1 = FakeProvider::near("n1").fail(s503(), 10).arc();
+    let c1 = FakeProvider::chutes("c1")
+        .fail(
+            ProviderError::Status {
+                status: 404,
+                message: "model not found".into(),
+                detail: StatusDetail::ModelNotFound,
+            },
+            10,
+        )
+        .arc();
+    let router = world(&[&n1], &[&c1]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(r.attempts.len(), 8);
+    match err(&r) {
+        RouteError::Provider {
+            provider, status, ..
+        } => {
+            assert_eq!(provider.as_str(), "n1");
+            assert_eq!(*status, 503);
+        }
+        e => panic!("{e:?}"),
+    }
+    // A timeout says more than a refusal.
+    let n2 = FakeProvider::near("n2")
+        .fail(ProviderError::Timeout, 1)
+        .arc();
+    let c2 = FakeProvider::chutes("c2").arc();
+    let router = world(&[&n2], &[&c2]);
+    let mut req = request(M);
+    req.client_pub_key = Some("ck".into());
+    let r = router.chat(req, false).await;
+    assert_eq!(tried(&r), [("n2", 1, 0)], "R18 dropped c2");
+    assert_eq!(err(&r).status(), 504);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r22_messages_are_sanitised_and_name_the_canonical_id() {
+    let n1 = FakeProvider::near("n1")
+        .fail(
+            ProviderError::Connection(
+                "error sending request for url (https://10.0.0.7:8000/v1/chat/completions): reset"
+                    .into(),
+            ),
+            10,
+        )
+        .arc();
+    let router = world(&[&n1], &[]);
+    let r = router.chat(request(M), false).await;
+    let msg = err(&r).to_string();
+    assert!(msg.contains(M), "{msg}");
+    assert!(msg.contains("[redacted-url]"), "{msg}");
+    assert!(
+        !msg.contains("10.0.0.7") && !msg.contains("https://"),
+        "{msg}"
+    );
+    assert_eq!(err(&r).status(), 502);
+    for a in &r.attempts {
+        let Outcome::Error { message, status } = &a.outcome else {
+            panic!()
+        };
+        assert_eq!(*status, 502);
+        assert!(!message.contains("10.0.0.7"), "{message}");
+    }
+}
+
+#[test]
+fn r22_sanitize_redacts_every_url() {
+    assert_eq!(
+        sanitize("GET http://a.internal/x failed; see \"https://b/c?d=1\" or https://e"),
+        "GET [redacted-url] failed; see \"[redacted-url]\" or [redacted-url]"
+    );
+    assert_eq!(sanitize("no urls here"), "no urls here");
+}
+
+#[test]
+fn router_chat_future_is_send() {
+    fn send<T: Send>(_: T) {}
+    let router = world(&[], &[]);
+    send(router.chat(request(M), false));
+}

@@ -1,0 +1,308 @@
+//! Selection (R15–R18), including the seed PR's review findings on it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::registry::{Discovered, External, SourceRead};
+use crate::testing::{rows, FakeProvider};
+use crate::tier::Capabilities;
+
+const M: &str = "zai-org/GLM-5.1-FP8";
+const PLAIN: Operation = Operation::ChatCompletion;
+const STREAM: Operation = Operation::ChatCompletionStream;
+
+fn near(id: &str, key: &str) -> Arc<FakeProvider> {
+    FakeProvider::near(id).with_keys([key]).arc()
+}
+
+/// `model` served by the NEAR providers `near`, then the secondaries, plus
+/// external rows if given (the id is not reserved).
+fn registry(
+    near: &[&Arc<FakeProvider>],
+    secondary: &[&Arc<FakeProvider>],
+    external: &[&Arc<FakeProvider>],
+) -> Registry {
+    let reg = Registry::new();
+    for c in secondary {
+        reg.register_secondary(M, Arc::clone(c) as Arc<dyn Provider>);
+    }
+    let ext = if external.is_empty() {
+        vec![]
+    } else {
+        vec![(M, external)]
+    };
+    reg.refresh(
+        SourceRead::Ok(Discovered(if near.is_empty() {
+            BTreeMap::new()
+        } else {
+            rows(&[(M, near)])
+        })),
+        SourceRead::Ok(External(rows(&ext))),
+    );
+    reg
+}
+
+fn order(reg: &Registry, op: Operation, key: Option<&str>, e2ee: bool) -> Vec<String> {
+    reg.select(M, op, key, e2ee)
+        .unwrap()
+        .ids()
+        .map(|p| p.to_string())
+        .collect()
+}
+
+fn demote(reg: &Registry, provider: &str, failures: u32) {
+    let t = reg.load();
+    for _ in 0..failures {
+        t.health[&ProviderId::new(provider)].record_failure();
+    }
+}
+
+// ---- R15 ----
+
+#[test]
+fn r15_verifiable_model_never_selects_plaintext() {
+    let (n1, e1) = (near("n1", "k1"), FakeProvider::external("e1").arc());
+    let reg = registry(&[&n1], &[], &[&e1]);
+    assert_eq!(reg.view().provider_ids(M), ["n1", "e1"], "registered, but…");
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1"]);
+    // …not even when the only attested provider is demoted or incapable.
+    demote(&reg, "n1", 50);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1"]);
+    assert_eq!(order(&reg, STREAM, None, true), ["n1"]);
+}
+
+#[test]
+fn r15_chutes_only_id_with_a_stray_external_row_fails_closed() {
+    let (c1, e1) = (
+        FakeProvider::chutes("c1").arc(),
+        FakeProvider::external("e1").arc(),
+    );
+    let reg = Registry::new();
+    // Pinned ids never take external rows (R12); an attested id that is
+    // neither reserved nor pinned can still hold one, and R15 drops it.
+    reg.refresh(
+        SourceRead::Ok(Discovered::default()),
+        SourceRead::Ok(External(rows(&[(M, &[&e1])]))),
+    );
+    reg.merge_discovered(Discovered(rows(&[(M, &[&c1])])));
+    assert_eq!(reg.view().provider_ids(M), ["c1", "e1"]);
+    assert_eq!(order(&reg, PLAIN, None, false), ["c1"]);
+    assert_eq!(order(&reg, STREAM, None, true), ["c1"]);
+}
+
+#[test]
+fn r15_non_attested_only_model_is_served() {
+    let (e1, e2) = (
+        FakeProvider::external("e1").arc(),
+        FakeProvider::external("e2").arc(),
+    );
+    let reg = registry(&[], &[], &[&e1, &e2]);
+    let mut leaders = vec![];
+    for _ in 0..2 {
+        let o = order(&reg, PLAIN, None, false);
+        assert_eq!(o.len(), 2);
+        leaders.push(o[0].clone());
+    }
+    assert_eq!(leaders, ["e1", "e2"]);
+}
+
+// ---- R16 ----
+
+#[test]
+fn r16_pubkey_restricts_to_providers_holding_the_key() {
+    let (n1, n2, n3) = (near("n1", "k1"), near("n2", "k2"), near("n3", "k1"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2, &n3], &[&c1], &[]);
+    let mut seen = vec![];
+    for _ in 0..2 {
+        let o = order(&reg, PLAIN, Some("k1"), false);
+        assert_eq!(o.len(), 2, "{o:?}");
+        assert!(o.iter().all(|p| p == "n1" || p == "n3"), "{o:?}");
+        seen.push(o[0].clone());
+    }
+    assert_eq!(seen, ["n1", "n3"]);
+    assert_eq!(order(&reg, PLAIN, Some("k2"), false), ["n2"]);
+}
+
+#[test]
+fn r16_no_matching_key_is_an_error_not_a_fallback() {
+    let n1 = near("n1", "k1");
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1], &[&c1], &[]);
+    assert_eq!(
+        reg.select(M, PLAIN, Some("unknown"), false).unwrap_err(),
+        SelectError::NoProviderForPubKey
+    );
+}
+
+#[test]
+fn r16_chutes_is_never_on_the_pubkey_path() {
+    let n1 = near("n1", "k1");
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1], &[&c1], &[]);
+    // Even with the NEAR provider demoted, Chutes does not join the set.
+    demote(&reg, "n1", 10);
+    assert_eq!(order(&reg, PLAIN, Some("k1"), false), ["n1"]);
+    let only_chutes = registry(&[], &[&c1], &[]);
+    assert_eq!(
+        only_chutes.select(M, PLAIN, Some("k1"), false).unwrap_err(),
+        SelectError::NoProviderForPubKey
+    );
+}
+
+// ---- R17 ----
+
+#[test]
+fn r17_three_near_each_lead_a_third_chutes_last() {
+    let (n1, n2, n3) = (near("n1", "k"), near("n2", "k"), near("n3", "k"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2, &n3], &[&c1], &[]);
+    let mut lead: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..300 {
+        let o = order(&reg, PLAIN, None, false);
+        assert_eq!(o.len(), 4);
+        assert_eq!(o[3], "c1");
+        *lead.entry(o[0].clone()).or_default() += 1;
+    }
+    assert_eq!(
+        lead,
+        BTreeMap::from([("n1".into(), 100), ("n2".into(), 100), ("n3".into(), 100)])
+    );
+}
+
+#[test]
+fn r17_round_robin_rotates_only_the_leading_group() {
+    // Review round 1, non-blocking: rotating the whole list before the tier
+    // sort made one of two NEAR providers lead two requests out of three.
+    let (n1, n2) = (near("n1", "k"), near("n2", "k"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2], &[&c1], &[]);
+    let got: Vec<Vec<String>> = (0..4).map(|_| order(&reg, PLAIN, None, false)).collect();
+    assert_eq!(
+        got,
+        [
+            ["n1", "n2", "c1"],
+            ["n2", "n1", "c1"],
+            ["n1", "n2", "c1"],
+            ["n2", "n1", "c1"]
+        ]
+    );
+}
+
+#[test]
+fn r17_demoted_provider_sorts_after_every_healthy_one() {
+    let (n1, n2) = (near("n1", "k"), near("n2", "k"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2], &[&c1], &[]);
+    demote(&reg, "n1", 9);
+    assert_eq!(
+        order(&reg, PLAIN, None, false),
+        ["n1", "n2", "c1"],
+        "9 is not demoted"
+    );
+    demote(&reg, "n1", 1);
+    for _ in 0..3 {
+        assert_eq!(order(&reg, PLAIN, None, false), ["n2", "c1", "n1"]);
+    }
+    // Everyone demoted: back to tier order, round-robin among the NEARs.
+    demote(&reg, "n2", 10);
+    demote(&reg, "c1", 10);
+    let o = order(&reg, PLAIN, None, false);
+    assert_eq!(o[2], "c1");
+}
+
+#[test]
+fn r17_pubkey_routed_requests_use_their_own_counter() {
+    let (n1, n2) = (near("n1", "k"), near("n2", "k"));
+    let reg = registry(&[&n1, &n2], &[], &[]);
+    let lead = |key| order(&reg, PLAIN, key, false)[0].clone();
+    assert_eq!(lead(None), "n1");
+    assert_eq!(lead(Some("k")), "n1", "its own counter starts fresh");
+    assert_eq!(lead(Some("k")), "n2");
+    assert_eq!(lead(None), "n2");
+    assert_eq!(lead(None), "n1");
+}
+
+#[test]
+fn r17_selection_never_waits_for_a_writer() {
+    let n1 = near("n1", "k");
+    let reg = Arc::new(registry(&[&n1], &[], &[]));
+    let _writer = reg.writer_lock();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r = reg.clone();
+    std::thread::spawn(move || {
+        let ok = r.select(M, PLAIN, None, false).is_ok();
+        let _ = tx.send(ok);
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+}
+
+// ---- R18 ----
+
+#[test]
+fn r18_streaming_operations_are_listed() {
+    assert_eq!(Operation::STREAMING, &[Operation::ChatCompletionStream]);
+    assert!(Operation::ChatCompletionStream.is_streaming());
+    assert!(!Operation::ChatCompletion.is_streaming());
+}
+
+#[test]
+fn r18_stream_drops_non_streaming_providers_when_one_can_stream() {
+    let n1 = near("n1", "k");
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1], &[&c1], &[]);
+    assert_eq!(order(&reg, STREAM, None, false), ["n1"]);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "c1"]);
+    // Demotion does not bring the incapable provider back.
+    demote(&reg, "n1", 10);
+    assert_eq!(order(&reg, STREAM, None, false), ["n1"]);
+}
+
+#[test]
+fn r18_stream_keeps_the_list_when_nothing_can_stream() {
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[], &[&c1], &[]);
+    assert_eq!(order(&reg, STREAM, None, false), ["c1"]);
+    let on = FakeProvider::chutes("c2").with_streaming(true).arc();
+    let reg = registry(&[], &[&c1, &on], &[]);
+    assert_eq!(order(&reg, STREAM, None, false), ["c2"]);
+}
+
+#[test]
+fn r18_client_e2ee_drops_incapable_providers_when_one_is_capable() {
+    // Review round 3, blocking: the client-E2EE twin of the streaming filter.
+    let n1 = near("n1", "k");
+    let c1 = FakeProvider::chutes("c1").with_streaming(true).arc();
+    let reg = registry(&[&n1], &[&c1], &[]);
+    assert_eq!(order(&reg, PLAIN, None, true), ["n1"]);
+    assert_eq!(order(&reg, STREAM, None, true), ["n1"]);
+    assert_eq!(order(&reg, STREAM, None, false), ["n1", "c1"]);
+    let only = registry(&[], &[&c1], &[]);
+    assert_eq!(
+        order(&only, PLAIN, None, true),
+        ["c1"],
+        "kept: its refusal surfaces"
+    );
+}
+
+#[test]
+fn r18_filters_only_count_capability_within_the_remaining_set() {
+    // A NEAR provider that cannot stream, pubkey-routed: the stream filter
+    // looks at the key's providers only, so the list is kept.
+    let n1 = FakeProvider::new(
+        "n1",
+        Tier::Near,
+        Capabilities {
+            streaming: false,
+            client_e2ee: true,
+        },
+    )
+    .with_keys(["k1"])
+    .arc();
+    let n2 = near("n2", "k2");
+    let reg = registry(&[&n1, &n2], &[], &[]);
+    assert_eq!(order(&reg, STREAM, Some("k1"), false), ["n1"]);
+    assert_eq!(order(&reg, STREAM, None, false), ["n2"]);
+}

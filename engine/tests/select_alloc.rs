@@ -1,0 +1,110 @@
+//! `Registry::select` allocates nothing for up to four providers, on the plain,
+//! pubkey and capability-filtered paths alike.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+
+use tiersim_engine::registry::{Discovered, External, SourceRead};
+use tiersim_engine::testing::{rows, FakeProvider};
+use tiersim_engine::{Operation, Registry};
+
+/// Counts allocations made by the current thread while counting is on, so
+/// the test harness's other threads do not interfere.
+struct Counting;
+
+thread_local! {
+    static ON: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if ON.with(Cell::get) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if ON.with(Cell::get) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn allocations(f: impl FnOnce()) -> usize {
+    COUNT.with(|c| c.set(0));
+    ON.with(|o| o.set(true));
+    f();
+    ON.with(|o| o.set(false));
+    COUNT.with(Cell::get)
+}
+
+const M: &str = "zai-org/GLM-5.1-FP8";
+
+/// `n` providers: `n - 1` NEAR sharing key `k` (so several can lead) and one
+/// Chutes, or a single NEAR when `n == 1`; plus 1,000 other models.
+fn registry(n: usize) -> Registry {
+    let reg = Registry::new();
+    let nears: Vec<_> = (0..n.max(2) - 1)
+        .map(|i| FakeProvider::near(&format!("near-{i}")).with_keys(["k"]).arc())
+        .collect();
+    if n > 1 {
+        reg.register_secondary(M, FakeProvider::chutes("chutes").arc());
+    }
+    let other = FakeProvider::near("other").with_keys(["k-other"]).arc();
+    let near_refs: Vec<_> = nears.iter().collect();
+    let names: Vec<String> = (0..1000).map(|i| format!("other/model-{i}")).collect();
+    let mut set: Vec<(&str, &[&Arc<FakeProvider>])> = vec![(M, &near_refs)];
+    let other_ref = [&other];
+    set.extend(names.iter().map(|m| (m.as_str(), &other_ref[..])));
+    reg.refresh(
+        SourceRead::Ok(Discovered(rows(&set))),
+        SourceRead::Ok(External::default()),
+    );
+    assert_eq!(reg.view().provider_ids(M).len(), n);
+    reg
+}
+
+#[test]
+fn r17_select_allocates_nothing_for_up_to_four_providers() {
+    let cases = [
+        (Operation::ChatCompletion, None, false),
+        (Operation::ChatCompletion, Some("k"), false),
+        (Operation::ChatCompletionStream, None, false),
+        (Operation::ChatCompletion, None, true),
+        (Operation::ChatCompletionStream, Some("k"), true),
+    ];
+    for n in 1..=4 {
+        let reg = registry(n);
+        for (op, key, e2ee) in cases {
+            // Warm up: arc-swap registers this thread's debt slots once.
+            drop(reg.select(M, op, key, e2ee).unwrap());
+            let mut len = 0;
+            let count = allocations(|| {
+                for _ in 0..100 {
+                    let s = std::hint::black_box(reg.select(M, op, key, e2ee)).unwrap();
+                    len = s.len();
+                }
+            });
+            assert!(len >= 1);
+            assert_eq!(count, 0, "n={n} op={op:?} key={key:?} e2ee={e2ee}");
+        }
+    }
+}
+
+#[test]
+fn r17_the_counter_sees_allocations() {
+    // Guards the guard: a Vec allocates, so a broken counter fails here.
+    let count = allocations(|| {
+        std::hint::black_box(vec![1u8; 16]);
+    });
+    assert_eq!(count, 1);
+}
