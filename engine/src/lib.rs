@@ -3,6 +3,8 @@
 //! The engine knows nothing of simulation: its network, randomness and time are
 //! injected (see `ARCHITECTURE.md`).
 
+pub mod api;
+pub mod app;
 pub mod catalog;
 pub mod chutes;
 pub mod config;

@@ -1,0 +1,272 @@
+//! The running router: bootstrap (R5, R4, R6), the periodic complete refresh
+//! and the partial admin batch (R7–R13), over the injected network.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::catalog::{CatalogClient, CatalogPatchRow, CatalogRow as WireRow};
+use crate::config::{ChutesModelEntry, EngineConfig};
+use crate::external::ExternalProvider;
+use crate::http::HttpClient;
+use crate::near::NearProvider;
+use crate::openai::Timeouts;
+use crate::provider::{Provider, ProviderError};
+use crate::registry::{CatalogRow, Discovered, External, Registry, SourceRead};
+use crate::router::Router;
+
+/// Builds the Chutes provider of one `CHUTES_MODELS` entry, given the API
+/// key. Injected so the engine is agnostic of how the E2EE channel's RNG and
+/// trust anchors are obtained.
+pub type ChutesFactory =
+    Box<dyn Fn(&ChutesModelEntry, &str) -> Result<Arc<dyn Provider>, String> + Send + Sync>;
+
+/// Where the router's sources live.
+pub struct AppSettings {
+    pub config: EngineConfig,
+    /// The catalog service (discovery source and model database).
+    pub catalog_url: String,
+    pub timeouts: Timeouts,
+}
+
+/// What a refresh did, for logs and the simulation's trace.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RefreshReport {
+    pub discovery: Option<String>,
+    pub external: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("catalog write failed: {0}")]
+    Catalog(ProviderError),
+}
+
+pub struct App {
+    registry: Arc<Registry>,
+    router: Router,
+    http: HttpClient,
+    catalog: CatalogClient,
+    timeouts: Timeouts,
+    /// NEAR providers are shared per inference URL (R8's shared-provider
+    /// guard relies on one provider backing several models).
+    near_by_url: Mutex<BTreeMap<String, Arc<dyn Provider>>>,
+    external_by_row: Mutex<BTreeMap<(String, String), Arc<dyn Provider>>>,
+    /// Serialises refreshes and admin batches so they apply in order.
+    writer: Mutex<()>,
+    config: EngineConfig,
+}
+
+impl App {
+    /// Bootstraps the router: every configured canonical id is reserved
+    /// before any load (R5), each Chutes provider that builds is registered as
+    /// the pinned secondary (R4), Chutes-only ids get an inactive catalog row
+    /// (R6), then the first complete refresh runs.
+    pub async fn start(
+        settings: AppSettings,
+        http: HttpClient,
+        chutes: ChutesFactory,
+    ) -> Arc<App> {
+        let registry = Arc::new(Registry::new());
+        let catalog = CatalogClient::new(http.clone(), &settings.catalog_url, settings.timeouts)
+            .expect("catalog url is valid");
+        let app = Arc::new(App {
+            router: Router::new(registry.clone()),
+            registry,
+            http,
+            catalog,
+            timeouts: settings.timeouts,
+            near_by_url: Mutex::default(),
+            external_by_row: Mutex::default(),
+            writer: Mutex::new(()),
+            config: settings.config,
+        });
+        let entries = &app.config.chutes_models;
+        app.registry
+            .reserve(entries.iter().map(|e| e.canonical_id.clone()));
+        for entry in entries {
+            let built = match app.config.chutes_api_key.as_deref() {
+                None => Err("CHUTES_API_KEY is not set".to_string()),
+                Some(key) => chutes(entry, key),
+            };
+            match built {
+                Ok(p) => app.registry.register_secondary(&entry.canonical_id, p),
+                Err(why) => tracing::warn!(
+                    model = %entry.canonical_id,
+                    %why,
+                    "Chutes provider not built; the id stays reserved (fail closed)"
+                ),
+            }
+        }
+        app.refresh().await;
+        app.seed_chutes_rows().await;
+        app
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// R6: a Chutes canonical id without a catalog row is seeded inactive at
+    /// zero price, in the database too, so an admin can activate it.
+    async fn seed_chutes_rows(&self) {
+        let missing: Vec<CatalogPatchRow> = self
+            .config
+            .chutes_models
+            .iter()
+            .filter(|e| self.registry.seed_catalog_row_if_absent(&e.canonical_id))
+            .map(|e| CatalogPatchRow {
+                id: e.canonical_id.clone(),
+                active: Some(false),
+                price: Some(0),
+                ..CatalogPatchRow::default()
+            })
+            .collect();
+        if !missing.is_empty() {
+            if let Err(e) = self.catalog.patch(missing).await {
+                tracing::warn!(error = %e, "could not seed Chutes catalog rows; will retry next refresh");
+            }
+        }
+    }
+
+    /// The periodic complete refresh (R7–R12) as one atomic registry swap.
+    pub async fn refresh(&self) -> RefreshReport {
+        let _w = self.writer.lock().await;
+        let mut report = RefreshReport::default();
+        let discovery = match self.catalog.models().await {
+            Ok(rows) => {
+                self.registry.set_catalog_rows(
+                    rows.iter()
+                        .map(|r| (r.id.clone(), CatalogRow { active: r.active, price: r.price })),
+                );
+                SourceRead::Ok(Discovered(self.discover(&rows).await))
+            }
+            Err(e) => {
+                report.discovery = Some(e.to_string());
+                SourceRead::Failed(e.to_string())
+            }
+        };
+        let external = match self.catalog.external().await {
+            Ok(rows) => {
+                let mut cache = self.external_by_row.lock().await;
+                let mut out: BTreeMap<String, Vec<Arc<dyn Provider>>> = BTreeMap::new();
+                for row in rows {
+                    let key = (row.name.clone(), row.base_url.clone());
+                    let provider = match cache.get(&key) {
+                        Some(p) => p.clone(),
+                        None => match ExternalProvider::new(self.http.clone(), &row.name, &row.base_url) {
+                            Ok(p) => {
+                                let p: Arc<dyn Provider> = Arc::new(p.with_timeouts(self.timeouts));
+                                cache.insert(key, p.clone());
+                                p
+                            }
+                            Err(e) => {
+                                tracing::warn!(model = %row.model, error = %e, "bad external row skipped");
+                                continue;
+                            }
+                        },
+                    };
+                    out.entry(row.model).or_default().push(provider);
+                }
+                SourceRead::Ok(External(out))
+            }
+            Err(e) => {
+                report.external = Some(e.to_string());
+                SourceRead::Failed(e.to_string())
+            }
+        };
+        self.registry.refresh(discovery, external);
+        report
+    }
+
+    /// R13: the admin's partial batch. The catalog is written first; only
+    /// when it accepted the batch does the router merge it (R7, never prune)
+    /// and apply activity, so a failed write changes nothing.
+    pub async fn admin_patch(&self, batch: Vec<CatalogPatchRow>) -> Result<Vec<WireRow>, AdminError> {
+        let _w = self.writer.lock().await;
+        let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
+        let touches_url: Vec<bool> = batch.iter().map(|r| r.inference_url.is_some()).collect();
+        let all = self.catalog.patch(batch).await.map_err(AdminError::Catalog)?;
+        let rows: Vec<WireRow> = ids
+            .iter()
+            .filter_map(|id| all.iter().find(|r| &r.id == id).cloned())
+            .collect();
+        self.registry.set_catalog_rows(
+            rows.iter()
+                .map(|r| (r.id.clone(), CatalogRow { active: r.active, price: r.price })),
+        );
+        let url_rows: Vec<WireRow> = rows
+            .iter()
+            .zip(&touches_url)
+            .filter(|(_, t)| **t)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut batch = self.discover(&url_rows).await;
+        // A cleared URL is an empty entry: the model is rebuilt pinned-only.
+        for r in &url_rows {
+            batch.entry(r.id.clone()).or_default();
+        }
+        self.registry.merge_discovered(Discovered(batch));
+        Ok(rows)
+    }
+
+    /// NEAR providers for catalog rows with an inference URL, shared per URL.
+    /// A backend whose attestation cannot be read is left out of this cycle
+    /// (its models fall back to their pinned providers); one that was known
+    /// keeps serving from the cache.
+    async fn discover(&self, rows: &[WireRow]) -> BTreeMap<String, Vec<Arc<dyn Provider>>> {
+        let mut out: BTreeMap<String, Vec<Arc<dyn Provider>>> = BTreeMap::new();
+        let mut cache = self.near_by_url.lock().await;
+        for row in rows {
+            let Some(url) = &row.inference_url else { continue };
+            let provider = match cache.get(url) {
+                Some(p) => p.clone(),
+                None => match NearProvider::discover_with(self.http.clone(), url, self.timeouts).await {
+                    Ok(p) => {
+                        let p: Arc<dyn Provider> = Arc::new(p);
+                        cache.insert(url.clone(), p.clone());
+                        p
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %row.id, error = %e, "NEAR backend not attested; skipped this cycle");
+                        continue;
+                    }
+                },
+            };
+            out.entry(row.id.clone()).or_default().push(provider);
+        }
+        out
+    }
+
+    /// Refreshes every `refresh_interval` of tokio time, or at once when
+    /// asked through `trigger` (the reply is sent when the refresh is applied).
+    pub async fn run_refresh_loop(self: Arc<Self>, mut trigger: mpsc::Receiver<oneshot::Sender<RefreshReport>>) {
+        let period = self.config.refresh_interval;
+        let mut next = tokio::time::Instant::now() + period;
+        loop {
+            tokio::select! {
+                biased;
+                asked = trigger.recv() => match asked {
+                    Some(reply) => {
+                        let report = self.refresh().await;
+                        let _ = reply.send(report);
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next) => {
+                    self.refresh().await;
+                    next += period;
+                }
+            }
+        }
+    }
+}
