@@ -68,9 +68,19 @@ fn route_error_kind(e: &RouteError) -> &'static str {
 async fn chat(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
     let body: serde_json::Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => map,
-        _ => return error(400, "invalid_request_error", "request body must be a JSON object"),
+        _ => {
+            return error(
+                400,
+                "invalid_request_error",
+                "request body must be a JSON object",
+            )
+        }
     };
-    let Some(model) = body.get("model").and_then(Value::as_str).map(str::to_string) else {
+    let Some(model) = body
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
         return error(400, "invalid_request_error", "`model` is required");
     };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -91,7 +101,8 @@ async fn chat(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Respon
         .result
         .as_ref()
         .map(|s| (s.provider().as_str(), s.tier()));
-    api.observer.routed(&routed.model, &routed.attempts, outcome);
+    api.observer
+        .routed(&routed.model, &routed.attempts, outcome);
     match routed.result {
         Err(e) => error(e.status(), route_error_kind(&e), &e.to_string()),
         Ok(Served::Json { response, .. }) => (
@@ -171,6 +182,10 @@ async fn admin_models(State(api): State<Api>, body: Bytes) -> Response {
     };
     match api.app.admin_patch(patch.models).await {
         Ok(rows) => axum::Json(json!({ "models": rows })).into_response(),
-        Err(e) => error(502, "catalog_error", &crate::retry::sanitize(&e.to_string())),
+        Err(e) => error(
+            502,
+            "catalog_error",
+            &crate::retry::sanitize(&e.to_string()),
+        ),
     }
 }

@@ -63,11 +63,7 @@ impl App {
     /// before any load (R5), each Chutes provider that builds is registered as
     /// the pinned secondary (R4), Chutes-only ids get an inactive catalog row
     /// (R6), then the first complete refresh runs.
-    pub async fn start(
-        settings: AppSettings,
-        http: HttpClient,
-        chutes: ChutesFactory,
-    ) -> Arc<App> {
+    pub async fn start(settings: AppSettings, http: HttpClient, chutes: ChutesFactory) -> Arc<App> {
         let registry = Arc::new(Registry::new());
         let catalog = CatalogClient::new(http.clone(), &settings.catalog_url, settings.timeouts)
             .expect("catalog url is valid");
@@ -144,10 +140,15 @@ impl App {
         let mut report = RefreshReport::default();
         let discovery = match self.catalog.models().await {
             Ok(rows) => {
-                self.registry.set_catalog_rows(
-                    rows.iter()
-                        .map(|r| (r.id.clone(), CatalogRow { active: r.active, price: r.price })),
-                );
+                self.registry.set_catalog_rows(rows.iter().map(|r| {
+                    (
+                        r.id.clone(),
+                        CatalogRow {
+                            active: r.active,
+                            price: r.price,
+                        },
+                    )
+                }));
                 SourceRead::Ok(Discovered(self.discover(&rows).await))
             }
             Err(e) => {
@@ -163,17 +164,21 @@ impl App {
                     let key = (row.name.clone(), row.base_url.clone());
                     let provider = match cache.get(&key) {
                         Some(p) => p.clone(),
-                        None => match ExternalProvider::new(self.http.clone(), &row.name, &row.base_url) {
-                            Ok(p) => {
-                                let p: Arc<dyn Provider> = Arc::new(p.with_timeouts(self.timeouts));
-                                cache.insert(key, p.clone());
-                                p
+                        None => {
+                            match ExternalProvider::new(self.http.clone(), &row.name, &row.base_url)
+                            {
+                                Ok(p) => {
+                                    let p: Arc<dyn Provider> =
+                                        Arc::new(p.with_timeouts(self.timeouts));
+                                    cache.insert(key, p.clone());
+                                    p
+                                }
+                                Err(e) => {
+                                    tracing::warn!(model = %row.model, error = %e, "bad external row skipped");
+                                    continue;
+                                }
                             }
-                            Err(e) => {
-                                tracing::warn!(model = %row.model, error = %e, "bad external row skipped");
-                                continue;
-                            }
-                        },
+                        }
                     };
                     out.entry(row.model).or_default().push(provider);
                 }
@@ -191,19 +196,31 @@ impl App {
     /// R13: the admin's partial batch. The catalog is written first; only
     /// when it accepted the batch does the router merge it (R7, never prune)
     /// and apply activity, so a failed write changes nothing.
-    pub async fn admin_patch(&self, batch: Vec<CatalogPatchRow>) -> Result<Vec<WireRow>, AdminError> {
+    pub async fn admin_patch(
+        &self,
+        batch: Vec<CatalogPatchRow>,
+    ) -> Result<Vec<WireRow>, AdminError> {
         let _w = self.writer.lock().await;
         let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
         let touches_url: Vec<bool> = batch.iter().map(|r| r.inference_url.is_some()).collect();
-        let all = self.catalog.patch(batch).await.map_err(AdminError::Catalog)?;
+        let all = self
+            .catalog
+            .patch(batch)
+            .await
+            .map_err(AdminError::Catalog)?;
         let rows: Vec<WireRow> = ids
             .iter()
             .filter_map(|id| all.iter().find(|r| &r.id == id).cloned())
             .collect();
-        self.registry.set_catalog_rows(
-            rows.iter()
-                .map(|r| (r.id.clone(), CatalogRow { active: r.active, price: r.price })),
-        );
+        self.registry.set_catalog_rows(rows.iter().map(|r| {
+            (
+                r.id.clone(),
+                CatalogRow {
+                    active: r.active,
+                    price: r.price,
+                },
+            )
+        }));
         let url_rows: Vec<WireRow> = rows
             .iter()
             .zip(&touches_url)
@@ -227,20 +244,24 @@ impl App {
         let mut out: BTreeMap<String, Vec<Arc<dyn Provider>>> = BTreeMap::new();
         let mut cache = self.near_by_url.lock().await;
         for row in rows {
-            let Some(url) = &row.inference_url else { continue };
+            let Some(url) = &row.inference_url else {
+                continue;
+            };
             let provider = match cache.get(url) {
                 Some(p) => p.clone(),
-                None => match NearProvider::discover_with(self.http.clone(), url, self.timeouts).await {
-                    Ok(p) => {
-                        let p: Arc<dyn Provider> = Arc::new(p);
-                        cache.insert(url.clone(), p.clone());
-                        p
+                None => {
+                    match NearProvider::discover_with(self.http.clone(), url, self.timeouts).await {
+                        Ok(p) => {
+                            let p: Arc<dyn Provider> = Arc::new(p);
+                            cache.insert(url.clone(), p.clone());
+                            p
+                        }
+                        Err(e) => {
+                            tracing::warn!(model = %row.id, error = %e, "NEAR backend not attested; skipped this cycle");
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(model = %row.id, error = %e, "NEAR backend not attested; skipped this cycle");
-                        continue;
-                    }
-                },
+                }
             };
             out.entry(row.id.clone()).or_default().push(provider);
         }
@@ -249,7 +270,10 @@ impl App {
 
     /// Refreshes every `refresh_interval` of tokio time, or at once when
     /// asked through `trigger` (the reply is sent when the refresh is applied).
-    pub async fn run_refresh_loop(self: Arc<Self>, mut trigger: mpsc::Receiver<oneshot::Sender<RefreshReport>>) {
+    pub async fn run_refresh_loop(
+        self: Arc<Self>,
+        mut trigger: mpsc::Receiver<oneshot::Sender<RefreshReport>>,
+    ) {
         let period = self.config.refresh_interval;
         let mut next = tokio::time::Instant::now() + period;
         loop {

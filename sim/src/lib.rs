@@ -2,8 +2,14 @@
 //! (turmoil network, hosts, faults), the scenario runner, oracles and the
 //! `tiersim` CLI.
 
+pub mod expect;
 pub mod fault;
 pub mod hosts;
+pub mod mermaid;
 pub mod net;
+pub mod oracle;
+pub mod record;
 pub mod rules;
+pub mod runner;
 pub mod scenario;
+pub mod world;

@@ -8,6 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
+use crate::fault::FaultInjection;
+
 /// One scenario: a world, a configuration and an ordered script of steps.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -153,8 +155,10 @@ pub struct Step {
     pub admin_patch: Option<Vec<PatchRow>>,
     /// Edit the catalog directly (as an operator editing the database).
     pub catalog: Option<CatalogEdit>,
-    /// Inject a fault on a host.
-    pub fault: Option<FaultSpec>,
+    /// Inject a fault on a host, e.g. `{ host = "near-1", http_status = 503, times = 4 }`
+    /// (the keys are listed in `sim/src/fault.rs`).
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
+    pub fault: Option<Spanned<FaultInjection>>,
     /// Clear every fault of a host.
     #[schemars(with = "Option<String>")]
     pub clear_faults: Option<Spanned<String>>,
@@ -219,49 +223,6 @@ pub struct ExternalRow {
     pub model: String,
     #[schemars(with = "String")]
     pub host: Spanned<String>,
-}
-
-/// A fault: one host, one kind. `times` bounds how many requests it hits
-/// (default: until cleared).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FaultSpec {
-    #[schemars(with = "String")]
-    pub host: Spanned<String>,
-    pub times: Option<u32>,
-    /// Answer with this HTTP status.
-    pub http_status: Option<u16>,
-    /// Answer 404 model_not_found.
-    pub model_not_found: Option<bool>,
-    /// Reset the connection before the response body.
-    pub reset_before_body: Option<bool>,
-    /// Reset the connection after this many streamed chunks.
-    pub reset_mid_body: Option<u32>,
-    /// Add this latency before answering.
-    #[schemars(with = "Option<String>")]
-    pub latency: Option<Dur>,
-    /// Delay the first streamed token by this much.
-    #[schemars(with = "Option<String>")]
-    pub slow_first_token: Option<Dur>,
-    /// End the stream after this many chunks without any terminator.
-    pub stream_cut: Option<u32>,
-    /// Chutes gateway: add a forged plaintext outer `[DONE]` after this many
-    /// frames and drop the rest.
-    pub forged_outer_done: Option<u32>,
-    /// Chutes instance: send an `e2e_error` event instead of the stream.
-    pub e2e_error: Option<bool>,
-    /// Chutes gateway: drop encrypted frame number N (0-based).
-    pub drop_frame: Option<u32>,
-    /// Chutes gateway: swap encrypted frames N and N+1.
-    pub reorder_frame: Option<u32>,
-    /// Chutes gateway: send encrypted frame N twice.
-    pub replay_frame: Option<u32>,
-    /// Chutes gateway: substitute its own ML-KEM key for the instance's.
-    pub wrong_key: Option<bool>,
-    /// Chutes instance: answer with a gzip bomb.
-    pub gzip_bomb: Option<bool>,
-    /// Chutes gateway: send an SSE line over the 16 MiB cap.
-    pub oversized_line: Option<bool>,
 }
 
 /// A client request to the router's `POST /v1/chat/completions`.
