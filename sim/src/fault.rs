@@ -26,6 +26,9 @@
 //! fault = { host = "chutes", wrong_key = true }       # instance listing carries the gateway's key
 //! fault = { host = "chutes", gzip_bomb = true }       # JSON reply inflates past 64 MiB
 //! fault = { host = "chutes", oversized_line = true }  # an SSE line over 16 MiB
+//! fault = { host = "chutes", frame_before_init = true } # frame 0 moved before e2e_init
+//! fault = { host = "chutes", corrupt_frame = 2 }      # one ciphertext bit of frame 2 flipped
+//! fault = { host = "chutes", bad_base64_frame = 2 }   # frame 2's payload is not base64
 //! ```
 //!
 //! `times` (default: until cleared) counts the requests the fault hits. `on`
@@ -163,6 +166,12 @@ pub enum Fault {
     GzipBomb,
     /// Chutes gateway: an SSE line longer than the 16 MiB cap.
     OversizedLine,
+    /// Chutes gateway: relay frame 0 before the `e2e_init` event.
+    FrameBeforeInit,
+    /// Chutes gateway: flip one ciphertext bit of frame `index` (AEAD failure).
+    CorruptFrame { index: u32 },
+    /// Chutes gateway: replace frame `index`'s payload with text that is not base64.
+    BadBase64Frame { index: u32 },
 }
 
 impl Fault {
@@ -176,7 +185,10 @@ impl Fault {
             | Fault::DropFrame { .. }
             | Fault::ReorderFrame { .. }
             | Fault::ReplayFrame { .. }
-            | Fault::OversizedLine => Scope::ChatStream,
+            | Fault::OversizedLine
+            | Fault::FrameBeforeInit
+            | Fault::CorruptFrame { .. }
+            | Fault::BadBase64Frame { .. } => Scope::ChatStream,
             Fault::GzipBomb => Scope::ChatJson,
             Fault::WrongKey => Scope::Instances,
             _ => Scope::Service,
@@ -210,6 +222,9 @@ impl fmt::Display for Fault {
             Fault::WrongKey => f.write_str("wrong_key = true"),
             Fault::GzipBomb => f.write_str("gzip_bomb = true"),
             Fault::OversizedLine => f.write_str("oversized_line = true"),
+            Fault::FrameBeforeInit => f.write_str("frame_before_init = true"),
+            Fault::CorruptFrame { index } => write!(f, "corrupt_frame = {index}"),
+            Fault::BadBase64Frame { index } => write!(f, "bad_base64_frame = {index}"),
         }
     }
 }
@@ -325,6 +340,12 @@ struct FaultSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     oversized_line: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    frame_before_init: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    corrupt_frame: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bad_base64_frame: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     times: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     on: Option<Scope>,
@@ -404,6 +425,16 @@ impl TryFrom<FaultSpec> for FaultInjection {
             flag("oversized_line", v)?;
             faults.push(Fault::OversizedLine);
         }
+        if let Some(v) = s.frame_before_init {
+            flag("frame_before_init", v)?;
+            faults.push(Fault::FrameBeforeInit);
+        }
+        if let Some(index) = s.corrupt_frame {
+            faults.push(Fault::CorruptFrame { index });
+        }
+        if let Some(index) = s.bad_base64_frame {
+            faults.push(Fault::BadBase64Frame { index });
+        }
         if s.times == Some(0) {
             return Err("times = 0 would never fire: use times >= 1, or leave it out".into());
         }
@@ -412,7 +443,8 @@ impl TryFrom<FaultSpec> for FaultInjection {
                 "a fault names exactly one of http_status, model_not_found, reset_before_body, \
                  reset_after_chunks, latency_ms, slow_first_token_ms, cut_stream_after, \
                  forged_outer_done, e2e_error, drop_frame, reorder_frame, replay_frame, \
-                 wrong_key, gzip_bomb, oversized_line (found {})",
+                 wrong_key, gzip_bomb, oversized_line, frame_before_init, corrupt_frame, \
+                 bad_base64_frame (found {})",
                 faults.len()
             ));
         }
@@ -454,6 +486,9 @@ impl From<FaultInjection> for FaultSpec {
             Fault::WrongKey => s.wrong_key = Some(true),
             Fault::GzipBomb => s.gzip_bomb = Some(true),
             Fault::OversizedLine => s.oversized_line = Some(true),
+            Fault::FrameBeforeInit => s.frame_before_init = Some(true),
+            Fault::CorruptFrame { index } => s.corrupt_frame = Some(index),
+            Fault::BadBase64Frame { index } => s.bad_base64_frame = Some(index),
         }
         s
     }
@@ -625,7 +660,26 @@ mod tests {
             ),
             ("wrong_key = true", Fault::WrongKey, Scope::Instances),
             ("gzip_bomb = true", Fault::GzipBomb, Scope::ChatJson),
-            ("oversized_line = true", Fault::OversizedLine, Scope::ChatStream),
+            (
+                "oversized_line = true",
+                Fault::OversizedLine,
+                Scope::ChatStream,
+            ),
+            (
+                "frame_before_init = true",
+                Fault::FrameBeforeInit,
+                Scope::ChatStream,
+            ),
+            (
+                "corrupt_frame = 2",
+                Fault::CorruptFrame { index: 2 },
+                Scope::ChatStream,
+            ),
+            (
+                "bad_base64_frame = 2",
+                Fault::BadBase64Frame { index: 2 },
+                Scope::ChatStream,
+            ),
         ] {
             let f = parse(&format!("fault = {{ host = \"chutes\", {src} }}")).unwrap();
             assert_eq!(f.rule.fault, fault, "{src}");

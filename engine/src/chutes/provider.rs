@@ -30,8 +30,7 @@ use tokio::time::Instant;
 
 use super::attest::{verify_binding, Evidence};
 use super::e2ee::{
-    seal_request, ResponseKey, StreamVersion, MLKEM_PK_LEN, RESPONSE_PK_FIELD,
-    STREAM_VERSION_FIELD,
+    seal_request, ResponseKey, StreamVersion, MLKEM_PK_LEN, RESPONSE_PK_FIELD, STREAM_VERSION_FIELD,
 };
 use super::stream::{StreamDecoder, StreamError, StreamEvent};
 use crate::http::{BodyStream, HttpClient};
@@ -39,8 +38,7 @@ use crate::openai::{
     provider_error, sanitize_message, status_error, with_model, OpenAiClient, Timeouts, MAX_BODY,
 };
 use crate::provider::{
-    ChatRequest, ChatResponse, ChatStream, Provider, ProviderError, ProviderId, Refusal,
-    StreamItem,
+    ChatRequest, ChatResponse, ChatStream, Provider, ProviderError, ProviderId, Refusal, StreamItem,
 };
 use crate::tier::{Capabilities, Tier};
 
@@ -409,7 +407,10 @@ impl ChutesProvider {
         pool.take().ok_or_else(|| {
             ProviderError::status(
                 503,
-                format!("Chutes lists no instance with a nonce for {}", self.canonical),
+                format!(
+                    "Chutes lists no instance with a nonce for {}",
+                    self.canonical
+                ),
             )
         })
     }
@@ -464,9 +465,8 @@ impl ChutesProvider {
                         "Chutes instance {name}: e2e_pubkey is not a base64 ML-KEM-768 key"
                     ))
                 })?;
-            verify_binding(&self.vendor_key, &pubkey, &info.evidence).map_err(|e| {
-                ProviderError::Integrity(format!("Chutes instance {name}: {e}"))
-            })?;
+            verify_binding(&self.vendor_key, &pubkey, &info.evidence)
+                .map_err(|e| ProviderError::Integrity(format!("Chutes instance {name}: {e}")))?;
             let id = HeaderValue::from_str(&info.instance_id).map_err(|_| {
                 ProviderError::BodyDecode("Chutes sent an unusable instance_id".into())
             })?;

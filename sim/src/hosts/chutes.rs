@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 use tiersim_engine::chutes::attest::{Evidence, VendorKey};
 use tiersim_engine::chutes::e2ee::{
     seal_response, seal_response_raw, InstanceKeypair, StreamSealer, StreamVersion,
-    MAX_DECOMPRESSED,
+    MAX_DECOMPRESSED, NONCE_LEN,
 };
 use tiersim_engine::chutes::provider::{
     InstanceInfo, InstanceList, ModelEntry, ModelList, CHAT_PATH, HEADER_CHUTE_ID,
@@ -89,7 +89,12 @@ impl ChutesGateway {
     /// Adds a chute with `instances` instances (at least one). A v1 chute
     /// always streams protocol v1 (as Chutes does today, whatever the client
     /// asks); a v2 chute honours the version the encrypted request asks for.
-    pub fn chute(mut self, slug: impl Into<String>, instances: u32, version: StreamVersion) -> Self {
+    pub fn chute(
+        mut self,
+        slug: impl Into<String>,
+        instances: u32,
+        version: StreamVersion,
+    ) -> Self {
         self.chutes.push((slug.into(), instances.max(1), version));
         self
     }
@@ -147,7 +152,10 @@ impl ChutesGateway {
 
     /// The `chute_id` the gateway lists for `slug`.
     pub fn chute_id(&self, slug: &str) -> String {
-        uuid(&derive_seed(self.world_seed, &format!("chutes/chute-id/{slug}")))
+        uuid(&derive_seed(
+            self.world_seed,
+            &format!("chutes/chute-id/{slug}"),
+        ))
     }
 
     pub fn install(self, sim: &mut turmoil::Sim<'_>) -> ChutesHandle {
@@ -441,7 +449,12 @@ async fn instances(
         );
     }
     let Some(chute) = gw.world.chutes.get(&chute_id) else {
-        return gw.error(kind, StatusCode::NOT_FOUND, "chute_not_found", "no such chute");
+        return gw.error(
+            kind,
+            StatusCode::NOT_FOUND,
+            "chute_not_found",
+            "no such chute",
+        );
     };
     let substitute = matches!(fault, Some(Fault::WrongKey));
     let list = {
@@ -524,7 +537,12 @@ async fn invoke(State(gw): State<Arc<Gateway>>, headers: HeaderMap, blob: Bytes)
         );
     }
     let Some(chute) = chute else {
-        return gw.error(kind, StatusCode::NOT_FOUND, "chute_not_found", "no such chute");
+        return gw.error(
+            kind,
+            StatusCode::NOT_FOUND,
+            "chute_not_found",
+            "no such chute",
+        );
     };
     let Some(instance) = chute.instances.iter().find(|i| i.id == instance_id) else {
         return gw.error(
@@ -598,7 +616,13 @@ impl Gateway {
         let mut boot = self.boot();
         let now = tokio::time::Instant::now();
         match boot.nonces.get_mut(&record.nonce) {
-            None => return Err((StatusCode::FORBIDDEN, "invalid_nonce", "unknown nonce".into())),
+            None => {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    "invalid_nonce",
+                    "unknown nonce".into(),
+                ))
+            }
             Some(n) if n.used => {
                 return Err((
                     StatusCode::FORBIDDEN,
@@ -615,7 +639,11 @@ impl Gateway {
             }
             Some(n) if now >= n.expires => {
                 n.used = true;
-                return Err((StatusCode::FORBIDDEN, "invalid_nonce", "nonce expired".into()));
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    "invalid_nonce",
+                    "nonce expired".into(),
+                ));
             }
             Some(n) => n.used = true,
         }
@@ -713,7 +741,10 @@ impl Gateway {
             });
             format!("data: {c}")
         };
-        let mut lines = vec![line(json!({ "role": "assistant", "content": "" }), Value::Null)];
+        let mut lines = vec![line(
+            json!({ "role": "assistant", "content": "" }),
+            Value::Null,
+        )];
         for piece in ["chutes".to_string(), " says:".into(), format!(" {prompt}")] {
             lines.push(line(json!({ "content": piece }), Value::Null));
         }
@@ -782,6 +813,23 @@ fn after_frames(events: &[Event], n: u32) -> usize {
     frame_pos(events, n - 1).map_or(events.len(), |i| i + 1)
 }
 
+/// The frame event with one ciphertext bit flipped (valid base64 still).
+fn corrupt(event: &Event) -> String {
+    let Event::Frame(text) = event else {
+        unreachable!("only frames are corrupted")
+    };
+    let b64 = text
+        .trim_end()
+        .strip_prefix("data: {\"e2e\": \"")
+        .and_then(|t| t.strip_suffix("\"}"))
+        .expect("frame events are built by frame_event");
+    let mut raw = B64.decode(b64).expect("the sealer's base64");
+    // Past the AEAD nonce: the ciphertext (or tag) itself.
+    let at = NONCE_LEN.min(raw.len() - 1);
+    raw[at] ^= 0x01;
+    frame_event(&B64.encode(raw))
+}
+
 /// The gateway relays the instance's events, tampered with as the fault says.
 fn gateway_stream(fault: Option<&Fault>, mut events: Vec<Event>) -> Vec<Step> {
     match fault {
@@ -803,6 +851,22 @@ fn gateway_stream(fault: Option<&Fault>, mut events: Vec<Event>) -> Vec<Step> {
                 };
                 let copy = Event::Frame(copy.clone());
                 events.insert(i + 1, copy);
+            }
+        }
+        Some(Fault::FrameBeforeInit) => {
+            if let Some(i) = frame_pos(&events, 0) {
+                let frame = events.remove(i);
+                events.insert(0, frame);
+            }
+        }
+        Some(Fault::CorruptFrame { index }) => {
+            if let Some(i) = frame_pos(&events, *index) {
+                events[i] = Event::Frame(corrupt(&events[i]));
+            }
+        }
+        Some(Fault::BadBase64Frame { index }) => {
+            if let Some(i) = frame_pos(&events, *index) {
+                events[i] = Event::Frame(frame_event("!!not base64!!"));
             }
         }
         Some(Fault::ForgedOuterDone { after_frames: n }) => {
