@@ -595,6 +595,8 @@ fn s7_gateway_rejects_reused_unknown_and_expired_nonces() {
             .body(Bytes::new())
             .unwrap();
         assert_eq!(status_of(get).await.0, 401);
+        let statuses: Vec<u16> = ctx.chutes.invocations().iter().map(|i| i.status).collect();
+        assert_eq!(statuses, [200, 403, 403, 403]);
     });
 }
 
