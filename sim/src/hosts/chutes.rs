@@ -317,6 +317,32 @@ impl Gateway {
         }
     }
 
+    /// The gateway's front door, shared by every route: the fault board is
+    /// consulted once (delays and injected statuses act here), then the API
+    /// key is checked. `Ok`: the fault left to act on the answer, if any.
+    async fn admit(
+        &self,
+        kind: RequestKind,
+        headers: &HeaderMap,
+        model: &str,
+        streaming: bool,
+    ) -> Result<Option<Fault>, Response> {
+        let fault = self.faults.take(&self.host, kind);
+        if let Some(resp) = before_answer(fault.as_ref(), &self.host, model, streaming).await {
+            self.log.served(kind, resp.status().as_u16(), Bytes::new());
+            return Err(resp);
+        }
+        if !self.authorised(headers) {
+            return Err(self.error(
+                kind,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or bad API key",
+            ));
+        }
+        Ok(fault)
+    }
+
     /// An error answer, logged.
     fn error(&self, kind: RequestKind, status: StatusCode, code: &str, message: &str) -> Response {
         let resp = error_response(status, Some(code), &format!("{}: {message}", self.host));
@@ -398,19 +424,10 @@ impl ChutesHandle {
 
 async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let kind = RequestKind::Models;
-    let fault = gw.faults.take(&gw.host, kind);
-    if let Some(resp) = before_answer(fault.as_ref(), &gw.host, "", false).await {
-        gw.log.served(kind, resp.status().as_u16(), Bytes::new());
-        return resp;
-    }
-    if !gw.authorised(&headers) {
-        return gw.error(
-            kind,
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or bad API key",
-        );
-    }
+    let fault = match gw.admit(kind, &headers, "", false).await {
+        Ok(fault) => fault,
+        Err(resp) => return resp,
+    };
     let list = ModelList {
         data: gw
             .world
@@ -435,19 +452,10 @@ async fn instances(
     headers: HeaderMap,
 ) -> Response {
     let kind = RequestKind::Instances;
-    let fault = gw.faults.take(&gw.host, kind);
-    if let Some(resp) = before_answer(fault.as_ref(), &gw.host, "", false).await {
-        gw.log.served(kind, resp.status().as_u16(), Bytes::new());
-        return resp;
-    }
-    if !gw.authorised(&headers) {
-        return gw.error(
-            kind,
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or bad API key",
-        );
-    }
+    let fault = match gw.admit(kind, &headers, "", false).await {
+        Ok(fault) => fault,
+        Err(resp) => return resp,
+    };
     let Some(chute) = gw.world.chutes.get(&chute_id) else {
         return gw.error(
             kind,
@@ -523,19 +531,10 @@ async fn invoke(State(gw): State<Arc<Gateway>>, headers: HeaderMap, blob: Bytes)
     let chute = gw.world.chutes.get(&chute_id);
     let slug = chute.map(|c| c.slug.as_str()).unwrap_or_default();
 
-    let fault = gw.faults.take(&gw.host, kind);
-    if let Some(resp) = before_answer(fault.as_ref(), &gw.host, slug, stream).await {
-        gw.log.served(kind, resp.status().as_u16(), Bytes::new());
-        return resp;
-    }
-    if !gw.authorised(&headers) {
-        return gw.error(
-            kind,
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or bad API key",
-        );
-    }
+    let fault = match gw.admit(kind, &headers, slug, stream).await {
+        Ok(fault) => fault,
+        Err(resp) => return resp,
+    };
     let Some(chute) = chute else {
         return gw.error(
             kind,
