@@ -710,6 +710,15 @@ fn r3_http_faults_map_like_the_openai_client() {
             "{err:?}"
         );
 
+        // An injected 403 is a client error, not a stale nonce: no retry.
+        ctx.faults.inject("chutes", status(403).rule().times(1));
+        let err = p.chat_completion(&req).await.unwrap_err();
+        assert!(
+            matches!(err, ProviderError::Status { status: 403, .. }),
+            "{err:?}"
+        );
+        assert!(p.chat_completion(&req).await.is_ok());
+
         ctx.faults
             .inject("chutes", Fault::ResetBeforeBody.rule().times(1));
         let err = p.chat_completion(&req).await.unwrap_err();

@@ -57,6 +57,10 @@ pub const HEADER_NONCE: &str = "x-e2e-nonce";
 pub const HEADER_STREAM: &str = "x-e2e-stream";
 pub const HEADER_PATH: &str = "x-e2e-path";
 
+/// `error.code`s of a 401/403 from `/e2e/invoke` saying the nonce was
+/// refused (unknown, expired or already used): the client's listing is stale.
+pub const NONCE_REJECTED: &[&str] = &["invalid_nonce", "nonce_reused"];
+
 /// Largest error body read to explain a failed status.
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// A listing's nonces are treated as expired this much before the gateway
@@ -485,10 +489,12 @@ impl ChutesProvider {
         Ok((instances, expires))
     }
 
-    /// Seals the request and `POST`s it to `/e2e/invoke`, with one retry on
-    /// a fresh listing when the gateway rejects the nonce (401/403) or no
-    /// longer knows the instance (404): a stale pool is not the caller's
-    /// failure. Returns the response key and the 200 response.
+    /// Seals the request and `POST`s it to `/e2e/invoke`. When the gateway
+    /// rejects the nonce itself (a [`NONCE_REJECTED`] code: a restarted
+    /// gateway forgot it, or its clock ran ahead), the pool is stale rather
+    /// than the request wrong: one retry on a fresh listing. Any other
+    /// failure is returned as is (an injected 403 stays a 403). Returns the
+    /// response key and the 200 response.
     async fn invoke(
         &self,
         req: &ChatRequest,
@@ -497,25 +503,26 @@ impl ChutesProvider {
         let body = self.upstream_body(req, stream);
         let mut retried = false;
         loop {
-            match self.invoke_once(&body, stream).await {
+            let (status, err_body) = match self.invoke_once(&body, stream).await {
                 Ok(ok) => return Ok(ok),
                 Err(InvokeError::Other(e)) => return Err(e),
-                Err(InvokeError::Status(status, err_body)) => {
-                    let stale = matches!(status.as_u16(), 401 | 403 | 404);
-                    if stale {
-                        let mut pool = self.pool.lock().await;
-                        pool.forget_instances();
-                        if status == StatusCode::NOT_FOUND {
-                            pool.chute_id = None;
-                        }
-                    }
-                    if stale && !retried {
-                        retried = true;
-                        continue;
-                    }
-                    return Err(status_error(status, &err_body));
+                Err(InvokeError::Status(status, err_body)) => (status, err_body),
+            };
+            let nonce_rejected = matches!(status.as_u16(), 401 | 403)
+                && error_code(&err_body).is_some_and(|c| NONCE_REJECTED.contains(&c.as_str()));
+            if nonce_rejected || status == StatusCode::NOT_FOUND {
+                let mut pool = self.pool.lock().await;
+                pool.forget_instances();
+                if status == StatusCode::NOT_FOUND {
+                    // The chute or instance is gone: resolve it afresh next time.
+                    pool.chute_id = None;
                 }
             }
+            if nonce_rejected && !retried {
+                retried = true;
+                continue;
+            }
+            return Err(status_error(status, &err_body));
         }
     }
 
@@ -724,6 +731,12 @@ fn stream_error(e: StreamError) -> ProviderError {
         },
         other => other,
     }
+}
+
+/// `error.code` of an OpenAI-style error body.
+fn error_code(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v.get("error")?.get("code")?.as_str().map(str::to_owned)
 }
 
 /// Percent-encodes a path segment (ids are opaque to the client).

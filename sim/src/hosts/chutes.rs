@@ -598,7 +598,8 @@ async fn invoke(State(gw): State<Arc<Gateway>>, headers: HeaderMap, blob: Bytes)
     resp
 }
 
-type Refused = (StatusCode, &'static str, String);
+/// An instance-side rejection: status, `error.code`, message.
+type Rejection = (StatusCode, &'static str, String);
 
 impl Gateway {
     /// The instance's side: check and spend the nonce, open the request,
@@ -611,7 +612,7 @@ impl Gateway {
         instance: &Instance,
         record: &mut Invocation,
         blob: &[u8],
-    ) -> Result<(&'static str, Vec<Step>), Refused> {
+    ) -> Result<(&'static str, Vec<Step>), Rejection> {
         let mut boot = self.boot();
         let now = tokio::time::Instant::now();
         match boot.nonces.get_mut(&record.nonce) {
