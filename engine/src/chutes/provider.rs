@@ -326,8 +326,8 @@ impl std::fmt::Debug for ChutesProvider {
     }
 }
 
-/// How an invocation failed: the status path may be worth one retry with a
-/// fresh listing (the gateway rejected the nonce or forgot the instance).
+/// How an invocation failed: a status keeps its body, which says whether
+/// the nonce was rejected (worth one retry on a fresh listing).
 enum InvokeError {
     Status(StatusCode, Bytes),
     Other(ProviderError),
