@@ -317,8 +317,9 @@ pub fn sanitize_message(raw: &str) -> String {
 }
 
 /// Validates a JSON object and makes its `model` the canonical id, leaving
-/// the bytes untouched when they already carry it.
-fn with_model(body: Bytes, canonical: &str) -> Result<Bytes, ProviderError> {
+/// the bytes untouched when they already carry it (R3). Shared with the
+/// Chutes provider, which applies it to decrypted bodies and chunks.
+pub fn with_model(body: Bytes, canonical: &str) -> Result<Bytes, ProviderError> {
     let mut value: Value =
         serde_json::from_slice(&body).map_err(|e| ProviderError::BodyDecode(e.to_string()))?;
     let obj = value

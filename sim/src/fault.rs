@@ -16,6 +16,19 @@
 //! fault = { host = "near-1", slow_first_token_ms = 5000 }
 //! fault = { host = "near-1", cut_stream_after = 2 }
 //! fault = { host = "catalog", http_status = 503, on = "catalog" }
+//! # Chutes only (frame indices count the encrypted `e2e` frames, 0-based,
+//! # the inner [DONE] frame included):
+//! fault = { host = "chutes", forged_outer_done = 2 }  # outer [DONE] after 2 frames, rest dropped
+//! fault = { host = "chutes", e2e_error = true }       # an e2e_error event instead of the stream
+//! fault = { host = "chutes", drop_frame = 1 }
+//! fault = { host = "chutes", reorder_frame = 1 }      # swap frames 1 and 2
+//! fault = { host = "chutes", replay_frame = 1 }       # frame 1 sent twice
+//! fault = { host = "chutes", wrong_key = true }       # instance listing carries the gateway's key
+//! fault = { host = "chutes", gzip_bomb = true }       # JSON reply inflates past 64 MiB
+//! fault = { host = "chutes", oversized_line = true }  # an SSE line over 16 MiB
+//! fault = { host = "chutes", frame_before_init = true } # frame 0 moved before e2e_init
+//! fault = { host = "chutes", corrupt_frame = 2 }      # one ciphertext bit of frame 2 flipped
+//! fault = { host = "chutes", bad_base64_frame = 2 }   # frame 2's payload is not base64
 //! ```
 //!
 //! `times` (default: until cleared) counts the requests the fault hits. `on`
@@ -49,6 +62,10 @@ pub enum RequestKind {
     External,
     /// `PATCH /v1/catalog`.
     CatalogPatch,
+    /// Chutes' `GET /v1/models` (slug → chute id).
+    Models,
+    /// Chutes' `GET /e2e/instances/{chute_id}` (keys, nonces, evidence).
+    Instances,
 }
 
 /// Which requests a fault hits.
@@ -66,6 +83,8 @@ pub enum Scope {
     Catalog,
     External,
     CatalogPatch,
+    Models,
+    Instances,
 }
 
 impl Scope {
@@ -81,6 +100,8 @@ impl Scope {
             Scope::Catalog => kind == K::Catalog,
             Scope::External => kind == K::External,
             Scope::CatalogPatch => kind == K::CatalogPatch,
+            Scope::Models => kind == K::Models,
+            Scope::Instances => kind == K::Instances,
         }
     }
 
@@ -95,6 +116,8 @@ impl Scope {
             Scope::Catalog => "catalog",
             Scope::External => "external",
             Scope::CatalogPatch => "catalog_patch",
+            Scope::Models => "models",
+            Scope::Instances => "instances",
         }
     }
 }
@@ -124,13 +147,50 @@ pub enum Fault {
     /// End the stream cleanly after `after_chunks` chunks, without `[DONE]`
     /// (a JSON body: cut in half).
     CutStream { after_chunks: u32 },
+    /// Chutes gateway: send `after_frames` encrypted frames, then a forged
+    /// plaintext outer `data: [DONE]`, and drop the rest.
+    ForgedOuterDone { after_frames: u32 },
+    /// Chutes instance: an `{"e2e_error": …}` event instead of the stream.
+    E2eError,
+    /// Chutes gateway: drop encrypted frame `index`.
+    DropFrame { index: u32 },
+    /// Chutes gateway: swap encrypted frames `index` and `index + 1`.
+    ReorderFrame { index: u32 },
+    /// Chutes gateway: send encrypted frame `index` twice.
+    ReplayFrame { index: u32 },
+    /// Chutes gateway: list its own ML-KEM key for every instance, with the
+    /// evidence of the real key (§7b must reject it).
+    WrongKey,
+    /// Chutes instance: a JSON reply whose authenticated gzip inflates past
+    /// the 64 MiB cap.
+    GzipBomb,
+    /// Chutes gateway: an SSE line longer than the 16 MiB cap.
+    OversizedLine,
+    /// Chutes gateway: relay frame 0 before the `e2e_init` event.
+    FrameBeforeInit,
+    /// Chutes gateway: flip one ciphertext bit of frame `index` (AEAD failure).
+    CorruptFrame { index: u32 },
+    /// Chutes gateway: replace frame `index`'s payload with text that is not base64.
+    BadBase64Frame { index: u32 },
 }
 
 impl Fault {
     /// Requests the fault hits when the scenario does not say (`on`).
     pub fn default_scope(&self) -> Scope {
         match self {
-            Fault::SlowFirstToken { .. } | Fault::CutStream { .. } => Scope::ChatStream,
+            Fault::SlowFirstToken { .. }
+            | Fault::CutStream { .. }
+            | Fault::ForgedOuterDone { .. }
+            | Fault::E2eError
+            | Fault::DropFrame { .. }
+            | Fault::ReorderFrame { .. }
+            | Fault::ReplayFrame { .. }
+            | Fault::OversizedLine
+            | Fault::FrameBeforeInit
+            | Fault::CorruptFrame { .. }
+            | Fault::BadBase64Frame { .. } => Scope::ChatStream,
+            Fault::GzipBomb => Scope::ChatJson,
+            Fault::WrongKey => Scope::Instances,
             _ => Scope::Service,
         }
     }
@@ -152,6 +212,19 @@ impl fmt::Display for Fault {
             Fault::Latency { ms } => write!(f, "latency_ms = {ms}"),
             Fault::SlowFirstToken { ms } => write!(f, "slow_first_token_ms = {ms}"),
             Fault::CutStream { after_chunks } => write!(f, "cut_stream_after = {after_chunks}"),
+            Fault::ForgedOuterDone { after_frames } => {
+                write!(f, "forged_outer_done = {after_frames}")
+            }
+            Fault::E2eError => f.write_str("e2e_error = true"),
+            Fault::DropFrame { index } => write!(f, "drop_frame = {index}"),
+            Fault::ReorderFrame { index } => write!(f, "reorder_frame = {index}"),
+            Fault::ReplayFrame { index } => write!(f, "replay_frame = {index}"),
+            Fault::WrongKey => f.write_str("wrong_key = true"),
+            Fault::GzipBomb => f.write_str("gzip_bomb = true"),
+            Fault::OversizedLine => f.write_str("oversized_line = true"),
+            Fault::FrameBeforeInit => f.write_str("frame_before_init = true"),
+            Fault::CorruptFrame { index } => write!(f, "corrupt_frame = {index}"),
+            Fault::BadBase64Frame { index } => write!(f, "bad_base64_frame = {index}"),
         }
     }
 }
@@ -251,6 +324,28 @@ struct FaultSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cut_stream_after: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    forged_outer_done: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e2e_error: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    drop_frame: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reorder_frame: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replay_frame: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wrong_key: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gzip_bomb: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oversized_line: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    frame_before_init: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    corrupt_frame: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bad_base64_frame: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     times: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     on: Option<Scope>,
@@ -302,14 +397,54 @@ impl TryFrom<FaultSpec> for FaultInjection {
         if let Some(after_chunks) = s.cut_stream_after {
             faults.push(Fault::CutStream { after_chunks });
         }
+        if let Some(after_frames) = s.forged_outer_done {
+            faults.push(Fault::ForgedOuterDone { after_frames });
+        }
+        if let Some(v) = s.e2e_error {
+            flag("e2e_error", v)?;
+            faults.push(Fault::E2eError);
+        }
+        if let Some(index) = s.drop_frame {
+            faults.push(Fault::DropFrame { index });
+        }
+        if let Some(index) = s.reorder_frame {
+            faults.push(Fault::ReorderFrame { index });
+        }
+        if let Some(index) = s.replay_frame {
+            faults.push(Fault::ReplayFrame { index });
+        }
+        if let Some(v) = s.wrong_key {
+            flag("wrong_key", v)?;
+            faults.push(Fault::WrongKey);
+        }
+        if let Some(v) = s.gzip_bomb {
+            flag("gzip_bomb", v)?;
+            faults.push(Fault::GzipBomb);
+        }
+        if let Some(v) = s.oversized_line {
+            flag("oversized_line", v)?;
+            faults.push(Fault::OversizedLine);
+        }
+        if let Some(v) = s.frame_before_init {
+            flag("frame_before_init", v)?;
+            faults.push(Fault::FrameBeforeInit);
+        }
+        if let Some(index) = s.corrupt_frame {
+            faults.push(Fault::CorruptFrame { index });
+        }
+        if let Some(index) = s.bad_base64_frame {
+            faults.push(Fault::BadBase64Frame { index });
+        }
         if s.times == Some(0) {
             return Err("times = 0 would never fire: use times >= 1, or leave it out".into());
         }
         if faults.len() != 1 {
             return Err(format!(
                 "a fault names exactly one of http_status, model_not_found, reset_before_body, \
-                 reset_after_chunks, latency_ms, slow_first_token_ms, cut_stream_after \
-                 (found {})",
+                 reset_after_chunks, latency_ms, slow_first_token_ms, cut_stream_after, \
+                 forged_outer_done, e2e_error, drop_frame, reorder_frame, replay_frame, \
+                 wrong_key, gzip_bomb, oversized_line, frame_before_init, corrupt_frame, \
+                 bad_base64_frame (found {})",
                 faults.len()
             ));
         }
@@ -343,6 +478,17 @@ impl From<FaultInjection> for FaultSpec {
             Fault::Latency { ms } => s.latency_ms = Some(ms),
             Fault::SlowFirstToken { ms } => s.slow_first_token_ms = Some(ms),
             Fault::CutStream { after_chunks } => s.cut_stream_after = Some(after_chunks),
+            Fault::ForgedOuterDone { after_frames } => s.forged_outer_done = Some(after_frames),
+            Fault::E2eError => s.e2e_error = Some(true),
+            Fault::DropFrame { index } => s.drop_frame = Some(index),
+            Fault::ReorderFrame { index } => s.reorder_frame = Some(index),
+            Fault::ReplayFrame { index } => s.replay_frame = Some(index),
+            Fault::WrongKey => s.wrong_key = Some(true),
+            Fault::GzipBomb => s.gzip_bomb = Some(true),
+            Fault::OversizedLine => s.oversized_line = Some(true),
+            Fault::FrameBeforeInit => s.frame_before_init = Some(true),
+            Fault::CorruptFrame { index } => s.corrupt_frame = Some(index),
+            Fault::BadBase64Frame { index } => s.bad_base64_frame = Some(index),
         }
         s
     }
@@ -486,6 +632,66 @@ mod tests {
         assert_eq!(f.rule.scope(), Scope::Catalog);
         let f = parse(r#"fault = { host = "n", cut_stream_after = 2 }"#).unwrap();
         assert_eq!(f.rule.scope(), Scope::ChatStream);
+    }
+
+    #[test]
+    fn chutes_faults_round_trip_with_their_scopes() {
+        for (src, fault, scope) in [
+            (
+                "forged_outer_done = 2",
+                Fault::ForgedOuterDone { after_frames: 2 },
+                Scope::ChatStream,
+            ),
+            ("e2e_error = true", Fault::E2eError, Scope::ChatStream),
+            (
+                "drop_frame = 1",
+                Fault::DropFrame { index: 1 },
+                Scope::ChatStream,
+            ),
+            (
+                "reorder_frame = 0",
+                Fault::ReorderFrame { index: 0 },
+                Scope::ChatStream,
+            ),
+            (
+                "replay_frame = 3",
+                Fault::ReplayFrame { index: 3 },
+                Scope::ChatStream,
+            ),
+            ("wrong_key = true", Fault::WrongKey, Scope::Instances),
+            ("gzip_bomb = true", Fault::GzipBomb, Scope::ChatJson),
+            (
+                "oversized_line = true",
+                Fault::OversizedLine,
+                Scope::ChatStream,
+            ),
+            (
+                "frame_before_init = true",
+                Fault::FrameBeforeInit,
+                Scope::ChatStream,
+            ),
+            (
+                "corrupt_frame = 2",
+                Fault::CorruptFrame { index: 2 },
+                Scope::ChatStream,
+            ),
+            (
+                "bad_base64_frame = 2",
+                Fault::BadBase64Frame { index: 2 },
+                Scope::ChatStream,
+            ),
+        ] {
+            let f = parse(&format!("fault = {{ host = \"chutes\", {src} }}")).unwrap();
+            assert_eq!(f.rule.fault, fault, "{src}");
+            assert_eq!(f.rule.scope(), scope, "{src}");
+            assert_eq!(f.to_string(), format!("{{ host = \"chutes\", {src} }}"));
+            let back: FaultInjection = toml::from_str(&toml::to_string(&f).unwrap()).unwrap();
+            assert_eq!(back, f);
+        }
+        let err = parse(r#"fault = { host = "chutes", wrong_key = false }"#).unwrap_err();
+        assert!(err.contains("means nothing"), "{err}");
+        let f = parse(r#"fault = { host = "chutes", http_status = 503, on = "instances" }"#);
+        assert_eq!(f.unwrap().rule.scope(), Scope::Instances);
     }
 
     #[test]

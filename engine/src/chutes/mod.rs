@@ -1,6 +1,10 @@
-//! Chutes' end-to-end encryption protocol (SPEC §7, §7b, R23–R25), pure: no
-//! networking, randomness injected. The HTTP provider builds on these.
+//! Chutes: the end-to-end encryption protocol (SPEC §7, §7b, R23–R25), pure
+//! with no networking and randomness injected, and the HTTP provider built
+//! on it.
 
 pub mod attest;
 pub mod e2ee;
+pub mod provider;
 pub mod stream;
+
+pub use provider::{shared_rng, BuildError, ChutesConfig, ChutesProvider, SharedRng};

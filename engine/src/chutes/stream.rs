@@ -219,6 +219,12 @@ impl StreamDecoder {
         self.seq
     }
 
+    /// Whether `e2e_init` keyed the stream (and no fatal error closed it
+    /// since): a provider can hand the stream over from here on.
+    pub fn is_keyed(&self) -> bool {
+        self.cipher.is_some()
+    }
+
     /// Whether the authenticated inner `[DONE]` has been decoded.
     pub fn is_done(&self) -> bool {
         self.done

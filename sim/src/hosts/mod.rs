@@ -1,5 +1,5 @@
-//! Simulated HTTP hosts: NEAR backends, an external plaintext provider and
-//! the catalog. Each is an axum router served by the engine's own
+//! Simulated HTTP hosts: NEAR backends, an external plaintext provider, the
+//! catalog and the Chutes gateway. Each is an axum router served by the engine's own
 //! [`serve`](tiersim_engine::http::serve) over a turmoil listener, and each
 //! consults the shared [`FaultBoard`] once per request.
 //!
@@ -7,10 +7,12 @@
 //! and a per-boot request counter: no wall clock, no OS randomness.
 
 mod catalog;
+mod chutes;
 mod external;
 mod near;
 
 pub use catalog::{Catalog, CatalogHandle};
+pub use chutes::{ChutesGateway, ChutesHandle, Invocation, Served};
 pub use external::ExternalBackend;
 pub use near::NearBackend;
 
@@ -167,15 +169,20 @@ fn scripted(status: StatusCode, content_type: &'static str, steps: Vec<Step>) ->
 
 /// A complete JSON answer, shaped by a body fault if one fired.
 fn json_answer(fault: Option<&Fault>, body: Bytes) -> Response {
+    body_answer(fault, "application/json", body)
+}
+
+/// A complete 200 answer of any type, shaped by a body fault if one fired.
+fn body_answer(fault: Option<&Fault>, content_type: &'static str, body: Bytes) -> Response {
     let half = || Step::Data(body.slice(..body.len() / 2));
     let steps = match fault {
         Some(Fault::ResetBeforeBody) => vec![Step::Reset],
         Some(Fault::ResetMidBody { .. }) => vec![half(), Step::Flush, Step::Reset],
-        // A clean end after half the JSON: an undecodable body.
+        // A clean end after half the body: an undecodable body.
         Some(Fault::CutStream { .. }) => vec![half()],
-        _ => return ([(CONTENT_TYPE, "application/json")], body).into_response(),
+        _ => return ([(CONTENT_TYPE, content_type)], body).into_response(),
     };
-    scripted(StatusCode::OK, "application/json", steps)
+    scripted(StatusCode::OK, content_type, steps)
 }
 
 /// An OpenAI-compatible chat backend: the part NEAR backends and external

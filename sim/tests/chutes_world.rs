@@ -1,0 +1,815 @@
+//! `ChutesProvider` against the simulated Chutes gateway on a turmoil
+//! network: round trips (v1, v2) with the canonical id (R3), every R23
+//! adversarial case, R24 refusals, single-use nonces and §7b key binding,
+//! the v1 residual and v2 detection (R25), and seed determinism.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use serde_json::{json, Value};
+use tiersim::fault::{Fault, FaultBoard, RequestKind};
+use tiersim::hosts::{ChutesGateway, ChutesHandle};
+use tiersim::net::{http_client, url};
+use tiersim_engine::chutes::e2ee::{seal_request, StreamVersion};
+use tiersim_engine::chutes::provider::{InstanceList, HEADER_CHUTE_ID, HEADER_INSTANCE_ID};
+use tiersim_engine::chutes::{shared_rng, ChutesConfig, ChutesProvider};
+use tiersim_engine::openai::Timeouts;
+use tiersim_engine::{
+    Capabilities, ChatRequest, ChatStream, Provider, ProviderError, Refusal, StatusDetail,
+    StreamItem, Tier,
+};
+
+/// A NEAR-served canonical id whose Chutes fallback is a v1 chute.
+const CANON: &str = "zai-org/GLM-5.1-FP8";
+const SLUG: &str = "zai-org/GLM-5.1-TEE";
+/// A Chutes-only model on a chute that speaks the hardened v2 stream.
+const CANON_V2: &str = "moonshotai/Kimi-K2.6";
+const SLUG_V2: &str = "moonshotai/Kimi-K2.6-TEE";
+const TIMEOUTS: Timeouts = Timeouts {
+    request: Duration::from_secs(10),
+    stream_idle: Duration::from_secs(5),
+};
+
+struct World {
+    sim: turmoil::Sim<'static>,
+    faults: FaultBoard,
+    chutes: ChutesHandle,
+    vendor: [u8; 32],
+    seed: u64,
+}
+
+fn world(seed: u64) -> World {
+    world_with(seed, |g| g)
+}
+
+fn world_with(seed: u64, tune: impl FnOnce(ChutesGateway) -> ChutesGateway) -> World {
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs(300))
+        .rng_seed(seed)
+        .build();
+    let faults = FaultBoard::new();
+    let gateway = tune(
+        ChutesGateway::new("chutes")
+            .chute(SLUG, 2, StreamVersion::V1)
+            .chute(SLUG_V2, 1, StreamVersion::V2)
+            .world_seed(seed)
+            .faults(&faults),
+    );
+    let vendor = gateway.vendor_public_key();
+    let chutes = gateway.install(&mut sim);
+    World {
+        sim,
+        faults,
+        chutes,
+        vendor,
+        seed,
+    }
+}
+
+impl World {
+    /// Runs `f` as the one client of the world, to completion.
+    fn run<F, Fut>(mut self, f: F)
+    where
+        F: FnOnce(Ctx) -> Fut,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let fut = f(self.ctx());
+        self.sim.client("client", async move {
+            fut.await;
+            Ok(())
+        });
+        self.sim.run().unwrap();
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            faults: self.faults.clone(),
+            chutes: self.chutes.clone(),
+            vendor: self.vendor,
+            seed: self.seed,
+        }
+    }
+}
+
+/// What a test's client sees of the world.
+#[derive(Clone)]
+struct Ctx {
+    faults: FaultBoard,
+    chutes: ChutesHandle,
+    vendor: [u8; 32],
+    seed: u64,
+}
+
+impl Ctx {
+    /// The v1 provider of `CANON`, streaming on.
+    fn v1(&self) -> ChutesProvider {
+        self.provider(CANON, SLUG, StreamVersion::V1, true)
+    }
+
+    /// The v2 provider of `CANON_V2`, streaming on.
+    fn v2(&self) -> ChutesProvider {
+        self.provider(CANON_V2, SLUG_V2, StreamVersion::V2, true)
+    }
+
+    fn provider(
+        &self,
+        canonical: &str,
+        slug: &str,
+        version: StreamVersion,
+        streaming: bool,
+    ) -> ChutesProvider {
+        self.config(canonical, slug, version, streaming)
+            .build(
+                http_client(),
+                shared_rng(ChaCha20Rng::seed_from_u64(self.seed ^ 0x5eed)),
+            )
+            .unwrap()
+    }
+
+    fn config(
+        &self,
+        canonical: &str,
+        slug: &str,
+        version: StreamVersion,
+        streaming: bool,
+    ) -> ChutesConfig {
+        ChutesConfig::new(url("chutes"), "test-key", canonical, slug, self.vendor)
+            .streaming(streaming)
+            .stream_version(version)
+            .timeouts(TIMEOUTS)
+    }
+}
+
+fn request(model: &str, text: &str) -> ChatRequest {
+    let body = json!({ "model": model, "messages": [{ "role": "user", "content": text }] });
+    ChatRequest {
+        model: model.into(),
+        body: body.as_object().unwrap().clone(),
+        model_pub_key: None,
+        client_pub_key: None,
+    }
+}
+
+/// Everything a streamed request produced: the items up to the first
+/// error, and that error (from the open or from the stream). Reads on
+/// after an error to prove nothing follows it.
+async fn collect(
+    opened: Result<ChatStream, ProviderError>,
+) -> (Vec<StreamItem>, Option<ProviderError>) {
+    let mut s = match opened {
+        Ok(s) => s,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    let mut items = Vec::new();
+    let mut err = None;
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(i) => {
+                assert!(err.is_none(), "an item after the error: {i:?}");
+                assert!(
+                    !items.contains(&StreamItem::Done),
+                    "an item after Done: {i:?}"
+                );
+                items.push(i);
+            }
+            Err(e) => {
+                assert!(err.is_none(), "a second error: {e:?}");
+                err = Some(e);
+            }
+        }
+    }
+    (items, err)
+}
+
+fn chunk_json(item: &StreamItem) -> Option<Value> {
+    match item {
+        StreamItem::Chunk(b) => Some(serde_json::from_slice(b).unwrap()),
+        StreamItem::Done => None,
+    }
+}
+
+fn content_of(items: &[StreamItem]) -> String {
+    items
+        .iter()
+        .filter_map(chunk_json)
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Every chunk carries the canonical id, never the slug (R3).
+fn assert_canonical(items: &[StreamItem], canonical: &str) {
+    for v in items.iter().filter_map(chunk_json) {
+        assert_eq!(v["model"], canonical, "{v}");
+    }
+}
+
+fn is_integrity(e: &Option<ProviderError>, needle: &str) -> bool {
+    matches!(e, Some(ProviderError::Integrity(m)) if m.contains(needle))
+}
+
+// ------------------------------------------------------------- round trips
+
+#[test]
+fn r3_json_round_trip_carries_the_canonical_id() {
+    world(1).run(|ctx| async move {
+        let p = ctx.v1();
+        assert_eq!(p.id().as_str(), format!("chutes:{SLUG}"));
+        assert_eq!(p.tier(), Tier::Attested3p);
+        assert!(p.signing_keys().is_empty());
+
+        let resp = p.chat_completion(&request(CANON, "hello")).await.unwrap();
+        let v: Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(v["model"], CANON, "rewritten from the slug");
+        assert_eq!(v["choices"][0]["message"]["content"], "chutes says: hello");
+        assert_eq!(v["id"], "chatcmpl-chutes-1");
+        assert!(!String::from_utf8_lossy(&resp.body).contains(SLUG));
+
+        // Upstream, the decrypted request named the slug.
+        let inv = ctx.chutes.invocations();
+        assert_eq!(inv.len(), 1);
+        assert_eq!(inv[0].model.as_deref(), Some(SLUG));
+        assert!(!inv[0].stream);
+        assert_eq!(inv[0].status, 200);
+    });
+}
+
+#[test]
+fn r3_stream_round_trips_v1_and_v2() {
+    world(2).run(|ctx| async move {
+        for (p, canonical, version) in [
+            (ctx.v1(), CANON, StreamVersion::V1),
+            (ctx.v2(), CANON_V2, StreamVersion::V2),
+        ] {
+            let opened = p.chat_completion_stream(&request(canonical, "hi")).await;
+            let (items, err) = collect(opened).await;
+            assert_eq!(err, None, "{version:?}");
+            assert_eq!(items.len(), 6, "five chunks and Done: {items:?}");
+            assert_eq!(items.last(), Some(&StreamItem::Done));
+            assert_eq!(content_of(&items), "chutes says: hi");
+            assert_canonical(&items, canonical);
+            // The plaintext usage event is billing, not content.
+            assert!(items
+                .iter()
+                .filter_map(chunk_json)
+                .all(|v| v.get("usage").is_none()));
+            let last = ctx.chutes.invocations().pop().unwrap();
+            assert_eq!(last.stream_version, Some(version));
+            assert!(last.stream);
+        }
+    });
+}
+
+#[test]
+fn r25_v2_client_refuses_a_v1_only_chute() {
+    // A v2 client on a chute that only speaks v1 (a downgrade): the first
+    // frame fails under the v2 key; nothing is forwarded.
+    world(3).run(|ctx| async move {
+        let p = ctx.provider(CANON, SLUG, StreamVersion::V2, true);
+        let (items, err) = collect(p.chat_completion_stream(&request(CANON, "x")).await).await;
+        assert!(items.is_empty(), "{items:?}");
+        assert!(is_integrity(&err, "frame 0"), "{err:?}");
+    });
+}
+
+// ------------------------------------------------------------------ R23
+
+#[test]
+fn r23_forged_outer_done_is_a_truncation() {
+    world(4).run(|ctx| async move {
+        let p = ctx.v1();
+        for after in [0u32, 2, 5] {
+            ctx.faults.inject(
+                "chutes",
+                Fault::ForgedOuterDone {
+                    after_frames: after,
+                }
+                .rule()
+                .times(1),
+            );
+            let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
+            assert_eq!(items.len(), after as usize, "{items:?}");
+            assert!(!items.contains(&StreamItem::Done));
+            assert_canonical(&items, CANON);
+            assert_eq!(err, Some(ProviderError::Truncated));
+        }
+    });
+}
+
+#[test]
+fn r23_eof_without_inner_done_is_a_truncation() {
+    world(5).run(|ctx| async move {
+        let p = ctx.v1();
+        for after in [0u32, 3] {
+            ctx.faults.inject(
+                "chutes",
+                Fault::CutStream {
+                    after_chunks: after,
+                }
+                .rule()
+                .times(1),
+            );
+            let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
+            assert_eq!(items.len(), after as usize);
+            assert!(!items.contains(&StreamItem::Done));
+            assert_eq!(err, Some(ProviderError::Truncated));
+        }
+        // A connection reset mid-stream is a connection error, never Done.
+        ctx.faults.inject(
+            "chutes",
+            Fault::ResetMidBody { after_chunks: 2 }.rule().times(1),
+        );
+        let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
+        assert_eq!(items.len(), 2);
+        assert!(matches!(err, Some(ProviderError::Connection(_))), "{err:?}");
+    });
+}
+
+#[test]
+fn r23_e2e_error_is_a_typed_upstream_error_before_any_content() {
+    world(6).run(|ctx| async move {
+        let p = ctx.v1();
+        ctx.faults.inject("chutes", Fault::E2eError.rule().times(1));
+        // Before any content: the open itself fails, retryable as a 502.
+        let err = p
+            .chat_completion_stream(&request(CANON, "hi"))
+            .await
+            .err()
+            .expect("the open fails");
+        assert!(
+            matches!(&err, ProviderError::Status { status: 502, message, .. }
+                if message.contains("instance failed")),
+            "{err:?}"
+        );
+        // The next stream is fine again.
+        let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
+        assert_eq!((items.last(), err), (Some(&StreamItem::Done), None));
+    });
+}
+
+#[test]
+fn r23_frame_before_init_bad_base64_and_aead_failure_are_fatal() {
+    world(7).run(|ctx| async move {
+        let p = ctx.v1();
+        let cases: [(Fault, usize, &str); 3] = [
+            (Fault::FrameBeforeInit, 0, "before e2e_init"),
+            (Fault::BadBase64Frame { index: 2 }, 2, "base64"),
+            (
+                Fault::CorruptFrame { index: 3 },
+                3,
+                "frame 3 failed authentication",
+            ),
+        ];
+        for (fault, forwarded, needle) in cases {
+            ctx.faults.inject("chutes", fault.clone().rule().times(1));
+            let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
+            assert_eq!(items.len(), forwarded, "{fault}: {items:?}");
+            assert!(!items.contains(&StreamItem::Done), "{fault}");
+            assert_canonical(&items, CANON);
+            assert!(is_integrity(&err, needle), "{fault}: {err:?}");
+        }
+        // The last corrupted frame is the inner [DONE] itself: no Done.
+        ctx.faults
+            .inject("chutes", Fault::CorruptFrame { index: 5 }.rule().times(1));
+        let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
+        assert_eq!(items.len(), 5);
+        assert!(!items.contains(&StreamItem::Done));
+        assert!(is_integrity(&err, "frame 5"), "{err:?}");
+    });
+}
+
+#[test]
+fn r23_oversized_line_is_rejected() {
+    world(8).run(|ctx| async move {
+        let p = ctx.v1();
+        ctx.faults
+            .inject("chutes", Fault::OversizedLine.rule().times(1));
+        let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
+        assert_eq!(items.len(), 1, "the frame before the giant line: {items:?}");
+        assert!(is_integrity(&err, "exceeds"), "{err:?}");
+    });
+}
+
+#[test]
+fn r23_gzip_bomb_is_rejected() {
+    world(9).run(|ctx| async move {
+        let p = ctx.v1();
+        ctx.faults.inject("chutes", Fault::GzipBomb.rule().times(1));
+        let err = p.chat_completion(&request(CANON, "hi")).await.unwrap_err();
+        assert!(is_integrity(&Some(err.clone()), "exceeds"), "{err:?}");
+        assert!(p.chat_completion(&request(CANON, "hi")).await.is_ok());
+    });
+}
+
+#[test]
+fn r23_wrong_instance_key_fails_closed() {
+    world(10).run(|ctx| async move {
+        let p = ctx.v1();
+        // The gateway lists its own key with the real key's evidence (§7b).
+        ctx.faults.inject("chutes", Fault::WrongKey.rule().times(1));
+        let err = p.chat_completion(&request(CANON, "hi")).await.unwrap_err();
+        assert!(
+            is_integrity(&Some(err.clone()), "report data does not commit"),
+            "{err:?}"
+        );
+        let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
+        assert_eq!(
+            (items.last(), err),
+            (Some(&StreamItem::Done), None),
+            "the tainted listing was not kept: a fresh one serves"
+        );
+        assert_eq!(
+            ctx.chutes.invocations().len(),
+            1,
+            "nothing was ever sealed to the substituted key"
+        );
+
+        // A router trusting another vendor rejects the real evidence too.
+        let mut untrusted = ctx.config(CANON, SLUG, StreamVersion::V1, true);
+        untrusted.vendor_key = ChutesGateway::new("x").world_seed(999).vendor_public_key();
+        let p = untrusted
+            .build(http_client(), shared_rng(ChaCha20Rng::seed_from_u64(1)))
+            .unwrap();
+        let err = p.chat_completion(&request(CANON, "hi")).await.unwrap_err();
+        assert!(
+            is_integrity(&Some(err.clone()), "not signed by the trusted vendor"),
+            "{err:?}"
+        );
+        assert_eq!(ctx.chutes.invocations().len(), 1);
+    });
+}
+
+// ------------------------------------------------------------------ R24
+
+#[test]
+fn r24_refusals_make_no_network_call() {
+    world(11).run(|ctx| async move {
+        let off = ctx.provider(CANON, SLUG, StreamVersion::V1, false);
+        assert_eq!(
+            off.capabilities(),
+            Capabilities {
+                streaming: false,
+                client_e2ee: false
+            }
+        );
+        assert_eq!(
+            off.chat_completion_stream(&request(CANON, "hi"))
+                .await
+                .err(),
+            Some(ProviderError::Refused(Refusal::StreamingDisabled))
+        );
+        let mut e2ee = request(CANON, "hi");
+        e2ee.client_pub_key = Some("ab".repeat(32));
+        for p in [&off, &ctx.v1()] {
+            assert_eq!(
+                p.chat_completion(&e2ee).await.err(),
+                Some(ProviderError::Refused(Refusal::ClientE2eeUnsupported))
+            );
+            assert_eq!(
+                p.chat_completion_stream(&e2ee).await.err(),
+                Some(ProviderError::Refused(Refusal::ClientE2eeUnsupported))
+            );
+        }
+        assert_eq!(ctx.chutes.requests(), 0, "no request reached Chutes");
+        // Streaming off still serves JSON.
+        assert!(off.chat_completion(&request(CANON, "hi")).await.is_ok());
+    });
+}
+
+// ------------------------------------------------------ nonces (SPEC §7)
+
+#[test]
+fn s7_nonces_are_single_use_and_refetched_when_exhausted_or_expired() {
+    let w = world_with(12, |g| {
+        g.nonces_per_instance(2).nonce_ttl(Duration::from_secs(30))
+    });
+    w.run(|ctx| async move {
+        let p = ctx.v1();
+        // 2 instances × 2 nonces per listing: 9 requests need 3 listings.
+        for i in 0..9 {
+            let req = request(CANON, &format!("n{i}"));
+            if i % 2 == 0 {
+                assert!(p.chat_completion(&req).await.is_ok());
+            } else {
+                let (items, err) = collect(p.chat_completion_stream(&req).await).await;
+                assert_eq!((items.last(), err), (Some(&StreamItem::Done), None));
+            }
+        }
+        let inv = ctx.chutes.invocations();
+        assert_eq!(inv.len(), 9);
+        assert!(inv.iter().all(|i| i.status == 200));
+        let mut nonces: Vec<_> = inv.iter().map(|i| i.nonce.clone()).collect();
+        nonces.sort();
+        nonces.dedup();
+        assert_eq!(nonces.len(), 9, "no nonce sent twice");
+        // Round robin over both instances.
+        assert_ne!(inv[0].instance_id, inv[1].instance_id);
+        let listings = |c: &ChutesHandle| {
+            c.served_log()
+                .iter()
+                .filter(|s| s.kind == RequestKind::Instances)
+                .count()
+        };
+        assert_eq!(listings(&ctx.chutes), 3);
+        let models = ctx
+            .chutes
+            .served_log()
+            .iter()
+            .filter(|s| s.kind == RequestKind::Models)
+            .count();
+        assert_eq!(models, 1, "the chute id is cached");
+
+        // One nonce is left; after the listing expires it is not used.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(p.chat_completion(&request(CANON, "late")).await.is_ok());
+        assert_eq!(listings(&ctx.chutes), 4, "expired: listed again");
+        assert_eq!(ctx.chutes.invocations().last().unwrap().status, 200);
+    });
+}
+
+#[test]
+fn s7_gateway_rejects_reused_unknown_and_expired_nonces() {
+    let w = world_with(13, |g| g.nonce_ttl(Duration::from_secs(30)));
+    let chute_id = ChutesGateway::new("chutes").world_seed(13).chute_id(SLUG);
+    w.run(|ctx| async move {
+        let http = http_client();
+        let get = http::Request::get(format!("{}/e2e/instances/{chute_id}", url("chutes")))
+            .header("authorization", "Bearer k")
+            .body(Bytes::new())
+            .unwrap();
+        let (status, _, body) = http
+            .fetch(get, Duration::from_secs(5), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let list: InstanceList = serde_json::from_slice(&body).unwrap();
+        assert_eq!(list.nonce_expires_in, 30.0);
+        let inst = &list.instances[0];
+        let pk = B64.decode(&inst.e2e_pubkey).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let invoke = |nonce: &str, rng: &mut ChaCha20Rng| {
+            let req = json!({ "model": SLUG, "messages": [{ "role": "user", "content": "x" }] });
+            let (blob, _) = seal_request(rng, &pk, req).unwrap();
+            http::Request::post(format!("{}/e2e/invoke", url("chutes")))
+                .header("authorization", "Bearer k")
+                .header(HEADER_CHUTE_ID, chute_id.as_str())
+                .header(HEADER_INSTANCE_ID, inst.instance_id.as_str())
+                .header("x-e2e-nonce", nonce)
+                .header("x-e2e-stream", "false")
+                .header("x-e2e-path", "/v1/chat/completions")
+                .body(Bytes::from(blob))
+                .unwrap()
+        };
+        let status_of = |req| {
+            let http = http.clone();
+            async move {
+                let (status, _, body) = http
+                    .fetch(req, Duration::from_secs(5), 1 << 20)
+                    .await
+                    .unwrap();
+                (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        let n0 = &inst.nonces[0];
+        assert_eq!(status_of(invoke(n0, &mut rng)).await.0, 200);
+        let (s, body) = status_of(invoke(n0, &mut rng)).await;
+        assert_eq!((s, body.contains("nonce_reused")), (403, true), "{body}");
+        let (s, body) = status_of(invoke("00ff", &mut rng)).await;
+        assert_eq!((s, body.contains("invalid_nonce")), (403, true), "{body}");
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let (s, body) = status_of(invoke(&inst.nonces[1], &mut rng)).await;
+        assert_eq!((s, body.contains("expired")), (403, true), "{body}");
+        // Without a bearer key nothing is listed.
+        let get = http::Request::get(format!("{}/v1/models", url("chutes")))
+            .body(Bytes::new())
+            .unwrap();
+        assert_eq!(status_of(get).await.0, 401);
+        let statuses: Vec<u16> = ctx.chutes.invocations().iter().map(|i| i.status).collect();
+        assert_eq!(statuses, [200, 403, 403, 403]);
+    });
+}
+
+#[test]
+fn s7_gateway_restart_recovers_with_one_fresh_listing() {
+    // The gateway forgets its nonces on restart: the provider's cached ones
+    // are refused (403), so it lists again and retries once, transparently.
+    let mut w = world(14);
+    let ctx = w.ctx();
+    let first_done = Arc::new(AtomicBool::new(false));
+    let restarted = Arc::new(AtomicBool::new(false));
+    let (flag, seen) = (first_done.clone(), restarted.clone());
+    w.sim.client("client", async move {
+        let p = ctx.v1();
+        assert!(p.chat_completion(&request(CANON, "a")).await.is_ok());
+        flag.store(true, Ordering::SeqCst);
+        while !seen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let resp = p.chat_completion(&request(CANON, "b")).await.unwrap();
+        let v: Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "chutes says: b");
+        let inv = ctx.chutes.invocations();
+        let statuses: Vec<u16> = inv.iter().map(|i| i.status).collect();
+        assert_eq!(statuses, [200, 403, 200]);
+        Ok(())
+    });
+    while !w.sim.step().unwrap() {
+        if first_done.load(Ordering::SeqCst) && !restarted.load(Ordering::SeqCst) {
+            w.sim.bounce("chutes");
+            restarted.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ R25
+
+/// The frame faults, and what a v1 client then sees for prompt "hi"
+/// (frames: 0 role, 1 "chutes", 2 " says:", 3 " hi", 4 finish, 5 inner [DONE]).
+fn tamperings() -> [(Fault, &'static str, usize); 3] {
+    [
+        (Fault::DropFrame { index: 2 }, "chutes hi", 2),
+        (Fault::ReorderFrame { index: 2 }, "chutes hi says:", 2),
+        (Fault::ReplayFrame { index: 2 }, "chutes says: says: hi", 3),
+    ]
+}
+
+#[test]
+fn r25_v1_frame_tampering_goes_undetected() {
+    world(15).run(|ctx| async move {
+        let p = ctx.v1();
+        for (fault, altered, _) in tamperings() {
+            ctx.faults.inject("chutes", fault.clone().rule().times(1));
+            let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
+            assert_eq!(err, None, "{fault}: v1 cannot tell");
+            assert_eq!(items.last(), Some(&StreamItem::Done), "{fault}");
+            assert_eq!(content_of(&items), altered, "{fault}");
+            assert_canonical(&items, CANON);
+        }
+    });
+}
+
+#[test]
+fn r25_v2_frame_tampering_is_detected() {
+    world(16).run(|ctx| async move {
+        let p = ctx.v2();
+        for (fault, _, forwarded) in tamperings() {
+            ctx.faults.inject("chutes", fault.clone().rule().times(1));
+            let (items, err) =
+                collect(p.chat_completion_stream(&request(CANON_V2, "hi")).await).await;
+            assert_eq!(items.len(), forwarded, "{fault}: {items:?}");
+            assert!(!items.contains(&StreamItem::Done), "{fault}");
+            assert!(is_integrity(&err, "out of sequence"), "{fault}: {err:?}");
+            assert_canonical(&items, CANON_V2);
+        }
+        // Untampered, the same provider streams cleanly.
+        let (items, err) = collect(p.chat_completion_stream(&request(CANON_V2, "hi")).await).await;
+        assert_eq!(
+            (content_of(&items).as_str(), err),
+            ("chutes says: hi", None)
+        );
+    });
+}
+
+// ------------------------------------------------- HTTP faults, determinism
+
+#[test]
+fn r3_http_faults_map_like_the_openai_client() {
+    world(17).run(|ctx| async move {
+        let p = ctx.v1();
+        let req = request(CANON, "hi");
+        let status = |status| Fault::HttpStatus { status, code: None };
+
+        // Discovery fails first: nothing is cached from a failed listing.
+        ctx.faults.inject("chutes", status(503).rule().times(2));
+        for _ in 0..2 {
+            let err = p.chat_completion(&req).await.unwrap_err();
+            assert!(
+                matches!(err, ProviderError::Status { status: 503, .. }),
+                "{err:?}"
+            );
+        }
+        assert!(p.chat_completion(&req).await.is_ok());
+
+        // Warm: the invocation itself fails.
+        ctx.faults.inject("chutes", status(429).rule().times(1));
+        let err = p.chat_completion_stream(&req).await.err().unwrap();
+        assert!(
+            matches!(err, ProviderError::Status { status: 429, .. }),
+            "{err:?}"
+        );
+
+        // An injected 403 is a client error, not a stale nonce: no retry.
+        ctx.faults.inject("chutes", status(403).rule().times(1));
+        let err = p.chat_completion(&req).await.unwrap_err();
+        assert!(
+            matches!(err, ProviderError::Status { status: 403, .. }),
+            "{err:?}"
+        );
+        assert!(p.chat_completion(&req).await.is_ok());
+
+        ctx.faults
+            .inject("chutes", Fault::ResetBeforeBody.rule().times(1));
+        let err = p.chat_completion(&req).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Connection(_)), "{err:?}");
+
+        ctx.faults
+            .inject("chutes", Fault::Latency { ms: 20_000 }.rule().times(1));
+        assert_eq!(
+            p.chat_completion(&req).await.unwrap_err(),
+            ProviderError::Timeout
+        );
+
+        // A half ciphertext does not open.
+        ctx.faults.inject(
+            "chutes",
+            Fault::CutStream { after_chunks: 0 }
+                .rule()
+                .on(tiersim::fault::Scope::ChatJson)
+                .times(1),
+        );
+        let err = p.chat_completion(&req).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Integrity(_)), "{err:?}");
+
+        // A slug Chutes does not list is a "model not found" 404 (R19 falls through).
+        let ghost = ctx.provider("a/ghost", "a/ghost-TEE", StreamVersion::V1, true);
+        let err = ghost
+            .chat_completion(&request("a/ghost", "hi"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProviderError::Status {
+                    status: 404,
+                    detail: StatusDetail::ModelNotFound,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    });
+}
+
+/// What one scripted session served (gateway bytes) and decrypted (client).
+fn session(seed: u64) -> (Vec<Bytes>, Vec<Bytes>) {
+    let w = world(seed);
+    let handle = w.chutes.clone();
+    let out = Arc::new(Mutex::new(Vec::<Bytes>::new()));
+    let sink = out.clone();
+    w.run(move |ctx| async move {
+        let log = |b: Bytes| sink.lock().unwrap().push(b);
+        let (v1, v2) = (ctx.v1(), ctx.v2());
+        log(v1
+            .chat_completion(&request(CANON, "same"))
+            .await
+            .unwrap()
+            .body);
+        for (p, m) in [(&v1, CANON), (&v2, CANON_V2)] {
+            let (items, err) = collect(p.chat_completion_stream(&request(m, "same")).await).await;
+            assert_eq!(err, None);
+            for i in items {
+                log(match i {
+                    StreamItem::Chunk(b) => b,
+                    StreamItem::Done => Bytes::from_static(b"[DONE]"),
+                });
+            }
+        }
+    });
+    let served = handle.served_log().into_iter().map(|s| s.body).collect();
+    let decrypted = out.lock().unwrap().clone();
+    (served, decrypted)
+}
+
+#[test]
+fn r3_same_seed_same_bytes_other_seed_other_ciphertexts_same_content() {
+    let (served_a, plain_a) = session(42);
+    let (served_b, plain_b) = session(42);
+    assert!(served_a.len() >= 5, "models, listings, three invocations");
+    assert_eq!(served_a, served_b, "same seed: identical served bytes");
+    assert_eq!(plain_a, plain_b);
+
+    let (served_c, plain_c) = session(43);
+    assert_eq!(
+        plain_a, plain_c,
+        "the decrypted content depends on the request only"
+    );
+    assert_eq!(served_a.len(), served_c.len());
+    for (a, c) in served_a.iter().zip(&served_c) {
+        assert_ne!(
+            a, c,
+            "another seed: other keys, ids, nonces and ciphertexts"
+        );
+    }
+}
