@@ -14,7 +14,13 @@ use tiersim_engine::retry::Attempt;
 use tiersim_engine::{RouteError, Tier};
 use tokio::sync::{mpsc, oneshot};
 
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tiersim_engine::chutes::e2ee::StreamVersion;
+use tiersim_engine::chutes::{shared_rng, ChutesConfig};
+
 use crate::fault::FaultBoard;
+use crate::hosts::{derive_seed, ChutesGateway, ChutesHandle};
 use crate::hosts::{Catalog, CatalogHandle, ExternalBackend, NearBackend};
 use crate::net::{self, TurmoilListener, HTTP_PORT};
 use crate::scenario::format::{CatalogRow as ScenarioRow, Scenario};
@@ -119,7 +125,7 @@ pub fn build(sim: &mut turmoil::Sim<'_>, s: &Scenario, config: EngineConfig) -> 
     for n in &s.near {
         let backend = NearBackend::new(n.host.clone())
             .serves(n.models.clone())
-            .signing_seed(crate::hosts::derive_seed(s.seed, &n.host))
+            .signing_seed(derive_seed(s.seed, &n.host))
             .faults(&board);
         near_keys.insert(n.host.clone(), backend.signing_key_hex());
         backend.install(sim);
@@ -138,11 +144,13 @@ pub fn build(sim: &mut turmoil::Sim<'_>, s: &Scenario, config: EngineConfig) -> 
         let router = router.clone();
         let journal = journal.clone();
         let seed = s.seed;
+        let boots = Arc::new(std::sync::atomic::AtomicU64::new(0));
         sim.host("router", move || {
             let router = router.clone();
             let journal = journal.clone();
             let config = config.clone();
-            let factory: ChutesFactory = chutes_factory(&chutes, seed);
+            let boot = boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let factory: ChutesFactory = chutes_factory(&chutes, seed, boot);
             async move {
                 let settings = AppSettings {
                     config,
@@ -175,15 +183,89 @@ pub fn build(sim: &mut turmoil::Sim<'_>, s: &Scenario, config: EngineConfig) -> 
 /// What the router needs to reach the simulated Chutes.
 #[derive(Clone, Default)]
 pub struct ChutesWorld {
-    pub installed: bool,
+    /// The vendor key the router trusts (§7b); `None` when the scenario says
+    /// the router does not trust it.
+    pub trusted_vendor: Option<[u8; 32]>,
+    /// Stream protocol per chute slug (v1 unless the scenario opts in).
+    pub versions: BTreeMap<String, StreamVersion>,
+    pub streaming: bool,
+    pub handle: Option<ChutesHandle>,
 }
 
-fn install_chutes(_sim: &mut turmoil::Sim<'_>, s: &Scenario, _board: &FaultBoard) -> ChutesWorld {
-    ChutesWorld {
-        installed: !s.chutes.is_empty(),
+fn version(v: u32) -> StreamVersion {
+    if v == 2 {
+        StreamVersion::V2
+    } else {
+        StreamVersion::V1
     }
 }
 
-fn chutes_factory(_chutes: &ChutesWorld, _seed: u64) -> ChutesFactory {
-    Box::new(|_, _| Err("the simulated Chutes is not wired yet".into()))
+fn install_chutes(sim: &mut turmoil::Sim<'_>, s: &Scenario, board: &FaultBoard) -> ChutesWorld {
+    if s.chutes.is_empty() {
+        return ChutesWorld::default();
+    }
+    let mut gw = ChutesGateway::new("chutes")
+        .world_seed(s.seed)
+        .faults(board);
+    let mut versions = BTreeMap::new();
+    for c in &s.chutes {
+        gw = gw.chute(c.slug.clone(), c.instances, version(c.stream_protocol));
+        versions.insert(c.slug.clone(), version(c.stream_protocol));
+    }
+    let trusted = gw.vendor_public_key();
+    let handle = gw.install(sim);
+    ChutesWorld {
+        trusted_vendor: if s.config.trust_chutes_vendor {
+            Some(trusted)
+        } else {
+            // A key the simulated vendor never signs with.
+            Some(
+                tiersim_engine::chutes::attest::VendorKey::from_seed(derive_seed(
+                    s.seed,
+                    "untrusted-vendor",
+                ))
+                .public_key(),
+            )
+        },
+        versions,
+        streaming: s.config.chutes_streaming,
+        handle: Some(handle),
+    }
+}
+
+/// Builds each configured Chutes provider against the simulated gateway,
+/// with an RNG derived from the world seed and the boot count, so a
+/// restarted router does not replay its randomness.
+fn chutes_factory(chutes: &ChutesWorld, seed: u64, boot: u64) -> ChutesFactory {
+    let chutes = chutes.clone();
+    Box::new(move |entry, key| {
+        let Some(vendor) = chutes.trusted_vendor else {
+            return Err("no simulated Chutes in this world".into());
+        };
+        let rng_seed = derive_seed(
+            seed,
+            &format!("router/{boot}/chutes/{}", entry.canonical_id),
+        );
+        let version = chutes
+            .versions
+            .get(&entry.chute_slug)
+            .copied()
+            .unwrap_or(StreamVersion::V1);
+        ChutesConfig::new(
+            net::url("chutes"),
+            key,
+            &entry.canonical_id,
+            &entry.chute_slug,
+            vendor,
+        )
+        .streaming(chutes.streaming)
+        .stream_version(version)
+        .timeouts(TIMEOUTS)
+        .build(
+            net::http_client(),
+            shared_rng(ChaCha20Rng::from_seed(rng_seed)),
+        )
+        .map(|p| Arc::new(p) as Arc<dyn tiersim_engine::Provider>)
+        .map_err(|e| e.to_string())
+    })
 }
