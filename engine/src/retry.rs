@@ -224,6 +224,10 @@ where
             };
             let class = classify(&error);
             let decision = match class {
+                // R19/R20: a fall-through failure (408, model-not-found 404,
+                // timeout, refusal) neither makes nor unmakes the round
+                // retryable, so a provider tried after a retryable primary
+                // can never suppress its backoff (the seed PR's masking bug).
                 Class::Retryable(kind) => {
                     health.record_failure();
                     retry = Some(kind);

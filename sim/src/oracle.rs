@@ -8,8 +8,11 @@ use tiersim_engine::Tier;
 
 use crate::runner::{RequestRecord, StepRecord};
 
+/// An oracle: the evidence of its violations on one step (empty: it holds).
+pub type Oracle = fn(&StepRecord) -> Vec<String>;
+
 /// Every oracle, by name.
-pub const ORACLES: &[(&str, fn(&StepRecord) -> Vec<String>)] = &[
+pub const ORACLES: &[(&str, Oracle)] = &[
     ("verifiable_never_plaintext", verifiable_never_plaintext),
     ("pinned_never_dropped", pinned_never_dropped),
     ("canonical_model", canonical_model),
