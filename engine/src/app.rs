@@ -96,7 +96,6 @@ impl App {
             }
         }
         app.refresh().await;
-        app.seed_chutes_rows().await;
         app
     }
 
@@ -140,7 +139,7 @@ impl App {
         let mut report = RefreshReport::default();
         let discovery = match self.catalog.models().await {
             Ok(rows) => {
-                self.registry.set_catalog_rows(rows.iter().map(|r| {
+                self.registry.replace_catalog_rows(rows.iter().map(|r| {
                     (
                         r.id.clone(),
                         CatalogRow {
@@ -190,6 +189,7 @@ impl App {
             }
         };
         self.registry.refresh(discovery, external);
+        self.seed_chutes_rows().await;
         report
     }
 

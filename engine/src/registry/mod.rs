@@ -179,6 +179,16 @@ impl Registry {
         });
     }
 
+    /// R6/R9: replaces the catalog with the database's complete list, so a
+    /// row deleted there is gone here too (404, not listed).
+    pub fn replace_catalog_rows<I, S>(&self, rows: I)
+    where
+        I: IntoIterator<Item = (S, CatalogRow)>,
+        S: Into<String>,
+    {
+        self.update(|s| s.catalog = rows.into_iter().map(|(m, r)| (m.into(), r)).collect());
+    }
+
     /// R13: (de)activates a catalog row without touching any provider.
     /// Returns false when the id has no row.
     pub fn set_active(&self, model: &str, active: bool) -> bool {
