@@ -89,12 +89,17 @@ impl Registry {
     }
 }
 
-/// Sort key of R17: healthy before demoted, then by tier.
+/// R18: keeps only the providers with `capable` when at least one has it, so
+/// a lone incapable provider still answers with its clear refusal.
 #[inline]
-fn rank(s: &Slot) -> u8 {
-    ((s.health.is_demoted() as u8) << 2) | s.tier as u8
+fn keep_capable(order: &mut SmallVec<[u32; 4]>, slots: &[Slot], capable: impl Fn(&Slot) -> bool) {
+    let cap = |o: &u32| capable(&slots[*o as usize]);
+    if order.iter().any(cap) {
+        order.retain(|o| cap(o));
+    }
 }
 
+#[inline]
 pub(crate) fn select_in(
     table: Guard<Arc<Table>>,
     model: &str,
@@ -106,14 +111,14 @@ pub(crate) fn select_in(
         return Err(SelectError::UnknownModel);
     };
     let slots = table.model_slots(idx);
-    let base = idx.start;
 
     // R15: a model with any attested provider never selects a plaintext one.
-    let verifiable = slots.iter().any(|s| s.tier.is_attested());
+    // Slots are tier-sorted, so plaintext providers are a suffix.
+    let verifiable = slots.first().is_some_and(|s| s.tier.is_attested());
     let mut order: SmallVec<[u32; 4]> = SmallVec::new();
     for (i, s) in slots.iter().enumerate() {
         if verifiable && !s.tier.is_attested() {
-            continue;
+            break;
         }
         // R16: only providers holding the key; Chutes holds none.
         if let Some(key) = model_pub_key {
@@ -121,7 +126,7 @@ pub(crate) fn select_in(
                 continue;
             }
         }
-        order.push(base + i as u32);
+        order.push(idx.start + i as u32);
     }
     if order.is_empty() {
         return Err(if model_pub_key.is_some() {
@@ -130,30 +135,34 @@ pub(crate) fn select_in(
             SelectError::NoProviders
         });
     }
-    let at = |o: u32| &table.slots[o as usize];
+    let all = &table.slots;
+    let at = |o: u32| &all[o as usize];
 
-    // R18: drop incapable providers only when a capable one remains, so a
-    // lone incapable provider still answers with its clear refusal.
-    if op.is_streaming() && order.iter().any(|&o| at(o).caps.streaming) {
-        order.retain(|o| at(*o).caps.streaming);
+    if op.is_streaming() {
+        keep_capable(&mut order, all, |s| s.caps.streaming);
     }
-    if client_e2ee && order.iter().any(|&o| at(o).caps.client_e2ee) {
-        order.retain(|o| at(*o).caps.client_e2ee);
+    if client_e2ee {
+        keep_capable(&mut order, all, |s| s.caps.client_e2ee);
     }
 
-    // R17: stable insertion sort by (demoted, tier); n is tiny.
-    let mut ranks: SmallVec<[u8; 4]> = order.iter().map(|&o| rank(at(o))).collect();
-    for i in 1..order.len() {
-        let mut j = i;
-        while j > 0 && ranks[j - 1] > ranks[j] {
-            ranks.swap(j - 1, j);
-            order.swap(j - 1, j);
-            j -= 1;
-        }
+    // R17: order by (demoted, tier). The slots are already tier-sorted, so a
+    // stable partition of the healthy before the demoted completes it.
+    if order.iter().any(|&o| at(o).health.is_demoted()) {
+        let healthy = |o: &&u32| !at(**o).health.is_demoted();
+        let mut sorted: SmallVec<[u32; 4]> = order.iter().filter(healthy).copied().collect();
+        sorted.extend(order.iter().filter(|o| !healthy(o)).copied());
+        order = sorted;
     }
-    // Round-robin within the leading group only, so lower groups keep their
-    // place (rotating the whole list skews the leaders).
-    let lead = ranks.iter().take_while(|&&r| r == ranks[0]).count();
+    // Round-robin within the leading (demoted, tier) group only, so lower
+    // groups keep their place (rotating the whole list skews the leaders).
+    let first = at(order[0]);
+    let lead = order
+        .iter()
+        .take_while(|&&o| {
+            let s = at(o);
+            s.tier == first.tier && s.health.is_demoted() == first.health.is_demoted()
+        })
+        .count();
     if lead > 1 {
         let counter = if model_pub_key.is_some() {
             &idx.rr.pubkey

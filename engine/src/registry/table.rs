@@ -83,6 +83,7 @@ impl Sources {
 pub struct Health(AtomicU32);
 
 impl Health {
+    #[inline]
     pub fn consecutive_failures(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
     }
@@ -117,6 +118,7 @@ pub(crate) struct Slot {
     pub provider: Arc<dyn Provider>,
 }
 
+/// A model's slots: `slots[start..start + len]`, stably sorted by tier.
 pub(crate) struct ModelIdx {
     pub start: u32,
     pub len: u32,
@@ -195,6 +197,10 @@ impl Table {
                     provider: p.clone(),
                 });
             }
+            // The static half of R17's order, done once here rather than per
+            // request: a stable sort by tier. Selection only reorders by
+            // demotion and rotates the leading group.
+            slots[start..].sort_by_key(|s| s.tier);
             let rr = prev
                 .and_then(|t| t.models.get(m))
                 .map(|x| x.rr.clone())
@@ -217,6 +223,7 @@ impl Table {
         }
     }
 
+    #[inline]
     pub(crate) fn model_slots(&self, idx: &ModelIdx) -> &[Slot] {
         &self.slots[idx.start as usize..(idx.start + idx.len) as usize]
     }

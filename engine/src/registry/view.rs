@@ -10,7 +10,7 @@ use super::table::{CatalogRow, Table};
 use crate::provider::ProviderId;
 use crate::tier::Tier;
 
-/// One provider of one model, in registration order.
+/// One provider of one model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProviderView {
     pub id: ProviderId,
@@ -21,8 +21,9 @@ pub struct ProviderView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct RegistryView {
-    /// Model id → its providers in registration order (`[NEAR…] + [pinned…]`,
-    /// or the external rows of an unprotected id). Selection order is per request.
+    /// Model id → its providers in registration order (`[NEAR…] + [pinned…]`
+    /// + external rows of an unprotected id), stably sorted by tier. The
+    /// per-request order (demotion, round-robin) is the selection's.
     pub models: BTreeMap<String, Vec<ProviderView>>,
     /// Pinned ids → their pinned provider ids (R4).
     pub pinned: BTreeMap<String, Vec<ProviderId>>,
