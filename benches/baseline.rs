@@ -36,7 +36,11 @@ impl Pool {
     pub fn insert(&mut self, model: &str, providers: Vec<P>) {
         for p in &providers {
             for k in p.signing_keys() {
-                let list = self.pubkey_to_providers.get_mut().entry(k.clone()).or_default();
+                let list = self
+                    .pubkey_to_providers
+                    .get_mut()
+                    .entry(k.clone())
+                    .or_default();
                 if !list.iter().any(|q| ptr(q) == ptr(p)) {
                     list.push(p.clone());
                 }

@@ -79,8 +79,13 @@ fn world(c: &Case) -> (Registry, baseline::Pool) {
     let mut pool = baseline::Pool::default();
     let mut others: Vec<Vec<Arc<dyn Provider>>> = vec![Vec::new(); c.other_models];
     for i in 0..c.other_models.max(c.key_sharers) {
-        let key = if i < c.key_sharers { KEY.to_string() } else { format!("key-{i}") };
-        others[i % c.other_models].push(p(FakeProvider::near(&format!("other-{i}")).with_keys([key])));
+        let key = if i < c.key_sharers {
+            KEY.to_string()
+        } else {
+            format!("key-{i}")
+        };
+        others[i % c.other_models]
+            .push(p(FakeProvider::near(&format!("other-{i}")).with_keys([key])));
     }
     for (i, providers) in others.into_iter().enumerate() {
         let name = format!("org-{}/model-{i}", i % 97);
@@ -106,11 +111,22 @@ fn bench(c: &mut Criterion) {
     for case in CASES {
         let (reg, pool) = world(case);
         let key = case.pubkey.then_some(KEY);
-        let want = if case.pubkey { case.near } else { case.near + 1 };
-        let got = reg.select(MODEL, Operation::ChatCompletion, key, false).unwrap();
+        let want = if case.pubkey {
+            case.near
+        } else {
+            case.near + 1
+        };
+        let got = reg
+            .select(MODEL, Operation::ChatCompletion, key, false)
+            .unwrap();
         assert_eq!(got.len(), want, "{}", case.id);
         let base = rt
-            .block_on(pool.get_providers_with_fallback(MODEL, Operation::ChatCompletion, key, false))
+            .block_on(pool.get_providers_with_fallback(
+                MODEL,
+                Operation::ChatCompletion,
+                key,
+                false,
+            ))
             .unwrap();
         assert_eq!(base.len(), want, "{}", case.id);
 

@@ -54,7 +54,11 @@ const M: &str = "zai-org/GLM-5.1-FP8";
 fn registry(n: usize) -> Registry {
     let reg = Registry::new();
     let nears: Vec<_> = (0..n.max(2) - 1)
-        .map(|i| FakeProvider::near(&format!("near-{i}")).with_keys(["k"]).arc())
+        .map(|i| {
+            FakeProvider::near(&format!("near-{i}"))
+                .with_keys(["k"])
+                .arc()
+        })
         .collect();
     if n > 1 {
         reg.register_secondary(M, FakeProvider::chutes("chutes").arc());

@@ -21,9 +21,9 @@ pub struct ProviderView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct RegistryView {
-    /// Model id → its providers in registration order (`[NEAR…] + [pinned…]`
-    /// + external rows of an unprotected id), stably sorted by tier. The
-    /// per-request order (demotion, round-robin) is the selection's.
+    /// Model id → its providers in registration order (`[NEAR…] + [pinned…]`,
+    /// then the external rows of an unprotected id), stably sorted by tier.
+    /// The per-request order (demotion, round-robin) is the selection's.
     pub models: BTreeMap<String, Vec<ProviderView>>,
     /// Pinned ids → their pinned provider ids (R4).
     pub pinned: BTreeMap<String, Vec<ProviderId>>,
@@ -38,7 +38,8 @@ impl RegistryView {
     pub(crate) fn of(t: &Table) -> RegistryView {
         let mut models = BTreeMap::new();
         let mut pubkeys: BTreeMap<String, BTreeSet<ProviderId>> = BTreeMap::new();
-        for (m, idx) in &t.models {
+        for idx in t.models.iter() {
+            let m = &idx.name;
             let slots = t.model_slots(idx);
             for s in slots {
                 for k in s.keys.iter() {
