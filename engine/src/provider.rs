@@ -60,6 +60,7 @@ impl Operation {
     /// be added here; `r18_streaming_operations_are_listed` guards it.
     pub const STREAMING: &'static [Operation] = &[Operation::ChatCompletionStream];
 
+    #[inline]
     pub fn is_streaming(self) -> bool {
         Self::STREAMING.contains(&self)
     }

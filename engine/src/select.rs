@@ -11,7 +11,7 @@ use arc_swap::Guard;
 use smallvec::SmallVec;
 
 use crate::provider::{Operation, Provider, ProviderId};
-use crate::registry::{Health, Registry, Slot, Table};
+use crate::registry::{Health, ModelIdx, Registry, Slot, Table};
 use crate::tier::Tier;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -89,12 +89,7 @@ impl Registry {
     }
 }
 
-/// Sort key of R17: healthy before demoted, then by tier.
 #[inline]
-fn rank(s: &Slot) -> u8 {
-    ((s.health.is_demoted() as u8) << 2) | s.tier as u8
-}
-
 pub(crate) fn select_in(
     table: Guard<Arc<Table>>,
     model: &str,
@@ -105,65 +100,153 @@ pub(crate) fn select_in(
     let Some(idx) = table.models.get(model) else {
         return Err(SelectError::UnknownModel);
     };
-    let slots = table.model_slots(idx);
-    let base = idx.start;
+    let req = Request {
+        op,
+        model_pub_key,
+        client_e2ee,
+    };
+    // Up to four providers are ordered in a stack buffer; more may allocate.
+    let order = if idx.len <= 4 {
+        let mut buf = [0u32; 4];
+        let n = order_into(&table.slots, idx, &mut buf, req)?;
+        SmallVec::from_buf_and_len(buf, n)
+    } else {
+        let mut buf = vec![0u32; idx.len as usize];
+        let n = order_into(&table.slots, idx, &mut buf, req)?;
+        buf.truncate(n);
+        SmallVec::from_vec(buf)
+    };
+    Ok(Selection { table, order })
+}
+
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    op: Operation,
+    model_pub_key: Option<&'a str>,
+    client_e2ee: bool,
+}
+
+/// Writes the model's selected slot indices, best first, into `buf` (at least
+/// as long as the model's list) and returns how many there are.
+#[inline(always)]
+fn order_into(
+    all: &[Slot],
+    idx: &ModelIdx,
+    buf: &mut [u32],
+    req: Request<'_>,
+) -> Result<usize, SelectError> {
+    let slots = &all[idx.start as usize..][..idx.len as usize];
+    let at = |o: u32| &all[o as usize];
 
     // R15: a model with any attested provider never selects a plaintext one.
-    let verifiable = slots.iter().any(|s| s.tier.is_attested());
-    let mut order: SmallVec<[u32; 4]> = SmallVec::new();
+    // Slots are tier-sorted, so plaintext providers are a suffix.
+    let verifiable = slots.first().is_some_and(|s| s.tier.is_attested());
+    let mut n = 0;
+    let mut any_demoted = false;
     for (i, s) in slots.iter().enumerate() {
         if verifiable && !s.tier.is_attested() {
-            continue;
+            break;
         }
         // R16: only providers holding the key; Chutes holds none.
-        if let Some(key) = model_pub_key {
+        if let Some(key) = req.model_pub_key {
             if !s.keys.iter().any(|k| **k == *key) {
                 continue;
             }
         }
-        order.push(base + i as u32);
+        any_demoted |= s.health.is_demoted();
+        buf[n] = idx.start + i as u32;
+        n += 1;
     }
-    if order.is_empty() {
-        return Err(if model_pub_key.is_some() {
+    if n == 0 {
+        return Err(if req.model_pub_key.is_some() {
             SelectError::NoProviderForPubKey
         } else {
             SelectError::NoProviders
         });
     }
-    let at = |o: u32| &table.slots[o as usize];
 
-    // R18: drop incapable providers only when a capable one remains, so a
-    // lone incapable provider still answers with its clear refusal.
-    if op.is_streaming() && order.iter().any(|&o| at(o).caps.streaming) {
-        order.retain(|o| at(*o).caps.streaming);
+    if req.op.is_streaming() {
+        n = keep_capable(&mut buf[..n], |o| at(o).caps.streaming);
     }
-    if client_e2ee && order.iter().any(|&o| at(o).caps.client_e2ee) {
-        order.retain(|o| at(*o).caps.client_e2ee);
+    if req.client_e2ee {
+        n = keep_capable(&mut buf[..n], |o| at(o).caps.client_e2ee);
     }
+    let order = &mut buf[..n];
 
-    // R17: stable insertion sort by (demoted, tier); n is tiny.
-    let mut ranks: SmallVec<[u8; 4]> = order.iter().map(|&o| rank(at(o))).collect();
-    for i in 1..order.len() {
-        let mut j = i;
-        while j > 0 && ranks[j - 1] > ranks[j] {
-            ranks.swap(j - 1, j);
-            order.swap(j - 1, j);
-            j -= 1;
+    // R17: order by (demoted, tier). The slots are already tier-sorted, so
+    // without demotions the order stands; otherwise a stable move of the
+    // demoted behind the healthy completes it (rare path).
+    let demoted = |o: u32| any_demoted && at(o).health.is_demoted();
+    if any_demoted {
+        for i in 1..order.len() {
+            let mut j = i;
+            while j > 0 && demoted(order[j - 1]) && !demoted(order[j]) {
+                order.swap(j - 1, j);
+                j -= 1;
+            }
         }
     }
-    // Round-robin within the leading group only, so lower groups keep their
-    // place (rotating the whole list skews the leaders).
-    let lead = ranks.iter().take_while(|&&r| r == ranks[0]).count();
+    // Round-robin within the leading (demoted, tier) group only, so lower
+    // groups keep their place (rotating the whole list skews the leaders).
+    let (tier, down) = (at(order[0]).tier, demoted(order[0]));
+    let lead = order
+        .iter()
+        .take_while(|&&o| at(o).tier == tier && demoted(o) == down)
+        .count();
     if lead > 1 {
-        let counter = if model_pub_key.is_some() {
+        let counter = if req.model_pub_key.is_some() {
             &idx.rr.pubkey
         } else {
             &idx.rr.plain
         };
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        order[..lead].rotate_left(n % lead);
+        rotate(&mut order[..lead], counter.fetch_add(1, Ordering::Relaxed));
     }
-    Ok(Selection { table, order })
+    Ok(n)
+}
+
+/// `group.rotate_left(k % group.len())`, without a division or a call for the
+/// usual two to four leaders.
+#[inline]
+fn rotate(group: &mut [u32], k: usize) {
+    match *group {
+        [a, b] => {
+            if k & 1 == 1 {
+                group.copy_from_slice(&[b, a]);
+            }
+        }
+        [a, b, c] => match k % 3 {
+            1 => group.copy_from_slice(&[b, c, a]),
+            2 => group.copy_from_slice(&[c, a, b]),
+            _ => {}
+        },
+        [a, b, c, d] => match k & 3 {
+            1 => group.copy_from_slice(&[b, c, d, a]),
+            2 => group.copy_from_slice(&[c, d, a, b]),
+            3 => group.copy_from_slice(&[d, a, b, c]),
+            _ => {}
+        },
+        _ => {
+            let len = group.len();
+            group.rotate_left(k % len);
+        }
+    }
+}
+
+/// R18: keeps only the capable providers when at least one is capable, so a
+/// lone incapable provider still answers with its clear refusal.
+#[inline]
+fn keep_capable(order: &mut [u32], capable: impl Fn(u32) -> bool) -> usize {
+    if !order.iter().any(|&o| capable(o)) {
+        return order.len();
+    }
+    let mut w = 0;
+    for r in 0..order.len() {
+        if capable(order[r]) {
+            order[w] = order[r];
+            w += 1;
+        }
+    }
+    w
 }
 
 #[cfg(test)]

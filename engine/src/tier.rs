@@ -18,6 +18,7 @@ pub enum Tier {
 impl Tier {
     /// Near and Attested3p are verifiable; a model served by either never
     /// downgrades to plaintext (R15).
+    #[inline]
     pub fn is_attested(self) -> bool {
         !matches!(self, Tier::NonAttested)
     }

@@ -17,7 +17,7 @@ use arc_swap::{ArcSwap, Guard};
 use crate::provider::Provider;
 pub use table::CatalogRow;
 use table::Sources;
-pub(crate) use table::{Health, Slot, Table};
+pub(crate) use table::{Health, ModelIdx, Slot, Table};
 pub use view::{ProviderView, RegistryView};
 
 /// The outcome of reading one source during a refresh (R10).

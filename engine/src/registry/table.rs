@@ -16,7 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use crate::provider::{Provider, ProviderId};
@@ -83,6 +86,7 @@ impl Sources {
 pub struct Health(AtomicU32);
 
 impl Health {
+    #[inline]
     pub fn consecutive_failures(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
     }
@@ -117,7 +121,9 @@ pub(crate) struct Slot {
     pub provider: Arc<dyn Provider>,
 }
 
+/// A model's slots: `slots[start..start + len]`, stably sorted by tier.
 pub(crate) struct ModelIdx {
+    pub name: Box<str>,
     pub start: u32,
     pub len: u32,
     pub rr: Arc<RoundRobin>,
@@ -127,7 +133,7 @@ pub(crate) struct ModelIdx {
 pub struct Table {
     pub(crate) sources: Sources,
     pub(crate) slots: Vec<Slot>,
-    pub(crate) models: FxHashMap<Box<str>, ModelIdx>,
+    pub(crate) models: ModelIndex,
     pub(crate) health: BTreeMap<ProviderId, Arc<Health>>,
 }
 
@@ -150,8 +156,7 @@ impl Table {
         }
 
         let mut slots = Vec::new();
-        let mut models = FxHashMap::default();
-        models.reserve(ids.len());
+        let mut models = ModelIndex::with_capacity(ids.len());
         let mut health: BTreeMap<ProviderId, Arc<Health>> = BTreeMap::new();
         let mut keys: BTreeMap<ProviderId, Arc<[Box<str>]>> = BTreeMap::new();
         for m in ids {
@@ -195,19 +200,21 @@ impl Table {
                     provider: p.clone(),
                 });
             }
+            // The static half of R17's order, done once here rather than per
+            // request: a stable sort by tier. Selection only reorders by
+            // demotion and rotates the leading group.
+            slots[start..].sort_by_key(|s| s.tier);
             let rr = prev
                 .and_then(|t| t.models.get(m))
                 .map(|x| x.rr.clone())
                 .unwrap_or_default();
             let len = slots.len() - start;
-            models.insert(
-                m.into(),
-                ModelIdx {
-                    start: u32::try_from(start).expect("fewer than 2^32 slots"),
-                    len: u32::try_from(len).expect("fewer than 2^32 slots"),
-                    rr,
-                },
-            );
+            models.insert(ModelIdx {
+                name: m.into(),
+                start: u32::try_from(start).expect("fewer than 2^32 slots"),
+                len: u32::try_from(len).expect("fewer than 2^32 slots"),
+                rr,
+            });
         }
         Table {
             sources,
@@ -217,11 +224,100 @@ impl Table {
         }
     }
 
+    #[inline]
     pub(crate) fn model_slots(&self, idx: &ModelIdx) -> &[Slot] {
         &self.slots[idx.start as usize..(idx.start + idx.len) as usize]
     }
 
     pub(crate) fn catalog_row(&self, model: &str) -> Option<CatalogRow> {
         self.sources.catalog.get(model).copied()
+    }
+}
+
+/// Model id → its [`ModelIdx`]: a hash table keyed by the name inside the
+/// entry, compared inline (a libc `memcmp` call for a ~20-byte id cost as
+/// much as the rest of the lookup).
+pub(crate) struct ModelIndex(HashTable<ModelIdx>);
+
+impl ModelIndex {
+    fn with_capacity(n: usize) -> Self {
+        ModelIndex(HashTable::with_capacity(n))
+    }
+
+    #[inline]
+    fn hash(name: &str) -> u64 {
+        FxBuildHasher.hash_one(name)
+    }
+
+    fn insert(&mut self, idx: ModelIdx) {
+        let h = Self::hash(&idx.name);
+        self.0.insert_unique(h, idx, |m| Self::hash(&m.name));
+    }
+
+    #[inline]
+    pub fn get(&self, name: &str) -> Option<&ModelIdx> {
+        self.0.find(Self::hash(name), |m| {
+            same_bytes(m.name.as_bytes(), name.as_bytes())
+        })
+    }
+
+    #[cfg(test)]
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// In hash order: callers must not let it reach anything observable
+    /// unsorted.
+    pub fn iter(&self) -> impl Iterator<Item = &ModelIdx> {
+        self.0.iter()
+    }
+}
+
+/// Byte equality in word-sized steps, inlined.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 8 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    let word = |s: &[u8], i: usize| u64::from_ne_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    let mut i = 0;
+    while i + 8 < n {
+        if word(a, i) != word(b, i) {
+            return false;
+        }
+        i += 8;
+    }
+    // The last word overlaps the previous one rather than going byte-wise.
+    word(a, n - 8) == word(b, n - 8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_bytes;
+
+    #[test]
+    fn same_bytes_matches_slice_equality() {
+        let base = b"zai-org/GLM-5.1-FP8-and-some-more-bytes";
+        for n in 0..base.len() {
+            let a = &base[..n];
+            assert!(same_bytes(a, a));
+            for i in 0..n {
+                let mut b = a.to_vec();
+                b[i] ^= 1;
+                assert!(!same_bytes(a, &b), "n={n} i={i}");
+            }
+            if n > 0 {
+                assert!(!same_bytes(a, &base[..n - 1]));
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@ use super::table::{CatalogRow, Table};
 use crate::provider::ProviderId;
 use crate::tier::Tier;
 
-/// One provider of one model, in registration order.
+/// One provider of one model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProviderView {
     pub id: ProviderId,
@@ -22,7 +22,8 @@ pub struct ProviderView {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct RegistryView {
     /// Model id → its providers in registration order (`[NEAR…] + [pinned…]`,
-    /// or the external rows of an unprotected id). Selection order is per request.
+    /// then the external rows of an unprotected id), stably sorted by tier.
+    /// The per-request order (demotion, round-robin) is the selection's.
     pub models: BTreeMap<String, Vec<ProviderView>>,
     /// Pinned ids → their pinned provider ids (R4).
     pub pinned: BTreeMap<String, Vec<ProviderId>>,
@@ -37,7 +38,8 @@ impl RegistryView {
     pub(crate) fn of(t: &Table) -> RegistryView {
         let mut models = BTreeMap::new();
         let mut pubkeys: BTreeMap<String, BTreeSet<ProviderId>> = BTreeMap::new();
-        for (m, idx) in &t.models {
+        for idx in t.models.iter() {
+            let m = &idx.name;
             let slots = t.model_slots(idx);
             for s in slots {
                 for k in s.keys.iter() {
