@@ -365,6 +365,11 @@ async fn act(st: &Step, w: &WorldHandles, shared: &Arc<Mutex<Shared>>, rec: &mut
         }
     } else if let Some(req) = &st.request {
         rec.request = Some(request(req, w).await);
+    } else if let Some(model) = &st.unregister {
+        let app = w.router.lock().unwrap().app.clone();
+        if let Some(app) = app {
+            app.registry().unregister(model);
+        }
     } else if let Some(d) = st.advance {
         tokio::time::sleep(d.0).await;
     }
@@ -491,6 +496,8 @@ pub fn describe(st: &Step) -> String {
             s += &format!(" x-client-pub-key={k}");
         }
         s
+    } else if let Some(m) = &st.unregister {
+        format!("unregister {m}")
     } else if let Some(d) = st.advance {
         format!("advance {}", humantime::format_duration(d.0))
     } else {

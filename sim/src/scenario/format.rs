@@ -176,6 +176,9 @@ pub struct Step {
     pub restart: Option<Spanned<String>>,
     /// A client request to the router.
     pub request: Option<RequestSpec>,
+    /// Unregister a model id on the router (R14: clears its pinned and
+    /// reserved state too).
+    pub unregister: Option<String>,
     /// Let simulated time pass (e.g. `"30s"`).
     #[schemars(with = "Option<String>")]
     pub advance: Option<Dur>,
@@ -195,8 +198,11 @@ pub struct PatchRow {
     pub id: String,
     /// A NEAR host; `""` clears the inference URL.
     #[schemars(with = "Option<String>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_url: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<u64>,
 }
 

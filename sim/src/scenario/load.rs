@@ -171,12 +171,13 @@ impl Validator<'_> {
             st.crash.is_some(),
             st.restart.is_some(),
             st.request.is_some(),
+            st.unregister.is_some(),
             st.advance.is_some(),
         ]
         .iter()
         .filter(|a| **a)
         .count();
-        const KINDS: &str = "refresh, admin_patch, catalog, fault, clear_faults, partition, repair, crash, restart, request, advance";
+        const KINDS: &str = "refresh, admin_patch, catalog, fault, clear_faults, partition, repair, crash, restart, request, unregister, advance";
         if actions > 1 {
             return Err((
                 step.span(),
