@@ -190,10 +190,15 @@ pub(crate) struct Failure {
 /// R20/R21/R22: walks `candidates` in order, re-running the round after a
 /// backoff while it saw a retryable failure, at most [`MAX_RETRIES`] times.
 /// Returns the first success, or the most informative error of the last round.
+///
+/// R21: a success resets the provider's failure count. For a stream the
+/// success is only known at its authenticated end, so `opened_is_success`
+/// is false and the caller records it then (see `router::canonical_stream`).
 pub(crate) async fn run<T, F, Fut>(
     candidates: &[(Arc<dyn Provider>, Arc<Health>)],
     epoch: Instant,
     attempts: &mut Vec<Attempt>,
+    opened_is_success: bool,
     mut call: F,
 ) -> Result<(usize, T), Failure>
 where
@@ -209,7 +214,9 @@ where
             let id = provider.id().clone();
             let error = match call(provider.clone()).await {
                 Ok(v) => {
-                    health.record_success();
+                    if opened_is_success {
+                        health.record_success();
+                    }
                     attempts.push(Attempt {
                         provider: id,
                         round,

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use crate::provider::{ChatRequest, ChatResponse, ChatStream, ProviderId, StreamItem};
-use crate::registry::Registry;
+use crate::registry::{Health, Registry};
 use crate::retry::{self, Attempt};
 use crate::select::{select_in, SelectError};
 use crate::tier::Tier;
@@ -182,23 +182,26 @@ impl Router {
             (p.id().clone(), p.tier())
         };
         if stream {
-            let (i, stream) = retry::run(&candidates, self.epoch, attempts, |p| async move {
-                p.chat_completion_stream(req).await
-            })
-            .await
-            .map_err(failed)?;
+            let (i, stream) =
+                retry::run(&candidates, self.epoch, attempts, false, |p| async move {
+                    p.chat_completion_stream(req).await
+                })
+                .await
+                .map_err(failed)?;
             let (provider, tier) = served(i);
+            let health = candidates[i].1.clone();
             Ok(Served::Stream {
                 provider,
                 tier,
-                stream: canonical_stream(stream, model),
+                stream: canonical_stream(stream, model, health),
             })
         } else {
-            let (i, response) = retry::run(&candidates, self.epoch, attempts, |p| async move {
-                p.chat_completion(req).await
-            })
-            .await
-            .map_err(failed)?;
+            let (i, response) =
+                retry::run(&candidates, self.epoch, attempts, true, |p| async move {
+                    p.chat_completion(req).await
+                })
+                .await
+                .map_err(failed)?;
             let (provider, tier) = served(i);
             Ok(Served::Json {
                 provider,
@@ -227,11 +230,24 @@ fn canonical_model(body: Bytes, model: &str) -> Bytes {
     }
 }
 
-fn canonical_stream(stream: ChatStream, model: &str) -> ChatStream {
+/// R3 on every chunk, and R21 for the stream's life: only the authenticated
+/// end is a success, and a retryable failure after the stream opened (cut,
+/// reset) counts against the provider, so one that always breaks its streams
+/// is eventually demoted.
+fn canonical_stream(stream: ChatStream, model: &str, health: Arc<Health>) -> ChatStream {
     let model: Arc<str> = model.into();
     Box::pin(stream.map(move |item| match item {
         Ok(StreamItem::Chunk(b)) => Ok(StreamItem::Chunk(canonical_model(b, &model))),
-        other => other,
+        Ok(StreamItem::Done) => {
+            health.record_success();
+            Ok(StreamItem::Done)
+        }
+        Err(e) => {
+            if matches!(retry::classify(&e), retry::Class::Retryable(_)) {
+                health.record_failure();
+            }
+            Err(e)
+        }
     }))
 }
 

@@ -2,7 +2,7 @@
 //! simulation's unit tests and the benches (feature `testing`).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub struct FakeProvider {
     latency: Duration,
     script: Mutex<VecDeque<ProviderError>>,
     calls: AtomicUsize,
+    cut_streams: AtomicBool,
 }
 
 impl FakeProvider {
@@ -43,6 +44,7 @@ impl FakeProvider {
             latency: Duration::ZERO,
             script: Mutex::new(VecDeque::new()),
             calls: AtomicUsize::new(0),
+            cut_streams: AtomicBool::new(false),
         }
     }
 
@@ -99,6 +101,12 @@ impl FakeProvider {
     pub fn push_failures(&self, error: ProviderError, times: usize) {
         let mut s = self.script.lock().unwrap_or_else(PoisonError::into_inner);
         s.extend(std::iter::repeat_n(error, times));
+    }
+
+    /// Streams open, send one chunk, then break without a terminator.
+    pub fn cutting_streams(self) -> Self {
+        self.cut_streams.store(true, Ordering::Relaxed);
+        self
     }
 
     pub fn arc(self) -> Arc<FakeProvider> {
@@ -162,7 +170,12 @@ impl Provider for FakeProvider {
 
     async fn chat_completion_stream(&self, req: &ChatRequest) -> Result<ChatStream, ProviderError> {
         let chunk = self.answer(req, true).await?;
-        let items = [Ok(StreamItem::Chunk(chunk)), Ok(StreamItem::Done)];
+        let end = if self.cut_streams.load(Ordering::Relaxed) {
+            Err(ProviderError::Truncated)
+        } else {
+            Ok(StreamItem::Done)
+        };
+        let items = [Ok(StreamItem::Chunk(chunk)), end];
         Ok(Box::pin(futures_util::stream::iter(items)))
     }
 }

@@ -98,7 +98,8 @@ pub fn registry(v: &RegistryView) -> String {
             .map(|p| {
                 let mut s = format!("{} [{}", p.id, p.tier);
                 if p.consecutive_failures > 0 {
-                    let _ = write!(s, ", {} failures", p.consecutive_failures);
+                    let n = p.consecutive_failures;
+                    let _ = write!(s, ", {n} failure{}", if n == 1 { "" } else { "s" });
                 }
                 if p.demoted {
                     s.push_str(", demoted");

@@ -661,3 +661,26 @@ fn router_chat_future_is_send() {
     let router = world(&[], &[]);
     send(router.chat(request(M), false));
 }
+
+#[tokio::test(start_paused = true)]
+async fn r21_a_stream_broken_after_it_opened_counts_against_health() {
+    use futures_util::StreamExt;
+    let n1 = FakeProvider::near("n1").cutting_streams().arc();
+    let router = world(&[&n1], &[]);
+    for expected in 1..=2u32 {
+        let r = router.chat(request(M), true).await;
+        let Ok(Served::Stream { mut stream, .. }) = r.result else {
+            panic!("the stream should open");
+        };
+        assert!(matches!(
+            stream.next().await,
+            Some(Ok(StreamItem::Chunk(_)))
+        ));
+        assert_eq!(stream.next().await, Some(Err(ProviderError::Truncated)));
+        assert_eq!(
+            failures(&router, "n1"),
+            Some(expected),
+            "a cut after opening is a retryable failure of n1"
+        );
+    }
+}
