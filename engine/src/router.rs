@@ -218,16 +218,7 @@ impl Router {
 /// upstream name (e.g. a chute slug). Bodies already right pass through
 /// byte-for-byte; anything not a JSON object with `model` is left alone.
 fn canonical_model(body: Bytes, model: &str) -> Bytes {
-    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&body) else {
-        return body;
-    };
-    match obj.get("model") {
-        Some(serde_json::Value::String(m)) if m != model => {
-            obj.insert("model".into(), model.into());
-            serde_json::to_vec(&obj).map_or(body, Bytes::from)
-        }
-        _ => body,
-    }
+    crate::openai::with_model(body.clone(), model).unwrap_or(body)
 }
 
 /// R3 on every chunk, and R21 for the stream's life: only the authenticated
