@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::provider::{Provider, ProviderId};
 use crate::retry::DEMOTE_AFTER;
+use crate::select::StaticOrder;
 use crate::tier::{Capabilities, Tier};
 
 /// One model's catalog row (R6/R13): whether clients may use it, and its price
@@ -125,6 +126,7 @@ pub(crate) struct Slot {
 pub(crate) struct ModelIdx {
     pub name: Box<str>,
     pub start: u32,
+    pub order: StaticOrder,
     pub len: u32,
     pub rr: Arc<RoundRobin>,
 }
@@ -209,8 +211,10 @@ impl Table {
                 .map(|x| x.rr.clone())
                 .unwrap_or_default();
             let len = slots.len() - start;
+            let order = StaticOrder::of(&slots[start..]);
             models.insert(ModelIdx {
                 name: m.into(),
+                order,
                 start: u32::try_from(start).expect("fewer than 2^32 slots"),
                 len: u32::try_from(len).expect("fewer than 2^32 slots"),
                 rr,
