@@ -1,8 +1,9 @@
 //! Provider selection (R15–R18): the hot path.
 //!
-//! One `ArcSwap::load`, one hash lookup, a pass over the model's inline slots
-//! and an insertion sort of at most a handful of `u32`s: no lock, and no heap
-//! allocation for up to four providers (`engine/tests/select_alloc.rs`).
+//! One `ArcSwap::load`, one hash lookup and a pass over the model's slots,
+//! which the snapshot keeps tier-sorted with the request-independent part of
+//! the order precomputed ([`StaticOrder`]): no lock, and no heap allocation
+//! for up to four providers (`engine/tests/select_alloc.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -106,12 +107,13 @@ pub(crate) struct StaticOrder {
 impl StaticOrder {
     pub(crate) fn of(tier_sorted: &[Slot]) -> StaticOrder {
         let verifiable = tier_sorted.first().is_some_and(|s| s.tier.is_attested());
-        let eligible = match verifiable {
-            true => tier_sorted
+        let eligible = if verifiable {
+            tier_sorted
                 .iter()
                 .take_while(|s| s.tier.is_attested())
-                .count(),
-            false => tier_sorted.len(),
+                .count()
+        } else {
+            tier_sorted.len()
         };
         let eligible = &tier_sorted[..eligible];
         let lead = eligible
@@ -179,7 +181,7 @@ fn order_into(
     buf: &mut [u32],
     req: Request<'_>,
 ) -> Result<usize, SelectError> {
-    // R15 (precomputed by `static_order`): plaintext providers are cut off.
+    // R15, precomputed in `StaticOrder`: plaintext providers are cut off.
     let eligible = &all[idx.start as usize..][..idx.order.cut as usize];
     let at = |o: u32| &all[o as usize];
 
