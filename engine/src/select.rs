@@ -2,7 +2,7 @@
 //!
 //! One `ArcSwap::load`, one hash lookup and a pass over the model's slots,
 //! which the snapshot keeps tier-sorted with the request-independent part of
-//! the order precomputed ([`StaticOrder`]): no lock, and no heap allocation
+//! the order precomputed (`StaticOrder`): no lock, and no heap allocation
 //! for up to four providers (`engine/tests/select_alloc.rs`).
 
 use std::sync::atomic::Ordering;

@@ -13,10 +13,9 @@
 //! model (R8/R9 cleanup holds by construction).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
@@ -84,7 +83,7 @@ impl Sources {
 /// Consecutive retryable failures of one provider (R21), shared by every
 /// model it backs and carried across snapshots by [`ProviderId`].
 #[derive(Debug, Default)]
-pub struct Health(AtomicU32);
+pub(crate) struct Health(AtomicU32);
 
 impl Health {
     #[inline]
@@ -132,7 +131,7 @@ pub(crate) struct ModelIdx {
 }
 
 /// An immutable snapshot. Readers hold it through an `arc_swap` guard.
-pub struct Table {
+pub(crate) struct Table {
     pub(crate) sources: Sources,
     pub(crate) slots: Vec<Slot>,
     pub(crate) models: ModelIndex,
