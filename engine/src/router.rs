@@ -103,7 +103,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// Attempt times are measured from here, on tokio time.
+    /// Attempt times are measured from here, on tokio time (paused in tests,
+    /// driven by turmoil in the simulation), never the wall clock.
     pub fn new(registry: Arc<Registry>) -> Router {
         Router {
             registry,

@@ -1,8 +1,9 @@
 //! Provider selection (R15–R18): the hot path.
 //!
-//! One `ArcSwap::load`, one hash lookup, a pass over the model's inline slots
-//! and an insertion sort of at most a handful of `u32`s: no lock, and no heap
-//! allocation for up to four providers (`engine/tests/select_alloc.rs`).
+//! One `ArcSwap::load`, one hash lookup and a pass over the model's slots,
+//! which the snapshot keeps tier-sorted with the request-independent part of
+//! the order precomputed (`StaticOrder`): no lock, and no heap allocation
+//! for up to four providers (`engine/tests/select_alloc.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use smallvec::SmallVec;
 
 use crate::provider::{Operation, Provider, ProviderId};
 use crate::registry::{Health, ModelIdx, Registry, Slot, Table};
-use crate::tier::Tier;
+use crate::tier::{Capabilities, Tier};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
@@ -89,6 +90,51 @@ impl Registry {
     }
 }
 
+/// The request-independent part of a model's order, computed once per
+/// snapshot from its tier-sorted slots.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StaticOrder {
+    /// R15: how many leading slots may be selected. A model with any attested
+    /// provider never selects a plaintext one; plaintext providers sort last.
+    pub cut: u32,
+    /// R17: the size of the leading tier group among them, before demotions.
+    pub lead: u32,
+    /// R18: capabilities every selectable slot has (a filter that would keep
+    /// everything is skipped).
+    pub all: Capabilities,
+}
+
+impl StaticOrder {
+    pub(crate) fn of(tier_sorted: &[Slot]) -> StaticOrder {
+        let verifiable = tier_sorted.first().is_some_and(|s| s.tier.is_attested());
+        let eligible = if verifiable {
+            tier_sorted
+                .iter()
+                .take_while(|s| s.tier.is_attested())
+                .count()
+        } else {
+            tier_sorted.len()
+        };
+        let eligible = &tier_sorted[..eligible];
+        let lead = eligible
+            .iter()
+            .take_while(|s| Some(s.tier) == eligible.first().map(|f| f.tier))
+            .count();
+        let all = eligible
+            .iter()
+            .fold(Capabilities::ALL, |a, s| Capabilities {
+                streaming: a.streaming && s.caps.streaming,
+                client_e2ee: a.client_e2ee && s.caps.client_e2ee,
+            });
+        let n = |x: usize| u32::try_from(x).expect("fewer than 2^32 slots");
+        StaticOrder {
+            cut: n(eligible.len()),
+            lead: n(lead),
+            all,
+        }
+    }
+}
+
 #[inline]
 pub(crate) fn select_in(
     table: Guard<Arc<Table>>,
@@ -106,12 +152,12 @@ pub(crate) fn select_in(
         client_e2ee,
     };
     // Up to four providers are ordered in a stack buffer; more may allocate.
-    let order = if idx.len <= 4 {
+    let order = if idx.order.cut <= 4 {
         let mut buf = [0u32; 4];
         let n = order_into(&table.slots, idx, &mut buf, req)?;
         SmallVec::from_buf_and_len(buf, n)
     } else {
-        let mut buf = vec![0u32; idx.len as usize];
+        let mut buf = vec![0u32; idx.order.cut as usize];
         let n = order_into(&table.slots, idx, &mut buf, req)?;
         buf.truncate(n);
         SmallVec::from_vec(buf)
@@ -135,18 +181,13 @@ fn order_into(
     buf: &mut [u32],
     req: Request<'_>,
 ) -> Result<usize, SelectError> {
-    let slots = &all[idx.start as usize..][..idx.len as usize];
+    // R15, precomputed in `StaticOrder`: plaintext providers are cut off.
+    let eligible = &all[idx.start as usize..][..idx.order.cut as usize];
     let at = |o: u32| &all[o as usize];
 
-    // R15: a model with any attested provider never selects a plaintext one.
-    // Slots are tier-sorted, so plaintext providers are a suffix.
-    let verifiable = slots.first().is_some_and(|s| s.tier.is_attested());
     let mut n = 0;
     let mut any_demoted = false;
-    for (i, s) in slots.iter().enumerate() {
-        if verifiable && !s.tier.is_attested() {
-            break;
-        }
+    for (i, s) in eligible.iter().enumerate() {
         // R16: only providers holding the key; Chutes holds none.
         if let Some(key) = req.model_pub_key {
             if !s.keys.iter().any(|k| **k == *key) {
@@ -165,10 +206,10 @@ fn order_into(
         });
     }
 
-    if req.op.is_streaming() {
+    if req.op.is_streaming() && !idx.order.all.streaming {
         n = keep_capable(&mut buf[..n], |o| at(o).caps.streaming);
     }
-    if req.client_e2ee {
+    if req.client_e2ee && !idx.order.all.client_e2ee {
         n = keep_capable(&mut buf[..n], |o| at(o).caps.client_e2ee);
     }
     let order = &mut buf[..n];
@@ -188,11 +229,15 @@ fn order_into(
     }
     // Round-robin within the leading (demoted, tier) group only, so lower
     // groups keep their place (rotating the whole list skews the leaders).
-    let (tier, down) = (at(order[0]).tier, demoted(order[0]));
-    let lead = order
-        .iter()
-        .take_while(|&&o| at(o).tier == tier && demoted(o) == down)
-        .count();
+    let lead = if n == eligible.len() && !any_demoted {
+        idx.order.lead as usize
+    } else {
+        let (tier, down) = (at(order[0]).tier, demoted(order[0]));
+        order
+            .iter()
+            .take_while(|&&o| at(o).tier == tier && demoted(o) == down)
+            .count()
+    };
     if lead > 1 {
         let counter = if req.model_pub_key.is_some() {
             &idx.rr.pubkey

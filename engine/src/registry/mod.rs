@@ -1,7 +1,7 @@
 //! The provider registry: the single writer-side API (R4–R14).
 //!
-//! State lives in an immutable [`Table`] behind an `ArcSwap`. A writer takes
-//! the writer mutex, copies the current [`Sources`], applies one operation,
+//! State lives in an immutable `Table` behind an `ArcSwap`. A writer takes
+//! the writer mutex, copies the current `Sources`, applies one operation,
 //! rebuilds the derived index and stores the new table in one swap, so readers
 //! never see a half-applied update and never take a lock (selection only does
 //! an `ArcSwap::load`).

@@ -13,10 +13,9 @@
 //! model (R8/R9 cleanup holds by construction).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
@@ -24,6 +23,7 @@ use serde::Serialize;
 
 use crate::provider::{Provider, ProviderId};
 use crate::retry::DEMOTE_AFTER;
+use crate::select::StaticOrder;
 use crate::tier::{Capabilities, Tier};
 
 /// One model's catalog row (R6/R13): whether clients may use it, and its price
@@ -83,7 +83,7 @@ impl Sources {
 /// Consecutive retryable failures of one provider (R21), shared by every
 /// model it backs and carried across snapshots by [`ProviderId`].
 #[derive(Debug, Default)]
-pub struct Health(AtomicU32);
+pub(crate) struct Health(AtomicU32);
 
 impl Health {
     #[inline]
@@ -125,12 +125,13 @@ pub(crate) struct Slot {
 pub(crate) struct ModelIdx {
     pub name: Box<str>,
     pub start: u32,
+    pub order: StaticOrder,
     pub len: u32,
     pub rr: Arc<RoundRobin>,
 }
 
 /// An immutable snapshot. Readers hold it through an `arc_swap` guard.
-pub struct Table {
+pub(crate) struct Table {
     pub(crate) sources: Sources,
     pub(crate) slots: Vec<Slot>,
     pub(crate) models: ModelIndex,
@@ -209,8 +210,10 @@ impl Table {
                 .map(|x| x.rr.clone())
                 .unwrap_or_default();
             let len = slots.len() - start;
+            let order = StaticOrder::of(&slots[start..]);
             models.insert(ModelIdx {
                 name: m.into(),
+                order,
                 start: u32::try_from(start).expect("fewer than 2^32 slots"),
                 len: u32::try_from(len).expect("fewer than 2^32 slots"),
                 rr,

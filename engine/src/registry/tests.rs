@@ -230,9 +230,9 @@ fn r7_merge_rebuilds_batch_models_as_fresh_near_then_pinned() {
 }
 
 #[test]
-fn r7_partial_batch_leaves_other_models_untouched() {
+fn r7_r13_partial_admin_batch_leaves_other_models_untouched() {
     // Review round 2, blocking: an admin PATCH for one model reset every other
-    // NEAR+Chutes model to Chutes-only.
+    // NEAR+Chutes model to Chutes-only. A partial batch merges, never prunes.
     let (reg, ..) = two_models();
     let other = chutes("c9");
     reg.register_secondary(N, other);
@@ -244,6 +244,7 @@ fn r7_partial_batch_leaves_other_models_untouched() {
     assert_eq!(after.models[N], before.models[N]);
     assert_eq!(after.provider_ids(M), ["n1", "c1"]);
     assert_eq!(after.provider_ids("z/model"), ["nz"]);
+    assert_eq!(keyed(&reg, "k1"), ["n1"]);
 }
 
 #[test]
@@ -472,19 +473,6 @@ fn r12_external_load_skips_reserved_and_pinned_ids() {
 }
 
 // ---- R13 ----
-
-#[test]
-fn r13_admin_patch_is_merge_only_and_never_prunes() {
-    let (reg, ..) = two_models();
-    let before = reg.view();
-    // A batch without M or N: nothing about them changes.
-    let z = near("nz", "kz");
-    reg.merge_discovered(Discovered(rows(&[("z/model", &[&z])])));
-    let after = reg.view();
-    assert_eq!(after.models[M], before.models[M]);
-    assert_eq!(after.models[N], before.models[N]);
-    assert_eq!(keyed(&reg, "k1"), ["n1"]);
-}
 
 #[test]
 fn r13_inference_url_change_of_a_pinned_id_takes_effect_immediately() {

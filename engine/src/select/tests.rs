@@ -173,6 +173,35 @@ fn r17_three_near_each_lead_a_third_chutes_last() {
 }
 
 #[test]
+fn r17_order_is_by_tier_whatever_the_registration_order() {
+    // An unprotected id whose sources list Chutes and plaintext before NEAR.
+    let (n1, c1, e1) = (
+        near("n1", "k"),
+        FakeProvider::chutes("c1").arc(),
+        FakeProvider::external("e1").arc(),
+    );
+    let reg = Registry::new();
+    reg.merge_discovered(Discovered(rows(&[(M, &[&e1, &c1, &n1])])));
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "c1"]);
+}
+
+#[test]
+fn r17_up_to_five_leaders_each_lead_in_turn() {
+    for k in 2..=5 {
+        let nears: Vec<_> = (0..k).map(|i| near(&format!("n{i}"), "k")).collect();
+        let refs: Vec<_> = nears.iter().collect();
+        let c1 = FakeProvider::chutes("c1").arc();
+        let reg = registry(&refs, &[&c1], &[]);
+        for round in 0..2 * k {
+            let o = order(&reg, PLAIN, None, false);
+            let want: Vec<String> = (0..k).map(|i| format!("n{}", (round + i) % k)).collect();
+            assert_eq!(o[..k], want[..], "k={k} round={round}");
+            assert_eq!(o[k], "c1");
+        }
+    }
+}
+
+#[test]
 fn r17_round_robin_rotates_only_the_leading_group() {
     // Review round 1, non-blocking: rotating the whole list before the tier
     // sort made one of two NEAR providers lead two requests out of three.
