@@ -287,31 +287,20 @@ pub fn status_error(status: StatusCode, body: &[u8]) -> ProviderError {
 /// An upstream message made safe to show a client (R22): URLs redacted,
 /// control characters and runs of whitespace collapsed, length capped.
 pub fn sanitize_message(raw: &str) -> String {
-    let mut out = String::new();
-    for word in raw.split(|c: char| c.is_whitespace() || c.is_control()) {
-        if word.is_empty() {
-            continue;
+    let collapsed = raw
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // URL redaction has one home: R22's `retry::sanitize`.
+    let mut out = crate::retry::sanitize(&collapsed);
+    if out.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
         }
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        let lower = word.to_ascii_lowercase();
-        match lower.find("http://").or_else(|| lower.find("https://")) {
-            Some(at) => {
-                out.push_str(&word[..at]);
-                out.push_str("[redacted-url]");
-            }
-            None => out.push_str(word),
-        }
-        if out.len() > MAX_MESSAGE {
-            let mut cut = MAX_MESSAGE;
-            while !out.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            out.truncate(cut);
-            out.push('…');
-            break;
-        }
+        out.truncate(cut);
+        out.push('…');
     }
     out
 }
