@@ -214,6 +214,7 @@ where
             let id = provider.id().clone();
             let error = match call(provider.clone()).await {
                 Ok(v) => {
+                    tracing::debug!(provider = %id, round, "attempt served");
                     if opened_is_success {
                         health.record_success();
                     }
@@ -244,6 +245,7 @@ where
                 Class::FastReturn => Decision::FastReturn,
                 Class::Fatal => Decision::FailClosed,
             };
+            tracing::debug!(provider = %id, round, error = %error, ?decision, "attempt failed");
             attempts.push(Attempt {
                 provider: id.clone(),
                 round,
@@ -277,6 +279,7 @@ where
                 if let Some(last) = attempts.last_mut() {
                     last.retry_after = Some(delay);
                 }
+                tracing::debug!(round, ?delay, "round had a retryable failure; backing off");
                 tokio::time::sleep(delay).await;
                 round += 1;
             }

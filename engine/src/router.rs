@@ -7,11 +7,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
+use crate::provider::Operation;
 use crate::provider::{ChatRequest, ChatResponse, ChatStream, ProviderId, StreamItem};
+use crate::registry::Table;
 use crate::registry::{Health, Registry};
 use crate::retry::{self, Attempt};
-use crate::select::{select_in, SelectError};
+use crate::select::{select_in, select_observed, SelectError, SelectTrace, Selection};
 use crate::tier::Tier;
+use arc_swap::Guard;
 
 /// A successful response and who served it.
 pub enum Served {
@@ -150,13 +153,13 @@ impl Router {
             Some(_) => {}
         }
         let op = req.operation(stream);
-        let selection = select_in(
-            table,
-            model,
-            op,
-            req.model_pub_key.as_deref(),
-            req.client_pub_key.is_some(),
-        )
+        let pubkey = req.model_pub_key.as_deref();
+        let e2ee = req.client_pub_key.is_some();
+        let selection = if tracing::enabled!(tracing::Level::DEBUG) {
+            traced_select(table, model, op, pubkey, e2ee)
+        } else {
+            select_in(table, model, op, pubkey, e2ee)
+        }
         .map_err(|e| match e {
             SelectError::UnknownModel => RouteError::UnknownModel {
                 model: model.into(),
@@ -218,6 +221,72 @@ impl Router {
 /// R3: the `model` the client sees is the canonical id, never a provider's
 /// upstream name (e.g. a chute slug). Bodies already right pass through
 /// byte-for-byte; anything not a JSON object with `model` is left alone.
+/// The routing trace: why each provider of the model was kept, dropped or
+/// put first. Takes the request's own round-robin turn (no extra selection).
+fn traced_select(
+    table: Guard<Arc<Table>>,
+    model: &str,
+    op: Operation,
+    pubkey: Option<&str>,
+    e2ee: bool,
+) -> Result<Selection, SelectError> {
+    let listed: Vec<String> = table
+        .models
+        .get(model)
+        .map(|idx| {
+            table.slots[idx.start as usize..][..idx.len as usize]
+                .iter()
+                .map(|s| {
+                    let down = if s.health.is_demoted() {
+                        ", demoted"
+                    } else {
+                        ""
+                    };
+                    format!("{} ({}{down})", s.provider.id(), s.tier)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let names: Vec<(u32, String)> = table
+        .models
+        .get(model)
+        .map(|idx| {
+            (idx.start..idx.start + idx.len)
+                .map(|i| (i, table.slots[i as usize].provider.id().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut trace = SelectTrace::default();
+    let result = select_observed(table, model, op, pubkey, e2ee, &mut trace);
+    let name = |slot: u32| {
+        names
+            .iter()
+            .find(|(i, _)| *i == slot)
+            .map_or("?", |(_, n)| n.as_str())
+    };
+    let dropped: Vec<String> = trace
+        .dropped
+        .iter()
+        .map(|(slot, why)| format!("{} ({why:?})", name(*slot)))
+        .collect();
+    let order: Vec<String> = match &result {
+        Ok(sel) => sel.ids().map(|p| p.to_string()).collect(),
+        Err(e) => vec![format!("<{e}>")],
+    };
+    tracing::debug!(
+        model,
+        op = ?op,
+        pubkey = pubkey.is_some(),
+        client_e2ee = e2ee,
+        listed = %listed.join(", "),
+        dropped = %dropped.join(", "),
+        leading_group = ?trace.lead.map(|(len, turn)| format!("{len} providers, turn {turn}")),
+        order = %order.join(" > "),
+        "selected"
+    );
+    result
+}
+
 fn canonical_model(body: Bytes, model: &str) -> Bytes {
     crate::openai::with_model(body.clone(), model).unwrap_or(body)
 }

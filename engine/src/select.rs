@@ -25,6 +25,44 @@ pub enum SelectError {
     NoProviders,
 }
 
+/// Why a provider of the model was left out of a request's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Dropped {
+    /// R15: plaintext, and the model has an attested provider.
+    PlaintextForVerifiableModel,
+    /// R16: it does not hold the requested signing key.
+    NoMatchingKey,
+    /// R18: cannot stream, and a streaming-capable provider exists.
+    CannotStream,
+    /// R18: no client E2EE, and a capable provider exists.
+    NoClientE2ee,
+}
+
+/// Hears the decisions of one selection, for the routing trace. The hot path
+/// uses `()`, which compiles to nothing.
+pub(crate) trait SelectObserver {
+    fn dropped(&mut self, _slot: u32, _why: Dropped) {}
+    fn leading_group(&mut self, _len: usize, _turn: usize) {}
+}
+
+impl SelectObserver for () {}
+
+/// A selection's decisions, by slot; see [`Dropped`].
+#[derive(Debug, Default)]
+pub(crate) struct SelectTrace {
+    pub dropped: Vec<(u32, Dropped)>,
+    pub lead: Option<(usize, usize)>,
+}
+
+impl SelectObserver for SelectTrace {
+    fn dropped(&mut self, slot: u32, why: Dropped) {
+        self.dropped.push((slot, why));
+    }
+    fn leading_group(&mut self, len: usize, turn: usize) {
+        self.lead = Some((len, turn));
+    }
+}
+
 /// The providers to try for one request, best first. Holds the snapshot it
 /// was selected from, so the order stays valid whatever writers do meanwhile.
 pub struct Selection {
@@ -143,6 +181,21 @@ pub(crate) fn select_in(
     model_pub_key: Option<&str>,
     client_e2ee: bool,
 ) -> Result<Selection, SelectError> {
+    select_observed(table, model, op, model_pub_key, client_e2ee, &mut ())
+}
+
+/// [`select_in`], telling `obs` why each provider was dropped and how the
+/// leading group rotated. One selection: the round-robin turn it takes is the
+/// request's own, traced or not.
+#[inline]
+pub(crate) fn select_observed<O: SelectObserver>(
+    table: Guard<Arc<Table>>,
+    model: &str,
+    op: Operation,
+    model_pub_key: Option<&str>,
+    client_e2ee: bool,
+    obs: &mut O,
+) -> Result<Selection, SelectError> {
     let Some(idx) = table.models.get(model) else {
         return Err(SelectError::UnknownModel);
     };
@@ -154,11 +207,11 @@ pub(crate) fn select_in(
     // Up to four providers are ordered in a stack buffer; more may allocate.
     let order = if idx.order.cut <= 4 {
         let mut buf = [0u32; 4];
-        let n = order_into(&table.slots, idx, &mut buf, req)?;
+        let n = order_into(&table.slots, idx, &mut buf, req, obs)?;
         SmallVec::from_buf_and_len(buf, n)
     } else {
         let mut buf = vec![0u32; idx.order.cut as usize];
-        let n = order_into(&table.slots, idx, &mut buf, req)?;
+        let n = order_into(&table.slots, idx, &mut buf, req, obs)?;
         buf.truncate(n);
         SmallVec::from_vec(buf)
     };
@@ -175,15 +228,19 @@ struct Request<'a> {
 /// Writes the model's selected slot indices, best first, into `buf` (at least
 /// as long as the model's list) and returns how many there are.
 #[inline(always)]
-fn order_into(
+fn order_into<O: SelectObserver>(
     all: &[Slot],
     idx: &ModelIdx,
     buf: &mut [u32],
     req: Request<'_>,
+    obs: &mut O,
 ) -> Result<usize, SelectError> {
     // R15, precomputed in `StaticOrder`: plaintext providers are cut off.
     let eligible = &all[idx.start as usize..][..idx.order.cut as usize];
     let at = |o: u32| &all[o as usize];
+    for cut in idx.order.cut..idx.len {
+        obs.dropped(idx.start + cut, Dropped::PlaintextForVerifiableModel);
+    }
 
     let mut n = 0;
     let mut any_demoted = false;
@@ -191,6 +248,7 @@ fn order_into(
         // R16: only providers holding the key; Chutes holds none.
         if let Some(key) = req.model_pub_key {
             if !s.keys.iter().any(|k| **k == *key) {
+                obs.dropped(idx.start + i as u32, Dropped::NoMatchingKey);
                 continue;
             }
         }
@@ -207,10 +265,18 @@ fn order_into(
     }
 
     if req.op.is_streaming() && !idx.order.all.streaming {
-        n = keep_capable(&mut buf[..n], |o| at(o).caps.streaming);
+        n = keep_capable(
+            &mut buf[..n],
+            |o| at(o).caps.streaming,
+            |o| obs.dropped(o, Dropped::CannotStream),
+        );
     }
     if req.client_e2ee && !idx.order.all.client_e2ee {
-        n = keep_capable(&mut buf[..n], |o| at(o).caps.client_e2ee);
+        n = keep_capable(
+            &mut buf[..n],
+            |o| at(o).caps.client_e2ee,
+            |o| obs.dropped(o, Dropped::NoClientE2ee),
+        );
     }
     let order = &mut buf[..n];
 
@@ -244,7 +310,9 @@ fn order_into(
         } else {
             &idx.rr.plain
         };
-        rotate(&mut order[..lead], counter.fetch_add(1, Ordering::Relaxed));
+        let turn = counter.fetch_add(1, Ordering::Relaxed);
+        obs.leading_group(lead, turn);
+        rotate(&mut order[..lead], turn);
     }
     Ok(n)
 }
@@ -280,7 +348,11 @@ fn rotate(group: &mut [u32], k: usize) {
 /// R18: keeps only the capable providers when at least one is capable, so a
 /// lone incapable provider still answers with its clear refusal.
 #[inline]
-fn keep_capable(order: &mut [u32], capable: impl Fn(u32) -> bool) -> usize {
+fn keep_capable(
+    order: &mut [u32],
+    capable: impl Fn(u32) -> bool,
+    mut dropped: impl FnMut(u32),
+) -> usize {
     if !order.iter().any(|&o| capable(o)) {
         return order.len();
     }
@@ -289,6 +361,8 @@ fn keep_capable(order: &mut [u32], capable: impl Fn(u32) -> bool) -> usize {
         if capable(order[r]) {
             order[w] = order[r];
             w += 1;
+        } else {
+            dropped(order[r]);
         }
     }
     w

@@ -68,10 +68,20 @@ fn run(
     mermaid_out: Option<PathBuf>,
 ) -> ExitCode {
     if trace {
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .without_time()
-            .with_target(false)
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        // The engine's routing trace and the runner's steps; turmoil's own
+        // host bookkeeping stays quiet.
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_target("tiersim_engine", tracing::Level::DEBUG)
+            .with_target("tiersim", tracing::Level::DEBUG);
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .without_time()
+                    .with_target(false),
+            )
+            .with(filter)
             .init();
     }
     let mut files = Vec::new();

@@ -231,6 +231,7 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             admin: None,
             state: None,
         };
+        tracing::info!(step = index, at = ?rec.at, "{}", rec.action);
         act(st, w, shared, &mut rec).await;
         if st.expect.as_ref().is_some_and(|e| e.listed.is_some()) {
             rec.listed = Some(list_models().await);

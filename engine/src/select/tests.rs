@@ -335,3 +335,71 @@ fn r18_filters_only_count_capability_within_the_remaining_set() {
     assert_eq!(order(&reg, STREAM, Some("k1"), false), ["n1"]);
     assert_eq!(order(&reg, STREAM, None, false), ["n2"]);
 }
+
+#[test]
+fn r15_r16_r18_the_trace_names_why_each_provider_was_dropped() {
+    let n1 = near("n1", "k1");
+    let n2 = FakeProvider::near("n2")
+        .with_keys(["k2"])
+        .with_streaming(false)
+        .arc();
+    let c1 = FakeProvider::chutes("c1").with_streaming(false).arc();
+    let e1 = FakeProvider::external("e1").arc();
+    let reg = Registry::new();
+    reg.register_secondary(M, Arc::clone(&c1) as Arc<dyn Provider>);
+    reg.refresh(
+        SourceRead::Ok(Discovered(rows(&[(M, &[&n1, &n2])]))),
+        SourceRead::Ok(External(BTreeMap::new())),
+    );
+    // The external row cannot be loaded for a pinned id (R12), so plant the
+    // R15 case on an unprotected id instead.
+    let why = |op, key: Option<&str>| {
+        let mut trace = SelectTrace::default();
+        let sel = select_observed(reg.load(), M, op, key, false, &mut trace).unwrap();
+        let table = reg.load();
+        let names: Vec<(String, Dropped)> = trace
+            .dropped
+            .iter()
+            .map(|(slot, why)| (table.slots[*slot as usize].provider.id().to_string(), *why))
+            .collect();
+        (sel.ids().map(|p| p.to_string()).collect::<Vec<_>>(), names)
+    };
+    let (order, dropped) = why(STREAM, None);
+    assert_eq!(order, ["n1"]);
+    assert_eq!(
+        dropped,
+        [
+            ("n2".to_string(), Dropped::CannotStream),
+            ("c1".to_string(), Dropped::CannotStream)
+        ]
+    );
+    let (order, dropped) = why(PLAIN, Some("k2"));
+    assert_eq!(order, ["n2"]);
+    assert_eq!(
+        dropped,
+        [
+            ("n1".to_string(), Dropped::NoMatchingKey),
+            ("c1".to_string(), Dropped::NoMatchingKey)
+        ]
+    );
+
+    const P: &str = "openai/gpt-oss-120b";
+    let reg2 = Registry::new();
+    reg2.refresh(
+        SourceRead::Ok(Discovered(rows(&[(P, &[&n1])]))),
+        SourceRead::Ok(External(rows(&[(P, &[&e1])]))),
+    );
+    let mut trace = SelectTrace::default();
+    let sel = select_observed(reg2.load(), P, PLAIN, None, false, &mut trace).unwrap();
+    assert_eq!(sel.ids().map(|p| p.to_string()).collect::<Vec<_>>(), ["n1"]);
+    let t = reg2.load();
+    let dropped: Vec<_> = trace
+        .dropped
+        .iter()
+        .map(|(s, w)| (t.slots[*s as usize].provider.id().to_string(), *w))
+        .collect();
+    assert_eq!(
+        dropped,
+        [("e1".to_string(), Dropped::PlaintextForVerifiableModel)]
+    );
+}
