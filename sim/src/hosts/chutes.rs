@@ -771,8 +771,13 @@ impl Gateway {
                 &sealer.seal_frame(rng, l.as_bytes()),
             )));
         }
-        events.push(Event::Plain(usage_event(&usage)));
         events.push(Event::Frame(frame_event(&sealer.seal_done(rng))));
+        // The plaintext billing event follows the inner [DONE]: Chutes'
+        // published client passes it through to the OpenAI SDK as a chunk
+        // without `choices`, and the SDK stops yielding at the first
+        // [DONE], so this is the one place where the client, used as its
+        // README shows (`chunk.choices[0]` on every chunk), does not break.
+        events.push(Event::Plain(usage_event(&usage)));
         events.push(Event::Plain(OUTER_DONE_EVENT.into()));
 
         Ok(("text/event-stream", gateway_stream(fault, events)))
