@@ -44,7 +44,7 @@ cleanup() {
         kill "$SERVER" 2>/dev/null || true
         wait "$SERVER" 2>/dev/null || true
     fi
-    rm -f "$LOG"
+    rm -f "$LOG" "$LOG.client"
 }
 trap cleanup EXIT
 
@@ -70,7 +70,8 @@ CHUTES_URL=$(url chutes)
 echo "router $ROUTER_URL, chutes $CHUTES_URL"
 
 status=0
-ROUTER_URL=$ROUTER_URL CHUTES_URL=$CHUTES_URL "$VENV/bin/python" sim/interop/interop.py || status=$?
+ROUTER_URL=$ROUTER_URL CHUTES_URL=$CHUTES_URL "$VENV/bin/python" sim/interop/interop.py \
+    >"$LOG.client" 2>&1 || status=$?
 
 # Ctrl-C must stop the server cleanly.
 kill -INT "$SERVER"
@@ -78,8 +79,11 @@ server_status=0
 wait "$SERVER" || server_status=$?
 echo "-- tiersim serve log"
 cat "$LOG"
+echo "-- interop client"
+cat "$LOG.client"
+rm -f "$LOG.client"
 if [ "$server_status" != 0 ] || ! grep -q '^stopped$' "$LOG"; then
     echo "FAIL tiersim serve did not stop cleanly on SIGINT (exit $server_status)"
-    status=1
+    exit 1
 fi
 exit "$status"

@@ -282,6 +282,8 @@ pub struct ServeWorld {
     router_task: Option<JoinHandle<()>>,
     partitions: Partitions,
     client: HttpClient,
+    /// When the router was first ready: the script's time zero.
+    started: tokio::time::Instant,
 }
 
 /// Binds every host, prints the endpoints and boots the router.
@@ -353,10 +355,12 @@ async fn start_world(
         router_task: None,
         partitions: Partitions::default(),
         client: HttpClient::new(Arc::new(TokioConnector)),
+        started: tokio::time::Instant::now(),
     };
     world.print_endpoints(file);
     world.boot_router(router_listener);
     world.wait_for_router().await;
+    world.started = tokio::time::Instant::now();
     println!("ready");
     Ok(world)
 }
@@ -495,23 +499,27 @@ impl ServeWorld {
         shutdown.await;
     }
 
-    /// Plays the scenario's steps on the real clock.
+    /// Plays the scenario's steps on the real clock (`at` counts from the
+    /// moment the router was ready).
     pub async fn play(&mut self) {
-        let start = tokio::time::Instant::now();
-        let steps: Vec<Step> = self
-            .scenario
-            .steps
+        self.play_steps(0..self.scenario.steps.len()).await;
+    }
+
+    /// Plays the steps in `range` (0-based), e.g. one at a time between
+    /// requests of a test.
+    pub async fn play_steps(&mut self, range: std::ops::Range<usize>) {
+        let steps: Vec<Step> = self.scenario.steps[range.clone()]
             .iter()
             .map(|s| s.get_ref().clone())
             .collect();
-        for (i, st) in steps.iter().enumerate() {
+        for (i, st) in range.zip(&steps) {
             if let Some(at) = &st.at {
-                tokio::time::sleep_until(start + at.get_ref().0).await;
+                tokio::time::sleep_until(self.started + at.get_ref().0).await;
             }
             let note = self.act(st).await;
             println!(
                 "[{:>8.3}s] step {}: {}{}",
-                start.elapsed().as_secs_f64(),
+                self.started.elapsed().as_secs_f64(),
                 i + 1,
                 crate::runner::describe(st),
                 note.map(|n| format!(" — {n}")).unwrap_or_default()
