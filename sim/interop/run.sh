@@ -8,11 +8,11 @@
 # with SIGINT (Ctrl-C) and checks it stopped cleanly. Exits non-zero on any
 # failure.
 #
-#   PORT_BASE=28480 bash sim/interop/run.sh      (INTEROP_VENV: venv location)
+#   bash sim/interop/run.sh     (PORT_BASE=N: fixed ports; INTEROP_VENV: venv location)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-PORT_BASE=${PORT_BASE:-28480}
+PORT_BASE=${PORT_BASE:-0}  # 0: OS-assigned ports, read back from the log
 VENV=${INTEROP_VENV:-target/interop-venv}
 SCENARIO=scenarios/interop_near_primary_chutes_fallback.toml
 PYTHON=${PYTHON:-python3}
