@@ -12,4 +12,5 @@ pub mod record;
 pub mod rules;
 pub mod runner;
 pub mod scenario;
+pub mod serve;
 pub mod world;

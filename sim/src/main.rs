@@ -42,6 +42,8 @@ enum Command {
     },
     /// Print the JSON Schema of the scenario format.
     Schema,
+    /// Serve a scenario's world on real loopback sockets until Ctrl-C.
+    Serve(tiersim::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
             print!("{}", scenario::json_schema());
             ExitCode::SUCCESS
         }
+        Command::Serve(args) => tiersim::serve::run_cli(args),
     }
 }
 

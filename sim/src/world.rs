@@ -17,10 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tiersim_engine::chutes::e2ee::StreamVersion;
-use tiersim_engine::chutes::{shared_rng, ChutesConfig};
+use tiersim_engine::chutes::{shared_rng, ChutesConfig, SharedRng};
+use tiersim_engine::config::ChutesModelEntry;
+use tiersim_engine::http::HttpClient;
 
 use crate::fault::FaultBoard;
-use crate::hosts::{derive_seed, ChutesGateway, ChutesHandle};
+use crate::hosts::{derive_seed, ChutesGateway, ChutesHandle, Service};
 use crate::hosts::{Catalog, CatalogHandle, ExternalBackend, NearBackend};
 use crate::net::{self, TurmoilListener, HTTP_PORT};
 use crate::scenario::format::{CatalogRow as ScenarioRow, Scenario};
@@ -87,10 +89,11 @@ pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::confi
     })
 }
 
-fn wire_row(r: &ScenarioRow) -> CatalogRow {
+/// The catalog row a scenario row stands for, its NEAR host named by `url`.
+pub fn wire_row(r: &ScenarioRow, url: &dyn Fn(&str) -> String) -> CatalogRow {
     CatalogRow {
         id: r.id.clone(),
-        inference_url: r.inference_url.as_ref().map(|h| net::url(h.get_ref())),
+        inference_url: r.inference_url.as_ref().map(|h| url(h.get_ref())),
         active: r.active,
         price: r.price,
     }
@@ -103,23 +106,58 @@ pub const TIMEOUTS: Timeouts = Timeouts {
     stream_idle: Duration::from_secs(30),
 };
 
-/// Installs every host of `s` on `sim`.
-pub fn build(sim: &mut turmoil::Sim<'_>, s: &Scenario, config: EngineConfig) -> WorldHandles {
+/// The router's host name.
+pub const ROUTER: &str = "router";
+/// The catalog's host name.
+pub const CATALOG: &str = "catalog";
+/// The Chutes gateway's host name.
+pub const CHUTES: &str = "chutes";
+
+/// Every host of `s`'s world, router first: `router`, `catalog`, the NEAR
+/// backends, the external providers, then `chutes` when the scenario has
+/// chutes.
+pub fn host_names(s: &Scenario) -> Vec<String> {
+    let mut hosts = vec![ROUTER.to_string(), CATALOG.to_string()];
+    hosts.extend(s.near.iter().map(|n| n.host.clone()));
+    hosts.extend(s.external.iter().map(|e| e.host.clone()));
+    if !s.chutes.is_empty() {
+        hosts.push(CHUTES.to_string());
+    }
+    hosts
+}
+
+/// The simulated hosts of a world (everything but the router), built
+/// independently of the network they will be served on.
+pub struct Services {
+    pub board: FaultBoard,
+    pub catalog: CatalogHandle,
+    /// Catalog, NEAR backends, external providers, Chutes: in
+    /// [`host_names`] order.
+    pub hosts: Vec<Service>,
+    pub chutes: ChutesWorld,
+    /// NEAR host → its signing key (hex), for `pub_key_of`.
+    pub near_keys: BTreeMap<String, String>,
+}
+
+/// Builds every host of `s` but the router; `url` names a host's base URL
+/// (turmoil: `http://near-1`; real sockets: `http://127.0.0.1:18082`).
+pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
     let board = FaultBoard::new();
-    let mut catalog = Catalog::new("catalog").faults(&board);
+    let mut catalog = Catalog::new(CATALOG).faults(&board);
     for row in &s.catalog {
-        catalog = catalog.model(wire_row(row));
+        catalog = catalog.model(wire_row(row, url));
     }
     for ext in &s.external {
         for model in ext.rows.as_ref().unwrap_or(&ext.models) {
             catalog = catalog.external(ExternalRow {
                 model: model.clone(),
-                base_url: net::url(&ext.host),
+                base_url: url(&ext.host),
                 name: ext.host.clone(),
             });
         }
     }
-    let catalog = catalog.install(sim);
+    let catalog_handle = catalog.handle();
+    let mut hosts = vec![catalog.service()];
 
     let mut near_keys = BTreeMap::new();
     for n in &s.near {
@@ -128,15 +166,44 @@ pub fn build(sim: &mut turmoil::Sim<'_>, s: &Scenario, config: EngineConfig) -> 
             .signing_seed(derive_seed(s.seed, &n.host))
             .faults(&board);
         near_keys.insert(n.host.clone(), backend.signing_key_hex());
-        backend.install(sim);
+        hosts.push(backend.service());
     }
     for e in &s.external {
-        ExternalBackend::new(e.host.clone())
-            .serves(e.models.clone())
-            .faults(&board)
-            .install(sim);
+        hosts.push(
+            ExternalBackend::new(e.host.clone())
+                .serves(e.models.clone())
+                .faults(&board)
+                .service(),
+        );
     }
-    let chutes: ChutesWorld = install_chutes(sim, s, &board);
+    let chutes = match chutes_service(s, &board) {
+        Some((service, world)) => {
+            hosts.push(service);
+            world
+        }
+        None => ChutesWorld::default(),
+    };
+    Services {
+        board,
+        catalog: catalog_handle,
+        hosts,
+        chutes,
+        near_keys,
+    }
+}
+
+/// Installs every host of `s` on `sim`.
+pub fn build(sim: &mut turmoil::Sim<'_>, s: &Scenario, config: EngineConfig) -> WorldHandles {
+    let Services {
+        board,
+        catalog,
+        hosts,
+        chutes,
+        near_keys,
+    } = services(s, &net::url);
+    for host in hosts {
+        host.install(sim);
+    }
 
     let router = Arc::new(Mutex::new(RouterSlot::default()));
     let journal = Journal::default();
@@ -145,16 +212,25 @@ pub fn build(sim: &mut turmoil::Sim<'_>, s: &Scenario, config: EngineConfig) -> 
         let journal = journal.clone();
         let seed = s.seed;
         let boots = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        sim.host("router", move || {
+        sim.host(ROUTER, move || {
             let router = router.clone();
             let journal = journal.clone();
             let config = config.clone();
             let boot = boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let factory: ChutesFactory = chutes_factory(&chutes, seed, boot);
+            // A restarted router does not replay its randomness.
+            let rng = move |entry: &ChutesModelEntry| {
+                let rng_seed = derive_seed(
+                    seed,
+                    &format!("router/{boot}/chutes/{}", entry.canonical_id),
+                );
+                shared_rng(ChaCha20Rng::from_seed(rng_seed))
+            };
+            let factory: ChutesFactory =
+                chutes_factory(&chutes, net::url(CHUTES), net::http_client(), Box::new(rng));
             async move {
                 let settings = AppSettings {
                     config,
-                    catalog_url: net::url("catalog"),
+                    catalog_url: net::url(CATALOG),
                     timeouts: TIMEOUTS,
                 };
                 let app = App::start(settings, net::http_client(), factory).await;
@@ -188,6 +264,8 @@ pub struct ChutesWorld {
     pub trusted_vendor: Option<[u8; 32]>,
     /// Stream protocol per chute slug (v1 unless the scenario opts in).
     pub versions: BTreeMap<String, StreamVersion>,
+    /// Chute slug → the `chute_id` the gateway lists for it.
+    pub chute_ids: BTreeMap<String, String>,
     pub streaming: bool,
     pub handle: Option<ChutesHandle>,
 }
@@ -200,21 +278,26 @@ fn version(v: u32) -> StreamVersion {
     }
 }
 
-fn install_chutes(sim: &mut turmoil::Sim<'_>, s: &Scenario, board: &FaultBoard) -> ChutesWorld {
+/// The Chutes gateway of `s` (`None` when the scenario has no chutes) and
+/// what the router needs to reach it.
+fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWorld)> {
     if s.chutes.is_empty() {
-        return ChutesWorld::default();
+        return None;
     }
-    let mut gw = ChutesGateway::new("chutes")
-        .world_seed(s.seed)
-        .faults(board);
+    let mut gw = ChutesGateway::new(CHUTES).world_seed(s.seed).faults(board);
     let mut versions = BTreeMap::new();
     for c in &s.chutes {
         gw = gw.chute(c.slug.clone(), c.instances, version(c.stream_protocol));
         versions.insert(c.slug.clone(), version(c.stream_protocol));
     }
     let trusted = gw.vendor_public_key();
-    let handle = gw.install(sim);
-    ChutesWorld {
+    let chute_ids = s
+        .chutes
+        .iter()
+        .map(|c| (c.slug.clone(), gw.chute_id(&c.slug)))
+        .collect();
+    let (service, handle) = gw.service();
+    let world = ChutesWorld {
         trusted_vendor: if s.config.trust_chutes_vendor {
             Some(trusted)
         } else {
@@ -228,31 +311,37 @@ fn install_chutes(sim: &mut turmoil::Sim<'_>, s: &Scenario, board: &FaultBoard) 
             )
         },
         versions,
+        chute_ids,
         streaming: s.config.chutes_streaming,
         handle: Some(handle),
-    }
+    };
+    Some((service, world))
 }
 
-/// Builds each configured Chutes provider against the simulated gateway,
-/// with an RNG derived from the world seed and the boot count, so a
-/// restarted router does not replay its randomness.
-fn chutes_factory(chutes: &ChutesWorld, seed: u64, boot: u64) -> ChutesFactory {
+/// The RNG of each configured Chutes provider (seeded in the simulation,
+/// the OS generator in `tiersim serve`).
+pub type ChutesRng = Box<dyn Fn(&ChutesModelEntry) -> SharedRng + Send + Sync>;
+
+/// Builds each configured Chutes provider against the simulated gateway at
+/// `base_url`, reached through `http`.
+pub fn chutes_factory(
+    chutes: &ChutesWorld,
+    base_url: String,
+    http: HttpClient,
+    rng: ChutesRng,
+) -> ChutesFactory {
     let chutes = chutes.clone();
     Box::new(move |entry, key| {
         let Some(vendor) = chutes.trusted_vendor else {
             return Err("no simulated Chutes in this world".into());
         };
-        let rng_seed = derive_seed(
-            seed,
-            &format!("router/{boot}/chutes/{}", entry.canonical_id),
-        );
         let version = chutes
             .versions
             .get(&entry.chute_slug)
             .copied()
             .unwrap_or(StreamVersion::V1);
         ChutesConfig::new(
-            net::url("chutes"),
+            base_url.clone(),
             key,
             &entry.canonical_id,
             &entry.chute_slug,
@@ -261,10 +350,7 @@ fn chutes_factory(chutes: &ChutesWorld, seed: u64, boot: u64) -> ChutesFactory {
         .streaming(chutes.streaming)
         .stream_version(version)
         .timeouts(TIMEOUTS)
-        .build(
-            net::http_client(),
-            shared_rng(ChaCha20Rng::from_seed(rng_seed)),
-        )
+        .build(http.clone(), rng(entry))
         .map(|p| Arc::new(p) as Arc<dyn tiersim_engine::Provider>)
         .map_err(|e| e.to_string())
     })

@@ -101,8 +101,18 @@ pub struct ModelEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceList {
     pub instances: Vec<InstanceInfo>,
-    /// Seconds the listed nonces stay valid.
+    /// Seconds the listed nonces stay valid; absent means
+    /// [`DEFAULT_NONCE_EXPIRES_IN`], as Chutes' published client reads it.
+    #[serde(default = "default_nonce_expires_in")]
     pub nonce_expires_in: f64,
+}
+
+/// `nonce_expires_in` of a listing that does not say (Chutes' published
+/// client, `chutes-e2ee` 0.1.0, assumes 55 s).
+pub const DEFAULT_NONCE_EXPIRES_IN: f64 = 55.0;
+
+fn default_nonce_expires_in() -> f64 {
+    DEFAULT_NONCE_EXPIRES_IN
 }
 
 /// One instance: its ML-KEM key, nonces and the evidence binding the key (§7b).
@@ -818,6 +828,15 @@ mod tests {
             cfg("http://x", "a\nb").build(http, rng()).unwrap_err(),
             BuildError::InvalidApiKey
         );
+    }
+
+    #[test]
+    fn listing_without_nonce_expires_in_gets_the_published_default() {
+        let list: InstanceList = serde_json::from_str(r#"{"instances":[]}"#).unwrap();
+        assert_eq!(list.nonce_expires_in, 55.0);
+        let list: InstanceList =
+            serde_json::from_str(r#"{"instances":[],"nonce_expires_in":60}"#).unwrap();
+        assert_eq!(list.nonce_expires_in, 60.0);
     }
 
     #[test]

@@ -8,12 +8,17 @@ use hyper_util::service::TowerToHyperService;
 use crate::net::Listener;
 
 /// Accepts connections from `listener` forever, serving each on its own task
-/// with HTTP/1.1. Returns only when accepting fails.
+/// with HTTP/1.1. Returns only when accepting fails. The connection tasks
+/// belong to this future: dropping it (a shut-down or crashed host) closes
+/// the listener and every open connection with it.
 pub async fn serve<L: Listener>(mut listener: L, router: axum::Router) -> io::Result<()> {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let io = listener.accept().await?;
+        // Reap finished connections so the set stays as small as the load.
+        while connections.try_join_next().is_some() {}
         let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 // tokio time: simulated under turmoil, so the header-read
                 // timeout is deterministic there.

@@ -15,7 +15,7 @@ use tiersim_engine::catalog::{
     CATALOG_PATH, EXTERNAL_PATH,
 };
 
-use super::{before_answer, error_response, install, json_answer};
+use super::{before_answer, error_response, json_answer, Service};
 use crate::fault::{FaultBoard, RequestKind};
 
 #[derive(Debug, Default)]
@@ -116,15 +116,22 @@ impl Catalog {
     /// Registers the host; returns the handle to its rows.
     pub fn install(self, sim: &mut turmoil::Sim<'_>) -> CatalogHandle {
         let handle = self.rows.clone();
+        self.service().install(sim);
+        handle
+    }
+
+    /// The host's HTTP surface, to install on turmoil or serve on real
+    /// sockets. Its rows are shared by every boot (take [`Catalog::handle`]
+    /// first to edit them).
+    pub fn service(self) -> Service {
         let host = self.host.clone();
         let state = Arc::new(self);
-        install(sim, &host, move || {
+        Service::new(host, move || {
             Router::new()
                 .route(CATALOG_PATH, get(list_models).patch(patch_models))
                 .route(EXTERNAL_PATH, get(list_external))
                 .with_state(state.clone())
-        });
-        handle
+        })
     }
 
     /// Serves `answer()` unless a fault says otherwise. The fault is taken

@@ -48,8 +48,8 @@ use tiersim_engine::chutes::stream::{
 use tiersim_engine::openai::MAX_SSE_LINE;
 
 use super::{
-    before_answer, body_answer, derive_seed, error_response, install, json_answer,
-    last_user_message, scripted, words, Step, CREATED_BASE,
+    before_answer, body_answer, derive_seed, error_response, json_answer, last_user_message,
+    scripted, words, Service, Step, CREATED_BASE,
 };
 use crate::fault::{Fault, FaultBoard, RequestKind};
 
@@ -159,13 +159,21 @@ impl ChutesGateway {
     }
 
     pub fn install(self, sim: &mut turmoil::Sim<'_>) -> ChutesHandle {
+        let (service, handle) = self.service();
+        service.install(sim);
+        handle
+    }
+
+    /// The host's HTTP surface, to install on turmoil or serve on real
+    /// sockets, and the handle to what it does across boots.
+    pub fn service(self) -> (Service, ChutesHandle) {
         let world = Arc::new(self.world());
         let handle = ChutesHandle::default();
         let boots = Arc::new(AtomicU64::new(0));
         let host = self.host.clone();
         let (log, faults, seed) = (handle.clone(), self.faults.clone(), self.world_seed);
         let (nonces, ttl, api_key) = (self.nonces_per_instance, self.nonce_ttl, self.api_key);
-        install(sim, &host.clone(), move || {
+        let service = Service::new(host.clone(), move || {
             // A restarted host draws fresh randomness (it forgot its nonces,
             // and must not hand out the same ones again).
             let boot = boots.fetch_add(1, Ordering::Relaxed);
@@ -190,7 +198,7 @@ impl ChutesGateway {
                 .route(INVOKE_PATH, post(invoke))
                 .with_state(Arc::new(gateway))
         });
-        handle
+        (service, handle)
     }
 
     fn world(&self) -> World {
@@ -763,8 +771,13 @@ impl Gateway {
                 &sealer.seal_frame(rng, l.as_bytes()),
             )));
         }
-        events.push(Event::Plain(usage_event(&usage)));
         events.push(Event::Frame(frame_event(&sealer.seal_done(rng))));
+        // The plaintext billing event follows the inner [DONE]: Chutes'
+        // published client passes it through to the OpenAI SDK as a chunk
+        // without `choices`, and the SDK stops yielding at the first
+        // [DONE], so this is the one place where the client, used as its
+        // README shows (`chunk.choices[0]` on every chunk), does not break.
+        events.push(Event::Plain(usage_event(&usage)));
         events.push(Event::Plain(OUTER_DONE_EVENT.into()));
 
         Ok(("text/event-stream", gateway_stream(fault, events)))

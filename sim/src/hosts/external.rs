@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
 
-use super::{chat_router, install, ChatBackend};
+use super::{chat_router, ChatBackend, Service};
 use crate::fault::FaultBoard;
 
 /// Builder: `ExternalBackend::new("openrouter").serves(["m"]).faults(&board).install(&mut sim)`.
@@ -44,8 +44,13 @@ impl ExternalBackend {
     }
 
     pub fn install(self, sim: &mut turmoil::Sim<'_>) {
+        self.service().install(sim);
+    }
+
+    /// The host's HTTP surface, to install on turmoil or serve on real sockets.
+    pub fn service(self) -> Service {
         let host = self.host.clone();
-        install(sim, &host, move || {
+        Service::new(host, move || {
             chat_router(ChatBackend {
                 host: self.host.clone(),
                 models: self.models.clone(),
@@ -53,6 +58,6 @@ impl ExternalBackend {
                 signing_key: None,
                 served: AtomicU64::new(0),
             })
-        });
+        })
     }
 }

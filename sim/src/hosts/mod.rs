@@ -1,7 +1,8 @@
 //! Simulated HTTP hosts: NEAR backends, an external plaintext provider, the
-//! catalog and the Chutes gateway. Each is an axum router served by the engine's own
-//! [`serve`](tiersim_engine::http::serve) over a turmoil listener, and each
-//! consults the shared [`FaultBoard`] once per request.
+//! catalog and the Chutes gateway. Each builder yields a [`Service`]: an
+//! axum router served by the engine's own [`serve`](tiersim_engine::http::serve)
+//! over a turmoil listener (the simulation) or a tokio one (`tiersim serve`).
+//! Each host consults the shared [`FaultBoard`] once per request.
 //!
 //! Everything a host answers is a function of the request, its configuration
 //! and a per-boot request counter: no wall clock, no OS randomness.
@@ -37,6 +38,7 @@ use tiersim_engine::openai::CODE_MODEL_NOT_FOUND;
 
 use crate::fault::{Fault, FaultBoard, RequestKind};
 use crate::net::{TurmoilListener, HTTP_PORT};
+use tiersim_engine::net::Listener;
 
 /// `created` timestamps count up from here (one per request), so responses
 /// look plausible without reading any clock.
@@ -57,17 +59,66 @@ pub fn derive_seed(world_seed: u64, label: &str) -> [u8; 32] {
     out
 }
 
-/// Registers `host` on the simulation: each (re)boot builds a fresh router
-/// (fresh per-boot state) and serves it on [`HTTP_PORT`].
-fn install<'a>(sim: &mut turmoil::Sim<'a>, host: &str, make_router: impl Fn() -> Router + 'a) {
-    sim.host(host, move || {
-        let router = make_router();
-        async move {
-            let listener = TurmoilListener::bind(HTTP_PORT).await?;
-            tiersim_engine::http::serve(listener, router).await?;
-            Ok(())
+/// A host's HTTP surface, independent of the network it is served on: the
+/// same [`Service`] is installed on turmoil ([`Service::install`]) or served
+/// on real sockets ([`Service::serve`], `tiersim serve`).
+///
+/// Each [`boot`](Service::boot) builds a fresh router with fresh per-boot
+/// state (request counters, a gateway's nonces and RNG), as a restarted
+/// process would have; what outlives a crash (a catalog's rows, a fault
+/// board) is shared by every boot.
+#[derive(Clone)]
+pub struct Service {
+    host: String,
+    make: Arc<dyn Fn() -> Router + Send + Sync>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    pub fn new(host: impl Into<String>, make: impl Fn() -> Router + Send + Sync + 'static) -> Self {
+        Service {
+            host: host.into(),
+            make: Arc::new(make),
         }
-    });
+    }
+
+    /// The host's name (`near-1`, `chutes`, …).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// A fresh router: one boot of the host.
+    pub fn boot(&self) -> Router {
+        (self.make)()
+    }
+
+    /// Registers the host on the simulation: each (re)boot builds a fresh
+    /// router and serves it on [`HTTP_PORT`] of the simulated network.
+    pub fn install(self, sim: &mut turmoil::Sim<'_>) {
+        let host = self.host.clone();
+        sim.host(host.as_str(), move || {
+            let router = self.boot();
+            async move {
+                let listener = TurmoilListener::bind(HTTP_PORT).await?;
+                tiersim_engine::http::serve(listener, router).await?;
+                Ok(())
+            }
+        });
+    }
+
+    /// Serves one boot of the host on `listener` (any [`Listener`]: real
+    /// tokio sockets in `tiersim serve`). Returns only when accepting fails;
+    /// dropping the future closes the host and its connections.
+    pub async fn serve<L: Listener>(&self, listener: L) -> io::Result<()> {
+        tiersim_engine::http::serve(listener, self.boot()).await
+    }
 }
 
 /// An OpenAI-style error: `{"error":{"message","type","code"}}`.

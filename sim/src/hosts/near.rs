@@ -11,7 +11,7 @@ use axum::Router;
 use ed25519_dalek::SigningKey;
 use tiersim_engine::near::{AttestationReport, ATTESTATION_PATH};
 
-use super::{before_answer, chat_router, derive_seed, install, json_answer, ChatBackend};
+use super::{before_answer, chat_router, derive_seed, json_answer, ChatBackend, Service};
 use crate::fault::{FaultBoard, RequestKind};
 
 /// Builder of a NEAR backend host:
@@ -73,6 +73,11 @@ impl NearBackend {
     }
 
     pub fn install(self, sim: &mut turmoil::Sim<'_>) {
+        self.service().install(sim);
+    }
+
+    /// The host's HTTP surface, to install on turmoil or serve on real sockets.
+    pub fn service(self) -> Service {
         let report = AttestationReport {
             signing_algo: "ed25519".into(),
             signing_public_keys: vec![self.signing_key_hex()],
@@ -84,7 +89,7 @@ impl NearBackend {
         };
         let host = self.host.clone();
         let key = self.signing_key_hex();
-        install(sim, &host, move || {
+        Service::new(host, move || {
             let chat = chat_router(ChatBackend {
                 host: self.host.clone(),
                 models: self.models.clone(),
@@ -97,7 +102,7 @@ impl NearBackend {
                     .route(ATTESTATION_PATH, get(attestation_report))
                     .with_state(attestation.clone()),
             )
-        });
+        })
     }
 }
 

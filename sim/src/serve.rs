@@ -1,0 +1,746 @@
+//! `tiersim serve`: a scenario's world on real loopback sockets.
+//!
+//! The same hosts as the simulation ([`crate::world::services`]) and the same
+//! engine (`App`, `api::router`, providers over a tokio connector), each host
+//! on its own TCP port (`port-base + i`, in [`world::host_names`] order), so
+//! any real client can talk to the router, the NEAR backends or the
+//! simulated Chutes gateway. The scenario's script is played on the real
+//! clock: faults, catalog edits, refreshes, admin batches, unregisters,
+//! crashes and restarts, partitions, `at` and `advance` timing. Scripted
+//! requests and expectations are *not* played: the clients are yours (and a
+//! scripted request would spend faults meant for them).
+//!
+//! Wall clock and OS randomness are fine here (this is the real world): the
+//! router's Chutes provider draws from the OS RNG. None of this module is
+//! reachable from the simulation paths.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, Request};
+use serde_json::{json, Value};
+use tiersim_engine::api::{self, RouteObserver};
+use tiersim_engine::app::{App, AppSettings};
+use tiersim_engine::chutes::e2ee::os_rng;
+use tiersim_engine::chutes::shared_rng;
+use tiersim_engine::config::EngineConfig;
+use tiersim_engine::http::HttpClient;
+use tiersim_engine::net::{Connector, Io, TokioConnector, TokioListener};
+use tiersim_engine::retry::{Attempt, Outcome};
+use tiersim_engine::{RouteError, Tier};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::hosts::Service;
+use crate::scenario::format::{Scenario, Step};
+use crate::world::{self, RouterSlot, Services, CATALOG, CHUTES, ROUTER};
+
+/// `tiersim serve` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The scenario whose world to serve.
+    pub scenario: PathBuf,
+    /// Address every host binds (loopback unless --allow-non-loopback).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// First port: the router gets it, each other host the next one
+    /// (router, catalog, NEAR backends, external providers, chutes).
+    /// 0 lets the OS pick every port.
+    #[arg(long, default_value_t = DEFAULT_PORT_BASE)]
+    pub port_base: u16,
+    /// Allow a --bind address that is not loopback. The simulated hosts
+    /// have no authentication worth the name: expose them knowingly.
+    #[arg(long)]
+    pub allow_non_loopback: bool,
+}
+
+pub const DEFAULT_PORT_BASE: u16 = 18080;
+
+/// Why `tiersim serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--bind {0:?} is not an IP address (e.g. 127.0.0.1 or ::1)")]
+    BadBind(String),
+    #[error(
+        "refusing to bind {0}: it is not a loopback address, and the simulated hosts \
+         (router admin API, catalog, fault-injected backends) would be reachable from \
+         other machines; pass --allow-non-loopback to do it anyway"
+    )]
+    NonLoopback(IpAddr),
+    #[error("--port-base {base} leaves no room for {hosts} hosts (ports above 65535)")]
+    PortRange { base: u16, hosts: usize },
+    #[error("cannot bind {host} on {addr}: {error}")]
+    Bind {
+        host: String,
+        addr: SocketAddr,
+        error: io::Error,
+    },
+    #[error("{0}")]
+    Scenario(String),
+    #[error("the engine refused to start: {0}")]
+    Config(String),
+}
+
+/// Checks `--bind`: an IP address, loopback unless explicitly allowed.
+pub fn check_bind(bind: &str, allow_non_loopback: bool) -> Result<IpAddr, ServeError> {
+    let ip: IpAddr = match bind {
+        "localhost" => IpAddr::from([127, 0, 0, 1]),
+        other => other
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| ServeError::BadBind(bind.to_string()))?,
+    };
+    if !ip.is_loopback() && !allow_non_loopback {
+        return Err(ServeError::NonLoopback(ip));
+    }
+    Ok(ip)
+}
+
+/// The port of the `i`-th host (`0`: the OS picks).
+fn port(base: u16, i: usize, hosts: usize) -> Result<u16, ServeError> {
+    if base == 0 {
+        return Ok(0);
+    }
+    u16::try_from(usize::from(base) + i).map_err(|_| ServeError::PortRange { base, hosts })
+}
+
+/// The CLI entry point: a multi-thread runtime until Ctrl-C.
+pub fn run_cli(args: ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let mut world = start(&args).await?;
+        world.play_until(shutdown_signal()).await;
+        world.stop().await;
+        Ok::<(), ServeError>(())
+    });
+    match result {
+        Ok(()) => {
+            println!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ctrl-C (SIGINT), or SIGTERM on Unix.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                biased;
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+// ----------------------------------------------------------------- network
+
+/// Which pairs of hosts are partitioned (by name, unordered).
+#[derive(Debug, Clone, Default)]
+struct Partitions(Arc<Mutex<BTreeSet<(String, String)>>>);
+
+impl Partitions {
+    fn key(a: &str, b: &str) -> (String, String) {
+        if a <= b {
+            (a.to_string(), b.to_string())
+        } else {
+            (b.to_string(), a.to_string())
+        }
+    }
+    fn set(&self, a: &str, b: &str, cut: bool) {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cut {
+            set.insert(Self::key(a, b));
+        } else {
+            set.remove(&Self::key(a, b));
+        }
+    }
+    fn cut(&self, a: &str, b: &str) -> bool {
+        let set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.contains(&Self::key(a, b))
+    }
+}
+
+/// The router's connector: real tokio TCP, except that a connection to a
+/// host partitioned from the router never completes (like a black-holed
+/// SYN: the client's connect deadline fires), as on turmoil.
+struct ServeConnector {
+    from: String,
+    /// `ip:port` → host name.
+    hosts: BTreeMap<String, String>,
+    partitions: Partitions,
+}
+
+#[async_trait]
+impl Connector for ServeConnector {
+    async fn connect(&self, authority: &str) -> io::Result<Box<dyn Io>> {
+        if let Some(host) = self.hosts.get(authority) {
+            if self.partitions.cut(&self.from, host) {
+                std::future::pending::<()>().await;
+            }
+        }
+        TokioConnector.connect(authority).await
+    }
+}
+
+// ------------------------------------------------------------------- world
+
+/// Prints one line per routed request.
+struct Printer;
+
+impl RouteObserver for Printer {
+    fn routed(
+        &self,
+        model: &str,
+        attempts: &[Attempt],
+        outcome: Result<(&str, Tier), &RouteError>,
+    ) {
+        let tried: Vec<String> = attempts
+            .iter()
+            .map(|a| match &a.outcome {
+                Outcome::Ok => format!("{} ok", a.provider),
+                Outcome::Error { status, .. } => format!("{} {status}", a.provider),
+            })
+            .collect();
+        let result = match outcome {
+            Ok((provider, tier)) => format!("served by {provider} ({tier:?})"),
+            Err(e) => format!("failed: {e}"),
+        };
+        println!(
+            "[router] {model}: {result}; attempts: [{}]",
+            tried.join(", ")
+        );
+    }
+}
+
+/// One simulated host on its socket.
+struct Host {
+    service: Service,
+    addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Host {
+    fn spawn(&mut self, listener: TokioListener) {
+        let service = self.service.clone();
+        self.task = Some(tokio::spawn(async move {
+            if let Err(e) = service.serve(listener).await {
+                eprintln!("[{}] stopped accepting: {e}", service.host());
+            }
+        }));
+    }
+
+    fn crash(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A scenario's world on real sockets.
+pub struct ServeWorld {
+    scenario: Scenario,
+    config: EngineConfig,
+    urls: BTreeMap<String, String>,
+    addrs: BTreeMap<String, SocketAddr>,
+    services: Services,
+    hosts: BTreeMap<String, Host>,
+    router_addr: SocketAddr,
+    router: Arc<Mutex<RouterSlot>>,
+    router_task: Option<JoinHandle<()>>,
+    partitions: Partitions,
+    client: HttpClient,
+    /// When the router was first ready: the script's time zero.
+    started: tokio::time::Instant,
+}
+
+/// Binds every host, prints the endpoints and boots the router.
+pub async fn start(args: &ServeArgs) -> Result<ServeWorld, ServeError> {
+    let ip = check_bind(&args.bind, args.allow_non_loopback)?;
+    let scenario =
+        crate::scenario::load(&args.scenario).map_err(|e| ServeError::Scenario(e.to_string()))?;
+    let config = world::engine_config(&scenario).map_err(|e| ServeError::Config(e.to_string()))?;
+    start_world(scenario, config, ip, args.port_base, &args.scenario).await
+}
+
+async fn start_world(
+    scenario: Scenario,
+    config: EngineConfig,
+    ip: IpAddr,
+    port_base: u16,
+    file: &Path,
+) -> Result<ServeWorld, ServeError> {
+    let names = world::host_names(&scenario);
+    // Bind everything first: a port in use fails before anything starts,
+    // and every URL is known before the catalog rows are written.
+    let mut listeners = BTreeMap::new();
+    let mut addrs = BTreeMap::new();
+    for (i, host) in names.iter().enumerate() {
+        let addr = SocketAddr::new(ip, port(port_base, i, names.len())?);
+        let listener = TokioListener::bind(&addr.to_string())
+            .await
+            .map_err(|error| ServeError::Bind {
+                host: host.clone(),
+                addr,
+                error,
+            })?;
+        let addr = listener.local_addr().map_err(|error| ServeError::Bind {
+            host: host.clone(),
+            addr,
+            error,
+        })?;
+        addrs.insert(host.clone(), addr);
+        listeners.insert(host.clone(), listener);
+    }
+    let urls: BTreeMap<String, String> = addrs
+        .iter()
+        .map(|(h, a)| (h.clone(), format!("http://{a}")))
+        .collect();
+    let services = world::services(&scenario, &|h: &str| urls[h].clone());
+
+    let mut hosts = BTreeMap::new();
+    for service in &services.hosts {
+        let name = service.host().to_string();
+        let mut host = Host {
+            service: service.clone(),
+            addr: addrs[&name],
+            task: None,
+        };
+        host.spawn(listeners.remove(&name).expect("every host was bound"));
+        hosts.insert(name, host);
+    }
+    let router_listener = listeners.remove(ROUTER).expect("the router was bound");
+
+    let mut world = ServeWorld {
+        router_addr: addrs[ROUTER],
+        scenario,
+        config,
+        urls,
+        addrs,
+        services,
+        hosts,
+        router: Arc::default(),
+        router_task: None,
+        partitions: Partitions::default(),
+        client: HttpClient::new(Arc::new(TokioConnector)),
+        started: tokio::time::Instant::now(),
+    };
+    world.print_endpoints(file);
+    world.boot_router(router_listener);
+    world.wait_for_router().await;
+    world.started = tokio::time::Instant::now();
+    println!("ready");
+    Ok(world)
+}
+
+impl ServeWorld {
+    /// Host name → base URL.
+    pub fn urls(&self) -> &BTreeMap<String, String> {
+        &self.urls
+    }
+
+    fn print_endpoints(&self, file: &Path) {
+        let s = &self.scenario;
+        println!("tiersim serve {} — {}", file.display(), s.name);
+        println!("endpoints:");
+        for host in world::host_names(s) {
+            let url = &self.urls[&host];
+            let what = match host.as_str() {
+                ROUTER => "router: POST /v1/chat/completions, GET /v1/models, PATCH /v1/admin/models".to_string(),
+                CATALOG => "catalog: GET|PATCH /v1/catalog, GET /v1/external".to_string(),
+                CHUTES => "chutes gateway: GET /v1/models, GET /e2e/instances/{chute_id}, POST /e2e/invoke".to_string(),
+                h if s.near.iter().any(|n| n.host == h) => {
+                    // NEAR providers are named by their URL's authority.
+                    let authority = url.trim_start_matches("http://");
+                    format!("NEAR backend (provider id {authority}): POST /v1/chat/completions, GET /v1/attestation/report")
+                }
+                h => format!("external provider (provider id external:{h}): POST /v1/chat/completions"),
+            };
+            println!("  {host:<12} {url:<24} {what}");
+        }
+        for (slug, id) in &self.services.chutes.chute_ids {
+            println!("  chute {slug}: chute_id {id}");
+        }
+        let entries: Vec<String> = self
+            .config
+            .chutes_models
+            .iter()
+            .map(|e| format!("{}={}", e.canonical_id, e.chute_slug))
+            .collect();
+        if !entries.is_empty() {
+            println!(
+                "  CHUTES_MODELS={} (streaming {})",
+                entries.join(","),
+                if self.config.chutes_streaming {
+                    "on"
+                } else {
+                    "off"
+                }
+            );
+        }
+    }
+
+    fn router_http(&self) -> HttpClient {
+        let hosts = self
+            .addrs
+            .iter()
+            .map(|(h, a)| (a.to_string(), h.clone()))
+            .collect();
+        HttpClient::new(Arc::new(ServeConnector {
+            from: ROUTER.to_string(),
+            hosts,
+            partitions: self.partitions.clone(),
+        }))
+    }
+
+    /// Boots the router on `listener`: the real `App` (bootstrap and first
+    /// refresh), its refresh loop and its HTTP API, all owned by one task
+    /// so a crash stops them together.
+    fn boot_router(&mut self, listener: TokioListener) {
+        let http = self.router_http();
+        let chutes_url = self
+            .urls
+            .get(CHUTES)
+            .cloned()
+            .unwrap_or_else(|| "http://127.0.0.1:9".to_string());
+        let factory = world::chutes_factory(
+            &self.services.chutes,
+            chutes_url,
+            http.clone(),
+            Box::new(|_| shared_rng(os_rng())),
+        );
+        let settings = AppSettings {
+            config: self.config.clone(),
+            catalog_url: self.urls[CATALOG].clone(),
+            timeouts: world::TIMEOUTS,
+        };
+        let slot = self.router.clone();
+        self.router_task = Some(tokio::spawn(async move {
+            let app = App::start(settings, http, factory).await;
+            let (tx, rx) = mpsc::channel(4);
+            let api = api::router(app.clone(), Arc::new(Printer));
+            {
+                let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                slot.app = Some(app.clone());
+                slot.trigger = Some(tx);
+            }
+            tokio::select! {
+                biased;
+                _ = app.run_refresh_loop(rx) => {}
+                r = tiersim_engine::http::serve(listener, api) => {
+                    if let Err(e) = r {
+                        eprintln!("[router] stopped accepting: {e}");
+                    }
+                }
+            }
+        }));
+    }
+
+    async fn wait_for_router(&self) {
+        while self
+            .router
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .app
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn crash_router(&mut self) {
+        if let Some(task) = self.router_task.take() {
+            task.abort();
+        }
+        *self.router.lock().unwrap_or_else(|p| p.into_inner()) = RouterSlot::default();
+    }
+
+    /// Plays the script, then serves until `shutdown` resolves.
+    pub async fn play_until(&mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return,
+            _ = self.play() => {}
+        }
+        println!("script done; serving until Ctrl-C");
+        shutdown.await;
+    }
+
+    /// Plays the scenario's steps on the real clock (`at` counts from the
+    /// moment the router was ready).
+    pub async fn play(&mut self) {
+        self.play_steps(0..self.scenario.steps.len()).await;
+    }
+
+    /// Plays the steps in `range` (0-based), e.g. one at a time between
+    /// requests of a test.
+    pub async fn play_steps(&mut self, range: std::ops::Range<usize>) {
+        let steps: Vec<Step> = self.scenario.steps[range.clone()]
+            .iter()
+            .map(|s| s.get_ref().clone())
+            .collect();
+        for (i, st) in range.zip(&steps) {
+            if let Some(at) = &st.at {
+                tokio::time::sleep_until(self.started + at.get_ref().0).await;
+            }
+            let note = self.act(st).await;
+            println!(
+                "[{:>8.3}s] step {}: {}{}",
+                self.started.elapsed().as_secs_f64(),
+                i + 1,
+                crate::runner::describe(st),
+                note.map(|n| format!(" — {n}")).unwrap_or_default()
+            );
+        }
+    }
+
+    fn url(&self, host: &str) -> String {
+        self.urls
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| format!("http://{host}"))
+    }
+
+    /// One step; returns a note on what happened when there is one to tell.
+    async fn act(&mut self, st: &Step) -> Option<String> {
+        if st.refresh.is_some() {
+            let trigger = self
+                .router
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .trigger
+                .clone();
+            let Some(trigger) = trigger else {
+                return Some("router is down".into());
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if trigger.send(tx).await.is_err() {
+                return Some("router is down".into());
+            }
+            return match rx.await {
+                Ok(r) if r == Default::default() => None,
+                Ok(r) => Some(format!("{r:?}")),
+                Err(_) => Some("router is down".into()),
+            };
+        }
+        if let Some(rows) = &st.admin_patch {
+            let models: Vec<Value> = rows
+                .iter()
+                .map(|r| {
+                    let mut row = json!({ "id": r.id });
+                    if let Some(u) = &r.inference_url {
+                        let u = u.get_ref();
+                        row["inference_url"] = if u.is_empty() {
+                            Value::Null
+                        } else {
+                            self.url(u).into()
+                        };
+                    }
+                    if let Some(a) = r.active {
+                        row["active"] = a.into();
+                    }
+                    if let Some(p) = r.price {
+                        row["price"] = p.into();
+                    }
+                    row
+                })
+                .collect();
+            let body = json!({ "models": models }).to_string();
+            let req = Request::builder()
+                .method(Method::PATCH)
+                .uri(format!("{}/v1/admin/models", self.urls[ROUTER]))
+                .header("content-type", "application/json")
+                .body(Bytes::from(body))
+                .expect("valid request");
+            return Some(
+                match self
+                    .client
+                    .fetch(req, Duration::from_secs(120), 16 << 20)
+                    .await
+                {
+                    Ok((status, _, _)) => format!("router answered {status}"),
+                    Err(e) => format!("router unreachable: {e}"),
+                },
+            );
+        }
+        if let Some(edit) = &st.catalog {
+            let catalog = &self.services.catalog;
+            let url = |h: &str| self.url(h);
+            for row in &edit.upsert {
+                catalog.upsert(world::wire_row(row, &url));
+            }
+            for id in &edit.remove {
+                catalog.remove(id);
+            }
+            for row in &edit.external_upsert {
+                let host = row.host.get_ref();
+                catalog.add_external(tiersim_engine::catalog::ExternalRow {
+                    model: row.model.clone(),
+                    base_url: self.url(host),
+                    name: host.clone(),
+                });
+            }
+            for model in &edit.external_remove {
+                for row in catalog.external() {
+                    if &row.model == model {
+                        catalog.remove_external(model, &row.name);
+                    }
+                }
+            }
+            return None;
+        }
+        if let Some(f) = &st.fault {
+            self.services.board.apply(f.get_ref().clone());
+            return None;
+        }
+        if let Some(h) = &st.clear_faults {
+            self.services.board.clear(h.get_ref());
+            return None;
+        }
+        if let Some(p) = &st.partition {
+            let [a, b] = p.get_ref();
+            self.partitions.set(a, b, true);
+            if a != ROUTER && b != ROUTER {
+                return Some("only the router dials out here: no effect".into());
+            }
+            return None;
+        }
+        if let Some(p) = &st.repair {
+            let [a, b] = p.get_ref();
+            self.partitions.set(a, b, false);
+            return None;
+        }
+        if let Some(h) = &st.crash {
+            let h = h.get_ref();
+            if h == ROUTER {
+                self.crash_router();
+            } else if let Some(host) = self.hosts.get_mut(h) {
+                host.crash();
+            }
+            return Some("port closed".into());
+        }
+        if let Some(h) = &st.restart {
+            let h = h.get_ref().clone();
+            let addr = if h == ROUTER {
+                self.router_addr
+            } else {
+                match self.hosts.get(&h) {
+                    Some(host) => host.addr,
+                    None => return Some("no such host".into()),
+                }
+            };
+            let listener = match TokioListener::bind(&addr.to_string()).await {
+                Ok(l) => l,
+                Err(e) => return Some(format!("cannot rebind {addr}: {e}")),
+            };
+            if h == ROUTER {
+                self.crash_router();
+                self.boot_router(listener);
+                self.wait_for_router().await;
+            } else if let Some(host) = self.hosts.get_mut(&h) {
+                host.crash();
+                host.spawn(listener);
+            }
+            return None;
+        }
+        if st.request.is_some() {
+            return Some("skipped: serve sends no scripted requests (send your own)".into());
+        }
+        if let Some(model) = &st.unregister {
+            let app = self
+                .router
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .app
+                .clone();
+            return match app {
+                Some(app) => {
+                    app.registry().unregister(model);
+                    None
+                }
+                None => Some("router is down".into()),
+            };
+        }
+        if let Some(d) = st.advance {
+            tokio::time::sleep(d.0).await;
+        }
+        None
+    }
+
+    /// Stops every host and the router.
+    pub async fn stop(mut self) {
+        self.crash_router();
+        for host in self.hosts.values_mut() {
+            host.crash();
+        }
+        // Let the aborted tasks unwind (their sockets close) before exit.
+        tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_is_loopback_unless_allowed() {
+        assert_eq!(
+            check_bind("127.0.0.1", false).unwrap(),
+            IpAddr::from([127, 0, 0, 1])
+        );
+        assert!(check_bind("::1", false).unwrap().is_loopback());
+        assert!(check_bind("[::1]", false).unwrap().is_loopback());
+        assert!(check_bind("localhost", false).unwrap().is_loopback());
+        let err = check_bind("0.0.0.0", false).unwrap_err();
+        assert!(matches!(err, ServeError::NonLoopback(_)));
+        assert!(err.to_string().contains("--allow-non-loopback"), "{err}");
+        assert!(check_bind("0.0.0.0", true).is_ok());
+        assert!(matches!(
+            check_bind("example.com", true),
+            Err(ServeError::BadBind(_))
+        ));
+    }
+
+    #[test]
+    fn ports_count_up_from_the_base() {
+        assert_eq!(port(18080, 3, 5).unwrap(), 18083);
+        assert_eq!(port(0, 3, 5).unwrap(), 0);
+        assert!(matches!(
+            port(65534, 2, 5),
+            Err(ServeError::PortRange { .. })
+        ));
+    }
+}
