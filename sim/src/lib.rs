@@ -12,5 +12,6 @@ pub mod record;
 pub mod rules;
 pub mod runner;
 pub mod scenario;
+pub mod script;
 pub mod serve;
 pub mod world;

@@ -277,66 +277,13 @@ async fn wait_for_router(w: &WorldHandles) {
 
 async fn act(st: &Step, w: &WorldHandles, shared: &Arc<Mutex<Shared>>, rec: &mut StepRecord) {
     if st.refresh.is_some() {
-        let trigger = w.router.lock().unwrap().trigger.clone();
-        if let Some(trigger) = trigger {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if trigger.send(tx).await.is_ok() {
-                let _ = rx.await;
-            }
-        }
+        crate::script::refresh(&w.router).await;
     } else if let Some(rows) = &st.admin_patch {
-        let models: Vec<Value> = rows
-            .iter()
-            .map(|r| {
-                let mut row = json!({ "id": r.id });
-                if let Some(u) = &r.inference_url {
-                    let u = u.get_ref();
-                    row["inference_url"] = if u.is_empty() {
-                        Value::Null
-                    } else {
-                        net::url(u).into()
-                    };
-                }
-                if let Some(a) = r.active {
-                    row["active"] = a.into();
-                }
-                if let Some(p) = r.price {
-                    row["price"] = p.into();
-                }
-                row
-            })
-            .collect();
-        let body = json!({ "models": models }).to_string();
+        let body = crate::script::admin_patch_body(rows, &net::url);
         let (status, bytes) = call(Method::PATCH, "/v1/admin/models", body, &[]).await;
         rec.admin = Some((status, String::from_utf8_lossy(&bytes).into_owned()));
     } else if let Some(edit) = &st.catalog {
-        for row in &edit.upsert {
-            w.catalog.upsert(tiersim_engine::catalog::CatalogRow {
-                id: row.id.clone(),
-                inference_url: row.inference_url.as_ref().map(|h| net::url(h.get_ref())),
-                active: row.active,
-                price: row.price,
-            });
-        }
-        for id in &edit.remove {
-            w.catalog.remove(id);
-        }
-        for row in &edit.external_upsert {
-            let host = row.host.get_ref();
-            w.catalog
-                .add_external(tiersim_engine::catalog::ExternalRow {
-                    model: row.model.clone(),
-                    base_url: net::url(host),
-                    name: host.clone(),
-                });
-        }
-        for model in &edit.external_remove {
-            for row in w.catalog.external() {
-                if &row.model == model {
-                    w.catalog.remove_external(model, &row.name);
-                }
-            }
-        }
+        crate::script::edit_catalog(edit, &w.catalog, &net::url);
     } else if let Some(f) = &st.fault {
         w.board.apply(f.get_ref().clone());
     } else if let Some(h) = &st.clear_faults {

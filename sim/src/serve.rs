@@ -25,7 +25,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, Request};
-use serde_json::{json, Value};
 use tiersim_engine::api::{self, RouteObserver};
 use tiersim_engine::app::{App, AppSettings};
 use tiersim_engine::chutes::e2ee::os_rng;
@@ -537,48 +536,14 @@ impl ServeWorld {
     /// One step; returns a note on what happened when there is one to tell.
     async fn act(&mut self, st: &Step) -> Option<String> {
         if st.refresh.is_some() {
-            let trigger = self
-                .router
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .trigger
-                .clone();
-            let Some(trigger) = trigger else {
-                return Some("router is down".into());
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if trigger.send(tx).await.is_err() {
-                return Some("router is down".into());
-            }
-            return match rx.await {
-                Ok(r) if r == Default::default() => None,
-                Ok(r) => Some(format!("{r:?}")),
-                Err(_) => Some("router is down".into()),
+            return match crate::script::refresh(&self.router).await {
+                None => Some("router is down".into()),
+                Some(r) if r == Default::default() => None,
+                Some(r) => Some(format!("{r:?}")),
             };
         }
         if let Some(rows) = &st.admin_patch {
-            let models: Vec<Value> = rows
-                .iter()
-                .map(|r| {
-                    let mut row = json!({ "id": r.id });
-                    if let Some(u) = &r.inference_url {
-                        let u = u.get_ref();
-                        row["inference_url"] = if u.is_empty() {
-                            Value::Null
-                        } else {
-                            self.url(u).into()
-                        };
-                    }
-                    if let Some(a) = r.active {
-                        row["active"] = a.into();
-                    }
-                    if let Some(p) = r.price {
-                        row["price"] = p.into();
-                    }
-                    row
-                })
-                .collect();
-            let body = json!({ "models": models }).to_string();
+            let body = crate::script::admin_patch_body(rows, &|h| self.url(h));
             let req = Request::builder()
                 .method(Method::PATCH)
                 .uri(format!("{}/v1/admin/models", self.urls[ROUTER]))
@@ -597,29 +562,7 @@ impl ServeWorld {
             );
         }
         if let Some(edit) = &st.catalog {
-            let catalog = &self.services.catalog;
-            let url = |h: &str| self.url(h);
-            for row in &edit.upsert {
-                catalog.upsert(world::wire_row(row, &url));
-            }
-            for id in &edit.remove {
-                catalog.remove(id);
-            }
-            for row in &edit.external_upsert {
-                let host = row.host.get_ref();
-                catalog.add_external(tiersim_engine::catalog::ExternalRow {
-                    model: row.model.clone(),
-                    base_url: self.url(host),
-                    name: host.clone(),
-                });
-            }
-            for model in &edit.external_remove {
-                for row in catalog.external() {
-                    if &row.model == model {
-                        catalog.remove_external(model, &row.name);
-                    }
-                }
-            }
+            crate::script::edit_catalog(edit, &self.services.catalog, &|h| self.url(h));
             return None;
         }
         if let Some(f) = &st.fault {
