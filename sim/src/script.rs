@@ -55,7 +55,7 @@ pub fn admin_patch_body(rows: &[PatchRow], url: &dyn Fn(&str) -> String) -> Stri
 /// An operator's direct edit of the catalog database.
 pub fn edit_catalog(edit: &CatalogEdit, catalog: &CatalogHandle, url: &dyn Fn(&str) -> String) {
     for row in &edit.upsert {
-        catalog.upsert(world::wire_row(row, url));
+        catalog.upsert_rows(world::wire_rows(row, url));
     }
     for id in &edit.remove {
         catalog.remove(id);

@@ -90,12 +90,23 @@ pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::confi
 }
 
 /// The catalog row a scenario row stands for, its NEAR host named by `url`.
-pub fn wire_row(r: &ScenarioRow, url: &dyn Fn(&str) -> String) -> CatalogRow {
-    CatalogRow {
+/// The catalog rows of a scenario row: one per NEAR backend serving it (a
+/// database row each), or one without a URL.
+pub fn wire_rows(r: &ScenarioRow, url: &dyn Fn(&str) -> String) -> Vec<CatalogRow> {
+    let row = |inference_url| CatalogRow {
         id: r.id.clone(),
-        inference_url: r.inference_url.as_ref().map(|h| url(h.get_ref())),
+        inference_url,
         active: r.active,
         price: r.price,
+    };
+    match &r.inference_url {
+        None => vec![row(None)],
+        Some(hosts) => hosts
+            .get_ref()
+            .names()
+            .iter()
+            .map(|h| row(Some(url(h))))
+            .collect(),
     }
 }
 
@@ -145,7 +156,9 @@ pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
     let board = FaultBoard::new();
     let mut catalog = Catalog::new(CATALOG).faults(&board);
     for row in &s.catalog {
-        catalog = catalog.model(wire_row(row, url));
+        for wire in wire_rows(row, url) {
+            catalog = catalog.model(wire);
+        }
     }
     for ext in &s.external {
         for model in ext.rows.as_ref().unwrap_or(&ext.models) {

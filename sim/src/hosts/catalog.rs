@@ -20,7 +20,9 @@ use crate::fault::{FaultBoard, RequestKind};
 
 #[derive(Debug, Default)]
 struct Rows {
-    models: BTreeMap<String, CatalogRow>,
+    /// Model id → its rows: one per NEAR backend serving it (or one row
+    /// without a URL), in insertion order.
+    models: BTreeMap<String, Vec<CatalogRow>>,
     external: BTreeSet<ExternalRow>,
 }
 
@@ -35,27 +37,53 @@ impl CatalogHandle {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Inserts or replaces the row with `row.id`.
-    pub fn upsert(&self, row: CatalogRow) {
-        self.rows().models.insert(row.id.clone(), row);
+    /// Inserts or replaces the rows of one model id (all of `rows` must
+    /// share it): one row per NEAR backend serving it.
+    pub fn upsert_rows(&self, rows: Vec<CatalogRow>) {
+        let Some(id) = rows.first().map(|r| r.id.clone()) else {
+            return;
+        };
+        debug_assert!(rows.iter().all(|r| r.id == id), "one model id per upsert");
+        self.rows().models.insert(id, rows);
     }
 
-    /// Applies partial updates, as `PATCH /v1/catalog` does.
+    /// Inserts or replaces the rows of `row.id` with this one row.
+    pub fn upsert(&self, row: CatalogRow) {
+        self.upsert_rows(vec![row]);
+    }
+
+    /// Adds a row for another backend of a model that may already have rows.
+    fn push(&self, row: CatalogRow) {
+        self.rows()
+            .models
+            .entry(row.id.clone())
+            .or_default()
+            .push(row);
+    }
+
+    /// Applies partial updates, as `PATCH /v1/catalog` does: activity and
+    /// price apply to every row of the id; a new inference URL replaces its
+    /// backends with that one.
     pub fn patch(&self, patches: &[CatalogPatchRow]) {
         let mut rows = self.rows();
         for p in patches {
-            let row = p.apply(rows.models.get(&p.id));
-            rows.models.insert(row.id.clone(), row);
+            let current = rows.models.remove(&p.id).unwrap_or_default();
+            let updated: Vec<CatalogRow> = if p.inference_url.is_some() || current.is_empty() {
+                vec![p.apply(current.first())]
+            } else {
+                current.iter().map(|r| p.apply(Some(r))).collect()
+            };
+            rows.models.insert(p.id.clone(), updated);
         }
     }
 
-    /// Removes the row `id`; false if there was none.
+    /// Removes every row of `id`; false if there was none.
     pub fn remove(&self, id: &str) -> bool {
         self.rows().models.remove(id).is_some()
     }
 
     pub fn models(&self) -> Vec<CatalogRow> {
-        self.rows().models.values().cloned().collect()
+        self.rows().models.values().flatten().cloned().collect()
     }
 
     pub fn add_external(&self, row: ExternalRow) {
@@ -94,8 +122,9 @@ impl Catalog {
         }
     }
 
+    /// Adds a row (several rows of one id: several NEAR backends).
     pub fn model(self, row: CatalogRow) -> Self {
-        self.rows.upsert(row);
+        self.rows.push(row);
         self
     }
 

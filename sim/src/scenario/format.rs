@@ -123,14 +123,32 @@ pub struct ExternalSpec {
 #[serde(deny_unknown_fields)]
 pub struct CatalogRow {
     pub id: String,
-    /// The NEAR host serving this id, if any.
+    /// The NEAR host serving this id, if any; a list when several NEAR
+    /// backends serve it (one database row each).
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
-    pub inference_url: Option<Spanned<String>>,
+    #[schemars(with = "Option<Hosts>")]
+    pub inference_url: Option<Spanned<Hosts>>,
     #[serde(default = "yes")]
     pub active: bool,
     #[serde(default)]
     pub price: u64,
+}
+
+/// One host name or several.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Hosts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Hosts {
+    pub fn names(&self) -> &[String] {
+        match self {
+            Hosts::One(h) => std::slice::from_ref(h),
+            Hosts::Many(hs) => hs,
+        }
+    }
 }
 
 fn yes() -> bool {

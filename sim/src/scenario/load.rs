@@ -144,7 +144,7 @@ impl Validator<'_> {
             }
         }
         for row in &s.catalog {
-            self.near_host(row.inference_url.as_ref(), &near)?;
+            self.near_hosts(row.inference_url.as_ref(), &near)?;
         }
         let mut last_at = None;
         for step in &s.steps {
@@ -237,7 +237,7 @@ impl Validator<'_> {
         }
         if let Some(edit) = &st.catalog {
             for row in &edit.upsert {
-                self.near_host(row.inference_url.as_ref(), near)?;
+                self.near_hosts(row.inference_url.as_ref(), near)?;
             }
             for row in &edit.external_upsert {
                 if !self
@@ -280,6 +280,35 @@ impl Validator<'_> {
             )),
             _ => Ok(()),
         }
+    }
+
+    fn near_hosts(
+        &self,
+        hosts: Option<&Spanned<super::format::Hosts>>,
+        near: &BTreeSet<&str>,
+    ) -> Result<(), Problem> {
+        let Some(hosts) = hosts else { return Ok(()) };
+        let names = hosts.get_ref().names();
+        if names.is_empty() {
+            return Err((
+                hosts.span(),
+                "an empty list of NEAR hosts".into(),
+                Some("leave `inference_url` out for a row no NEAR backend serves".into()),
+            ));
+        }
+        for (i, h) in names.iter().enumerate() {
+            if names[..i].contains(h) {
+                return Err((hosts.span(), format!("{h:?} is listed twice"), None));
+            }
+            if !near.contains(h.as_str()) {
+                return Err((
+                    hosts.span(),
+                    format!("{h:?} names no NEAR backend"),
+                    Some(self.listing("NEAR hosts", near.iter().copied())),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn unknown_host(&self, span: Range<usize>, h: &str) -> Problem {
@@ -364,6 +393,21 @@ mod tests {
             "{HEAD}[[step]]\nat = \"10s\"\nrefresh = {{}}\n[[step]]\nat = \"5s\"\nrefresh = {{}}\n"
         ));
         assert_eq!(e.line, 10, "{e}");
+    }
+
+    #[test]
+    fn several_near_hosts_per_row_are_each_checked() {
+        let row = |urls: &str| format!("{HEAD}[[catalog]]\nid = \"m\"\ninference_url = {urls}\n");
+        assert!(parse(Path::new("ok.toml"), &row("[\"near-1\"]")).is_ok());
+        for (urls, what) in [
+            ("[]", "empty list"),
+            ("[\"near-1\", \"near-1\"]", "listed twice"),
+            ("[\"near-1\", \"near-7\"]", "names no NEAR backend"),
+        ] {
+            let e = err(&row(urls));
+            assert_eq!(e.line, 8, "{e}");
+            assert!(e.message.contains(what), "{urls}: {e}");
+        }
     }
 
     #[test]
