@@ -107,7 +107,7 @@ fn run(
         eprintln!("error: --mermaid draws one scenario; got {}", loaded.len());
         return ExitCode::FAILURE;
     }
-    let opts = RunOptions { seed };
+    let opts = RunOptions { seed, plant: None };
     let (mut passed, mut failed, mut requests) = (0, 0, 0);
     let mut sim_total = std::time::Duration::ZERO;
     let wall_all = Instant::now();

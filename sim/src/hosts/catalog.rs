@@ -22,6 +22,8 @@ use crate::fault::{FaultBoard, RequestKind};
 struct Rows {
     models: BTreeMap<String, CatalogRow>,
     external: BTreeSet<ExternalRow>,
+    /// `GET /v1/catalog` requests received (each refresh starts with one).
+    listings: u64,
 }
 
 /// Direct access to the catalog's rows, for the scenario runner's catalog
@@ -52,6 +54,12 @@ impl CatalogHandle {
     /// Removes the row `id`; false if there was none.
     pub fn remove(&self, id: &str) -> bool {
         self.rows().models.remove(id).is_some()
+    }
+
+    /// How many discovery listings the catalog was asked for so far: a
+    /// change means a refresh ran (or started) in between.
+    pub fn listings(&self) -> u64 {
+        self.rows().listings
     }
 
     pub fn models(&self) -> Vec<CatalogRow> {
@@ -146,6 +154,7 @@ fn to_json(value: &impl serde::Serialize) -> Bytes {
 }
 
 async fn list_models(State(c): State<Arc<Catalog>>) -> Response {
+    c.rows.rows().listings += 1;
     c.respond(RequestKind::Catalog, || {
         to_json(&CatalogList {
             models: c.rows.models(),

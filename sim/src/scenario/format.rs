@@ -47,6 +47,186 @@ pub struct Scenario {
     #[serde(default, rename = "step")]
     #[schemars(with = "Vec<Step>")]
     pub steps: Vec<Spanned<Step>>,
+    /// The fault menu of `tiersim sweep` (optional; `tiersim run` ignores it).
+    #[serde(default)]
+    #[schemars(with = "Option<SweepSpec>")]
+    pub sweep: Option<Spanned<SweepSpec>>,
+}
+
+/// The fault menu `tiersim sweep` draws each seed's random fault schedule
+/// from (SPEC §8). Every key is optional; the sweep's flags override them.
+///
+/// ```toml
+/// [sweep]
+/// hosts = ["near-1", "chutes"]
+/// kinds = ["http_status", "reset_before_body", "drop_frame", "crash"]
+/// weights = { http_status = 3 }
+/// max_faults = 4
+/// until = "20s"
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// Hosts the faults may hit (default: every NEAR, external and Chutes
+    /// host and the catalog). `router` only takes `crash` and `partition`
+    /// (a partition always cuts the router from the host).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hosts: Option<Vec<Spanned<String>>>,
+    /// Fault kinds to draw from (default: every kind but the costly
+    /// `gzip_bomb` and `oversized_line`). Chutes kinds only hit `chutes`.
+    #[schemars(with = "Option<Vec<FaultKind>>")]
+    pub kinds: Option<Vec<Spanned<FaultKind>>>,
+    /// How often each kind is drawn relative to the others (default 1 each;
+    /// 0 never draws it).
+    #[serde(default)]
+    pub weights: BTreeMap<FaultKind, u32>,
+    /// Fewest faults in a seed's schedule (default 1).
+    #[schemars(with = "Option<u32>")]
+    pub min_faults: Option<Spanned<u32>>,
+    /// Most faults in a seed's schedule (default 3).
+    #[schemars(with = "Option<u32>")]
+    pub max_faults: Option<Spanned<u32>>,
+    /// Earliest simulated time a fault starts (default `"0s"`).
+    #[schemars(with = "Option<String>")]
+    pub from: Option<Spanned<Dur>>,
+    /// Latest simulated time a fault starts (default: when the base
+    /// scenario's fault-free run ends).
+    #[schemars(with = "Option<String>")]
+    pub until: Option<Spanned<Dur>>,
+    /// Longest a fault lasts before it is cleared, its crashed host
+    /// restarted or its partition repaired (default `"30s"`).
+    #[schemars(with = "Option<String>")]
+    pub max_hold: Option<Spanned<Dur>>,
+    /// A fault hits between 1 and `max_times` requests (default 4).
+    #[schemars(with = "Option<u32>")]
+    pub max_times: Option<Spanned<u32>>,
+    /// Statuses `http_status` draws from (default 500, 502, 503, 504, 429,
+    /// 408, 400).
+    #[schemars(with = "Option<Vec<u16>>")]
+    pub statuses: Option<Spanned<Vec<u16>>>,
+    /// Longest `latency` and `slow_first_token` delay (default `"2s"`).
+    #[schemars(with = "Option<String>")]
+    pub max_latency: Option<Dur>,
+}
+
+/// A kind of fault the sweep can draw (SPEC §8); the fault keys of
+/// `sim/src/fault.rs`, plus turmoil's partitions and crash/restart.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    HttpStatus,
+    ModelNotFound,
+    ResetBeforeBody,
+    ResetMidBody,
+    Latency,
+    SlowFirstToken,
+    CutStream,
+    ForgedOuterDone,
+    E2eError,
+    DropFrame,
+    ReorderFrame,
+    ReplayFrame,
+    WrongKey,
+    GzipBomb,
+    OversizedLine,
+    FrameBeforeInit,
+    CorruptFrame,
+    BadBase64Frame,
+    /// Cut the link between the router and the host for a while.
+    Partition,
+    /// Crash the host, restart it later.
+    Crash,
+}
+
+impl FaultKind {
+    pub const ALL: &'static [FaultKind] = &[
+        FaultKind::HttpStatus,
+        FaultKind::ModelNotFound,
+        FaultKind::ResetBeforeBody,
+        FaultKind::ResetMidBody,
+        FaultKind::Latency,
+        FaultKind::SlowFirstToken,
+        FaultKind::CutStream,
+        FaultKind::ForgedOuterDone,
+        FaultKind::E2eError,
+        FaultKind::DropFrame,
+        FaultKind::ReorderFrame,
+        FaultKind::ReplayFrame,
+        FaultKind::WrongKey,
+        FaultKind::GzipBomb,
+        FaultKind::OversizedLine,
+        FaultKind::FrameBeforeInit,
+        FaultKind::CorruptFrame,
+        FaultKind::BadBase64Frame,
+        FaultKind::Partition,
+        FaultKind::Crash,
+    ];
+
+    /// Kinds left out unless asked for: each allocates tens of MiB.
+    pub const COSTLY: &'static [FaultKind] = &[FaultKind::GzipBomb, FaultKind::OversizedLine];
+
+    /// The name used in `[sweep]` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::HttpStatus => "http_status",
+            FaultKind::ModelNotFound => "model_not_found",
+            FaultKind::ResetBeforeBody => "reset_before_body",
+            FaultKind::ResetMidBody => "reset_mid_body",
+            FaultKind::Latency => "latency",
+            FaultKind::SlowFirstToken => "slow_first_token",
+            FaultKind::CutStream => "cut_stream",
+            FaultKind::ForgedOuterDone => "forged_outer_done",
+            FaultKind::E2eError => "e2e_error",
+            FaultKind::DropFrame => "drop_frame",
+            FaultKind::ReorderFrame => "reorder_frame",
+            FaultKind::ReplayFrame => "replay_frame",
+            FaultKind::WrongKey => "wrong_key",
+            FaultKind::GzipBomb => "gzip_bomb",
+            FaultKind::OversizedLine => "oversized_line",
+            FaultKind::FrameBeforeInit => "frame_before_init",
+            FaultKind::CorruptFrame => "corrupt_frame",
+            FaultKind::BadBase64Frame => "bad_base64_frame",
+            FaultKind::Partition => "partition",
+            FaultKind::Crash => "crash",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// Whether only the Chutes gateway acts this fault out.
+    pub fn chutes_only(self) -> bool {
+        matches!(
+            self,
+            FaultKind::ForgedOuterDone
+                | FaultKind::E2eError
+                | FaultKind::DropFrame
+                | FaultKind::ReorderFrame
+                | FaultKind::ReplayFrame
+                | FaultKind::WrongKey
+                | FaultKind::GzipBomb
+                | FaultKind::OversizedLine
+                | FaultKind::FrameBeforeInit
+                | FaultKind::CorruptFrame
+                | FaultKind::BadBase64Frame
+        )
+    }
+
+    /// Whether `host` can suffer this fault: the router and the client only
+    /// crash or get partitioned (never the client: it drives the scenario).
+    pub fn hits(self, host: &str) -> bool {
+        match self {
+            _ if host == "client" => false,
+            FaultKind::Crash => true,
+            FaultKind::Partition => host != "router",
+            _ if host == "router" => false,
+            k if k.chutes_only() => host == "chutes",
+            _ => true,
+        }
+    }
 }
 
 /// The engine's environment-style settings.
