@@ -5,6 +5,7 @@
 pub mod expect;
 pub mod fault;
 pub mod hosts;
+pub mod junit;
 pub mod mermaid;
 pub mod net;
 pub mod oracle;
@@ -12,4 +13,5 @@ pub mod record;
 pub mod rules;
 pub mod runner;
 pub mod scenario;
+pub mod sweep;
 pub mod world;

@@ -67,9 +67,9 @@ pub struct Scenario {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SweepSpec {
-    /// Hosts the faults may hit (default: every NEAR, external and Chutes
-    /// host and the catalog). `router` only takes `crash` and `partition`
-    /// (a partition always cuts the router from the host).
+    /// Hosts the faults may hit (default: every host but the client).
+    /// `router` only takes `crash`; a `partition` cuts the router from
+    /// another host; Chutes kinds only hit `chutes`.
     #[schemars(with = "Option<Vec<String>>")]
     pub hosts: Option<Vec<Spanned<String>>>,
     /// Fault kinds to draw from (default: every kind but the costly
@@ -215,8 +215,9 @@ impl FaultKind {
         )
     }
 
-    /// Whether `host` can suffer this fault: the router and the client only
-    /// crash or get partitioned (never the client: it drives the scenario).
+    /// Whether `host` can suffer this fault: the router only crashes (a
+    /// partition cuts it from another host); the client, which drives the
+    /// scenario, suffers none.
     pub fn hits(self, host: &str) -> bool {
         match self {
             _ if host == "client" => false,
@@ -262,7 +263,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NearSpec {
     /// Host name, also the provider id (e.g. `near-1`).
@@ -271,7 +272,7 @@ pub struct NearSpec {
     pub models: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChuteSpec {
     /// The chute slug named upstream (e.g. `zai-org/GLM-5.1-TEE`).
@@ -288,7 +289,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalSpec {
     /// Host name (e.g. `openrouter`); the provider id is `external:<host>`.
@@ -296,6 +297,7 @@ pub struct ExternalSpec {
     /// Model ids this provider serves.
     pub models: Vec<String>,
     /// Model ids the catalog lists for this provider (default: `models`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<Vec<String>>,
 }
 
@@ -368,7 +370,7 @@ pub struct Step {
 }
 
 /// An empty table: `refresh = {}`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
@@ -386,20 +388,20 @@ pub struct PatchRow {
     pub price: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogEdit {
     /// Rows to insert or replace.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upsert: Vec<CatalogRow>,
     /// Row ids to delete.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
     /// External (plaintext) rows to add: `{ model, host }`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_upsert: Vec<ExternalRow>,
     /// External rows to delete, by model id.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_remove: Vec<String>,
 }
 
@@ -412,20 +414,24 @@ pub struct ExternalRow {
 }
 
 /// A client request to the router's `POST /v1/chat/completions`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
     pub model: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
     /// The user message (default: "hello").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
     /// `x-model-pub-key` set to the signing key of this NEAR host.
     #[schemars(with = "Option<String>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pub_key_of: Option<Spanned<String>>,
     /// `x-model-pub-key` set to this literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_pub_key: Option<String>,
     /// `x-client-pub-key` set to this literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_pub_key: Option<String>,
 }
 

@@ -188,7 +188,7 @@ impl Validator<'_> {
                 .hosts
                 .iter()
                 .map(String::as_str)
-                .filter(|h| !["client", "router"].contains(h))
+                .filter(|h| *h != "client")
                 .collect(),
         };
         for kind in sw.kinds.iter().flatten() {
