@@ -39,6 +39,9 @@ struct MenuArgs {
     /// Latest simulated time a fault starts (e.g. `20s`).
     #[arg(long, value_parser = humantime::parse_duration)]
     until: Option<Duration>,
+    /// turmoil's time step for this sweep (e.g. `10ms`: faster, times rounded).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    tick: Option<Duration>,
     /// Plant a review bug of the seed PR (testing the testbed only).
     #[arg(long, hide = true, value_parser = parse_plant)]
     plant: Option<PlantedBug>,
@@ -52,6 +55,7 @@ impl MenuArgs {
             min_faults: self.min_faults,
             max_faults: self.max_faults,
             until: self.until,
+            tick: self.tick,
         }
     }
 }

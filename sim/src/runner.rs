@@ -180,10 +180,14 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
     scenario.seed = seed;
     let scenario = Arc::new(scenario);
 
-    let mut sim = turmoil::Builder::new()
+    let mut builder = turmoil::Builder::new();
+    builder
         .rng_seed(seed)
-        .simulation_duration(simulation_duration(&scenario))
-        .build();
+        .simulation_duration(simulation_duration(&scenario));
+    if let Some(tick) = &scenario.tick {
+        builder.tick_duration(tick.get_ref().0);
+    }
+    let mut sim = builder.build();
     let handles = world::build_with(&mut sim, &scenario, config, opts.plant);
     let shared = Arc::new(Mutex::new(Shared::default()));
     {

@@ -21,6 +21,13 @@ pub struct Scenario {
     /// Drives turmoil, every RNG, every id and timestamp in served bytes.
     #[serde(default)]
     pub seed: u64,
+    /// turmoil's time step (default `"1ms"`): every event happens on a
+    /// multiple of it. A coarser step (e.g. `"10ms"`) simulates the same
+    /// second in fewer steps, so long runs and sweeps go faster; times in
+    /// the snapshot are rounded to it.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub tick: Option<Spanned<Dur>>,
     /// The SPEC rules (`R1`…`R25`) this scenario pins.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]

@@ -123,6 +123,16 @@ struct Validator<'a> {
 impl Validator<'_> {
     fn check(&self) -> Result<(), Problem> {
         let s = self.scenario;
+        if let Some(tick) = &s.tick {
+            let t = tick.get_ref().0;
+            if t < std::time::Duration::from_millis(1) || t > std::time::Duration::from_millis(100) {
+                return Err((
+                    tick.span(),
+                    format!("tick = {:?} is out of range", humantime::format_duration(t).to_string()),
+                    Some("use a step between \"1ms\" and \"100ms\"".into()),
+                ));
+            }
+        }
         for pin in &s.pins {
             if !RULES.iter().any(|r| r.id == pin.get_ref().as_str()) {
                 return Err((

@@ -18,6 +18,8 @@ struct FileOut<'a> {
     name: &'a str,
     description: &'a str,
     seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tick: Option<Dur>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pins: Vec<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -110,6 +112,7 @@ pub fn to_toml(s: &Scenario) -> Result<String, toml_edit::ser::Error> {
         name: &s.name,
         description: &s.description,
         seed: s.seed,
+        tick: s.tick.as_ref().map(|t| *t.get_ref()),
         pins: s.pins.iter().map(|p| p.get_ref().as_str()).collect(),
         findings: &s.findings,
         config: ConfigOut {
@@ -168,6 +171,7 @@ description = """
 two
 lines"""
 seed = 5
+tick = "10ms"
 pins = ["R7"]
 
 [config]

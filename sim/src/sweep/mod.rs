@@ -64,6 +64,9 @@ pub struct MenuFlags {
     pub min_faults: Option<u32>,
     pub max_faults: Option<u32>,
     pub until: Option<Duration>,
+    /// Replaces the scenario's turmoil time step (`tick`) for the sweep and
+    /// its reproducers.
+    pub tick: Option<Duration>,
 }
 
 const DEFAULT_STATUSES: &[u16] = &[500, 502, 503, 504, 429, 408, 400];
@@ -331,7 +334,13 @@ impl Plan {
         crate::world::engine_config(s)
             .map_err(|e| format!("the engine refuses to start: {e}"))?;
         let menu = Menu::resolve(s, flags)?;
-        let base = strip_expectations(s);
+        let mut base = strip_expectations(s);
+        if let Some(t) = flags.tick {
+            if t < Duration::from_millis(1) || t > Duration::from_millis(100) {
+                return Err("--tick must be between 1ms and 100ms".into());
+            }
+            base.tick = Some(spanned(Dur(t)));
+        }
         let reference = runner::run(&base, file, &RunOptions { seed: None, plant });
         let mut timeline: Vec<Duration> = reference.steps.iter().map(|r| r.at).collect();
         let last = timeline.last().copied().unwrap_or_default();
