@@ -89,10 +89,7 @@ pub fn sweep_report(
         };
         let mut case = TestCase::new(format!("seed {}", o.seed), status);
         case.set_classname(stem(scenario));
-        case.add_property(quick_junit::Property::new(
-            "faults",
-            o.faults.to_string(),
-        ));
+        case.add_property(quick_junit::Property::new("faults", o.faults.to_string()));
         suite.add_test_case(case);
     }
     let mut report = JReport::new("tiersim");

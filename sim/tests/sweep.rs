@@ -30,12 +30,20 @@ const PARTIAL: &str = "chutes_partial_admin_batch.toml";
 fn schedules_come_from_the_seed_and_the_menu() {
     let p = plan(MIXED, None);
     assert_eq!(p.menu.max_faults, 3, "the scenario's [sweep] table");
-    assert!(!p.menu.kinds.iter().any(|(k, _)| FaultKind::COSTLY.contains(k)));
+    assert!(!p
+        .menu
+        .kinds
+        .iter()
+        .any(|(k, _)| FaultKind::COSTLY.contains(k)));
     let mut distinct = std::collections::BTreeSet::new();
     for seed in 0..40 {
         let s = p.schedule(seed);
         assert_eq!(s, p.schedule(seed), "seed {seed} is not reproducible");
-        assert!((1..=3).contains(&s.len()), "seed {seed}: {} faults", s.len());
+        assert!(
+            (1..=3).contains(&s.len()),
+            "seed {seed}: {} faults",
+            s.len()
+        );
         for (i, e) in s.iter().enumerate() {
             assert_eq!(e.number, i + 1);
             assert!(e.at <= p.horizon && e.end > e.at, "{e}");
@@ -162,7 +170,10 @@ fn divergence_names_the_step_where_it_appeared() {
     let d = sweep::first_divergence(a, b);
     assert_eq!(d.step, 2);
     assert_eq!(d.line, 8);
-    assert_eq!((d.first.as_str(), d.second.as_str()), ("status: 200", "status: 503"));
+    assert_eq!(
+        (d.first.as_str(), d.second.as_str()),
+        ("status: 200", "status: 503")
+    );
     let d = sweep::first_divergence("a\n## step 3 @ 1s: x\n", "a\n## step 3 @ 2s: x\n");
     assert_eq!(d.step, 3);
 }
@@ -179,7 +190,10 @@ fn sweep_finds_and_shrinks_the_planted_partial_batch_prune() {
     assert!(
         outcomes.iter().all(|o| o.violations.is_empty()),
         "without the bug the sweep is clean: {:?}",
-        outcomes.iter().flat_map(|o| &o.violations).collect::<Vec<_>>()
+        outcomes
+            .iter()
+            .flat_map(|o| &o.violations)
+            .collect::<Vec<_>>()
     );
 
     let p = plan(PARTIAL, Some(bug));
@@ -187,7 +201,10 @@ fn sweep_finds_and_shrinks_the_planted_partial_batch_prune() {
     let checks = sweep::by_check(&outcomes);
     let check = "oracle:admin_batch_leaves_others";
     let seeds_failing = checks.get(check).expect("the planted bug is found");
-    assert!(checks.keys().all(|c| c == check), "only its oracle: {checks:?}");
+    assert!(
+        checks.keys().all(|c| c == check),
+        "only its oracle: {checks:?}"
+    );
     let seed = seeds_failing[0];
 
     let shrunk = shrink::shrink(&p, seed, check).expect("still fails");
@@ -225,10 +242,22 @@ fn sweep_finds_and_shrinks_the_planted_partial_batch_prune() {
     let xml = junit::sweep_report(Path::new("scenarios/x.toml"), &outcomes, &repros)
         .to_string()
         .unwrap();
-    assert!(xml.contains("<testsuite name=\"tiersim sweep scenarios/x.toml\""), "{xml}");
-    assert!(xml.contains(&format!("<testcase name=\"seed {seed}\"")), "{xml}");
-    assert!(xml.contains("type=\"oracle:admin_batch_leaves_others\""), "{xml}");
-    assert!(xml.contains("&quot;zai-org/GLM-5.1-FP8&quot;"), "escaped: {xml}");
+    assert!(
+        xml.contains("<testsuite name=\"tiersim sweep scenarios/x.toml\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(&format!("<testcase name=\"seed {seed}\"")),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("type=\"oracle:admin_batch_leaves_others\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("&quot;zai-org/GLM-5.1-FP8&quot;"),
+        "escaped: {xml}"
+    );
     assert!(xml.contains(&path.display().to_string()), "{xml}");
 }
 

@@ -125,10 +125,14 @@ impl Validator<'_> {
         let s = self.scenario;
         if let Some(tick) = &s.tick {
             let t = tick.get_ref().0;
-            if t < std::time::Duration::from_millis(1) || t > std::time::Duration::from_millis(100) {
+            if t < std::time::Duration::from_millis(1) || t > std::time::Duration::from_millis(100)
+            {
                 return Err((
                     tick.span(),
-                    format!("tick = {:?} is out of range", humantime::format_duration(t).to_string()),
+                    format!(
+                        "tick = {:?} is out of range",
+                        humantime::format_duration(t).to_string()
+                    ),
                     Some("use a step between \"1ms\" and \"100ms\"".into()),
                 ));
             }
@@ -206,7 +210,10 @@ impl Validator<'_> {
             if !hosts.iter().any(|h| k.hits(h)) {
                 return Err((
                     kind.span(),
-                    format!("fault kind {:?} can hit none of the sweep's hosts", k.name()),
+                    format!(
+                        "fault kind {:?} can hit none of the sweep's hosts",
+                        k.name()
+                    ),
                     Some(format!(
                         "{}; sweep hosts: {}",
                         if k.chutes_only() {
@@ -278,8 +285,7 @@ impl Validator<'_> {
             }
         }
         if let Some(st) = &sw.statuses {
-            if st.get_ref().is_empty() || st.get_ref().iter().any(|s| !(400..=599).contains(s))
-            {
+            if st.get_ref().is_empty() || st.get_ref().iter().any(|s| !(400..=599).contains(s)) {
                 return Err((
                     st.span(),
                     "statuses must be a non-empty list of 4xx/5xx codes".into(),

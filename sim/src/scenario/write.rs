@@ -8,8 +8,8 @@
 use serde::Serialize;
 
 use super::format::{
-    CatalogEdit, CatalogRow, ChuteSpec, Dur, Empty, ExternalSpec, NearSpec, PatchRow,
-    RequestSpec, Scenario, Step,
+    CatalogEdit, CatalogRow, ChuteSpec, Dur, Empty, ExternalSpec, NearSpec, PatchRow, RequestSpec,
+    Scenario, Step,
 };
 use crate::fault::FaultInjection;
 

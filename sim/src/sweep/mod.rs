@@ -142,9 +142,7 @@ impl Menu {
             min_faults,
             max_faults,
             from: spec.from.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0),
-            until: flags
-                .until
-                .or(spec.until.as_ref().map(|d| d.get_ref().0)),
+            until: flags.until.or(spec.until.as_ref().map(|d| d.get_ref().0)),
             max_hold: spec
                 .max_hold
                 .as_ref()
@@ -238,7 +236,7 @@ impl Composed {
         out.scenario.steps = steps;
         out.origins = origins;
         out.events
-            .retain(|e| out.origins.iter().any(|o| *o == Origin::Start(e.number)));
+            .retain(|e| out.origins.contains(&Origin::Start(e.number)));
         out
     }
 
@@ -331,8 +329,7 @@ impl Plan {
                 "the scenario's engine refuses to start ({e:?}): nothing to sweep"
             ));
         }
-        crate::world::engine_config(s)
-            .map_err(|e| format!("the engine refuses to start: {e}"))?;
+        crate::world::engine_config(s).map_err(|e| format!("the engine refuses to start: {e}"))?;
         let menu = Menu::resolve(s, flags)?;
         let mut base = strip_expectations(s);
         if let Some(t) = flags.tick {
@@ -685,7 +682,11 @@ pub fn shard(seeds: std::ops::Range<u64>, k: u64, n: u64) -> Vec<u64> {
     assert!(n >= 1 && (1..=n).contains(&k), "shard {k}/{n}");
     let k = usize::try_from(k - 1).expect("shard index fits usize");
     let n = usize::try_from(n).expect("shard count fits usize");
-    seeds.enumerate().filter(|(i, _)| i % n == k).map(|(_, s)| s).collect()
+    seeds
+        .enumerate()
+        .filter(|(i, _)| i % n == k)
+        .map(|(_, s)| s)
+        .collect()
 }
 
 /// Runs `seeds` on `jobs` threads (each seed's turmoil world is
