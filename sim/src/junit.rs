@@ -71,10 +71,11 @@ pub fn sweep_report(
                 lines.push(format!("nondeterminism: {d}"));
             }
             st.set_message(lines.first().cloned().unwrap_or_default());
-            st.set_type(match (o.violations.first(), &o.divergence) {
-                (Some(v), _) => v.check.clone(),
-                (None, _) => "divergence".into(),
-            });
+            st.set_type(
+                o.violations
+                    .first()
+                    .map_or_else(|| "divergence".to_string(), |v| v.check.clone()),
+            );
             for (seed, check, path) in reproducers {
                 if *seed == o.seed {
                     lines.push(format!(
