@@ -111,6 +111,12 @@ impl App {
         &self.config
     }
 
+    /// Whether a refresh or an admin batch is being applied right now, for
+    /// an observer that compares the registry across one operation.
+    pub fn is_writing(&self) -> bool {
+        self.writer.try_lock().is_err()
+    }
+
     /// R6: a Chutes canonical id without a catalog row is seeded inactive at
     /// zero price, in the database too, so an admin can activate it.
     async fn seed_chutes_rows(&self) {

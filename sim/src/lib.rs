@@ -5,6 +5,7 @@
 pub mod expect;
 pub mod fault;
 pub mod hosts;
+pub mod junit;
 pub mod mermaid;
 pub mod net;
 pub mod oracle;
@@ -14,4 +15,5 @@ pub mod runner;
 pub mod scenario;
 pub mod script;
 pub mod serve;
+pub mod sweep;
 pub mod world;

@@ -1,12 +1,16 @@
 //! The `tiersim` command line: a thin layer over the `tiersim` library.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tiersim::runner::{self, RunOptions};
-use tiersim::{mermaid, record, rules, scenario};
+use tiersim::scenario::format::FaultKind;
+use tiersim::sweep::{self, shrink, MenuFlags, Plan};
+use tiersim::{junit, mermaid, record, rules, scenario};
+use tiersim_engine::registry::PlantedBug;
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +21,77 @@ use tiersim::{mermaid, record, rules, scenario};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Overrides of the scenario's `[sweep]` fault menu.
+#[derive(Args, Clone, Default)]
+struct MenuArgs {
+    /// Hosts the faults may hit (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Option<Vec<String>>,
+    /// Fault kinds to draw (comma-separated, e.g. `http_status,crash`).
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+    kinds: Option<Vec<FaultKind>>,
+    #[arg(long)]
+    min_faults: Option<u32>,
+    #[arg(long)]
+    max_faults: Option<u32>,
+    /// Latest simulated time a fault starts (e.g. `20s`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    until: Option<Duration>,
+    /// turmoil's time step for this sweep (e.g. `10ms`: faster, times rounded).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    tick: Option<Duration>,
+    /// Plant a review bug of the seed PR (testing the testbed only).
+    #[arg(long, hide = true, value_parser = parse_plant)]
+    plant: Option<PlantedBug>,
+}
+
+impl MenuArgs {
+    fn flags(&self) -> MenuFlags {
+        MenuFlags {
+            hosts: self.hosts.clone(),
+            kinds: self.kinds.clone(),
+            min_faults: self.min_faults,
+            max_faults: self.max_faults,
+            until: self.until,
+            tick: self.tick,
+        }
+    }
+}
+
+fn parse_seeds(s: &str) -> Result<std::ops::Range<u64>, String> {
+    let bad = || format!("{s:?}: write seeds as A..B (B excluded) or A..=B");
+    if let Some((a, b)) = s.split_once("..=") {
+        let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        return (a <= b).then(|| a..b + 1).ok_or_else(bad);
+    }
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    (a < b).then_some(a..b).ok_or_else(bad)
+}
+
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?}: write the shard as K/N with 1 <= K <= N");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n): (u64, u64) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    (n >= 1 && (1..=n).contains(&k))
+        .then_some((k, n))
+        .ok_or_else(bad)
+}
+
+fn parse_kind(s: &str) -> Result<FaultKind, String> {
+    FaultKind::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown fault kind {s:?}; kinds: {}", names.join(", "))
+    })
+}
+
+fn parse_plant(s: &str) -> Result<PlantedBug, String> {
+    PlantedBug::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
+        format!("unknown planted bug {s:?}; bugs: {}", names.join(", "))
+    })
 }
 
 #[derive(Subcommand)]
@@ -34,6 +109,52 @@ enum Command {
         /// Write a Mermaid sequence diagram of the (single) scenario to FILE.
         #[arg(long, value_name = "FILE")]
         mermaid: Option<PathBuf>,
+        /// Write a JUnit XML report to FILE.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Plant a review bug of the seed PR (testing the testbed only).
+        #[arg(long, hide = true, value_parser = parse_plant)]
+        plant: Option<PlantedBug>,
+    },
+    /// Run a scenario under random fault schedules, one per seed, checking
+    /// every oracle after every step; shrink each failure to a reproducer file.
+    Sweep {
+        scenario: PathBuf,
+        /// Seeds to run: `A..B` (B excluded) or `A..=B`.
+        #[arg(long, default_value = "0..100", value_parser = parse_seeds)]
+        seeds: std::ops::Range<u64>,
+        /// Run seeds on N OS threads (the output does not depend on N).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Run only shard K of N (1-based) of the seed range.
+        #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+        shard: Option<(u64, u64)>,
+        /// Run each seed twice and compare a hash of the whole run.
+        #[arg(long)]
+        check_determinism: bool,
+        /// Write a JUnit XML report (one test case per seed) to FILE.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Folder for the shrunk reproducer files.
+        #[arg(long, value_name = "DIR", default_value = "target/tiersim-sweep")]
+        out: PathBuf,
+        /// Report failures without shrinking them.
+        #[arg(long)]
+        no_shrink: bool,
+        #[command(flatten)]
+        menu: MenuArgs,
+    },
+    /// Re-run one seed of a sweep (the same random fault schedule) with the
+    /// trace and the snapshot printed.
+    Replay {
+        scenario: PathBuf,
+        #[arg(long)]
+        seed: u64,
+        /// Also write the seed's composed scenario (unshrunk) to FILE.
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+        #[command(flatten)]
+        menu: MenuArgs,
     },
     /// Print the rule → scenarios matrix.
     Rules {
@@ -54,7 +175,36 @@ fn main() -> ExitCode {
             seed,
             trace,
             mermaid,
-        } => run(paths, seed, trace, mermaid),
+            junit,
+            plant,
+        } => run(paths, RunOptions { seed, plant }, trace, mermaid, junit),
+        Command::Sweep {
+            scenario,
+            seeds,
+            jobs,
+            shard,
+            check_determinism,
+            junit,
+            out,
+            no_shrink,
+            menu,
+        } => sweep_cmd(SweepArgs {
+            file: scenario,
+            seeds,
+            jobs,
+            shard,
+            check_determinism,
+            junit,
+            out,
+            shrink: !no_shrink,
+            menu,
+        }),
+        Command::Replay {
+            scenario,
+            seed,
+            write,
+            menu,
+        } => replay(scenario, seed, write, menu),
         Command::Rules { path } => rules_matrix(path),
         Command::Schema => {
             print!("{}", scenario::json_schema());
@@ -64,28 +214,33 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_trace() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The engine's routing trace and the runner's steps; turmoil's own host
+    // bookkeeping stays quiet.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("tiersim_engine", tracing::Level::DEBUG)
+        .with_target("tiersim", tracing::Level::DEBUG);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .without_time()
+                .with_target(false),
+        )
+        .with(filter)
+        .init();
+}
+
 fn run(
     paths: Vec<PathBuf>,
-    seed: Option<u64>,
+    opts: RunOptions,
     trace: bool,
     mermaid_out: Option<PathBuf>,
+    junit_out: Option<PathBuf>,
 ) -> ExitCode {
     if trace {
-        use tracing_subscriber::layer::SubscriberExt;
-        use tracing_subscriber::util::SubscriberInitExt;
-        // The engine's routing trace and the runner's steps; turmoil's own
-        // host bookkeeping stays quiet.
-        let filter = tracing_subscriber::filter::Targets::new()
-            .with_target("tiersim_engine", tracing::Level::DEBUG)
-            .with_target("tiersim", tracing::Level::DEBUG);
-        tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .without_time()
-                    .with_target(false),
-            )
-            .with(filter)
-            .init();
+        init_trace();
     }
     let mut files = Vec::new();
     for p in &paths {
@@ -120,10 +275,10 @@ fn run(
         eprintln!("error: --mermaid draws one scenario; got {}", loaded.len());
         return ExitCode::FAILURE;
     }
-    let opts = RunOptions { seed };
     let (mut passed, mut failed, mut requests) = (0, 0, 0);
     let mut sim_total = std::time::Duration::ZERO;
     let wall_all = Instant::now();
+    let mut reports = Vec::new();
     for (file, s) in &loaded {
         let wall = Instant::now();
         let report = runner::run(s, file, &opts);
@@ -149,9 +304,10 @@ fn run(
                 println!("      {v}");
             }
             println!(
-                "      replay: cargo run --release -p tiersim -- run {} --seed {} --trace",
+                "      replay: cargo run --release -p tiersim -- run {} --seed {} --trace{}",
                 file.display(),
-                report.seed
+                report.seed,
+                plant_flag(opts.plant)
             );
         }
         if let Some(out) = &mermaid_out {
@@ -160,8 +316,17 @@ fn run(
                 return ExitCode::FAILURE;
             }
         }
+        if junit_out.is_some() {
+            reports.push((report, Some(wall)));
+        }
     }
     let wall = wall_all.elapsed();
+    if let Some(path) = &junit_out {
+        if let Err(e) = junit::write(&junit::run_report(&reports), path) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     println!(
         "\n{passed} passed, {failed} failed; {requests} requests; simulated {:.1}s in {:.2}s wall ({:.0}x)",
         sim_total.as_secs_f64(),
@@ -214,6 +379,219 @@ fn rules_matrix(path: PathBuf) -> ExitCode {
     if uncovered == 0 {
         ExitCode::SUCCESS
     } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn plant_flag(plant: Option<PlantedBug>) -> String {
+    plant.map(|b| format!(" --plant {b}")).unwrap_or_default()
+}
+
+fn load_plan(file: &Path, menu: &MenuArgs) -> Result<Plan, String> {
+    let s = scenario::load(file).map_err(|e| e.to_string())?;
+    Plan::new(&s, file, &menu.flags(), menu.plant).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+struct SweepArgs {
+    file: PathBuf,
+    seeds: std::ops::Range<u64>,
+    jobs: usize,
+    shard: Option<(u64, u64)>,
+    check_determinism: bool,
+    junit: Option<PathBuf>,
+    out: PathBuf,
+    shrink: bool,
+    menu: MenuArgs,
+}
+
+fn sweep_cmd(a: SweepArgs) -> ExitCode {
+    let plan = match load_plan(&a.file, &a.menu) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (k, n) = a.shard.unwrap_or((1, 1));
+    let seeds = sweep::shard(a.seeds.clone(), k, n);
+    println!(
+        "sweep {}: seeds {}..{} (shard {k}/{n}: {} seeds), {} job(s){}{}",
+        a.file.display(),
+        a.seeds.start,
+        a.seeds.end,
+        seeds.len(),
+        a.jobs.max(1),
+        if a.check_determinism {
+            ", determinism check"
+        } else {
+            ""
+        },
+        plant_flag(plan.plant)
+    );
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(seeds.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} seeds ({per_sec}) {msg}",
+        )
+        .expect("valid progress template"),
+    );
+    let failing = std::sync::atomic::AtomicUsize::new(0);
+    let wall = Instant::now();
+    let outcomes = sweep::run_seeds(&plan, &seeds, a.jobs, a.check_determinism, &|o| {
+        if !o.passed() {
+            let f = failing.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            bar.set_message(format!("{f} failing"));
+        }
+        bar.inc(1);
+    });
+    let wall = wall.elapsed();
+    bar.finish_and_clear();
+
+    // With the determinism check every seed ran twice: both runs count.
+    let runs = if a.check_determinism { 2 } else { 1 };
+    let sim: Duration = outcomes.iter().map(|o| o.sim_time).sum::<Duration>() * runs;
+    let faults: usize = outcomes.iter().map(|o| o.faults).sum();
+    let secs = wall.as_secs_f64().max(1e-9);
+    println!(
+        "{} seeds in {:.2}s wall: {:.1} seeds/s; {} faults injected; simulated {:.1}s ({:.0}x wall)",
+        outcomes.len(),
+        wall.as_secs_f64(),
+        outcomes.len() as f64 / secs,
+        faults,
+        sim.as_secs_f64(),
+        sim.as_secs_f64() / secs
+    );
+    let checks = sweep::by_check(&outcomes);
+    let failed: Vec<&sweep::SeedOutcome> = outcomes.iter().filter(|o| !o.passed()).collect();
+    if checks.is_empty() {
+        println!("violations: none");
+    } else {
+        println!("violations:");
+        for (check, seeds) in &checks {
+            println!(
+                "  {check:<40} {} seed(s), first: seed {}",
+                seeds.len(),
+                seeds[0]
+            );
+        }
+        for o in failed.iter().filter(|o| !o.violations.is_empty()).take(20) {
+            println!("  seed {}: {}", o.seed, o.violations[0]);
+        }
+    }
+    let diverged: Vec<&&sweep::SeedOutcome> =
+        failed.iter().filter(|o| o.divergence.is_some()).collect();
+    if a.check_determinism {
+        println!(
+            "determinism: {} seeds run twice, {} diverged",
+            outcomes.len(),
+            diverged.len()
+        );
+        for o in &diverged {
+            println!(
+                "  seed {}: {}",
+                o.seed,
+                o.divergence.as_ref().expect("diverged")
+            );
+        }
+    }
+    let mut reproducers = Vec::new();
+    if a.shrink {
+        for (check, seeds) in &checks {
+            let seed = seeds[0];
+            let wall = Instant::now();
+            let Some(shrunk) = shrink::shrink(&plan, seed, check) else {
+                println!("shrink: seed {seed} no longer fails {check} (nondeterministic?)");
+                continue;
+            };
+            match shrunk.write(&plan, &a.out) {
+                Ok(path) => {
+                    println!(
+                        "shrunk seed {seed} ({check}) in {} runs, {:.2}s: {} -> {} faults, {} -> {} requests",
+                        shrunk.runs,
+                        wall.elapsed().as_secs_f64(),
+                        shrunk.faults_before,
+                        shrunk.composed.fault_count(),
+                        shrunk.requests_before,
+                        shrunk.composed.request_count(),
+                    );
+                    println!("  reproducer: {}", path.display());
+                    println!(
+                        "  replay: cargo run --release -p tiersim -- run {} --trace{}",
+                        path.display(),
+                        plant_flag(plan.plant)
+                    );
+                    reproducers.push((seed, check.clone(), path));
+                }
+                Err(e) => eprintln!("error: cannot write the reproducer: {e}"),
+            }
+        }
+    }
+    if let Some(path) = &a.junit {
+        let report = junit::sweep_report(&a.file, &outcomes, &reproducers);
+        if let Err(e) = junit::write(&report, path) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    println!(
+        "\n{} passed, {} failed",
+        outcomes.len() - failed.len(),
+        failed.len()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn replay(file: PathBuf, seed: u64, write: Option<PathBuf>, menu: MenuArgs) -> ExitCode {
+    let plan = match load_plan(&file, &menu) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let events = plan.schedule(seed);
+    let composed = plan.compose(seed, &events);
+    println!(
+        "replay {} seed {seed}: {} fault(s){}",
+        file.display(),
+        events.len(),
+        plant_flag(plan.plant)
+    );
+    for e in &events {
+        println!("  {e}");
+    }
+    if let Some(path) = &write {
+        let text = match scenario::write::to_toml(&composed.scenario) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot serialise the scenario: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("  written: {}", path.display());
+    }
+    init_trace();
+    let report = plan.run(&composed);
+    println!("{}", record::render(&report));
+    if report.passed() {
+        println!("pass: no oracle violated");
+        ExitCode::SUCCESS
+    } else {
+        for v in &report.violations {
+            println!("FAIL {v}");
+        }
         ExitCode::FAILURE
     }
 }

@@ -23,6 +23,7 @@ pub const ORACLES: &[(&str, Oracle)] = &[
         refusal_never_masks_retryable,
     ),
     ("reserved_never_plaintext", reserved_never_plaintext),
+    ("admin_batch_leaves_others", admin_batch_leaves_others),
 ];
 
 /// Runs every oracle on one step.
@@ -199,6 +200,35 @@ fn reserved_never_plaintext(rec: &StepRecord) -> Vec<String> {
             l.iter()
                 .filter(|p| p.tier == Tier::NonAttested)
                 .map(move |p| format!("reserved id {m} holds plaintext provider {}", p.id))
+        })
+        .collect()
+}
+
+/// R7/R13: an admin PATCH is a partial batch: every model it does not name
+/// keeps exactly its provider list across the PATCH (checked when no refresh
+/// interleaved with it; health counters may move, the lists may not).
+fn admin_batch_leaves_others(rec: &StepRecord) -> Vec<String> {
+    let (Some(before), Some(after)) = (&rec.patch_before, &rec.state) else {
+        return Vec::new();
+    };
+    let models: std::collections::BTreeSet<&String> = before
+        .view
+        .models
+        .keys()
+        .chain(after.models.keys())
+        .filter(|m| !before.ids.contains(m))
+        .collect();
+    models
+        .into_iter()
+        .filter_map(|m| {
+            let was = before.view.provider_ids(m);
+            let now = after.provider_ids(m);
+            (was != now).then(|| {
+                format!(
+                    "an admin PATCH of {:?} changed unrelated model {m}: {was:?} -> {now:?}",
+                    before.ids
+                )
+            })
         })
         .collect()
 }

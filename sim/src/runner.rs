@@ -8,10 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request};
 use serde_json::{json, Value};
-use tiersim_engine::registry::RegistryView;
+use tiersim_engine::registry::{PlantedBug, RegistryView};
 use tiersim_engine::retry::Attempt;
 use tiersim_engine::Tier;
 
+use crate::fault::Fired;
 use crate::net;
 use crate::oracle;
 use crate::scenario::format::{RequestSpec, Scenario, Step};
@@ -26,6 +27,9 @@ const CLIENT_BODY_LIMIT: usize = 64 << 20;
 pub struct RunOptions {
     /// Replaces the scenario's seed.
     pub seed: Option<u64>,
+    /// A review bug of the seed PR to plant in the router (tests and the
+    /// hidden `--plant` flag only; `None` in every ordinary run).
+    pub plant: Option<PlantedBug>,
 }
 
 /// One request as the client saw it, with the router's attempt log.
@@ -53,6 +57,18 @@ pub struct StepRecord {
     pub admin: Option<(u16, String)>,
     /// `None` while the router is down.
     pub state: Option<RegistryView>,
+    /// For an admin PATCH: the batch and the registry just before it, when
+    /// nothing else wrote the registry around it (no refresh interleaved).
+    pub patch_before: Option<PatchBefore>,
+}
+
+/// The registry right before an admin PATCH, for the oracle that the batch
+/// leaves every other model alone.
+#[derive(Debug, Clone)]
+pub struct PatchBefore {
+    /// The ids the batch names.
+    pub ids: Vec<String>,
+    pub view: RegistryView,
 }
 
 /// A failed expectation or oracle.
@@ -80,6 +96,8 @@ pub struct Report {
     pub violations: Vec<Violation>,
     pub sim_time: Duration,
     pub startup_error: Option<String>,
+    /// Every fault that fired, in order (part of the determinism hash).
+    pub fired: Vec<Fired>,
 }
 
 impl Report {
@@ -129,6 +147,7 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
         violations: Vec::new(),
         sim_time: Duration::ZERO,
         startup_error: None,
+        fired: Vec::new(),
     };
     let expected_startup = scenario.config.expect_startup_error.as_deref();
     let config = match world::engine_config(scenario) {
@@ -161,11 +180,15 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
     scenario.seed = seed;
     let scenario = Arc::new(scenario);
 
-    let mut sim = turmoil::Builder::new()
+    let mut builder = turmoil::Builder::new();
+    builder
         .rng_seed(seed)
-        .simulation_duration(simulation_duration(&scenario))
-        .build();
-    let handles = world::build(&mut sim, &scenario, config);
+        .simulation_duration(simulation_duration(&scenario));
+    if let Some(tick) = &scenario.tick {
+        builder.tick_duration(tick.get_ref().0);
+    }
+    let mut sim = builder.build();
+    let handles = world::build_with(&mut sim, &scenario, config, opts.plant);
     let shared = Arc::new(Mutex::new(Shared::default()));
     {
         let shared = shared.clone();
@@ -204,6 +227,7 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
         }
     }
     report.sim_time = sim.elapsed();
+    report.fired = handles.board.fired();
     let mut shared = shared.lock().unwrap();
     report.steps = std::mem::take(&mut shared.steps);
     report
@@ -230,6 +254,14 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             listed: None,
             admin: None,
             state: None,
+            patch_before: None,
+        };
+        let quiet = match &st.admin_patch {
+            Some(rows) => quiet_view(w).await.map(|(view, listings)| {
+                let ids = rows.iter().map(|r| r.id.clone()).collect();
+                (PatchBefore { ids, view }, listings)
+            }),
+            None => None,
         };
         tracing::info!(step = index, at = ?rec.at, "{}", rec.action);
         act(st, w, shared, &mut rec).await;
@@ -243,6 +275,11 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             .app
             .as_ref()
             .map(|a| a.registry().view());
+        if let Some((before, listings)) = quiet {
+            if w.catalog.listings() == listings && rec.state.is_some() {
+                rec.patch_before = Some(before);
+            }
+        }
         let mut found: Vec<Violation> = Vec::new();
         if let Some(expect) = &st.expect {
             for message in crate::expect::check(expect, &rec) {
@@ -264,6 +301,19 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
         sh.violations.extend(found);
         sh.steps.push(rec);
     }
+}
+
+/// The registry once no refresh or admin batch is being applied, with the
+/// catalog's listing count then (`None` while the router is down).
+async fn quiet_view(w: &WorldHandles) -> Option<(RegistryView, u64)> {
+    for _ in 0..600_000 {
+        let app = w.router.lock().unwrap().app.clone()?;
+        if !app.is_writing() {
+            return Some((app.registry().view(), w.catalog.listings()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
 }
 
 async fn wait_for_router(w: &WorldHandles) {

@@ -10,6 +10,7 @@ use tiersim_engine::app::{App, AppSettings, ChutesFactory};
 use tiersim_engine::catalog::{CatalogRow, ExternalRow};
 use tiersim_engine::config::EngineConfig;
 use tiersim_engine::openai::Timeouts;
+use tiersim_engine::registry::PlantedBug;
 use tiersim_engine::retry::Attempt;
 use tiersim_engine::{RouteError, Tier};
 use tokio::sync::{mpsc, oneshot};
@@ -207,6 +208,17 @@ pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
 
 /// Installs every host of `s` on `sim`.
 pub fn build(sim: &mut turmoil::Sim<'_>, s: &Scenario, config: EngineConfig) -> WorldHandles {
+    build_with(sim, s, config, None)
+}
+
+/// [`build`], with a review bug of the seed PR planted in the router's
+/// registry at every boot (only when a run asks for one).
+pub fn build_with(
+    sim: &mut turmoil::Sim<'_>,
+    s: &Scenario,
+    config: EngineConfig,
+    plant: Option<PlantedBug>,
+) -> WorldHandles {
     let Services {
         board,
         catalog,
@@ -247,6 +259,9 @@ pub fn build(sim: &mut turmoil::Sim<'_>, s: &Scenario, config: EngineConfig) -> 
                     timeouts: TIMEOUTS,
                 };
                 let app = App::start(settings, net::http_client(), factory).await;
+                if let Some(bug) = plant {
+                    app.registry().plant(bug);
+                }
                 let (tx, rx) = mpsc::channel(4);
                 tokio::spawn(app.clone().run_refresh_loop(rx));
                 let api = api::router(app.clone(), Arc::new(journal));

@@ -6,6 +6,8 @@
 //! never see a half-applied update and never take a lock (selection only does
 //! an `ArcSwap::load`).
 
+#[cfg(feature = "planted-bugs")]
+mod planted;
 mod table;
 mod view;
 
@@ -19,6 +21,9 @@ pub use table::CatalogRow;
 use table::Sources;
 pub(crate) use table::{Health, ModelIdx, Slot, Table};
 pub use view::{ProviderView, RegistryView};
+
+#[cfg(feature = "planted-bugs")]
+pub use planted::PlantedBug;
 
 /// The outcome of reading one source during a refresh (R10).
 #[derive(Debug, Clone)]
@@ -41,6 +46,9 @@ pub struct Registry {
     table: ArcSwap<Table>,
     /// Serialises writers only; readers never touch it.
     write: Mutex<()>,
+    /// Review bugs deliberately switched back on (none unless planted).
+    #[cfg(feature = "planted-bugs")]
+    planted: planted::Planted,
 }
 
 impl Default for Registry {
@@ -60,6 +68,8 @@ impl Registry {
         Registry {
             table: ArcSwap::from_pointee(Table::empty()),
             write: Mutex::new(()),
+            #[cfg(feature = "planted-bugs")]
+            planted: planted::Planted::default(),
         }
     }
 
@@ -115,7 +125,13 @@ impl Registry {
     /// pinned-only (or unmapped). Models not in the batch are untouched and
     /// nothing is pruned.
     pub fn merge_discovered(&self, batch: Discovered) {
+        #[cfg(feature = "planted-bugs")]
+        let prune = self.planted.has(PlantedBug::PartialBatchPrune) && !batch.0.is_empty();
         self.update(|s| {
+            #[cfg(feature = "planted-bugs")]
+            if prune {
+                planted::prune_absent_pinned(s, &batch);
+            }
             for (model, near) in batch.0 {
                 if near.is_empty() {
                     s.near.remove(&model);
@@ -221,6 +237,12 @@ impl Registry {
     /// A deterministic read-only picture of the current snapshot.
     pub fn view(&self) -> RegistryView {
         RegistryView::of(&self.load())
+    }
+
+    /// Switches a review bug of the seed PR back on, for this registry only.
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant(&self, bug: PlantedBug) {
+        self.planted.plant(bug);
     }
 
     #[cfg(test)]

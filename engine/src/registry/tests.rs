@@ -247,6 +247,29 @@ fn r7_r13_partial_admin_batch_leaves_other_models_untouched() {
     assert_eq!(keyed(&reg, "k1"), ["n1"]);
 }
 
+/// The planted round-2 bug is off unless planted, and when planted it is
+/// exactly the review's regression (the simulation's sweep test relies on it).
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_partial_batch_prune_is_off_by_default_and_is_the_round2_bug() {
+    let (reg, ..) = two_models();
+    reg.register_secondary(N, chutes("c9"));
+    let z = near("nz", "kz");
+    reg.merge_discovered(Discovered(rows(&[("z/model", &[&z])])));
+    assert_eq!(ids(&reg, M), ["n1", "c1"]);
+
+    reg.plant(PlantedBug::PartialBatchPrune);
+    reg.merge_discovered(Discovered::default());
+    assert_eq!(ids(&reg, M), ["n1", "c1"], "an empty batch prunes nothing");
+    reg.merge_discovered(Discovered(rows(&[("z/model", &[&z])])));
+    assert_eq!(ids(&reg, M), ["c1"], "pinned M reset to Chutes-only");
+    assert_eq!(ids(&reg, N), ["c9"]);
+    assert_eq!(
+        PlantedBug::from_name("partial-batch-prune"),
+        Some(PlantedBug::PartialBatchPrune)
+    );
+}
+
 #[test]
 fn r7_merge_dedups_by_provider_id() {
     let reg = Registry::new();

@@ -24,6 +24,8 @@ struct Rows {
     /// without a URL), in insertion order.
     models: BTreeMap<String, Vec<CatalogRow>>,
     external: BTreeSet<ExternalRow>,
+    /// `GET /v1/catalog` requests received (each refresh starts with one).
+    listings: u64,
 }
 
 /// Direct access to the catalog's rows, for the scenario runner's catalog
@@ -80,6 +82,12 @@ impl CatalogHandle {
     /// Removes every row of `id`; false if there was none.
     pub fn remove(&self, id: &str) -> bool {
         self.rows().models.remove(id).is_some()
+    }
+
+    /// How many discovery listings the catalog was asked for so far: a
+    /// change means a refresh ran (or started) in between.
+    pub fn listings(&self) -> u64 {
+        self.rows().listings
     }
 
     pub fn models(&self) -> Vec<CatalogRow> {
@@ -182,6 +190,7 @@ fn to_json(value: &impl serde::Serialize) -> Bytes {
 }
 
 async fn list_models(State(c): State<Arc<Catalog>>) -> Response {
+    c.rows.rows().listings += 1;
     c.respond(RequestKind::Catalog, || {
         to_json(&CatalogList {
             models: c.rows.models(),

@@ -21,6 +21,13 @@ pub struct Scenario {
     /// Drives turmoil, every RNG, every id and timestamp in served bytes.
     #[serde(default)]
     pub seed: u64,
+    /// turmoil's time step (default `"1ms"`): every event happens on a
+    /// multiple of it. A coarser step (e.g. `"10ms"`) simulates the same
+    /// second in fewer steps, so long runs and sweeps go faster; times in
+    /// the snapshot are rounded to it.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub tick: Option<Spanned<Dur>>,
     /// The SPEC rules (`R1`…`R25`) this scenario pins.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
@@ -47,6 +54,187 @@ pub struct Scenario {
     #[serde(default, rename = "step")]
     #[schemars(with = "Vec<Step>")]
     pub steps: Vec<Spanned<Step>>,
+    /// The fault menu of `tiersim sweep` (optional; `tiersim run` ignores it).
+    #[serde(default)]
+    #[schemars(with = "Option<SweepSpec>")]
+    pub sweep: Option<Spanned<SweepSpec>>,
+}
+
+/// The fault menu `tiersim sweep` draws each seed's random fault schedule
+/// from (SPEC §8). Every key is optional; the sweep's flags override them.
+///
+/// ```toml
+/// [sweep]
+/// hosts = ["near-1", "chutes"]
+/// kinds = ["http_status", "reset_before_body", "drop_frame", "crash"]
+/// weights = { http_status = 3 }
+/// max_faults = 4
+/// until = "20s"
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// Hosts the faults may hit (default: every host but the client).
+    /// `router` only takes `crash`; a `partition` cuts the router from
+    /// another host; Chutes kinds only hit `chutes`.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hosts: Option<Vec<Spanned<String>>>,
+    /// Fault kinds to draw from (default: every kind but the costly
+    /// `gzip_bomb` and `oversized_line`). Chutes kinds only hit `chutes`.
+    #[schemars(with = "Option<Vec<FaultKind>>")]
+    pub kinds: Option<Vec<Spanned<FaultKind>>>,
+    /// How often each kind is drawn relative to the others (default 1 each;
+    /// 0 never draws it).
+    #[serde(default)]
+    pub weights: BTreeMap<FaultKind, u32>,
+    /// Fewest faults in a seed's schedule (default 1).
+    #[schemars(with = "Option<u32>")]
+    pub min_faults: Option<Spanned<u32>>,
+    /// Most faults in a seed's schedule (default 3).
+    #[schemars(with = "Option<u32>")]
+    pub max_faults: Option<Spanned<u32>>,
+    /// Earliest simulated time a fault starts (default `"0s"`).
+    #[schemars(with = "Option<String>")]
+    pub from: Option<Spanned<Dur>>,
+    /// Latest simulated time a fault starts (default: when the base
+    /// scenario's fault-free run ends).
+    #[schemars(with = "Option<String>")]
+    pub until: Option<Spanned<Dur>>,
+    /// Longest a fault lasts before it is cleared, its crashed host
+    /// restarted or its partition repaired (default `"30s"`).
+    #[schemars(with = "Option<String>")]
+    pub max_hold: Option<Spanned<Dur>>,
+    /// A fault hits between 1 and `max_times` requests (default 4).
+    #[schemars(with = "Option<u32>")]
+    pub max_times: Option<Spanned<u32>>,
+    /// Statuses `http_status` draws from (default 500, 502, 503, 504, 429,
+    /// 408, 400).
+    #[schemars(with = "Option<Vec<u16>>")]
+    pub statuses: Option<Spanned<Vec<u16>>>,
+    /// Longest `latency` and `slow_first_token` delay (default `"2s"`).
+    #[schemars(with = "Option<String>")]
+    pub max_latency: Option<Dur>,
+}
+
+/// A kind of fault the sweep can draw (SPEC §8); the fault keys of
+/// `sim/src/fault.rs`, plus turmoil's partitions and crash/restart.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    HttpStatus,
+    ModelNotFound,
+    ResetBeforeBody,
+    ResetMidBody,
+    Latency,
+    SlowFirstToken,
+    CutStream,
+    ForgedOuterDone,
+    E2eError,
+    DropFrame,
+    ReorderFrame,
+    ReplayFrame,
+    WrongKey,
+    GzipBomb,
+    OversizedLine,
+    FrameBeforeInit,
+    CorruptFrame,
+    BadBase64Frame,
+    /// Cut the link between the router and the host for a while.
+    Partition,
+    /// Crash the host, restart it later.
+    Crash,
+}
+
+impl FaultKind {
+    pub const ALL: &'static [FaultKind] = &[
+        FaultKind::HttpStatus,
+        FaultKind::ModelNotFound,
+        FaultKind::ResetBeforeBody,
+        FaultKind::ResetMidBody,
+        FaultKind::Latency,
+        FaultKind::SlowFirstToken,
+        FaultKind::CutStream,
+        FaultKind::ForgedOuterDone,
+        FaultKind::E2eError,
+        FaultKind::DropFrame,
+        FaultKind::ReorderFrame,
+        FaultKind::ReplayFrame,
+        FaultKind::WrongKey,
+        FaultKind::GzipBomb,
+        FaultKind::OversizedLine,
+        FaultKind::FrameBeforeInit,
+        FaultKind::CorruptFrame,
+        FaultKind::BadBase64Frame,
+        FaultKind::Partition,
+        FaultKind::Crash,
+    ];
+
+    /// Kinds left out unless asked for: each allocates tens of MiB.
+    pub const COSTLY: &'static [FaultKind] = &[FaultKind::GzipBomb, FaultKind::OversizedLine];
+
+    /// The name used in `[sweep]` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::HttpStatus => "http_status",
+            FaultKind::ModelNotFound => "model_not_found",
+            FaultKind::ResetBeforeBody => "reset_before_body",
+            FaultKind::ResetMidBody => "reset_mid_body",
+            FaultKind::Latency => "latency",
+            FaultKind::SlowFirstToken => "slow_first_token",
+            FaultKind::CutStream => "cut_stream",
+            FaultKind::ForgedOuterDone => "forged_outer_done",
+            FaultKind::E2eError => "e2e_error",
+            FaultKind::DropFrame => "drop_frame",
+            FaultKind::ReorderFrame => "reorder_frame",
+            FaultKind::ReplayFrame => "replay_frame",
+            FaultKind::WrongKey => "wrong_key",
+            FaultKind::GzipBomb => "gzip_bomb",
+            FaultKind::OversizedLine => "oversized_line",
+            FaultKind::FrameBeforeInit => "frame_before_init",
+            FaultKind::CorruptFrame => "corrupt_frame",
+            FaultKind::BadBase64Frame => "bad_base64_frame",
+            FaultKind::Partition => "partition",
+            FaultKind::Crash => "crash",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// Whether only the Chutes gateway acts this fault out.
+    pub fn chutes_only(self) -> bool {
+        matches!(
+            self,
+            FaultKind::ForgedOuterDone
+                | FaultKind::E2eError
+                | FaultKind::DropFrame
+                | FaultKind::ReorderFrame
+                | FaultKind::ReplayFrame
+                | FaultKind::WrongKey
+                | FaultKind::GzipBomb
+                | FaultKind::OversizedLine
+                | FaultKind::FrameBeforeInit
+                | FaultKind::CorruptFrame
+                | FaultKind::BadBase64Frame
+        )
+    }
+
+    /// Whether `host` can suffer this fault: the router only crashes (a
+    /// partition cuts it from another host); the client, which drives the
+    /// scenario, suffers none.
+    pub fn hits(self, host: &str) -> bool {
+        match self {
+            _ if host == "client" => false,
+            FaultKind::Crash => true,
+            FaultKind::Partition => host != "router",
+            _ if host == "router" => false,
+            k if k.chutes_only() => host == "chutes",
+            _ => true,
+        }
+    }
 }
 
 /// The engine's environment-style settings.
@@ -82,7 +270,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NearSpec {
     /// Host name, also the provider id (e.g. `near-1`).
@@ -91,7 +279,7 @@ pub struct NearSpec {
     pub models: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChuteSpec {
     /// The chute slug named upstream (e.g. `zai-org/GLM-5.1-TEE`).
@@ -108,7 +296,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalSpec {
     /// Host name (e.g. `openrouter`); the provider id is `external:<host>`.
@@ -116,6 +304,7 @@ pub struct ExternalSpec {
     /// Model ids this provider serves.
     pub models: Vec<String>,
     /// Model ids the catalog lists for this provider (default: `models`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<Vec<String>>,
 }
 
@@ -206,7 +395,7 @@ pub struct Step {
 }
 
 /// An empty table: `refresh = {}`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
@@ -224,20 +413,20 @@ pub struct PatchRow {
     pub price: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogEdit {
     /// Rows to insert or replace.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upsert: Vec<CatalogRow>,
     /// Row ids to delete.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
     /// External (plaintext) rows to add: `{ model, host }`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_upsert: Vec<ExternalRow>,
     /// External rows to delete, by model id.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_remove: Vec<String>,
 }
 
@@ -250,20 +439,24 @@ pub struct ExternalRow {
 }
 
 /// A client request to the router's `POST /v1/chat/completions`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
     pub model: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
     /// The user message (default: "hello").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
     /// `x-model-pub-key` set to the signing key of this NEAR host.
     #[schemars(with = "Option<String>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pub_key_of: Option<Spanned<String>>,
     /// `x-model-pub-key` set to this literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_pub_key: Option<String>,
     /// `x-client-pub-key` set to this literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_pub_key: Option<String>,
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::format::{Scenario, Step};
+use super::format::{FaultKind, Scenario, Step, SweepSpec};
 use crate::rules::RULES;
 
 /// Where a scenario went wrong, and what to do about it.
@@ -112,6 +112,9 @@ pub fn host_names(s: &Scenario) -> BTreeSet<String> {
 
 type Problem = (Range<usize>, String, Option<String>);
 
+/// Most faults a `[sweep]` may draw per seed.
+pub const MAX_SWEEP_FAULTS: u32 = 64;
+
 struct Validator<'a> {
     scenario: &'a Scenario,
     hosts: BTreeSet<String>,
@@ -120,6 +123,20 @@ struct Validator<'a> {
 impl Validator<'_> {
     fn check(&self) -> Result<(), Problem> {
         let s = self.scenario;
+        if let Some(tick) = &s.tick {
+            let t = tick.get_ref().0;
+            if t < std::time::Duration::from_millis(1) || t > std::time::Duration::from_millis(100)
+            {
+                return Err((
+                    tick.span(),
+                    format!(
+                        "tick = {:?} is out of range",
+                        humantime::format_duration(t).to_string()
+                    ),
+                    Some("use a step between \"1ms\" and \"100ms\"".into()),
+                ));
+            }
+        }
         for pin in &s.pins {
             if !RULES.iter().any(|r| r.id == pin.get_ref().as_str()) {
                 return Err((
@@ -149,6 +166,132 @@ impl Validator<'_> {
         let mut last_at = None;
         for step in &s.steps {
             self.step(step, &near, &mut last_at)?;
+        }
+        if let Some(sweep) = &s.sweep {
+            self.sweep(sweep)?;
+        }
+        Ok(())
+    }
+
+    /// The `[sweep]` fault menu: hosts that exist, kinds that can hit one of
+    /// them, sane bounds.
+    fn sweep(&self, sweep: &Spanned<SweepSpec>) -> Result<(), Problem> {
+        let sw = sweep.get_ref();
+        let hosts: Vec<&str> = match &sw.hosts {
+            Some(hs) => {
+                if hs.is_empty() {
+                    return Err((
+                        sweep.span(),
+                        "`hosts = []` leaves the sweep nothing to fault".into(),
+                        Some("leave `hosts` out to fault every backend host".into()),
+                    ));
+                }
+                for h in hs {
+                    self.host(h)?;
+                    if h.get_ref() == "client" {
+                        return Err((
+                            h.span(),
+                            "the client drives the scenario and cannot be faulted".into(),
+                            None,
+                        ));
+                    }
+                }
+                hs.iter().map(|h| h.get_ref().as_str()).collect()
+            }
+            None => self
+                .hosts
+                .iter()
+                .map(String::as_str)
+                .filter(|h| *h != "client")
+                .collect(),
+        };
+        for kind in sw.kinds.iter().flatten() {
+            let k = *kind.get_ref();
+            if !hosts.iter().any(|h| k.hits(h)) {
+                return Err((
+                    kind.span(),
+                    format!(
+                        "fault kind {:?} can hit none of the sweep's hosts",
+                        k.name()
+                    ),
+                    Some(format!(
+                        "{}; sweep hosts: {}",
+                        if k.chutes_only() {
+                            "Chutes kinds only hit `chutes`"
+                        } else if k == FaultKind::Partition {
+                            "a partition cuts the router from another host"
+                        } else {
+                            "the router only takes `crash` and `partition`"
+                        },
+                        hosts.join(", ")
+                    )),
+                ));
+            }
+        }
+        if let Some(kinds) = &sw.kinds {
+            if kinds.is_empty() {
+                return Err((
+                    sweep.span(),
+                    "`kinds = []` leaves the sweep nothing to draw".into(),
+                    Some("leave `kinds` out to draw every cheap kind".into()),
+                ));
+            }
+        }
+        let min = sw.min_faults.as_ref();
+        let max = sw.max_faults.as_ref();
+        if let (Some(lo), Some(hi)) = (min, max) {
+            if lo.get_ref() > hi.get_ref() {
+                return Err((
+                    lo.span(),
+                    format!(
+                        "min_faults = {} is above max_faults = {}",
+                        lo.get_ref(),
+                        hi.get_ref()
+                    ),
+                    None,
+                ));
+            }
+        }
+        for n in [min, max].into_iter().flatten() {
+            if *n.get_ref() > MAX_SWEEP_FAULTS {
+                return Err((
+                    n.span(),
+                    format!("{} faults per seed is too many to shrink", n.get_ref()),
+                    Some(format!("use at most {MAX_SWEEP_FAULTS}")),
+                ));
+            }
+        }
+        if let (Some(from), Some(until)) = (&sw.from, &sw.until) {
+            if from.get_ref().0 > until.get_ref().0 {
+                return Err((
+                    until.span(),
+                    "`until` is before `from`".into(),
+                    Some("faults start in the window from..=until".into()),
+                ));
+            }
+        }
+        if let Some(h) = &sw.max_hold {
+            if h.get_ref().0.is_zero() {
+                return Err((h.span(), "max_hold must be above 0s".into(), None));
+            }
+        }
+        if let Some(t) = &sw.max_times {
+            if *t.get_ref() == 0 {
+                return Err((
+                    t.span(),
+                    "max_times = 0 would never fire: use 1 or more".into(),
+                    None,
+                ));
+            }
+        }
+        if let Some(st) = &sw.statuses {
+            if st.get_ref().is_empty() || st.get_ref().iter().any(|s| !(400..=599).contains(s)) {
+                return Err((
+                    st.span(),
+                    "statuses must be a non-empty list of 4xx/5xx codes".into(),
+                    None,
+                ));
+            }
         }
         Ok(())
     }
@@ -407,6 +550,42 @@ mod tests {
             let e = err(&row(urls));
             assert_eq!(e.line, 8, "{e}");
             assert!(e.message.contains(what), "{urls}: {e}");
+        }
+    }
+
+    #[test]
+    fn sweep_table_is_validated_with_positions() {
+        let e = err(&format!("{HEAD}[sweep]\nhosts = [\"near-9\"]\n"));
+        assert_eq!((e.line, e.column), (7, 10), "{e}");
+        assert!(e.hint.unwrap().contains("near-1"));
+        let e = err(&format!("{HEAD}[sweep]\nkinds = [\"drop_frame\"]\n"));
+        assert_eq!((e.line, e.column), (7, 10), "{e}");
+        assert!(e.message.contains("drop_frame"), "{e}");
+        let e = err(&format!("{HEAD}[sweep]\nkinds = [\"explode\"]\n"));
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.message.contains("unknown variant"), "{e}");
+        let e = err(&format!("{HEAD}[sweep]\nmin_faults = 4\nmax_faults = 2\n"));
+        assert_eq!((e.line, e.column), (7, 14), "{e}");
+        let e = err(&format!("{HEAD}[sweep]\nmax_fault = 2\n"));
+        assert!(e.message.contains("unknown field `max_fault`"), "{e}");
+        let e = err(&format!("{HEAD}[sweep]\nstatuses = [200]\n"));
+        assert_eq!(e.line, 7, "{e}");
+        let e = err(&format!("{HEAD}[sweep]\nhosts = [\"client\"]\n"));
+        assert!(e.message.contains("client"), "{e}");
+        let ok = parse(
+            Path::new("ok.toml"),
+            &format!("{HEAD}[sweep]\nhosts = [\"near-1\", \"router\"]\nkinds = [\"crash\", \"latency\"]\nweights = {{ crash = 2 }}\nuntil = \"10s\"\n"),
+        )
+        .unwrap();
+        assert_eq!(ok.sweep.unwrap().get_ref().weights[&FaultKind::Crash], 2);
+    }
+
+    #[test]
+    fn fault_kind_names_match_their_serde_names() {
+        for k in FaultKind::ALL {
+            let json = serde_json::to_string(k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.name()));
+            assert_eq!(FaultKind::from_name(k.name()), Some(*k));
         }
     }
 

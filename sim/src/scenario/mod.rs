@@ -3,6 +3,7 @@
 
 pub mod format;
 pub mod load;
+pub mod write;
 
 pub use format::Scenario;
 pub use load::{load, parse, ScenarioError};

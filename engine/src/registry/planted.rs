@@ -1,0 +1,72 @@
+//! Review bugs of the seed PR, re-introduced on demand (feature
+//! `planted-bugs`) so the simulation can prove that its seed sweeps find and
+//! shrink them. Every [`Registry`](super::Registry) starts with none planted;
+//! only [`Registry::plant`](super::Registry::plant) switches one on.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::table::Sources;
+use super::Discovered;
+
+/// A review bug that can be switched back on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PlantedBug {
+    /// Review round 2, blocking: the stale-prune ran on the admin PATCH's
+    /// *partial* batch, so every pinned id absent from the batch was rebuilt
+    /// pinned-only (an unrelated NEAR+Chutes model lost its NEAR providers).
+    PartialBatchPrune,
+}
+
+impl PlantedBug {
+    pub const ALL: &'static [PlantedBug] = &[PlantedBug::PartialBatchPrune];
+
+    /// The bug's command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::PartialBatchPrune => "partial-batch-prune",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<PlantedBug> {
+        Self::ALL.iter().copied().find(|b| b.name() == name)
+    }
+
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+impl std::fmt::Display for PlantedBug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The set of planted bugs of one registry.
+#[derive(Debug, Default)]
+pub(super) struct Planted(AtomicU32);
+
+impl Planted {
+    pub fn plant(&self, bug: PlantedBug) {
+        self.0.fetch_or(bug.bit(), Ordering::Relaxed);
+    }
+
+    pub fn has(&self, bug: PlantedBug) -> bool {
+        self.0.load(Ordering::Relaxed) & bug.bit() != 0
+    }
+}
+
+/// [`PlantedBug::PartialBatchPrune`]: the seed PR's merge, which treated a
+/// partial batch as the complete set and dropped the NEAR providers of every
+/// pinned id the batch did not name.
+pub(super) fn prune_absent_pinned(s: &mut Sources, batch: &Discovered) {
+    let absent: Vec<String> = s
+        .pinned
+        .keys()
+        .filter(|m| !batch.0.contains_key(*m))
+        .cloned()
+        .collect();
+    for m in absent {
+        s.near.remove(&m);
+    }
+}

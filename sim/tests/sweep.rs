@@ -1,0 +1,285 @@
+//! Seed sweeps: determinism across threads and shards, schedules written back
+//! as scenario files, shrinking a planted review bug, JUnit output.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tiersim::runner::{self, RunOptions};
+use tiersim::scenario::format::FaultKind;
+use tiersim::sweep::{self, shrink, EventAction, MenuFlags, Origin, Plan};
+use tiersim::{junit, scenario};
+use tiersim_engine::registry::PlantedBug;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn plan(name: &str, plant: Option<PlantedBug>) -> Plan {
+    let file = root().join("scenarios").join(name);
+    let s = scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    Plan::new(&s, &file, &MenuFlags::default(), plant).unwrap()
+}
+
+const MIXED: &str = "sweep_mixed_traffic.toml";
+const PARTIAL: &str = "chutes_partial_admin_batch.toml";
+
+#[test]
+fn schedules_come_from_the_seed_and_the_menu() {
+    let p = plan(MIXED, None);
+    assert_eq!(p.menu.max_faults, 3, "the scenario's [sweep] table");
+    assert!(!p
+        .menu
+        .kinds
+        .iter()
+        .any(|(k, _)| FaultKind::COSTLY.contains(k)));
+    let mut distinct = std::collections::BTreeSet::new();
+    for seed in 0..40 {
+        let s = p.schedule(seed);
+        assert_eq!(s, p.schedule(seed), "seed {seed} is not reproducible");
+        assert!(
+            (1..=3).contains(&s.len()),
+            "seed {seed}: {} faults",
+            s.len()
+        );
+        for (i, e) in s.iter().enumerate() {
+            assert_eq!(e.number, i + 1);
+            assert!(e.at <= p.horizon && e.end > e.at, "{e}");
+            if i > 0 {
+                assert!(s[i - 1].at <= e.at, "schedule is in time order");
+            }
+            let host = match &e.action {
+                EventAction::Fault(f) => &f.host,
+                EventAction::Partition(h) | EventAction::Crash(h) => h,
+            };
+            assert!(p.menu.hosts.contains(host), "{e}");
+            assert_ne!(host, "client");
+        }
+        distinct.insert(format!("{s:?}"));
+    }
+    assert!(distinct.len() > 30, "seeds should give different schedules");
+
+    // Flags override the table.
+    let file = root().join("scenarios").join(MIXED);
+    let s = scenario::load(&file).unwrap();
+    let flags = MenuFlags {
+        hosts: Some(vec!["chutes".into()]),
+        kinds: Some(vec![FaultKind::DropFrame, FaultKind::Crash]),
+        min_faults: Some(2),
+        max_faults: Some(2),
+        until: Some(Duration::from_secs(1)),
+        tick: None,
+    };
+    let p2 = Plan::new(&s, &file, &flags, None).unwrap();
+    for seed in 0..10 {
+        let sched = p2.schedule(seed);
+        assert_eq!(sched.len(), 2);
+        for e in sched {
+            assert!(e.at <= Duration::from_secs(1));
+            match e.action {
+                EventAction::Fault(f) => assert_eq!(f.host, "chutes"),
+                EventAction::Crash(h) => assert_eq!(h, "chutes"),
+                EventAction::Partition(_) => panic!("partition not on the menu"),
+            }
+        }
+    }
+    let bad = MenuFlags {
+        hosts: Some(vec!["near-9".into()]),
+        ..MenuFlags::default()
+    };
+    let err = Plan::new(&s, &file, &bad, None).unwrap_err();
+    assert!(err.contains("near-9"), "{err}");
+    let bad = MenuFlags {
+        hosts: Some(vec!["router".into()]),
+        kinds: Some(vec![FaultKind::HttpStatus]),
+        ..MenuFlags::default()
+    };
+    assert!(Plan::new(&s, &file, &bad, None).is_err());
+}
+
+#[test]
+fn composed_schedule_round_trips_through_a_scenario_file() {
+    let p = plan(MIXED, None);
+    for seed in [3, 8] {
+        let composed = p.compose(seed, &p.schedule(seed));
+        // Faults sit between the base steps by time; every `at` goes forward.
+        let mut last = Duration::ZERO;
+        for st in &composed.scenario.steps {
+            if let Some(at) = &st.get_ref().at {
+                assert!(at.get_ref().0 >= last);
+                last = at.get_ref().0;
+            }
+            assert!(st.get_ref().expect.is_none(), "expectations are stripped");
+        }
+        let base: Vec<usize> = composed
+            .origins
+            .iter()
+            .filter_map(|o| match o {
+                Origin::Base(i) => Some(*i),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(base, (0..p.base.steps.len()).collect::<Vec<_>>());
+
+        let text = scenario::write::to_toml(&composed.scenario).unwrap();
+        assert!(text.contains("note = \"sweep fault 1"), "{text}");
+        let back = scenario::parse(Path::new("written.toml"), &text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(scenario::write::to_toml(&back).unwrap(), text);
+        let direct = sweep::canonical(&p.run(&composed));
+        let replayed = sweep::canonical(&runner::run(
+            &back,
+            Path::new("written.toml"),
+            &RunOptions::default(),
+        ));
+        let replayed = replayed.replacen(&back.name, &composed.scenario.name, 1);
+        assert_eq!(direct, replayed, "the written file replays the same run");
+    }
+}
+
+#[test]
+fn output_does_not_depend_on_jobs_or_shards() {
+    let p = plan(PARTIAL, None);
+    let seeds: Vec<u64> = (0..6).collect();
+    let one = sweep::run_seeds(&p, &seeds, 1, false, &|_| {});
+    let three = sweep::run_seeds(&p, &seeds, 3, true, &|_| {});
+    assert_eq!(one.iter().map(|o| o.seed).collect::<Vec<_>>(), seeds);
+    for (a, b) in one.iter().zip(&three) {
+        assert_eq!((a.seed, a.hash, a.faults), (b.seed, b.hash, b.faults));
+        assert_eq!(a.violations, b.violations);
+        assert_eq!(b.divergence, None, "seed {} diverged", b.seed);
+    }
+    // Shards are disjoint, cover the range, and run the same seeds the same.
+    let mut all: Vec<u64> = (1..=4).flat_map(|k| sweep::shard(10..20, k, 4)).collect();
+    all.sort_unstable();
+    assert_eq!(all, (10..20).collect::<Vec<_>>());
+    assert_eq!(sweep::shard(0..6, 2, 3), vec![1, 4]);
+    let shard: Vec<u64> = sweep::shard(0..6, 2, 3);
+    let part = sweep::run_seeds(&p, &shard, 2, false, &|_| {});
+    for o in &part {
+        assert_eq!(o.hash, one[o.seed as usize].hash);
+    }
+}
+
+#[test]
+fn divergence_names_the_step_where_it_appeared() {
+    let a = "scenario: x\nseed: 1\n\n## step 1 @ 0s: refresh\nregistry:\n\n## step 2 @ 5ms: request m\nstatus: 200\n";
+    let b = "scenario: x\nseed: 1\n\n## step 1 @ 0s: refresh\nregistry:\n\n## step 2 @ 5ms: request m\nstatus: 503\n";
+    let d = sweep::first_divergence(a, b);
+    assert_eq!(d.step, 2);
+    assert_eq!(d.line, 8);
+    assert_eq!(
+        (d.first.as_str(), d.second.as_str()),
+        ("status: 200", "status: 503")
+    );
+    let d = sweep::first_divergence("a\n## step 3 @ 1s: x\n", "a\n## step 3 @ 2s: x\n");
+    assert_eq!(d.step, 3);
+}
+
+/// Review round 2's partial-batch prune, planted: the sweep finds it with
+/// the right oracle, shrinks it to at most 3 faults, and the reproducer file
+/// fails with the bug and passes without it.
+#[test]
+fn sweep_finds_and_shrinks_the_planted_partial_batch_prune() {
+    let bug = PlantedBug::PartialBatchPrune;
+    let clean = plan(PARTIAL, None);
+    let seeds: Vec<u64> = (0..4).collect();
+    let outcomes = sweep::run_seeds(&clean, &seeds, 2, false, &|_| {});
+    assert!(
+        outcomes.iter().all(|o| o.violations.is_empty()),
+        "without the bug the sweep is clean: {:?}",
+        outcomes
+            .iter()
+            .flat_map(|o| &o.violations)
+            .collect::<Vec<_>>()
+    );
+
+    let p = plan(PARTIAL, Some(bug));
+    let outcomes = sweep::run_seeds(&p, &seeds, 2, false, &|_| {});
+    let checks = sweep::by_check(&outcomes);
+    let check = "oracle:admin_batch_leaves_others";
+    let seeds_failing = checks.get(check).expect("the planted bug is found");
+    assert!(
+        checks.keys().all(|c| c == check),
+        "only its oracle: {checks:?}"
+    );
+    let seed = seeds_failing[0];
+
+    let shrunk = shrink::shrink(&p, seed, check).expect("still fails");
+    assert!(shrunk.composed.fault_count() <= 3);
+    assert!(shrunk.composed.scenario.steps.len() < p.base.steps.len());
+    assert!(shrunk.composed.request_count() <= shrunk.requests_before);
+    assert_eq!(shrunk.violation.check, check);
+
+    let dir = std::env::temp_dir().join(format!("tiersim-sweep-test-{}", std::process::id()));
+    let path = shrunk.write(&p, &dir).unwrap();
+    let repro = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(repro.description.contains(check), "{}", repro.description);
+    assert!(repro.description.contains(&format!("seed {seed}")));
+    assert!(repro.pins.is_empty());
+    assert_eq!(repro.seed, seed);
+    let with_bug = runner::run(
+        &repro,
+        &path,
+        &RunOptions {
+            seed: None,
+            plant: Some(bug),
+        },
+    );
+    assert!(
+        with_bug.violations.iter().any(|v| v.check == check),
+        "{:?}",
+        with_bug.violations
+    );
+    let without = runner::run(&repro, &path, &RunOptions::default());
+    assert!(without.passed(), "{:?}", without.violations);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // JUnit: one case per seed, the failure names the oracle and the file.
+    let repros = vec![(seed, check.to_string(), path.clone())];
+    let xml = junit::sweep_report(Path::new("scenarios/x.toml"), &outcomes, &repros)
+        .to_string()
+        .unwrap();
+    assert!(
+        xml.contains("<testsuite name=\"tiersim sweep scenarios/x.toml\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(&format!("<testcase name=\"seed {seed}\"")),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("type=\"oracle:admin_batch_leaves_others\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("&quot;zai-org/GLM-5.1-FP8&quot;"),
+        "escaped: {xml}"
+    );
+    assert!(xml.contains(&path.display().to_string()), "{xml}");
+}
+
+#[test]
+fn junit_for_scenario_runs() {
+    let file = root().join("scenarios").join(PARTIAL);
+    let s = scenario::load(&file).unwrap();
+    let ok = runner::run(&s, &file, &RunOptions::default());
+    let mut bad = ok.clone();
+    bad.violations.push(runner::Violation {
+        step: 2,
+        check: "expect".into(),
+        message: "status: expected 200, got 503 (body: <b>&\"x\")".into(),
+    });
+    let xml = junit::run_report(&[(ok, None), (bad, Some(Duration::from_millis(20)))])
+        .to_string()
+        .unwrap();
+    assert!(xml.contains("tests=\"2\""), "{xml}");
+    assert!(xml.contains("failures=\"1\""), "{xml}");
+    assert!(
+        xml.contains("&lt;b&gt;&amp;&quot;x&quot;"),
+        "violations are escaped: {xml}"
+    );
+    assert!(xml.contains("chutes_partial_admin_batch"), "{xml}");
+}
