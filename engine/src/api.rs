@@ -65,6 +65,19 @@ fn route_error_kind(e: &RouteError) -> &'static str {
     }
 }
 
+/// What the client is told. An inactive id reads exactly like an unknown one
+/// (R6/R13: the catalog gate does not reveal what it hides); the attempt log
+/// keeps the distinction.
+fn client_message(e: &RouteError) -> String {
+    match e {
+        RouteError::Inactive { model } => RouteError::UnknownModel {
+            model: model.clone(),
+        }
+        .to_string(),
+        e => e.to_string(),
+    }
+}
+
 async fn chat(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
     let body: serde_json::Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => map,
@@ -104,7 +117,7 @@ async fn chat(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Respon
     api.observer
         .routed(&routed.model, &routed.attempts, outcome);
     match routed.result {
-        Err(e) => error(e.status(), route_error_kind(&e), &e.to_string()),
+        Err(e) => error(e.status(), route_error_kind(&e), &client_message(&e)),
         Ok(Served::Json { response, .. }) => (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             response.body,
