@@ -112,6 +112,10 @@ enum Command {
         /// Write a JUnit XML report to FILE.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Run scenarios on N OS threads (default: every core; 1 with
+        /// --trace). Each world is independent; the output is in file order.
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Plant a review bug of the seed PR (testing the testbed only).
         #[arg(long, hide = true, value_parser = parse_plant)]
         plant: Option<PlantedBug>,
@@ -176,8 +180,23 @@ fn main() -> ExitCode {
             trace,
             mermaid,
             junit,
+            jobs,
             plant,
-        } => run(paths, RunOptions { seed, plant }, trace, mermaid, junit),
+        } => {
+            let jobs = if trace {
+                1
+            } else {
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            };
+            run(
+                paths,
+                RunOptions { seed, plant },
+                trace,
+                mermaid,
+                junit,
+                jobs,
+            )
+        }
         Command::Sweep {
             scenario,
             seeds,
@@ -232,12 +251,46 @@ fn init_trace() {
         .init();
 }
 
+/// Runs every scenario on `jobs` threads (each turmoil world is
+/// single-threaded and independent); results come back in input order, each
+/// with its own wall time.
+fn run_all(
+    loaded: &[(PathBuf, scenario::Scenario)],
+    opts: &RunOptions,
+    jobs: usize,
+) -> Vec<(runner::Report, std::time::Duration)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<(runner::Report, std::time::Duration)>>> =
+        Mutex::new((0..loaded.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, loaded.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((file, s)) = loaded.get(i) else {
+                    break;
+                };
+                let wall = Instant::now();
+                let report = runner::run(s, file, opts);
+                out.lock().unwrap()[i] = Some((report, wall.elapsed()));
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every scenario ran"))
+        .collect()
+}
+
 fn run(
     paths: Vec<PathBuf>,
     opts: RunOptions,
     trace: bool,
     mermaid_out: Option<PathBuf>,
     junit_out: Option<PathBuf>,
+    jobs: usize,
 ) -> ExitCode {
     if trace {
         init_trace();
@@ -279,10 +332,8 @@ fn run(
     let mut sim_total = std::time::Duration::ZERO;
     let wall_all = Instant::now();
     let mut reports = Vec::new();
-    for (file, s) in &loaded {
-        let wall = Instant::now();
-        let report = runner::run(s, file, &opts);
-        let wall = wall.elapsed();
+    let done = run_all(&loaded, &opts, jobs);
+    for ((file, s), (report, wall)) in loaded.iter().zip(done) {
         requests += report.requests();
         sim_total += report.sim_time;
         let verdict = if report.passed() { "pass" } else { "FAIL" };
