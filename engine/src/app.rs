@@ -143,17 +143,20 @@ impl App {
     pub async fn refresh(&self) -> RefreshReport {
         let _w = self.writer.lock().await;
         let mut report = RefreshReport::default();
+        let mut catalog = None;
         let discovery = match self.catalog.models().await {
             Ok(rows) => {
-                self.registry.replace_catalog_rows(rows.iter().map(|r| {
-                    (
-                        r.id.clone(),
-                        CatalogRow {
-                            active: r.active,
-                            price: r.price,
-                        },
-                    )
-                }));
+                catalog = Some(
+                    rows.iter()
+                        .map(|r| {
+                            let row = CatalogRow {
+                                active: r.active,
+                                price: r.price,
+                            };
+                            (r.id.clone(), row)
+                        })
+                        .collect(),
+                );
                 SourceRead::Ok(Discovered(self.discover(&rows).await))
             }
             Err(e) => {
@@ -194,7 +197,8 @@ impl App {
                 SourceRead::Failed(e.to_string())
             }
         };
-        self.registry.refresh(discovery, external);
+        self.registry
+            .refresh_with_catalog(discovery, external, catalog);
         self.seed_chutes_rows().await;
         report
     }

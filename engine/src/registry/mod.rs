@@ -155,6 +155,18 @@ impl Registry {
     /// - R10: a failed source keeps every existing mapping of that source.
     /// - R12: external rows for reserved or pinned ids are skipped.
     pub fn refresh(&self, discovery: SourceRead<Discovered>, external: SourceRead<External>) {
+        self.refresh_with_catalog(discovery, external, None);
+    }
+
+    /// [`Registry::refresh`], replacing the catalog rows in the same swap
+    /// (R6/R9: a row deleted from the database is gone here too: 404, not
+    /// listed), so no reader sees new rows with old providers or the reverse.
+    pub fn refresh_with_catalog(
+        &self,
+        discovery: SourceRead<Discovered>,
+        external: SourceRead<External>,
+        catalog: Option<BTreeMap<String, CatalogRow>>,
+    ) {
         self.update(|s| {
             match discovery {
                 SourceRead::Ok(Discovered(set)) => s.near = set,
@@ -167,6 +179,9 @@ impl Registry {
                 SourceRead::Failed(why) => {
                     tracing::warn!(%why, "external load failed; keeping existing external mappings");
                 }
+            }
+            if let Some(rows) = catalog {
+                s.catalog = rows;
             }
         });
     }
@@ -193,16 +208,6 @@ impl Registry {
             s.catalog
                 .extend(rows.into_iter().map(|(m, r)| (m.into(), r)));
         });
-    }
-
-    /// R6/R9: replaces the catalog with the database's complete list, so a
-    /// row deleted there is gone here too (404, not listed).
-    pub fn replace_catalog_rows<I, S>(&self, rows: I)
-    where
-        I: IntoIterator<Item = (S, CatalogRow)>,
-        S: Into<String>,
-    {
-        self.update(|s| s.catalog = rows.into_iter().map(|(m, r)| (m.into(), r)).collect());
     }
 
     /// R13: (de)activates a catalog row without touching any provider.

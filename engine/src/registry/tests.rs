@@ -559,3 +559,32 @@ fn r4_r14_writers_swap_whole_snapshots() {
     assert!(old.models.contains_key(M));
     assert!(!reg.load().models.contains_key(M));
 }
+
+#[test]
+fn r9_a_catalog_row_deleted_upstream_goes_in_the_same_swap_as_its_providers() {
+    let n1 = near("n1", "k1");
+    let reg = Registry::new();
+    let active = CatalogRow {
+        active: true,
+        price: 0,
+    };
+    let catalog = |ids: &[&str]| Some(ids.iter().map(|m| (m.to_string(), active)).collect());
+    reg.refresh_with_catalog(
+        disc(&[(M, &[&n1]), (N, &[&n1])]),
+        no_ext(),
+        catalog(&[M, N]),
+    );
+    assert!(reg.catalog_row(N).is_some());
+    let before = reg.load();
+    reg.refresh_with_catalog(disc(&[(M, &[&n1])]), no_ext(), catalog(&[M]));
+    let after = reg.load();
+    assert!(before.catalog_row(N).is_some() && before.models.get(N).is_some());
+    assert!(
+        after.catalog_row(N).is_none() && after.models.get(N).is_none(),
+        "row and mapping leave together"
+    );
+    // A failed read keeps both (R10): no catalog given, nothing replaced.
+    reg.refresh_with_catalog(SourceRead::Failed("down".into()), no_ext(), None);
+    assert!(reg.catalog_row(M).is_some());
+    assert_eq!(ids(&reg, M), ["n1"]);
+}
