@@ -153,6 +153,16 @@ impl Router {
             Some(_) => {}
         }
         let op = req.operation(stream);
+        #[cfg(feature = "planted-bugs")]
+        let rounds = if table.sources.refusal_masking {
+            retry::Rounds {
+                last_error_decides: true,
+            }
+        } else {
+            retry::Rounds::SPEC
+        };
+        #[cfg(not(feature = "planted-bugs"))]
+        let rounds = retry::Rounds::SPEC;
         let pubkey = req.model_pub_key.as_deref();
         let e2ee = req.client_pub_key.is_some();
         let selection = if tracing::enabled!(tracing::Level::DEBUG) {
@@ -186,12 +196,16 @@ impl Router {
             (p.id().clone(), p.tier())
         };
         if stream {
-            let (i, stream) =
-                retry::run(&candidates, self.epoch, attempts, false, |p| async move {
-                    p.chat_completion_stream(req).await
-                })
-                .await
-                .map_err(failed)?;
+            let (i, stream) = retry::run(
+                &candidates,
+                self.epoch,
+                attempts,
+                false,
+                rounds,
+                |p| async move { p.chat_completion_stream(req).await },
+            )
+            .await
+            .map_err(failed)?;
             let (provider, tier) = served(i);
             let health = candidates[i].1.clone();
             Ok(Served::Stream {
@@ -200,12 +214,16 @@ impl Router {
                 stream: canonical_stream(stream, model, health),
             })
         } else {
-            let (i, response) =
-                retry::run(&candidates, self.epoch, attempts, true, |p| async move {
-                    p.chat_completion(req).await
-                })
-                .await
-                .map_err(failed)?;
+            let (i, response) = retry::run(
+                &candidates,
+                self.epoch,
+                attempts,
+                true,
+                rounds,
+                |p| async move { p.chat_completion(req).await },
+            )
+            .await
+            .map_err(failed)?;
             let (provider, tier) = served(i);
             Ok(Served::Json {
                 provider,

@@ -25,6 +25,7 @@ fn plan(name: &str, plant: Option<PlantedBug>) -> Plan {
 
 const MIXED: &str = "sweep_mixed_traffic.toml";
 const PARTIAL: &str = "chutes_partial_admin_batch.toml";
+const STREAMING_OFF: &str = "sweep_streaming_off.toml";
 
 #[test]
 fn schedules_come_from_the_seed_and_the_menu() {
@@ -259,6 +260,56 @@ fn sweep_finds_and_shrinks_the_planted_partial_batch_prune() {
         "escaped: {xml}"
     );
     assert!(xml.contains(&path.display().to_string()), "{xml}");
+}
+
+/// Review round 1's streaming-off masking, planted as the seed PR first had
+/// it: unlike the partial-batch prune it needs a fault (NEAR must fail), so
+/// the shrunk reproducer keeps one fault, no more than 3, and stays a
+/// reproducer: it fails with the bug and passes without it.
+#[test]
+fn sweep_finds_and_shrinks_the_planted_refusal_masking_keeping_its_fault() {
+    let bug = PlantedBug::RefusalMasking;
+    let check = "oracle:refusal_never_masks_retryable";
+    let seeds: Vec<u64> = (0..8).collect();
+    let clean = sweep::run_seeds(&plan(STREAMING_OFF, None), &seeds, 2, false, &|_| {});
+    assert!(
+        clean.iter().all(|o| o.violations.is_empty()),
+        "clean without the bug"
+    );
+
+    let p = plan(STREAMING_OFF, Some(bug));
+    let outcomes = sweep::run_seeds(&p, &seeds, 2, false, &|_| {});
+    let checks = sweep::by_check(&outcomes);
+    let seed = checks.get(check).expect("the planted bug is found")[0];
+    assert!(
+        checks.keys().all(|c| c == check),
+        "only its oracle: {checks:?}"
+    );
+
+    let shrunk = shrink::shrink(&p, seed, check).expect("still fails");
+    let faults = shrunk.composed.fault_count();
+    assert!((1..=3).contains(&faults), "{faults} faults");
+    assert!(shrunk.composed.request_count() >= 1);
+
+    let dir = std::env::temp_dir().join(format!("tiersim-masking-{}", std::process::id()));
+    let path = shrunk.write(&p, &dir).unwrap();
+    let repro = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let with_bug = runner::run(
+        &repro,
+        &path,
+        &RunOptions {
+            seed: None,
+            plant: Some(bug),
+        },
+    );
+    assert!(
+        with_bug.violations.iter().any(|v| v.check == check),
+        "{:?}",
+        with_bug.violations
+    );
+    let without = runner::run(&repro, &path, &RunOptions::default());
+    assert!(without.passed(), "{:?}", without.violations);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

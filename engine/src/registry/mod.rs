@@ -248,6 +248,9 @@ impl Registry {
     #[cfg(feature = "planted-bugs")]
     pub fn plant(&self, bug: PlantedBug) {
         self.planted.plant(bug);
+        if bug == PlantedBug::RefusalMasking {
+            self.update(|s| s.refusal_masking = true);
+        }
     }
 
     #[cfg(test)]

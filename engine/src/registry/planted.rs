@@ -15,15 +15,23 @@ pub enum PlantedBug {
     /// *partial* batch, so every pinned id absent from the batch was rebuilt
     /// pinned-only (an unrelated NEAR+Chutes model lost its NEAR providers).
     PartialBatchPrune,
+    /// Review round 1, blocking 2 (and round 3's client-E2EE twin), as the
+    /// seed PR first had it: no capability filter, and each attempt's error
+    /// overwrote the round's last error and retry decision. A streamed
+    /// request after NEAR's 5xx walks into Chutes' "streaming disabled"
+    /// refusal, which masks the 5xx and ends the retries.
+    RefusalMasking,
 }
 
 impl PlantedBug {
-    pub const ALL: &'static [PlantedBug] = &[PlantedBug::PartialBatchPrune];
+    pub const ALL: &'static [PlantedBug] =
+        &[PlantedBug::PartialBatchPrune, PlantedBug::RefusalMasking];
 
     /// The bug's command-line name.
     pub fn name(self) -> &'static str {
         match self {
             PlantedBug::PartialBatchPrune => "partial-batch-prune",
+            PlantedBug::RefusalMasking => "refusal-masking",
         }
     }
 
@@ -69,4 +77,10 @@ pub(super) fn prune_absent_pinned(s: &mut Sources, batch: &Discovered) {
     for m in absent {
         s.near.remove(&m);
     }
+}
+
+/// [`PlantedBug::RefusalMasking`], selection half: the derived order claims
+/// every provider can stream and speak client E2EE, so nothing is filtered.
+pub(super) fn skip_capability_filters(order: &mut crate::select::StaticOrder) {
+    order.all = crate::tier::Capabilities::ALL;
 }

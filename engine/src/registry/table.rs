@@ -51,6 +51,10 @@ pub(crate) struct Sources {
     /// Canonical ids reserved before any load (R5).
     pub reserved: BTreeSet<String>,
     pub catalog: BTreeMap<String, CatalogRow>,
+    /// The seed PR's capability-masking bug, planted (see
+    /// `registry/planted.rs`); never set outside a planted test run.
+    #[cfg(feature = "planted-bugs")]
+    pub refusal_masking: bool,
 }
 
 impl Sources {
@@ -210,7 +214,12 @@ impl Table {
                 .map(|x| x.rr.clone())
                 .unwrap_or_default();
             let len = slots.len() - start;
-            let order = StaticOrder::of(&slots[start..]);
+            #[allow(unused_mut)]
+            let mut order = StaticOrder::of(&slots[start..]);
+            #[cfg(feature = "planted-bugs")]
+            if sources.refusal_masking {
+                super::planted::skip_capability_filters(&mut order);
+            }
             models.insert(ModelIdx {
                 name: m.into(),
                 order,
