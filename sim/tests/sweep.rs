@@ -23,6 +23,25 @@ fn plan(name: &str, plant: Option<PlantedBug>) -> Plan {
     Plan::new(&s, &file, &MenuFlags::default(), plant).unwrap()
 }
 
+/// Loads a written reproducer and checks that it fails `check` with `bug`
+/// planted and passes without it.
+fn assert_reproduces_only_with(path: &Path, bug: PlantedBug, check: &str) -> scenario::Scenario {
+    let repro = scenario::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let planted = RunOptions {
+        seed: None,
+        plant: Some(bug),
+    };
+    let with_bug = runner::run(&repro, path, &planted);
+    assert!(
+        with_bug.violations.iter().any(|v| v.check == check),
+        "{:?}",
+        with_bug.violations
+    );
+    let without = runner::run(&repro, path, &RunOptions::default());
+    assert!(without.passed(), "{:?}", without.violations);
+    repro
+}
+
 const MIXED: &str = "sweep_mixed_traffic.toml";
 const PARTIAL: &str = "chutes_partial_admin_batch.toml";
 const STREAMING_OFF: &str = "sweep_streaming_off.toml";
@@ -216,26 +235,11 @@ fn sweep_finds_and_shrinks_the_planted_partial_batch_prune() {
 
     let dir = std::env::temp_dir().join(format!("tiersim-sweep-test-{}", std::process::id()));
     let path = shrunk.write(&p, &dir).unwrap();
-    let repro = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let repro = assert_reproduces_only_with(&path, bug, check);
     assert!(repro.description.contains(check), "{}", repro.description);
     assert!(repro.description.contains(&format!("seed {seed}")));
     assert!(repro.pins.is_empty());
     assert_eq!(repro.seed, seed);
-    let with_bug = runner::run(
-        &repro,
-        &path,
-        &RunOptions {
-            seed: None,
-            plant: Some(bug),
-        },
-    );
-    assert!(
-        with_bug.violations.iter().any(|v| v.check == check),
-        "{:?}",
-        with_bug.violations
-    );
-    let without = runner::run(&repro, &path, &RunOptions::default());
-    assert!(without.passed(), "{:?}", without.violations);
     let _ = std::fs::remove_dir_all(&dir);
 
     // JUnit: one case per seed, the failure names the oracle and the file.
@@ -293,22 +297,7 @@ fn sweep_finds_and_shrinks_the_planted_refusal_masking_keeping_its_fault() {
 
     let dir = std::env::temp_dir().join(format!("tiersim-masking-{}", std::process::id()));
     let path = shrunk.write(&p, &dir).unwrap();
-    let repro = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let with_bug = runner::run(
-        &repro,
-        &path,
-        &RunOptions {
-            seed: None,
-            plant: Some(bug),
-        },
-    );
-    assert!(
-        with_bug.violations.iter().any(|v| v.check == check),
-        "{:?}",
-        with_bug.violations
-    );
-    let without = runner::run(&repro, &path, &RunOptions::default());
-    assert!(without.passed(), "{:?}", without.violations);
+    assert_reproduces_only_with(&path, bug, check);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
