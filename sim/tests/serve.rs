@@ -20,6 +20,7 @@ fn args(scenario: PathBuf) -> ServeArgs {
         bind: "127.0.0.1".into(),
         port_base: 0,
         allow_non_loopback: false,
+        admin_key: None,
     }
 }
 
