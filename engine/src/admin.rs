@@ -139,10 +139,22 @@ mod tests {
         assert_eq!(authorize(&bearer(b"Bearer s3cret"), key), Ok(()));
         assert_eq!(authorize(&bearer(b"bearer s3cret"), key), Ok(()));
         assert_eq!(authorize(&HeaderMap::new(), key), Err(AuthError::Missing));
-        assert_eq!(authorize(&bearer(b"Basic s3cret"), key), Err(AuthError::Missing));
-        assert_eq!(authorize(&bearer(b"Bearer s3cre"), key), Err(AuthError::Wrong));
-        assert_eq!(authorize(&bearer(b"Bearer s3cret "), key), Err(AuthError::Wrong));
-        assert_eq!(authorize(&bearer(b"Bearer \xffs3cret"), key), Err(AuthError::Wrong));
+        assert_eq!(
+            authorize(&bearer(b"Basic s3cret"), key),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            authorize(&bearer(b"Bearer s3cre"), key),
+            Err(AuthError::Wrong)
+        );
+        assert_eq!(
+            authorize(&bearer(b"Bearer s3cret "), key),
+            Err(AuthError::Wrong)
+        );
+        assert_eq!(
+            authorize(&bearer(b"Bearer \xffs3cret"), key),
+            Err(AuthError::Wrong)
+        );
         let mut two = bearer(b"Bearer s3cret");
         two.append(AUTHORIZATION, HeaderValue::from_static("Bearer other"));
         assert_eq!(authorize(&two, key), Err(AuthError::Missing));
@@ -167,7 +179,10 @@ mod tests {
     #[test]
     fn r13_batch_rows_are_checked_and_the_first_bad_one_named() {
         assert_eq!(validate_batch(&[row("m", Some("http://near-1"))]), Ok(()));
-        assert_eq!(validate_batch(&[row("m", Some("https://n.example:8443/v1"))]), Ok(()));
+        assert_eq!(
+            validate_batch(&[row("m", Some("https://n.example:8443/v1"))]),
+            Ok(())
+        );
         let cleared = CatalogPatchRow {
             id: "m".into(),
             inference_url: Some(None),
@@ -178,20 +193,50 @@ mod tests {
             (row("", None), "id is empty"),
             (row(&"x".repeat(257), None), "id is longer than 256 bytes"),
             (row("a\nb", None), "id contains a control character"),
-            (row("m", Some("file:///etc/passwd")), "inference_url must use the http or https scheme"),
-            (row("m", Some("ftp://h")), "inference_url must use the http or https scheme"),
-            (row("m", Some("/relative")), "inference_url must be an absolute http or https URL"),
-            (row("m", Some("http://u:p@h")), "inference_url must not carry user info"),
-            (row("m", Some("not a url")), "inference_url must be an absolute http or https URL"),
-            (row("m", Some("")), "inference_url must be an absolute http or https URL"),
-            (row("m", Some("http://")), "inference_url is not a valid URL (expected http://host[:port][/path])"),
-            (row("m", Some("http://h/a b")), "inference_url is not a valid URL (expected http://host[:port][/path])"),
-            (row("m", Some("http://h/?q=1")), "inference_url must not carry a query"),
+            (
+                row("m", Some("file:///etc/passwd")),
+                "inference_url must use the http or https scheme",
+            ),
+            (
+                row("m", Some("ftp://h")),
+                "inference_url must use the http or https scheme",
+            ),
+            (
+                row("m", Some("/relative")),
+                "inference_url must be an absolute http or https URL",
+            ),
+            (
+                row("m", Some("http://u:p@h")),
+                "inference_url must not carry user info",
+            ),
+            (
+                row("m", Some("not a url")),
+                "inference_url must be an absolute http or https URL",
+            ),
+            (
+                row("m", Some("")),
+                "inference_url must be an absolute http or https URL",
+            ),
+            (
+                row("m", Some("http://")),
+                "inference_url is not a valid URL (expected http://host[:port][/path])",
+            ),
+            (
+                row("m", Some("http://h/a b")),
+                "inference_url is not a valid URL (expected http://host[:port][/path])",
+            ),
+            (
+                row("m", Some("http://h/?q=1")),
+                "inference_url must not carry a query",
+            ),
         ] {
             let batch = [row("ok", None), bad];
             assert_eq!(
                 validate_batch(&batch),
-                Err(BatchError::Row { row: 1, why: why.into() }),
+                Err(BatchError::Row {
+                    row: 1,
+                    why: why.into()
+                }),
             );
         }
         assert_eq!(validate_batch(&[row(&"x".repeat(256), None)]), Ok(()));
@@ -199,10 +244,14 @@ mod tests {
 
     #[test]
     fn r13_batch_over_the_row_cap_is_refused() {
-        let rows: Vec<_> = (0..=MAX_ADMIN_BATCH_ROWS).map(|i| row(&format!("m{i}"), None)).collect();
+        let rows: Vec<_> = (0..=MAX_ADMIN_BATCH_ROWS)
+            .map(|i| row(&format!("m{i}"), None))
+            .collect();
         assert_eq!(
             validate_batch(&rows),
-            Err(BatchError::TooManyRows { rows: MAX_ADMIN_BATCH_ROWS + 1 })
+            Err(BatchError::TooManyRows {
+                rows: MAX_ADMIN_BATCH_ROWS + 1
+            })
         );
         assert_eq!(validate_batch(&rows[..MAX_ADMIN_BATCH_ROWS]), Ok(()));
     }

@@ -71,7 +71,9 @@ pub fn router(app: Arc<App>, observer: Arc<dyn RouteObserver>) -> axum::Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
         .route("/v1/admin/models", patch(admin_models))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -301,7 +303,9 @@ fn check_fields(f: &ChatFields) -> Result<(), ApiError> {
             return Err(ApiError::invalid("top_logprobs must be an integer"));
         };
         if !(0..=20).contains(&top) {
-            return Err(ApiError::invalid("top_logprobs must be in the range 0..=20"));
+            return Err(ApiError::invalid(
+                "top_logprobs must be in the range 0..=20",
+            ));
         }
         if !logprobs {
             return Err(ApiError::invalid(
@@ -434,10 +438,19 @@ async fn models(State(api): State<Api>) -> Response {
 /// R13: authorised first (before the body is read), then the batch is
 /// parsed and validated whole; only a valid batch reaches the catalog.
 async fn admin_models(State(api): State<Api>, headers: HeaderMap, body: Body) -> Response {
-    let key = api.app.config().admin_api_key.as_ref().map(AdminKey::as_str);
+    let key = api
+        .app
+        .config()
+        .admin_api_key
+        .as_ref()
+        .map(AdminKey::as_str);
     if let Err(e) = admin::authorize(&headers, key) {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", e.to_string())
-            .into_response();
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            e.to_string(),
+        )
+        .into_response();
     }
     let body = match read_body(body).await {
         Ok(body) => body,

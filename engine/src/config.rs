@@ -241,7 +241,10 @@ mod tests {
     #[test]
     fn r13_admin_key_is_read_checked_and_never_printed() {
         let cfg = EngineConfig::from_env(|k| (k == "ADMIN_API_KEY").then(|| "k3y".into())).unwrap();
-        assert_eq!(cfg.admin_api_key.as_ref().map(AdminKey::as_str), Some("k3y"));
+        assert_eq!(
+            cfg.admin_api_key.as_ref().map(AdminKey::as_str),
+            Some("k3y")
+        );
         assert!(!format!("{cfg:?}").contains("k3y"), "Debug redacts the key");
         let unset = EngineConfig::from_env(|_| None).unwrap();
         assert_eq!(unset.admin_api_key, None, "unset: the admin API is closed");

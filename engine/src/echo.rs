@@ -13,7 +13,7 @@ pub const MAX_ECHO_CHARS: usize = 256;
 /// Characters that change how the surrounding text reads: C0/C1 controls
 /// (newline, ESC of ANSI sequences, DEL), line and paragraph separators,
 /// and the bidi marks and overrides.
-fn is_forging(c: char) -> bool {
+pub fn is_forging(c: char) -> bool {
     c.is_control()
         || matches!(
             c,

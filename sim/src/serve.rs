@@ -245,10 +245,7 @@ impl RouteObserver for Printer {
         };
         // The model id is the client's: bounded and escaped, so no request
         // can forge or hide a log line.
-        println!(
-            "{}",
-            log_line(model, &result, &tried)
-        );
+        println!("{}", log_line(model, &result, &tried));
     }
 }
 
@@ -588,7 +585,11 @@ impl ServeWorld {
         }
         if let Some(rows) = &st.admin_patch {
             let body = crate::script::admin_patch_body(rows, &|h| self.url(h));
-            let key = self.config.admin_api_key.as_ref().map_or("", AdminKey::as_str);
+            let key = self
+                .config
+                .admin_api_key
+                .as_ref()
+                .map_or("", AdminKey::as_str);
             let req = Request::builder()
                 .method(Method::PATCH)
                 .uri(format!("{}/v1/admin/models", self.urls[ROUTER]))

@@ -32,7 +32,10 @@ struct NoNetwork;
 #[async_trait]
 impl Connector for NoNetwork {
     async fn connect(&self, _: &str) -> io::Result<Box<dyn Io>> {
-        Err(io::Error::new(io::ErrorKind::ConnectionRefused, "no network in this test"))
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "no network in this test",
+        ))
     }
 }
 
@@ -48,7 +51,9 @@ impl World {
     /// fake (streaming on); the admin key is `admin_key`.
     pub fn new(admin_key: Option<&str>) -> World {
         let near = FakeProvider::near("near-1").with_keys([NEAR_KEY]).arc();
-        let chutes = FakeProvider::chutes("chutes:slug").with_streaming(true).arc();
+        let chutes = FakeProvider::chutes("chutes:slug")
+            .with_streaming(true)
+            .arc();
         let reg = Registry::new();
         reg.reserve([M]);
         reg.register_secondary(M, Arc::clone(&chutes) as Arc<dyn Provider>);
@@ -56,7 +61,13 @@ impl World {
             SourceRead::Ok(Discovered(rows(&[(M, &[&near])]))),
             SourceRead::Ok(External::default()),
         );
-        reg.set_catalog_rows([(M, CatalogRow { active: true, price: 1 })]);
+        reg.set_catalog_rows([(
+            M,
+            CatalogRow {
+                active: true,
+                price: 1,
+            },
+        )]);
         let config = EngineConfig {
             admin_api_key: admin_key.map(|k| AdminKey::new(k).unwrap()),
             ..EngineConfig::default()
@@ -71,8 +82,14 @@ impl World {
             settings,
             HttpClient::new(Arc::new(NoNetwork)),
         ));
-        let api = tiersim_engine::api::router(app.clone(), Arc::new(tiersim_engine::api::NoObserver));
-        World { app, api, near, chutes }
+        let api =
+            tiersim_engine::api::router(app.clone(), Arc::new(tiersim_engine::api::NoObserver));
+        World {
+            app,
+            api,
+            near,
+            chutes,
+        }
     }
 
     /// Calls every provider got.
@@ -87,8 +104,18 @@ impl World {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("?").to_string());
-        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-        Reply { status, content_type, body }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Reply {
+            status,
+            content_type,
+            body,
+        }
     }
 }
 
@@ -109,11 +136,15 @@ impl Reply {
             self.status,
             String::from_utf8_lossy(&self.body)
         );
-        let v: serde_json::Value = serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)));
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body))
+        });
         let outer = v.as_object().expect("an object");
         assert_eq!(outer.len(), 1, "only `error`: {v}");
-        let err = outer["error"].as_object().expect("`error` is an object").clone();
+        let err = outer["error"]
+            .as_object()
+            .expect("`error` is an object")
+            .clone();
         let mut keys: Vec<&str> = err.keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(keys, ["code", "message", "param", "type"], "{v}");
