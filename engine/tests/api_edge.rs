@@ -138,6 +138,24 @@ async fn r13_admin_without_or_with_a_wrong_key_is_401_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn r13_admin_with_the_key_applies_a_valid_batch() {
+    let w = World::new(Some(ADMIN_KEY));
+    let r = w
+        .send(admin(Some(&format!("Bearer {ADMIN_KEY}")), deactivate()))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(!w.app.registry().view().catalog[M].active);
+    assert!(!w.db.rows()[M].active, "written to the catalog too");
+    let r = w.send(chat(chat_body(), &[])).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "deactivated");
+}
+
+#[tokio::test]
 async fn r13_admin_api_is_closed_when_no_key_is_configured() {
     let w = World::new(None);
     let before = w.app.registry().view();

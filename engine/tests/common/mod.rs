@@ -7,18 +7,29 @@
 use std::io;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use async_trait::async_trait;
 use axum::body::Body;
+use axum::extract::State;
+use axum::routing::get;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tiersim_engine::app::{App, AppSettings};
+use tiersim_engine::catalog::{
+    CatalogList, CatalogPatch, CatalogRow as WireRow, ExternalList, CATALOG_PATH, EXTERNAL_PATH,
+};
 use tiersim_engine::config::{AdminKey, EngineConfig};
 use tiersim_engine::http::HttpClient;
+use tiersim_engine::net::Listener;
 use tiersim_engine::net::{Connector, Io};
 use tiersim_engine::openai::Timeouts;
 use tiersim_engine::registry::{CatalogRow, Discovered, External, Registry, SourceRead};
 use tiersim_engine::testing::{rows, FakeProvider};
 use tiersim_engine::Provider;
+use tokio::io::DuplexStream;
+use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 pub const M: &str = "zai-org/GLM-5.1-FP8";
@@ -26,16 +37,76 @@ pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 /// The NEAR fake's signing key (64 hex digits).
 pub const NEAR_KEY: &str = "aa00000000000000000000000000000000000000000000000000000000000001";
 
-/// The router has no network here: only the fakes answer.
-struct NoNetwork;
+/// The catalog database the router's admin batches write through.
+#[derive(Clone, Default)]
+pub struct CatalogDb(pub Arc<Mutex<BTreeMap<String, WireRow>>>);
+
+impl CatalogDb {
+    pub fn rows(&self) -> BTreeMap<String, WireRow> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn list(&self) -> axum::Json<CatalogList> {
+        axum::Json(CatalogList {
+            models: self.rows().into_values().collect(),
+        })
+    }
+
+    fn service(&self) -> axum::Router {
+        async fn list(State(db): State<CatalogDb>) -> axum::Json<CatalogList> {
+            db.list()
+        }
+        async fn patch(
+            State(db): State<CatalogDb>,
+            axum::Json(p): axum::Json<CatalogPatch>,
+        ) -> axum::Json<CatalogList> {
+            {
+                let mut rows = db.0.lock().unwrap();
+                for r in &p.models {
+                    let row = r.apply(rows.get(&r.id));
+                    rows.insert(r.id.clone(), row);
+                }
+            }
+            db.list()
+        }
+        axum::Router::new()
+            .route(CATALOG_PATH, get(list).patch(patch))
+            .route(
+                EXTERNAL_PATH,
+                get(|| async { axum::Json(ExternalList::default()) }),
+            )
+            .with_state(self.clone())
+    }
+}
+
+/// The router's only network: an in-memory catalog at `catalog:80`;
+/// every other address (a NEAR backend a batch names) refuses.
+struct CatalogOnly(mpsc::UnboundedSender<DuplexStream>);
 
 #[async_trait]
-impl Connector for NoNetwork {
-    async fn connect(&self, _: &str) -> io::Result<Box<dyn Io>> {
-        Err(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            "no network in this test",
-        ))
+impl Connector for CatalogOnly {
+    async fn connect(&self, authority: &str) -> io::Result<Box<dyn Io>> {
+        let refused = |why| io::Error::new(io::ErrorKind::ConnectionRefused, why);
+        if authority != "catalog:80" {
+            return Err(refused("no such host in this test"));
+        }
+        let (client, server) = tokio::io::duplex(1 << 16);
+        self.0
+            .send(server)
+            .map_err(|_| refused("catalog is down"))?;
+        Ok(Box::new(client))
+    }
+}
+
+struct Accept(mpsc::UnboundedReceiver<DuplexStream>);
+
+#[async_trait]
+impl Listener for Accept {
+    async fn accept(&mut self) -> io::Result<Box<dyn Io>> {
+        match self.0.recv().await {
+            Some(io) => Ok(Box::new(io)),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "closed")),
+        }
     }
 }
 
@@ -44,6 +115,7 @@ pub struct World {
     pub api: axum::Router,
     pub near: Arc<FakeProvider>,
     pub chutes: Arc<FakeProvider>,
+    pub db: CatalogDb,
 }
 
 impl World {
@@ -77,10 +149,22 @@ impl World {
             catalog_url: "http://catalog".into(),
             timeouts: Timeouts::default(),
         };
+        let db = CatalogDb::default();
+        db.0.lock().unwrap().insert(
+            M.to_string(),
+            WireRow {
+                id: M.into(),
+                inference_url: None,
+                active: true,
+                price: 1,
+            },
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(tiersim_engine::http::serve(Accept(rx), db.service()));
         let app = Arc::new(App::over_registry(
             Arc::new(reg),
             settings,
-            HttpClient::new(Arc::new(NoNetwork)),
+            HttpClient::new(Arc::new(CatalogOnly(tx))),
         ));
         let api =
             tiersim_engine::api::router(app.clone(), Arc::new(tiersim_engine::api::NoObserver));
@@ -89,6 +173,7 @@ impl World {
             api,
             near,
             chutes,
+            db,
         }
     }
 
