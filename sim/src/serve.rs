@@ -705,6 +705,34 @@ impl ServeWorld {
 mod tests {
     use super::*;
 
+    /// Issue 9: the client's model id cannot forge or hide a log line.
+    #[test]
+    fn log_line_escapes_and_bounds_the_client_model() {
+        let model = format!(
+            "m\n[router] forged: served by near-1\x1b[2K\r{}",
+            "x".repeat(100_000)
+        );
+        let line = log_line(&model, "failed: x", &["near-1 503".into()]);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.len() < 2048, "bounded: {} bytes", line.len());
+        assert!(
+            line.starts_with("[router] m\\u{a}[router] forged"),
+            "{line:?}"
+        );
+        assert!(
+            line.ends_with("…: failed: x; attempts: [near-1 503]"),
+            "{line:?}"
+        );
+    }
+
+    #[test]
+    fn r13_random_admin_keys_are_fresh_hex() {
+        let (a, b) = (random_admin_key(), random_admin_key());
+        assert_eq!(a.as_str().len(), 64);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
     #[test]
     fn bind_is_loopback_unless_allowed() {
         assert_eq!(
