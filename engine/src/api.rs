@@ -202,6 +202,7 @@ struct MessageFields {
     role: Option<String>,
 }
 
+/// `stop`: one sequence or a list; only the list's length is checked.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Stop {
@@ -299,6 +300,7 @@ fn check_fields(f: &ChatFields) -> Result<(), ApiError> {
         Some(_) => return Err(ApiError::invalid("logprobs must be a boolean")),
     };
     if let Some(top) = &f.top_logprobs {
+        // An integer above i64::MAX is still an integer: out of range.
         let Some(top) = top.as_i64().or_else(|| top.as_u64().map(|_| i64::MAX)) else {
             return Err(ApiError::invalid("top_logprobs must be an integer"));
         };
