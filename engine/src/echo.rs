@@ -22,21 +22,36 @@ pub fn is_forging(c: char) -> bool {
         )
 }
 
+/// Appends `c`, written as `\u{…}` if it is a forging character.
+pub fn push_escaped(out: &mut String, c: char) {
+    if is_forging(c) {
+        let _ = write!(out, "\\u{{{:x}}}", c as u32);
+    } else {
+        out.push(c);
+    }
+}
+
 /// `s` as it may be echoed: at most [`MAX_ECHO_CHARS`] characters, each
 /// forging character written as `\u{…}`, then `…` if it was cut. Text that
 /// needs neither is returned as is.
 pub fn echo(s: &str) -> Cow<'_, str> {
-    let long = s.chars().nth(MAX_ECHO_CHARS).is_some();
+    bounded(s, MAX_ECHO_CHARS)
+}
+
+/// `s` with every forging character escaped, whatever its length: for text
+/// that is already bounded (e.g. a sanitised upstream error).
+pub fn escape(s: &str) -> Cow<'_, str> {
+    bounded(s, usize::MAX)
+}
+
+fn bounded(s: &str, max_chars: usize) -> Cow<'_, str> {
+    let long = s.chars().nth(max_chars).is_some();
     if !long && !s.chars().any(is_forging) {
         return Cow::Borrowed(s);
     }
-    let mut out = String::with_capacity(s.len().min(MAX_ECHO_CHARS * 4) + 4);
-    for c in s.chars().take(MAX_ECHO_CHARS) {
-        if is_forging(c) {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
-        } else {
-            out.push(c);
-        }
+    let mut out = String::with_capacity(s.len().min(max_chars.saturating_mul(4)) + 4);
+    for c in s.chars().take(max_chars) {
+        push_escaped(&mut out, c);
     }
     if long {
         out.push('…');
@@ -68,5 +83,7 @@ mod tests {
         assert!(got.ends_with('…'));
         let exact = "y".repeat(MAX_ECHO_CHARS);
         assert_eq!(echo(&exact), exact, "exactly the limit is not cut");
+        assert_eq!(escape(&long), long, "escape never cuts");
+        assert_eq!(escape("a\nb"), "a\\u{a}b");
     }
 }

@@ -7,7 +7,9 @@
 
 use std::fmt::Write;
 
+#[cfg(test)]
 use tiersim_engine::echo::is_forging;
+use tiersim_engine::echo::push_escaped;
 use tiersim_engine::retry::Outcome;
 
 use crate::runner::Report;
@@ -33,10 +35,7 @@ pub fn text(s: &str) -> String {
             '<' => out.push_str("#lt;"),
             '>' => out.push_str("#gt;"),
             '%' => out.push_str("#37;"),
-            c if is_forging(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
+            c => push_escaped(&mut out, c),
         }
     }
     out

@@ -30,7 +30,7 @@ use tiersim_engine::app::{App, AppSettings};
 use tiersim_engine::chutes::e2ee::os_rng;
 use tiersim_engine::chutes::shared_rng;
 use tiersim_engine::config::{AdminKey, EngineConfig};
-use tiersim_engine::echo::echo;
+use tiersim_engine::echo::{echo, escape};
 use tiersim_engine::http::HttpClient;
 use tiersim_engine::net::{Connector, Io, TokioConnector, TokioListener};
 use tiersim_engine::retry::{Attempt, Outcome};
@@ -253,8 +253,9 @@ impl RouteObserver for Printer {
 /// with control characters escaped.
 pub fn log_line(model: &str, result: &str, tried: &[String]) -> String {
     format!(
-        "[router] {}: {result}; attempts: [{}]",
+        "[router] {}: {}; attempts: [{}]",
         echo(model),
+        escape(result),
         tried.join(", ")
     )
 }
