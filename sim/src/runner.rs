@@ -330,7 +330,14 @@ async fn act(st: &Step, w: &WorldHandles, shared: &Arc<Mutex<Shared>>, rec: &mut
         crate::script::refresh(&w.router).await;
     } else if let Some(rows) = &st.admin_patch {
         let body = crate::script::admin_patch_body(rows, &net::url);
-        let (status, bytes) = call(Method::PATCH, "/v1/admin/models", body, &[]).await;
+        let auth = crate::script::admin_authorization(world::SIM_ADMIN_KEY);
+        let (status, bytes) = call(
+            Method::PATCH,
+            "/v1/admin/models",
+            body,
+            &[("authorization", auth)],
+        )
+        .await;
         rec.admin = Some((status, String::from_utf8_lossy(&bytes).into_owned()));
     } else if let Some(edit) = &st.catalog {
         crate::script::edit_catalog(edit, &w.catalog, &net::url);

@@ -29,7 +29,8 @@ use tiersim_engine::api::{self, RouteObserver};
 use tiersim_engine::app::{App, AppSettings};
 use tiersim_engine::chutes::e2ee::os_rng;
 use tiersim_engine::chutes::shared_rng;
-use tiersim_engine::config::EngineConfig;
+use tiersim_engine::config::{AdminKey, EngineConfig};
+use tiersim_engine::echo::{echo, escape};
 use tiersim_engine::http::HttpClient;
 use tiersim_engine::net::{Connector, Io, TokioConnector, TokioListener};
 use tiersim_engine::retry::{Attempt, Outcome};
@@ -58,6 +59,11 @@ pub struct ServeArgs {
     /// have no authentication worth the name: expose them knowingly.
     #[arg(long)]
     pub allow_non_loopback: bool,
+    /// The router's admin key (R13: `Authorization: Bearer <key>` on
+    /// `PATCH /v1/admin/models`). Default: `ADMIN_API_KEY` from the
+    /// environment, else a random key generated and printed at start.
+    #[arg(long, value_name = "KEY")]
+    pub admin_key: Option<String>,
 }
 
 pub const DEFAULT_PORT_BASE: u16 = 18080;
@@ -235,13 +241,23 @@ impl RouteObserver for Printer {
             .collect();
         let result = match outcome {
             Ok((provider, tier)) => format!("served by {provider} ({tier:?})"),
-            Err(e) => format!("failed: {e}"),
+            Err(e) => format!("failed: {}", e.echoed()),
         };
-        println!(
-            "[router] {model}: {result}; attempts: [{}]",
-            tried.join(", ")
-        );
+        // The model id is the client's: bounded and escaped, so no request
+        // can forge or hide a log line.
+        println!("{}", log_line(model, &result, &tried));
     }
+}
+
+/// The per-request log line: the client's model id echoed bounded and
+/// with control characters escaped.
+pub fn log_line(model: &str, result: &str, tried: &[String]) -> String {
+    format!(
+        "[router] {}: {}; attempts: [{}]",
+        echo(model),
+        escape(result),
+        tried.join(", ")
+    )
 }
 
 /// One simulated host on its socket.
@@ -290,8 +306,34 @@ pub async fn start(args: &ServeArgs) -> Result<ServeWorld, ServeError> {
     let ip = check_bind(&args.bind, args.allow_non_loopback)?;
     let scenario =
         crate::scenario::load(&args.scenario).map_err(|e| ServeError::Scenario(e.to_string()))?;
-    let config = world::engine_config(&scenario).map_err(|e| ServeError::Config(e.to_string()))?;
+    let mut config =
+        world::engine_config(&scenario).map_err(|e| ServeError::Config(e.to_string()))?;
+    let given = args
+        .admin_key
+        .clone()
+        .or_else(|| std::env::var("ADMIN_API_KEY").ok())
+        .filter(|k| !k.trim().is_empty());
+    config.admin_api_key = Some(match given {
+        Some(key) => AdminKey::new(key).map_err(|e| ServeError::Config(e.to_string()))?,
+        None => {
+            let key = random_admin_key();
+            println!(
+                "admin key (generated; --admin-key or ADMIN_API_KEY sets one): {}",
+                key.as_str()
+            );
+            key
+        }
+    });
     start_world(scenario, config, ip, args.port_base, &args.scenario).await
+}
+
+/// 32 bytes from the OS RNG, in hex: the admin key when none is given.
+fn random_admin_key() -> AdminKey {
+    use rand_core::Rng;
+    let mut raw = [0u8; 32];
+    os_rng().fill_bytes(&mut raw);
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    AdminKey::new(hex).expect("hex is a valid admin key")
 }
 
 async fn start_world(
@@ -544,10 +586,16 @@ impl ServeWorld {
         }
         if let Some(rows) = &st.admin_patch {
             let body = crate::script::admin_patch_body(rows, &|h| self.url(h));
+            let key = self
+                .config
+                .admin_api_key
+                .as_ref()
+                .map_or("", AdminKey::as_str);
             let req = Request::builder()
                 .method(Method::PATCH)
                 .uri(format!("{}/v1/admin/models", self.urls[ROUTER]))
                 .header("content-type", "application/json")
+                .header("authorization", crate::script::admin_authorization(key))
                 .body(Bytes::from(body))
                 .expect("valid request");
             return Some(
@@ -657,6 +705,34 @@ impl ServeWorld {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 9: the client's model id cannot forge or hide a log line.
+    #[test]
+    fn log_line_escapes_and_bounds_the_client_model() {
+        let model = format!(
+            "m\n[router] forged: served by near-1\x1b[2K\r{}",
+            "x".repeat(100_000)
+        );
+        let line = log_line(&model, "failed: x", &["near-1 503".into()]);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.len() < 2048, "bounded: {} bytes", line.len());
+        assert!(
+            line.starts_with("[router] m\\u{a}[router] forged"),
+            "{line:?}"
+        );
+        assert!(
+            line.ends_with("…: failed: x; attempts: [near-1 503]"),
+            "{line:?}"
+        );
+    }
+
+    #[test]
+    fn r13_random_admin_keys_are_fresh_hex() {
+        let (a, b) = (random_admin_key(), random_admin_key());
+        assert_eq!(a.as_str().len(), 64);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn bind_is_loopback_unless_allowed() {

@@ -77,6 +77,11 @@ pub struct WorldHandles {
     pub near_keys: BTreeMap<String, String>,
 }
 
+/// The simulated router's admin key (R13: without one the admin API is
+/// closed). Scripted `admin_patch` steps send it; it is a constant because
+/// the world is deterministic and never reachable from outside.
+pub const SIM_ADMIN_KEY: &str = "tiersim-sim-admin-key";
+
 /// The engine's environment, as the scenario configures it.
 pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::config::ConfigError> {
     let c = &s.config;
@@ -86,6 +91,7 @@ pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::confi
         "CHUTES_API_KEY" => c.chutes_api_key.then(|| "sim-chutes-key".to_string()),
         "CHUTES_ENABLE_STREAMING" => Some(c.chutes_streaming.to_string()),
         "MODEL_REFRESH_INTERVAL_SECS" => Some(secs.clone()),
+        "ADMIN_API_KEY" => Some(SIM_ADMIN_KEY.to_string()),
         _ => None,
     })
 }

@@ -609,3 +609,37 @@ fn pubkey_headers_reach_the_backend() {
         );
     });
 }
+
+/// Issue 9: the router's body limit is the one a client meets. A body the
+/// router accepts (at most `MAX_REQUEST_BODY`, here one that grows when
+/// re-serialized: `1e15` is forwarded as `1000000000000000.0`) is accepted
+/// by the simulated NEAR backend, never refused with hyper's "Failed to
+/// buffer the request body".
+#[test]
+fn router_accepted_body_is_never_refused_upstream() {
+    use tiersim_engine::api::{validate_chat, MAX_REQUEST_BODY};
+    let head =
+        format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"hi"}}],"x":["#);
+    let mut body = head.into_bytes();
+    while body.len() + 5 + 2 < MAX_REQUEST_BODY {
+        body.extend_from_slice(b"1e15,");
+    }
+    body.extend_from_slice(b"0]}");
+    assert!(body.len() <= MAX_REQUEST_BODY);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let req = validate_chat(&headers, &body)
+        .expect("the router accepts it")
+        .request;
+    let forwarded = serde_json::to_vec(&req.body).unwrap().len();
+    assert!(
+        forwarded > 3 * MAX_REQUEST_BODY,
+        "it grows: {forwarded} bytes"
+    );
+    let w = world(13);
+    w.run(|_| async move {
+        let p = near().await;
+        let r = p.chat_completion(&req).await;
+        assert!(r.is_ok(), "{r:?}");
+    });
+}

@@ -34,6 +34,7 @@ use http::{HeaderMap, StatusCode};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use tiersim_engine::api::MAX_FORWARDED_BODY;
 use tiersim_engine::openai::CODE_MODEL_NOT_FOUND;
 
 use crate::fault::{Fault, FaultBoard, RequestKind};
@@ -94,9 +95,13 @@ impl Service {
         &self.host
     }
 
-    /// A fresh router: one boot of the host.
+    /// A fresh router: one boot of the host. Every host accepts bodies up
+    /// to what the router may forward for a request it accepted
+    /// ([`MAX_FORWARDED_BODY`]), so the router's own limit is the one a
+    /// client meets (axum's default of 2 MiB would refuse upstream what the
+    /// router took).
     pub fn boot(&self) -> Router {
-        (self.make)()
+        (self.make)().layer(axum::extract::DefaultBodyLimit::max(MAX_FORWARDED_BODY))
     }
 
     /// Registers the host on the simulation: each (re)boot builds a fresh
