@@ -22,7 +22,7 @@ use tiersim_engine::chutes::e2ee::InstanceKeypair;
 
 /// Entries per memo: several worlds' worth (a world has a handful of keys
 /// of each kind), so a seed's second run and a shrink's reruns hit.
-const WORLDS_REMEMBERED: usize = 64;
+const WORLDS_REMEMBERED: usize = 16;
 
 /// One process-wide, bounded memo of a pure derivation `K → V`.
 struct Memo<K, V>(LazyLock<Mutex<LruCache<K, V>>>);
