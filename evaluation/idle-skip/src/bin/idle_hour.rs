@@ -20,6 +20,21 @@ fn paused() -> tokio::runtime::Runtime {
 }
 
 fn main() {
+    // `ONLY=fixture|stepped|auto` runs one part (to time its CPU alone).
+    let only = std::env::var("ONLY").ok();
+    let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    if runs("fixture") {
+        fixture();
+    }
+    if runs("stepped") {
+        stepped();
+    }
+    if runs("auto") {
+        auto_advance();
+    }
+}
+
+fn fixture() {
     // 1. turmoil-net's own fixture: one paused runtime, 1 ms fabric ticks.
     let t = Instant::now();
     let mut cs = ClientServer::new();
@@ -36,7 +51,9 @@ fn main() {
         "turmoil-net ClientServer fixture (1 ms ticks): idle hour {:?}",
         t.elapsed()
     );
+}
 
+fn stepped() {
     // 2. One paused runtime, host tasks on one LocalSet, stepped at 1 ms and 10 ms.
     for tick in [Duration::from_millis(1), Duration::from_millis(10)] {
         let rt = paused();
@@ -60,7 +77,9 @@ fn main() {
             t.elapsed()
         );
     }
+}
 
+fn auto_advance() {
     // 3. One paused runtime, event-driven: tokio advances to the next timer.
     let rt = paused();
     let t = Instant::now();
