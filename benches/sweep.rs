@@ -110,6 +110,7 @@ fn bench_fine_tick(c: &mut Criterion) {
 /// message in flight), one request: what idle simulated time costs.
 const IDLE_MINUTE: &str = r#"
 name = "Idle minute"
+description = "One request, an idle simulated minute, one request."
 seed = 5
 [config]
 chutes_models = "zai-org/GLM-5.1-FP8=zai-org/GLM-5.1-TEE"
