@@ -336,13 +336,10 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
             Some(trusted)
         } else {
             // A key the simulated vendor never signs with.
-            Some(
-                tiersim_engine::chutes::attest::VendorKey::from_seed(derive_seed(
-                    s.seed,
-                    "untrusted-vendor",
-                ))
-                .public_key(),
-            )
+            Some(crate::hosts::keys::ed25519_public(derive_seed(
+                s.seed,
+                "untrusted-vendor",
+            )))
         },
         versions,
         chute_ids,

@@ -10,6 +10,7 @@
 mod catalog;
 mod chutes;
 mod external;
+pub mod keys;
 mod near;
 
 pub use catalog::{Catalog, CatalogHandle};

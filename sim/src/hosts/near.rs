@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use ed25519_dalek::SigningKey;
 use tiersim_engine::near::{AttestationReport, ATTESTATION_PATH};
 
 use super::{before_answer, chat_router, derive_seed, json_answer, ChatBackend, Service};
@@ -64,9 +63,7 @@ impl NearBackend {
 
     /// Lower-case hex of its ed25519 verifying key, as its report carries it.
     pub fn signing_key_hex(&self) -> String {
-        SigningKey::from_bytes(&self.signing_seed)
-            .verifying_key()
-            .to_bytes()
+        super::keys::ed25519_public(self.signing_seed)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
@@ -78,9 +75,10 @@ impl NearBackend {
 
     /// The host's HTTP surface, to install on turmoil or serve on real sockets.
     pub fn service(self) -> Service {
+        let key = self.signing_key_hex();
         let report = AttestationReport {
             signing_algo: "ed25519".into(),
-            signing_public_keys: vec![self.signing_key_hex()],
+            signing_public_keys: vec![key.clone()],
         };
         let attestation = Attestation {
             host: self.host.clone(),
@@ -88,7 +86,6 @@ impl NearBackend {
             faults: self.faults.clone(),
         };
         let host = self.host.clone();
-        let key = self.signing_key_hex();
         Service::new(host, move || {
             let chat = chat_router(ChatBackend {
                 host: self.host.clone(),
