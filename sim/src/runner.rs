@@ -30,6 +30,9 @@ pub struct RunOptions {
     /// A review bug of the seed PR to plant in the router (tests and the
     /// hidden `--plant` flag only; `None` in every ordinary run).
     pub plant: Option<PlantedBug>,
+    /// Make the world panic as its script starts (the CLI's hidden
+    /// `--panic-in`: testing the runner's isolation only).
+    pub planted_panic: bool,
 }
 
 /// One request as the client saw it, with the router's attempt log.
@@ -124,14 +127,20 @@ struct Shared {
 /// Simulated time long enough for every step: scripted times, waits, and a
 /// full retry budget per request.
 fn simulation_duration(s: &Scenario) -> Duration {
+    // Saturating: a scenario built in memory (a sweep's) skips the loader's
+    // bound on scripted time; turmoil then stops the run at its limit.
     let mut total = Duration::from_secs(60);
     for st in &s.steps {
         let st = st.get_ref();
         if let Some(at) = &st.at {
-            total = total.max(at.get_ref().0 + Duration::from_secs(60));
+            total = total.max(at.get_ref().0.saturating_add(Duration::from_secs(60)));
         }
-        total += st.advance.map_or(Duration::ZERO, |d| d.0);
-        total += Duration::from_secs(if st.request.is_some() { 700 } else { 60 });
+        total = total.saturating_add(st.advance.map_or(Duration::ZERO, |d| d.0));
+        total = total.saturating_add(Duration::from_secs(if st.request.is_some() {
+            700
+        } else {
+            60
+        }));
     }
     total
 }
@@ -194,7 +203,9 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
         let shared = shared.clone();
         let handles = handles.clone();
         let scenario = scenario.clone();
+        let planted_panic = opts.planted_panic;
         sim.client("client", async move {
+            assert!(!planted_panic, "planted panic (--panic-in)");
             drive(&scenario, &handles, &shared).await;
             Ok(())
         });
@@ -234,6 +245,84 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
         .violations
         .extend(std::mem::take(&mut shared.violations));
     report
+}
+
+/// Runs `scenario` on a thread of its own, named after its file, so that a
+/// panic in its world is this scenario's failure (check `panic`, with the
+/// panic's message) and leaves no state behind for the next world.
+pub fn run_isolated(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
+    remember_first_panics();
+    let outcome = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(file.display().to_string())
+            .spawn_scoped(scope, || run(scenario, file, opts))
+            .map(|world| world.join())
+    });
+    let message = match outcome {
+        Ok(Ok(report)) => return report,
+        Ok(Err(panic)) => format!(
+            "the world panicked: {}",
+            FIRST_PANIC
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&file.display().to_string())
+                .unwrap_or_else(|| panic_message(&*panic))
+        ),
+        Err(e) => format!("cannot start the world's thread: {e}"),
+    };
+    Report {
+        name: scenario.name.clone(),
+        file: file.to_path_buf(),
+        seed: opts.seed.unwrap_or(scenario.seed),
+        steps: Vec::new(),
+        violations: vec![Violation {
+            step: 0,
+            check: "panic".into(),
+            message,
+        }],
+        sim_time: Duration::ZERO,
+        startup_error: None,
+        fired: Vec::new(),
+    }
+}
+
+/// The first panic of each world thread (by thread name = scenario file),
+/// with where it happened: the payload that reaches `join` is often a
+/// runtime's secondary panic ("a spawned task panicked") instead.
+static FIRST_PANIC: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Installs (once) a panic hook that records a named thread's first panic
+/// in [`FIRST_PANIC`], then runs the previous hook (which prints it).
+fn remember_first_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(name) = std::thread::current().name() {
+                let at = info
+                    .location()
+                    .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+                    .unwrap_or_default();
+                let message = format!("{}{at}", panic_message(info.payload()));
+                FIRST_PANIC
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(name.to_string())
+                    .or_insert(message);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {

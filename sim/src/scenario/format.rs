@@ -247,7 +247,8 @@ pub struct Config {
     pub chutes_api_key: bool,
     /// `CHUTES_ENABLE_STREAMING`.
     pub chutes_streaming: bool,
-    /// How often the router polls the catalog (simulated time).
+    /// How often the router polls the catalog (simulated time; whole
+    /// seconds, at least `"1s"`).
     #[schemars(with = "String")]
     pub refresh_interval: Dur,
     /// Whether the router trusts the simulated vendor key that signs Chutes
@@ -273,7 +274,8 @@ impl Default for Config {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NearSpec {
-    /// Host name, also the provider id (e.g. `near-1`).
+    /// Host name, also the provider id (e.g. `near-1`): lowercase letters,
+    /// digits and `-`, at most 63 characters.
     pub host: String,
     /// Model ids this backend serves; others answer 404 model_not_found.
     pub models: Vec<String>,
@@ -284,7 +286,8 @@ pub struct NearSpec {
 pub struct ChuteSpec {
     /// The chute slug named upstream (e.g. `zai-org/GLM-5.1-TEE`).
     pub slug: String,
-    /// Instances behind the gateway, each with its own ML-KEM key.
+    /// Instances behind the gateway, each with its own ML-KEM key (1 to
+    /// 64).
     #[serde(default = "one")]
     pub instances: u32,
     /// Encrypted stream protocol: 1 (Chutes' v1, the default) or 2 (hardened).
@@ -300,6 +303,7 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct ExternalSpec {
     /// Host name (e.g. `openrouter`); the provider id is `external:<host>`.
+    /// Lowercase letters, digits and `-`, at most 63 characters.
     pub host: String,
     /// Model ids this provider serves.
     pub models: Vec<String>,
@@ -350,7 +354,9 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Absolute simulated time at which the step runs (e.g. `"90s"`);
-    /// default: right after the previous step.
+    /// default: right after the previous step. It may not be earlier than
+    /// the previous steps' `at` plus the `advance`s after it, and the
+    /// script may not reach beyond 24h.
     #[schemars(with = "Option<String>")]
     pub at: Option<Spanned<Dur>>,
     /// A note shown in the snapshot and the Mermaid diagram.
@@ -369,16 +375,17 @@ pub struct Step {
     /// Clear every fault of a host.
     #[schemars(with = "Option<String>")]
     pub clear_faults: Option<Spanned<String>>,
-    /// Cut the link between two hosts.
+    /// Cut the link between two different hosts.
     #[schemars(with = "Option<[String; 2]>")]
     pub partition: Option<Spanned<[String; 2]>>,
     /// Restore the link between two hosts.
     #[schemars(with = "Option<[String; 2]>")]
     pub repair: Option<Spanned<[String; 2]>>,
-    /// Crash a host (its state is lost).
+    /// Crash a running host (its state is lost); never the client, which
+    /// plays the script.
     #[schemars(with = "Option<String>")]
     pub crash: Option<Spanned<String>>,
-    /// Restart a crashed host.
+    /// Restart a host an earlier step crashed.
     #[schemars(with = "Option<String>")]
     pub restart: Option<Spanned<String>>,
     /// A client request to the router.
@@ -452,10 +459,11 @@ pub struct RequestSpec {
     #[schemars(with = "Option<String>")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pub_key_of: Option<Spanned<String>>,
-    /// `x-model-pub-key` set to this literal value.
+    /// `x-model-pub-key` set to this literal value (printable ASCII: it is
+    /// sent as a header; a non-hex value pins the router's own refusal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_pub_key: Option<String>,
-    /// `x-client-pub-key` set to this literal value.
+    /// `x-client-pub-key` set to this literal value (printable ASCII).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_pub_key: Option<String>,
 }
@@ -506,14 +514,26 @@ pub struct Expect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
 
+/// The longest simulated time a scenario may script (every duration of the
+/// format, and the time its steps add up to, are checked against it at
+/// load): a day, far beyond any refresh interval or retry budget, and a run
+/// that still ends in seconds of wall time at the 1 ms tick.
+pub const MAX_SIM_TIME: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!(
                 "bad duration {text:?}: {e} (write e.g. \"500ms\", \"2s\", \"1m 30s\")"
             ))
-        })
+        })?;
+        if d > MAX_SIM_TIME {
+            return Err(serde::de::Error::custom(format!(
+                "duration {text:?} is beyond the simulated-time bound of 24h"
+            )));
+        }
+        Ok(Dur(d))
     }
 }
 

@@ -36,7 +36,7 @@ use crate::hosts::derive_seed;
 use crate::record;
 use crate::runner::{self, Report, RunOptions, Violation};
 use crate::scenario::format::{Dur, FaultKind, Scenario, Step};
-use crate::scenario::load::{host_names, MAX_SWEEP_FAULTS};
+use crate::scenario::load::{fault_counts, host_names};
 
 /// The fault menu a seed's schedule is drawn from: the scenario's `[sweep]`
 /// table with the defaults filled in and the flags applied.
@@ -122,20 +122,14 @@ impl Menu {
                 hosts.join(", ")
             ));
         }
-        let min_faults = flags
-            .min_faults
-            .or(spec.min_faults.as_ref().map(|n| *n.get_ref()))
-            .unwrap_or(1);
-        let max_faults = flags
-            .max_faults
-            .or(spec.max_faults.as_ref().map(|n| *n.get_ref()))
-            .unwrap_or(3)
-            .max(min_faults);
-        if max_faults > MAX_SWEEP_FAULTS {
-            return Err(format!(
-                "at most {MAX_SWEEP_FAULTS} faults per seed (asked for {max_faults})"
-            ));
-        }
+        let (min_faults, max_faults) = fault_counts(
+            flags
+                .min_faults
+                .or(spec.min_faults.as_ref().map(|n| *n.get_ref())),
+            flags
+                .max_faults
+                .or(spec.max_faults.as_ref().map(|n| *n.get_ref())),
+        )?;
         Ok(Menu {
             hosts,
             kinds,
@@ -233,8 +227,7 @@ impl Composed {
                 origins.push(*o);
             }
         }
-        out.scenario.steps = steps;
-        out.origins = origins;
+        (out.scenario.steps, out.origins) = playable(steps, origins);
         out.events
             .retain(|e| out.origins.contains(&Origin::Start(e.number)));
         out
@@ -338,7 +331,15 @@ impl Plan {
             }
             base.tick = Some(spanned(Dur(t)));
         }
-        let reference = runner::run(&base, file, &RunOptions { seed: None, plant });
+        let reference = runner::run(
+            &base,
+            file,
+            &RunOptions {
+                seed: None,
+                plant,
+                ..RunOptions::default()
+            },
+        );
         let mut timeline: Vec<Duration> = reference.steps.iter().map(|r| r.at).collect();
         let last = timeline.last().copied().unwrap_or_default();
         timeline.resize(base.steps.len(), last);
@@ -495,6 +496,7 @@ impl Plan {
                 origins.push(o);
             }
         }
+        let (steps, origins) = playable(steps, origins);
         let mut scenario = self.base.clone();
         scenario.seed = seed;
         scenario.steps = steps;
@@ -506,10 +508,12 @@ impl Plan {
             "{} under the random fault schedule of sweep seed {seed}.\n",
             self.file.display()
         );
+        let mut events = events.to_vec();
+        events.retain(|e| origins.contains(&Origin::Start(e.number)));
         Composed {
             scenario,
             origins,
-            events: events.to_vec(),
+            events,
         }
     }
 
@@ -521,6 +525,7 @@ impl Plan {
             &RunOptions {
                 seed: Some(composed.scenario.seed),
                 plant: self.plant,
+                ..RunOptions::default()
             },
         )
     }
@@ -548,6 +553,41 @@ impl Plan {
             divergence,
         }
     }
+}
+
+/// `steps` as a script the loader accepts, running as they would: a crash
+/// of a host already down and a restart of a host already up are left out
+/// (overlapping crash windows of one host, or a shrink that removed one
+/// half of a base crash/restart pair), and an `at` the steps before already
+/// passed is raised to the time they reach (the runner would start that
+/// step at once anyway).
+fn playable(steps: Vec<Spanned<Step>>, origins: Vec<Origin>) -> (Vec<Spanned<Step>>, Vec<Origin>) {
+    let mut now = Duration::ZERO;
+    let mut down = std::collections::BTreeSet::new();
+    let mut out = (Vec::new(), Vec::new());
+    for (mut step, origin) in steps.into_iter().zip(origins) {
+        let st = step.get_mut();
+        if let Some(h) = &st.crash {
+            if !down.insert(h.get_ref().clone()) {
+                continue;
+            }
+        }
+        if let Some(h) = &st.restart {
+            if !down.remove(h.get_ref()) {
+                continue;
+            }
+        }
+        if let Some(at) = &mut st.at {
+            if at.get_ref().0 < now {
+                *at = spanned(Dur(now));
+            }
+            now = at.get_ref().0;
+        }
+        now += st.advance.map_or(Duration::ZERO, |d| d.0);
+        out.0.push(step);
+        out.1.push(origin);
+    }
+    out
 }
 
 /// The two steps of a fault: its start and its end.
@@ -676,17 +716,51 @@ pub fn first_divergence(a: &str, b: &str) -> Divergence {
     }
 }
 
+/// Most seeds one sweep (or one shard of it) runs: a bound on the seed list
+/// it holds; shard a larger sweep (`--shard K/N`).
+pub const MAX_SEEDS: u64 = 1_000_000;
+
+/// `--seeds`: `A..B` (B excluded) or `A..=B`, as a non-empty inclusive range.
+/// An empty range is an error: a CI gate must never pass on zero work. The
+/// end never wraps (`18446744073709551615..=18446744073709551615` is one
+/// seed).
+pub fn parse_seeds(s: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
+    let bad = |why: &str| format!("{s:?}: {why}; write seeds as A..B (B excluded) or A..=B");
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| bad("not a seed number"))
+    };
+    let (first, last) = if let Some((a, b)) = s.split_once("..=") {
+        (num(a)?, num(b)?)
+    } else if let Some((a, b)) = s.split_once("..") {
+        let (a, b) = (num(a)?, num(b)?);
+        if b == 0 {
+            return Err(bad("the range is empty"));
+        }
+        (a, b - 1)
+    } else {
+        return Err(bad("not a range"));
+    };
+    if first > last {
+        return Err(bad("the range is empty"));
+    }
+    Ok(first..=last)
+}
+
+/// How many seeds shard `k` of `n` (1-based) of `seeds` holds.
+pub fn shard_len(seeds: &std::ops::RangeInclusive<u64>, k: u64, n: u64) -> u64 {
+    let total = u128::from(seeds.end() - seeds.start()) + 1;
+    ((total + u128::from(n) - u128::from(k)) / u128::from(n)) as u64
+}
+
 /// `seeds` split for shard `k` of `n` (1-based): every `n`-th seed from the
 /// `k`-th, so shards are disjoint, cover the range and share the work.
-pub fn shard(seeds: std::ops::Range<u64>, k: u64, n: u64) -> Vec<u64> {
+pub fn shard(seeds: std::ops::RangeInclusive<u64>, k: u64, n: u64) -> Vec<u64> {
     assert!(n >= 1 && (1..=n).contains(&k), "shard {k}/{n}");
-    let k = usize::try_from(k - 1).expect("shard index fits usize");
-    let n = usize::try_from(n).expect("shard count fits usize");
-    seeds
-        .enumerate()
-        .filter(|(i, _)| i % n == k)
-        .map(|(_, s)| s)
-        .collect()
+    let skip = usize::try_from(k - 1).expect("shard index fits usize");
+    let step = usize::try_from(n).expect("shard count fits usize");
+    seeds.skip(skip).step_by(step).collect()
 }
 
 /// Runs `seeds` on `jobs` threads (each seed's turmoil world is
