@@ -1,6 +1,6 @@
 //! A step's expectations, checked against what the step recorded.
 
-use crate::runner::StepRecord;
+use crate::record::StepRecord;
 use crate::scenario::format::Expect;
 
 /// Whether provider id `id` is what a scenario calls `name`: the exact id, or

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tiersim::runner::{self, RunOptions};
 use tiersim::scenario::format::{FaultKind, MAX_SIM_TIME};
 use tiersim::sweep::{self, shrink, MenuFlags, Plan};
-use tiersim::{junit, mermaid, record, rules, scenario};
+use tiersim::{junit, mermaid, record, render, rules, scenario};
 use tiersim_engine::registry::PlantedBug;
 
 #[derive(Parser)]
@@ -296,7 +296,7 @@ fn run_all(
     opts: &RunOptions,
     panic_in: Option<&str>,
     jobs: usize,
-    mut done: impl FnMut(usize, runner::Report, Duration),
+    mut done: impl FnMut(usize, record::Report, Duration),
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = &AtomicUsize::new(0);
@@ -414,7 +414,7 @@ fn run(
                 wall.as_secs_f64()
             );
             if trace {
-                out += &format!("{}\n", record::render(&report));
+                out += &format!("{}\n", render::render(&report));
             }
             if report.passed() {
                 passed += 1;
@@ -727,7 +727,7 @@ fn replay(file: PathBuf, seed: u64, write: Option<PathBuf>, menu: MenuArgs) -> E
     }
     init_trace();
     let report = plan.run(&composed);
-    println!("{}", record::render(&report));
+    println!("{}", render::render(&report));
     if report.passed() {
         println!("pass: no oracle violated");
         ExitCode::SUCCESS

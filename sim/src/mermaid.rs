@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use tiersim_engine::retry::Outcome;
 
-use crate::runner::Report;
+use crate::record::Report;
 use crate::scenario::Scenario;
 
 /// Mermaid participant ids cannot hold `:`, `/` or `.`.

@@ -1,7 +1,7 @@
 //! Runs one scenario in its turmoil world: a driver host plays the steps,
 //! records the state after each, and checks expectations and oracles.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,13 +9,13 @@ use bytes::Bytes;
 use http::{Method, Request};
 use serde_json::{json, Value};
 use tiersim_engine::registry::{PlantedBug, RegistryView};
-use tiersim_engine::retry::Attempt;
-use tiersim_engine::Tier;
 
-use crate::fault::Fired;
+use crate::fault::FaultInjection;
 use crate::net;
 use crate::oracle;
-use crate::scenario::format::{RequestSpec, Scenario, Step};
+use crate::record::{PatchBefore, Report, RequestRecord, StepRecord, Violation};
+use crate::scenario::format::{CatalogEdit, PatchRow, RequestSpec, Scenario};
+use crate::scenario::Dispatcher;
 use crate::world::{self, WorldHandles};
 
 /// The longest a single client request may take, in simulated time.
@@ -33,83 +33,6 @@ pub struct RunOptions {
     /// Make the world panic as its script starts (the CLI's hidden
     /// `--panic-in`: testing the runner's isolation only).
     pub planted_panic: bool,
-}
-
-/// One request as the client saw it, with the router's attempt log.
-#[derive(Debug, Clone)]
-pub struct RequestRecord {
-    pub model: String,
-    pub stream: bool,
-    pub status: u16,
-    pub body: Bytes,
-    pub attempts: Vec<Attempt>,
-    pub served: Option<(String, Tier)>,
-}
-
-/// The state after one step.
-#[derive(Debug, Clone)]
-pub struct StepRecord {
-    pub index: usize,
-    pub at: Duration,
-    pub action: String,
-    pub note: Option<String>,
-    pub request: Option<RequestRecord>,
-    /// `GET /v1/models`, when the step's expectations ask for it.
-    pub listed: Option<Vec<String>>,
-    /// Status and body of an admin PATCH.
-    pub admin: Option<(u16, String)>,
-    /// `None` while the router is down.
-    pub state: Option<RegistryView>,
-    /// For an admin PATCH: the batch and the registry just before it, when
-    /// nothing else wrote the registry around it (no refresh interleaved).
-    pub patch_before: Option<PatchBefore>,
-}
-
-/// The registry right before an admin PATCH, for the oracle that the batch
-/// leaves every other model alone.
-#[derive(Debug, Clone)]
-pub struct PatchBefore {
-    /// The ids the batch names.
-    pub ids: Vec<String>,
-    pub view: RegistryView,
-}
-
-/// A failed expectation or oracle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// 1-based step, 0 for the run as a whole.
-    pub step: usize,
-    /// `expect` or `oracle:<name>`.
-    pub check: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "step {}: {}: {}", self.step, self.check, self.message)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub name: String,
-    pub file: PathBuf,
-    pub seed: u64,
-    pub steps: Vec<StepRecord>,
-    pub violations: Vec<Violation>,
-    pub sim_time: Duration,
-    pub startup_error: Option<String>,
-    /// Every fault that fired, in order (part of the determinism hash).
-    pub fired: Vec<Fired>,
-}
-
-impl Report {
-    pub fn passed(&self) -> bool {
-        self.violations.is_empty()
-    }
-    pub fn requests(&self) -> usize {
-        self.steps.iter().filter(|s| s.request.is_some()).count()
-    }
 }
 
 enum Control {
@@ -337,7 +260,7 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
         let mut rec = StepRecord {
             index,
             at: start.elapsed(),
-            action: describe(st),
+            action: st.action().to_string(),
             note: st.note.clone(),
             request: None,
             listed: None,
@@ -353,7 +276,13 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             None => None,
         };
         tracing::info!(step = index, at = ?rec.at, "{}", rec.action);
-        act(st, w, shared, &mut rec).await;
+        SimWorld {
+            w,
+            shared,
+            rec: &mut rec,
+        }
+        .dispatch(st.action())
+        .await;
         if st.expect.as_ref().is_some_and(|e| e.listed.is_some()) {
             rec.listed = Some(list_models().await);
         }
@@ -414,51 +343,79 @@ async fn wait_for_router(w: &WorldHandles) {
     }
 }
 
-async fn act(st: &Step, w: &WorldHandles, shared: &Arc<Mutex<Shared>>, rec: &mut StepRecord) {
-    if st.refresh.is_some() {
-        crate::script::refresh(&w.router).await;
-    } else if let Some(rows) = &st.admin_patch {
+/// The simulated world as a [`Dispatcher`]: what a step does here, and
+/// what it records in the step's record.
+struct SimWorld<'a> {
+    w: &'a WorldHandles,
+    shared: &'a Arc<Mutex<Shared>>,
+    rec: &'a mut StepRecord,
+}
+
+impl SimWorld<'_> {
+    /// Asks the stepping loop to crash or restart a host (turmoil does both
+    /// between steps of the simulation), and lets it.
+    async fn control(&mut self, c: Control) {
+        self.shared.lock().unwrap().control.push(c);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Dispatcher for SimWorld<'_> {
+    async fn refresh(&mut self) {
+        crate::script::refresh(&self.w.router).await;
+    }
+
+    async fn admin_patch(&mut self, rows: &[PatchRow]) {
         let body = crate::script::admin_patch_body(rows, &net::url);
         let (status, bytes) = call(Method::PATCH, "/v1/admin/models", body, &[]).await;
-        rec.admin = Some((status, String::from_utf8_lossy(&bytes).into_owned()));
-    } else if let Some(edit) = &st.catalog {
-        crate::script::edit_catalog(edit, &w.catalog, &net::url);
-    } else if let Some(f) = &st.fault {
-        w.board.apply(f.get_ref().clone());
-    } else if let Some(h) = &st.clear_faults {
-        w.board.clear(h.get_ref());
-    } else if let Some(p) = &st.partition {
-        let [a, b] = p.get_ref();
-        turmoil::partition(a.as_str(), b.as_str());
-    } else if let Some(p) = &st.repair {
-        let [a, b] = p.get_ref();
-        turmoil::repair(a.as_str(), b.as_str());
-    } else if let Some(h) = &st.crash {
-        shared
-            .lock()
-            .unwrap()
-            .control
-            .push(Control::Crash(h.get_ref().clone()));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    } else if let Some(h) = &st.restart {
-        shared
-            .lock()
-            .unwrap()
-            .control
-            .push(Control::Restart(h.get_ref().clone()));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        if h.get_ref() == "router" {
-            wait_for_router(w).await;
+        self.rec.admin = Some((status, String::from_utf8_lossy(&bytes).into_owned()));
+    }
+
+    async fn catalog(&mut self, edit: &CatalogEdit) {
+        crate::script::edit_catalog(edit, &self.w.catalog, &net::url);
+    }
+
+    async fn fault(&mut self, fault: &FaultInjection) {
+        self.w.board.apply(fault.clone());
+    }
+
+    async fn clear_faults(&mut self, host: &str) {
+        self.w.board.clear(host);
+    }
+
+    async fn partition(&mut self, a: &str, b: &str) {
+        turmoil::partition(a, b);
+    }
+
+    async fn repair(&mut self, a: &str, b: &str) {
+        turmoil::repair(a, b);
+    }
+
+    async fn crash(&mut self, host: &str) {
+        self.control(Control::Crash(host.to_string())).await;
+    }
+
+    async fn restart(&mut self, host: &str) {
+        self.control(Control::Restart(host.to_string())).await;
+        if host == "router" {
+            wait_for_router(self.w).await;
         }
-    } else if let Some(req) = &st.request {
-        rec.request = Some(request(req, w).await);
-    } else if let Some(model) = &st.unregister {
-        let app = w.router.lock().unwrap().app.clone();
+    }
+
+    async fn request(&mut self, spec: &RequestSpec) {
+        self.rec.request = Some(request(spec, self.w).await);
+    }
+
+    async fn unregister(&mut self, model: &str) {
+        let app = self.w.router.lock().unwrap().app.clone();
         if let Some(app) = app {
             app.registry().unregister(model);
         }
-    } else if let Some(d) = st.advance {
-        tokio::time::sleep(d.0).await;
+    }
+
+    async fn advance(&mut self, by: Duration) {
+        tokio::time::sleep(by).await;
     }
 }
 
@@ -533,63 +490,6 @@ async fn list_models() -> Vec<String> {
             })
         })
         .unwrap_or_default()
-}
-
-/// A one-line summary of a step's action, for snapshots and diagrams.
-pub fn describe(st: &Step) -> String {
-    if st.refresh.is_some() {
-        "refresh".into()
-    } else if let Some(rows) = &st.admin_patch {
-        format!(
-            "admin_patch {}",
-            serde_json::to_string(rows).unwrap_or_default()
-        )
-    } else if let Some(e) = &st.catalog {
-        let mut parts = Vec::new();
-        parts.extend(e.upsert.iter().map(|r| format!("upsert {}", r.id)));
-        parts.extend(e.remove.iter().map(|r| format!("remove {r}")));
-        parts.extend(
-            e.external_upsert
-                .iter()
-                .map(|r| format!("external+ {}@{}", r.model, r.host.get_ref())),
-        );
-        parts.extend(e.external_remove.iter().map(|r| format!("external- {r}")));
-        format!("catalog {}", parts.join(", "))
-    } else if let Some(f) = &st.fault {
-        format!("fault {}", f.get_ref())
-    } else if let Some(h) = &st.clear_faults {
-        format!("clear_faults {}", h.get_ref())
-    } else if let Some(p) = &st.partition {
-        format!("partition {} | {}", p.get_ref()[0], p.get_ref()[1])
-    } else if let Some(p) = &st.repair {
-        format!("repair {} | {}", p.get_ref()[0], p.get_ref()[1])
-    } else if let Some(h) = &st.crash {
-        format!("crash {}", h.get_ref())
-    } else if let Some(h) = &st.restart {
-        format!("restart {}", h.get_ref())
-    } else if let Some(r) = &st.request {
-        let mut s = format!(
-            "request {}{}",
-            r.model,
-            if r.stream { " (stream)" } else { "" }
-        );
-        if let Some(h) = &r.pub_key_of {
-            s += &format!(" x-model-pub-key=<{}>", h.get_ref());
-        }
-        if let Some(k) = &r.model_pub_key {
-            s += &format!(" x-model-pub-key={k}");
-        }
-        if let Some(k) = &r.client_pub_key {
-            s += &format!(" x-client-pub-key={k}");
-        }
-        s
-    } else if let Some(m) = &st.unregister {
-        format!("unregister {m}")
-    } else if let Some(d) = st.advance {
-        format!("advance {}", humantime::format_duration(d.0))
-    } else {
-        "check".into()
-    }
 }
 
 /// Loads and runs a scenario file.

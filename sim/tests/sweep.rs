@@ -307,7 +307,7 @@ fn junit_for_scenario_runs() {
     let s = scenario::load(&file).unwrap();
     let ok = runner::run(&s, &file, &RunOptions::default());
     let mut bad = ok.clone();
-    bad.violations.push(runner::Violation {
+    bad.violations.push(tiersim::record::Violation {
         step: 2,
         check: "expect".into(),
         message: "status: expected 200, got 503 (body: <b>&\"x\")".into(),

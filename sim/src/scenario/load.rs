@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+use super::action::Action;
 use super::format::{Expect, FaultKind, Scenario, Step, SweepSpec, MAX_SIM_TIME};
 use crate::rules::RULES;
 use tiersim_engine::Tier;
@@ -511,30 +512,14 @@ impl<'a> Validator<'a, '_> {
         state: &mut ScriptState<'a>,
     ) -> Result<(), Problem> {
         let st = step.get_ref();
-        let actions = [
-            st.refresh.is_some(),
-            st.admin_patch.is_some(),
-            st.catalog.is_some(),
-            st.fault.is_some(),
-            st.clear_faults.is_some(),
-            st.partition.is_some(),
-            st.repair.is_some(),
-            st.crash.is_some(),
-            st.restart.is_some(),
-            st.request.is_some(),
-            st.unregister.is_some(),
-            st.advance.is_some(),
-        ]
-        .iter()
-        .filter(|a| **a)
-        .count();
-        const KINDS: &str = "refresh, admin_patch, catalog, fault, clear_faults, partition, repair, crash, restart, request, unregister, advance";
+        let actions = st.actions().len();
+        let kinds = Action::KEYS.join(", ");
         if actions > 1 {
             return Err((
                 step.span(),
                 "a step holds at most one action".into(),
                 Some(format!(
-                    "split it into several [[step]] tables; actions are: {KINDS}"
+                    "split it into several [[step]] tables; actions are: {kinds}"
                 )),
             ));
         }
@@ -542,7 +527,7 @@ impl<'a> Validator<'a, '_> {
             return Err((
                 step.span(),
                 "a step needs an action or an expect".into(),
-                Some(format!("actions are: {KINDS}")),
+                Some(format!("actions are: {kinds}")),
             ));
         }
         let at_step = |key: &str| self.locate.span(&[Key("step"), At(i), Key(key)]);

@@ -1,10 +1,12 @@
 //! Scenarios: the file format, loading with precise errors, and discovery of
 //! scenario files.
 
+pub mod action;
 pub mod format;
 pub mod load;
 pub mod write;
 
+pub use action::{Action, Dispatcher};
 pub use format::Scenario;
 pub use load::{load, parse, parse_bytes, ScenarioError};
 

@@ -33,10 +33,12 @@ use toml::Spanned;
 
 use crate::fault::{Fault, FaultInjection, FaultRule};
 use crate::hosts::derive_seed;
-use crate::record;
-use crate::runner::{self, Report, RunOptions, Violation};
+use crate::record::{Report, Violation};
+use crate::render;
+use crate::runner::{self, RunOptions};
 use crate::scenario::format::{Dur, FaultKind, Scenario, Step};
 use crate::scenario::load::{fault_counts, host_names};
+use crate::scenario::Action;
 
 /// The fault menu a seed's schedule is drawn from: the scenario's `[sweep]`
 /// table with the defaults filled in and the flags applied.
@@ -272,7 +274,7 @@ pub fn strip_expectations(s: &Scenario) -> Scenario {
         .filter_map(|st| {
             let mut step = st.get_ref().clone();
             step.expect = None;
-            (runner::describe(&step) != "check").then(|| Spanned::new(st.span(), step))
+            (!matches!(step.action(), Action::Check)).then(|| Spanned::new(st.span(), step))
         })
         .collect();
     out
@@ -599,30 +601,21 @@ fn event_steps(e: &FaultEvent) -> (Step, Step) {
         humantime::format_duration(e.end)
     );
     let end_note = format!("sweep fault {} ends", e.number);
-    let mut start = Step {
+    let (start_action, end_action) = match &e.action {
+        EventAction::Fault(f) => (Action::Fault(f), Action::ClearFaults(&f.host)),
+        EventAction::Partition(h) => (Action::Partition("router", h), Action::Repair("router", h)),
+        EventAction::Crash(h) => (Action::Crash(h), Action::Restart(h)),
+    };
+    let start = Step {
         at: at(e.at),
         note: Some(start_note),
-        ..Step::default()
+        ..Step::of(start_action)
     };
-    let mut end = Step {
+    let end = Step {
         at: at(e.end),
         note: Some(end_note),
-        ..Step::default()
+        ..Step::of(end_action)
     };
-    match &e.action {
-        EventAction::Fault(f) => {
-            start.fault = Some(spanned(f.clone()));
-            end.clear_faults = Some(spanned(f.host.clone()));
-        }
-        EventAction::Partition(h) => {
-            start.partition = Some(spanned(["router".to_string(), h.clone()]));
-            end.repair = Some(spanned(["router".to_string(), h.clone()]));
-        }
-        EventAction::Crash(h) => {
-            start.crash = Some(spanned(h.clone()));
-            end.restart = Some(spanned(h.clone()));
-        }
-    }
     (start, end)
 }
 
@@ -671,7 +664,7 @@ impl fmt::Display for Divergence {
 /// A run as hashed for the determinism check: the snapshot text (registry,
 /// attempts, served bytes) and every fault that fired.
 pub fn canonical(r: &Report) -> String {
-    let mut text = record::render(r);
+    let mut text = render::render(r);
     text.push_str("\n## fired\n");
     for f in &r.fired {
         text.push_str(&format!("- {} {:?}: {}\n", f.host, f.kind, f.fault));
