@@ -50,11 +50,7 @@ const STREAMING_OFF: &str = "sweep_streaming_off.toml";
 fn schedules_come_from_the_seed_and_the_menu() {
     let p = plan(MIXED, None);
     assert_eq!(p.menu.max_faults, 3, "the scenario's [sweep] table");
-    assert!(!p
-        .menu
-        .kinds
-        .iter()
-        .any(|(k, _)| FaultKind::COSTLY.contains(k)));
+    assert!(!p.menu.kinds.iter().any(|(k, _)| k.costly()));
     let mut distinct = std::collections::BTreeSet::new();
     for seed in 0..40 {
         let s = p.schedule(seed);

@@ -159,24 +159,30 @@ async fn before_answer(
     streaming: bool,
 ) -> Option<Response> {
     match fault? {
-        Fault::Latency { ms } => {
+        Fault::LatencyMs { ms } => {
             tokio::time::sleep(Duration::from_millis(*ms)).await;
             None
         }
         // A JSON answer has no first token: the whole answer is slow.
-        Fault::SlowFirstToken { ms } if !streaming => {
+        Fault::SlowFirstTokenMs { ms } if !streaming => {
             tokio::time::sleep(Duration::from_millis(*ms)).await;
             None
         }
-        Fault::HttpStatus { status, code } => {
+        Fault::HttpStatus {
+            status,
+            code,
+            message,
+        } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let code = code
                 .as_deref()
                 .or((status == StatusCode::TOO_MANY_REQUESTS).then_some("rate_limit_exceeded"));
-            let message = format!(
-                "{host}: injected {}",
-                status.canonical_reason().unwrap_or("error")
-            );
+            let message = message.clone().unwrap_or_else(|| {
+                format!(
+                    "{host}: injected {}",
+                    status.canonical_reason().unwrap_or("error")
+                )
+            });
             Some(error_response(status, code, &message))
         }
         Fault::ModelNotFound => Some(model_not_found(model, host)),
@@ -228,9 +234,9 @@ fn body_answer(fault: Option<&Fault>, content_type: &'static str, body: Bytes) -
     let half = || Step::Data(body.slice(..body.len() / 2));
     let steps = match fault {
         Some(Fault::ResetBeforeBody) => vec![Step::Reset],
-        Some(Fault::ResetMidBody { .. }) => vec![half(), Step::Flush, Step::Reset],
+        Some(Fault::ResetAfterChunks { .. }) => vec![half(), Step::Flush, Step::Reset],
         // A clean end after half the body: an undecodable body.
-        Some(Fault::CutStream { .. }) => vec![half()],
+        Some(Fault::CutStreamAfter { .. }) => vec![half()],
         _ => return ([(CONTENT_TYPE, content_type)], body).into_response(),
     };
     scripted(StatusCode::OK, content_type, steps)
@@ -362,16 +368,16 @@ async fn chat(
 
     let steps = match fault {
         Some(Fault::ResetBeforeBody) => vec![Step::Reset],
-        Some(Fault::ResetMidBody { after_chunks }) => {
+        Some(Fault::ResetAfterChunks { after_chunks }) => {
             chunks.truncate(after_chunks as usize);
             chunks.extend([Step::Flush, Step::Reset]);
             chunks
         }
-        Some(Fault::CutStream { after_chunks }) => {
+        Some(Fault::CutStreamAfter { after_chunks }) => {
             chunks.truncate(after_chunks as usize);
             chunks
         }
-        Some(Fault::SlowFirstToken { ms }) => {
+        Some(Fault::SlowFirstTokenMs { ms }) => {
             let mut steps = vec![Step::Sleep(Duration::from_millis(ms))];
             steps.extend(chunks);
             steps.push(done);

@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
 use crate::fault::FaultInjection;
+pub use crate::fault::FaultKind;
 
 /// One scenario: a world, a configuration and an ordered script of steps.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -111,130 +112,9 @@ pub struct SweepSpec {
     /// 408, 400).
     #[schemars(with = "Option<Vec<u16>>")]
     pub statuses: Option<Spanned<Vec<u16>>>,
-    /// Longest `latency` and `slow_first_token` delay (default `"2s"`).
+    /// Longest `latency_ms` and `slow_first_token_ms` delay (default `"2s"`).
     #[schemars(with = "Option<String>")]
     pub max_latency: Option<Dur>,
-}
-
-/// A kind of fault the sweep can draw (SPEC §8); the fault keys of
-/// `sim/src/fault.rs`, plus turmoil's partitions and crash/restart.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultKind {
-    HttpStatus,
-    ModelNotFound,
-    ResetBeforeBody,
-    ResetMidBody,
-    Latency,
-    SlowFirstToken,
-    CutStream,
-    ForgedOuterDone,
-    E2eError,
-    DropFrame,
-    ReorderFrame,
-    ReplayFrame,
-    WrongKey,
-    GzipBomb,
-    OversizedLine,
-    FrameBeforeInit,
-    CorruptFrame,
-    BadBase64Frame,
-    /// Cut the link between the router and the host for a while.
-    Partition,
-    /// Crash the host, restart it later.
-    Crash,
-}
-
-impl FaultKind {
-    pub const ALL: &'static [FaultKind] = &[
-        FaultKind::HttpStatus,
-        FaultKind::ModelNotFound,
-        FaultKind::ResetBeforeBody,
-        FaultKind::ResetMidBody,
-        FaultKind::Latency,
-        FaultKind::SlowFirstToken,
-        FaultKind::CutStream,
-        FaultKind::ForgedOuterDone,
-        FaultKind::E2eError,
-        FaultKind::DropFrame,
-        FaultKind::ReorderFrame,
-        FaultKind::ReplayFrame,
-        FaultKind::WrongKey,
-        FaultKind::GzipBomb,
-        FaultKind::OversizedLine,
-        FaultKind::FrameBeforeInit,
-        FaultKind::CorruptFrame,
-        FaultKind::BadBase64Frame,
-        FaultKind::Partition,
-        FaultKind::Crash,
-    ];
-
-    /// Kinds left out unless asked for: each allocates tens of MiB.
-    pub const COSTLY: &'static [FaultKind] = &[FaultKind::GzipBomb, FaultKind::OversizedLine];
-
-    /// The name used in `[sweep]` and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            FaultKind::HttpStatus => "http_status",
-            FaultKind::ModelNotFound => "model_not_found",
-            FaultKind::ResetBeforeBody => "reset_before_body",
-            FaultKind::ResetMidBody => "reset_mid_body",
-            FaultKind::Latency => "latency",
-            FaultKind::SlowFirstToken => "slow_first_token",
-            FaultKind::CutStream => "cut_stream",
-            FaultKind::ForgedOuterDone => "forged_outer_done",
-            FaultKind::E2eError => "e2e_error",
-            FaultKind::DropFrame => "drop_frame",
-            FaultKind::ReorderFrame => "reorder_frame",
-            FaultKind::ReplayFrame => "replay_frame",
-            FaultKind::WrongKey => "wrong_key",
-            FaultKind::GzipBomb => "gzip_bomb",
-            FaultKind::OversizedLine => "oversized_line",
-            FaultKind::FrameBeforeInit => "frame_before_init",
-            FaultKind::CorruptFrame => "corrupt_frame",
-            FaultKind::BadBase64Frame => "bad_base64_frame",
-            FaultKind::Partition => "partition",
-            FaultKind::Crash => "crash",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<FaultKind> {
-        Self::ALL.iter().copied().find(|k| k.name() == name)
-    }
-
-    /// Whether only the Chutes gateway acts this fault out.
-    pub fn chutes_only(self) -> bool {
-        matches!(
-            self,
-            FaultKind::ForgedOuterDone
-                | FaultKind::E2eError
-                | FaultKind::DropFrame
-                | FaultKind::ReorderFrame
-                | FaultKind::ReplayFrame
-                | FaultKind::WrongKey
-                | FaultKind::GzipBomb
-                | FaultKind::OversizedLine
-                | FaultKind::FrameBeforeInit
-                | FaultKind::CorruptFrame
-                | FaultKind::BadBase64Frame
-        )
-    }
-
-    /// Whether `host` can suffer this fault: the router only crashes (a
-    /// partition cuts it from another host); the client, which drives the
-    /// scenario, suffers none.
-    pub fn hits(self, host: &str) -> bool {
-        match self {
-            _ if host == "client" => false,
-            FaultKind::Crash => true,
-            FaultKind::Partition => host != "router",
-            _ if host == "router" => false,
-            k if k.chutes_only() => host == "chutes",
-            _ => true,
-        }
-    }
 }
 
 /// The engine's environment-style settings.

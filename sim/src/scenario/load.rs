@@ -1089,7 +1089,7 @@ mod tests {
         assert!(e.message.contains("client"), "{e}");
         let ok = parse(
             Path::new("ok.toml"),
-            &format!("{HEAD}[sweep]\nhosts = [\"near-1\", \"router\"]\nkinds = [\"crash\", \"latency\"]\nweights = {{ crash = 2 }}\nuntil = \"10s\"\n"),
+            &format!("{HEAD}[sweep]\nhosts = [\"near-1\", \"router\"]\nkinds = [\"crash\", \"latency_ms\"]\nweights = {{ crash = 2 }}\nuntil = \"10s\"\n"),
         )
         .unwrap();
         assert_eq!(ok.sweep.unwrap().get_ref().weights[&FaultKind::Crash], 2);

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tiersim_engine::registry::PlantedBug;
 use toml::Spanned;
 
-use crate::fault::{Fault, FaultInjection, FaultRule};
+use crate::fault::{Dice, DrawLimits, FaultInjection, FaultRule};
 use crate::hosts::derive_seed;
 use crate::record::{Report, Violation};
 use crate::render;
@@ -103,7 +103,7 @@ impl Menu {
             (None, None) => FaultKind::ALL
                 .iter()
                 .copied()
-                .filter(|k| !FaultKind::COSTLY.contains(k))
+                .filter(|k| !k.costly())
                 .collect(),
         };
         let kinds: Vec<(FaultKind, u32)> = FaultKind::ALL
@@ -291,8 +291,7 @@ fn ms(d: Duration) -> u64 {
 /// Deterministic draws from a ChaCha20 stream.
 struct Draw(ChaCha20Rng);
 
-impl Draw {
-    /// Uniform in `0..n` (0 when `n == 0`).
+impl Dice for Draw {
     fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
@@ -300,12 +299,9 @@ impl Draw {
             self.0.next_u64() % n
         }
     }
+}
 
-    /// Uniform in `lo..=hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi.saturating_sub(lo) + 1)
-    }
-
+impl Draw {
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
@@ -387,7 +383,11 @@ impl Plan {
                 FaultKind::Partition => EventAction::Partition(host),
                 FaultKind::Crash => EventAction::Crash(host),
                 k => {
-                    let fault = self.fault(*k, &mut rng);
+                    let limits = DrawLimits {
+                        statuses: &m.statuses,
+                        max_latency_ms: ms(m.max_latency).max(1),
+                    };
+                    let fault = k.draw(&mut rng, &limits).expect("a fault-board kind");
                     let times = rng.between(1, u64::from(m.max_times.max(1))) as u32;
                     EventAction::Fault(FaultInjection {
                         host,
@@ -411,54 +411,6 @@ impl Plan {
             e.number = i + 1;
         }
         events
-    }
-
-    fn fault(&self, kind: FaultKind, rng: &mut Draw) -> Fault {
-        let latency = ms(self.menu.max_latency).max(1);
-        match kind {
-            FaultKind::HttpStatus => Fault::HttpStatus {
-                status: *rng.pick(&self.menu.statuses),
-                code: None,
-            },
-            FaultKind::ModelNotFound => Fault::ModelNotFound,
-            FaultKind::ResetBeforeBody => Fault::ResetBeforeBody,
-            FaultKind::ResetMidBody => Fault::ResetMidBody {
-                after_chunks: rng.below(3) as u32,
-            },
-            FaultKind::Latency => Fault::Latency {
-                ms: rng.between(1, latency),
-            },
-            FaultKind::SlowFirstToken => Fault::SlowFirstToken {
-                ms: rng.between(1, latency),
-            },
-            FaultKind::CutStream => Fault::CutStream {
-                after_chunks: rng.below(4) as u32,
-            },
-            FaultKind::ForgedOuterDone => Fault::ForgedOuterDone {
-                after_frames: rng.below(4) as u32,
-            },
-            FaultKind::E2eError => Fault::E2eError,
-            FaultKind::DropFrame => Fault::DropFrame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::ReorderFrame => Fault::ReorderFrame {
-                index: rng.below(3) as u32,
-            },
-            FaultKind::ReplayFrame => Fault::ReplayFrame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::WrongKey => Fault::WrongKey,
-            FaultKind::GzipBomb => Fault::GzipBomb,
-            FaultKind::OversizedLine => Fault::OversizedLine,
-            FaultKind::FrameBeforeInit => Fault::FrameBeforeInit,
-            FaultKind::CorruptFrame => Fault::CorruptFrame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::BadBase64Frame => Fault::BadBase64Frame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::Partition | FaultKind::Crash => unreachable!("not a fault-board fault"),
-        }
     }
 
     /// The base scenario with `events` merged into its steps by time: a base
