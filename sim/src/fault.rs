@@ -671,6 +671,16 @@ struct Board {
     /// Per host, in injection order. BTreeMap: any listing is ordered.
     rules: BTreeMap<String, Vec<ActiveFault>>,
     fired: Vec<Fired>,
+    received: Vec<Received>,
+}
+
+/// A chat request as an upstream host received it (a Chutes request once
+/// decrypted). Every host already holds the board, so the board also keeps
+/// these, for the `upstream` expectation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Received {
+    pub host: String,
+    pub body: serde_json::Value,
 }
 
 /// The shared fault board. Cloning shares it.
@@ -744,6 +754,28 @@ impl FaultBoard {
     /// Every fault that fired so far, in order.
     pub fn fired(&self) -> Vec<Fired> {
         self.board().fired.clone()
+    }
+
+    /// Notes that `host` received the chat request `body`.
+    pub fn note_received(&self, host: &str, body: &serde_json::Value) {
+        self.board().received.push(Received {
+            host: host.to_string(),
+            body: body.clone(),
+        });
+    }
+
+    /// How many chat requests upstream hosts have received so far.
+    pub fn received_count(&self) -> usize {
+        self.board().received.len()
+    }
+
+    /// The chat requests received after the first `from`, in order.
+    pub fn received_since(&self, from: usize) -> Vec<Received> {
+        self.board()
+            .received
+            .get(from..)
+            .unwrap_or_default()
+            .to_vec()
     }
 }
 

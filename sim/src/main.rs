@@ -189,8 +189,17 @@ enum Command {
 /// status is reachable.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A closed stdout (`tiersim run | head`) ends the output, quietly: not
+    // a bug to report.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            report_panic(info);
+        }
+    }));
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli))) {
         Ok(code) => code,
+        Err(panic) if is_broken_pipe(&*panic) => ExitCode::FAILURE,
         Err(panic) => {
             eprintln!(
                 "error: tiersim panicked: {} (a bug in tiersim)",
@@ -199,6 +208,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    runner::panic_message(payload).contains("Broken pipe")
 }
 
 fn dispatch(cli: Cli) -> ExitCode {

@@ -11,7 +11,7 @@ use tiersim_engine::registry::RegistryView;
 use tiersim_engine::retry::Attempt;
 use tiersim_engine::Tier;
 
-use crate::fault::Fired;
+use crate::fault::{Fired, Received};
 
 /// One request as the client saw it, with the router's attempt log.
 #[derive(Debug, Clone)]
@@ -19,8 +19,13 @@ pub struct RequestRecord {
     pub model: String,
     pub stream: bool,
     pub status: u16,
+    /// Response headers (lowercase names, in the order received).
+    pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub attempts: Vec<Attempt>,
+    /// The chat requests upstream hosts received while this request ran,
+    /// in order.
+    pub upstream: Vec<Received>,
     pub served: Option<(String, Tier)>,
 }
 

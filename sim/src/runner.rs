@@ -368,7 +368,7 @@ impl Dispatcher for SimWorld<'_> {
 
     async fn admin_patch(&mut self, rows: &[PatchRow]) {
         let body = crate::script::admin_patch_body(rows, &net::url);
-        let (status, bytes) = call(Method::PATCH, "/v1/admin/models", body, &[]).await;
+        let (status, _, bytes) = call(Method::PATCH, "/v1/admin/models", body, &[]).await;
         self.rec.admin = Some((status, String::from_utf8_lossy(&bytes).into_owned()));
     }
 
@@ -390,6 +390,14 @@ impl Dispatcher for SimWorld<'_> {
 
     async fn repair(&mut self, a: &str, b: &str) {
         turmoil::repair(a, b);
+    }
+
+    async fn hold(&mut self, a: &str, b: &str) {
+        turmoil::hold(a, b);
+    }
+
+    async fn release(&mut self, a: &str, b: &str) {
+        turmoil::release(a, b);
     }
 
     async fn crash(&mut self, host: &str) {
@@ -420,13 +428,7 @@ impl Dispatcher for SimWorld<'_> {
 }
 
 async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
-    let prompt = spec.prompt.clone().unwrap_or_else(|| "hello".into());
-    let body = json!({
-        "model": spec.model,
-        "messages": [{ "role": "user", "content": prompt }],
-        "stream": spec.stream,
-    })
-    .to_string();
+    let body = request_body(spec).to_string();
     let mut headers: Vec<(&str, String)> = Vec::new();
     if let Some(h) = &spec.pub_key_of {
         headers.push(("x-model-pub-key", w.near_keys[h.get_ref()].clone()));
@@ -438,13 +440,17 @@ async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
         headers.push(("x-client-pub-key", k.clone()));
     }
     let before = w.journal.0.lock().unwrap().len();
-    let (status, body) = call(Method::POST, "/v1/chat/completions", body, &headers).await;
+    let received_before = w.board.received_count();
+    let (status, response_headers, body) =
+        call(Method::POST, "/v1/chat/completions", body, &headers).await;
     let entry = w.journal.0.lock().unwrap().get(before).cloned();
     RequestRecord {
         model: spec.model.clone(),
         stream: spec.stream,
         status,
+        headers: response_headers,
         body,
+        upstream: w.board.received_since(received_before),
         attempts: entry
             .as_ref()
             .map(|e| e.attempts.clone())
@@ -453,14 +459,37 @@ async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
     }
 }
 
-/// One client call to the router; a transport failure is status 0 with the
+/// The JSON body of a scenario's chat request: the model, the messages (one
+/// user `prompt` unless `messages` is given), `stream`, `max_tokens`, then
+/// every `extra` field as given.
+pub fn request_body(spec: &RequestSpec) -> Value {
+    let messages = spec.messages.clone().unwrap_or_else(|| {
+        let prompt = spec.prompt.clone().unwrap_or_else(|| "hello".into());
+        vec![json!({ "role": "user", "content": prompt })]
+    });
+    let mut body = json!({
+        "model": spec.model,
+        "messages": messages,
+        "stream": spec.stream,
+    });
+    if let Some(n) = spec.max_tokens {
+        body["max_tokens"] = n.into();
+    }
+    for (k, v) in spec.extra.iter().flatten() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// One client call to the router: status, response headers (lowercase
+/// names, in order) and body; a transport failure is status 0 with the
 /// error as body.
 async fn call(
     method: Method,
     path: &str,
     body: String,
     headers: &[(&str, String)],
-) -> (u16, Bytes) {
+) -> (u16, Vec<(String, String)>, Bytes) {
     let mut req = Request::builder()
         .method(method)
         .uri(format!("{}{path}", net::url("router")))
@@ -473,13 +502,28 @@ async fn call(
         .fetch(req, CLIENT_DEADLINE, CLIENT_BODY_LIMIT)
         .await
     {
-        Ok((status, _, body)) => (status.as_u16(), body),
-        Err(e) => (0, Bytes::from(format!("client transport error: {e}"))),
+        Ok((status, head, body)) => {
+            let head = head
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            (status.as_u16(), head, body)
+        }
+        Err(e) => (
+            0,
+            Vec::new(),
+            Bytes::from(format!("client transport error: {e}")),
+        ),
     }
 }
 
 async fn list_models() -> Vec<String> {
-    let (_, body) = call(Method::GET, "/v1/models", String::new(), &[]).await;
+    let (_, _, body) = call(Method::GET, "/v1/models", String::new(), &[]).await;
     serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| {

@@ -614,6 +614,16 @@ impl Dispatcher for StepPlayer<'_> {
         self.world.partitions.set(a, b, false);
     }
 
+    /// On real sockets a partition already never completes a connection,
+    /// which is what a held link does.
+    async fn hold(&mut self, a: &str, b: &str) {
+        self.partition(a, b).await;
+    }
+
+    async fn release(&mut self, a: &str, b: &str) {
+        self.repair(a, b).await;
+    }
+
     async fn crash(&mut self, host: &str) {
         if host == ROUTER {
             self.world.crash_router();

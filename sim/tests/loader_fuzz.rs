@@ -130,6 +130,8 @@ const STEP: &[&str] = &[
     "clear_faults",
     "partition",
     "repair",
+    "hold",
+    "release",
     "crash",
     "restart",
     "request",
@@ -144,6 +146,9 @@ const REQUEST: &[&str] = &[
     "pub_key_of",
     "model_pub_key",
     "client_pub_key",
+    "messages",
+    "max_tokens",
+    "extra",
 ];
 const FAULT: &[&str] = &[
     "host",
@@ -151,6 +156,7 @@ const FAULT: &[&str] = &[
     "on",
     "http_status",
     "code",
+    "message",
     "latency_ms",
     "reset_before_body",
     "drop_frame",
@@ -167,6 +173,11 @@ const EXPECT: &[&str] = &[
     "done",
     "providers",
     "listed",
+    "error",
+    "headers",
+    "headers_absent",
+    "health",
+    "upstream",
 ];
 const SWEEP: &[&str] = &[
     "hosts",

@@ -299,6 +299,7 @@ async fn chat(
         RequestKind::Chat
     };
     let host = backend.host.as_str();
+    backend.faults.note_received(host, &request);
     let model = request["model"].as_str().unwrap_or_default().to_string();
     let fault = backend.faults.take(host, kind);
     if let Some(resp) = before_answer(fault.as_ref(), host, &model, streaming).await {

@@ -32,6 +32,10 @@ pub enum Action<'a> {
     Partition(&'a str, &'a str),
     /// The link between two hosts restored.
     Repair(&'a str, &'a str),
+    /// The link between two hosts held (packets wait).
+    Hold(&'a str, &'a str),
+    /// A held link released.
+    Release(&'a str, &'a str),
     Crash(&'a str),
     Restart(&'a str),
     /// A client request to the router.
@@ -54,6 +58,8 @@ impl Action<'_> {
         "clear_faults",
         "partition",
         "repair",
+        "hold",
+        "release",
         "crash",
         "restart",
         "request",
@@ -71,6 +77,8 @@ impl Action<'_> {
             Action::ClearFaults(_) => "clear_faults",
             Action::Partition(..) => "partition",
             Action::Repair(..) => "repair",
+            Action::Hold(..) => "hold",
+            Action::Release(..) => "release",
             Action::Crash(_) => "crash",
             Action::Restart(_) => "restart",
             Action::Request(_) => "request",
@@ -108,6 +116,8 @@ impl fmt::Display for Action<'_> {
             Action::ClearFaults(h) => write!(f, "clear_faults {h}"),
             Action::Partition(a, b) => write!(f, "partition {a} | {b}"),
             Action::Repair(a, b) => write!(f, "repair {a} | {b}"),
+            Action::Hold(a, b) => write!(f, "hold {a} | {b}"),
+            Action::Release(a, b) => write!(f, "release {a} | {b}"),
             Action::Crash(h) => write!(f, "crash {h}"),
             Action::Restart(h) => write!(f, "restart {h}"),
             Action::Request(r) => {
@@ -125,6 +135,16 @@ impl fmt::Display for Action<'_> {
                 }
                 if let Some(k) = &r.client_pub_key {
                     write!(f, " x-client-pub-key={k}")?;
+                }
+                if let Some(m) = &r.messages {
+                    write!(f, " messages={}", m.len())?;
+                }
+                if let Some(n) = r.max_tokens {
+                    write!(f, " max_tokens={n}")?;
+                }
+                if let Some(extra) = &r.extra {
+                    let keys: Vec<&str> = extra.keys().map(String::as_str).collect();
+                    write!(f, " +{}", keys.join(","))?;
                 }
                 Ok(())
             }
@@ -150,6 +170,8 @@ impl Step {
             clear_faults,
             partition,
             repair,
+            hold,
+            release,
             crash,
             restart,
             request,
@@ -173,6 +195,11 @@ impl Step {
                 .map(pair)
                 .map(|(a, b)| Action::Partition(a, b)),
             repair.as_ref().map(pair).map(|(a, b)| Action::Repair(a, b)),
+            hold.as_ref().map(pair).map(|(a, b)| Action::Hold(a, b)),
+            release
+                .as_ref()
+                .map(pair)
+                .map(|(a, b)| Action::Release(a, b)),
             crash.as_ref().map(|h| Action::Crash(h.get_ref())),
             restart.as_ref().map(|h| Action::Restart(h.get_ref())),
             request.as_ref().map(Action::Request),
@@ -205,6 +232,10 @@ impl Step {
             Action::Repair(a, b) => {
                 st.repair = Some(toml::Spanned::new(0..0, [a.into(), b.into()]))
             }
+            Action::Hold(a, b) => st.hold = Some(toml::Spanned::new(0..0, [a.into(), b.into()])),
+            Action::Release(a, b) => {
+                st.release = Some(toml::Spanned::new(0..0, [a.into(), b.into()]))
+            }
             Action::Crash(h) => st.crash = Some(spanned(h.to_string())),
             Action::Restart(h) => st.restart = Some(spanned(h.to_string())),
             Action::Request(r) => st.request = Some(r.clone()),
@@ -228,6 +259,8 @@ pub trait Dispatcher {
     async fn clear_faults(&mut self, host: &str);
     async fn partition(&mut self, a: &str, b: &str);
     async fn repair(&mut self, a: &str, b: &str);
+    async fn hold(&mut self, a: &str, b: &str);
+    async fn release(&mut self, a: &str, b: &str);
     async fn crash(&mut self, host: &str);
     async fn restart(&mut self, host: &str);
     async fn request(&mut self, spec: &RequestSpec);
@@ -244,6 +277,8 @@ pub trait Dispatcher {
             Action::ClearFaults(h) => self.clear_faults(h).await,
             Action::Partition(a, b) => self.partition(a, b).await,
             Action::Repair(a, b) => self.repair(a, b).await,
+            Action::Hold(a, b) => self.hold(a, b).await,
+            Action::Release(a, b) => self.release(a, b).await,
             Action::Crash(h) => self.crash(h).await,
             Action::Restart(h) => self.restart(h).await,
             Action::Request(r) => self.request(r).await,

@@ -261,6 +261,14 @@ pub struct Step {
     /// Restore the link between two hosts.
     #[schemars(with = "Option<[String; 2]>")]
     pub repair: Option<Spanned<[String; 2]>>,
+    /// Hold the link between two different hosts: packets wait instead of
+    /// being refused, so a connection attempt hangs until its deadline (a
+    /// connect *timeout*, where `partition` is refused at once).
+    #[schemars(with = "Option<[String; 2]>")]
+    pub hold: Option<Spanned<[String; 2]>>,
+    /// Release a held link: what waited is delivered.
+    #[schemars(with = "Option<[String; 2]>")]
+    pub release: Option<Spanned<[String; 2]>>,
     /// Crash a running host (its state is lost); never the client, which
     /// plays the script.
     #[schemars(with = "Option<String>")]
@@ -332,9 +340,21 @@ pub struct RequestSpec {
     pub model: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
-    /// The user message (default: "hello").
+    /// The user message (default: "hello"); or `messages`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    /// The whole `messages` array instead of one user `prompt` (e.g.
+    /// `[{ role = "system", content = "…" }, { role = "user", content = "…" }]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<serde_json::Value>>,
+    /// `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Any other body fields, sent as given (e.g. `{ temperature = 0.5,
+    /// tools = [...] }`); they may not repeat `model`, `messages`, `stream`
+    /// or `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
     /// `x-model-pub-key` set to the signing key of this NEAR host.
     #[schemars(with = "Option<String>")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -388,6 +408,72 @@ pub struct Expect {
     pub reserved: Option<Vec<String>>,
     /// Ids `GET /v1/models` lists.
     pub listed: Option<Vec<String>>,
+    /// The client's error body (`{"error": {…}}`): its type, code, param and
+    /// message.
+    pub error: Option<ErrorExpect>,
+    /// Response headers the client received, by lowercase name, with their
+    /// exact value (e.g. `{ "retry-after" = "1" }`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Response headers that must be absent (lowercase names).
+    #[serde(default)]
+    pub headers_absent: Vec<String>,
+    /// A provider's health in the registry after the step: its consecutive
+    /// failure count and whether it is demoted.
+    #[serde(default)]
+    pub health: Vec<HealthExpect>,
+    /// Exactly the chat requests upstream hosts received while the request
+    /// ran, in order (a Chutes request as decrypted by the instance).
+    pub upstream: Option<Vec<UpstreamExpect>>,
+}
+
+/// One chat request an upstream host received.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamExpect {
+    /// The host that received it (`near-1`, `chutes`, `openrouter`).
+    pub host: String,
+    /// The body's `model` (e.g. the chute slug, where the client named the
+    /// canonical id).
+    pub model: Option<String>,
+    /// Body fields it held, with these exact values.
+    #[serde(default)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Body fields it did not hold.
+    #[serde(default)]
+    pub absent: Vec<String>,
+}
+
+/// What the client's error body must say (every key optional).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorExpect {
+    /// `error.type`, e.g. `invalid_request_error`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `error.code`.
+    pub code: Option<String>,
+    /// `error.param`.
+    pub param: Option<String>,
+    /// Substrings `error.message` holds.
+    #[serde(default)]
+    pub message_contains: Vec<String>,
+    /// Substrings `error.message` must not hold.
+    #[serde(default)]
+    pub message_not_contains: Vec<String>,
+}
+
+/// One provider's health for one model.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthExpect {
+    pub model: String,
+    /// The provider id (or its family, as in `served_by`).
+    pub provider: String,
+    /// Its consecutive failure count.
+    pub failures: Option<u32>,
+    /// Whether it is demoted.
+    pub demoted: Option<bool>,
 }
 
 /// A duration written as text: `"500ms"`, `"2s"`, `"1m 30s"`.

@@ -595,7 +595,10 @@ impl<'a> Validator<'a, '_> {
                 ));
             }
         }
-        for pair in [&st.partition, &st.repair].into_iter().flatten() {
+        for pair in [&st.partition, &st.repair, &st.hold, &st.release]
+            .into_iter()
+            .flatten()
+        {
             let [a, b] = pair.get_ref();
             if a == b {
                 return Err((
@@ -606,6 +609,35 @@ impl<'a> Validator<'a, '_> {
             }
         }
         if let Some(req) = &st.request {
+            let at_request = |key: &str| {
+                self.locate
+                    .span(&[Key("step"), At(i), Key("request"), Key(key)])
+            };
+            if req.prompt.is_some() && req.messages.is_some() {
+                return Err((
+                    at_request("messages"),
+                    "`prompt` and `messages` both say what to send".into(),
+                    Some(
+                        "`prompt` is one user message; `messages` the whole list: keep one".into(),
+                    ),
+                ));
+            }
+            if req.messages.as_ref().is_some_and(Vec::is_empty) {
+                return Err((
+                    at_request("messages"),
+                    "`messages = []` sends no message".into(),
+                    None,
+                ));
+            }
+            for key in req.extra.iter().flat_map(|e| e.keys()) {
+                if ["model", "messages", "stream", "max_tokens"].contains(&key.as_str()) {
+                    return Err((
+                        at_request("extra"),
+                        format!("`extra` repeats {key:?}, which the request sets itself"),
+                        Some(format!("set `{key}` on the request, not in `extra`")),
+                    ));
+                }
+            }
             for (key, value) in [
                 ("model_pub_key", &req.model_pub_key),
                 ("client_pub_key", &req.client_pub_key),
@@ -630,7 +662,10 @@ impl<'a> Validator<'a, '_> {
         if let Some(h) = &st.clear_faults {
             self.host(h)?;
         }
-        for pair in [&st.partition, &st.repair].into_iter().flatten() {
+        for pair in [&st.partition, &st.repair, &st.hold, &st.release]
+            .into_iter()
+            .flatten()
+        {
             for h in pair.get_ref() {
                 if !self.hosts.contains(h) {
                     return Err(self.unknown_host(pair.span(), h));
@@ -710,6 +745,34 @@ impl<'a> Validator<'a, '_> {
                     at(&[Key("never")]),
                     format!("{p:?} is both `served_by` and in `never`"),
                     None,
+                ));
+            }
+        }
+        for (j, u) in e.upstream.iter().flatten().enumerate() {
+            if !self.hosts.contains(&u.host)
+                || ["router", "catalog", "client"].contains(&u.host.as_str())
+            {
+                return Err((
+                    at(&[Key("upstream"), At(j), Key("host")]),
+                    format!("{:?} is no upstream host of this scenario", u.host),
+                    Some(
+                        self.listing(
+                            "upstream hosts",
+                            self.hosts
+                                .iter()
+                                .map(String::as_str)
+                                .filter(|h| !["router", "catalog", "client"].contains(h)),
+                        ),
+                    ),
+                ));
+            }
+        }
+        for (j, h) in e.health.iter().enumerate() {
+            if !self.provider_name(&h.provider) {
+                return Err((
+                    at(&[Key("health"), At(j), Key("provider")]),
+                    format!("{:?} names no provider of this scenario", h.provider),
+                    Some(self.provider_listing()),
                 ));
             }
         }
@@ -995,6 +1058,42 @@ mod tests {
                 "\"nope\"",
                 0,
                 "names no provider",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\", prompt = \"p\", messages = [] }\n",
+                "[]",
+                0,
+                "`prompt` and `messages` both",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\", messages = [] }\n",
+                "[]",
+                0,
+                "sends no message",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\", extra = { stream = true } }\n",
+                "{ stream",
+                0,
+                "`extra` repeats \"stream\"",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\" }\nexpect = { upstream = [{ host = \"router\" }] }\n",
+                "\"router\"",
+                0,
+                "no upstream host",
+            ),
+            (
+                "[[step]]\nexpect = { health = [{ model = \"m\", provider = \"near-7\" }] }\n",
+                "\"near-7\"",
+                0,
+                "names no provider",
+            ),
+            (
+                "[[step]]\nhold = [\"router\", \"router\"]\n",
+                "[\"router\", \"router\"]",
+                0,
+                "two different hosts",
             ),
         ];
         for (body, marker, nth, words) in cases {

@@ -70,6 +70,10 @@ struct StepOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     repair: Option<&'a [String; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<&'a [String; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    release: Option<&'a [String; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     crash: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restart: Option<&'a str>,
@@ -96,6 +100,8 @@ impl<'a> StepOut<'a> {
             clear_faults,
             partition,
             repair,
+            hold,
+            release,
             crash,
             restart,
             request,
@@ -112,6 +118,8 @@ impl<'a> StepOut<'a> {
             clear_faults: clear_faults.as_ref().map(|h| h.get_ref().as_str()),
             partition: partition.as_ref().map(|p| p.get_ref()),
             repair: repair.as_ref().map(|p| p.get_ref()),
+            hold: hold.as_ref().map(|p| p.get_ref()),
+            release: release.as_ref().map(|p| p.get_ref()),
             crash: crash.as_ref().map(|h| h.get_ref().as_str()),
             restart: restart.as_ref().map(|h| h.get_ref().as_str()),
             request: request.as_ref(),
