@@ -24,6 +24,20 @@ pub const MAX_REQUEST_BODY: usize = 4 << 20;
 /// Hears about every routed request, e.g. to keep a journal of attempts.
 pub trait RouteObserver: Send + Sync + 'static {
     fn routed(&self, model: &str, attempts: &[Attempt], outcome: Result<(&str, Tier), &RouteError>);
+
+    /// [`RouteObserver::routed`] with the client's `x-request-id`, when it
+    /// sent a readable one: lets an observer match a routed request to the
+    /// client's call while several are in flight.
+    fn routed_request(
+        &self,
+        request_id: Option<&str>,
+        model: &str,
+        attempts: &[Attempt],
+        outcome: Result<(&str, Tier), &RouteError>,
+    ) {
+        let _ = request_id;
+        self.routed(model, attempts, outcome);
+    }
 }
 
 /// Observes nothing.
@@ -109,13 +123,18 @@ async fn chat(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Respon
         model_pub_key: header("x-model-pub-key"),
         client_pub_key: header("x-client-pub-key"),
     };
+    let request_id = header("x-request-id");
     let routed = api.app.router().chat(req, stream).await;
     let outcome = routed
         .result
         .as_ref()
         .map(|s| (s.provider().as_str(), s.tier()));
-    api.observer
-        .routed(&routed.model, &routed.attempts, outcome);
+    api.observer.routed_request(
+        request_id.as_deref(),
+        &routed.model,
+        &routed.attempts,
+        outcome,
+    );
     match routed.result {
         Err(e) => error(e.status(), route_error_kind(&e), &client_message(&e)),
         Ok(Served::Json { response, .. }) => (

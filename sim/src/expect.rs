@@ -13,6 +13,27 @@ pub fn names(name: &str, id: &str) -> bool {
 /// Every expectation of `e` that `rec` does not meet, as messages.
 pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
     let mut out = Vec::new();
+    if !e.each.is_empty() {
+        if e.each.len() != rec.concurrent.len() {
+            out.push(format!(
+                "each: {} expectations for {} concurrent requests",
+                e.each.len(),
+                rec.concurrent.len()
+            ));
+        }
+        for (k, (want, req)) in e.each.iter().zip(&rec.concurrent).enumerate() {
+            let one = StepRecord {
+                request: Some(req.clone()),
+                concurrent: Vec::new(),
+                ..rec.clone()
+            };
+            out.extend(
+                check(want, &one)
+                    .into_iter()
+                    .map(|m| format!("request {} ({}): {m}", k + 1, req.id)),
+            );
+        }
+    }
     let req = rec.request.as_ref();
     let needs_request = e.status.is_some()
         || e.served_by.is_some()

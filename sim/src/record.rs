@@ -16,6 +16,9 @@ use crate::fault::{Fired, Received};
 /// One request as the client saw it, with the router's attempt log.
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
+    /// The `x-request-id` the client sent (`step<N>`, `step<N>.<k>` in a
+    /// `concurrent` step): the router's journal entry is matched by it.
+    pub id: String,
     pub model: String,
     pub stream: bool,
     pub status: u16,
@@ -37,6 +40,8 @@ pub struct StepRecord {
     pub action: String,
     pub note: Option<String>,
     pub request: Option<RequestRecord>,
+    /// The requests of a `concurrent` step, in script order.
+    pub concurrent: Vec<RequestRecord>,
     /// `GET /v1/models`, when the step's expectations ask for it.
     pub listed: Option<Vec<String>>,
     /// Status and body of an admin PATCH.
@@ -91,6 +96,9 @@ impl Report {
         self.violations.is_empty()
     }
     pub fn requests(&self) -> usize {
-        self.steps.iter().filter(|s| s.request.is_some()).count()
+        self.steps
+            .iter()
+            .map(|s| usize::from(s.request.is_some()) + s.concurrent.len())
+            .sum()
     }
 }

@@ -33,6 +33,18 @@ pub fn render(r: &Report) -> String {
         if let Some(req) = &s.request {
             request(&mut out, req);
         }
+        for (k, req) in s.concurrent.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "request {} of {} (x-request-id {}): {}{}",
+                k + 1,
+                s.concurrent.len(),
+                req.id,
+                req.model,
+                if req.stream { " (stream)" } else { "" }
+            );
+            request(&mut out, req);
+        }
         if let Some(l) = &s.listed {
             let _ = writeln!(out, "listed: {}", l.join(", "));
         }

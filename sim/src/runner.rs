@@ -263,6 +263,7 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             action: st.action().to_string(),
             note: st.note.clone(),
             request: None,
+            concurrent: Vec::new(),
             listed: None,
             admin: None,
             state: None,
@@ -308,12 +309,21 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
                 });
             }
         }
-        for (name, message) in oracle::check(&rec) {
-            found.push(Violation {
-                step: index,
-                check: format!("oracle:{name}"),
-                message,
-            });
+        // The oracles judge each request of a `concurrent` step as if it
+        // were the step's own.
+        let each = rec.concurrent.iter().map(|r| StepRecord {
+            request: Some(r.clone()),
+            concurrent: Vec::new(),
+            ..rec.clone()
+        });
+        for one in std::iter::once(rec.clone()).chain(each) {
+            for (name, message) in oracle::check(&one) {
+                found.push(Violation {
+                    step: index,
+                    check: format!("oracle:{name}"),
+                    message,
+                });
+            }
         }
         let mut sh = shared.lock().unwrap();
         sh.violations.extend(found);
@@ -412,7 +422,17 @@ impl Dispatcher for SimWorld<'_> {
     }
 
     async fn request(&mut self, spec: &RequestSpec) {
-        self.rec.request = Some(request(spec, self.w).await);
+        let id = format!("step{}", self.rec.index);
+        self.rec.request = Some(request(spec, self.w, id).await);
+    }
+
+    async fn concurrent(&mut self, specs: &[RequestSpec]) {
+        let index = self.rec.index;
+        let calls = specs
+            .iter()
+            .enumerate()
+            .map(|(k, spec)| request(spec, self.w, format!("step{index}.{}", k + 1)));
+        self.rec.concurrent = futures_util::future::join_all(calls).await;
     }
 
     async fn unregister(&mut self, model: &str) {
@@ -427,7 +447,9 @@ impl Dispatcher for SimWorld<'_> {
     }
 }
 
-async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
+/// One client request, sent with `x-request-id: id`; its attempts are the
+/// router's journal entry with that id (several may be in flight).
+async fn request(spec: &RequestSpec, w: &WorldHandles, id: String) -> RequestRecord {
     let body = request_body(spec).to_string();
     let mut headers: Vec<(&str, String)> = Vec::new();
     if let Some(h) = &spec.pub_key_of {
@@ -439,12 +461,21 @@ async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
     if let Some(k) = &spec.client_pub_key {
         headers.push(("x-client-pub-key", k.clone()));
     }
-    let before = w.journal.0.lock().unwrap().len();
+    headers.push(("x-request-id", id.clone()));
     let received_before = w.board.received_count();
     let (status, response_headers, body) =
         call(Method::POST, "/v1/chat/completions", body, &headers).await;
-    let entry = w.journal.0.lock().unwrap().get(before).cloned();
+    let entry = w
+        .journal
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e.request_id.as_deref() == Some(id.as_str()))
+        .cloned();
     RequestRecord {
+        id,
         model: spec.model.clone(),
         stream: spec.stream,
         status,

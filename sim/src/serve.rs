@@ -667,6 +667,10 @@ impl Dispatcher for StepPlayer<'_> {
         self.note = Some("skipped: serve sends no scripted requests (send your own)".into());
     }
 
+    async fn concurrent(&mut self, _specs: &[RequestSpec]) {
+        self.note = Some("skipped: serve sends no scripted requests (send your own)".into());
+    }
+
     async fn unregister(&mut self, model: &str) {
         let app = self
             .world

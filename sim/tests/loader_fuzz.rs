@@ -135,6 +135,7 @@ const STEP: &[&str] = &[
     "crash",
     "restart",
     "request",
+    "concurrent",
     "unregister",
     "advance",
     "expect",
@@ -178,6 +179,7 @@ const EXPECT: &[&str] = &[
     "headers_absent",
     "health",
     "upstream",
+    "each",
 ];
 const SWEEP: &[&str] = &[
     "hosts",

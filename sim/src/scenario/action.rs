@@ -40,6 +40,8 @@ pub enum Action<'a> {
     Restart(&'a str),
     /// A client request to the router.
     Request(&'a RequestSpec),
+    /// Client requests sent at once.
+    Concurrent(&'a [RequestSpec]),
     /// A model id unregistered on the router.
     Unregister(&'a str),
     /// Simulated time passes.
@@ -63,6 +65,7 @@ impl Action<'_> {
         "crash",
         "restart",
         "request",
+        "concurrent",
         "unregister",
         "advance",
     ];
@@ -82,6 +85,7 @@ impl Action<'_> {
             Action::Crash(_) => "crash",
             Action::Restart(_) => "restart",
             Action::Request(_) => "request",
+            Action::Concurrent(_) => "concurrent",
             Action::Unregister(_) => "unregister",
             Action::Advance(_) => "advance",
             Action::Check => "check",
@@ -148,6 +152,16 @@ impl fmt::Display for Action<'_> {
                 }
                 Ok(())
             }
+            Action::Concurrent(requests) => {
+                f.write_str("concurrent [")?;
+                for (i, r) in requests.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" | ")?;
+                    }
+                    write!(f, "{}", Action::Request(r))?;
+                }
+                f.write_str("]")
+            }
             Action::Unregister(m) => write!(f, "unregister {m}"),
             Action::Advance(d) => write!(f, "advance {}", humantime::format_duration(*d)),
         }
@@ -175,6 +189,7 @@ impl Step {
             crash,
             restart,
             request,
+            concurrent,
             unregister,
             advance,
         } = self;
@@ -203,6 +218,7 @@ impl Step {
             crash.as_ref().map(|h| Action::Crash(h.get_ref())),
             restart.as_ref().map(|h| Action::Restart(h.get_ref())),
             request.as_ref().map(Action::Request),
+            concurrent.as_deref().map(Action::Concurrent),
             unregister.as_deref().map(Action::Unregister),
             advance.map(|d| Action::Advance(d.0)),
         ]
@@ -239,6 +255,7 @@ impl Step {
             Action::Crash(h) => st.crash = Some(spanned(h.to_string())),
             Action::Restart(h) => st.restart = Some(spanned(h.to_string())),
             Action::Request(r) => st.request = Some(r.clone()),
+            Action::Concurrent(rs) => st.concurrent = Some(rs.to_vec()),
             Action::Unregister(m) => st.unregister = Some(m.to_string()),
             Action::Advance(d) => st.advance = Some(Dur(d)),
             Action::Check => {}
@@ -264,6 +281,7 @@ pub trait Dispatcher {
     async fn crash(&mut self, host: &str);
     async fn restart(&mut self, host: &str);
     async fn request(&mut self, spec: &RequestSpec);
+    async fn concurrent(&mut self, specs: &[RequestSpec]);
     async fn unregister(&mut self, model: &str);
     async fn advance(&mut self, by: Duration);
 
@@ -282,6 +300,7 @@ pub trait Dispatcher {
             Action::Crash(h) => self.crash(h).await,
             Action::Restart(h) => self.restart(h).await,
             Action::Request(r) => self.request(r).await,
+            Action::Concurrent(rs) => self.concurrent(rs).await,
             Action::Unregister(m) => self.unregister(m).await,
             Action::Advance(d) => self.advance(d).await,
             Action::Check => {}

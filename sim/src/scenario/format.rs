@@ -278,6 +278,11 @@ pub struct Step {
     pub restart: Option<Spanned<String>>,
     /// A client request to the router.
     pub request: Option<RequestSpec>,
+    /// Several client requests sent at once, all in flight together (each
+    /// carries its own `x-request-id`, so its attempts are told apart);
+    /// the step ends when all are answered. `expect.each` checks them in
+    /// order.
+    pub concurrent: Option<Vec<RequestSpec>>,
     /// Unregister a model id on the router (R14: clears its pinned and
     /// reserved state too).
     pub unregister: Option<String>,
@@ -425,6 +430,10 @@ pub struct Expect {
     /// Exactly the chat requests upstream hosts received while the request
     /// ran, in order (a Chutes request as decrypted by the instance).
     pub upstream: Option<Vec<UpstreamExpect>>,
+    /// For a `concurrent` step: one expectation per request, in order (the
+    /// request keys: status, served_by, tried, error, …).
+    #[serde(default)]
+    pub each: Vec<Expect>,
 }
 
 /// One chat request an upstream host received.

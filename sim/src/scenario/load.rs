@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::action::Action;
-use super::format::{Expect, FaultKind, Scenario, Step, SweepSpec, MAX_SIM_TIME};
+use super::format::{Expect, FaultKind, RequestSpec, Scenario, Step, SweepSpec, MAX_SIM_TIME};
 use crate::rules::RULES;
 use tiersim_engine::Tier;
 
@@ -170,6 +170,9 @@ pub const MAX_SWEEP_FAULTS: u32 = 64;
 /// Most instances behind one chute: each holds an ML-KEM key pair and is
 /// listed in every discovery answer.
 pub const MAX_CHUTE_INSTANCES: u32 = 64;
+
+/// Most requests one `concurrent` step sends at once.
+pub const MAX_CONCURRENT: usize = 64;
 
 /// Faults per seed when neither the `[sweep]` table nor a flag says.
 pub const DEFAULT_MIN_FAULTS: u32 = 1;
@@ -608,51 +611,32 @@ impl<'a> Validator<'a, '_> {
                 ));
             }
         }
-        if let Some(req) = &st.request {
-            let at_request = |key: &str| {
-                self.locate
-                    .span(&[Key("step"), At(i), Key("request"), Key(key)])
-            };
-            if req.prompt.is_some() && req.messages.is_some() {
+        let requests: Vec<(Vec<Seg>, &RequestSpec)> = st
+            .request
+            .iter()
+            .map(|r| (vec![Key("step"), At(i), Key("request")], r))
+            .chain(
+                st.concurrent
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(k, r)| (vec![Key("step"), At(i), Key("concurrent"), At(k)], r)),
+            )
+            .collect();
+        if let Some(c) = &st.concurrent {
+            if !(1..=MAX_CONCURRENT).contains(&c.len()) {
                 return Err((
-                    at_request("messages"),
-                    "`prompt` and `messages` both say what to send".into(),
-                    Some(
-                        "`prompt` is one user message; `messages` the whole list: keep one".into(),
-                    ),
+                    at_step("concurrent"),
+                    format!("{} concurrent requests", c.len()),
+                    Some(format!("send 1 to {MAX_CONCURRENT} at once")),
                 ));
-            }
-            if req.messages.as_ref().is_some_and(Vec::is_empty) {
-                return Err((
-                    at_request("messages"),
-                    "`messages = []` sends no message".into(),
-                    None,
-                ));
-            }
-            for key in req.extra.iter().flat_map(|e| e.keys()) {
-                if ["model", "messages", "stream", "max_tokens"].contains(&key.as_str()) {
-                    return Err((
-                        at_request("extra"),
-                        format!("`extra` repeats {key:?}, which the request sets itself"),
-                        Some(format!("set `{key}` on the request, not in `extra`")),
-                    ));
-                }
-            }
-            for (key, value) in [
-                ("model_pub_key", &req.model_pub_key),
-                ("client_pub_key", &req.client_pub_key),
-            ] {
-                if value.as_deref().is_some_and(|v| !is_header_token(v)) {
-                    return Err((
-                        self.locate.span(&[Key("step"), At(i), Key("request"), Key(key)]),
-                        format!("{key} cannot be sent as a header value"),
-                        Some("use printable ASCII without spaces or control characters, at most 1024 bytes".into()),
-                    ));
-                }
             }
         }
+        for (path, req) in requests {
+            self.request(&path, req, near)?;
+        }
         if let Some(e) = &st.expect {
-            self.expect(i, e)?;
+            self.expect(&[Key("step"), At(i), Key("expect")], e)?;
         }
         if let Some(f) = &st.fault {
             if !self.hosts.contains(&f.get_ref().host) {
@@ -705,20 +689,81 @@ impl<'a> Validator<'a, '_> {
                 }
             }
         }
-        if let Some(req) = &st.request {
-            self.near_host(req.pub_key_of.as_ref(), near)?;
+
+        Ok(())
+    }
+
+    /// One client request of a step (`request`, or one of `concurrent`).
+    fn request(
+        &self,
+        path: &[Seg],
+        req: &RequestSpec,
+        near: &BTreeSet<&str>,
+    ) -> Result<(), Problem> {
+        let at_request = |key: &str| {
+            let mut full = path.to_vec();
+            full.push(Key(key));
+            self.locate.span(&full)
+        };
+        if req.prompt.is_some() && req.messages.is_some() {
+            return Err((
+                at_request("messages"),
+                "`prompt` and `messages` both say what to send".into(),
+                Some("`prompt` is one user message; `messages` the whole list: keep one".into()),
+            ));
         }
+        if req.messages.as_ref().is_some_and(Vec::is_empty) {
+            return Err((
+                at_request("messages"),
+                "`messages = []` sends no message".into(),
+                None,
+            ));
+        }
+        for key in req.extra.iter().flat_map(|e| e.keys()) {
+            if ["model", "messages", "stream", "max_tokens"].contains(&key.as_str()) {
+                return Err((
+                    at_request("extra"),
+                    format!("`extra` repeats {key:?}, which the request sets itself"),
+                    Some(format!("set `{key}` on the request, not in `extra`")),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("model_pub_key", &req.model_pub_key),
+            ("client_pub_key", &req.client_pub_key),
+        ] {
+            if value.as_deref().is_some_and(|v| !is_header_token(v)) {
+                return Err((
+                        at_request(key),
+                        format!("{key} cannot be sent as a header value"),
+                        Some("use printable ASCII without spaces or control characters, at most 1024 bytes".into()),
+                    ));
+            }
+        }
+        self.near_host(req.pub_key_of.as_ref(), near)?;
         Ok(())
     }
 
     /// Expectations that could never hold: an unknown tier, a provider no
     /// host of the world can be, one both required and forbidden.
-    fn expect(&self, i: usize, e: &Expect) -> Result<(), Problem> {
+    fn expect(&self, prefix: &[Seg], e: &Expect) -> Result<(), Problem> {
         let at = |path: &[Seg]| {
-            let mut full = vec![Key("step"), At(i), Key("expect")];
+            let mut full = prefix.to_vec();
             full.extend_from_slice(path);
             self.locate.span(&full)
         };
+        for (k, one) in e.each.iter().enumerate() {
+            if one.upstream.is_some() {
+                return Err((
+                    at(&[Key("each"), At(k), Key("upstream")]),
+                    "`upstream` cannot tell concurrent requests apart".into(),
+                    Some("check what upstream hosts received on a single `request` step".into()),
+                ));
+            }
+            let mut path = prefix.to_vec();
+            path.extend([Key("each"), At(k)]);
+            self.expect(&path, one)?;
+        }
         if let Some(tier) = &e.tier {
             let tiers = [Tier::Near, Tier::Attested3p, Tier::NonAttested].map(Tier::as_str);
             if !tiers.contains(&tier.as_str()) {
@@ -1088,6 +1133,24 @@ mod tests {
                 "\"near-7\"",
                 0,
                 "names no provider",
+            ),
+            (
+                "[[step]]\nconcurrent = []\n",
+                "[]",
+                0,
+                "0 concurrent requests",
+            ),
+            (
+                "[[step]]\nconcurrent = [{ model = \"m\" }]\nexpect = { each = [{ upstream = [] }] }\n",
+                "[]",
+                0,
+                "cannot tell concurrent requests apart",
+            ),
+            (
+                "[[step]]\nconcurrent = [{ model = \"m\", model_pub_key = \"a b\" }]\n",
+                "\"a b\"",
+                0,
+                "model_pub_key cannot be sent as a header",
             ),
             (
                 "[[step]]\nhold = [\"router\", \"router\"]\n",

@@ -80,6 +80,8 @@ struct StepOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<&'a RequestSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    concurrent: Option<&'a [RequestSpec]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     unregister: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     advance: Option<Dur>,
@@ -105,6 +107,7 @@ impl<'a> StepOut<'a> {
             crash,
             restart,
             request,
+            concurrent,
             unregister,
             advance,
         } = st;
@@ -123,6 +126,7 @@ impl<'a> StepOut<'a> {
             crash: crash.as_ref().map(|h| h.get_ref().as_str()),
             restart: restart.as_ref().map(|h| h.get_ref().as_str()),
             request: request.as_ref(),
+            concurrent: concurrent.as_deref(),
             unregister: unregister.as_deref(),
             advance: *advance,
         }
