@@ -191,6 +191,7 @@ pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
         let backend = NearBackend::new(n.host.clone())
             .serves(n.models.clone())
             .signing_seed(derive_seed(s.seed, &n.host))
+            .answer_model(n.answer_model.clone())
             .faults(&board);
         near_keys.insert(n.host.clone(), backend.signing_key_hex());
         hosts.push(backend.service());

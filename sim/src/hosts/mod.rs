@@ -253,6 +253,9 @@ struct ChatBackend {
     signing_key: Option<String>,
     /// Requests served since boot: ids and timestamps derive from it.
     served: AtomicU64,
+    /// The model name the backend answers with (its own name for the
+    /// model), instead of echoing the request's.
+    answer_model: Option<String>,
 }
 
 fn chat_router(backend: ChatBackend) -> Router {
@@ -325,6 +328,7 @@ async fn chat(
     let created = CREATED_BASE + n;
     let prompt = last_user_message(&request);
     let content = format!("{host} says: {prompt}");
+    let model = backend.answer_model.clone().unwrap_or(model);
 
     if !streaming {
         let body = json!({

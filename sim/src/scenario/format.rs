@@ -159,6 +159,10 @@ pub struct NearSpec {
     pub host: String,
     /// Model ids this backend serves; others answer 404 model_not_found.
     pub models: Vec<String>,
+    /// The model name this backend answers with (its own name for the
+    /// model, e.g. a quantised variant), instead of echoing the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_model: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
