@@ -21,6 +21,7 @@ pub struct NearBackend {
     models: BTreeSet<String>,
     signing_seed: [u8; 32],
     faults: FaultBoard,
+    answer_model: Option<String>,
 }
 
 impl NearBackend {
@@ -32,6 +33,7 @@ impl NearBackend {
             host,
             models: BTreeSet::new(),
             faults: FaultBoard::new(),
+            answer_model: None,
         }
     }
 
@@ -54,6 +56,12 @@ impl NearBackend {
     /// The fault board it consults (shared with the scenario runner).
     pub fn faults(mut self, board: &FaultBoard) -> Self {
         self.faults = board.clone();
+        self
+    }
+
+    /// Answers with this model name instead of the request's.
+    pub fn answer_model(mut self, model: Option<String>) -> Self {
+        self.answer_model = model;
         self
     }
 
@@ -93,6 +101,7 @@ impl NearBackend {
                 faults: self.faults.clone(),
                 signing_key: Some(key.clone()),
                 served: AtomicU64::new(0),
+                answer_model: self.answer_model.clone(),
             });
             chat.merge(
                 Router::new()
