@@ -209,10 +209,15 @@ fn is_host_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-/// Whether `value` can go out as an HTTP header value unchanged: printable
-/// ASCII, no spaces or control characters.
+/// Whether `value` can go out as an HTTP header value unchanged: no spaces
+/// or control characters, at most 1024 bytes.
 fn is_header_token(value: &str) -> bool {
-    (1..=1024).contains(&value.len()) && value.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    // Visible ASCII, or non-ASCII sent as its UTF-8 bytes (HTTP's obs-text:
+    // a scenario may send such a key to pin the router's R16 refusal).
+    (1..=1024).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) || b >= 0x80)
 }
 
 /// One step of a path into the TOML document.
@@ -736,7 +741,7 @@ impl<'a> Validator<'a, '_> {
                 return Err((
                         at_request(key),
                         format!("{key} cannot be sent as a header value"),
-                        Some("use printable ASCII without spaces or control characters, at most 1024 bytes".into()),
+                        Some("use visible characters without spaces or control characters, at most 1024 bytes".into()),
                     ));
             }
         }
