@@ -525,6 +525,9 @@ pub enum HostEvent {
         kind: RequestKind,
         fault: Option<Fault>,
     },
+    /// The router process (re)started: a fresh registry, then its first
+    /// refresh.
+    RouterBoot,
     /// The catalog built this answer (a listing, or the rows after a patch).
     Listing {
         kind: RequestKind,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tiersim_engine::retry::{Decision, Outcome};
+use tiersim_engine::retry::Decision;
 use tiersim_engine::Tier;
 
 use super::registry::{Kind, Prov, Registry, DEMOTED_AT};
@@ -118,20 +118,20 @@ enum Upshot {
 
 /// One predicted attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Step {
-    provider: String,
-    round: u32,
-    decision: Decision,
-    backoff: Option<Duration>,
+pub struct Step {
+    pub provider: String,
+    pub round: u32,
+    pub decision: Decision,
+    pub backoff: Option<Duration>,
 }
 
 /// What the model predicts for one request.
 #[derive(Debug, Clone)]
 pub struct Prediction {
-    attempts: Vec<Step>,
-    status: u16,
+    pub attempts: Vec<Step>,
+    pub status: u16,
     /// For a served stream: whether the client gets `[DONE]`.
-    done: Option<bool>,
+    pub done: Option<bool>,
 }
 
 impl Prediction {
@@ -179,7 +179,6 @@ impl Prediction {
                 ));
             }
         }
-        let _ = Outcome::Ok;
         out
     }
 }
@@ -260,6 +259,15 @@ impl Registry {
                 Some(key) => matches!(&p.kind, Kind::Near { key: k, .. } if k == key),
             })
             .collect()
+    }
+
+    /// Whether a request can be served at all: an active catalog row and a
+    /// provider it may use.
+    pub fn servable(&self, facts: &Facts, spec: &RequestSpec) -> bool {
+        matches!(self.catalog.get(&spec.model), Some((true, _)))
+            && !self
+                .candidates(&spec.model, pubkey_of(facts, spec).as_deref())
+                .is_empty()
     }
 
     /// What the request's eligible providers can do: `(id, streams,
@@ -434,25 +442,26 @@ impl Registry {
                     return Upshot::Failed(Failure::refusal());
                 }
                 let host = crate::world::CHUTES;
+                // The instance listing (keys, nonces, evidence) fetched in
+                // this attempt, if any: one whose key the evidence does not
+                // bind (§7b) is never used, and not kept.
                 let stages = [RequestKind::Models, RequestKind::Instances];
+                let mut listed: Option<bool> = None;
                 while seen.peek(host).is_some_and(|k| stages.contains(&k)) {
                     let Some((kind, fault)) = seen.take(host, &stages) else {
                         break;
                     };
                     if kind == RequestKind::Instances {
-                        if fault == Some(Fault::WrongKey) {
-                            self.wrong_key.insert(slug.clone());
-                        } else {
-                            self.wrong_key.remove(slug);
-                        }
+                        listed = Some(fault == Some(Fault::WrongKey));
                     }
                     if let Some(f) = stage_failure(fault.as_ref()) {
                         return Upshot::Failed(f);
                     }
                 }
-                // §7b: a listed key without matching evidence, or evidence
-                // signed by a vendor the router does not trust, is never used.
-                if self.wrong_key.contains(slug) || !facts.scenario.config.trust_chutes_vendor {
+                // §7b: evidence signed by a vendor the router does not trust
+                // binds nothing either.
+                let untrusted = !facts.scenario.config.trust_chutes_vendor;
+                if listed.is_some_and(|wrong_key| wrong_key || untrusted) {
                     return Upshot::Failed(Failure::closed());
                 }
                 let Some((_, fault)) = seen.take(host, &chat) else {
