@@ -15,6 +15,7 @@
 //! fault = { host = "near-1", latency_ms = 5000 }
 //! fault = { host = "near-1", slow_first_token_ms = 5000 }
 //! fault = { host = "near-1", cut_stream_after = 2 }
+//! fault = { host = "near-1", own_model_name = true }  # answers as `near-1/<model>`
 //! fault = { host = "catalog", http_status = 503, on = "catalog" }
 //! # Chutes only (frame indices count the encrypted `e2e` frames, 0-based,
 //! # the inner [DONE] frame included):
@@ -172,6 +173,10 @@ pub enum Fault {
     CorruptFrame { index: u32 },
     /// Chutes gateway: replace frame `index`'s payload with text that is not base64.
     BadBase64Frame { index: u32 },
+    /// A chat backend names its own model (`<host>/<model>`, as a server
+    /// that serves a local path would) in every answer and chunk, so the
+    /// router's rewrite to the canonical id (R3) is visible.
+    OwnModelName,
 }
 
 impl Fault {
@@ -191,6 +196,7 @@ impl Fault {
             | Fault::BadBase64Frame { .. } => Scope::ChatStream,
             Fault::GzipBomb => Scope::ChatJson,
             Fault::WrongKey => Scope::Instances,
+            Fault::OwnModelName => Scope::Chat,
             _ => Scope::Service,
         }
     }
@@ -225,6 +231,7 @@ impl fmt::Display for Fault {
             Fault::FrameBeforeInit => f.write_str("frame_before_init = true"),
             Fault::CorruptFrame { index } => write!(f, "corrupt_frame = {index}"),
             Fault::BadBase64Frame { index } => write!(f, "bad_base64_frame = {index}"),
+            Fault::OwnModelName => f.write_str("own_model_name = true"),
         }
     }
 }
@@ -346,6 +353,8 @@ struct FaultSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bad_base64_frame: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    own_model_name: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     times: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     on: Option<Scope>,
@@ -435,6 +444,10 @@ impl TryFrom<FaultSpec> for FaultInjection {
         if let Some(index) = s.bad_base64_frame {
             faults.push(Fault::BadBase64Frame { index });
         }
+        if let Some(v) = s.own_model_name {
+            flag("own_model_name", v)?;
+            faults.push(Fault::OwnModelName);
+        }
         if s.times == Some(0) {
             return Err("times = 0 would never fire: use times >= 1, or leave it out".into());
         }
@@ -444,7 +457,7 @@ impl TryFrom<FaultSpec> for FaultInjection {
                  reset_after_chunks, latency_ms, slow_first_token_ms, cut_stream_after, \
                  forged_outer_done, e2e_error, drop_frame, reorder_frame, replay_frame, \
                  wrong_key, gzip_bomb, oversized_line, frame_before_init, corrupt_frame, \
-                 bad_base64_frame (found {})",
+                 bad_base64_frame, own_model_name (found {})",
                 faults.len()
             ));
         }
@@ -489,6 +502,7 @@ impl From<FaultInjection> for FaultSpec {
             Fault::FrameBeforeInit => s.frame_before_init = Some(true),
             Fault::CorruptFrame { index } => s.corrupt_frame = Some(index),
             Fault::BadBase64Frame { index } => s.bad_base64_frame = Some(index),
+            Fault::OwnModelName => s.own_model_name = Some(true),
         }
         s
     }
@@ -683,6 +697,10 @@ mod tests {
         assert_eq!(f.rule.scope(), Scope::Catalog);
         let f = parse(r#"fault = { host = "n", cut_stream_after = 2 }"#).unwrap();
         assert_eq!(f.rule.scope(), Scope::ChatStream);
+        let f = parse(r#"fault = { host = "n", own_model_name = true }"#).unwrap();
+        assert_eq!(f.rule.fault, Fault::OwnModelName);
+        assert_eq!(f.rule.scope(), Scope::Chat);
+        assert_eq!(f.to_string(), r#"{ host = "n", own_model_name = true }"#);
     }
 
     #[test]

@@ -315,6 +315,12 @@ async fn chat(
         return model_not_found(&model, host);
     }
 
+    // What the backend calls the model in its answers.
+    let model = if fault == Some(Fault::OwnModelName) {
+        format!("{host}/{model}")
+    } else {
+        model
+    };
     let n = backend.served.fetch_add(1, Ordering::Relaxed) + 1;
     let id = format!("chatcmpl-{host}-{n}");
     let created = CREATED_BASE + n;
