@@ -400,30 +400,13 @@ fn swarm_enables_a_seeded_subset_of_kinds_and_the_schedule_keeps_to_it() {
             let kind = match &e.action {
                 sweep::EventAction::Partition(_) => FaultKind::Partition,
                 sweep::EventAction::Crash(_) => FaultKind::Crash,
-                sweep::EventAction::Fault(f) => FaultKind::ALL
-                    .iter()
-                    .copied()
-                    .find(|k| k.name() == fault_key(&f.rule.fault))
-                    .expect("a known kind"),
+                sweep::EventAction::Fault(f) => f.rule.fault.kind(),
             };
             assert!(enabled.contains(&kind), "seed {seed}: {e} not in {swarm}");
         }
         subsets.insert(enabled);
     }
     assert!(subsets.len() > 20, "seeds explore different combinations");
-}
-
-/// The sweep kind name of a fault (its scenario key, as `FaultKind::name`).
-fn fault_key(f: &tiersim::fault::Fault) -> String {
-    let text = f.to_string();
-    let key = text.split(" = ").next().unwrap_or_default();
-    match key {
-        "reset_after_chunks" => "reset_mid_body".into(),
-        "latency_ms" => "latency".into(),
-        "slow_first_token_ms" => "slow_first_token".into(),
-        "cut_stream_after" => "cut_stream".into(),
-        k => k.to_string(),
-    }
 }
 
 /// The liveness phase: after the last base step every fault still active
