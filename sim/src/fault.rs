@@ -20,6 +20,15 @@
 //! # the inner [DONE] frame included):
 //! fault = { host = "chutes", forged_outer_done = 2 }  # outer [DONE] after 2 frames, rest dropped
 //! fault = { host = "chutes", e2e_error = true }       # an e2e_error event instead of the stream
+//! fault = { host = "chutes", e2e_error_after = 0 }    # e2e_init, then e2e_error (0 frames)
+//! fault = { host = "chutes", stream_wrong_key = true } # stream keyed to another response key
+//! # Chutes evidence (§7b; `instance` is the 0-based instance of the chute, default 0):
+//! fault = { host = "chutes", evidence = "missing", instance = 0 }  # no entry for it
+//! fault = { host = "chutes", evidence = "other_nonce" }   # quote bound to another fetch nonce
+//! fault = { host = "chutes", evidence = "other_key" }     # quote bound to another ML-KEM key
+//! fault = { host = "chutes", evidence = "bad_signature" } # one quote signature bit flipped
+//! fault = { host = "chutes", evidence = "listed_failed" } # in failed_instance_ids
+//! fault = { host = "chutes", evidence = "null_lists" }    # {"evidence":null,"failed_instance_ids":null}
 //! fault = { host = "chutes", drop_frame = 1 }
 //! fault = { host = "chutes", reorder_frame = 1 }      # swap frames 1 and 2
 //! fault = { host = "chutes", replay_frame = 1 }       # frame 1 sent twice
@@ -64,8 +73,10 @@ pub enum RequestKind {
     CatalogPatch,
     /// Chutes' `GET /v1/models` (slug → chute id).
     Models,
-    /// Chutes' `GET /e2e/instances/{chute_id}` (keys, nonces, evidence).
+    /// Chutes' `GET /e2e/instances/{chute_id}` (keys, nonces).
     Instances,
+    /// Chutes' `GET /chutes/{chute_id}/evidence?nonce=…` (§7b).
+    Evidence,
 }
 
 /// Which requests a fault hits.
@@ -85,6 +96,7 @@ pub enum Scope {
     CatalogPatch,
     Models,
     Instances,
+    Evidence,
 }
 
 impl Scope {
@@ -102,6 +114,7 @@ impl Scope {
             Scope::CatalogPatch => kind == K::CatalogPatch,
             Scope::Models => kind == K::Models,
             Scope::Instances => kind == K::Instances,
+            Scope::Evidence => kind == K::Evidence,
         }
     }
 
@@ -118,6 +131,7 @@ impl Scope {
             Scope::CatalogPatch => "catalog_patch",
             Scope::Models => "models",
             Scope::Instances => "instances",
+            Scope::Evidence => "evidence",
         }
     }
 }
@@ -152,6 +166,14 @@ pub enum Fault {
     ForgedOuterDone { after_frames: u32 },
     /// Chutes instance: an `{"e2e_error": …}` event instead of the stream.
     E2eError,
+    /// Chutes instance: `e2e_init`, `frames` encrypted frames, then an
+    /// `{"e2e_error": …}` event (0: before any content).
+    E2eErrorAfter { frames: u32 },
+    /// Chutes instance: the stream is keyed to a response key other than
+    /// the request's (every frame fails authentication).
+    StreamWrongKey,
+    /// Chutes gateway: the evidence of `instance` (0-based) is flawed.
+    Evidence { flaw: EvidenceFlaw, instance: u32 },
     /// Chutes gateway: drop encrypted frame `index`.
     DropFrame { index: u32 },
     /// Chutes gateway: swap encrypted frames `index` and `index + 1`.
@@ -174,6 +196,48 @@ pub enum Fault {
     BadBase64Frame { index: u32 },
 }
 
+/// How the gateway spoils an instance's evidence (§7b).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceFlaw {
+    /// No entry for the instance.
+    Missing,
+    /// The quote binds another fetch nonce (a replayed quote).
+    OtherNonce,
+    /// The quote binds another ML-KEM key.
+    OtherKey,
+    /// One bit of the quote's signature flipped.
+    BadSignature,
+    /// The instance is listed in `failed_instance_ids` (its entry stays).
+    ListedFailed,
+    /// Both lists are `null` (every instance).
+    NullLists,
+}
+
+impl EvidenceFlaw {
+    pub const ALL: &'static [EvidenceFlaw] = &[
+        EvidenceFlaw::Missing,
+        EvidenceFlaw::OtherNonce,
+        EvidenceFlaw::OtherKey,
+        EvidenceFlaw::BadSignature,
+        EvidenceFlaw::ListedFailed,
+        EvidenceFlaw::NullLists,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EvidenceFlaw::Missing => "missing",
+            EvidenceFlaw::OtherNonce => "other_nonce",
+            EvidenceFlaw::OtherKey => "other_key",
+            EvidenceFlaw::BadSignature => "bad_signature",
+            EvidenceFlaw::ListedFailed => "listed_failed",
+            EvidenceFlaw::NullLists => "null_lists",
+        }
+    }
+}
+
 impl Fault {
     /// Requests the fault hits when the scenario does not say (`on`).
     pub fn default_scope(&self) -> Scope {
@@ -182,6 +246,8 @@ impl Fault {
             | Fault::CutStream { .. }
             | Fault::ForgedOuterDone { .. }
             | Fault::E2eError
+            | Fault::E2eErrorAfter { .. }
+            | Fault::StreamWrongKey
             | Fault::DropFrame { .. }
             | Fault::ReorderFrame { .. }
             | Fault::ReplayFrame { .. }
@@ -191,6 +257,7 @@ impl Fault {
             | Fault::BadBase64Frame { .. } => Scope::ChatStream,
             Fault::GzipBomb => Scope::ChatJson,
             Fault::WrongKey => Scope::Instances,
+            Fault::Evidence { .. } => Scope::Evidence,
             _ => Scope::Service,
         }
     }
@@ -216,6 +283,11 @@ impl fmt::Display for Fault {
                 write!(f, "forged_outer_done = {after_frames}")
             }
             Fault::E2eError => f.write_str("e2e_error = true"),
+            Fault::E2eErrorAfter { frames } => write!(f, "e2e_error_after = {frames}"),
+            Fault::StreamWrongKey => f.write_str("stream_wrong_key = true"),
+            Fault::Evidence { flaw, instance } => {
+                write!(f, "evidence = {:?}, instance = {instance}", flaw.name())
+            }
             Fault::DropFrame { index } => write!(f, "drop_frame = {index}"),
             Fault::ReorderFrame { index } => write!(f, "reorder_frame = {index}"),
             Fault::ReplayFrame { index } => write!(f, "replay_frame = {index}"),
@@ -328,6 +400,14 @@ struct FaultSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     e2e_error: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    e2e_error_after: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream_wrong_key: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    evidence: Option<EvidenceFlaw>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     drop_frame: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reorder_frame: Option<u32>,
@@ -404,6 +484,21 @@ impl TryFrom<FaultSpec> for FaultInjection {
             flag("e2e_error", v)?;
             faults.push(Fault::E2eError);
         }
+        if let Some(frames) = s.e2e_error_after {
+            faults.push(Fault::E2eErrorAfter { frames });
+        }
+        if let Some(v) = s.stream_wrong_key {
+            flag("stream_wrong_key", v)?;
+            faults.push(Fault::StreamWrongKey);
+        }
+        if let Some(flaw) = s.evidence {
+            faults.push(Fault::Evidence {
+                flaw,
+                instance: s.instance.unwrap_or(0),
+            });
+        } else if s.instance.is_some() {
+            return Err("`instance` only goes with `evidence`".into());
+        }
         if let Some(index) = s.drop_frame {
             faults.push(Fault::DropFrame { index });
         }
@@ -442,7 +537,8 @@ impl TryFrom<FaultSpec> for FaultInjection {
             return Err(format!(
                 "a fault names exactly one of http_status, model_not_found, reset_before_body, \
                  reset_after_chunks, latency_ms, slow_first_token_ms, cut_stream_after, \
-                 forged_outer_done, e2e_error, drop_frame, reorder_frame, replay_frame, \
+                 forged_outer_done, e2e_error, e2e_error_after, stream_wrong_key, evidence, \
+                 drop_frame, reorder_frame, replay_frame, \
                  wrong_key, gzip_bomb, oversized_line, frame_before_init, corrupt_frame, \
                  bad_base64_frame (found {})",
                 faults.len()
@@ -480,6 +576,12 @@ impl From<FaultInjection> for FaultSpec {
             Fault::CutStream { after_chunks } => s.cut_stream_after = Some(after_chunks),
             Fault::ForgedOuterDone { after_frames } => s.forged_outer_done = Some(after_frames),
             Fault::E2eError => s.e2e_error = Some(true),
+            Fault::E2eErrorAfter { frames } => s.e2e_error_after = Some(frames),
+            Fault::StreamWrongKey => s.stream_wrong_key = Some(true),
+            Fault::Evidence { flaw, instance } => {
+                s.evidence = Some(flaw);
+                s.instance = Some(instance);
+            }
             Fault::DropFrame { index } => s.drop_frame = Some(index),
             Fault::ReorderFrame { index } => s.reorder_frame = Some(index),
             Fault::ReplayFrame { index } => s.replay_frame = Some(index),

@@ -18,12 +18,13 @@ use tokio::sync::{mpsc, oneshot};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tiersim_engine::chutes::e2ee::StreamVersion;
+use tiersim_engine::chutes::attest::SimulatedVendor;
 use tiersim_engine::chutes::{shared_rng, ChutesConfig, SharedRng};
 use tiersim_engine::config::ChutesModelEntry;
 use tiersim_engine::http::HttpClient;
 
 use crate::fault::FaultBoard;
-use crate::hosts::{derive_seed, ChutesGateway, ChutesHandle, Service};
+use crate::hosts::{derive_seed, ChutesGateway, ChutesHandle, Service, MODELS_PREFIX};
 use crate::hosts::{Catalog, CatalogHandle, ExternalBackend, NearBackend};
 use crate::net::{self, TurmoilListener, HTTP_PORT};
 use crate::scenario::format::{CatalogRow as ScenarioRow, Scenario};
@@ -373,8 +374,9 @@ pub fn chutes_factory(
             key,
             &entry.canonical_id,
             &entry.chute_slug,
-            vendor,
+            Arc::new(SimulatedVendor::new(vendor)),
         )
+        .models_base_url(format!("{base_url}{MODELS_PREFIX}"))
         .streaming(chutes.streaming)
         .stream_version(version)
         .timeouts(TIMEOUTS)

@@ -13,7 +13,7 @@ mod external;
 mod near;
 
 pub use catalog::{Catalog, CatalogHandle};
-pub use chutes::{ChutesGateway, ChutesHandle, Invocation, Served};
+pub use chutes::{ChutesGateway, ChutesHandle, Invocation, Served, MODELS_PREFIX};
 pub use external::ExternalBackend;
 pub use near::NearBackend;
 

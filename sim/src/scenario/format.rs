@@ -132,6 +132,9 @@ pub enum FaultKind {
     CutStream,
     ForgedOuterDone,
     E2eError,
+    E2eErrorAfter,
+    StreamWrongKey,
+    Evidence,
     DropFrame,
     ReorderFrame,
     ReplayFrame,
@@ -158,6 +161,9 @@ impl FaultKind {
         FaultKind::CutStream,
         FaultKind::ForgedOuterDone,
         FaultKind::E2eError,
+        FaultKind::E2eErrorAfter,
+        FaultKind::StreamWrongKey,
+        FaultKind::Evidence,
         FaultKind::DropFrame,
         FaultKind::ReorderFrame,
         FaultKind::ReplayFrame,
@@ -186,6 +192,9 @@ impl FaultKind {
             FaultKind::CutStream => "cut_stream",
             FaultKind::ForgedOuterDone => "forged_outer_done",
             FaultKind::E2eError => "e2e_error",
+            FaultKind::E2eErrorAfter => "e2e_error_after",
+            FaultKind::StreamWrongKey => "stream_wrong_key",
+            FaultKind::Evidence => "evidence",
             FaultKind::DropFrame => "drop_frame",
             FaultKind::ReorderFrame => "reorder_frame",
             FaultKind::ReplayFrame => "replay_frame",
@@ -210,6 +219,9 @@ impl FaultKind {
             self,
             FaultKind::ForgedOuterDone
                 | FaultKind::E2eError
+                | FaultKind::E2eErrorAfter
+                | FaultKind::StreamWrongKey
+                | FaultKind::Evidence
                 | FaultKind::DropFrame
                 | FaultKind::ReorderFrame
                 | FaultKind::ReplayFrame

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tiersim_engine::registry::PlantedBug;
 use toml::Spanned;
 
-use crate::fault::{Fault, FaultInjection, FaultRule};
+use crate::fault::{EvidenceFlaw, Fault, FaultInjection, FaultRule};
 use crate::hosts::derive_seed;
 use crate::record;
 use crate::runner::{self, Report, RunOptions, Violation};
@@ -435,6 +435,14 @@ impl Plan {
                 after_frames: rng.below(4) as u32,
             },
             FaultKind::E2eError => Fault::E2eError,
+            FaultKind::E2eErrorAfter => Fault::E2eErrorAfter {
+                frames: rng.below(4) as u32,
+            },
+            FaultKind::StreamWrongKey => Fault::StreamWrongKey,
+            FaultKind::Evidence => Fault::Evidence {
+                flaw: *rng.pick(EvidenceFlaw::ALL),
+                instance: rng.below(2) as u32,
+            },
             FaultKind::DropFrame => Fault::DropFrame {
                 index: rng.below(4) as u32,
             },
