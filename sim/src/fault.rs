@@ -43,7 +43,7 @@
 //! `times` (default: until cleared) counts the requests the fault hits. `on`
 //! narrows which requests it hits; by default a stream-only fault hits
 //! streamed chats and any other fault hits every request but the
-//! attestation report (see [`Scope`]). Several faults on one host: the first
+//! attestation (NEAR's report, Chutes' evidence; see [`Scope`]). Several faults on one host: the first
 //! injected that matches the request fires.
 //!
 //! Adding a fault kind (e.g. Chutes' forged outer `[DONE]`): a [`Fault`]
@@ -84,7 +84,9 @@ pub enum RequestKind {
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     Any,
-    /// Everything but the attestation report: a host's own traffic.
+    /// Everything but attestation (NEAR's report, Chutes' evidence): a
+    /// host's own traffic. Attestation is hit only when a fault says so
+    /// (`on = "attestation"` / `"evidence"`, or an `evidence` flaw).
     Service,
     /// Chat completions, JSON or streamed.
     Chat,
@@ -104,7 +106,7 @@ impl Scope {
         use RequestKind as K;
         match self {
             Scope::Any => true,
-            Scope::Service => kind != K::Attestation,
+            Scope::Service => !matches!(kind, K::Attestation | K::Evidence),
             Scope::Chat => matches!(kind, K::Chat | K::ChatStream),
             Scope::ChatJson => kind == K::Chat,
             Scope::ChatStream => kind == K::ChatStream,

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use tiersim_engine::chutes::e2ee::StreamVersion;
 use tiersim_engine::chutes::attest::SimulatedVendor;
+use tiersim_engine::chutes::e2ee::StreamVersion;
 use tiersim_engine::chutes::{shared_rng, ChutesConfig, SharedRng};
 use tiersim_engine::config::ChutesModelEntry;
 use tiersim_engine::http::HttpClient;

@@ -18,8 +18,9 @@ use serde_json::{json, Value};
 use tiersim::fault::{Fault, FaultBoard, RequestKind};
 use tiersim::hosts::{ChutesGateway, ChutesHandle};
 use tiersim::net::{http_client, url};
+use tiersim_engine::chutes::attest::SimulatedVendor;
 use tiersim_engine::chutes::e2ee::{seal_request, StreamVersion};
-use tiersim_engine::chutes::provider::{InstanceList, HEADER_CHUTE_ID, HEADER_INSTANCE_ID};
+use tiersim_engine::chutes::wire::{InstanceList, HEADER_CHUTE_ID, HEADER_INSTANCE_ID};
 use tiersim_engine::chutes::{shared_rng, ChutesConfig, ChutesProvider};
 use tiersim_engine::openai::Timeouts;
 use tiersim_engine::{
@@ -141,10 +142,16 @@ impl Ctx {
         version: StreamVersion,
         streaming: bool,
     ) -> ChutesConfig {
-        ChutesConfig::new(url("chutes"), "test-key", canonical, slug, self.vendor)
-            .streaming(streaming)
-            .stream_version(version)
-            .timeouts(TIMEOUTS)
+        ChutesConfig::new(
+            url("chutes"),
+            "test-key",
+            canonical,
+            slug,
+            Arc::new(SimulatedVendor::new(self.vendor)),
+        )
+        .streaming(streaming)
+        .stream_version(version)
+        .timeouts(TIMEOUTS)
     }
 }
 
@@ -217,6 +224,10 @@ fn assert_canonical(items: &[StreamItem], canonical: &str) {
 
 fn is_integrity(e: &Option<ProviderError>, needle: &str) -> bool {
     matches!(e, Some(ProviderError::Integrity(m)) if m.contains(needle))
+}
+
+fn is_attestation(e: &Option<ProviderError>, needle: &str) -> bool {
+    matches!(e, Some(ProviderError::Attestation(m)) if m.contains(needle))
 }
 
 // ------------------------------------------------------------- round trips
@@ -331,7 +342,7 @@ fn r23_eof_without_inner_done_is_a_truncation() {
             Fault::ResetMidBody { after_chunks: 2 }.rule().times(1),
         );
         let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
-        assert_eq!(items.len(), 2);
+        assert_eq!(items.len(), 2, "{err:?}");
         assert!(matches!(err, Some(ProviderError::Connection(_))), "{err:?}");
     });
 }
@@ -420,7 +431,7 @@ fn r23_wrong_instance_key_fails_closed() {
         ctx.faults.inject("chutes", Fault::WrongKey.rule().times(1));
         let err = p.chat_completion(&request(CANON, "hi")).await.unwrap_err();
         assert!(
-            is_integrity(&Some(err.clone()), "report data does not commit"),
+            is_attestation(&Some(err.clone()), "report data does not bind"),
             "{err:?}"
         );
         let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
@@ -437,13 +448,15 @@ fn r23_wrong_instance_key_fails_closed() {
 
         // A router trusting another vendor rejects the real evidence too.
         let mut untrusted = ctx.config(CANON, SLUG, StreamVersion::V1, true);
-        untrusted.vendor_key = ChutesGateway::new("x").world_seed(999).vendor_public_key();
+        untrusted.verifier = Arc::new(SimulatedVendor::new(
+            ChutesGateway::new("x").world_seed(999).vendor_public_key(),
+        ));
         let p = untrusted
             .build(http_client(), shared_rng(ChaCha20Rng::seed_from_u64(1)))
             .unwrap();
         let err = p.chat_completion(&request(CANON, "hi")).await.unwrap_err();
         assert!(
-            is_integrity(&Some(err.clone()), "not signed by the trusted vendor"),
+            is_attestation(&Some(err.clone()), "not signed by the trusted vendor"),
             "{err:?}"
         );
         assert_eq!(ctx.chutes.invocations().len(), 1);

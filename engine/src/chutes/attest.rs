@@ -75,7 +75,11 @@ pub fn check_instance(
     instance_id: &str,
     e2e_pubkey_b64: &str,
 ) -> Result<(), AttestFailure> {
-    if evidence.failed_instance_ids.iter().any(|i| i == instance_id) {
+    if evidence
+        .failed_instance_ids
+        .iter()
+        .any(|i| i == instance_id)
+    {
         return Err(AttestFailure::ListedAsFailed);
     }
     let entry = evidence
@@ -261,7 +265,10 @@ mod tests {
                 AttestFailure::ReportDataMismatch,
             ),
             (
-                list(vec![entry(&VendorKey::from_seed([2; 32]), NONCE, KEY, 9)], &[]),
+                list(
+                    vec![entry(&VendorKey::from_seed([2; 32]), NONCE, KEY, 9)],
+                    &[],
+                ),
                 AttestFailure::BadSignature,
             ),
             (

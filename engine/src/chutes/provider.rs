@@ -38,12 +38,12 @@ use super::e2ee::{
     seal_request, AttestFailure, ResponseKey, StreamVersion, MLKEM_PK_LEN, RESPONSE_PK_FIELD,
     STREAM_VERSION_FIELD,
 };
+use super::stream::{StreamDecoder, StreamError, StreamEvent};
 use super::wire::{
     evidence_path, EvidenceList, InstanceList, ModelList, CHAT_PATH, EVIDENCE_NONCE_LEN,
-    HEADER_CHUTE_ID, HEADER_INSTANCE_ID, HEADER_NONCE, HEADER_PATH, HEADER_STREAM,
-    INSTANCES_PATH, INVOKE_PATH, MODELS_PATH, NONCE_REJECTED,
+    HEADER_CHUTE_ID, HEADER_INSTANCE_ID, HEADER_NONCE, HEADER_PATH, HEADER_STREAM, INSTANCES_PATH,
+    INVOKE_PATH, MODELS_PATH, NONCE_REJECTED,
 };
-use super::stream::{StreamDecoder, StreamError, StreamEvent};
 use crate::http::{BodyStream, HttpClient};
 use crate::openai::{
     provider_error, sanitize_message, status_error, with_model, OpenAiClient, Timeouts, MAX_BODY,
@@ -441,11 +441,19 @@ impl ChutesProvider {
             last = Some((sanitize_message(&c.id_text), skipped));
         }
         let (name, skipped) = last.expect("a snapshot has at least one candidate");
+        if !matches!(skipped, Skipped::Drained) {
+            // No listed key is proven: the next request lists afresh rather
+            // than failing on this listing until it expires.
+            self.pool.lock().await.forget_instances();
+        }
         Err(match skipped {
             // R39: a drained pool is Chutes being busy, not an attack.
             Skipped::Drained => ProviderError::status(
                 503,
-                format!("Chutes instance {name} has no nonce left for {}", self.canonical),
+                format!(
+                    "Chutes instance {name} has no nonce left for {}",
+                    self.canonical
+                ),
             ),
             Skipped::BadKey => ProviderError::Attestation(format!(
                 "all candidate Chutes instances failed (refusing to send inference); \
@@ -855,10 +863,16 @@ mod tests {
 
     fn provider(streaming: bool) -> ChutesProvider {
         let rng = shared_rng(super::super::e2ee::os_rng());
-        ChutesConfig::new("http://127.0.0.1:9", "k", "canon/M", "slug/M-TEE", verifier())
-            .streaming(streaming)
-            .build(HttpClient::new(Arc::new(TokioConnector)), rng)
-            .unwrap()
+        ChutesConfig::new(
+            "http://127.0.0.1:9",
+            "k",
+            "canon/M",
+            "slug/M-TEE",
+            verifier(),
+        )
+        .streaming(streaming)
+        .build(HttpClient::new(Arc::new(TokioConnector)), rng)
+        .unwrap()
     }
 
     #[test]

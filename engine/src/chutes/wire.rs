@@ -158,6 +158,9 @@ mod tests {
         assert!(is_evidence_nonce(&n));
         assert!(!is_evidence_nonce(&n[1..]));
         assert!(!is_evidence_nonce(&"zz".repeat(32)));
-        assert_eq!(evidence_path("c-1", &n), format!("/chutes/c-1/evidence?nonce={n}"));
+        assert_eq!(
+            evidence_path("c-1", &n),
+            format!("/chutes/c-1/evidence?nonce={n}")
+        );
     }
 }

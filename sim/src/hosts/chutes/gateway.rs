@@ -148,14 +148,18 @@ impl Gateway {
     }
 
     /// An error answer, logged.
-    pub(super) fn error(&self, kind: RequestKind, status: StatusCode, code: &str, message: &str) -> Response {
+    pub(super) fn error(
+        &self,
+        kind: RequestKind,
+        status: StatusCode,
+        code: &str,
+        message: &str,
+    ) -> Response {
         let resp = error_response(status, Some(code), &format!("{}: {message}", self.host));
         self.log.served(kind, status.as_u16(), Bytes::new());
         resp
     }
 }
-
-
 
 pub(super) async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let kind = RequestKind::Models;
@@ -301,7 +305,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-pub(super) async fn invoke(State(gw): State<Arc<Gateway>>, headers: HeaderMap, blob: Bytes) -> Response {
+pub(super) async fn invoke(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    blob: Bytes,
+) -> Response {
     let stream = header(&headers, HEADER_STREAM).eq_ignore_ascii_case("true");
     let kind = if stream {
         RequestKind::ChatStream
@@ -380,4 +388,3 @@ pub(super) async fn invoke(State(gw): State<Arc<Gateway>>, headers: HeaderMap, b
     gw.log.log().invocations.push(record);
     resp
 }
-

@@ -16,9 +16,9 @@ use tiersim_engine::chutes::attest::expected_report_data;
 use tiersim_engine::chutes::e2ee::{
     seal_response, seal_response_raw, StreamSealer, StreamVersion, MAX_DECOMPRESSED,
 };
+use tiersim_engine::chutes::stream::error_event;
 use tiersim_engine::chutes::stream::{frame_event, init_event, usage_event, OUTER_DONE_EVENT};
 use tiersim_engine::chutes::wire::{EvidenceEntry, EvidenceList};
-use tiersim_engine::chutes::stream::error_event;
 
 use super::gateway::Gateway;
 use super::tamper::{self, Event};
@@ -41,7 +41,12 @@ pub(super) fn evidence(world: &World, chute: &Chute, nonce: &str) -> EvidenceLis
 }
 
 /// `inst`'s evidence binding `nonce` and the key `pubkey_b64`.
-pub(super) fn entry(world: &World, inst: &Instance, nonce: &str, pubkey_b64: &str) -> EvidenceEntry {
+pub(super) fn entry(
+    world: &World,
+    inst: &Instance,
+    nonce: &str,
+    pubkey_b64: &str,
+) -> EvidenceEntry {
     let report = expected_report_data(nonce, pubkey_b64, &inst.certificate);
     EvidenceEntry {
         instance_id: inst.id.clone(),
@@ -230,7 +235,6 @@ impl Gateway {
     }
 }
 
-
 /// An authenticated gzip stream that inflates to 64 MiB + 1 KiB of zeros
 /// (about 64 KiB compressed). Built once: it is the same bytes every time.
 pub(super) fn gzip_bomb() -> &'static [u8] {
@@ -246,4 +250,3 @@ pub(super) fn gzip_bomb() -> &'static [u8] {
         enc.finish().expect("writing to a Vec cannot fail")
     })
 }
-

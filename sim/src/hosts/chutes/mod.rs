@@ -196,7 +196,10 @@ impl ChutesGateway {
             };
             Router::new()
                 .route(MODELS_PATH, get(gateway::models))
-                .route(&format!("{MODELS_PREFIX}{MODELS_PATH}"), get(gateway::models))
+                .route(
+                    &format!("{MODELS_PREFIX}{MODELS_PATH}"),
+                    get(gateway::models),
+                )
                 .route(
                     &format!("{INSTANCES_PATH}/{{chute_id}}"),
                     get(gateway::instances),
@@ -270,7 +273,6 @@ fn uuid(bytes: &[u8]) -> String {
     )
 }
 
-
 /// What the host knows for its whole life (all boots).
 pub(super) struct World {
     /// By chute id. BTreeMap: listings come out in a stable order.
@@ -296,7 +298,6 @@ pub(super) struct Instance {
     /// Its simulated certificate (an ed25519 SPKI in DER), bound by evidence.
     pub(super) certificate: Vec<u8>,
 }
-
 
 // ------------------------------------------------------------------ handle
 
@@ -387,4 +388,3 @@ impl ChutesHandle {
         self.log().served.len()
     }
 }
-

@@ -206,4 +206,3 @@ pub(super) fn stream(fault: Option<&Fault>, mut events: Vec<Event>) -> Vec<Step>
     }
     steps
 }
-
