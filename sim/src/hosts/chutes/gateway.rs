@@ -388,3 +388,41 @@ pub(super) async fn invoke(
     gw.log.log().invocations.push(record);
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> NonceRecord {
+        NonceRecord {
+            chute_id: "c".into(),
+            instance_id: "i".into(),
+            used: false,
+        }
+    }
+
+    #[test]
+    fn issue9_nonce_table_forgets_expired_nonces_and_is_capped() {
+        let now = Instant::now();
+        let mut table = NonceTable::default();
+        table.issue("a".into(), record(), now + Duration::from_secs(1));
+        table.issue("b".into(), record(), now + Duration::from_secs(2));
+        table.prune(now);
+        assert_eq!(table.len(), 2);
+        table.prune(now + Duration::from_secs(1));
+        assert!(table.get_mut("a").is_none(), "expired: forgotten");
+        assert!(table.get_mut("b").is_some());
+
+        // Far more than the cap, none expired: the oldest go first.
+        let later = now + Duration::from_secs(3600);
+        for i in 0..MAX_LIVE_NONCES + 10 {
+            table.issue(format!("n{i}"), record(), later);
+        }
+        table.prune(now);
+        assert_eq!(table.len(), MAX_LIVE_NONCES);
+        assert!(table.get_mut("b").is_none() && table.get_mut("n9").is_none());
+        assert!(table
+            .get_mut(&format!("n{}", MAX_LIVE_NONCES + 9))
+            .is_some());
+    }
+}
