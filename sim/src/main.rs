@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use tiersim::hosts::Chunking;
 use tiersim::runner::{self, RunOptions};
 use tiersim::scenario::format::FaultKind;
 use tiersim::sweep::{self, shrink, MenuFlags, Plan};
@@ -42,6 +43,9 @@ struct MenuArgs {
     /// turmoil's time step for this sweep (e.g. `10ms`: faster, times rounded).
     #[arg(long, value_parser = humantime::parse_duration)]
     tick: Option<Duration>,
+    /// Chunkings each seed draws from (comma-separated: writes, whole, random).
+    #[arg(long, value_delimiter = ',', value_parser = parse_chunking)]
+    chunking: Option<Vec<Chunking>>,
     /// Plant a review bug of the seed PR (testing the testbed only).
     #[arg(long, hide = true, value_parser = parse_plant)]
     plant: Option<PlantedBug>,
@@ -56,8 +60,13 @@ impl MenuArgs {
             max_faults: self.max_faults,
             until: self.until,
             tick: self.tick,
+            chunking: self.chunking.clone(),
         }
     }
+}
+
+fn parse_chunking(s: &str) -> Result<Chunking, String> {
+    Chunking::from_name(s).ok_or_else(|| format!("{s:?}: chunking is writes, whole or random"))
 }
 
 fn parse_seeds(s: &str) -> Result<std::ops::Range<u64>, String> {

@@ -198,6 +198,9 @@ pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
         }
         None => ChutesWorld::default(),
     };
+    // Every host's bytes are cut as `[world] chunking` says.
+    let plan = s.world.plan();
+    let hosts = hosts.into_iter().map(|h| h.chunked(plan, s.seed)).collect();
     Services {
         board,
         catalog: catalog_handle,
@@ -224,9 +227,10 @@ pub fn build_with(
         board,
         catalog,
         hosts,
-        chutes,
+        mut chutes,
         near_keys,
     } = services(s, &net::url);
+    chutes.keyed_priming = plant == Some(PlantedBug::KeyedPriming);
     for host in hosts {
         host.install(sim);
     }
@@ -297,6 +301,8 @@ pub struct ChutesWorld {
     pub chute_ids: BTreeMap<String, String>,
     pub streaming: bool,
     pub handle: Option<ChutesHandle>,
+    /// `PlantedBug::KeyedPriming` in every Chutes provider (tests only).
+    pub keyed_priming: bool,
 }
 
 fn version(v: u32) -> StreamVersion {
@@ -343,6 +349,7 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
         chute_ids,
         streaming: s.config.chutes_streaming,
         handle: Some(handle),
+        keyed_priming: false,
     };
     Some((service, world))
 }
@@ -369,7 +376,7 @@ pub fn chutes_factory(
             .get(&entry.chute_slug)
             .copied()
             .unwrap_or(StreamVersion::V1);
-        ChutesConfig::new(
+        let config = ChutesConfig::new(
             base_url.clone(),
             key,
             &entry.canonical_id,
@@ -379,9 +386,15 @@ pub fn chutes_factory(
         .models_base_url(format!("{base_url}{MODELS_PREFIX}"))
         .streaming(chutes.streaming)
         .stream_version(version)
-        .timeouts(TIMEOUTS)
-        .build(http.clone(), rng(entry))
-        .map(|p| Arc::new(p) as Arc<dyn tiersim_engine::Provider>)
-        .map_err(|e| e.to_string())
+        .timeouts(TIMEOUTS);
+        let config = if chutes.keyed_priming {
+            config.plant_keyed_priming()
+        } else {
+            config
+        };
+        config
+            .build(http.clone(), rng(entry))
+            .map(|p| Arc::new(p) as Arc<dyn tiersim_engine::Provider>)
+            .map_err(|e| e.to_string())
     })
 }

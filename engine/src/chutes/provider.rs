@@ -109,6 +109,10 @@ pub struct ChutesConfig {
     /// testbed, a real TDX quote verifier in a deployment.
     pub verifier: Arc<dyn Verifier>,
     pub timeouts: Timeouts,
+    /// The planted issue-15 bug (`PlantedBug::KeyedPriming`): off unless a
+    /// simulation run asks for it.
+    #[cfg(feature = "planted-bugs")]
+    pub keyed_priming: bool,
 }
 
 impl std::fmt::Debug for ChutesConfig {
@@ -144,7 +148,17 @@ impl ChutesConfig {
             stream_version: StreamVersion::V1,
             verifier,
             timeouts: Timeouts::default(),
+            #[cfg(feature = "planted-bugs")]
+            keyed_priming: false,
         }
+    }
+
+    /// Plants `PlantedBug::KeyedPriming` in the provider built from this
+    /// config (the simulation's proof that its chunking check finds it).
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant_keyed_priming(mut self) -> Self {
+        self.keyed_priming = true;
+        self
     }
 
     /// Serve `/v1/models` from `url` instead of the API base URL.
@@ -209,6 +223,8 @@ impl ChutesConfig {
             rng,
             turn: AtomicUsize::new(0),
             pool: tokio::sync::Mutex::new(Pool::default()),
+            #[cfg(feature = "planted-bugs")]
+            keyed_priming: self.keyed_priming,
         })
     }
 }
@@ -328,6 +344,8 @@ pub struct ChutesProvider {
     rng: SharedRng,
     /// R61: the candidate a request starts at (advances once per request).
     turn: AtomicUsize,
+    #[cfg(feature = "planted-bugs")]
+    keyed_priming: bool,
     /// Held across discovery so concurrent requests share one listing.
     pool: tokio::sync::Mutex<Pool>,
 }
@@ -707,6 +725,8 @@ impl Provider for ChutesProvider {
             canonical: self.canonical.clone(),
             pending: None,
             ended: false,
+            #[cfg(feature = "planted-bugs")]
+            keyed_priming: self.keyed_priming,
         };
         state.prime().await?;
         Ok(Box::pin(futures_util::stream::unfold(
@@ -728,6 +748,9 @@ struct Decrypting {
     /// An item read while priming, yielded first.
     pending: Option<Result<StreamItem, ProviderError>>,
     ended: bool,
+    /// `PlantedBug::KeyedPriming`: hand over once keyed (the old bug).
+    #[cfg(feature = "planted-bugs")]
+    keyed_priming: bool,
 }
 
 impl Decrypting {
@@ -742,6 +765,10 @@ impl Decrypting {
     /// one read or in two give the same failed attempt.
     async fn prime(&mut self) -> Result<(), ProviderError> {
         loop {
+            #[cfg(feature = "planted-bugs")]
+            if self.keyed_priming && self.dec.is_keyed() {
+                return Ok(());
+            }
             match self.step().await {
                 Some(Ok(item)) => {
                     self.pending = Some(Ok(item));

@@ -8,11 +8,13 @@
 //! and a per-boot request counter: no wall clock, no OS randomness.
 
 mod catalog;
+mod chunking;
 mod chutes;
 mod external;
 mod near;
 
 pub use catalog::{Catalog, CatalogHandle};
+pub use chunking::{ChunkPlan, Chunking};
 pub use chutes::{ChutesGateway, ChutesHandle, Invocation, Served, MODELS_PREFIX};
 pub use external::ExternalBackend;
 pub use near::NearBackend;
@@ -71,6 +73,10 @@ pub fn derive_seed(world_seed: u64, label: &str) -> [u8; 32] {
 pub struct Service {
     host: String,
     make: Arc<dyn Fn() -> Router + Send + Sync>,
+    /// How its response bytes are cut into writes, and the world seed the
+    /// cuts derive from (`None`: as the host writes them).
+    chunks: Option<(ChunkPlan, u64)>,
+    boots: Arc<chunking::BootCounter>,
 }
 
 impl std::fmt::Debug for Service {
@@ -86,7 +92,16 @@ impl Service {
         Service {
             host: host.into(),
             make: Arc::new(make),
+            chunks: None,
+            boots: Arc::default(),
         }
+    }
+
+    /// Cuts every response body of this host under `plan`, seeded from
+    /// `world_seed` (see [`Chunking`]).
+    pub fn chunked(mut self, plan: ChunkPlan, world_seed: u64) -> Self {
+        self.chunks = Some((plan, world_seed));
+        self
     }
 
     /// The host's name (`near-1`, `chutes`, …).
@@ -96,7 +111,13 @@ impl Service {
 
     /// A fresh router: one boot of the host.
     pub fn boot(&self) -> Router {
-        (self.make)()
+        let router = (self.make)();
+        match self.chunks {
+            Some((plan, seed)) => {
+                chunking::layer(router, plan, &self.host, seed, self.boots.next())
+            }
+            None => router,
+        }
     }
 
     /// Registers the host on the simulation: each (re)boot builds a fresh

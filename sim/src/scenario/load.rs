@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::format::{FaultKind, Scenario, Step, SweepSpec};
+use crate::hosts::Chunking;
 use crate::rules::RULES;
 
 /// Where a scenario went wrong, and what to do about it.
@@ -146,6 +147,25 @@ impl Validator<'_> {
                 ));
             }
         }
+        if let Some(max) = &s.world.max_chunk {
+            if *max.get_ref() == 0 {
+                return Err((
+                    max.span(),
+                    "max_chunk = 0 would cut nothing".into(),
+                    Some("use a piece size of at least 1 byte".into()),
+                ));
+            }
+            if s.world.chunking != Chunking::Random {
+                return Err((
+                    max.span(),
+                    format!(
+                        "max_chunk only applies to chunking = \"random\" (chunking is {:?})",
+                        s.world.chunking.name()
+                    ),
+                    Some("set `chunking = \"random\"` or leave `max_chunk` out".into()),
+                ));
+            }
+        }
         let near: BTreeSet<&str> = s.near.iter().map(|n| n.host.as_str()).collect();
         let mut seen = BTreeSet::new();
         for name in s
@@ -225,6 +245,15 @@ impl Validator<'_> {
                         },
                         hosts.join(", ")
                     )),
+                ));
+            }
+        }
+        if let Some(chunkings) = &sw.chunking {
+            if chunkings.get_ref().is_empty() {
+                return Err((
+                    chunkings.span(),
+                    "`chunking = []` leaves the sweep no chunking to draw".into(),
+                    Some("leave `chunking` out to keep the scenario's own".into()),
                 ));
             }
         }
@@ -551,6 +580,27 @@ mod tests {
             assert_eq!(e.line, 8, "{e}");
             assert!(e.message.contains(what), "{urls}: {e}");
         }
+    }
+
+    #[test]
+    fn world_table_is_validated_with_positions() {
+        let ok = parse(
+            Path::new("x.toml"),
+            &format!("{HEAD}[world]\nchunking = \"random\"\nmax_chunk = 7\nchunk_seed = 2\n"),
+        )
+        .unwrap();
+        assert_eq!(ok.world.chunking, Chunking::Random);
+        assert_eq!(ok.world.plan().max_chunk, Some(7));
+        let e = err(&format!(
+            "{HEAD}[world]\nchunking = \"random\"\nmax_chunk = 0\n"
+        ));
+        assert!(e.message.contains("max_chunk = 0"), "{e}");
+        let e = err(&format!("{HEAD}[world]\nmax_chunk = 4\n"));
+        assert!(e.message.contains("only applies"), "{e}");
+        let e = err(&format!("{HEAD}[world]\nchunking = \"bytes\"\n"));
+        assert!(e.message.contains("unknown variant"), "{e}");
+        let e = err(&format!("{HEAD}[sweep]\nchunking = []\n"));
+        assert!(e.message.contains("no chunking"), "{e}");
     }
 
     #[test]
