@@ -68,3 +68,34 @@ fn issue15_chutes_and_near_scenarios_do_not_depend_on_chunking() {
             .unwrap_or_else(|e| panic!("{file}: {e}"));
     }
 }
+
+#[test]
+fn issue15_chunking_is_a_sweep_dimension_written_into_reproducers() {
+    use tiersim::sweep::{MenuFlags, Plan};
+    let (s, path) = load("sweep_mixed_traffic.toml");
+    let flags = MenuFlags {
+        chunking: Some(vec![Chunking::Whole, Chunking::Random]),
+        ..MenuFlags::default()
+    };
+    let plan = Plan::new(&s, &path, &flags, None).unwrap();
+    for seed in [4u64, 5] {
+        let composed = plan.compose(seed, &plan.schedule(seed));
+        let want = if seed % 2 == 0 {
+            Chunking::Whole
+        } else {
+            Chunking::Random
+        };
+        assert_eq!(composed.scenario.world.chunking, want);
+        assert_eq!(composed.scenario.world.chunk_seed, seed);
+        // The reproducer file carries the world it ran in.
+        let text = scenario::write::to_toml(&composed.scenario).unwrap();
+        assert!(
+            text.contains(&format!("chunking = \"{}\"", want.name())),
+            "{text}"
+        );
+        let back = scenario::parse(&path, &text).unwrap();
+        assert_eq!(back.world, composed.scenario.world);
+        let report = plan.run(&composed);
+        assert!(report.passed(), "seed {seed}: {:?}", report.violations);
+    }
+}

@@ -288,7 +288,7 @@ impl Pool {
         }
         self.instances
             .iter_mut()
-            .find(|i| &i.id == id)?
+            .find(|i| i.id == *id)?
             .nonces
             .pop_back()
     }
