@@ -129,6 +129,19 @@ enum Command {
         #[arg(long, hide = true, value_parser = parse_plant)]
         plant: Option<PlantedBug>,
     },
+    /// Run each scenario under several chunkings of its hosts' bytes (whole,
+    /// as written, seeded random cuts) and require the same client outcome
+    /// for every request: status, bytes and attempts (issue 15).
+    CheckChunking {
+        #[arg(default_value = "scenarios")]
+        paths: Vec<PathBuf>,
+        /// Random cuts per scenario (each with its own chunk seed).
+        #[arg(long, default_value_t = 4)]
+        cuts: u64,
+        /// Plant a bug (testing the testbed only).
+        #[arg(long, hide = true, value_parser = parse_plant)]
+        plant: Option<PlantedBug>,
+    },
     /// Run a scenario under random fault schedules, one per seed, checking
     /// every oracle after every step; shrink each failure to a reproducer file.
     Sweep {
@@ -233,12 +246,65 @@ fn main() -> ExitCode {
             write,
             menu,
         } => replay(scenario, seed, write, menu),
+        Command::CheckChunking { paths, cuts, plant } => check_chunking(paths, cuts, plant),
         Command::Rules { path } => rules_matrix(path),
         Command::Schema => {
             print!("{}", scenario::json_schema());
             ExitCode::SUCCESS
         }
         Command::Serve(args) => tiersim::serve::run_cli(args),
+    }
+}
+
+/// `tiersim check-chunking`: the metamorphic chunking check per scenario.
+fn check_chunking(paths: Vec<PathBuf>, cuts: u64, plant: Option<PlantedBug>) -> ExitCode {
+    let mut files = Vec::new();
+    for p in &paths {
+        match scenario::files(p) {
+            Ok(f) => files.extend(f),
+            Err(e) => {
+                eprintln!("error: {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut loaded = Vec::new();
+    for f in &files {
+        match scenario::load(f) {
+            Ok(s) => loaded.push((f.clone(), s)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if loaded.is_empty() {
+        eprintln!("error: no scenario files in {paths:?}");
+        return ExitCode::FAILURE;
+    }
+    let opts = RunOptions {
+        plant,
+        ..RunOptions::default()
+    };
+    let worlds = tiersim::metamorphic::variants(cuts);
+    let mut diverged = 0;
+    for (file, s) in &loaded {
+        match tiersim::metamorphic::check(s, file, &opts, &worlds) {
+            Ok(n) => println!("same  {:<48} {n} chunkings", file.display()),
+            Err(d) => {
+                diverged += 1;
+                println!("DIFF  {:<48} {d}", file.display());
+            }
+        }
+    }
+    println!(
+        "\n{} scenarios, {diverged} whose client outcome depends on chunking",
+        loaded.len()
+    );
+    if diverged == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
