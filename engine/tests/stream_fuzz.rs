@@ -101,9 +101,11 @@ fn check_authenticated(s: &Sealed, input: &[u8], out: &[Result<StreamEvent, Stre
         }
     }
     let done = out.iter().any(|e| matches!(e, Ok(StreamEvent::Done)));
-    let done_sent = input
-        .windows(s.done_event.len())
-        .any(|w| w == s.done_event.as_bytes());
+    // The sealed inner [DONE] line, complete with its newline (the blank
+    // line after it only ends the SSE event: a stream cut right after the
+    // line still carries it).
+    let done_line = &s.done_event.as_bytes()[..s.done_event.trim_end().len() + 1];
+    let done_sent = input.windows(done_line.len()).any(|w| w == done_line);
     if done {
         assert!(
             done_sent,
