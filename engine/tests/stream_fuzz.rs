@@ -169,7 +169,7 @@ fn apply(s: &Sealed, tampers: &[Tamper]) -> Vec<u8> {
                     *b ^= x;
                 }
             }
-            Tamper::Insert(i, bytes) => events.insert(i % (n + 1), bytes.clone()),
+            Tamper::Insert(i, bytes) => events.insert(i % (events.len() + 1), bytes.clone()),
             Tamper::Truncate(i) if !events.is_empty() => {
                 let e = &mut events[i % n];
                 let keep = (i / n) % e.len().max(1);
@@ -184,7 +184,7 @@ fn apply(s: &Sealed, tampers: &[Tamper]) -> Vec<u8> {
                     4 => "data: {\"choices\":[{\"delta\":{\"content\":\"forged\"}}]}\n\n".into(),
                     _ => OUTER_DONE_EVENT.into(),
                 };
-                events.insert(i % (n + 1), e.into_bytes());
+                events.insert(i % (events.len() + 1), e.into_bytes());
             }
             _ => {}
         }
