@@ -15,7 +15,8 @@ use bytes::Bytes;
 use tiersim_engine::retry::{Decision, Outcome};
 
 use crate::hosts::Chunking;
-use crate::runner::{self, Report, RunOptions};
+use crate::record::Report;
+use crate::runner::{self, RunOptions};
 use crate::scenario::format::{Scenario, WorldSpec};
 
 /// What the client saw of one request.

@@ -108,6 +108,7 @@ impl Gateway {
                 format!("could not open the request: {e}"),
             )
         })?;
+        self.faults.note_received(&self.host, &request);
         let model = request["model"].as_str().unwrap_or_default().to_string();
         record.model = Some(model.clone());
         if model != chute.slug {

@@ -46,7 +46,7 @@ use tiersim_engine::chutes::wire::{
     EVIDENCE_PREFIX, EVIDENCE_SUFFIX, INSTANCES_PATH, INVOKE_PATH, MODELS_PATH,
 };
 
-use super::{derive_seed, Service};
+use super::{derive_seed, keys, Service};
 use crate::fault::{FaultBoard, RequestKind};
 use gateway::{Boot, Gateway, NonceTable};
 
@@ -140,16 +140,15 @@ impl ChutesGateway {
         &self.host
     }
 
-    fn vendor(&self) -> VendorKey {
-        VendorKey::from_seed(
-            self.vendor_seed
-                .unwrap_or_else(|| derive_seed(self.world_seed, "chutes/vendor")),
-        )
+    /// The vendor key's seed: the one set, else derived from the world seed.
+    fn vendor_key_seed(&self) -> [u8; 32] {
+        self.vendor_seed
+            .unwrap_or_else(|| derive_seed(self.world_seed, "chutes/vendor"))
     }
 
     /// The vendor key the router must trust (§7b).
     pub fn vendor_public_key(&self) -> [u8; 32] {
-        self.vendor().public_key()
+        keys::ed25519_public(self.vendor_key_seed())
     }
 
     /// The `chute_id` the gateway lists for `slug`.
@@ -215,8 +214,8 @@ impl ChutesGateway {
     }
 
     fn world(&self) -> World {
-        let vendor = self.vendor();
-        let mitm = InstanceKeypair::from_seed(seed64(
+        let vendor = keys::vendor_key(self.vendor_key_seed());
+        let mitm = keys::instance_keypair(seed64(
             self.world_seed,
             &format!("chutes/{}/gateway-key", self.host),
         ));
@@ -226,7 +225,7 @@ impl ChutesGateway {
             let instances = (0..*n)
                 .map(|i| {
                     let label = format!("chutes/{slug}/instance-{i}");
-                    let key = InstanceKeypair::from_seed(seed64(self.world_seed, &label));
+                    let key = keys::instance_keypair(seed64(self.world_seed, &label));
                     let tls = derive_seed(self.world_seed, &format!("{label}/tls"));
                     Instance {
                         id: uuid(&derive_seed(self.world_seed, &format!("{label}/id"))),
@@ -278,7 +277,7 @@ pub(super) struct World {
     /// By chute id. BTreeMap: listings come out in a stable order.
     pub(super) chutes: BTreeMap<String, Chute>,
     /// Signs evidence (§7b).
-    pub(super) vendor: VendorKey,
+    pub(super) vendor: Arc<VendorKey>,
     /// The gateway's own ML-KEM key: listed by `wrong_key`, bound by
     /// `evidence = "other_key"`, keyed to by `stream_wrong_key`.
     pub(super) mitm_pubkey: Vec<u8>,
@@ -293,7 +292,7 @@ pub(super) struct Chute {
 
 pub(super) struct Instance {
     pub(super) id: String,
-    pub(super) key: InstanceKeypair,
+    pub(super) key: Arc<InstanceKeypair>,
     pub(super) pubkey_b64: String,
     /// Its simulated certificate (an ed25519 SPKI in DER), bound by evidence.
     pub(super) certificate: Vec<u8>,

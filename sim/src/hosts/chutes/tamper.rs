@@ -178,7 +178,7 @@ pub(super) fn stream(fault: Option<&Fault>, mut events: Vec<Event>) -> Vec<Step>
             events.push(Event::Plain(OUTER_DONE_EVENT.into()));
         }
         // A clean end after n frames: no inner, no outer [DONE].
-        Some(Fault::CutStream { after_chunks }) => {
+        Some(Fault::CutStreamAfter { after_chunks }) => {
             events.truncate(after_frames(&events, *after_chunks));
         }
         _ => {}
@@ -186,12 +186,12 @@ pub(super) fn stream(fault: Option<&Fault>, mut events: Vec<Event>) -> Vec<Step>
     let mut steps: Vec<Step> = events.into_iter().map(|e| data(e.text())).collect();
     match fault {
         Some(Fault::ResetBeforeBody) => steps = vec![Step::Reset],
-        Some(Fault::ResetMidBody { after_chunks }) => {
+        Some(Fault::ResetAfterChunks { after_chunks }) => {
             // The init event plus `after_chunks` frames, then the reset.
             steps.truncate(1 + *after_chunks as usize);
             steps.extend([Step::Flush, Step::Reset]);
         }
-        Some(Fault::SlowFirstToken { ms }) => {
+        Some(Fault::SlowFirstTokenMs { ms }) => {
             steps.insert(1, Step::Sleep(Duration::from_millis(*ms)));
         }
         Some(Fault::OversizedLine) => {
