@@ -143,6 +143,10 @@ pub enum ProviderError {
     /// peer. Fail closed; never retried on another round.
     #[error("end-to-end encryption failed: {0}")]
     Integrity(String),
+    /// No candidate instance's key is bound by attestation evidence (§7b,
+    /// R61): nothing was sent. Fail closed; never retried.
+    #[error("attestation failed: {0}")]
+    Attestation(String),
     /// The stream ended without an authenticated terminator (R23).
     #[error("stream truncated: upstream ended without an authenticated [DONE]")]
     Truncated,

@@ -80,7 +80,7 @@ pub fn classify(e: &ProviderError) -> Class {
         // (afterwards it is a stream item), so it is an unreadable body.
         E::Connection(_) | E::BodyDecode(_) | E::Truncated => Class::Retryable(Backoff::Standard),
         E::Timeout | E::Refused(_) => Class::FallThrough,
-        E::Integrity(_) => Class::Fatal,
+        E::Integrity(_) | E::Attestation(_) => Class::Fatal,
     }
 }
 
@@ -91,7 +91,8 @@ pub fn http_status(e: &ProviderError) -> u16 {
         ProviderError::Connection(_)
         | ProviderError::BodyDecode(_)
         | ProviderError::Truncated
-        | ProviderError::Integrity(_) => 502,
+        | ProviderError::Integrity(_)
+        | ProviderError::Attestation(_) => 502,
         ProviderError::Timeout => 504,
         ProviderError::Refused(_) => 400,
     }
@@ -116,7 +117,9 @@ fn informativeness(e: &ProviderError) -> u8 {
             | ProviderError::Truncated => 4,
             ProviderError::Timeout => 3,
             ProviderError::Status { .. } => 2,
-            ProviderError::Refused(_) | ProviderError::Integrity(_) => 1,
+            ProviderError::Refused(_)
+            | ProviderError::Integrity(_)
+            | ProviderError::Attestation(_) => 1,
         },
     }
 }

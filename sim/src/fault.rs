@@ -22,6 +22,15 @@
 //! # the inner [DONE] frame included):
 //! fault = { host = "chutes", forged_outer_done = 2 }  # outer [DONE] after 2 frames, rest dropped
 //! fault = { host = "chutes", e2e_error = true }       # an e2e_error event instead of the stream
+//! fault = { host = "chutes", e2e_error_after = 0 }    # e2e_init, then e2e_error (0 frames)
+//! fault = { host = "chutes", stream_wrong_key = true } # stream keyed to another response key
+//! # Chutes evidence (§7b; `instance` is the 0-based instance of the chute, default 0):
+//! fault = { host = "chutes", evidence = "missing", instance = 0 }  # no entry for it
+//! fault = { host = "chutes", evidence = "other_nonce" }   # quote bound to another fetch nonce
+//! fault = { host = "chutes", evidence = "other_key" }     # quote bound to another ML-KEM key
+//! fault = { host = "chutes", evidence = "bad_signature" } # one quote signature bit flipped
+//! fault = { host = "chutes", evidence = "listed_failed" } # in failed_instance_ids
+//! fault = { host = "chutes", evidence = "null_lists" }    # {"evidence":null,"failed_instance_ids":null}
 //! fault = { host = "chutes", drop_frame = 1 }
 //! fault = { host = "chutes", reorder_frame = 1 }      # swap frames 1 and 2
 //! fault = { host = "chutes", replay_frame = 1 }       # frame 1 sent twice
@@ -36,7 +45,7 @@
 //! `times` (default: until cleared) counts the requests the fault hits. `on`
 //! narrows which requests it hits; by default a stream-only fault hits
 //! streamed chats and any other fault hits every request but the
-//! attestation report (see [`Scope`]). Several faults on one host: the first
+//! attestation (NEAR's report, Chutes' evidence; see [`Scope`]). Several faults on one host: the first
 //! injected that matches the request fires.
 //!
 //! Adding a fault kind (e.g. Chutes' forged outer `[DONE]`): one row of
@@ -67,8 +76,10 @@ pub enum RequestKind {
     CatalogPatch,
     /// Chutes' `GET /v1/models` (slug → chute id).
     Models,
-    /// Chutes' `GET /e2e/instances/{chute_id}` (keys, nonces, evidence).
+    /// Chutes' `GET /e2e/instances/{chute_id}` (keys, nonces).
     Instances,
+    /// Chutes' `GET /chutes/{chute_id}/evidence?nonce=…` (§7b).
+    Evidence,
 }
 
 /// Which requests a fault hits.
@@ -76,7 +87,9 @@ pub enum RequestKind {
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     Any,
-    /// Everything but the attestation report: a host's own traffic.
+    /// Everything but attestation (NEAR's report, Chutes' evidence): a
+    /// host's own traffic. Attestation is hit only when a fault says so
+    /// (`on = "attestation"` / `"evidence"`, or an `evidence` flaw).
     Service,
     /// Chat completions, JSON or streamed.
     Chat,
@@ -88,6 +101,7 @@ pub enum Scope {
     CatalogPatch,
     Models,
     Instances,
+    Evidence,
 }
 
 impl Scope {
@@ -95,7 +109,7 @@ impl Scope {
         use RequestKind as K;
         match self {
             Scope::Any => true,
-            Scope::Service => kind != K::Attestation,
+            Scope::Service => !matches!(kind, K::Attestation | K::Evidence),
             Scope::Chat => matches!(kind, K::Chat | K::ChatStream),
             Scope::ChatJson => kind == K::Chat,
             Scope::ChatStream => kind == K::ChatStream,
@@ -105,6 +119,7 @@ impl Scope {
             Scope::CatalogPatch => kind == K::CatalogPatch,
             Scope::Models => kind == K::Models,
             Scope::Instances => kind == K::Instances,
+            Scope::Evidence => kind == K::Evidence,
         }
     }
 
@@ -121,6 +136,7 @@ impl Scope {
             Scope::CatalogPatch => "catalog_patch",
             Scope::Models => "models",
             Scope::Instances => "instances",
+            Scope::Evidence => "evidence",
         }
     }
 }
@@ -253,6 +269,8 @@ macro_rules! fault_table {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             message: Option<String>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
+            instance: Option<u32>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
             times: Option<u32>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             on: Option<Scope>,
@@ -363,6 +381,33 @@ fault_table! {
         write: true,
         draw: |_d, _m| Fault::E2eError,
     }
+    /// Chutes instance: `e2e_init`, `frames` encrypted frames, then an
+    /// `{"e2e_error": …}` event (0: before any content).
+    E2eErrorAfter { frames: u32 } => e2e_error_after: u32 {
+        scope: ChatStream, chutes_only: true, costly: false,
+        read: |v, _s| Fault::E2eErrorAfter { frames: v },
+        write: *frames,
+        draw: |d, _m| Fault::E2eErrorAfter { frames: d.below(4) as u32 },
+    }
+    /// Chutes instance: the stream is keyed to a response key other than
+    /// the request's (every frame fails authentication).
+    StreamWrongKey => stream_wrong_key: bool {
+        scope: ChatStream, chutes_only: true, costly: false,
+        read: |_v, _s| Fault::StreamWrongKey,
+        write: true,
+        draw: |_d, _m| Fault::StreamWrongKey,
+    }
+    /// Chutes gateway: the evidence of `instance` (0-based; the scenario's
+    /// `instance` key, default 0) is flawed.
+    Evidence { flaw: EvidenceFlaw, instance: u32 } => evidence: EvidenceFlaw {
+        scope: Evidence, chutes_only: true, costly: false,
+        read: |v, spec| Fault::Evidence { flaw: v, instance: spec.instance.unwrap_or(0) },
+        write: *flaw,
+        draw: |d, _m| Fault::Evidence {
+            flaw: EvidenceFlaw::ALL[d.below(EvidenceFlaw::ALL.len() as u64) as usize],
+            instance: d.below(2) as u32,
+        },
+    }
     /// Chutes gateway: drop encrypted frame `index`.
     DropFrame { index: u32 } => drop_frame: u32 {
         scope: ChatStream, chutes_only: true, costly: false,
@@ -462,8 +507,59 @@ impl WireValue for bool {
 }
 
 impl WireValue for u16 {}
+impl WireValue for EvidenceFlaw {}
 impl WireValue for u32 {}
 impl WireValue for u64 {}
+
+/// How the gateway spoils an instance's evidence (§7b).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceFlaw {
+    /// No entry for the instance.
+    Missing,
+    /// The quote binds another fetch nonce (a replayed quote).
+    OtherNonce,
+    /// The quote binds another ML-KEM key.
+    OtherKey,
+    /// One bit of the quote's signature flipped.
+    BadSignature,
+    /// The instance is listed in `failed_instance_ids` (its entry stays).
+    ListedFailed,
+    /// Both lists are `null` (every instance).
+    NullLists,
+}
+
+impl EvidenceFlaw {
+    pub const ALL: &'static [EvidenceFlaw] = &[
+        EvidenceFlaw::Missing,
+        EvidenceFlaw::OtherNonce,
+        EvidenceFlaw::OtherKey,
+        EvidenceFlaw::BadSignature,
+        EvidenceFlaw::ListedFailed,
+        EvidenceFlaw::NullLists,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EvidenceFlaw::Missing => "missing",
+            EvidenceFlaw::OtherNonce => "other_nonce",
+            EvidenceFlaw::OtherKey => "other_key",
+            EvidenceFlaw::BadSignature => "bad_signature",
+            EvidenceFlaw::ListedFailed => "listed_failed",
+            EvidenceFlaw::NullLists => "null_lists",
+        }
+    }
+}
+
+/// Its scenario value as written in a fault table (a quoted TOML string),
+/// as [`Fault`]'s `Display` writes every fault key's value.
+impl fmt::Display for EvidenceFlaw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.name())
+    }
+}
 
 /// The randomness the sweep draws faults with (its seeded ChaCha20 stream).
 pub trait Dice {
@@ -514,6 +610,9 @@ impl fmt::Display for Fault {
             if let Some(message) = message {
                 write!(f, ", message = {message:?}")?;
             }
+        }
+        if let Fault::Evidence { instance, .. } = self {
+            write!(f, ", instance = {instance}")?;
         }
         Ok(())
     }
@@ -600,6 +699,9 @@ impl TryFrom<FaultSpec> for FaultInjection {
         if s.http_status.is_none() && (s.code.is_some() || s.message.is_some()) {
             return Err("`code` and `message` only go with `http_status`".into());
         }
+        if s.evidence.is_none() && s.instance.is_some() {
+            return Err("`instance` only goes with `evidence`".into());
+        }
         if s.times == Some(0) {
             return Err("times = 0 would never fire: use times >= 1, or leave it out".into());
         }
@@ -649,9 +751,13 @@ impl From<FaultInjection> for FaultSpec {
             ..FaultSpec::default()
         };
         s.set(&i.rule.fault);
-        if let Fault::HttpStatus { code, message, .. } = i.rule.fault {
-            s.code = code;
-            s.message = message;
+        match i.rule.fault {
+            Fault::HttpStatus { code, message, .. } => {
+                s.code = code;
+                s.message = message;
+            }
+            Fault::Evidence { instance, .. } => s.instance = Some(instance),
+            _ => {}
         }
         s
     }
@@ -965,6 +1071,18 @@ mod tests {
             (
                 r#"fault = { host = "n", http_status = 503, tims = 2 }"#,
                 "unknown field",
+            ),
+            (
+                r#"fault = { host = "n", instance = 1 }"#,
+                "only goes with `evidence`",
+            ),
+            (
+                r#"fault = { host = "n", evidence = "stale" }"#,
+                "unknown variant",
+            ),
+            (
+                r#"fault = { host = "n", stream_wrong_key = false }"#,
+                "means nothing",
             ),
             (
                 r#"fault = { host = "n", http_status = 503, on = "chats" }"#,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use tiersim::hosts::Chunking;
 use tiersim::runner::{self, RunOptions};
 use tiersim::scenario::format::{FaultKind, MAX_SIM_TIME};
 use tiersim::sweep::{self, shrink, MenuFlags, Plan};
@@ -42,6 +43,9 @@ struct MenuArgs {
     /// turmoil's time step for this sweep (e.g. `10ms`: faster, times rounded).
     #[arg(long, value_parser = parse_sim_duration)]
     tick: Option<Duration>,
+    /// Chunkings each seed draws from (comma-separated: writes, whole, random).
+    #[arg(long, value_delimiter = ',', value_parser = parse_chunking)]
+    chunking: Option<Vec<Chunking>>,
     /// Plant a review bug of the seed PR (testing the testbed only).
     #[arg(long, hide = true, value_parser = parse_plant)]
     plant: Option<PlantedBug>,
@@ -56,8 +60,13 @@ impl MenuArgs {
             max_faults: self.max_faults,
             until: self.until,
             tick: self.tick,
+            chunking: self.chunking.clone(),
         }
     }
+}
+
+fn parse_chunking(s: &str) -> Result<Chunking, String> {
+    Chunking::from_name(s).ok_or_else(|| format!("{s:?}: chunking is writes, whole or random"))
 }
 
 /// `--jobs`: at least one thread (0 is a mistake, not "auto": leave the
@@ -132,6 +141,20 @@ enum Command {
         /// (testing the runner's isolation only).
         #[arg(long, hide = true, value_name = "STEM")]
         panic_in: Option<String>,
+    },
+    /// Run each scenario under several chunkings of its hosts' bytes (whole,
+    /// as written, seeded random cuts) and require the same client outcome
+    /// for every request: status, bytes and attempts (issue 15).
+    CheckChunking {
+        #[arg(default_value = "scenarios")]
+        paths: Vec<PathBuf>,
+        /// Random cuts per scenario (each with its own chunk seed), at most
+        /// 256.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=256))]
+        cuts: u64,
+        /// Plant a bug (testing the testbed only).
+        #[arg(long, hide = true, value_parser = parse_plant)]
+        plant: Option<PlantedBug>,
     },
     /// Run a scenario under random fault schedules, one per seed, checking
     /// every oracle after every step; shrink each failure to a reproducer file.
@@ -272,12 +295,71 @@ fn dispatch(cli: Cli) -> ExitCode {
             write,
             menu,
         } => replay(scenario, seed, write, menu),
+        Command::CheckChunking { paths, cuts, plant } => check_chunking(paths, cuts, plant),
         Command::Rules { path } => rules_matrix(path),
         Command::Schema => {
             print!("{}", scenario::json_schema());
             ExitCode::SUCCESS
         }
         Command::Serve(args) => tiersim::serve::run_cli(args),
+    }
+}
+
+/// `tiersim check-chunking`: the metamorphic chunking check per scenario.
+/// Exits as `run` does: 1 on a divergence or bad input (every malformed
+/// file is reported before anything runs).
+fn check_chunking(paths: Vec<PathBuf>, cuts: u64, plant: Option<PlantedBug>) -> ExitCode {
+    let mut files = Vec::new();
+    for p in &paths {
+        match scenario::files(p) {
+            Ok(f) => files.extend(f),
+            Err(e) => {
+                eprintln!("error: {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if files.is_empty() {
+        eprintln!("error: no scenario files in {paths:?}");
+        return ExitCode::FAILURE;
+    }
+    let mut loaded = Vec::new();
+    let mut bad = false;
+    for f in &files {
+        match scenario::load(f) {
+            Ok(s) => loaded.push((f.clone(), s)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                bad = true;
+            }
+        }
+    }
+    if bad {
+        return ExitCode::FAILURE;
+    }
+    let opts = RunOptions {
+        plant,
+        ..RunOptions::default()
+    };
+    let worlds = tiersim::metamorphic::variants(cuts);
+    let mut diverged = 0;
+    for (file, s) in &loaded {
+        match tiersim::metamorphic::check(s, file, &opts, &worlds) {
+            Ok(n) => println!("same  {:<48} {n} chunkings", file.display()),
+            Err(d) => {
+                diverged += 1;
+                println!("DIFF  {:<48} {d}", file.display());
+            }
+        }
+    }
+    println!(
+        "\n{} scenarios, {diverged} whose client outcome depends on chunking",
+        loaded.len()
+    );
+    if diverged == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

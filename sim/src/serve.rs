@@ -424,7 +424,7 @@ impl ServeWorld {
             let what = match host.as_str() {
                 ROUTER => "router: POST /v1/chat/completions, GET /v1/models, PATCH /v1/admin/models".to_string(),
                 CATALOG => "catalog: GET|PATCH /v1/catalog, GET /v1/external".to_string(),
-                CHUTES => "chutes gateway: GET /v1/models, GET /e2e/instances/{chute_id}, POST /e2e/invoke".to_string(),
+                CHUTES => "chutes gateway: GET /v1/models (also /llm/v1/models, the router's model-listing URL), GET /e2e/instances/{chute_id}, GET /chutes/{chute_id}/evidence?nonce=, POST /e2e/invoke".to_string(),
                 h if s.near.iter().any(|n| n.host == h) => {
                     // NEAR providers are named by their URL's authority.
                     let authority = url.trim_start_matches("http://");

@@ -17,13 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
+use tiersim_engine::chutes::attest::SimulatedVendor;
 use tiersim_engine::chutes::e2ee::StreamVersion;
 use tiersim_engine::chutes::{shared_rng, ChutesConfig, SharedRng};
 use tiersim_engine::config::ChutesModelEntry;
 use tiersim_engine::http::HttpClient;
 
 use crate::fault::FaultBoard;
-use crate::hosts::{derive_seed, ChutesGateway, ChutesHandle, Service};
+use crate::hosts::{derive_seed, ChutesGateway, ChutesHandle, Service, MODELS_PREFIX};
 use crate::hosts::{Catalog, CatalogHandle, ExternalBackend, NearBackend};
 use crate::net::{self, TurmoilListener, HTTP_PORT};
 use crate::scenario::format::{CatalogRow as ScenarioRow, Scenario};
@@ -217,6 +218,9 @@ pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
         }
         None => ChutesWorld::default(),
     };
+    // Every host's bytes are cut as `[world] chunking` says.
+    let plan = s.world.plan();
+    let hosts = hosts.into_iter().map(|h| h.chunked(plan, s.seed)).collect();
     Services {
         board,
         catalog: catalog_handle,
@@ -243,9 +247,10 @@ pub fn build_with(
         board,
         catalog,
         hosts,
-        chutes,
+        mut chutes,
         near_keys,
     } = services(s, &net::url);
+    chutes.keyed_priming = plant == Some(PlantedBug::KeyedPriming);
     for host in hosts {
         host.install(sim);
     }
@@ -318,6 +323,8 @@ pub struct ChutesWorld {
     pub chute_ids: BTreeMap<String, String>,
     pub streaming: bool,
     pub handle: Option<ChutesHandle>,
+    /// `PlantedBug::KeyedPriming` in every Chutes provider (tests only).
+    pub keyed_priming: bool,
 }
 
 fn version(v: u32) -> StreamVersion {
@@ -361,6 +368,7 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
         chute_ids,
         streaming: s.config.chutes_streaming,
         handle: Some(handle),
+        keyed_priming: false,
     };
     Some((service, world))
 }
@@ -387,18 +395,25 @@ pub fn chutes_factory(
             .get(&entry.chute_slug)
             .copied()
             .unwrap_or(StreamVersion::V1);
-        ChutesConfig::new(
+        let config = ChutesConfig::new(
             base_url.clone(),
             key,
             &entry.canonical_id,
             &entry.chute_slug,
-            vendor,
+            Arc::new(SimulatedVendor::new(vendor)),
         )
+        .models_base_url(format!("{base_url}{MODELS_PREFIX}"))
         .streaming(chutes.streaming)
         .stream_version(version)
-        .timeouts(TIMEOUTS)
-        .build(http.clone(), rng(entry))
-        .map(|p| Arc::new(p) as Arc<dyn tiersim_engine::Provider>)
-        .map_err(|e| e.to_string())
+        .timeouts(TIMEOUTS);
+        let config = if chutes.keyed_priming {
+            config.plant_keyed_priming()
+        } else {
+            config
+        };
+        config
+            .build(http.clone(), rng(entry))
+            .map(|p| Arc::new(p) as Arc<dyn tiersim_engine::Provider>)
+            .map_err(|e| e.to_string())
     })
 }

@@ -15,11 +15,12 @@ use futures_util::StreamExt;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::{json, Value};
-use tiersim::fault::{Fault, FaultBoard, RequestKind};
+use tiersim::fault::{EvidenceFlaw, Fault, FaultBoard, RequestKind};
 use tiersim::hosts::{ChutesGateway, ChutesHandle};
 use tiersim::net::{http_client, url};
+use tiersim_engine::chutes::attest::SimulatedVendor;
 use tiersim_engine::chutes::e2ee::{seal_request, StreamVersion};
-use tiersim_engine::chutes::provider::{InstanceList, HEADER_CHUTE_ID, HEADER_INSTANCE_ID};
+use tiersim_engine::chutes::wire::{InstanceList, HEADER_CHUTE_ID, HEADER_INSTANCE_ID};
 use tiersim_engine::chutes::{shared_rng, ChutesConfig, ChutesProvider};
 use tiersim_engine::openai::Timeouts;
 use tiersim_engine::{
@@ -51,8 +52,18 @@ fn world(seed: u64) -> World {
 }
 
 fn world_with(seed: u64, tune: impl FnOnce(ChutesGateway) -> ChutesGateway) -> World {
+    world_ticking(seed, Duration::from_millis(1), tune)
+}
+
+/// [`world_with`] on a coarser turmoil step (long simulated runs).
+fn world_ticking(
+    seed: u64,
+    tick: Duration,
+    tune: impl FnOnce(ChutesGateway) -> ChutesGateway,
+) -> World {
     let mut sim = turmoil::Builder::new()
-        .simulation_duration(Duration::from_secs(300))
+        .simulation_duration(Duration::from_secs(600))
+        .tick_duration(tick)
         .rng_seed(seed)
         .build();
     let faults = FaultBoard::new();
@@ -141,10 +152,16 @@ impl Ctx {
         version: StreamVersion,
         streaming: bool,
     ) -> ChutesConfig {
-        ChutesConfig::new(url("chutes"), "test-key", canonical, slug, self.vendor)
-            .streaming(streaming)
-            .stream_version(version)
-            .timeouts(TIMEOUTS)
+        ChutesConfig::new(
+            url("chutes"),
+            "test-key",
+            canonical,
+            slug,
+            Arc::new(SimulatedVendor::new(self.vendor)),
+        )
+        .streaming(streaming)
+        .stream_version(version)
+        .timeouts(TIMEOUTS)
     }
 }
 
@@ -217,6 +234,10 @@ fn assert_canonical(items: &[StreamItem], canonical: &str) {
 
 fn is_integrity(e: &Option<ProviderError>, needle: &str) -> bool {
     matches!(e, Some(ProviderError::Integrity(m)) if m.contains(needle))
+}
+
+fn is_attestation(e: &Option<ProviderError>, needle: &str) -> bool {
+    matches!(e, Some(ProviderError::Attestation(m)) if m.contains(needle))
 }
 
 // ------------------------------------------------------------- round trips
@@ -331,7 +352,7 @@ fn r23_eof_without_inner_done_is_a_truncation() {
             Fault::ResetAfterChunks { after_chunks: 2 }.rule().times(1),
         );
         let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
-        assert_eq!(items.len(), 2);
+        assert_eq!(items.len(), 2, "{err:?}");
         assert!(matches!(err, Some(ProviderError::Connection(_))), "{err:?}");
     });
 }
@@ -420,7 +441,7 @@ fn r23_wrong_instance_key_fails_closed() {
         ctx.faults.inject("chutes", Fault::WrongKey.rule().times(1));
         let err = p.chat_completion(&request(CANON, "hi")).await.unwrap_err();
         assert!(
-            is_integrity(&Some(err.clone()), "report data does not commit"),
+            is_attestation(&Some(err.clone()), "report data does not bind"),
             "{err:?}"
         );
         let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
@@ -437,13 +458,15 @@ fn r23_wrong_instance_key_fails_closed() {
 
         // A router trusting another vendor rejects the real evidence too.
         let mut untrusted = ctx.config(CANON, SLUG, StreamVersion::V1, true);
-        untrusted.vendor_key = ChutesGateway::new("x").world_seed(999).vendor_public_key();
+        untrusted.verifier = Arc::new(SimulatedVendor::new(
+            ChutesGateway::new("x").world_seed(999).vendor_public_key(),
+        ));
         let p = untrusted
             .build(http_client(), shared_rng(ChaCha20Rng::seed_from_u64(1)))
             .unwrap();
         let err = p.chat_completion(&request(CANON, "hi")).await.unwrap_err();
         assert!(
-            is_integrity(&Some(err.clone()), "not signed by the trusted vendor"),
+            is_attestation(&Some(err.clone()), "not signed by the trusted vendor"),
             "{err:?}"
         );
         assert_eq!(ctx.chutes.invocations().len(), 1);
@@ -816,4 +839,116 @@ fn r3_same_seed_same_bytes_other_seed_other_ciphertexts_same_content() {
             "another seed: other keys, ids, nonces and ciphertexts"
         );
     }
+}
+
+// ------------------------------------------------------- §7b evidence, R61
+
+/// How many evidence fetches the gateway answered.
+fn evidence_fetches(c: &ChutesHandle) -> usize {
+    c.served_log()
+        .iter()
+        .filter(|s| s.kind == RequestKind::Evidence)
+        .count()
+}
+
+#[test]
+fn r61_candidates_start_at_the_counter_and_skip_an_unattested_one() {
+    world(21).run(|ctx| async move {
+        let p = ctx.v1();
+        // SLUG has two instances: requests start at 0, 1, 0 (the counter).
+        for _ in 0..3 {
+            p.chat_completion(&request(CANON, "hi")).await.unwrap();
+        }
+        let inv = ctx.chutes.invocations();
+        assert_ne!(inv[0].instance_id, inv[1].instance_id);
+        assert_eq!(inv[2].instance_id, inv[0].instance_id);
+        assert_eq!(evidence_fetches(&ctx.chutes), 3, "one fetch per request");
+
+        // The fourth request starts at instance 1; it is missing from the
+        // evidence, so instance 0 serves, in the same attempt.
+        ctx.faults.inject(
+            "chutes",
+            Fault::Evidence {
+                flaw: EvidenceFlaw::Missing,
+                instance: 1,
+            }
+            .rule()
+            .times(1),
+        );
+        p.chat_completion(&request(CANON, "hi")).await.unwrap();
+        let inv = ctx.chutes.invocations();
+        assert_eq!(inv.len(), 4, "instance 1 was sent nothing");
+        assert_eq!(inv[3].instance_id, inv[0].instance_id);
+        assert_eq!(evidence_fetches(&ctx.chutes), 4);
+    });
+}
+
+#[test]
+fn r7b_every_evidence_flaw_fails_closed_and_sends_nothing() {
+    world(22).run(|ctx| async move {
+        // CANON_V2's chute has one instance: any flaw leaves no candidate.
+        let p = ctx.v2();
+        for flaw in EvidenceFlaw::ALL {
+            ctx.faults.inject(
+                "chutes",
+                Fault::Evidence {
+                    flaw: *flaw,
+                    instance: 0,
+                }
+                .rule()
+                .times(1),
+            );
+            let before = ctx.chutes.invocations().len();
+            let err = p
+                .chat_completion(&request(CANON_V2, "hi"))
+                .await
+                .unwrap_err();
+            assert!(
+                is_attestation(&Some(err.clone()), "refusing to send inference"),
+                "{flaw:?}: {err:?}"
+            );
+            assert_eq!(
+                tiersim_engine::retry::classify(&err),
+                tiersim_engine::retry::Class::Fatal,
+                "{flaw:?}: never retried"
+            );
+            assert_eq!(ctx.chutes.invocations().len(), before, "{flaw:?}: sent");
+            // The next, honest fetch serves.
+            p.chat_completion(&request(CANON_V2, "hi")).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn issue9_gateway_nonce_table_stays_flat_over_thousands_of_requests() {
+    // Soak (bounded, simulated): 2,000 Chutes-served requests, one every
+    // 50 ms, against a gateway whose nonces live 10 s. The gateway forgets
+    // each nonce when it expires, so what it remembers is bounded by one
+    // TTL's worth of listings, however many requests it has served.
+    let w = world_ticking(23, Duration::from_millis(10), |g| {
+        g.nonce_ttl(Duration::from_secs(10))
+    });
+    w.run(|ctx| async move {
+        let p = ctx.v1();
+        let mut live_after_warmup = None;
+        for i in 0..2_000u32 {
+            p.chat_completion(&request(CANON, "soak")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if i == 500 {
+                live_after_warmup = Some(ctx.chutes.nonces_peak());
+            }
+        }
+        let issued = ctx.chutes.nonces_issued();
+        let peak = ctx.chutes.nonces_peak();
+        let warm = live_after_warmup.unwrap();
+        assert!(issued >= 2_000, "{issued} nonces issued");
+        // One TTL is ~170 requests here, 8 nonces per listing (2 instances
+        // × 4): well under 400 live at any time.
+        assert!(peak < 400, "peak {peak} live nonces of {issued} issued");
+        assert_eq!(peak, warm.max(peak));
+        assert!(
+            peak <= warm + 16,
+            "the table stopped growing after warm-up: {warm} then {peak}"
+        );
+    });
 }

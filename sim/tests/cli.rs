@@ -65,6 +65,10 @@ fn exit_codes_are_0_1_2_and_nothing_else() {
         stderr(&o)
     );
     assert!(stdout(&o).is_empty(), "nothing runs: {}", stdout(&o));
+    let o = tiersim(&["check-chunking", bad.to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("bad.toml:4:9:"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "nothing runs: {}", stdout(&o));
 
     let missing = tiersim(&["run", "no/such/dir"]);
     assert_eq!(code(&missing), 1, "{}", stderr(&missing));
@@ -78,6 +82,8 @@ fn exit_codes_are_0_1_2_and_nothing_else() {
         vec!["sweep", SWEEP, "--seeds", "9..=3"],
         vec!["sweep", SWEEP, "--seeds", "0..18446744073709551616"],
         vec!["sweep", SWEEP, "--until", "10years"],
+        vec!["sweep", SWEEP, "--chunking", "bytes"],
+        vec!["check-chunking", SMALL, "--cuts", "257"],
     ] {
         let o = tiersim(&usage);
         assert_eq!(code(&o), 2, "{usage:?}: {}", stderr(&o));

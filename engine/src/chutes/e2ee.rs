@@ -96,14 +96,27 @@ pub enum E2eeError {
     Attestation(#[from] AttestFailure),
 }
 
-/// Why attestation evidence was rejected (§7b). Fail closed on each.
+/// Why an instance's attestation evidence was rejected (§7b). Fail closed
+/// on each: the instance is never sent anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AttestFailure {
-    #[error("report data does not commit to this instance key")]
+    #[error("no evidence for this instance")]
+    NoEvidence,
+    #[error("the gateway lists it in failed_instance_ids")]
+    ListedAsFailed,
+    #[error("evidence has no quote")]
+    MissingQuote,
+    #[error("evidence quote is malformed")]
+    MalformedQuote,
+    #[error("evidence has no certificate")]
+    MissingCertificate,
+    #[error("evidence certificate is malformed")]
+    MalformedCertificate,
+    #[error("report data does not bind this fetch's nonce and this instance's key")]
     ReportDataMismatch,
-    #[error("evidence signature is malformed")]
-    MalformedSignature,
-    #[error("evidence is not signed by the trusted vendor key")]
+    #[error("report data does not bind the instance's certificate")]
+    CertificateMismatch,
+    #[error("quote is not signed by the trusted vendor key")]
     BadSignature,
     #[error("the configured vendor key is not a valid ed25519 public key")]
     InvalidVendorKey,

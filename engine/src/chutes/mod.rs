@@ -6,5 +6,6 @@ pub mod attest;
 pub mod e2ee;
 pub mod provider;
 pub mod stream;
+pub mod wire;
 
 pub use provider::{shared_rng, BuildError, ChutesConfig, ChutesProvider, SharedRng};

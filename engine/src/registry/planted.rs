@@ -21,17 +21,28 @@ pub enum PlantedBug {
     /// request after NEAR's 5xx walks into Chutes' "streaming disabled"
     /// refusal, which masks the 5xx and ends the retries.
     RefusalMasking,
+    /// Issue 15 (not the seed PR): the Chutes provider handed its stream to
+    /// the router as soon as `e2e_init` keyed it, so a first frame that did
+    /// not authenticate gave a 502 when it arrived in the same read as
+    /// `e2e_init` and a 200 stream with an error event when it came in the
+    /// next. It lives in the Chutes provider (`ChutesConfig::plant_keyed_priming`);
+    /// the registry only carries the name.
+    KeyedPriming,
 }
 
 impl PlantedBug {
-    pub const ALL: &'static [PlantedBug] =
-        &[PlantedBug::PartialBatchPrune, PlantedBug::RefusalMasking];
+    pub const ALL: &'static [PlantedBug] = &[
+        PlantedBug::PartialBatchPrune,
+        PlantedBug::RefusalMasking,
+        PlantedBug::KeyedPriming,
+    ];
 
     /// The bug's command-line name.
     pub fn name(self) -> &'static str {
         match self {
             PlantedBug::PartialBatchPrune => "partial-batch-prune",
             PlantedBug::RefusalMasking => "refusal-masking",
+            PlantedBug::KeyedPriming => "keyed-priming",
         }
     }
 

@@ -1,9 +1,9 @@
 //! Key material derived from a world's seed, derived once per identity.
 //!
 //! Every key of a simulated world (a NEAR backend's ed25519 signing key, the
-//! Chutes vendor key, each instance's ML-KEM-768 keypair and the evidence
-//! binding it) is a pure function of seed bytes derived from the world's
-//! seed ([`derive_seed`](super::derive_seed)). Deriving one costs tens of
+//! Chutes vendor key, each instance's ML-KEM-768 keypair) is a pure function
+//! of seed bytes derived from the world's seed
+//! ([`derive_seed`](super::derive_seed)). Deriving one costs tens of
 //! microseconds, and the same world is built again and again: the suite runs
 //! each scenario twice, `sweep --check-determinism` runs each seed twice,
 //! shrinking reruns one seed dozens of times, and a builder may ask for the
@@ -17,7 +17,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use lru::LruCache;
-use tiersim_engine::chutes::attest::{Evidence, VendorKey};
+use tiersim_engine::chutes::attest::VendorKey;
 use tiersim_engine::chutes::e2ee::InstanceKeypair;
 
 /// Entries per memo: several worlds' worth (a world has a handful of keys
@@ -57,7 +57,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
 
 static ED25519_PUBLIC: Memo<[u8; 32], [u8; 32]> = Memo::new();
 static INSTANCE_KEYPAIRS: Memo<[u8; 64], Arc<InstanceKeypair>> = Memo::new();
-static BINDINGS: Memo<([u8; 32], [u8; 64]), Evidence> = Memo::new();
+static VENDOR_KEYS: Memo<[u8; 32], Arc<VendorKey>> = Memo::new();
 
 /// The ed25519 verifying key of the signing key with secret seed `seed`.
 pub fn ed25519_public(seed: [u8; 32]) -> [u8; 32] {
@@ -69,18 +69,15 @@ pub fn instance_keypair(seed: [u8; 64]) -> Arc<InstanceKeypair> {
     INSTANCE_KEYPAIRS.get(seed, |s| Arc::new(InstanceKeypair::from_seed(*s)))
 }
 
-/// The evidence in which the vendor key with seed `vendor_seed` binds the
-/// public key of the instance keypair with seed `instance_seed` (§7b).
-pub fn binding_evidence(vendor_seed: [u8; 32], instance_seed: [u8; 64]) -> Evidence {
-    BINDINGS.get((vendor_seed, instance_seed), |(vendor, instance)| {
-        VendorKey::from_seed(*vendor).sign_binding(instance_keypair(*instance).public_key_bytes())
-    })
+/// The Chutes vendor's signing key with secret seed `seed` (it signs each
+/// evidence fetch's quotes, §7b).
+pub fn vendor_key(seed: [u8; 32]) -> Arc<VendorKey> {
+    VENDOR_KEYS.get(seed, |s| Arc::new(VendorKey::from_seed(*s)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tiersim_engine::chutes::attest::verify_binding;
 
     #[test]
     fn r7b_memoised_keys_equal_fresh_derivations() {
@@ -96,17 +93,11 @@ mod tests {
                 instance_keypair(instance_seed).public_key_bytes(),
                 fresh.public_key_bytes()
             );
-            let evidence = binding_evidence(vendor_seed, instance_seed);
+            let report = [5u8; 64];
             assert_eq!(
-                evidence,
-                VendorKey::from_seed(vendor_seed).sign_binding(fresh.public_key_bytes())
+                vendor_key(vendor_seed).quote(&report),
+                VendorKey::from_seed(vendor_seed).quote(&report)
             );
-            assert!(verify_binding(
-                &ed25519_public(vendor_seed),
-                fresh.public_key_bytes(),
-                &evidence
-            )
-            .is_ok());
         }
     }
 
@@ -118,8 +109,8 @@ mod tests {
             instance_keypair([2; 64]).public_key_bytes()
         );
         assert_ne!(
-            binding_evidence([1; 32], [3; 64]),
-            binding_evidence([2; 32], [3; 64])
+            vendor_key([1; 32]).public_key(),
+            vendor_key([2; 32]).public_key()
         );
     }
 }

@@ -8,13 +8,15 @@
 //! and a per-boot request counter: no wall clock, no OS randomness.
 
 mod catalog;
+mod chunking;
 mod chutes;
 mod external;
 pub mod keys;
 mod near;
 
 pub use catalog::{Catalog, CatalogHandle};
-pub use chutes::{ChutesGateway, ChutesHandle, Invocation, Served};
+pub use chunking::{ChunkPlan, Chunking};
+pub use chutes::{ChutesGateway, ChutesHandle, Invocation, Served, MODELS_PREFIX};
 pub use external::ExternalBackend;
 pub use near::NearBackend;
 
@@ -73,6 +75,10 @@ pub fn derive_seed(world_seed: u64, label: &str) -> [u8; 32] {
 pub struct Service {
     host: String,
     make: Arc<dyn Fn() -> Router + Send + Sync>,
+    /// How its response bytes are cut into writes, and the world seed the
+    /// cuts derive from (`None`: as the host writes them).
+    chunks: Option<(ChunkPlan, u64)>,
+    boots: Arc<chunking::BootCounter>,
 }
 
 impl std::fmt::Debug for Service {
@@ -88,7 +94,16 @@ impl Service {
         Service {
             host: host.into(),
             make: Arc::new(make),
+            chunks: None,
+            boots: Arc::default(),
         }
+    }
+
+    /// Cuts every response body of this host under `plan`, seeded from
+    /// `world_seed` (see [`Chunking`]).
+    pub fn chunked(mut self, plan: ChunkPlan, world_seed: u64) -> Self {
+        self.chunks = Some((plan, world_seed));
+        self
     }
 
     /// The host's name (`near-1`, `chutes`, …).
@@ -102,7 +117,13 @@ impl Service {
     /// client meets (axum's default of 2 MiB would refuse upstream what the
     /// router took).
     pub fn boot(&self) -> Router {
-        (self.make)().layer(axum::extract::DefaultBodyLimit::max(MAX_FORWARDED_BODY))
+        let router = (self.make)().layer(axum::extract::DefaultBodyLimit::max(MAX_FORWARDED_BODY));
+        match self.chunks {
+            Some((plan, seed)) => {
+                chunking::layer(router, plan, &self.host, seed, self.boots.next())
+            }
+            None => router,
+        }
     }
 
     /// Registers the host on the simulation: each (re)boot builds a fresh

@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use crate::fault::FaultInjection;
 pub use crate::fault::FaultKind;
+use crate::hosts::{ChunkPlan, Chunking};
 
 /// One scenario: a world, a configuration and an ordered script of steps.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -39,6 +40,9 @@ pub struct Scenario {
     pub findings: Vec<String>,
     #[serde(default)]
     pub config: Config,
+    /// How the simulated world behaves below the hosts (chunking).
+    #[serde(default)]
+    pub world: WorldSpec,
     /// NEAR backends: one host each.
     #[serde(default)]
     pub near: Vec<NearSpec>,
@@ -115,6 +119,45 @@ pub struct SweepSpec {
     /// Longest `latency_ms` and `slow_first_token_ms` delay (default `"2s"`).
     #[schemars(with = "Option<String>")]
     pub max_latency: Option<Dur>,
+    /// Chunkings a seed draws from (a sweep dimension; default: the
+    /// scenario's own `[world] chunking`). A drawn `random` cuts with the
+    /// seed as its `chunk_seed`.
+    #[schemars(with = "Option<Vec<Chunking>>")]
+    pub chunking: Option<Spanned<Vec<Chunking>>>,
+}
+
+/// The simulated network below the hosts.
+///
+/// ```toml
+/// [world]
+/// chunking = "random"   # "writes" (default), "whole" or "random"
+/// max_chunk = 64        # random pieces of 1..=64 bytes (default: whole bodies)
+/// chunk_seed = 3        # another cut of the same world
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorldSpec {
+    /// How every simulated host's response bytes are cut into writes:
+    /// `writes` as the host writes them, `whole` everything ready at once,
+    /// `random` at seed-drawn boundaries. A client-visible outcome must not
+    /// depend on it (`tiersim check-chunking`).
+    pub chunking: Chunking,
+    /// Largest piece under `random`, in bytes (at least 1).
+    #[schemars(with = "Option<u32>")]
+    pub max_chunk: Option<Spanned<u32>>,
+    /// Mixed into the seed of the cuts: the same world, cut differently.
+    pub chunk_seed: u64,
+}
+
+impl WorldSpec {
+    /// The plan the hosts are cut under.
+    pub fn plan(&self) -> ChunkPlan {
+        ChunkPlan {
+            chunking: self.chunking,
+            max_chunk: self.max_chunk.as_ref().map(|m| *m.get_ref() as usize),
+            seed: self.chunk_seed,
+        }
+    }
 }
 
 /// The engine's environment-style settings.

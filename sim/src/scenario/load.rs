@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use super::action::Action;
 use super::format::{Expect, FaultKind, RequestSpec, Scenario, Step, SweepSpec, MAX_SIM_TIME};
+use crate::hosts::Chunking;
 use crate::rules::RULES;
 use tiersim_engine::Tier;
 
@@ -209,15 +210,12 @@ fn is_host_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-/// Whether `value` can go out as an HTTP header value unchanged: no spaces
-/// or control characters, at most 1024 bytes.
+/// Whether `value` can go out as an HTTP header value unchanged: no spaces,
+/// control characters or DEL. Bytes above ASCII (obs-text) are legal header
+/// bytes and stay allowed: a scenario sends them to prove the router refuses
+/// a non-ASCII key (R16).
 fn is_header_token(value: &str) -> bool {
-    // Visible ASCII, or non-ASCII sent as its UTF-8 bytes (HTTP's obs-text:
-    // a scenario may send such a key to pin the router's R16 refusal).
-    (1..=1024).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| (0x21..=0x7e).contains(&b) || b >= 0x80)
+    (1..=1024).contains(&value.len()) && value.bytes().all(|b| b > 0x20 && b != 0x7f)
 }
 
 /// One step of a path into the TOML document.
@@ -302,6 +300,25 @@ impl<'a> Validator<'a, '_> {
                     pin.span(),
                     format!("unknown rule {:?}", pin.get_ref()),
                     Some(format!("rules are R1…R{}", RULES.len())),
+                ));
+            }
+        }
+        if let Some(max) = &s.world.max_chunk {
+            if *max.get_ref() == 0 {
+                return Err((
+                    max.span(),
+                    "max_chunk = 0 would cut nothing".into(),
+                    Some("use a piece size of at least 1 byte".into()),
+                ));
+            }
+            if s.world.chunking != Chunking::Random {
+                return Err((
+                    max.span(),
+                    format!(
+                        "max_chunk only applies to chunking = \"random\" (chunking is {:?})",
+                        s.world.chunking.name()
+                    ),
+                    Some("set `chunking = \"random\"` or leave `max_chunk` out".into()),
                 ));
             }
         }
@@ -457,6 +474,15 @@ impl<'a> Validator<'a, '_> {
                         },
                         hosts.join(", ")
                     )),
+                ));
+            }
+        }
+        if let Some(chunkings) = &sw.chunking {
+            if chunkings.get_ref().is_empty() {
+                return Err((
+                    chunkings.span(),
+                    "`chunking = []` leaves the sweep no chunking to draw".into(),
+                    Some("leave `chunking` out to keep the scenario's own".into()),
                 ));
             }
         }
@@ -739,10 +765,10 @@ impl<'a> Validator<'a, '_> {
         ] {
             if value.as_deref().is_some_and(|v| !is_header_token(v)) {
                 return Err((
-                        at_request(key),
-                        format!("{key} cannot be sent as a header value"),
-                        Some("use visible characters without spaces or control characters, at most 1024 bytes".into()),
-                    ));
+                    at_request(key),
+                    format!("{key} cannot be sent as a header value"),
+                    Some("use no spaces or control characters, at most 1024 bytes".into()),
+                ));
             }
         }
         self.near_host(req.pub_key_of.as_ref(), near)?;
@@ -1233,6 +1259,27 @@ mod tests {
             assert_eq!(e.line, 8, "{e}");
             assert!(e.message.contains(what), "{urls}: {e}");
         }
+    }
+
+    #[test]
+    fn world_table_is_validated_with_positions() {
+        let ok = parse(
+            Path::new("x.toml"),
+            &format!("{HEAD}[world]\nchunking = \"random\"\nmax_chunk = 7\nchunk_seed = 2\n"),
+        )
+        .unwrap();
+        assert_eq!(ok.world.chunking, Chunking::Random);
+        assert_eq!(ok.world.plan().max_chunk, Some(7));
+        let e = err(&format!(
+            "{HEAD}[world]\nchunking = \"random\"\nmax_chunk = 0\n"
+        ));
+        assert!(e.message.contains("max_chunk = 0"), "{e}");
+        let e = err(&format!("{HEAD}[world]\nmax_chunk = 4\n"));
+        assert!(e.message.contains("only applies"), "{e}");
+        let e = err(&format!("{HEAD}[world]\nchunking = \"bytes\"\n"));
+        assert!(e.message.contains("unknown variant"), "{e}");
+        let e = err(&format!("{HEAD}[sweep]\nchunking = []\n"));
+        assert!(e.message.contains("no chunking"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::format::{
     Scenario, Step,
 };
 use crate::fault::FaultInjection;
+use crate::hosts::Chunking;
 
 #[derive(Serialize)]
 struct FileOut<'a> {
@@ -25,6 +26,8 @@ struct FileOut<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     findings: &'a [String],
     config: ConfigOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    world: Option<WorldOut>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     near: &'a [NearSpec],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -35,6 +38,14 @@ struct FileOut<'a> {
     catalog: &'a [CatalogRow],
     #[serde(rename = "step", skip_serializing_if = "Vec::is_empty")]
     steps: Vec<StepOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct WorldOut {
+    chunking: Chunking,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_chunk: Option<u32>,
+    chunk_seed: u64,
 }
 
 #[derive(Serialize)]
@@ -154,6 +165,11 @@ pub fn to_toml(s: &Scenario) -> Result<String, toml_edit::ser::Error> {
             trust_chutes_vendor: c.trust_chutes_vendor,
             expect_startup_error: c.expect_startup_error.as_deref(),
         },
+        world: (s.world != Default::default()).then(|| WorldOut {
+            chunking: s.world.chunking,
+            max_chunk: s.world.max_chunk.as_ref().map(|m| *m.get_ref()),
+            chunk_seed: s.world.chunk_seed,
+        }),
         near: &s.near,
         chutes: &s.chutes,
         external: &s.external,

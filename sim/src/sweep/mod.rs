@@ -33,6 +33,7 @@ use toml::Spanned;
 
 use crate::fault::{Dice, DrawLimits, FaultInjection, FaultRule};
 use crate::hosts::derive_seed;
+use crate::hosts::Chunking;
 use crate::record::{Report, Violation};
 use crate::render;
 use crate::runner::{self, RunOptions};
@@ -56,6 +57,8 @@ pub struct Menu {
     pub max_times: u32,
     pub statuses: Vec<u16>,
     pub max_latency: Duration,
+    /// Chunkings a seed draws from (empty: the scenario's own).
+    pub chunkings: Vec<Chunking>,
 }
 
 /// Command-line overrides of the `[sweep]` table.
@@ -69,6 +72,8 @@ pub struct MenuFlags {
     /// Replaces the scenario's turmoil time step (`tick`) for the sweep and
     /// its reproducers.
     pub tick: Option<Duration>,
+    /// Replaces the `[sweep] chunking` dimension.
+    pub chunking: Option<Vec<Chunking>>,
 }
 
 const DEFAULT_STATUSES: &[u16] = &[500, 502, 503, 504, 429, 408, 400];
@@ -149,6 +154,11 @@ impl Menu {
                 .as_ref()
                 .map_or_else(|| DEFAULT_STATUSES.to_vec(), |s| s.get_ref().clone()),
             max_latency: spec.max_latency.map_or(Duration::from_secs(2), |d| d.0),
+            chunkings: match (&flags.chunking, &spec.chunking) {
+                (Some(c), _) => c.clone(),
+                (None, Some(c)) => c.get_ref().clone(),
+                (None, None) => Vec::new(),
+            },
         })
     }
 }
@@ -530,6 +540,15 @@ impl Plan {
         let (steps, origins) = playable(steps, origins);
         let mut scenario = self.base.clone();
         scenario.seed = seed;
+        if !self.menu.chunkings.is_empty() {
+            // The chunking dimension: one per seed, cut with the seed.
+            let chunking = self.menu.chunkings[(seed % self.menu.chunkings.len() as u64) as usize];
+            if chunking != Chunking::Random {
+                scenario.world.max_chunk = None;
+            }
+            scenario.world.chunking = chunking;
+            scenario.world.chunk_seed = seed;
+        }
         scenario.steps = steps;
         scenario.sweep = None;
         scenario.pins.clear();
