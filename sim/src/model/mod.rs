@@ -19,6 +19,7 @@
 //! An attempt the host never saw (partition, crash) is a connection failure.
 
 mod admission;
+mod chutes;
 mod registry;
 mod request;
 

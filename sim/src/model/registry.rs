@@ -67,6 +67,9 @@ pub struct Registry {
     /// A refresh has started (the catalog was listed) but not finished.
     pub pending: bool,
     pub chutes_streaming: bool,
+    /// R60/R61: each Chutes provider's instance pool and counter, by id
+    /// (built once per router boot, kept across refreshes).
+    pub pools: BTreeMap<String, super::chutes::Pool>,
     canonical: Vec<String>,
     /// Ids unregistered since the router booted (R14 clears their
     /// reservation).

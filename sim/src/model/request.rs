@@ -8,6 +8,7 @@ use std::time::Duration;
 use tiersim_engine::retry::Decision;
 use tiersim_engine::Tier;
 
+use super::chutes::Choice;
 use super::registry::{Kind, Prov, Registry, DEMOTED_AT};
 use super::Facts;
 use crate::fault::{Fault, HostEvent, RequestKind};
@@ -442,31 +443,57 @@ impl Registry {
                     return Upshot::Failed(Failure::refusal());
                 }
                 let host = crate::world::CHUTES;
-                // The instance listing (keys, nonces, evidence) fetched in
-                // this attempt, if any: one whose key the evidence does not
-                // bind (§7b) is never used, and not kept.
+                let pool = self.pools.entry(p.id.clone()).or_default();
+                // R60: discovery (`/v1/models`, `/e2e/instances`) when the
+                // router's snapshot could not serve; a listing is not trust.
                 let stages = [RequestKind::Models, RequestKind::Instances];
-                let mut listed: Option<bool> = None;
                 while seen.peek(host).is_some_and(|k| stages.contains(&k)) {
                     let Some((kind, fault)) = seen.take(host, &stages) else {
                         break;
                     };
-                    if kind == RequestKind::Instances {
-                        listed = Some(fault == Some(Fault::WrongKey));
-                    }
                     if let Some(f) = stage_failure(fault.as_ref()) {
                         return Upshot::Failed(f);
                     }
+                    if kind == RequestKind::Instances {
+                        let instances = facts
+                            .scenario
+                            .chutes
+                            .iter()
+                            .find(|c| &c.slug == slug)
+                            .map_or(1, |c| c.instances.max(1) as usize);
+                        let own_keys = fault != Some(Fault::WrongKey);
+                        pool.list(instances, crate::hosts::DEFAULT_NONCES, own_keys);
+                    }
                 }
-                // §7b: evidence signed by a vendor the router does not trust
-                // binds nothing either.
-                let untrusted = !facts.scenario.config.trust_chutes_vendor;
-                if listed.is_some_and(|wrong_key| wrong_key || untrusted) {
-                    return Upshot::Failed(Failure::closed());
+                // §7b / R61: one evidence fetch per request, then the first
+                // candidate whose evidence binds its key. Evidence signed by
+                // a vendor the router does not trust binds nothing.
+                let Some((_, evidence)) = seen.take(host, &[RequestKind::Evidence]) else {
+                    return Upshot::Failed(Failure::transport());
+                };
+                if let Some(f) = stage_failure(evidence.as_ref()) {
+                    return Upshot::Failed(f);
+                }
+                let trusted = facts.scenario.config.trust_chutes_vendor;
+                match pool.choose(evidence.as_ref(), trusted) {
+                    Choice::Instance(_) => {}
+                    // R39: no instance with a key and a nonce.
+                    Choice::NoneListed => return Upshot::Failed(Failure::http(503, None)),
+                    // §7b: fail closed, nothing sent, not retryable, no
+                    // health count (the issue-15 design extends this to an
+                    // instance absent from the evidence, where R39 says 503).
+                    Choice::AllFailed => return Upshot::Failed(Failure::closed()),
                 }
                 let Some((_, fault)) = seen.take(host, &chat) else {
                     return Upshot::Failed(Failure::transport());
                 };
+                // The chute or instance is gone: the listing is dropped.
+                if matches!(
+                    fault,
+                    Some(Fault::ModelNotFound | Fault::HttpStatus { status: 404, .. })
+                ) {
+                    pool.forget();
+                }
                 let v2 = facts
                     .scenario
                     .chutes
@@ -546,6 +573,16 @@ const CHUTES_FRAMES: u32 = 6;
 /// The index of the inner `[DONE]` frame.
 const INNER_DONE: u32 = CHUTES_FRAMES - 1;
 
+/// A stream whose upstream stopped after `n` frames (`n` > 0): it ended
+/// properly only if the inner `[DONE]` was among them, else it ends `cut`.
+fn ended_after(n: u32, cut: StreamEnd) -> Upshot {
+    if n >= CHUTES_FRAMES {
+        Upshot::Served(StreamEnd::Done)
+    } else {
+        Upshot::Served(cut)
+    }
+}
+
 /// A Chutes invocation, from the fault the gateway acted out.
 fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
     use Upshot::{Failed, Served};
@@ -570,21 +607,40 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         // The authenticated gzip inflates past the cap: fail closed.
         Fault::GzipBomb if !stream => Failed(Failure::closed()),
         _ if !stream => Served(StreamEnd::Done),
-        // Before the stream is keyed: the open fails.
-        Fault::E2eError => Failed(Failure::transport()),
-        Fault::FrameBeforeInit => Failed(Failure::closed()),
-        // R23: only the inner [DONE] ends a stream; n frames then a cut,
-        // reset or forged outer [DONE] end it only when it was among them.
+        // From here a stream. R23 with first-item priming (SPEC-parity
+        // R34.7/R39): until the first authenticated item nothing has reached
+        // the client, so a failure before it is the attempt's own (retried
+        // or fallen back from like any other); after it, the stream is the
+        // client's and a failure ends it without `[DONE]`.
+        //
+        // The instance reports an error (before or after `e2e_init`, before
+        // any frame): an upstream 502, retryable.
+        Fault::E2eError | Fault::E2eErrorAfter { frames: 0 } => Failed(Failure::http(502, None)),
+        // After `n` frames: content was forwarded unless the inner [DONE]
+        // was among them; counted like any upstream failure.
+        Fault::E2eErrorAfter { frames: n } => ended_after(*n, StreamEnd::Broken),
+        // Nothing authenticates before the first frame: fatal, fail closed.
+        Fault::FrameBeforeInit | Fault::StreamWrongKey => Failed(Failure::closed()),
+        Fault::CorruptFrame { index: 0 } | Fault::BadBase64Frame { index: 0 } => {
+            Failed(Failure::closed())
+        }
+        // v2 binds the sequence number: frame 1 in frame 0's place fails
+        // authentication before any content. v1 cannot tell (R25).
+        Fault::DropFrame { index: 0 } | Fault::ReorderFrame { index: 0 } if v2 => {
+            Failed(Failure::closed())
+        }
+        // R23: only the inner [DONE] ends a stream. Cut, reset or a forged
+        // outer [DONE] before frame 0: a truncated open, retryable; after
+        // `n` frames, a broken stream unless the inner [DONE] was sent.
+        Fault::ResetAfterChunks { after_chunks: 0 }
+        | Fault::CutStreamAfter { after_chunks: 0 }
+        | Fault::ForgedOuterDone { after_frames: 0 } => Failed(Failure::transport()),
         Fault::ResetAfterChunks { after_chunks: n }
         | Fault::CutStreamAfter { after_chunks: n }
-        | Fault::ForgedOuterDone { after_frames: n } => {
-            if *n >= CHUTES_FRAMES {
-                Served(StreamEnd::Done)
-            } else {
-                Served(StreamEnd::Broken)
-            }
-        }
-        Fault::SlowFirstTokenMs { ms } if *ms >= DEADLINE_MS => Served(StreamEnd::Broken),
+        | Fault::ForgedOuterDone { after_frames: n } => ended_after(*n, StreamEnd::Broken),
+        // The first frame never comes within the idle limit: a timeout of
+        // the open.
+        Fault::SlowFirstTokenMs { ms } if *ms >= DEADLINE_MS => Failed(Failure::timeout()),
         Fault::DropFrame { index } if *index == INNER_DONE => Served(StreamEnd::Broken),
         Fault::DropFrame { index } | Fault::ReplayFrame { index } if *index < INNER_DONE => {
             Served(tampered)
@@ -595,6 +651,7 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         {
             Served(StreamEnd::Rejected)
         }
+        // After `e2e_init` and frame 0: an in-stream failure.
         Fault::OversizedLine => Served(StreamEnd::Rejected),
         _ => Served(StreamEnd::Done),
     }

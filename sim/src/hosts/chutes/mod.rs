@@ -55,8 +55,10 @@ use gateway::{Boot, Gateway, NonceTable};
 /// base URL, as at Chutes (§7b).
 pub const MODELS_PREFIX: &str = "/llm";
 
-/// Nonces listed per instance and discovery (Chutes hands out a few).
-const DEFAULT_NONCES: usize = 4;
+/// Nonces listed per instance and discovery (Chutes hands out a few). A
+/// world fact the reference model reads: it decides when an instance has
+/// run dry and drops out of R61's candidates.
+pub const DEFAULT_NONCES: usize = 4;
 /// `nonce_expires_in` of a listing.
 const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(60);
 

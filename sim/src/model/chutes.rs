@@ -1,0 +1,89 @@
+//! The model of one Chutes provider's instance pool and its per-request
+//! attestation (SPEC §7b, SPEC-parity R60/R61), read against what the
+//! gateway listed and which evidence flaw it acted out.
+//!
+//! Written from the spec: a listing gives every instance a few single-use
+//! nonces; each request fetches evidence once, then tries the candidates
+//! (instances with a nonce left) in order from a counter, skipping any whose
+//! evidence does not bind its key; when none verifies the attempt fails
+//! closed and the listing is dropped (its keys proved nothing).
+
+use crate::fault::{EvidenceFlaw, Fault};
+
+/// One Chutes provider's pool, as the router should hold it.
+#[derive(Debug, Clone, Default)]
+pub struct Pool {
+    /// Nonces left per listed instance, in listing order; empty when
+    /// nothing is listed (never listed, or dropped).
+    nonces: Vec<usize>,
+    /// The listing carried the instances' own keys (a `wrong_key` listing
+    /// names the gateway's, which no evidence binds).
+    own_keys: bool,
+    /// R61's counter: advanced once per request whose evidence arrived.
+    /// Issue 15 keeps it per provider; R61 says process-wide across chutes
+    /// (with one chute per provider in every scenario the two agree only
+    /// per chute: see the closing report of the model's issue-15 work).
+    turn: u64,
+}
+
+/// How the instance choice of one request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// This instance (listing index) verified and gave a nonce.
+    Instance(usize),
+    /// The pool had no instance with a nonce (R39: 503).
+    NoneListed,
+    /// Every candidate failed attestation: fail closed (§7b).
+    AllFailed,
+}
+
+impl Pool {
+    /// A fresh listing (R60): `instances` instances with `nonces` each.
+    pub fn list(&mut self, instances: usize, nonces: usize, own_keys: bool) {
+        self.nonces = vec![nonces; instances];
+        self.own_keys = own_keys;
+    }
+
+    /// Drops the listing (an instance gone, or no listed key proven).
+    pub fn forget(&mut self) {
+        self.nonces.clear();
+    }
+
+    /// §7b / R61: the instance one request uses, given the evidence fault
+    /// the gateway acted out and whether the router trusts its vendor key.
+    pub fn choose(&mut self, evidence: Option<&Fault>, trusted: bool) -> Choice {
+        let candidates: Vec<usize> = (0..self.nonces.len())
+            .filter(|&i| self.nonces[i] > 0)
+            .collect();
+        if candidates.is_empty() {
+            return Choice::NoneListed;
+        }
+        let n = candidates.len();
+        let start = (self.turn % n as u64) as usize;
+        self.turn += 1;
+        for k in 0..n {
+            let i = candidates[(start + k) % n];
+            if self.own_keys && trusted && !spoilt(evidence, i) {
+                self.nonces[i] -= 1;
+                return Choice::Instance(i);
+            }
+        }
+        self.forget();
+        Choice::AllFailed
+    }
+}
+
+/// Whether the evidence fault leaves instance `i` without evidence that
+/// binds this fetch's nonce and its key under the vendor's signature.
+/// Every flaw does: absent, another nonce (a replay), another key, a bad
+/// signature, listed as failed; `null` lists read as no evidence at all.
+fn spoilt(evidence: Option<&Fault>, i: usize) -> bool {
+    match evidence {
+        Some(Fault::Evidence {
+            flaw: EvidenceFlaw::NullLists,
+            ..
+        }) => true,
+        Some(Fault::Evidence { instance, .. }) => *instance as usize == i,
+        _ => false,
+    }
+}
