@@ -20,9 +20,8 @@ pub struct Pool {
     /// names the gateway's, which no evidence binds).
     own_keys: bool,
     /// R61's counter: advanced once per request whose evidence arrived.
-    /// Issue 15 keeps it per provider; R61 says process-wide across chutes
-    /// (with one chute per provider in every scenario the two agree only
-    /// per chute: see the closing report of the model's issue-15 work).
+    /// R61 says one process-wide counter across all chutes; issue 15 keeps
+    /// one per provider (per chute), and the model follows that design.
     turn: u64,
 }
 

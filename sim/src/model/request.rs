@@ -574,12 +574,12 @@ const CHUTES_FRAMES: u32 = 6;
 const INNER_DONE: u32 = CHUTES_FRAMES - 1;
 
 /// A stream whose upstream stopped after `n` frames (`n` > 0): it ended
-/// properly only if the inner `[DONE]` was among them, else it ends `cut`.
-fn ended_after(n: u32, cut: StreamEnd) -> Upshot {
+/// properly only if the inner `[DONE]` was among them, else it is broken.
+fn ended_after(n: u32) -> Upshot {
     if n >= CHUTES_FRAMES {
         Upshot::Served(StreamEnd::Done)
     } else {
-        Upshot::Served(cut)
+        Upshot::Served(StreamEnd::Broken)
     }
 }
 
@@ -618,7 +618,7 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         Fault::E2eError | Fault::E2eErrorAfter { frames: 0 } => Failed(Failure::http(502, None)),
         // After `n` frames: content was forwarded unless the inner [DONE]
         // was among them; counted like any upstream failure.
-        Fault::E2eErrorAfter { frames: n } => ended_after(*n, StreamEnd::Broken),
+        Fault::E2eErrorAfter { frames: n } => ended_after(*n),
         // Nothing authenticates before the first frame: fatal, fail closed.
         Fault::FrameBeforeInit | Fault::StreamWrongKey => Failed(Failure::closed()),
         Fault::CorruptFrame { index: 0 } | Fault::BadBase64Frame { index: 0 } => {
@@ -637,7 +637,7 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         | Fault::ForgedOuterDone { after_frames: 0 } => Failed(Failure::transport()),
         Fault::ResetAfterChunks { after_chunks: n }
         | Fault::CutStreamAfter { after_chunks: n }
-        | Fault::ForgedOuterDone { after_frames: n } => ended_after(*n, StreamEnd::Broken),
+        | Fault::ForgedOuterDone { after_frames: n } => ended_after(*n),
         // The first frame never comes within the idle limit: a timeout of
         // the open.
         Fault::SlowFirstTokenMs { ms } if *ms >= DEADLINE_MS => Failed(Failure::timeout()),

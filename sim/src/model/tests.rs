@@ -230,3 +230,217 @@ fn r18_model_streaming_filter_keeps_chutes_out_when_streaming_is_off() {
     assert!(p.attempts.iter().all(|a| !a.provider.starts_with("chutes")));
     assert_eq!(p.status, 502);
 }
+
+// ------------------------------------------------ Chutes: §7b and priming
+
+const KIMI: &str = "moonshotai/Kimi-K2.6-TEE";
+const KIMI_ID: &str = "chutes:moonshotai/Kimi-K2.6-TEE";
+const GLM_ID: &str = "chutes:zai-org/GLM-5.1-TEE";
+
+/// The world of the evidence scenario (Kimi: one instance; GLM: two),
+/// booted, both ids active, Chutes streaming on.
+fn chutes_world() -> (Facts, Registry) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/chutes_evidence_fail_closed.toml");
+    let scenario = crate::scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let facts = Facts {
+        scenario,
+        near_keys: Default::default(),
+    };
+    let mut reg = Registry::boot(&facts);
+    for id in [KIMI, MODEL] {
+        reg.catalog.insert(id.into(), (true, 0));
+    }
+    reg.chutes_streaming = true;
+    (facts, reg)
+}
+
+fn chutes(kind: RequestKind, fault: Option<Fault>) -> HostEvent {
+    HostEvent::Request {
+        host: crate::world::CHUTES.into(),
+        kind,
+        fault,
+    }
+}
+
+/// One Chutes attempt as the gateway saw it: a listing when `list`, the
+/// evidence fetch, and the invocation when it was sent.
+fn chutes_attempt(
+    list: bool,
+    evidence: Option<Fault>,
+    invoke: Option<Option<Fault>>,
+) -> Vec<HostEvent> {
+    let mut events = Vec::new();
+    if list {
+        events.push(chutes(RequestKind::Models, None));
+        events.push(chutes(RequestKind::Instances, None));
+    }
+    events.push(chutes(RequestKind::Evidence, evidence));
+    if let Some(fault) = invoke {
+        events.push(chutes(RequestKind::ChatStream, fault));
+    }
+    events
+}
+
+fn kimi(stream: bool) -> RequestSpec {
+    RequestSpec {
+        model: KIMI.into(),
+        stream,
+        ..spec()
+    }
+}
+
+fn decisions(p: &super::Prediction) -> Vec<Decision> {
+    p.attempts.iter().map(|a| a.decision).collect()
+}
+
+#[test]
+fn r7b_every_evidence_flaw_on_the_only_instance_fails_closed_at_once() {
+    use crate::fault::EvidenceFlaw;
+    for &flaw in EvidenceFlaw::ALL {
+        let (facts, mut reg) = chutes_world();
+        let evidence = Some(Fault::Evidence { flaw, instance: 0 });
+        // Nothing is invoked: the gateway never sees a chat call.
+        let p = reg.request(&facts, &kimi(false), &chutes_attempt(true, evidence, None));
+        assert_eq!(p.status, 502, "{flaw:?}");
+        assert_eq!(decisions(&p), [Decision::FailClosed], "{flaw:?}: no retry");
+        assert_eq!(reg.failures(KIMI_ID), 0, "{flaw:?}: no health count");
+        // The unproven listing is dropped: the next request lists afresh,
+        // and honest evidence serves.
+        let p = reg.request(
+            &facts,
+            &kimi(false),
+            &chutes_attempt(true, None, Some(None)),
+        );
+        assert_eq!((p.status, decisions(&p)), (200, vec![Decision::Served]));
+    }
+}
+
+#[test]
+fn r7b_untrusted_vendor_or_substituted_listing_key_binds_nothing() {
+    use super::chutes::{Choice, Pool};
+    let mut pool = Pool::default();
+    pool.list(2, 4, true);
+    assert_eq!(pool.choose(None, false), Choice::AllFailed);
+    // Dropped: nothing left to choose until the next listing.
+    assert_eq!(pool.choose(None, true), Choice::NoneListed);
+    pool.list(2, 4, false);
+    assert_eq!(pool.choose(None, true), Choice::AllFailed);
+}
+
+#[test]
+fn r61_a_spoilt_instance_is_skipped_and_the_next_serves() {
+    let (facts, mut reg) = chutes_world();
+    let glm = spec();
+    for flaw in [
+        crate::fault::EvidenceFlaw::Missing,
+        crate::fault::EvidenceFlaw::ListedFailed,
+    ] {
+        let evidence = Some(Fault::Evidence { flaw, instance: 0 });
+        let list = reg.pools.get(GLM_ID).is_none();
+        let p = reg.request(&facts, &glm, &chutes_attempt(list, evidence, Some(None)));
+        assert_eq!(p.status, 200, "{flaw:?}");
+        assert_eq!(decisions(&p), [Decision::Served], "{flaw:?}");
+    }
+    // Both instances spoilt only by null lists: fail closed.
+    let evidence = Some(Fault::Evidence {
+        flaw: crate::fault::EvidenceFlaw::NullLists,
+        instance: 0,
+    });
+    let p = reg.request(&facts, &glm, &chutes_attempt(false, evidence, None));
+    assert_eq!((p.status, decisions(&p)), (502, vec![Decision::FailClosed]));
+}
+
+#[test]
+fn r61_counter_starts_each_request_at_the_next_instance_and_r60_nonces_run_dry() {
+    use super::chutes::{Choice, Pool};
+    let mut pool = Pool::default();
+    pool.list(3, 4, true);
+    let picks: Vec<Choice> = (0..4).map(|_| pool.choose(None, true)).collect();
+    assert_eq!(
+        picks,
+        [
+            Choice::Instance(0),
+            Choice::Instance(1),
+            Choice::Instance(2),
+            Choice::Instance(0)
+        ]
+    );
+    // R60: single-use nonces; a dry instance is no candidate, and a dry
+    // pool chooses nothing (the router must list again).
+    let mut pool = Pool::default();
+    pool.list(1, 2, true);
+    let picks: Vec<Choice> = (0..3).map(|_| pool.choose(None, true)).collect();
+    assert_eq!(
+        picks,
+        [Choice::Instance(0), Choice::Instance(0), Choice::NoneListed]
+    );
+    // Instance 1 has no evidence: from counter 1 it is skipped for 2.
+    let mut pool = Pool::default();
+    pool.list(3, 4, true);
+    assert_eq!(pool.choose(None, true), Choice::Instance(0));
+    let missing = Fault::Evidence {
+        flaw: crate::fault::EvidenceFlaw::Missing,
+        instance: 1,
+    };
+    assert_eq!(pool.choose(Some(&missing), true), Choice::Instance(2));
+}
+
+#[test]
+fn r23_a_failure_before_the_first_authenticated_item_is_a_failed_attempt() {
+    // Kimi is alone: a retryable failure runs four rounds; a fatal one,
+    // one attempt; the stream is never handed over.
+    let retryable = [
+        Fault::E2eError,
+        Fault::E2eErrorAfter { frames: 0 },
+        Fault::ForgedOuterDone { after_frames: 0 },
+        Fault::CutStreamAfter { after_chunks: 0 },
+    ];
+    for fault in retryable {
+        let (facts, mut reg) = chutes_world();
+        let mut events = chutes_attempt(true, None, Some(Some(fault.clone())));
+        for _ in 1..4 {
+            events.extend(chutes_attempt(false, None, Some(Some(fault.clone()))));
+        }
+        let p = reg.request(&facts, &kimi(true), &events);
+        assert_eq!(p.status, 502, "{fault:?}");
+        assert_eq!(decisions(&p), [Decision::Retryable; 4], "{fault:?}");
+        assert_eq!(p.done, None, "{fault:?}: no stream reached the client");
+        assert_eq!(reg.failures(KIMI_ID), 4, "{fault:?}: each counted");
+    }
+    for fault in [
+        Fault::StreamWrongKey,
+        Fault::CorruptFrame { index: 0 },
+        Fault::BadBase64Frame { index: 0 },
+        Fault::FrameBeforeInit,
+    ] {
+        let (facts, mut reg) = chutes_world();
+        let events = chutes_attempt(true, None, Some(Some(fault.clone())));
+        let p = reg.request(&facts, &kimi(true), &events);
+        assert_eq!(p.status, 502, "{fault:?}");
+        assert_eq!(decisions(&p), [Decision::FailClosed], "{fault:?}");
+        assert_eq!(reg.failures(KIMI_ID), 0, "{fault:?}: not counted");
+    }
+}
+
+#[test]
+fn r23_after_content_the_stream_is_the_clients_and_ends_without_done() {
+    for (fault, counted) in [
+        (Fault::E2eErrorAfter { frames: 2 }, 1),
+        (Fault::ForgedOuterDone { after_frames: 1 }, 1),
+        (Fault::CorruptFrame { index: 1 }, 0),
+    ] {
+        let (facts, mut reg) = chutes_world();
+        let events = chutes_attempt(true, None, Some(Some(fault.clone())));
+        let p = reg.request(&facts, &kimi(true), &events);
+        assert_eq!(p.status, 200, "{fault:?}");
+        assert_eq!(decisions(&p), [Decision::Served], "{fault:?}: no retry");
+        assert_eq!(p.done, Some(false), "{fault:?}: no [DONE]");
+        assert_eq!(reg.failures(KIMI_ID), counted, "{fault:?}");
+    }
+    // The error after all six frames: the inner [DONE] already ended it.
+    let (facts, mut reg) = chutes_world();
+    let events = chutes_attempt(true, None, Some(Some(Fault::E2eErrorAfter { frames: 6 })));
+    let p = reg.request(&facts, &kimi(true), &events);
+    assert_eq!((p.status, p.done), (200, Some(true)));
+}
