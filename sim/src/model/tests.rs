@@ -337,7 +337,7 @@ fn r61_a_spoilt_instance_is_skipped_and_the_next_serves() {
         crate::fault::EvidenceFlaw::ListedFailed,
     ] {
         let evidence = Some(Fault::Evidence { flaw, instance: 0 });
-        let list = reg.pools.get(GLM_ID).is_none();
+        let list = !reg.pools.contains_key(GLM_ID);
         let p = reg.request(&facts, &glm, &chutes_attempt(list, evidence, Some(None)));
         assert_eq!(p.status, 200, "{flaw:?}");
         assert_eq!(decisions(&p), [Decision::Served], "{flaw:?}");
