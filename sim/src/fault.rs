@@ -527,7 +527,7 @@ pub enum EvidenceFlaw {
     BadSignature,
     /// The instance is listed in `failed_instance_ids` (its entry stays).
     ListedFailed,
-    /// Both lists are `null` (every instance).
+    /// Both lists are `null` (every instance, whatever `instance` says).
     NullLists,
 }
 

@@ -30,6 +30,10 @@ pub(super) fn evidence(
     let Some((flaw, index)) = flaw else {
         return json!(honest);
     };
+    if flaw == EvidenceFlaw::NullLists {
+        // Every instance at once, whichever `instance` the fault names.
+        return json!({ "evidence": null, "failed_instance_ids": null });
+    }
     let Some(inst) = chute.instances.get(index as usize) else {
         return json!(honest);
     };
@@ -59,9 +63,8 @@ pub(super) fn evidence(
             e.quote = Some(B64.encode(quote));
         }
         EvidenceFlaw::ListedFailed => honest.failed_instance_ids.push(inst.id.clone()),
-        EvidenceFlaw::NullLists => {
-            return json!({ "evidence": null, "failed_instance_ids": null });
-        }
+        // Acted out above, for every instance.
+        EvidenceFlaw::NullLists => {}
     }
     json!(honest)
 }
