@@ -21,7 +21,10 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
         || e.backoff.is_some()
         || !e.contains.is_empty()
         || !e.not_contains.is_empty()
-        || e.done.is_some();
+        || e.done.is_some()
+        || !e.headers.is_empty()
+        || !e.no_headers.is_empty()
+        || e.via_fallback.is_some();
     if needs_request && req.is_none() {
         out.push("request expectations on a step without a request".into());
         return out;
@@ -87,6 +90,33 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
         for c in &e.not_contains {
             if body.contains(c.as_str()) {
                 out.push(format!("not_contains: {c:?} is in the bytes received"));
+            }
+        }
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        for (name, want) in &e.headers {
+            if header(name) != Some(want.as_str()) {
+                out.push(format!(
+                    "headers: expected {name}: {want}, got {:?}",
+                    header(name)
+                ));
+            }
+        }
+        for name in &e.no_headers {
+            if let Some(v) = header(name) {
+                out.push(format!("no_headers: {name} is present ({v})"));
+            }
+        }
+        if let Some(want) = e.via_fallback {
+            if req.via_fallback != Some(want) {
+                out.push(format!(
+                    "via_fallback: expected {want}, got {:?}",
+                    req.via_fallback
+                ));
             }
         }
         if let Some(want) = e.done {

@@ -8,13 +8,13 @@
 //!
 //! ```toml
 //! fault = { host = "near-1", http_status = 503, times = 4 }
-//! fault = { host = "near-1", http_status = 500, code = "client_media_fetch_failed" }
+//! fault = { host = "near-1", http_status = 500, message = "loading image data: 403 Client Error: Forbidden" }
 //! fault = { host = "near-1", model_not_found = true }
 //! fault = { host = "near-1", reset_before_body = true }
 //! fault = { host = "near-1", reset_after_chunks = 2 }
 //! fault = { host = "near-1", latency_ms = 5000 }
 //! fault = { host = "near-1", slow_first_token_ms = 5000 }
-//! fault = { host = "near-1", cut_stream_after = 2 }
+//! fault = { host = "near-1", cut_stream_after = 2 }   # JSON: a 200 with half the body, clean close
 //! fault = { host = "catalog", http_status = 503, on = "catalog" }
 //! # Chutes only (frame indices count the encrypted `e2e` frames, 0-based,
 //! # the inner [DONE] frame included):
@@ -127,11 +127,15 @@ impl Scope {
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// Answer with this status and an OpenAI-style error body; `code` is the
-    /// body's `error.code` (429 defaults to `rate_limit_exceeded`).
+    /// body's `error.code` (429 defaults to `rate_limit_exceeded`) and
+    /// `message` its `error.message` (default: `<host>: injected <reason>`),
+    /// the text R31 extracts and R36/R38 read.
     HttpStatus {
         status: u16,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
     },
     /// 404 with `error.code = "model_not_found"`, whatever the model.
     ModelNotFound,
@@ -145,7 +149,8 @@ pub enum Fault {
     /// Send the stream's head at once but its first chunk after `ms`.
     SlowFirstToken { ms: u64 },
     /// End the stream cleanly after `after_chunks` chunks, without `[DONE]`
-    /// (a JSON body: cut in half).
+    /// (a JSON body: a 200 whose complete body is half the JSON, R37's
+    /// unparseable answer).
     CutStream { after_chunks: u32 },
     /// Chutes gateway: send `after_frames` encrypted frames, then a forged
     /// plaintext outer `data: [DONE]`, and drop the rest.
@@ -199,11 +204,20 @@ impl Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::HttpStatus { status, code: None } => write!(f, "http_status = {status}"),
             Fault::HttpStatus {
                 status,
-                code: Some(code),
-            } => write!(f, "http_status = {status}, code = {code:?}"),
+                code,
+                message,
+            } => {
+                write!(f, "http_status = {status}")?;
+                if let Some(code) = code {
+                    write!(f, ", code = {code:?}")?;
+                }
+                if let Some(message) = message {
+                    write!(f, ", message = {message:?}")?;
+                }
+                Ok(())
+            }
             Fault::ModelNotFound => f.write_str("model_not_found = true"),
             Fault::ResetBeforeBody => f.write_str("reset_before_body = true"),
             Fault::ResetMidBody { after_chunks } => {
@@ -312,6 +326,8 @@ struct FaultSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     model_not_found: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reset_before_body: Option<bool>,
@@ -373,9 +389,10 @@ impl TryFrom<FaultSpec> for FaultInjection {
             faults.push(Fault::HttpStatus {
                 status,
                 code: s.code.clone(),
+                message: s.message.clone(),
             });
-        } else if s.code.is_some() {
-            return Err("`code` only goes with `http_status`".into());
+        } else if s.code.is_some() || s.message.is_some() {
+            return Err("`code` and `message` only go with `http_status`".into());
         }
         if let Some(v) = s.model_not_found {
             flag("model_not_found", v)?;
@@ -468,9 +485,14 @@ impl From<FaultInjection> for FaultSpec {
             ..FaultSpec::default()
         };
         match i.rule.fault {
-            Fault::HttpStatus { status, code } => {
+            Fault::HttpStatus {
+                status,
+                code,
+                message,
+            } => {
                 s.http_status = Some(status);
                 s.code = code;
+                s.message = message;
             }
             Fault::ModelNotFound => s.model_not_found = Some(true),
             Fault::ResetBeforeBody => s.reset_before_body = Some(true),
@@ -616,7 +638,8 @@ mod tests {
             f.rule,
             Fault::HttpStatus {
                 status: 503,
-                code: None
+                code: None,
+                message: None,
             }
             .rule()
             .times(4)
@@ -711,7 +734,8 @@ mod tests {
                 r#"fault = { host = "n", model_not_found = false }"#,
                 "means nothing",
             ),
-            (r#"fault = { host = "n", code = "x" }"#, "only goes with"),
+            (r#"fault = { host = "n", code = "x" }"#, "only go with"),
+            (r#"fault = { host = "n", message = "x" }"#, "only go with"),
             (
                 r#"fault = { host = "n", http_status = 503, tims = 2 }"#,
                 "unknown field",
@@ -734,6 +758,7 @@ mod tests {
             Fault::HttpStatus {
                 status: 503,
                 code: None,
+                message: None,
             }
             .rule()
             .times(2),

@@ -42,6 +42,10 @@ struct MenuArgs {
     /// turmoil's time step for this sweep (e.g. `10ms`: faster, times rounded).
     #[arg(long, value_parser = humantime::parse_duration)]
     tick: Option<Duration>,
+    /// Semantics profile: `tiersim` (default) or `upstream` (production's
+    /// behaviour; violations are then findings about production).
+    #[arg(long, value_parser = parse_profile)]
+    profile: Option<tiersim_engine::config::Profile>,
     /// Plant a review bug of the seed PR (testing the testbed only).
     #[arg(long, hide = true, value_parser = parse_plant)]
     plant: Option<PlantedBug>,
@@ -56,8 +60,14 @@ impl MenuArgs {
             max_faults: self.max_faults,
             until: self.until,
             tick: self.tick,
+            profile: self.profile,
         }
     }
+}
+
+fn parse_profile(s: &str) -> Result<tiersim_engine::config::Profile, String> {
+    tiersim_engine::config::Profile::parse(s)
+        .ok_or_else(|| format!("{s:?}: the profile is `tiersim` or `upstream`"))
 }
 
 fn parse_seeds(s: &str) -> Result<std::ops::Range<u64>, String> {

@@ -47,6 +47,15 @@ pub fn render(r: &Report) -> String {
             last = Some(state);
         }
     }
+    if !r.expected.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## expected violations (the upstream profile's departures)"
+        );
+        for v in &r.expected {
+            let _ = writeln!(out, "- {v}");
+        }
+    }
     if !r.violations.is_empty() {
         let _ = writeln!(out, "\n## violations");
         for v in &r.violations {
@@ -79,9 +88,17 @@ fn request(out: &mut String, req: &RequestRecord) {
         );
     }
     if let Some((p, t)) = &req.served {
-        let _ = writeln!(out, "served by: {p} ({t})");
+        let fallback = if req.via_fallback == Some(true) {
+            ", via fallback"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "served by: {p} ({t}{fallback})");
     }
     let _ = writeln!(out, "status: {}", req.status);
+    for (name, value) in &req.headers {
+        let _ = writeln!(out, "header: {name}: {value}");
+    }
     let _ = writeln!(out, "bytes:");
     for line in String::from_utf8_lossy(&req.body).lines() {
         let _ = writeln!(out, "  | {line}");

@@ -41,7 +41,18 @@ pub struct RequestRecord {
     pub body: Bytes,
     pub attempts: Vec<Attempt>,
     pub served: Option<(String, Tier)>,
+    /// R54's `served_via_fallback` of a served request.
+    pub via_fallback: Option<bool>,
+    /// The router's own account of the error that ended an unserved
+    /// request (the client may only see generic text, R29/R30).
+    pub error: Option<String>,
+    /// The reply headers of the client contract (R32, R53), present ones only.
+    pub headers: Vec<(&'static str, String)>,
 }
+
+/// The reply headers a request record keeps: R32's retry hints and R53's
+/// serving tier.
+pub const CONTRACT_HEADERS: [&str; 3] = ["retry-after", "x-should-retry", "x-serving-provider"];
 
 /// The state after one step.
 #[derive(Debug, Clone)]
@@ -94,6 +105,8 @@ pub struct Report {
     pub seed: u64,
     pub steps: Vec<StepRecord>,
     pub violations: Vec<Violation>,
+    /// Violations the scenario declared (`expect_violations`).
+    pub expected: Vec<Violation>,
     pub sim_time: Duration,
     pub startup_error: Option<String>,
     /// Every fault that fired, in order (part of the determinism hash).
@@ -145,6 +158,7 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
         seed,
         steps: Vec::new(),
         violations: Vec::new(),
+        expected: Vec::new(),
         sim_time: Duration::ZERO,
         startup_error: None,
         fired: Vec::new(),
@@ -233,7 +247,32 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
     report
         .violations
         .extend(std::mem::take(&mut shared.violations));
+    expected_violations(&scenario.expect_violations, &mut report);
     report
+}
+
+/// `expect_violations`: each listed oracle must fire, and its violations
+/// are then expected (kept in `Report::expected`, shown in the snapshot);
+/// a listed one that never fires is a violation itself.
+fn expected_violations(listed: &[String], report: &mut Report) {
+    if listed.is_empty() {
+        return;
+    }
+    let oracle = |v: &Violation| v.check.strip_prefix("oracle:").map(str::to_string);
+    let (expected, rest): (Vec<Violation>, Vec<Violation>) = std::mem::take(&mut report.violations)
+        .into_iter()
+        .partition(|v| oracle(v).is_some_and(|name| listed.contains(&name)));
+    report.violations = rest;
+    for name in listed {
+        if !expected.iter().any(|v| oracle(v).as_deref() == Some(name)) {
+            report.violations.push(Violation {
+                step: 0,
+                check: "expect_violations".into(),
+                message: format!("oracle {name} was expected to fire and did not"),
+            });
+        }
+    }
+    report.expected = expected;
 }
 
 async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
@@ -331,7 +370,7 @@ async fn act(st: &Step, w: &WorldHandles, shared: &Arc<Mutex<Shared>>, rec: &mut
     } else if let Some(rows) = &st.admin_patch {
         let body = crate::script::admin_patch_body(rows, &net::url);
         let auth = crate::script::admin_authorization(world::SIM_ADMIN_KEY);
-        let (status, bytes) = call(
+        let (status, _, bytes) = call(
             Method::PATCH,
             "/v1/admin/models",
             body,
@@ -382,12 +421,15 @@ async fn act(st: &Step, w: &WorldHandles, shared: &Arc<Mutex<Shared>>, rec: &mut
 
 async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
     let prompt = spec.prompt.clone().unwrap_or_else(|| "hello".into());
-    let body = json!({
+    let mut body = json!({
         "model": spec.model,
         "messages": [{ "role": "user", "content": prompt }],
         "stream": spec.stream,
-    })
-    .to_string();
+    });
+    if let Some(obj) = body.as_object_mut() {
+        obj.extend(spec.params.clone());
+    }
+    let body = body.to_string();
     let mut headers: Vec<(&str, String)> = Vec::new();
     if let Some(h) = &spec.pub_key_of {
         headers.push(("x-model-pub-key", w.near_keys[h.get_ref()].clone()));
@@ -399,8 +441,11 @@ async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
         headers.push(("x-client-pub-key", k.clone()));
     }
     let before = w.journal.0.lock().unwrap().len();
-    let (status, body) = call(Method::POST, "/v1/chat/completions", body, &headers).await;
+    let (status, reply_headers, body) =
+        call(Method::POST, "/v1/chat/completions", body, &headers).await;
     let entry = w.journal.0.lock().unwrap().get(before).cloned();
+    let served = entry.as_ref().and_then(|e| e.outcome.clone().ok());
+    let error = entry.as_ref().and_then(|e| e.outcome.clone().err());
     RequestRecord {
         model: spec.model.clone(),
         stream: spec.stream,
@@ -410,7 +455,19 @@ async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
             .as_ref()
             .map(|e| e.attempts.clone())
             .unwrap_or_default(),
-        served: entry.and_then(|e| e.outcome.ok()),
+        via_fallback: served.as_ref().map(|s| s.2),
+        error,
+        served: served.map(|(p, t, _)| (p, t)),
+        headers: CONTRACT_HEADERS
+            .iter()
+            .filter_map(|name| {
+                let value = reply_headers.get(*name)?;
+                Some((
+                    *name,
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                ))
+            })
+            .collect(),
     }
 }
 
@@ -421,7 +478,7 @@ async fn call(
     path: &str,
     body: String,
     headers: &[(&str, String)],
-) -> (u16, Bytes) {
+) -> (u16, http::HeaderMap, Bytes) {
     let mut req = Request::builder()
         .method(method)
         .uri(format!("{}{path}", net::url("router")))
@@ -434,13 +491,17 @@ async fn call(
         .fetch(req, CLIENT_DEADLINE, CLIENT_BODY_LIMIT)
         .await
     {
-        Ok((status, _, body)) => (status.as_u16(), body),
-        Err(e) => (0, Bytes::from(format!("client transport error: {e}"))),
+        Ok((status, headers, body)) => (status.as_u16(), headers, body),
+        Err(e) => (
+            0,
+            http::HeaderMap::new(),
+            Bytes::from(format!("client transport error: {e}")),
+        ),
     }
 }
 
 async fn list_models() -> Vec<String> {
-    let (_, body) = call(Method::GET, "/v1/models", String::new(), &[]).await;
+    let (_, _, body) = call(Method::GET, "/v1/models", String::new(), &[]).await;
     serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| {
@@ -499,6 +560,9 @@ pub fn describe(st: &Step) -> String {
         }
         if let Some(k) = &r.client_pub_key {
             s += &format!(" x-client-pub-key={k}");
+        }
+        if !r.params.is_empty() {
+            s += &format!(" {}", serde_json::Value::Object(r.params.clone()));
         }
         s
     } else if let Some(m) = &st.unregister {

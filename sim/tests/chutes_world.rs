@@ -23,8 +23,7 @@ use tiersim_engine::chutes::provider::{InstanceList, HEADER_CHUTE_ID, HEADER_INS
 use tiersim_engine::chutes::{shared_rng, ChutesConfig, ChutesProvider};
 use tiersim_engine::openai::Timeouts;
 use tiersim_engine::{
-    Capabilities, ChatRequest, ChatStream, Provider, ProviderError, Refusal, StatusDetail,
-    StreamItem, Tier,
+    Capabilities, ChatRequest, ChatStream, Provider, ProviderError, Refusal, StreamItem, Tier,
 };
 
 /// A NEAR-served canonical id whose Chutes fallback is a v1 chute.
@@ -689,7 +688,11 @@ fn r3_http_faults_map_like_the_openai_client() {
     world(17).run(|ctx| async move {
         let p = ctx.v1();
         let req = request(CANON, "hi");
-        let status = |status| Fault::HttpStatus { status, code: None };
+        let status = |status| Fault::HttpStatus {
+            status,
+            code: None,
+            message: None,
+        };
 
         // Discovery fails first: nothing is cached from a failed listing.
         ctx.faults.inject("chutes", status(503).rule().times(2));
@@ -750,12 +753,11 @@ fn r3_http_faults_map_like_the_openai_client() {
             .unwrap_err();
         assert!(
             matches!(
-                err,
+                &err,
                 ProviderError::Status {
                     status: 404,
-                    detail: StatusDetail::ModelNotFound,
-                    ..
-                }
+                    message,
+                } if tiersim_engine::retry::is_model_not_found(404, message)
             ),
             "{err:?}"
         );

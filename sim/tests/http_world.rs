@@ -15,9 +15,7 @@ use tiersim_engine::catalog::{CatalogClient, CatalogPatchRow, CatalogRow, Extern
 use tiersim_engine::external::ExternalProvider;
 use tiersim_engine::near::NearProvider;
 use tiersim_engine::openai::Timeouts;
-use tiersim_engine::{
-    ChatRequest, ChatStream, Provider, ProviderError, StatusDetail, StreamItem, Tier,
-};
+use tiersim_engine::{ChatRequest, ChatStream, Provider, ProviderError, StreamItem, Tier};
 
 const MODEL: &str = "zai-org/GLM-5.1-FP8";
 const EXT_MODEL: &str = "meta/llama-ext";
@@ -131,7 +129,11 @@ fn content_of(items: &[StreamItem]) -> String {
 }
 
 fn status(status: u16) -> Fault {
-    Fault::HttpStatus { status, code: None }
+    Fault::HttpStatus {
+        status,
+        code: None,
+        message: None,
+    }
 }
 
 #[test]
@@ -214,7 +216,7 @@ fn status_faults_surface_as_status_errors() {
         for _ in 0..2 {
             let err = p.chat_completion(&req).await.unwrap_err();
             assert!(
-                matches!(&err, ProviderError::Status { status: 503, detail: StatusDetail::None, message }
+                matches!(&err, ProviderError::Status { status: 503, message }
                     if message == "near-1: injected Service Unavailable"),
                 "{err:?}"
             );
@@ -223,27 +225,36 @@ fn status_faults_surface_as_status_errors() {
 
         faults.inject("near-1", status(503).rule().times(1));
         let err = p.chat_completion_stream(&req).await.err().unwrap();
-        assert!(matches!(err, ProviderError::Status { status: 503, .. }), "{err:?}");
+        assert!(
+            matches!(err, ProviderError::Status { status: 503, .. }),
+            "{err:?}"
+        );
 
         faults.inject("near-1", status(429).rule().times(1));
         let err = p.chat_completion(&req).await.unwrap_err();
-        assert!(matches!(err, ProviderError::Status { status: 429, .. }), "{err:?}");
+        assert!(
+            matches!(err, ProviderError::Status { status: 429, .. }),
+            "{err:?}"
+        );
 
+        // R31: the body's `error.message` is what the router reads (R36).
         let media = Fault::HttpStatus {
-            status: 502,
-            code: Some("client_media_fetch_failed".into()),
+            status: 500,
+            code: Some("ignored".into()),
+            message: Some("failed to fetch image: 403 Client Error: Forbidden".into()),
         };
         faults.inject("near-1", media.rule().times(1));
         let err = p.chat_completion(&req).await.unwrap_err();
         assert!(
-            matches!(err, ProviderError::Status { status: 502, detail: StatusDetail::ClientMediaFetch, .. }),
+            matches!(&err, ProviderError::Status { status: 500, message }
+                if tiersim_engine::retry::is_client_media(500, message)),
             "{err:?}"
         );
     });
 }
 
 #[test]
-fn model_not_found_is_detailed() {
+fn r38_model_not_found_is_said_in_the_text() {
     world(5).run(|faults| async move {
         let p = near().await;
         let err = p
@@ -252,12 +263,11 @@ fn model_not_found_is_detailed() {
             .unwrap_err();
         assert!(
             matches!(
-                err,
+                &err,
                 ProviderError::Status {
                     status: 404,
-                    detail: StatusDetail::ModelNotFound,
-                    ..
-                }
+                    message,
+                } if tiersim_engine::retry::is_model_not_found(404, message)
             ),
             "{err:?}"
         );
@@ -269,12 +279,11 @@ fn model_not_found_is_detailed() {
             .unwrap();
         assert!(
             matches!(
-                err,
+                &err,
                 ProviderError::Status {
                     status: 404,
-                    detail: StatusDetail::ModelNotFound,
-                    ..
-                }
+                    message,
+                } if tiersim_engine::retry::is_model_not_found(404, message)
             ),
             "{err:?}"
         );

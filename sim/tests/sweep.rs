@@ -91,6 +91,7 @@ fn schedules_come_from_the_seed_and_the_menu() {
         max_faults: Some(2),
         until: Some(Duration::from_secs(1)),
         tick: None,
+        profile: None,
     };
     let p2 = Plan::new(&s, &file, &flags, None).unwrap();
     for seed in 0..10 {

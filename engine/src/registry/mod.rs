@@ -11,7 +11,7 @@ mod planted;
 mod table;
 mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::{ArcSwap, Guard};
@@ -46,6 +46,9 @@ pub struct Registry {
     table: ArcSwap<Table>,
     /// Serialises writers only; readers never touch it.
     write: Mutex<()>,
+    /// R54.3: model ids ever published with both a NEAR and an attested
+    /// third-party provider. Never cleared while the process runs.
+    seen_near_and_attested: Mutex<BTreeSet<String>>,
     /// Review bugs deliberately switched back on (none unless planted).
     #[cfg(feature = "planted-bugs")]
     planted: planted::Planted,
@@ -68,6 +71,7 @@ impl Registry {
         Registry {
             table: ArcSwap::from_pointee(Table::empty()),
             write: Mutex::new(()),
+            seen_near_and_attested: Mutex::default(),
             #[cfg(feature = "planted-bugs")]
             planted: planted::Planted::default(),
         }
@@ -85,9 +89,36 @@ impl Registry {
         let cur = self.table.load_full();
         let mut sources = cur.sources.clone();
         let out = f(&mut sources);
-        self.table
-            .store(Arc::new(Table::build(sources, Some(&cur))));
+        let table = Table::build(sources, Some(&cur));
+        self.remember_near_and_attested(&table);
+        self.table.store(Arc::new(table));
         out
+    }
+
+    fn remember_near_and_attested(&self, table: &Table) {
+        let mut seen = self
+            .seen_near_and_attested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (model, near) in &table.sources.near {
+            let attested = table
+                .sources
+                .pinned
+                .get(model)
+                .is_some_and(|ps| ps.iter().any(|p| p.tier() == crate::tier::Tier::Attested3p));
+            if !near.is_empty() && attested && !seen.contains(model) {
+                seen.insert(model.clone());
+            }
+        }
+    }
+
+    /// R54.3: whether `model` was ever published with both a NEAR and an
+    /// attested third-party provider.
+    pub fn ever_near_and_attested(&self, model: &str) -> bool {
+        self.seen_near_and_attested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(model)
     }
 
     /// R5: reserves canonical ids before any external or discovery load. A

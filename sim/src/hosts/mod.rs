@@ -35,7 +35,6 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tiersim_engine::api::MAX_FORWARDED_BODY;
-use tiersim_engine::openai::CODE_MODEL_NOT_FOUND;
 
 use crate::fault::{Fault, FaultBoard, RequestKind};
 use crate::net::{TurmoilListener, HTTP_PORT};
@@ -150,7 +149,7 @@ fn error_response(status: StatusCode, code: Option<&str>, message: &str) -> Resp
 fn model_not_found(model: &str, host: &str) -> Response {
     error_response(
         StatusCode::NOT_FOUND,
-        Some(CODE_MODEL_NOT_FOUND),
+        Some("model_not_found"),
         &format!("The model `{model}` does not exist on {host}"),
     )
 }
@@ -173,15 +172,21 @@ async fn before_answer(
             tokio::time::sleep(Duration::from_millis(*ms)).await;
             None
         }
-        Fault::HttpStatus { status, code } => {
+        Fault::HttpStatus {
+            status,
+            code,
+            message,
+        } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let code = code
                 .as_deref()
                 .or((status == StatusCode::TOO_MANY_REQUESTS).then_some("rate_limit_exceeded"));
-            let message = format!(
-                "{host}: injected {}",
-                status.canonical_reason().unwrap_or("error")
-            );
+            let message = message.clone().unwrap_or_else(|| {
+                format!(
+                    "{host}: injected {}",
+                    status.canonical_reason().unwrap_or("error")
+                )
+            });
             Some(error_response(status, code, &message))
         }
         Fault::ModelNotFound => Some(model_not_found(model, host)),

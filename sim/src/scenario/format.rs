@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
+use tiersim_engine::config::Profile;
 use toml::Spanned;
 
 use crate::fault::FaultInjection;
@@ -38,6 +39,12 @@ pub struct Scenario {
     pub findings: Vec<String>,
     #[serde(default)]
     pub config: Config,
+    /// Oracles this scenario is expected to violate (by name, e.g.
+    /// `honest_error`): the documented departures of the `upstream`
+    /// profile. A violation not listed, or a listed one that does not
+    /// happen, fails the run.
+    #[serde(default)]
+    pub expect_violations: Vec<String>,
     /// NEAR backends: one host each.
     #[serde(default)]
     pub near: Vec<NearSpec>,
@@ -255,6 +262,14 @@ pub struct Config {
     pub trust_chutes_vendor: bool,
     /// The engine must refuse to start, with an error containing this text.
     pub expect_startup_error: Option<String>,
+    /// The semantics profile (SPEC-parity, Decisions): `"tiersim"` (the
+    /// default) or `"upstream"`, production's behaviour on the contested
+    /// points. Under `upstream` the scenario lists the oracles production
+    /// breaks in `expect_violations`.
+    #[schemars(with = "String")]
+    pub profile: Profile,
+    /// `MODEL_CONCURRENCY_LIMIT`: R28's in-flight cap per model (default 64).
+    pub model_concurrency: Option<usize>,
 }
 
 impl Default for Config {
@@ -266,6 +281,8 @@ impl Default for Config {
             refresh_interval: Dur(Duration::from_secs(60)),
             trust_chutes_vendor: true,
             expect_startup_error: None,
+            profile: Profile::Tiersim,
+            model_concurrency: None,
         }
     }
 }
@@ -458,6 +475,10 @@ pub struct RequestSpec {
     /// `x-client-pub-key` set to this literal value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_pub_key: Option<String>,
+    /// More request fields, merged into the body (e.g. `{ temperature = 3 }`
+    /// for R27, `{ stream_options = { include_usage = true } }`).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Expectations checked after the step. Provider names match a provider id
@@ -488,6 +509,15 @@ pub struct Expect {
     pub not_contains: Vec<String>,
     /// Whether a stream ended with `[DONE]`.
     pub done: Option<bool>,
+    /// Reply headers with their exact values (`retry-after`,
+    /// `x-should-retry`, `x-serving-provider`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Reply headers that must be absent.
+    #[serde(default)]
+    pub no_headers: Vec<String>,
+    /// R54's `served_via_fallback` of the served request.
+    pub via_fallback: Option<bool>,
     /// A model's ordered provider ids (`[]` means the model is absent).
     #[serde(default)]
     pub providers: BTreeMap<String, Vec<String>>,

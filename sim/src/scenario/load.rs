@@ -142,7 +142,10 @@ impl Validator<'_> {
                 return Err((
                     pin.span(),
                     format!("unknown rule {:?}", pin.get_ref()),
-                    Some(format!("rules are R1…R{}", RULES.len())),
+                    Some(format!(
+                        "known rules: {}",
+                        RULES.iter().map(|r| r.id).collect::<Vec<_>>().join(", ")
+                    )),
                 ));
             }
         }

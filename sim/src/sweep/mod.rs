@@ -67,6 +67,9 @@ pub struct MenuFlags {
     /// Replaces the scenario's turmoil time step (`tick`) for the sweep and
     /// its reproducers.
     pub tick: Option<Duration>,
+    /// Runs the sweep under this semantics profile; under `upstream` its
+    /// violations are findings about production, not tiersim bugs.
+    pub profile: Option<tiersim_engine::config::Profile>,
 }
 
 const DEFAULT_STATUSES: &[u16] = &[500, 502, 503, 504, 429, 408, 400];
@@ -282,6 +285,7 @@ pub fn strip_expectations(s: &Scenario) -> Scenario {
             (runner::describe(&step) != "check").then(|| Spanned::new(st.span(), step))
         })
         .collect();
+    out.expect_violations.clear();
     out
 }
 
@@ -332,6 +336,9 @@ impl Plan {
         crate::world::engine_config(s).map_err(|e| format!("the engine refuses to start: {e}"))?;
         let menu = Menu::resolve(s, flags)?;
         let mut base = strip_expectations(s);
+        if let Some(profile) = flags.profile {
+            base.config.profile = profile;
+        }
         if let Some(t) = flags.tick {
             if t < Duration::from_millis(1) || t > Duration::from_millis(100) {
                 return Err("--tick must be between 1ms and 100ms".into());
@@ -416,6 +423,7 @@ impl Plan {
             FaultKind::HttpStatus => Fault::HttpStatus {
                 status: *rng.pick(&self.menu.statuses),
                 code: None,
+                message: None,
             },
             FaultKind::ModelNotFound => Fault::ModelNotFound,
             FaultKind::ResetBeforeBody => Fault::ResetBeforeBody,
