@@ -40,6 +40,9 @@ pub const MAX_REQUEST_BODY: usize = 4 << 20;
 /// accept this much never refuse a request the router accepted.
 pub const MAX_FORWARDED_BODY: usize = 5 * MAX_REQUEST_BODY;
 
+/// Longest `x-request-id` passed to the [`RouteObserver`].
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
 /// The hex lengths `x-client-pub-key` may have (R16, R27.3): an ed25519 key
 /// (32 bytes) or an uncompressed secp256k1 key without its prefix (64
 /// bytes), the two signing algorithms of NEAR's client E2EE.
@@ -52,6 +55,20 @@ pub const MESSAGE_ROLES: [&str; 5] = ["system", "developer", "user", "assistant"
 /// usage attribution (R54: a failed request records none).
 pub trait RouteObserver: Send + Sync + 'static {
     fn routed(&self, model: &str, attempts: &[Attempt], outcome: Result<&Attribution, &RouteError>);
+
+    /// [`RouteObserver::routed`] with the client's `x-request-id`, when it
+    /// sent a readable one: lets an observer match a routed request to the
+    /// client's call while several are in flight.
+    fn routed_request(
+        &self,
+        request_id: Option<&str>,
+        model: &str,
+        attempts: &[Attempt],
+        outcome: Result<&Attribution, &RouteError>,
+    ) {
+        let _ = request_id;
+        self.routed(model, attempts, outcome);
+    }
 }
 
 /// Observes nothing.
@@ -398,10 +415,21 @@ async fn chat(State(api): State<Api>, headers: HeaderMap, body: Body) -> Respons
         Ok(valid) => valid,
         Err(e) => return e.into_response(),
     };
+    // The client's request id, only to match observations to calls (the
+    // simulation's journal); an unreadable or oversized one is ignored.
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| id.len() <= MAX_REQUEST_ID_LEN)
+        .map(str::to_string);
     let routed = api.app.router().chat(valid.request, valid.stream).await;
     let outcome = routed.result.as_ref().map(Served::attribution);
-    api.observer
-        .routed(&routed.model, &routed.attempts, outcome);
+    api.observer.routed_request(
+        request_id.as_deref(),
+        &routed.model,
+        &routed.attempts,
+        outcome,
+    );
     let profile = api.app.router().profile();
     match routed.result {
         Err(e) => client_error(&e).into_response(),

@@ -10,6 +10,7 @@ pub mod mermaid;
 pub mod net;
 pub mod oracle;
 pub mod record;
+pub mod render;
 pub mod rules;
 pub mod runner;
 pub mod scenario;

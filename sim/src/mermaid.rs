@@ -12,7 +12,7 @@ use tiersim_engine::echo::is_forging;
 use tiersim_engine::echo::push_escaped;
 use tiersim_engine::retry::Outcome;
 
-use crate::runner::Report;
+use crate::record::{Report, RequestRecord};
 use crate::scenario::Scenario;
 
 /// Mermaid participant ids cannot hold `:`, `/` or `.`.
@@ -45,7 +45,12 @@ pub fn diagram(s: &Scenario, r: &Report) -> String {
     let mut out = String::from("sequenceDiagram\n    participant client\n    participant router\n");
     let mut seen = std::collections::BTreeSet::new();
     for step in &r.steps {
-        for a in step.request.iter().flat_map(|q| &q.attempts) {
+        for a in step
+            .request
+            .iter()
+            .chain(&step.concurrent)
+            .flat_map(|q| &q.attempts)
+        {
             if seen.insert(a.provider.as_str().to_string()) {
                 let _ = writeln!(
                     out,
@@ -71,31 +76,36 @@ pub fn diagram(s: &Scenario, r: &Report) -> String {
                 text(note)
             );
         }
-        match &step.request {
-            None => {
-                let _ = writeln!(
-                    out,
-                    "    Note over router: step {}: {}",
-                    step.index,
-                    text(&step.action)
-                );
-            }
-            Some(req) => {
-                let _ = writeln!(out, "    client->>router: {}", text(&step.action));
-                for a in &req.attempts {
-                    let p = ident(a.provider.as_str());
-                    let _ = writeln!(out, "    router->>{p}: round {}", a.round);
-                    match &a.outcome {
-                        Outcome::Ok => {
-                            let _ = writeln!(out, "    {p}-->>router: ok");
-                        }
-                        Outcome::Error { status, .. } => {
-                            let _ = writeln!(out, "    {p}--x router: {status} ({:?})", a.decision);
-                        }
+        let requests: Vec<&RequestRecord> = step.request.iter().chain(&step.concurrent).collect();
+        if requests.is_empty() {
+            let _ = writeln!(
+                out,
+                "    Note over router: step {}: {}",
+                step.index,
+                text(&step.action)
+            );
+        }
+        for req in requests {
+            // A concurrent step draws each request under its own id.
+            let label = if step.concurrent.is_empty() {
+                text(&step.action)
+            } else {
+                text(&format!("{} {}", req.id, req.model))
+            };
+            let _ = writeln!(out, "    client->>router: {label}");
+            for a in &req.attempts {
+                let p = ident(a.provider.as_str());
+                let _ = writeln!(out, "    router->>{p}: round {}", a.round);
+                match &a.outcome {
+                    Outcome::Ok => {
+                        let _ = writeln!(out, "    {p}-->>router: ok");
+                    }
+                    Outcome::Error { status, .. } => {
+                        let _ = writeln!(out, "    {p}--x router: {status} ({:?})", a.decision);
                     }
                 }
-                let _ = writeln!(out, "    router-->>client: {}", req.status);
             }
+            let _ = writeln!(out, "    router-->>client: {}", req.status);
         }
     }
     out

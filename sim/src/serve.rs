@@ -38,8 +38,11 @@ use tiersim_engine::{Attribution, RouteError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::fault::FaultInjection;
 use crate::hosts::Service;
+use crate::scenario::format::{CatalogEdit, PatchRow, RequestSpec};
 use crate::scenario::format::{Scenario, Step};
+use crate::scenario::Dispatcher;
 use crate::world::{self, RouterSlot, Services, CATALOG, CHUTES, ROUTER};
 
 /// `tiersim serve` arguments.
@@ -566,12 +569,17 @@ impl ServeWorld {
             if let Some(at) = &st.at {
                 tokio::time::sleep_until(self.started + at.get_ref().0).await;
             }
-            let note = self.act(st).await;
+            let mut player = StepPlayer {
+                world: self,
+                note: None,
+            };
+            player.dispatch(st.action()).await;
+            let note = player.note;
             println!(
                 "[{:>8.3}s] step {}: {}{}",
                 self.started.elapsed().as_secs_f64(),
                 i + 1,
-                crate::runner::describe(st),
+                st.action(),
                 note.map(|n| format!(" — {n}")).unwrap_or_default()
             );
         }
@@ -584,122 +592,6 @@ impl ServeWorld {
             .unwrap_or_else(|| format!("http://{host}"))
     }
 
-    /// One step; returns a note on what happened when there is one to tell.
-    async fn act(&mut self, st: &Step) -> Option<String> {
-        if st.refresh.is_some() {
-            return match crate::script::refresh(&self.router).await {
-                None => Some("router is down".into()),
-                Some(r) if r == Default::default() => None,
-                Some(r) => Some(format!("{r:?}")),
-            };
-        }
-        if let Some(rows) = &st.admin_patch {
-            let body = crate::script::admin_patch_body(rows, &|h| self.url(h));
-            let key = self
-                .config
-                .admin_api_key
-                .as_ref()
-                .map_or("", AdminKey::as_str);
-            let req = Request::builder()
-                .method(Method::PATCH)
-                .uri(format!("{}/v1/admin/models", self.urls[ROUTER]))
-                .header("content-type", "application/json")
-                .header("authorization", crate::script::admin_authorization(key))
-                .body(Bytes::from(body))
-                .expect("valid request");
-            return Some(
-                match self
-                    .client
-                    .fetch(req, Duration::from_secs(120), 16 << 20)
-                    .await
-                {
-                    Ok((status, _, _)) => format!("router answered {status}"),
-                    Err(e) => format!("router unreachable: {e}"),
-                },
-            );
-        }
-        if let Some(edit) = &st.catalog {
-            crate::script::edit_catalog(edit, &self.services.catalog, &|h| self.url(h));
-            return None;
-        }
-        if let Some(f) = &st.fault {
-            self.services.board.apply(f.get_ref().clone());
-            return None;
-        }
-        if let Some(h) = &st.clear_faults {
-            self.services.board.clear(h.get_ref());
-            return None;
-        }
-        if let Some(p) = &st.partition {
-            let [a, b] = p.get_ref();
-            self.partitions.set(a, b, true);
-            if a != ROUTER && b != ROUTER {
-                return Some("only the router dials out here: no effect".into());
-            }
-            return None;
-        }
-        if let Some(p) = &st.repair {
-            let [a, b] = p.get_ref();
-            self.partitions.set(a, b, false);
-            return None;
-        }
-        if let Some(h) = &st.crash {
-            let h = h.get_ref();
-            if h == ROUTER {
-                self.crash_router();
-            } else if let Some(host) = self.hosts.get_mut(h) {
-                host.crash();
-            }
-            return Some("port closed".into());
-        }
-        if let Some(h) = &st.restart {
-            let h = h.get_ref().clone();
-            let addr = if h == ROUTER {
-                self.router_addr
-            } else {
-                match self.hosts.get(&h) {
-                    Some(host) => host.addr,
-                    None => return Some("no such host".into()),
-                }
-            };
-            let listener = match TokioListener::bind(&addr.to_string()).await {
-                Ok(l) => l,
-                Err(e) => return Some(format!("cannot rebind {addr}: {e}")),
-            };
-            if h == ROUTER {
-                self.crash_router();
-                self.boot_router(listener);
-                self.wait_for_router().await;
-            } else if let Some(host) = self.hosts.get_mut(&h) {
-                host.crash();
-                host.spawn(listener);
-            }
-            return None;
-        }
-        if st.request.is_some() {
-            return Some("skipped: serve sends no scripted requests (send your own)".into());
-        }
-        if let Some(model) = &st.unregister {
-            let app = self
-                .router
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .app
-                .clone();
-            return match app {
-                Some(app) => {
-                    app.registry().unregister(model);
-                    None
-                }
-                None => Some("router is down".into()),
-            };
-        }
-        if let Some(d) = st.advance {
-            tokio::time::sleep(d.0).await;
-        }
-        None
-    }
-
     /// Stops every host and the router.
     pub async fn stop(mut self) {
         self.crash_router();
@@ -708,6 +600,146 @@ impl ServeWorld {
         }
         // Let the aborted tasks unwind (their sockets close) before exit.
         tokio::task::yield_now().await;
+    }
+}
+
+/// A step played on real sockets; `note` says what happened when there is
+/// something to tell.
+struct StepPlayer<'a> {
+    world: &'a mut ServeWorld,
+    note: Option<String>,
+}
+
+#[async_trait(?Send)]
+impl Dispatcher for StepPlayer<'_> {
+    async fn refresh(&mut self) {
+        self.note = match crate::script::refresh(&self.world.router).await {
+            None => Some("router is down".into()),
+            Some(r) if r == Default::default() => None,
+            Some(r) => Some(format!("{r:?}")),
+        };
+    }
+
+    async fn admin_patch(&mut self, rows: &[PatchRow]) {
+        let w = &*self.world;
+        let body = crate::script::admin_patch_body(rows, &|h| w.url(h));
+        let key = w.config.admin_api_key.as_ref().map_or("", AdminKey::as_str);
+        let req = Request::builder()
+            .method(Method::PATCH)
+            .uri(format!("{}/v1/admin/models", w.urls[ROUTER]))
+            .header("content-type", "application/json")
+            .header("authorization", crate::script::admin_authorization(key))
+            .body(Bytes::from(body))
+            .expect("valid request");
+        self.note = Some(
+            match w
+                .client
+                .fetch(req, Duration::from_secs(120), 16 << 20)
+                .await
+            {
+                Ok((status, _, _)) => format!("router answered {status}"),
+                Err(e) => format!("router unreachable: {e}"),
+            },
+        );
+    }
+
+    async fn catalog(&mut self, edit: &CatalogEdit) {
+        let w = &*self.world;
+        crate::script::edit_catalog(edit, &w.services.catalog, &|h| w.url(h));
+    }
+
+    async fn fault(&mut self, fault: &FaultInjection) {
+        self.world.services.board.apply(fault.clone());
+    }
+
+    async fn clear_faults(&mut self, host: &str) {
+        self.world.services.board.clear(host);
+    }
+
+    async fn partition(&mut self, a: &str, b: &str) {
+        self.world.partitions.set(a, b, true);
+        if a != ROUTER && b != ROUTER {
+            self.note = Some("only the router dials out here: no effect".into());
+        }
+    }
+
+    async fn repair(&mut self, a: &str, b: &str) {
+        self.world.partitions.set(a, b, false);
+    }
+
+    /// On real sockets a partition already never completes a connection,
+    /// which is what a held link does.
+    async fn hold(&mut self, a: &str, b: &str) {
+        self.partition(a, b).await;
+    }
+
+    async fn release(&mut self, a: &str, b: &str) {
+        self.repair(a, b).await;
+    }
+
+    async fn crash(&mut self, host: &str) {
+        if host == ROUTER {
+            self.world.crash_router();
+        } else if let Some(h) = self.world.hosts.get_mut(host) {
+            h.crash();
+        }
+        self.note = Some("port closed".into());
+    }
+
+    async fn restart(&mut self, host: &str) {
+        let w = &mut *self.world;
+        let addr = if host == ROUTER {
+            w.router_addr
+        } else {
+            match w.hosts.get(host) {
+                Some(h) => h.addr,
+                None => {
+                    self.note = Some("no such host".into());
+                    return;
+                }
+            }
+        };
+        let listener = match TokioListener::bind(&addr.to_string()).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.note = Some(format!("cannot rebind {addr}: {e}"));
+                return;
+            }
+        };
+        if host == ROUTER {
+            w.crash_router();
+            w.boot_router(listener);
+            w.wait_for_router().await;
+        } else if let Some(h) = w.hosts.get_mut(host) {
+            h.crash();
+            h.spawn(listener);
+        }
+    }
+
+    async fn request(&mut self, _spec: &RequestSpec) {
+        self.note = Some("skipped: serve sends no scripted requests (send your own)".into());
+    }
+
+    async fn concurrent(&mut self, _specs: &[RequestSpec]) {
+        self.note = Some("skipped: serve sends no scripted requests (send your own)".into());
+    }
+
+    async fn unregister(&mut self, model: &str) {
+        let app = self
+            .world
+            .router
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .app
+            .clone();
+        match app {
+            Some(app) => app.registry().unregister(model),
+            None => self.note = Some("router is down".into()),
+        }
+    }
+
+    async fn advance(&mut self, by: Duration) {
+        tokio::time::sleep(by).await;
     }
 }
 

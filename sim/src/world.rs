@@ -40,6 +40,8 @@ pub struct RouterSlot {
 /// One routed request as the router's observer saw it.
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
+    /// The client's `x-request-id`.
+    pub request_id: Option<String>,
     pub model: String,
     pub attempts: Vec<Attempt>,
     /// The serving provider, its tier and R54's `served_via_fallback`, or
@@ -58,7 +60,18 @@ impl RouteObserver for Journal {
         attempts: &[Attempt],
         outcome: Result<&Attribution, &RouteError>,
     ) {
+        self.routed_request(None, model, attempts, outcome);
+    }
+
+    fn routed_request(
+        &self,
+        request_id: Option<&str>,
+        model: &str,
+        attempts: &[Attempt],
+        outcome: Result<&Attribution, &RouteError>,
+    ) {
         self.0.lock().unwrap().push(JournalEntry {
+            request_id: request_id.map(str::to_string),
             model: model.to_string(),
             attempts: attempts.to_vec(),
             outcome: outcome
@@ -188,6 +201,7 @@ pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
         let backend = NearBackend::new(n.host.clone())
             .serves(n.models.clone())
             .signing_seed(derive_seed(s.seed, &n.host))
+            .answer_model(n.answer_model.clone())
             .faults(&board);
         near_keys.insert(n.host.clone(), backend.signing_key_hex());
         hosts.push(backend.service());
@@ -340,13 +354,10 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
             Some(trusted)
         } else {
             // A key the simulated vendor never signs with.
-            Some(
-                tiersim_engine::chutes::attest::VendorKey::from_seed(derive_seed(
-                    s.seed,
-                    "untrusted-vendor",
-                ))
-                .public_key(),
-            )
+            Some(crate::hosts::keys::ed25519_public(derive_seed(
+                s.seed,
+                "untrusted-vendor",
+            )))
         },
         versions,
         chute_ids,

@@ -194,7 +194,7 @@ fn attestation_key_discovery_follows_the_seed_and_its_faults() {
 
         faults.inject(
             "near-1",
-            Fault::CutStream { after_chunks: 0 }
+            Fault::CutStreamAfter { after_chunks: 0 }
                 .rule()
                 .on(Scope::Attestation)
                 .times(1),
@@ -304,7 +304,7 @@ fn resets_surface_as_connection_errors() {
 
         faults.inject(
             "near-1",
-            Fault::ResetMidBody { after_chunks: 2 }.rule().times(2),
+            Fault::ResetAfterChunks { after_chunks: 2 }.rule().times(2),
         );
         let err = p.chat_completion(&req).await.unwrap_err();
         assert!(matches!(err, ProviderError::Connection(_)), "{err:?}");
@@ -324,7 +324,7 @@ fn latency_beyond_the_deadline_times_out() {
         let p = near().await;
         let req = request(MODEL, "hi");
 
-        faults.inject("near-1", Fault::Latency { ms: 10_000 }.rule().times(2));
+        faults.inject("near-1", Fault::LatencyMs { ms: 10_000 }.rule().times(2));
         let start = tokio::time::Instant::now();
         assert_eq!(
             p.chat_completion(&req).await.unwrap_err(),
@@ -336,13 +336,13 @@ fn latency_beyond_the_deadline_times_out() {
             Some(ProviderError::Timeout)
         );
 
-        faults.inject("near-1", Fault::Latency { ms: 1_000 }.rule().times(1));
+        faults.inject("near-1", Fault::LatencyMs { ms: 1_000 }.rule().times(1));
         assert!(p.chat_completion(&req).await.is_ok(), "within the deadline");
 
         // The head comes at once; the first chunk only after the idle deadline.
         faults.inject(
             "near-1",
-            Fault::SlowFirstToken { ms: 3_000 }.rule().times(1),
+            Fault::SlowFirstTokenMs { ms: 3_000 }.rule().times(1),
         );
         let s = p.chat_completion_stream(&req).await.unwrap();
         let (items, err) = drain(s).await;
@@ -351,7 +351,7 @@ fn latency_beyond_the_deadline_times_out() {
 
         faults.inject(
             "near-1",
-            Fault::SlowFirstToken { ms: 1_500 }.rule().times(1),
+            Fault::SlowFirstTokenMs { ms: 1_500 }.rule().times(1),
         );
         let (items, err) = drain(p.chat_completion_stream(&req).await.unwrap()).await;
         assert_eq!((items.last(), err), (Some(&StreamItem::Done), None));
@@ -364,7 +364,10 @@ fn cut_stream_is_truncated_never_done() {
         let p = near().await;
         let req = request(MODEL, "hi");
         for after_chunks in [0, 2, 5] {
-            faults.inject("near-1", Fault::CutStream { after_chunks }.rule().times(1));
+            faults.inject(
+                "near-1",
+                Fault::CutStreamAfter { after_chunks }.rule().times(1),
+            );
             let (items, err) = drain(p.chat_completion_stream(&req).await.unwrap()).await;
             assert_eq!(items.len(), after_chunks as usize, "{items:?}");
             assert!(!items.contains(&StreamItem::Done));
@@ -373,7 +376,7 @@ fn cut_stream_is_truncated_never_done() {
         // A stream-only fault leaves JSON requests alone.
         faults.inject(
             "near-1",
-            Fault::CutStream { after_chunks: 1 }.rule().times(1),
+            Fault::CutStreamAfter { after_chunks: 1 }.rule().times(1),
         );
         assert!(p.chat_completion(&req).await.is_ok());
         assert_eq!(faults.active().len(), 1, "still armed for the next stream");
@@ -591,7 +594,10 @@ fn partitions_and_held_links_fail_as_connection_or_timeout() {
 
         // Connected, then the link holds the chunks (due in 500 ms, well
         // within the idle deadline): the stream goes idle.
-        faults.inject("near-1", Fault::SlowFirstToken { ms: 500 }.rule().times(1));
+        faults.inject(
+            "near-1",
+            Fault::SlowFirstTokenMs { ms: 500 }.rule().times(1),
+        );
         let s = p.chat_completion_stream(&req).await.unwrap();
         turmoil::hold("client", "near-1");
         let (items, err) = drain(s).await;

@@ -28,8 +28,8 @@ fn plan(name: &str, plant: Option<PlantedBug>) -> Plan {
 fn assert_reproduces_only_with(path: &Path, bug: PlantedBug, check: &str) -> scenario::Scenario {
     let repro = scenario::load(path).unwrap_or_else(|e| panic!("{e}"));
     let planted = RunOptions {
-        seed: None,
         plant: Some(bug),
+        ..RunOptions::default()
     };
     let with_bug = runner::run(&repro, path, &planted);
     assert!(
@@ -50,11 +50,7 @@ const STREAMING_OFF: &str = "sweep_streaming_off.toml";
 fn schedules_come_from_the_seed_and_the_menu() {
     let p = plan(MIXED, None);
     assert_eq!(p.menu.max_faults, 3, "the scenario's [sweep] table");
-    assert!(!p
-        .menu
-        .kinds
-        .iter()
-        .any(|(k, _)| FaultKind::COSTLY.contains(k)));
+    assert!(!p.menu.kinds.iter().any(|(k, _)| k.costly()));
     let mut distinct = std::collections::BTreeSet::new();
     for seed in 0..40 {
         let s = p.schedule(seed);
@@ -173,11 +169,11 @@ fn output_does_not_depend_on_jobs_or_shards() {
         assert_eq!(b.divergence, None, "seed {} diverged", b.seed);
     }
     // Shards are disjoint, cover the range, and run the same seeds the same.
-    let mut all: Vec<u64> = (1..=4).flat_map(|k| sweep::shard(10..20, k, 4)).collect();
+    let mut all: Vec<u64> = (1..=4).flat_map(|k| sweep::shard(10..=19, k, 4)).collect();
     all.sort_unstable();
     assert_eq!(all, (10..20).collect::<Vec<_>>());
-    assert_eq!(sweep::shard(0..6, 2, 3), vec![1, 4]);
-    let shard: Vec<u64> = sweep::shard(0..6, 2, 3);
+    assert_eq!(sweep::shard(0..=5, 2, 3), vec![1, 4]);
+    let shard: Vec<u64> = sweep::shard(0..=5, 2, 3);
     let part = sweep::run_seeds(&p, &shard, 2, false, &|_| {});
     for o in &part {
         assert_eq!(o.hash, one[o.seed as usize].hash);
@@ -308,7 +304,7 @@ fn junit_for_scenario_runs() {
     let s = scenario::load(&file).unwrap();
     let ok = runner::run(&s, &file, &RunOptions::default());
     let mut bad = ok.clone();
-    bad.violations.push(runner::Violation {
+    bad.violations.push(tiersim::record::Violation {
         step: 2,
         check: "expect".into(),
         message: "status: expected 200, got 503 (body: <b>&\"x\")".into(),
@@ -323,4 +319,53 @@ fn junit_for_scenario_runs() {
         "violations are escaped: {xml}"
     );
     assert!(xml.contains("chutes_partial_admin_batch"), "{xml}");
+}
+
+/// Overlapping crashes of one host, and faults timed before a base step's
+/// `advance` ends, still compose into scripts the loader accepts (no
+/// restart of a running host, no `at` going back), so every reproducer a
+/// sweep writes can be run as a file; and a shrink that drops one half of a
+/// crash/restart pair leaves a loadable script too.
+#[test]
+fn composed_schedules_are_valid_scenario_files() {
+    let file = root().join("scenarios").join(PARTIAL);
+    let s = scenario::load(&file).unwrap();
+    let flags = MenuFlags {
+        kinds: Some(vec![FaultKind::Crash, FaultKind::Partition]),
+        min_faults: Some(6),
+        max_faults: Some(8),
+        ..MenuFlags::default()
+    };
+    let p = Plan::new(&s, &file, &flags, None).unwrap();
+    let mut overlapping = 0;
+    for seed in 0..40 {
+        let events = p.schedule(seed);
+        let crashes: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.action {
+                EventAction::Crash(h) => Some((h, e.at, e.end)),
+                _ => None,
+            })
+            .collect();
+        overlapping += crashes
+            .iter()
+            .enumerate()
+            .filter(|(i, (h, at, _))| {
+                crashes[..*i]
+                    .iter()
+                    .any(|(h2, _, end2)| h2 == h && at < end2)
+            })
+            .count();
+        let composed = p.compose(seed, &events);
+        for c in [
+            composed.clone(),
+            composed.retain(|o| !matches!(o, Origin::End(_))),
+            composed.retain(|o| !matches!(o, Origin::Start(_))),
+        ] {
+            let text = scenario::write::to_toml(&c.scenario).unwrap();
+            scenario::parse(Path::new("composed.toml"), &text)
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
+        }
+    }
+    assert!(overlapping > 0, "the seeds exercise overlapping crashes");
 }

@@ -10,6 +10,7 @@
 mod catalog;
 mod chutes;
 mod external;
+pub mod keys;
 mod near;
 
 pub use catalog::{Catalog, CatalogHandle};
@@ -163,12 +164,12 @@ async fn before_answer(
     streaming: bool,
 ) -> Option<Response> {
     match fault? {
-        Fault::Latency { ms } => {
+        Fault::LatencyMs { ms } => {
             tokio::time::sleep(Duration::from_millis(*ms)).await;
             None
         }
         // A JSON answer has no first token: the whole answer is slow.
-        Fault::SlowFirstToken { ms } if !streaming => {
+        Fault::SlowFirstTokenMs { ms } if !streaming => {
             tokio::time::sleep(Duration::from_millis(*ms)).await;
             None
         }
@@ -238,9 +239,9 @@ fn body_answer(fault: Option<&Fault>, content_type: &'static str, body: Bytes) -
     let half = || Step::Data(body.slice(..body.len() / 2));
     let steps = match fault {
         Some(Fault::ResetBeforeBody) => vec![Step::Reset],
-        Some(Fault::ResetMidBody { .. }) => vec![half(), Step::Flush, Step::Reset],
+        Some(Fault::ResetAfterChunks { .. }) => vec![half(), Step::Flush, Step::Reset],
         // A clean end after half the body: an undecodable body.
-        Some(Fault::CutStream { .. }) => vec![half()],
+        Some(Fault::CutStreamAfter { .. }) => vec![half()],
         _ => return ([(CONTENT_TYPE, content_type)], body).into_response(),
     };
     scripted(StatusCode::OK, content_type, steps)
@@ -257,6 +258,9 @@ struct ChatBackend {
     signing_key: Option<String>,
     /// Requests served since boot: ids and timestamps derive from it.
     served: AtomicU64,
+    /// The model name the backend answers with (its own name for the
+    /// model), instead of echoing the request's.
+    answer_model: Option<String>,
 }
 
 fn chat_router(backend: ChatBackend) -> Router {
@@ -303,6 +307,7 @@ async fn chat(
         RequestKind::Chat
     };
     let host = backend.host.as_str();
+    backend.faults.note_received(host, &request);
     let model = request["model"].as_str().unwrap_or_default().to_string();
     let fault = backend.faults.take(host, kind);
     if let Some(resp) = before_answer(fault.as_ref(), host, &model, streaming).await {
@@ -328,6 +333,7 @@ async fn chat(
     let created = CREATED_BASE + n;
     let prompt = last_user_message(&request);
     let content = format!("{host} says: {prompt}");
+    let model = backend.answer_model.clone().unwrap_or(model);
 
     if !streaming {
         let body = json!({
@@ -372,16 +378,16 @@ async fn chat(
 
     let steps = match fault {
         Some(Fault::ResetBeforeBody) => vec![Step::Reset],
-        Some(Fault::ResetMidBody { after_chunks }) => {
+        Some(Fault::ResetAfterChunks { after_chunks }) => {
             chunks.truncate(after_chunks as usize);
             chunks.extend([Step::Flush, Step::Reset]);
             chunks
         }
-        Some(Fault::CutStream { after_chunks }) => {
+        Some(Fault::CutStreamAfter { after_chunks }) => {
             chunks.truncate(after_chunks as usize);
             chunks
         }
-        Some(Fault::SlowFirstToken { ms }) => {
+        Some(Fault::SlowFirstTokenMs { ms }) => {
             let mut steps = vec![Step::Sleep(Duration::from_millis(ms))];
             steps.extend(chunks);
             steps.push(done);

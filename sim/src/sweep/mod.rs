@@ -31,12 +31,14 @@ use sha2::{Digest, Sha256};
 use tiersim_engine::registry::PlantedBug;
 use toml::Spanned;
 
-use crate::fault::{Fault, FaultInjection, FaultRule};
+use crate::fault::{Dice, DrawLimits, FaultInjection, FaultRule};
 use crate::hosts::derive_seed;
-use crate::record;
-use crate::runner::{self, Report, RunOptions, Violation};
+use crate::record::{Report, Violation};
+use crate::render;
+use crate::runner::{self, RunOptions};
 use crate::scenario::format::{Dur, FaultKind, Scenario, Step};
-use crate::scenario::load::{host_names, MAX_SWEEP_FAULTS};
+use crate::scenario::load::{fault_counts, host_names};
+use crate::scenario::Action;
 
 /// The fault menu a seed's schedule is drawn from: the scenario's `[sweep]`
 /// table with the defaults filled in and the flags applied.
@@ -104,7 +106,7 @@ impl Menu {
             (None, None) => FaultKind::ALL
                 .iter()
                 .copied()
-                .filter(|k| !FaultKind::COSTLY.contains(k))
+                .filter(|k| !k.costly())
                 .collect(),
         };
         let kinds: Vec<(FaultKind, u32)> = FaultKind::ALL
@@ -125,20 +127,14 @@ impl Menu {
                 hosts.join(", ")
             ));
         }
-        let min_faults = flags
-            .min_faults
-            .or(spec.min_faults.as_ref().map(|n| *n.get_ref()))
-            .unwrap_or(1);
-        let max_faults = flags
-            .max_faults
-            .or(spec.max_faults.as_ref().map(|n| *n.get_ref()))
-            .unwrap_or(3)
-            .max(min_faults);
-        if max_faults > MAX_SWEEP_FAULTS {
-            return Err(format!(
-                "at most {MAX_SWEEP_FAULTS} faults per seed (asked for {max_faults})"
-            ));
-        }
+        let (min_faults, max_faults) = fault_counts(
+            flags
+                .min_faults
+                .or(spec.min_faults.as_ref().map(|n| *n.get_ref())),
+            flags
+                .max_faults
+                .or(spec.max_faults.as_ref().map(|n| *n.get_ref())),
+        )?;
         Ok(Menu {
             hosts,
             kinds,
@@ -236,8 +232,7 @@ impl Composed {
                 origins.push(*o);
             }
         }
-        out.scenario.steps = steps;
-        out.origins = origins;
+        (out.scenario.steps, out.origins) = playable(steps, origins);
         out.events
             .retain(|e| out.origins.contains(&Origin::Start(e.number)));
         out
@@ -282,9 +277,10 @@ pub fn strip_expectations(s: &Scenario) -> Scenario {
         .filter_map(|st| {
             let mut step = st.get_ref().clone();
             step.expect = None;
-            (runner::describe(&step) != "check").then(|| Spanned::new(st.span(), step))
+            (!matches!(step.action(), Action::Check)).then(|| Spanned::new(st.span(), step))
         })
         .collect();
+    // A sweep's violations are findings, declared or not.
     out.expect_violations.clear();
     out
 }
@@ -300,8 +296,7 @@ fn ms(d: Duration) -> u64 {
 /// Deterministic draws from a ChaCha20 stream.
 struct Draw(ChaCha20Rng);
 
-impl Draw {
-    /// Uniform in `0..n` (0 when `n == 0`).
+impl Dice for Draw {
     fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
@@ -309,12 +304,9 @@ impl Draw {
             self.0.next_u64() % n
         }
     }
+}
 
-    /// Uniform in `lo..=hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi.saturating_sub(lo) + 1)
-    }
-
+impl Draw {
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
@@ -345,7 +337,15 @@ impl Plan {
             }
             base.tick = Some(spanned(Dur(t)));
         }
-        let reference = runner::run(&base, file, &RunOptions { seed: None, plant });
+        let reference = runner::run(
+            &base,
+            file,
+            &RunOptions {
+                seed: None,
+                plant,
+                ..RunOptions::default()
+            },
+        );
         let mut timeline: Vec<Duration> = reference.steps.iter().map(|r| r.at).collect();
         let last = timeline.last().copied().unwrap_or_default();
         timeline.resize(base.steps.len(), last);
@@ -391,7 +391,11 @@ impl Plan {
                 FaultKind::Partition => EventAction::Partition(host),
                 FaultKind::Crash => EventAction::Crash(host),
                 k => {
-                    let fault = self.fault(*k, &mut rng);
+                    let limits = DrawLimits {
+                        statuses: &m.statuses,
+                        max_latency_ms: ms(m.max_latency).max(1),
+                    };
+                    let fault = k.draw(&mut rng, &limits).expect("a fault-board kind");
                     let times = rng.between(1, u64::from(m.max_times.max(1))) as u32;
                     EventAction::Fault(FaultInjection {
                         host,
@@ -415,55 +419,6 @@ impl Plan {
             e.number = i + 1;
         }
         events
-    }
-
-    fn fault(&self, kind: FaultKind, rng: &mut Draw) -> Fault {
-        let latency = ms(self.menu.max_latency).max(1);
-        match kind {
-            FaultKind::HttpStatus => Fault::HttpStatus {
-                status: *rng.pick(&self.menu.statuses),
-                code: None,
-                message: None,
-            },
-            FaultKind::ModelNotFound => Fault::ModelNotFound,
-            FaultKind::ResetBeforeBody => Fault::ResetBeforeBody,
-            FaultKind::ResetMidBody => Fault::ResetMidBody {
-                after_chunks: rng.below(3) as u32,
-            },
-            FaultKind::Latency => Fault::Latency {
-                ms: rng.between(1, latency),
-            },
-            FaultKind::SlowFirstToken => Fault::SlowFirstToken {
-                ms: rng.between(1, latency),
-            },
-            FaultKind::CutStream => Fault::CutStream {
-                after_chunks: rng.below(4) as u32,
-            },
-            FaultKind::ForgedOuterDone => Fault::ForgedOuterDone {
-                after_frames: rng.below(4) as u32,
-            },
-            FaultKind::E2eError => Fault::E2eError,
-            FaultKind::DropFrame => Fault::DropFrame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::ReorderFrame => Fault::ReorderFrame {
-                index: rng.below(3) as u32,
-            },
-            FaultKind::ReplayFrame => Fault::ReplayFrame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::WrongKey => Fault::WrongKey,
-            FaultKind::GzipBomb => Fault::GzipBomb,
-            FaultKind::OversizedLine => Fault::OversizedLine,
-            FaultKind::FrameBeforeInit => Fault::FrameBeforeInit,
-            FaultKind::CorruptFrame => Fault::CorruptFrame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::BadBase64Frame => Fault::BadBase64Frame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::Partition | FaultKind::Crash => unreachable!("not a fault-board fault"),
-        }
     }
 
     /// The base scenario with `events` merged into its steps by time: a base
@@ -503,6 +458,7 @@ impl Plan {
                 origins.push(o);
             }
         }
+        let (steps, origins) = playable(steps, origins);
         let mut scenario = self.base.clone();
         scenario.seed = seed;
         scenario.steps = steps;
@@ -514,10 +470,12 @@ impl Plan {
             "{} under the random fault schedule of sweep seed {seed}.\n",
             self.file.display()
         );
+        let mut events = events.to_vec();
+        events.retain(|e| origins.contains(&Origin::Start(e.number)));
         Composed {
             scenario,
             origins,
-            events: events.to_vec(),
+            events,
         }
     }
 
@@ -529,6 +487,7 @@ impl Plan {
             &RunOptions {
                 seed: Some(composed.scenario.seed),
                 plant: self.plant,
+                ..RunOptions::default()
             },
         )
     }
@@ -558,6 +517,41 @@ impl Plan {
     }
 }
 
+/// `steps` as a script the loader accepts, running as they would: a crash
+/// of a host already down and a restart of a host already up are left out
+/// (overlapping crash windows of one host, or a shrink that removed one
+/// half of a base crash/restart pair), and an `at` the steps before already
+/// passed is raised to the time they reach (the runner would start that
+/// step at once anyway).
+fn playable(steps: Vec<Spanned<Step>>, origins: Vec<Origin>) -> (Vec<Spanned<Step>>, Vec<Origin>) {
+    let mut now = Duration::ZERO;
+    let mut down = std::collections::BTreeSet::new();
+    let mut out = (Vec::new(), Vec::new());
+    for (mut step, origin) in steps.into_iter().zip(origins) {
+        let st = step.get_mut();
+        if let Some(h) = &st.crash {
+            if !down.insert(h.get_ref().clone()) {
+                continue;
+            }
+        }
+        if let Some(h) = &st.restart {
+            if !down.remove(h.get_ref()) {
+                continue;
+            }
+        }
+        if let Some(at) = &mut st.at {
+            if at.get_ref().0 < now {
+                *at = spanned(Dur(now));
+            }
+            now = at.get_ref().0;
+        }
+        now += st.advance.map_or(Duration::ZERO, |d| d.0);
+        out.0.push(step);
+        out.1.push(origin);
+    }
+    out
+}
+
 /// The two steps of a fault: its start and its end.
 fn event_steps(e: &FaultEvent) -> (Step, Step) {
     let at = |d: Duration| Some(spanned(Dur(d)));
@@ -567,30 +561,21 @@ fn event_steps(e: &FaultEvent) -> (Step, Step) {
         humantime::format_duration(e.end)
     );
     let end_note = format!("sweep fault {} ends", e.number);
-    let mut start = Step {
+    let (start_action, end_action) = match &e.action {
+        EventAction::Fault(f) => (Action::Fault(f), Action::ClearFaults(&f.host)),
+        EventAction::Partition(h) => (Action::Partition("router", h), Action::Repair("router", h)),
+        EventAction::Crash(h) => (Action::Crash(h), Action::Restart(h)),
+    };
+    let start = Step {
         at: at(e.at),
         note: Some(start_note),
-        ..Step::default()
+        ..Step::of(start_action)
     };
-    let mut end = Step {
+    let end = Step {
         at: at(e.end),
         note: Some(end_note),
-        ..Step::default()
+        ..Step::of(end_action)
     };
-    match &e.action {
-        EventAction::Fault(f) => {
-            start.fault = Some(spanned(f.clone()));
-            end.clear_faults = Some(spanned(f.host.clone()));
-        }
-        EventAction::Partition(h) => {
-            start.partition = Some(spanned(["router".to_string(), h.clone()]));
-            end.repair = Some(spanned(["router".to_string(), h.clone()]));
-        }
-        EventAction::Crash(h) => {
-            start.crash = Some(spanned(h.clone()));
-            end.restart = Some(spanned(h.clone()));
-        }
-    }
     (start, end)
 }
 
@@ -639,7 +624,7 @@ impl fmt::Display for Divergence {
 /// A run as hashed for the determinism check: the snapshot text (registry,
 /// attempts, served bytes) and every fault that fired.
 pub fn canonical(r: &Report) -> String {
-    let mut text = record::render(r);
+    let mut text = render::render(r);
     text.push_str("\n## fired\n");
     for f in &r.fired {
         text.push_str(&format!("- {} {:?}: {}\n", f.host, f.kind, f.fault));
@@ -684,17 +669,51 @@ pub fn first_divergence(a: &str, b: &str) -> Divergence {
     }
 }
 
+/// Most seeds one sweep (or one shard of it) runs: a bound on the seed list
+/// it holds; shard a larger sweep (`--shard K/N`).
+pub const MAX_SEEDS: u64 = 1_000_000;
+
+/// `--seeds`: `A..B` (B excluded) or `A..=B`, as a non-empty inclusive range.
+/// An empty range is an error: a CI gate must never pass on zero work. The
+/// end never wraps (`18446744073709551615..=18446744073709551615` is one
+/// seed).
+pub fn parse_seeds(s: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
+    let bad = |why: &str| format!("{s:?}: {why}; write seeds as A..B (B excluded) or A..=B");
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| bad("not a seed number"))
+    };
+    let (first, last) = if let Some((a, b)) = s.split_once("..=") {
+        (num(a)?, num(b)?)
+    } else if let Some((a, b)) = s.split_once("..") {
+        let (a, b) = (num(a)?, num(b)?);
+        if b == 0 {
+            return Err(bad("the range is empty"));
+        }
+        (a, b - 1)
+    } else {
+        return Err(bad("not a range"));
+    };
+    if first > last {
+        return Err(bad("the range is empty"));
+    }
+    Ok(first..=last)
+}
+
+/// How many seeds shard `k` of `n` (1-based) of `seeds` holds.
+pub fn shard_len(seeds: &std::ops::RangeInclusive<u64>, k: u64, n: u64) -> u64 {
+    let total = u128::from(seeds.end() - seeds.start()) + 1;
+    ((total + u128::from(n) - u128::from(k)) / u128::from(n)) as u64
+}
+
 /// `seeds` split for shard `k` of `n` (1-based): every `n`-th seed from the
 /// `k`-th, so shards are disjoint, cover the range and share the work.
-pub fn shard(seeds: std::ops::Range<u64>, k: u64, n: u64) -> Vec<u64> {
+pub fn shard(seeds: std::ops::RangeInclusive<u64>, k: u64, n: u64) -> Vec<u64> {
     assert!(n >= 1 && (1..=n).contains(&k), "shard {k}/{n}");
-    let k = usize::try_from(k - 1).expect("shard index fits usize");
-    let n = usize::try_from(n).expect("shard count fits usize");
-    seeds
-        .enumerate()
-        .filter(|(i, _)| i % n == k)
-        .map(|(_, s)| s)
-        .collect()
+    let skip = usize::try_from(k - 1).expect("shard index fits usize");
+    let step = usize::try_from(n).expect("shard count fits usize");
+    seeds.skip(skip).step_by(step).collect()
 }
 
 /// Runs `seeds` on `jobs` threads (each seed's turmoil world is

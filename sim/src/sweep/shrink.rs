@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Composed, Origin, Plan};
-use crate::runner::Violation;
+use crate::record::Violation;
 use crate::scenario::format::Scenario;
 
 /// A minimised failing run.
