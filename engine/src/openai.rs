@@ -331,6 +331,9 @@ fn sse_stream(lines: crate::http::LineStream, canonical: String) -> ChatStream {
             if payload == b"[DONE]" {
                 return Some((Ok(StreamItem::Done), None));
             }
+            if let Some(e) = in_stream_error(payload) {
+                return Some((Err(e), None));
+            }
             return match with_model(line.slice_ref(payload), &canonical) {
                 Ok(chunk) => Some((Ok(StreamItem::Chunk(chunk)), Some((lines, canonical)))),
                 Err(e) => Some((Err(e), None)),
@@ -339,9 +342,56 @@ fn sse_stream(lines: crate::http::LineStream, canonical: String) -> ChatStream {
     }))
 }
 
+/// R34.6: an upstream's in-stream `{"error":{…}}` object is an HTTP error:
+/// its status is the numeric `error.code` when that is in 100–599, else
+/// 502; its message is `error.message`, else a fixed text. Anything else is
+/// not an error event.
+fn in_stream_error(payload: &[u8]) -> Option<ProviderError> {
+    // Cheap pre-check: chunks are parsed again by `with_model` anyway.
+    if !payload.windows(7).any(|w| w == b"\"error\"") {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(payload).ok()?;
+    let error = value.as_object()?.get("error")?.as_object()?;
+    let status = error
+        .get("code")
+        .and_then(Value::as_u64)
+        .filter(|c| (100..=599).contains(c))
+        .map_or(502, |c| c as u16);
+    let message = error.get("message").and_then(Value::as_str).map_or_else(
+        || "Upstream stream emitted an error event".to_string(),
+        bound_message,
+    );
+    Some(ProviderError::Status { status, message })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r34_in_stream_error_objects_are_http_errors() {
+        assert_eq!(
+            in_stream_error(br#"{"error":{"code":503,"message":"queue full"}}"#),
+            Some(ProviderError::status(503, "queue full"))
+        );
+        assert_eq!(
+            in_stream_error(br#"{"error":{"code":"overloaded"}}"#),
+            Some(ProviderError::status(
+                502,
+                "Upstream stream emitted an error event"
+            ))
+        );
+        assert_eq!(
+            in_stream_error(br#"{"error":{"code":42,"message":"x"}}"#),
+            Some(ProviderError::status(502, "x"))
+        );
+        // A chunk whose content merely mentions "error" is a chunk.
+        assert_eq!(
+            in_stream_error(br#"{"choices":[{"delta":{"content":"\"error\""}}]}"#),
+            None
+        );
+    }
 
     #[test]
     fn r31_extraction_order_drops_code_and_type() {

@@ -387,6 +387,13 @@ async fn chat(
             chunks.truncate(after_chunks as usize);
             chunks
         }
+        Some(Fault::StreamErrorAfter { after_chunks }) => {
+            chunks.truncate(after_chunks as usize);
+            chunks.push(Step::Data(Bytes::from_static(
+                b"data: {\"error\":{\"code\":503,\"message\":\"queue full\"}}\n\n",
+            )));
+            chunks
+        }
         Some(Fault::SlowFirstTokenMs { ms }) => {
             let mut steps = vec![Step::Sleep(Duration::from_millis(ms))];
             steps.extend(chunks);
