@@ -17,6 +17,7 @@
 //! fault = { host = "near-1", slow_first_token_ms = 5000 }
 //! fault = { host = "near-1", cut_stream_after = 2 }
 //! fault = { host = "near-1", stream_error_after = 1 }  # then {"error":{"code":503,…}}
+//! fault = { host = "near-1", own_model_name = true }  # answers as `near-1/<model>`
 //! fault = { host = "catalog", http_status = 503, on = "catalog" }
 //! # Chutes only (frame indices count the encrypted `e2e` frames, 0-based,
 //! # the inner [DONE] frame included):
@@ -437,6 +438,15 @@ fault_table! {
         write: *index,
         draw: |d, _m| Fault::BadBase64Frame { index: d.below(4) as u32 },
     }
+    /// A chat backend names its own model (`<host>/<model>`, as a server
+    /// that serves a local path would) in every answer and chunk, so the
+    /// router's rewrite to the canonical id (R3) is visible.
+    OwnModelName => own_model_name: bool {
+        scope: Chat, chutes_only: false, costly: false,
+        read: |_v, _s| Fault::OwnModelName,
+        write: true,
+        draw: |_d, _m| Fault::OwnModelName,
+    }
     ;
     /// Cut the link between the router and the host for a while.
     Partition => partition
@@ -676,12 +686,36 @@ pub struct ActiveFault {
     pub remaining: Option<u32>,
 }
 
+/// What a simulated host did, in the order it happened: the world's side of
+/// every request, which the reference model (`crate::model`) is fed. Never
+/// read from the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    /// `host` consulted the board for one request of `kind`; `fault` is what
+    /// it was told to act out (`None`: it answered normally).
+    Request {
+        host: String,
+        kind: RequestKind,
+        fault: Option<Fault>,
+    },
+    /// The router process (re)started: a fresh registry, then its first
+    /// refresh.
+    RouterBoot,
+    /// The catalog built this answer (a listing, or the rows after a patch).
+    Listing {
+        kind: RequestKind,
+        models: Vec<tiersim_engine::catalog::CatalogRow>,
+        external: Vec<tiersim_engine::catalog::ExternalRow>,
+    },
+}
+
 #[derive(Debug, Default)]
 struct Board {
     /// Per host, in injection order. BTreeMap: any listing is ordered.
     rules: BTreeMap<String, Vec<ActiveFault>>,
     fired: Vec<Fired>,
     received: Vec<Received>,
+    events: Vec<HostEvent>,
 }
 
 /// A chat request as an upstream host received it (a Chutes request once
@@ -736,6 +770,16 @@ impl FaultBoard {
     /// counting one hit against it (it expires after its last).
     pub fn take(&self, host: &str, kind: RequestKind) -> Option<Action> {
         let mut board = self.board();
+        let fault = Self::take_rule(&mut board, host, kind);
+        board.events.push(HostEvent::Request {
+            host: host.to_string(),
+            kind,
+            fault: fault.clone(),
+        });
+        fault
+    }
+
+    fn take_rule(board: &mut Board, host: &str, kind: RequestKind) -> Option<Action> {
         let rules = board.rules.get_mut(host)?;
         let at = rules.iter().position(|r| r.rule.scope().matches(kind))?;
         let fault = rules[at].rule.fault.clone();
@@ -777,6 +821,23 @@ impl FaultBoard {
     /// How many chat requests upstream hosts have received so far.
     pub fn received_count(&self) -> usize {
         self.board().received.len()
+    }
+
+    /// Records what a host did beyond the fault it consulted (the catalog's
+    /// rows, a router boot), for the reference model.
+    pub fn record(&self, event: HostEvent) {
+        self.board().events.push(event);
+    }
+
+    /// How many host events happened so far.
+    pub fn events_len(&self) -> usize {
+        self.board().events.len()
+    }
+
+    /// The host events from index `from` on.
+    pub fn events_from(&self, from: usize) -> Vec<HostEvent> {
+        let board = self.board();
+        board.events[from.min(board.events.len())..].to_vec()
     }
 
     /// The chat requests received after the first `from`, in order.

@@ -731,6 +731,7 @@ fn replay(file: PathBuf, seed: u64, write: Option<PathBuf>, menu: MenuArgs) -> E
         events.len(),
         plant_flag(plan.plant)
     );
+    println!("  {}", plan.swarm(seed));
     for e in &events {
         println!("  {e}");
     }

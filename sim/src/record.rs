@@ -21,6 +21,8 @@ pub struct RequestRecord {
     pub id: String,
     pub model: String,
     pub stream: bool,
+    /// The request carried `x-client-pub-key`.
+    pub client_e2ee: bool,
     pub status: u16,
     /// Response headers (lowercase names, in the order received).
     pub headers: Vec<(String, String)>,

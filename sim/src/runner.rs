@@ -278,6 +278,10 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
     let start = tokio::time::Instant::now();
     wait_for_router(w).await;
+    let mut model = crate::model::Model::new(crate::model::Facts {
+        scenario: s.clone(),
+        near_keys: w.near_keys.clone(),
+    });
     for (i, step) in s.steps.iter().enumerate() {
         let index = i + 1;
         let st = step.get_ref();
@@ -304,6 +308,7 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             None => None,
         };
         tracing::info!(step = index, at = ?rec.at, "{}", rec.action);
+        let before = w.board.events_len();
         SimWorld {
             w,
             shared,
@@ -356,6 +361,21 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
                     found.push(v);
                 }
             }
+        }
+        // The reference model last: a named oracle is the sharper report.
+        let writing = w
+            .router
+            .lock()
+            .unwrap()
+            .app
+            .as_ref()
+            .is_some_and(|a| a.is_writing());
+        for (name, message) in model.step(st, &rec, &w.board, before, writing) {
+            found.push(Violation {
+                step: index,
+                check: format!("oracle:{name}"),
+                message,
+            });
         }
         let mut sh = shared.lock().unwrap();
         sh.violations.extend(found);
@@ -518,6 +538,7 @@ async fn request(spec: &RequestSpec, w: &WorldHandles, id: String) -> RequestRec
         id,
         model: spec.model.clone(),
         stream: spec.stream,
+        client_e2ee: spec.client_pub_key.is_some(),
         status,
         headers: response_headers,
         body,

@@ -261,7 +261,9 @@ pub fn build_with(
         let journal = journal.clone();
         let seed = s.seed;
         let boots = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let board = board.clone();
         sim.host(ROUTER, move || {
+            board.record(crate::fault::HostEvent::RouterBoot);
             let router = router.clone();
             let journal = journal.clone();
             let config = config.clone();

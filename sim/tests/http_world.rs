@@ -216,8 +216,9 @@ fn status_faults_surface_as_status_errors() {
         for _ in 0..2 {
             let err = p.chat_completion(&req).await.unwrap_err();
             assert!(
+                // Kept raw (R31 extraction; redaction is where it is shown).
                 matches!(&err, ProviderError::Status { status: 503, message }
-                    if message == "near-1: injected Service Unavailable"),
+                    if message == "near-1: injected Service Unavailable at http://near-1:8000/v1"),
                 "{err:?}"
             );
         }

@@ -52,7 +52,14 @@ fn r33_r34_upstream_profile_expect_violations_are_exact() {
     use tiersim::runner::{run, RunOptions};
     let file = root().join("scenarios/parity_upstream_profile.toml");
     let declared = tiersim::scenario::load(&file).unwrap();
-    assert_eq!(declared.expect_violations, ["no_fake_success_stream"]);
+    assert_eq!(
+        declared.expect_violations,
+        [
+            "no_fake_success_stream",
+            "stream_done_only_if_upstream_ended",
+            "reference_model"
+        ]
+    );
     let opts = RunOptions {
         seed: None,
         plant: None,
@@ -68,14 +75,17 @@ fn r33_r34_upstream_profile_expect_violations_are_exact() {
     let mut undeclared = declared.clone();
     undeclared.expect_violations.clear();
     let report = run(&undeclared, &file, &opts);
-    assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.check == "oracle:no_fake_success_stream"),
-        "{:?}",
-        report.violations
-    );
+    for oracle in [
+        "oracle:no_fake_success_stream",
+        "oracle:stream_done_only_if_upstream_ended",
+        "oracle:reference_model",
+    ] {
+        assert!(
+            report.violations.iter().any(|v| v.check == oracle),
+            "{oracle}: {:?}",
+            report.violations
+        );
+    }
 
     let mut wrong = declared.clone();
     wrong.expect_violations.push("canonical_model".into());

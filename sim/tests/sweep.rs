@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tiersim::runner::{self, RunOptions};
-use tiersim::scenario::format::FaultKind;
+use tiersim::scenario::format::{FaultKind, Step};
 use tiersim::sweep::{self, shrink, EventAction, MenuFlags, Origin, Plan};
 use tiersim::{junit, scenario};
 use tiersim_engine::registry::PlantedBug;
@@ -43,6 +43,9 @@ fn assert_reproduces_only_with(path: &Path, bug: PlantedBug, check: &str) -> sce
 }
 
 const MIXED: &str = "sweep_mixed_traffic.toml";
+/// The reference model's check: it judges every run, so it sees every
+/// planted bug besides the oracle named for it.
+const MODEL: &str = "oracle:reference_model";
 const PARTIAL: &str = "chutes_partial_admin_batch.toml";
 const STREAMING_OFF: &str = "sweep_streaming_off.toml";
 
@@ -219,8 +222,12 @@ fn sweep_finds_and_shrinks_the_planted_partial_batch_prune() {
     let check = "oracle:admin_batch_leaves_others";
     let seeds_failing = checks.get(check).expect("the planted bug is found");
     assert!(
-        checks.keys().all(|c| c == check),
-        "only its oracle: {checks:?}"
+        checks.keys().all(|c| c == check || c == MODEL),
+        "only its oracle and the reference model: {checks:?}"
+    );
+    assert!(
+        checks.contains_key(MODEL),
+        "the reference model disagrees too: {checks:?}"
     );
     let seed = seeds_failing[0];
 
@@ -283,8 +290,16 @@ fn sweep_finds_and_shrinks_the_planted_refusal_masking_keeping_its_fault() {
     let checks = sweep::by_check(&outcomes);
     let seed = checks.get(check).expect("the planted bug is found")[0];
     assert!(
-        checks.keys().all(|c| c == check),
-        "only its oracle: {checks:?}"
+        checks.contains_key(MODEL),
+        "the reference model disagrees too: {checks:?}"
+    );
+    // The bug skips R18's streaming filter, which its own oracle names too.
+    let filter = "oracle:streaming_filter";
+    assert!(
+        checks
+            .keys()
+            .all(|c| c == check || c == MODEL || c == filter),
+        "only its oracles and the reference model: {checks:?}"
     );
 
     let shrunk = shrink::shrink(&p, seed, check).expect("still fails");
@@ -368,4 +383,78 @@ fn composed_schedules_are_valid_scenario_files() {
         }
     }
     assert!(overlapping > 0, "the seeds exercise overlapping crashes");
+}
+
+/// Swarm testing: each seed enables a subset of the menu's kinds at its own
+/// rates, drawn from the seed alone, and its schedule only uses those kinds.
+#[test]
+fn swarm_enables_a_seeded_subset_of_kinds_and_the_schedule_keeps_to_it() {
+    let p = plan(MIXED, None);
+    let mut subsets = std::collections::BTreeSet::new();
+    for seed in 0..40 {
+        let swarm = p.swarm(seed);
+        assert_eq!(swarm, p.swarm(seed), "a function of the seed");
+        assert!(!swarm.kinds.is_empty() && swarm.kinds.len() <= p.menu.kinds.len());
+        assert!(swarm.to_string().starts_with("swarm: "), "{swarm}");
+        let enabled: Vec<FaultKind> = swarm.kinds.iter().map(|(k, _)| *k).collect();
+        for e in p.schedule(seed) {
+            let kind = match &e.action {
+                sweep::EventAction::Partition(_) => FaultKind::Partition,
+                sweep::EventAction::Crash(_) => FaultKind::Crash,
+                sweep::EventAction::Fault(f) => f.rule.fault.kind(),
+            };
+            assert!(enabled.contains(&kind), "seed {seed}: {e} not in {swarm}");
+        }
+        subsets.insert(enabled);
+    }
+    assert!(subsets.len() > 20, "seeds explore different combinations");
+}
+
+/// The liveness phase: after the last base step every fault still active
+/// is healed, then each model id is asked once; a seed whose faults end
+/// after the run still passes, so the healed world serves every model.
+#[test]
+fn liveness_phase_heals_every_fault_then_asks_every_model() {
+    let p = plan(MIXED, None);
+    for seed in 0..6 {
+        let c = p.compose(seed, &p.schedule(seed));
+        let liveness: Vec<&Step> = c
+            .scenario
+            .steps
+            .iter()
+            .zip(&c.origins)
+            .filter(|(_, o)| matches!(o, Origin::Liveness(_)))
+            .map(|(s, _)| s.get_ref())
+            .collect();
+        let asked: Vec<&str> = liveness
+            .iter()
+            .filter_map(|s| s.request.as_ref().map(|r| r.model.as_str()))
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                "deepseek-ai/DeepSeek-V3.2",
+                "moonshotai/kimi-k2.6",
+                "openai/gpt-oss-120b",
+                "zai-org/GLM-5.1-FP8"
+            ]
+        );
+        // Every fault that started has its end (heal) step.
+        for e in &c.events {
+            assert!(
+                c.origins.contains(&Origin::End(e.number)),
+                "seed {seed}: {e}"
+            );
+        }
+        let first = c
+            .origins
+            .iter()
+            .position(|o| matches!(o, Origin::Liveness(_)))
+            .unwrap();
+        assert!(c.origins[first..]
+            .iter()
+            .all(|o| matches!(o, Origin::Liveness(_))));
+        let report = p.run(&c);
+        assert!(report.passed(), "seed {seed}: {:?}", report.violations);
+    }
 }

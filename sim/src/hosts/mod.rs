@@ -182,9 +182,11 @@ async fn before_answer(
             let code = code
                 .as_deref()
                 .or((status == StatusCode::TOO_MANY_REQUESTS).then_some("rate_limit_exceeded"));
+            // By default, like a real backend's error text, it names the
+            // backend's own internal URL: the router must redact it (R22).
             let message = message.clone().unwrap_or_else(|| {
                 format!(
-                    "{host}: injected {}",
+                    "{host}: injected {} at http://{host}:8000/v1",
                     status.canonical_reason().unwrap_or("error")
                 )
             });
@@ -328,6 +330,12 @@ async fn chat(
         return model_not_found(&model, host);
     }
 
+    // What the backend calls the model in its answers.
+    let model = if fault == Some(Fault::OwnModelName) {
+        format!("{host}/{model}")
+    } else {
+        model
+    };
     let n = backend.served.fetch_add(1, Ordering::Relaxed) + 1;
     let id = format!("chatcmpl-{host}-{n}");
     let created = CREATED_BASE + n;

@@ -156,6 +156,42 @@ impl Menu {
     }
 }
 
+/// Notes of the liveness phase's steps start with this.
+pub const LIVENESS_NOTE: &str = "liveness";
+/// Simulated time the liveness phase waits after healing, for restarted
+/// hosts to boot, before it asks each model once.
+const LIVENESS_SETTLE: Duration = Duration::from_secs(2);
+
+/// The most a swarm multiplies a kind's menu weight by.
+const SWARM_MAX_RATE: u64 = 4;
+
+/// The fault kinds one seed enables and their draw rates (see
+/// [`Plan::swarm`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swarm {
+    /// Enabled kinds with their weights, in menu order.
+    pub kinds: Vec<(FaultKind, u32)>,
+    /// How many kinds the menu has.
+    pub of: usize,
+}
+
+impl fmt::Display for Swarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kinds: Vec<String> = self
+            .kinds
+            .iter()
+            .map(|(k, w)| format!("{} x{w}", k.name()))
+            .collect();
+        write!(
+            f,
+            "swarm: {} of {} fault kinds enabled ({})",
+            self.kinds.len(),
+            self.of,
+            kinds.join(", ")
+        )
+    }
+}
+
 /// What a fault of the schedule does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventAction {
@@ -209,6 +245,8 @@ pub enum Origin {
     Start(usize),
     /// The end of sweep fault `n`.
     End(usize),
+    /// Step `i` (0-based) of the liveness phase.
+    Liveness(usize),
 }
 
 /// A base scenario with a fault schedule merged into its steps.
@@ -359,12 +397,39 @@ impl Plan {
         })
     }
 
+    /// Swarm testing (as TigerBeetle's VOPR): each seed enables only some of
+    /// the menu's fault kinds, each at its own rate, so rare combinations
+    /// (one kind alone, at a high rate) get explored. A function of the seed
+    /// and the menu only (its own ChaCha20 stream).
+    pub fn swarm(&self, seed: u64) -> Swarm {
+        let mut rng = Draw(ChaCha20Rng::from_seed(derive_seed(seed, "sweep/swarm")));
+        let mut kinds: Vec<(FaultKind, u32)> = self
+            .menu
+            .kinds
+            .iter()
+            .filter_map(|(k, w)| {
+                let on = rng.below(2) == 0;
+                let rate = rng.between(1, SWARM_MAX_RATE) as u32;
+                on.then_some((*k, w * rate))
+            })
+            .collect();
+        if kinds.is_empty() {
+            let (k, w) = *rng.pick(&self.menu.kinds);
+            kinds.push((k, w));
+        }
+        Swarm {
+            kinds,
+            of: self.menu.kinds.len(),
+        }
+    }
+
     /// The random fault schedule of `seed`: a function of the seed, the menu
     /// and the reference run only (ChaCha20, never OS randomness).
     pub fn schedule(&self, seed: u64) -> Vec<FaultEvent> {
         let m = &self.menu;
         let mut rng = Draw(ChaCha20Rng::from_seed(derive_seed(seed, "sweep/schedule")));
-        let targets: Vec<(FaultKind, u32, Vec<&String>)> = m
+        let swarm = self.swarm(seed);
+        let targets: Vec<(FaultKind, u32, Vec<&String>)> = swarm
             .kinds
             .iter()
             .map(|(k, w)| (*k, *w, m.hosts.iter().filter(|h| k.hits(h)).collect()))
@@ -450,13 +515,25 @@ impl Plan {
             steps.push(st.clone());
             origins.push(Origin::Base(i));
         }
-        // After the last base step only faults that start still matter: an
-        // end there would only make the run wait to clear what nothing uses.
-        for (_, o, step) in next {
+        // After the last base step, the faults that start there, then the
+        // liveness phase: every fault still active is healed at once.
+        let mut heal = Vec::new();
+        for (_, o, mut step) in next {
             if matches!(o, Origin::Start(_)) {
                 steps.push(spanned(step));
                 origins.push(o);
+            } else {
+                step.at = None;
+                heal.push((o, step));
             }
+        }
+        for (o, step) in heal {
+            steps.push(spanned(step));
+            origins.push(o);
+        }
+        for (i, step) in self.liveness_steps().into_iter().enumerate() {
+            steps.push(spanned(step));
+            origins.push(Origin::Liveness(i));
         }
         let (steps, origins) = playable(steps, origins);
         let mut scenario = self.base.clone();
@@ -477,6 +554,54 @@ impl Plan {
             origins,
             events,
         }
+    }
+
+    /// The liveness phase, after every fault is healed (as TigerBeetle's
+    /// VOPR does): a pause for restarted hosts to come up, then one request
+    /// per model id the scenario knows. The reference model judges each
+    /// (`liveness`): a model it says is servable must be served by its best
+    /// provider (the first of the model's order) at the first attempt.
+    fn liveness_steps(&self) -> Vec<Step> {
+        let s = &self.base;
+        let mut ids: std::collections::BTreeSet<String> =
+            s.catalog.iter().map(|r| r.id.clone()).collect();
+        if let Ok(config) = crate::world::engine_config(s) {
+            ids.extend(config.chutes_models.iter().map(|e| e.canonical_id.clone()));
+        }
+        for st in &s.steps {
+            let st = st.get_ref();
+            if let Some(rows) = &st.admin_patch {
+                ids.extend(rows.iter().map(|r| r.id.clone()));
+            }
+            if let Some(edit) = &st.catalog {
+                ids.extend(edit.upsert.iter().map(|r| r.id.clone()));
+            }
+        }
+        let mut out = vec![Step {
+            advance: Some(Dur(LIVENESS_SETTLE)),
+            note: Some(format!("{LIVENESS_NOTE}: every fault healed")),
+            ..Step::default()
+        }];
+        for id in ids {
+            out.push(Step {
+                request: Some(crate::scenario::format::RequestSpec {
+                    model: id.clone(),
+                    stream: false,
+                    prompt: None,
+                    messages: None,
+                    max_tokens: None,
+                    extra: None,
+                    pub_key_of: None,
+                    model_pub_key: None,
+                    client_pub_key: None,
+                }),
+                note: Some(format!(
+                    "{LIVENESS_NOTE}: {id} must be served by its best provider"
+                )),
+                ..Step::default()
+            });
+        }
+        out
     }
 
     /// Runs one composed scenario with this plan's options.
