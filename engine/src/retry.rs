@@ -182,18 +182,28 @@ pub struct Attempt {
 }
 
 /// How a round's failures decide what happens next. [`Rounds::SPEC`] is the
-/// only value production uses; the other reproduces the seed PR's planted
-/// review bug (`registry/planted.rs`), where each failure overwrote the
-/// round's last error and retry decision.
+/// only value production uses; every other value reproduces bugs planted for
+/// sweep tests (`registry/planted.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rounds {
+    /// The seed PR's masking bug: each failure overwrote the round's last
+    /// error and retry decision.
     pub last_error_decides: bool,
+    /// A success leaves the failure counter as it was (R21 broken).
+    pub keep_failures_on_success: bool,
+    /// The backoff schedule one step ahead (R20 broken).
+    pub backoff_step_ahead: bool,
+    /// A later error of equal informativeness wins (R22 broken).
+    pub tie_goes_last: bool,
 }
 
 impl Rounds {
-    /// R19/R20/R22 as specified.
+    /// R19/R20/R21/R22 as specified.
     pub const SPEC: Rounds = Rounds {
         last_error_decides: false,
+        keep_failures_on_success: false,
+        backoff_step_ahead: false,
+        tie_goes_last: false,
     };
 }
 
@@ -232,7 +242,7 @@ where
             let error = match call(provider.clone()).await {
                 Ok(v) => {
                     tracing::debug!(provider = %id, round, "attempt served");
-                    if opened_is_success {
+                    if opened_is_success && !rounds.keep_failures_on_success {
                         health.record_success();
                     }
                     attempts.push(Attempt {
@@ -290,17 +300,17 @@ where
                 continue;
             }
             // Strictly better only: ties keep the earlier (primary) provider.
-            if best
-                .as_ref()
-                .is_none_or(|b| informativeness(&failure.error) > informativeness(&b.error))
-            {
+            if best.as_ref().is_none_or(|b| {
+                let (new, old) = (informativeness(&failure.error), informativeness(&b.error));
+                new > old || (rounds.tie_goes_last && new == old)
+            }) {
                 best = Some(failure);
             }
         }
         let best = best.expect("a round without success has at least one failure");
         match retry {
             Some(kind) if round <= MAX_RETRIES => {
-                let delay = kind.delay(round);
+                let delay = kind.delay(round + u32::from(rounds.backoff_step_ahead));
                 if let Some(last) = attempts.last_mut() {
                     last.retry_after = Some(delay);
                 }

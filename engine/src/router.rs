@@ -154,17 +154,21 @@ impl Router {
         }
         let op = req.operation(stream);
         #[cfg(feature = "planted-bugs")]
-        let rounds = if table.sources.refusal_masking {
-            retry::Rounds {
-                last_error_decides: true,
-            }
-        } else {
-            retry::Rounds::SPEC
-        };
+        let planted = table.sources.planted.clone();
+        #[cfg(feature = "planted-bugs")]
+        let rounds = planted.rounds();
         #[cfg(not(feature = "planted-bugs"))]
         let rounds = retry::Rounds::SPEC;
         let pubkey = req.model_pub_key.as_deref();
         let e2ee = req.client_pub_key.is_some();
+        #[cfg(feature = "planted-bugs")]
+        let chutes_fallback = if planted.has(crate::registry::PlantedBug::PubkeyFallsBackToChutes)
+            && pubkey.is_some()
+        {
+            attested_3p(&table, model)
+        } else {
+            Vec::new()
+        };
         let selection = if tracing::enabled!(tracing::Level::DEBUG) {
             traced_select(table, model, op, pubkey, e2ee)
         } else {
@@ -180,10 +184,23 @@ impl Router {
             SelectError::NoProviders => RouteError::NoProviders {
                 model: model.into(),
             },
-        })?;
+        });
+        #[cfg(feature = "planted-bugs")]
+        let selection = match selection {
+            Err(RouteError::NoProviderForPubKey { .. }) if !chutes_fallback.is_empty() => None,
+            other => Some(other?),
+        };
+        #[cfg(not(feature = "planted-bugs"))]
+        let selection = Some(selection?);
         // Owned copies: the snapshot guard is not held across awaits.
-        let candidates = selection.to_candidates();
-        drop(selection);
+        #[allow(unused_mut)]
+        let mut candidates = selection.map(|s| s.to_candidates()).unwrap_or_default();
+        #[cfg(feature = "planted-bugs")]
+        for c in chutes_fallback {
+            if candidates.iter().all(|(p, _)| p.id() != c.0.id()) {
+                candidates.push(c);
+            }
+        }
 
         let failed = |f: retry::Failure| RouteError::Provider {
             model: model.into(),
@@ -196,11 +213,15 @@ impl Router {
             (p.id().clone(), p.tier())
         };
         if stream {
+            #[cfg(feature = "planted-bugs")]
+            let opened_is_success = planted.has(crate::registry::PlantedBug::StreamOpenIsSuccess);
+            #[cfg(not(feature = "planted-bugs"))]
+            let opened_is_success = false;
             let (i, stream) = retry::run(
                 &candidates,
                 self.epoch,
                 attempts,
-                false,
+                opened_is_success,
                 rounds,
                 |p| async move { p.chat_completion_stream(req).await },
             )
@@ -211,7 +232,7 @@ impl Router {
             Ok(Served::Stream {
                 provider,
                 tier,
-                stream: canonical_stream(stream, model, health),
+                stream: canonical_stream(stream, model, health, rounds),
             })
         } else {
             let (i, response) = retry::run(
@@ -305,6 +326,27 @@ fn traced_select(
     result
 }
 
+/// [`PlantedBug::PubkeyFallsBackToChutes`](crate::registry::PlantedBug):
+/// the model's Attested3p providers, appended to a pubkey-routed walk.
+#[cfg(feature = "planted-bugs")]
+fn attested_3p(
+    table: &Table,
+    model: &str,
+) -> Vec<(Arc<dyn crate::provider::Provider>, Arc<Health>)> {
+    table
+        .models
+        .get(model)
+        .map(|idx| {
+            table
+                .model_slots(idx)
+                .iter()
+                .filter(|s| s.tier == Tier::Attested3p)
+                .map(|s| (s.provider.clone(), s.health.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn canonical_model(body: Bytes, model: &str) -> Bytes {
     crate::openai::with_model(body.clone(), model).unwrap_or(body)
 }
@@ -313,12 +355,19 @@ fn canonical_model(body: Bytes, model: &str) -> Bytes {
 /// end is a success, and a retryable failure after the stream opened (cut,
 /// reset) counts against the provider, so one that always breaks its streams
 /// is eventually demoted.
-fn canonical_stream(stream: ChatStream, model: &str, health: Arc<Health>) -> ChatStream {
+fn canonical_stream(
+    stream: ChatStream,
+    model: &str,
+    health: Arc<Health>,
+    rounds: retry::Rounds,
+) -> ChatStream {
     let model: Arc<str> = model.into();
     Box::pin(stream.map(move |item| match item {
         Ok(StreamItem::Chunk(b)) => Ok(StreamItem::Chunk(canonical_model(b, &model))),
         Ok(StreamItem::Done) => {
-            health.record_success();
+            if !rounds.keep_failures_on_success {
+                health.record_success();
+            }
             Ok(StreamItem::Done)
         }
         Err(e) => {
