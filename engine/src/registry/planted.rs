@@ -37,9 +37,9 @@ pub enum PlantedBug {
     /// R21: a success does not reset the failure counter, so failures
     /// accumulate across successes until the provider is demoted.
     SuccessKeepsFailures,
-    /// R8: the prune forgets the NEAR providers of a pruned pinned id (their
-    /// pubkey entries and failure counters) although the same provider still
-    /// backs another model.
+    /// R8/R9: a refresh forgets the NEAR providers of a model that left
+    /// discovery (their pubkey entries and failure counters) although the
+    /// same provider still backs another model.
     SharedProviderForgotten,
     /// R18: the streaming capability filter is missing (the E2EE filter and
     /// the retry rules are intact), so a streamed walk reaches a provider
@@ -221,15 +221,16 @@ pub(super) fn on_refresh(
         return forget;
     };
     if s.planted.has(PlantedBug::SharedProviderForgotten) {
-        // The seed PR's prune dropped each pruned provider from the global
-        // pubkey and health maps without asking whether another model
-        // still uses it.
-        let mut forgotten = BTreeSet::new();
-        for (model, near) in &s.near {
-            if s.pinned.contains_key(model) && !discovered.0.contains_key(model) {
-                forgotten.extend(near.iter().map(|p| p.id().clone()));
-            }
-        }
+        // The seed PR's prune dropped the providers of every model that left
+        // discovery (pruned pinned-only, R8, or removed, R9) from the global
+        // pubkey and health maps without asking whether another model still
+        // uses them.
+        let forgotten: BTreeSet<ProviderId> = s
+            .near
+            .iter()
+            .filter(|(model, _)| !discovered.0.contains_key(*model))
+            .flat_map(|(_, near)| near.iter().map(|p| p.id().clone()))
+            .collect();
         forget = forgotten.iter().cloned().collect();
         s.planted.forgotten = forgotten;
     }

@@ -616,6 +616,70 @@ async fn r22_most_informative_error_of_the_last_round_wins() {
     assert_eq!(err(&r).status(), 504);
 }
 
+fn provider_error(r: &Routed) -> (&str, u16) {
+    match err(r) {
+        RouteError::Provider {
+            provider, status, ..
+        } => (provider.as_str(), *status),
+        e => panic!("expected a provider error, got {e:?}"),
+    }
+}
+
+/// R22: the client gets the most informative error of the last round even
+/// when the primary's error is the less informative one and the better one
+/// comes second (a 408 falls through; Chutes' 503 says more).
+#[tokio::test(start_paused = true)]
+async fn r22_the_most_informative_error_wins_when_it_comes_second() {
+    let n1 = FakeProvider::near("n1")
+        .fail(ProviderError::status(408, "request timeout"), 10)
+        .arc();
+    let c1 = FakeProvider::chutes("c1").fail(s503(), 10).arc();
+    let router = world(&[&n1], &[&c1]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(r.attempts.len(), 8, "the 503 keeps the rounds going");
+    assert_eq!(provider_error(&r), ("c1", 503));
+
+    // A single round: a timeout (fall-through) then a reset (retryable,
+    // more informative) on the last attempt of the last round.
+    let n2 = FakeProvider::near("n2")
+        .fail(ProviderError::Timeout, 10)
+        .arc();
+    let c2 = FakeProvider::chutes("c2")
+        .fail(ProviderError::Connection("connection reset".into()), 10)
+        .arc();
+    let router = world(&[&n2], &[&c2]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(provider_error(&r), ("c2", 502));
+}
+
+/// R22: two errors of equal informativeness tie; the earlier (the primary's)
+/// wins, whichever status it carries.
+#[tokio::test(start_paused = true)]
+async fn r22_on_a_tie_the_primary_error_wins() {
+    for (first, second) in [(503, 500), (500, 503), (429, 502)] {
+        let n1 = FakeProvider::near("n1")
+            .fail(ProviderError::status(first, "upstream failed"), 10)
+            .arc();
+        let c1 = FakeProvider::chutes("c1")
+            .fail(ProviderError::status(second, "upstream failed"), 10)
+            .arc();
+        let router = world(&[&n1], &[&c1]);
+        let r = router.chat(request(M), false).await;
+        assert_eq!(r.attempts.len(), 8);
+        assert_eq!(provider_error(&r), ("n1", first), "{first} then {second}");
+    }
+    // Two connection failures tie too.
+    let n2 = FakeProvider::near("n2")
+        .fail(ProviderError::Connection("reset by n2".into()), 10)
+        .arc();
+    let c2 = FakeProvider::chutes("c2")
+        .fail(ProviderError::BodyDecode("bad body from c2".into()), 10)
+        .arc();
+    let router = world(&[&n2], &[&c2]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(provider_error(&r), ("n2", 502));
+}
+
 #[tokio::test(start_paused = true)]
 async fn r22_messages_are_sanitised_and_name_the_canonical_id() {
     let n1 = FakeProvider::near("n1")
