@@ -513,11 +513,32 @@ pub struct ActiveFault {
     pub remaining: Option<u32>,
 }
 
+/// What a simulated host did, in the order it happened: the world's side of
+/// every request, which the reference model (`crate::model`) is fed. Never
+/// read from the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    /// `host` consulted the board for one request of `kind`; `fault` is what
+    /// it was told to act out (`None`: it answered normally).
+    Request {
+        host: String,
+        kind: RequestKind,
+        fault: Option<Fault>,
+    },
+    /// The catalog built this answer (a listing, or the rows after a patch).
+    Listing {
+        kind: RequestKind,
+        models: Vec<tiersim_engine::catalog::CatalogRow>,
+        external: Vec<tiersim_engine::catalog::ExternalRow>,
+    },
+}
+
 #[derive(Debug, Default)]
 struct Board {
     /// Per host, in injection order. BTreeMap: any listing is ordered.
     rules: BTreeMap<String, Vec<ActiveFault>>,
     fired: Vec<Fired>,
+    events: Vec<HostEvent>,
 }
 
 /// The shared fault board. Cloning shares it.
@@ -563,6 +584,16 @@ impl FaultBoard {
     /// counting one hit against it (it expires after its last).
     pub fn take(&self, host: &str, kind: RequestKind) -> Option<Action> {
         let mut board = self.board();
+        let fault = Self::take_rule(&mut board, host, kind);
+        board.events.push(HostEvent::Request {
+            host: host.to_string(),
+            kind,
+            fault: fault.clone(),
+        });
+        fault
+    }
+
+    fn take_rule(board: &mut Board, host: &str, kind: RequestKind) -> Option<Action> {
         let rules = board.rules.get_mut(host)?;
         let at = rules.iter().position(|r| r.rule.scope().matches(kind))?;
         let fault = rules[at].rule.fault.clone();
@@ -591,6 +622,23 @@ impl FaultBoard {
     /// Every fault that fired so far, in order.
     pub fn fired(&self) -> Vec<Fired> {
         self.board().fired.clone()
+    }
+
+    /// Records what a host did beyond the fault it consulted (the catalog's
+    /// rows), for the reference model.
+    pub fn record(&self, event: HostEvent) {
+        self.board().events.push(event);
+    }
+
+    /// How many host events happened so far.
+    pub fn events_len(&self) -> usize {
+        self.board().events.len()
+    }
+
+    /// The host events from index `from` on.
+    pub fn events_from(&self, from: usize) -> Vec<HostEvent> {
+        let board = self.board();
+        board.events[from.min(board.events.len())..].to_vec()
     }
 }
 

@@ -7,6 +7,7 @@ pub mod fault;
 pub mod hosts;
 pub mod junit;
 pub mod mermaid;
+pub mod model;
 pub mod net;
 pub mod oracle;
 pub mod record;

@@ -239,6 +239,10 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
 async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
     let start = tokio::time::Instant::now();
     wait_for_router(w).await;
+    let mut model = crate::model::Model::new(crate::model::Facts {
+        scenario: s.clone(),
+        near_keys: w.near_keys.clone(),
+    });
     for (i, step) in s.steps.iter().enumerate() {
         let index = i + 1;
         let st = step.get_ref();
@@ -264,6 +268,7 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             None => None,
         };
         tracing::info!(step = index, at = ?rec.at, "{}", rec.action);
+        let before = w.board.events_len();
         act(st, w, shared, &mut rec).await;
         if st.expect.as_ref().is_some_and(|e| e.listed.is_some()) {
             rec.listed = Some(list_models().await);
@@ -294,6 +299,21 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             found.push(Violation {
                 step: index,
                 check: format!("oracle:{name}"),
+                message,
+            });
+        }
+        // The reference model last: a named oracle is the sharper report.
+        let writing = w
+            .router
+            .lock()
+            .unwrap()
+            .app
+            .as_ref()
+            .is_some_and(|a| a.is_writing());
+        for message in model.step(st, &rec, &w.board, before, writing) {
+            found.push(Violation {
+                step: index,
+                check: format!("oracle:{}", crate::model::ORACLE),
                 message,
             });
         }

@@ -43,6 +43,9 @@ fn assert_reproduces_only_with(path: &Path, bug: PlantedBug, check: &str) -> sce
 }
 
 const MIXED: &str = "sweep_mixed_traffic.toml";
+/// The reference model's check: it judges every run, so it sees every
+/// planted bug besides the oracle named for it.
+const MODEL: &str = "oracle:reference_model";
 const PARTIAL: &str = "chutes_partial_admin_batch.toml";
 const STREAMING_OFF: &str = "sweep_streaming_off.toml";
 const SHARED_NEAR: &str = "sweep_shared_near.toml";
@@ -408,8 +411,12 @@ fn sweep_finds_and_shrinks_the_planted_partial_batch_prune() {
     let check = "oracle:admin_batch_leaves_others";
     let seeds_failing = checks.get(check).expect("the planted bug is found");
     assert!(
-        checks.keys().all(|c| c == check),
-        "only its oracle: {checks:?}"
+        checks.keys().all(|c| c == check || c == MODEL),
+        "only its oracle and the reference model: {checks:?}"
+    );
+    assert!(
+        checks.contains_key(MODEL),
+        "the reference model disagrees too: {checks:?}"
     );
     let seed = seeds_failing[0];
 
@@ -472,8 +479,12 @@ fn sweep_finds_and_shrinks_the_planted_refusal_masking_keeping_its_fault() {
     let checks = sweep::by_check(&outcomes);
     let seed = checks.get(check).expect("the planted bug is found")[0];
     assert!(
-        checks.keys().all(|c| c == check),
-        "only its oracle: {checks:?}"
+        checks.contains_key(MODEL),
+        "the reference model disagrees too: {checks:?}"
+    );
+    assert!(
+        checks.keys().all(|c| c == check || c == MODEL),
+        "only its oracle and the reference model: {checks:?}"
     );
 
     let shrunk = shrink::shrink(&p, seed, check).expect("still fails");

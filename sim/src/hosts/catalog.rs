@@ -16,7 +16,7 @@ use tiersim_engine::catalog::{
 };
 
 use super::{before_answer, error_response, json_answer, Service};
-use crate::fault::{FaultBoard, RequestKind};
+use crate::fault::{FaultBoard, HostEvent, RequestKind};
 
 #[derive(Debug, Default)]
 struct Rows {
@@ -183,6 +183,17 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Tells the world's record what this answer carries.
+    fn listed(&self, kind: RequestKind, models: Vec<CatalogRow>, external: Vec<ExternalRow>) {
+        self.faults.record(HostEvent::Listing {
+            kind,
+            models,
+            external,
+        });
+    }
+}
+
 fn to_json(value: &impl serde::Serialize) -> Bytes {
     serde_json::to_vec(value)
         .expect("catalog rows serialise")
@@ -192,18 +203,18 @@ fn to_json(value: &impl serde::Serialize) -> Bytes {
 async fn list_models(State(c): State<Arc<Catalog>>) -> Response {
     c.rows.rows().listings += 1;
     c.respond(RequestKind::Catalog, || {
-        to_json(&CatalogList {
-            models: c.rows.models(),
-        })
+        let models = c.rows.models();
+        c.listed(RequestKind::Catalog, models.clone(), Vec::new());
+        to_json(&CatalogList { models })
     })
     .await
 }
 
 async fn list_external(State(c): State<Arc<Catalog>>) -> Response {
     c.respond(RequestKind::External, || {
-        to_json(&ExternalList {
-            providers: c.rows.external(),
-        })
+        let providers = c.rows.external();
+        c.listed(RequestKind::External, Vec::new(), providers.clone());
+        to_json(&ExternalList { providers })
     })
     .await
 }
@@ -215,9 +226,9 @@ async fn patch_models(State(c): State<Arc<Catalog>>, body: Bytes) -> Response {
     };
     c.respond(RequestKind::CatalogPatch, || {
         c.rows.patch(&patch.models);
-        to_json(&CatalogList {
-            models: c.rows.models(),
-        })
+        let models = c.rows.models();
+        c.listed(RequestKind::CatalogPatch, models.clone(), Vec::new());
+        to_json(&CatalogList { models })
     })
     .await
 }

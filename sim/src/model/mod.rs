@@ -1,0 +1,195 @@
+//! The reference model (SPEC §9): a small, independent, obviously correct
+//! executable form of R4–R22 and the client-visible parts of R3/R23/R24.
+//!
+//! It is written from SPEC, not from the engine, and shares no code with
+//! `engine/src/registry`, `select.rs` or `retry.rs`: plain `Vec`s and
+//! `BTreeMap`s, no performance tricks. It is fed only what the *world* did
+//! (the scenario's configuration and steps, and the host-side record of every
+//! request each simulated host served: the fault it acted out, the rows the
+//! catalog listed), never what the engine decided. From that it predicts,
+//! after every step, each model's provider list, the pinned and reserved ids,
+//! the pubkey map, every provider's failure count and demotion, and for each
+//! request the attempt sequence (who, round, backoff), the client status and
+//! whether the stream ended properly. [`Model::step`] returns every
+//! difference from what the engine did, as readable lines.
+//!
+//! Where the world is nondeterministic relative to the model (which attempt a
+//! fault hits), the model reads what the simulated host saw for the attempt
+//! it predicts: the next request that host served during the client request.
+//! An attempt the host never saw (partition, crash) is a connection failure.
+
+mod registry;
+mod request;
+
+use std::collections::BTreeMap;
+
+use tiersim_engine::registry::RegistryView;
+
+use crate::fault::{FaultBoard, HostEvent};
+use crate::runner::StepRecord;
+use crate::scenario::format::{Scenario, Step};
+
+pub use registry::Registry;
+pub use request::Prediction;
+
+/// The oracle name under which the model's disagreements are reported.
+pub const ORACLE: &str = "reference_model";
+
+/// The world facts the model may read besides the host events: the
+/// scenario itself and each NEAR host's signing key.
+pub struct Facts {
+    pub scenario: Scenario,
+    /// NEAR host → its signing key (hex), as its attestation report carries.
+    pub near_keys: BTreeMap<String, String>,
+}
+
+impl Facts {
+    /// The NEAR host of an inference URL (`http://near-1` → `near-1`).
+    fn host_of(url: &str) -> &str {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or(url);
+        let end = rest.find(['/', ':']).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    /// The provider id of a NEAR backend at `url`: its authority.
+    fn near_id(url: &str) -> String {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or(url);
+        rest.split('/').next().unwrap_or(rest).to_string()
+    }
+
+    fn serves(&self, host: &str, model: &str) -> bool {
+        self.scenario
+            .near
+            .iter()
+            .find(|n| n.host == host)
+            .map(|n| n.models.iter().any(|m| m == model))
+            .or_else(|| {
+                self.scenario
+                    .external
+                    .iter()
+                    .find(|e| e.host == host)
+                    .map(|e| e.models.iter().any(|m| m == model))
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// The model of one run: the registry as it should be, fed step by step.
+pub struct Model {
+    facts: Facts,
+    reg: Registry,
+    /// Every host event so far (copied from the board as the run goes).
+    events: Vec<HostEvent>,
+    /// Host events already consumed.
+    cursor: usize,
+    /// The router is down (crashed, not yet restarted).
+    down: bool,
+}
+
+impl Model {
+    /// The model of a freshly booted router; `events` are the host events
+    /// of the boot so far.
+    pub fn new(facts: Facts) -> Model {
+        let reg = Registry::boot(&facts);
+        Model {
+            facts,
+            reg,
+            events: Vec::new(),
+            cursor: 0,
+            down: false,
+        }
+    }
+
+    /// Feeds one step: `board` holds every host event since the run began,
+    /// `before` how many of them happened before the step's action. Returns
+    /// the differences between the prediction and `rec` (what the engine
+    /// did), as readable lines. `writing`: the engine was applying a refresh
+    /// when the step was recorded (its registry is then compared later).
+    pub fn step(
+        &mut self,
+        step: &Step,
+        rec: &StepRecord,
+        board: &FaultBoard,
+        before: usize,
+        writing: bool,
+    ) -> Vec<String> {
+        let new = board.events_from(self.events.len());
+        self.events.extend(new);
+        let events = std::mem::take(&mut self.events);
+        let out = self.judge(step, rec, &events, before, writing);
+        self.events = events;
+        out
+    }
+
+    fn judge(
+        &mut self,
+        step: &Step,
+        rec: &StepRecord,
+        events: &[HostEvent],
+        before: usize,
+        writing: bool,
+    ) -> Vec<String> {
+        let before = before.max(self.cursor).min(events.len());
+        self.absorb(events, before);
+        let mut out = Vec::new();
+        let window = &events[before..];
+        if let Some(h) = &step.crash {
+            if h.get_ref() == crate::world::ROUTER {
+                self.down = true;
+            }
+        } else if let Some(h) = &step.restart {
+            if h.get_ref() == crate::world::ROUTER {
+                self.down = false;
+                self.reg = Registry::boot(&self.facts);
+            }
+        } else if let Some(rows) = &step.admin_patch {
+            self.reg.admin_patch(&self.facts, rows, window);
+        } else if let Some(m) = &step.unregister {
+            if !self.down {
+                self.reg.unregister(m);
+            }
+        } else if let Some(spec) = &step.request {
+            if !self.down {
+                let pred = self.reg.request(&self.facts, spec, window);
+                if let Some(got) = &rec.request {
+                    out.extend(pred.diff(got));
+                }
+            }
+        }
+        self.absorb(events, events.len());
+        if !self.down && !writing && !self.reg.pending {
+            if let Some(view) = &rec.state {
+                out.extend(self.reg.diff(&self.facts, view));
+            }
+        }
+        out
+    }
+
+    /// Applies every complete refresh in `events[cursor..upto]`.
+    fn absorb(&mut self, events: &[HostEvent], upto: usize) {
+        if self.down {
+            self.cursor = upto;
+            return;
+        }
+        self.cursor = self.reg.absorb(&self.facts, events, self.cursor, upto);
+    }
+
+    /// The registry the model predicts, for tests and the trace.
+    pub fn registry(&self) -> &Registry {
+        &self.reg
+    }
+}
+
+/// Renders a view's model lists for a diff line.
+fn lists(view: &RegistryView) -> BTreeMap<String, Vec<String>> {
+    view.models
+        .iter()
+        .map(|(m, ps)| (m.clone(), ps.iter().map(|p| p.id.to_string()).collect()))
+        .collect()
+}

@@ -1,0 +1,492 @@
+//! The model's registry: R4–R14 and R21's bookkeeping, as plain maps.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tiersim_engine::catalog::{CatalogRow, ExternalRow};
+use tiersim_engine::config::EngineConfig;
+use tiersim_engine::registry::RegistryView;
+use tiersim_engine::Tier;
+
+use super::Facts;
+use crate::fault::{Fault, HostEvent, RequestKind};
+use crate::scenario::format::PatchRow;
+
+/// Consecutive retryable failures that demote a provider (R17, R21).
+pub const DEMOTED_AT: u32 = 10;
+
+/// One provider as the model knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prov {
+    pub id: String,
+    pub tier: Tier,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A NEAR backend on `host`, with its signing key.
+    Near { host: String, key: String },
+    /// Chutes, routed under its canonical id, naming `slug` upstream.
+    Chutes { slug: String },
+    /// A plaintext provider on `host`.
+    External { host: String },
+}
+
+impl Prov {
+    pub fn streams(&self, chutes_streaming: bool) -> bool {
+        match self.kind {
+            Kind::Chutes { .. } => chutes_streaming,
+            _ => true,
+        }
+    }
+    pub fn client_e2ee(&self) -> bool {
+        !matches!(self.kind, Kind::Chutes { .. })
+    }
+}
+
+/// The registry as SPEC says it must be.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    /// R7: the NEAR providers discovery (or the admin) gave each model.
+    pub near: BTreeMap<String, Vec<Prov>>,
+    /// R4: pinned providers; a key here means the id is pinned.
+    pub pinned: BTreeMap<String, Vec<Prov>>,
+    /// R12: plaintext rows.
+    pub external: BTreeMap<String, Vec<Prov>>,
+    /// R5.
+    pub reserved: BTreeSet<String>,
+    /// R6/R13: id → (active, price).
+    pub catalog: BTreeMap<String, (bool, u64)>,
+    /// R21: provider id → consecutive retryable failures.
+    pub health: BTreeMap<String, u32>,
+    /// R17: model id → (plain turn, pubkey turn).
+    pub turns: BTreeMap<String, (u64, u64)>,
+    /// NEAR providers already attested, by inference URL (a backend is
+    /// attested once per router boot).
+    pub attested: BTreeMap<String, Prov>,
+    /// Chutes slugs whose cached instance listing carries the wrong key.
+    pub wrong_key: BTreeSet<String>,
+    /// A refresh has started (the catalog was listed) but not finished.
+    pub pending: bool,
+    pub chutes_streaming: bool,
+    canonical: Vec<String>,
+}
+
+/// Whether the fault a host acted out kept a listing from arriving whole.
+fn breaks_answer(fault: &Option<Fault>) -> bool {
+    match fault {
+        Some(Fault::HttpStatus { .. })
+        | Some(Fault::ModelNotFound)
+        | Some(Fault::ResetBeforeBody)
+        | Some(Fault::ResetMidBody { .. })
+        | Some(Fault::CutStream { .. }) => true,
+        Some(Fault::Latency { ms }) => *ms >= super::request::DEADLINE_MS,
+        _ => false,
+    }
+}
+
+impl Registry {
+    /// R5 then R4 then R6: what a router holds after booting, before its first
+    /// refresh (the refresh itself comes from the host events).
+    pub fn boot(facts: &Facts) -> Registry {
+        let mut reg = Registry::default();
+        let Ok(config) = crate::world::engine_config(&facts.scenario) else {
+            return reg;
+        };
+        reg.chutes_streaming = facts.scenario.config.chutes_streaming;
+        reg.configure(facts, &config);
+        reg
+    }
+
+    fn configure(&mut self, facts: &Facts, config: &EngineConfig) {
+        for e in &config.chutes_models {
+            self.reserved.insert(e.canonical_id.clone());
+            self.canonical.push(e.canonical_id.clone());
+        }
+        // R4: a Chutes provider builds when the key is set and the world has
+        // a Chutes gateway to reach.
+        let builds = facts.scenario.config.chutes_api_key && !facts.scenario.chutes.is_empty();
+        if builds {
+            for e in &config.chutes_models {
+                let p = Prov {
+                    id: format!("chutes:{}", e.chute_slug),
+                    tier: Tier::Attested3p,
+                    kind: Kind::Chutes {
+                        slug: e.chute_slug.clone(),
+                    },
+                };
+                let list = self.pinned.entry(e.canonical_id.clone()).or_default();
+                if !list.iter().any(|q| q.id == p.id) {
+                    list.push(p);
+                }
+            }
+        }
+        self.seed_catalog();
+        self.rebuilt();
+    }
+
+    /// R6: Chutes-only canonical ids get an inactive zero-price row.
+    fn seed_catalog(&mut self) {
+        for id in &self.canonical {
+            self.catalog.entry(id.clone()).or_insert((false, 0));
+        }
+    }
+
+    /// R5/R12: protected ids hold nothing plaintext.
+    fn fail_closed(&mut self) {
+        let protected: BTreeSet<String> = self
+            .reserved
+            .iter()
+            .cloned()
+            .chain(self.pinned.keys().cloned())
+            .collect();
+        self.external
+            .retain(|m, ps| !protected.contains(m) && !ps.is_empty());
+        for (m, ps) in self.near.iter_mut() {
+            if protected.contains(m) {
+                ps.retain(|p| p.tier != Tier::NonAttested);
+            }
+        }
+        self.near.retain(|_, ps| !ps.is_empty());
+        for ps in self.pinned.values_mut() {
+            ps.retain(|p| p.tier != Tier::NonAttested);
+        }
+        self.pinned.retain(|_, ps| !ps.is_empty());
+    }
+
+    /// After any write: derived state (counters) of what no longer exists goes.
+    fn rebuilt(&mut self) {
+        self.fail_closed();
+        let lists = self.lists();
+        let live: BTreeSet<String> = lists.values().flatten().map(|p| p.id.clone()).collect();
+        self.health.retain(|id, _| live.contains(id));
+        self.turns.retain(|m, _| lists.contains_key(m));
+    }
+
+    /// R7: each model's list `[NEAR…] + [pinned…] (+ external)`, duplicates
+    /// dropped (first wins), stably ordered by tier.
+    pub fn list(&self, model: &str) -> Vec<Prov> {
+        let mut out: Vec<Prov> = Vec::new();
+        let sources = [&self.near, &self.pinned, &self.external];
+        for p in sources.iter().filter_map(|s| s.get(model)).flatten() {
+            if !out.iter().any(|q| q.id == p.id) {
+                out.push(p.clone());
+            }
+        }
+        out.sort_by_key(|p| p.tier);
+        out
+    }
+
+    pub fn lists(&self) -> BTreeMap<String, Vec<Prov>> {
+        let ids: BTreeSet<&String> = self
+            .near
+            .keys()
+            .chain(self.pinned.keys())
+            .chain(self.external.keys())
+            .collect();
+        ids.into_iter()
+            .map(|m| (m.clone(), self.list(m)))
+            .filter(|(_, l)| !l.is_empty())
+            .collect()
+    }
+
+    pub fn failures(&self, id: &str) -> u32 {
+        self.health.get(id).copied().unwrap_or(0)
+    }
+
+    /// R14.
+    pub fn unregister(&mut self, model: &str) {
+        self.near.remove(model);
+        self.pinned.remove(model);
+        self.external.remove(model);
+        self.reserved.remove(model);
+        self.rebuilt();
+    }
+
+    /// NEAR providers for catalog rows with an URL, attested once per URL:
+    /// the first attestation request the backend served after `from` (and
+    /// before `to`) decides; one it never saw (partition, crash) or failed
+    /// leaves the backend out of this cycle.
+    fn discover(
+        &mut self,
+        facts: &Facts,
+        rows: &[CatalogRow],
+        events: &[HostEvent],
+        used: &mut BTreeSet<usize>,
+        (from, to): (usize, usize),
+    ) -> BTreeMap<String, Vec<Prov>> {
+        let mut out: BTreeMap<String, Vec<Prov>> = BTreeMap::new();
+        for row in rows {
+            let Some(url) = &row.inference_url else {
+                continue;
+            };
+            let p = match self.attested.get(url) {
+                Some(p) => p.clone(),
+                None => {
+                    let host = Facts::host_of(url);
+                    let seen = (from..to).find(|i| {
+                        !used.contains(i)
+                            && matches!(&events[*i], HostEvent::Request { host: h, kind: RequestKind::Attestation, .. } if h == host)
+                    });
+                    let Some(i) = seen else { continue };
+                    used.insert(i);
+                    let HostEvent::Request { fault, .. } = &events[i] else {
+                        continue;
+                    };
+                    if breaks_answer(fault) {
+                        continue;
+                    }
+                    let Some(key) = facts.near_keys.get(host) else {
+                        continue;
+                    };
+                    let p = Prov {
+                        id: Facts::near_id(url),
+                        tier: Tier::Near,
+                        kind: Kind::Near {
+                            host: host.to_string(),
+                            key: key.clone(),
+                        },
+                    };
+                    self.attested.insert(url.clone(), p.clone());
+                    p
+                }
+            };
+            out.entry(row.id.clone()).or_default().push(p);
+        }
+        out
+    }
+
+    /// Applies every refresh whose host events are complete in
+    /// `events[from..upto]`; returns the new cursor (at the start of a
+    /// refresh still in progress, which sets `pending`).
+    pub fn absorb(
+        &mut self,
+        facts: &Facts,
+        events: &[HostEvent],
+        from: usize,
+        upto: usize,
+    ) -> usize {
+        let mut i = from;
+        self.pending = false;
+        while i < upto {
+            let is_listing = matches!(&events[i], HostEvent::Request { kind: RequestKind::Catalog, host, .. } if host == crate::world::CATALOG);
+            if !is_listing {
+                i += 1;
+                continue;
+            }
+            // The refresh ends with the external listing request.
+            let end = (i + 1..upto).find(|j| {
+                matches!(&events[*j], HostEvent::Request { kind: RequestKind::External, host, .. } if host == crate::world::CATALOG)
+            });
+            let Some(end) = end else {
+                self.pending = true;
+                return i;
+            };
+            self.refresh(facts, events, i, end, upto);
+            i = end + 1;
+        }
+        upto
+    }
+
+    /// R7–R12: one complete refresh, its catalog request at `start` and its
+    /// external request at `end`.
+    fn refresh(
+        &mut self,
+        facts: &Facts,
+        events: &[HostEvent],
+        start: usize,
+        end: usize,
+        upto: usize,
+    ) {
+        let listing = |at: usize, kind: RequestKind, to: usize| -> Option<usize> {
+            let HostEvent::Request { fault, .. } = &events[at] else {
+                return None;
+            };
+            if breaks_answer(fault) {
+                return None;
+            }
+            (at + 1..to)
+                .find(|j| matches!(&events[*j], HostEvent::Listing { kind: k, .. } if *k == kind))
+        };
+        let mut used = BTreeSet::new();
+        let discovered = listing(start, RequestKind::Catalog, end).map(|j| {
+            let HostEvent::Listing { models, .. } = &events[j] else {
+                unreachable!("found a listing")
+            };
+            let rows = models.clone();
+            let near = self.discover(facts, &rows, events, &mut used, (start, end));
+            (rows, near)
+        });
+        let external = listing(end, RequestKind::External, upto).map(|j| {
+            let HostEvent::Listing { external, .. } = &events[j] else {
+                unreachable!("found a listing")
+            };
+            external.clone()
+        });
+        // R10: a failed source keeps its mappings; R11: an empty one is a
+        // complete empty set.
+        if let Some((rows, near)) = discovered {
+            self.near = near;
+            self.catalog = rows
+                .iter()
+                .map(|r| (r.id.clone(), (r.active, r.price)))
+                .collect();
+        }
+        if let Some(rows) = external {
+            self.external = external_providers(&rows);
+        }
+        self.rebuilt();
+        self.seed_catalog();
+    }
+
+    /// R13: the admin's partial batch, applied when the catalog accepted it
+    /// (the catalog's answer in `window` carries the rows).
+    pub fn admin_patch(&mut self, facts: &Facts, batch: &[PatchRow], window: &[HostEvent]) {
+        let Some(at) = window.iter().position(|e| {
+            matches!(e, HostEvent::Request { kind: RequestKind::CatalogPatch, host, .. } if host == crate::world::CATALOG)
+        }) else {
+            return;
+        };
+        let HostEvent::Request { fault, .. } = &window[at] else {
+            return;
+        };
+        if breaks_answer(fault) {
+            return;
+        }
+        let Some(rows) = window[at..].iter().find_map(|e| match e {
+            HostEvent::Listing {
+                kind: RequestKind::CatalogPatch,
+                models,
+                ..
+            } => Some(models.clone()),
+            _ => None,
+        }) else {
+            return;
+        };
+        let mut url_rows = Vec::new();
+        for r in batch {
+            let Some(row) = rows.iter().find(|x| x.id == r.id) else {
+                continue;
+            };
+            self.catalog.insert(r.id.clone(), (row.active, row.price));
+            if r.inference_url.is_some() {
+                url_rows.push(row.clone());
+            }
+        }
+        self.rebuilt();
+        let mut used = BTreeSet::new();
+        let mut found = self.discover(facts, &url_rows, window, &mut used, (at, window.len()));
+        for r in &url_rows {
+            found.entry(r.id.clone()).or_default();
+        }
+        for (model, near) in found {
+            if near.is_empty() {
+                self.near.remove(&model);
+            } else {
+                self.near.insert(model, near);
+            }
+        }
+        self.rebuilt();
+    }
+
+    /// The differences between this registry and the engine's `view`.
+    pub fn diff(&self, facts: &Facts, view: &RegistryView) -> Vec<String> {
+        let _ = facts;
+        let mut out = Vec::new();
+        let want = self.lists();
+        let got = super::lists(view);
+        let ids: BTreeSet<&String> = want.keys().chain(got.keys()).collect();
+        for m in ids {
+            let w: Vec<String> = want
+                .get(m)
+                .map(|l| l.iter().map(|p| p.id.clone()).collect())
+                .unwrap_or_default();
+            let g = got.get(m).cloned().unwrap_or_default();
+            if w != g {
+                out.push(format!("providers of {m}: model {w:?}, engine {g:?}"));
+            }
+        }
+        for (m, ps) in &view.models {
+            for p in ps {
+                let want_n = self.failures(p.id.as_str());
+                if want
+                    .get(m)
+                    .is_some_and(|l| l.iter().any(|q| q.id == p.id.as_str()))
+                    && (p.consecutive_failures != want_n || p.demoted != (want_n >= DEMOTED_AT))
+                {
+                    out.push(format!(
+                        "health of {} (in {m}): model {want_n} failures{}, engine {}{}",
+                        p.id,
+                        if want_n >= DEMOTED_AT {
+                            " (demoted)"
+                        } else {
+                            ""
+                        },
+                        p.consecutive_failures,
+                        if p.demoted { " (demoted)" } else { "" },
+                    ));
+                }
+            }
+        }
+        let pinned: BTreeMap<String, Vec<String>> = self
+            .pinned
+            .iter()
+            .map(|(m, ps)| (m.clone(), ps.iter().map(|p| p.id.clone()).collect()))
+            .collect();
+        let vpinned: BTreeMap<String, Vec<String>> = view
+            .pinned
+            .iter()
+            .map(|(m, ps)| (m.clone(), ps.iter().map(|p| p.to_string()).collect()))
+            .collect();
+        if pinned != vpinned {
+            out.push(format!("pinned: model {pinned:?}, engine {vpinned:?}"));
+        }
+        if self.reserved != view.reserved {
+            out.push(format!(
+                "reserved: model {:?}, engine {:?}",
+                self.reserved, view.reserved
+            ));
+        }
+        let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for p in want.values().flatten() {
+            if let Kind::Near { key, .. } = &p.kind {
+                keys.entry(key.clone()).or_default().insert(p.id.clone());
+            }
+        }
+        let vkeys: BTreeMap<String, BTreeSet<String>> = view
+            .pubkeys
+            .iter()
+            .map(|(k, ids)| (k.clone(), ids.iter().map(|p| p.to_string()).collect()))
+            .collect();
+        if keys != vkeys {
+            out.push(format!("pubkey map: model {keys:?}, engine {vkeys:?}"));
+        }
+        let vcat: BTreeMap<String, (bool, u64)> = view
+            .catalog
+            .iter()
+            .map(|(m, r)| (m.clone(), (r.active, r.price)))
+            .collect();
+        if self.catalog != vcat {
+            out.push(format!(
+                "catalog: model {:?}, engine {vcat:?}",
+                self.catalog
+            ));
+        }
+        out
+    }
+}
+
+/// External rows as providers (`external:<name>`), by model.
+fn external_providers(rows: &[ExternalRow]) -> BTreeMap<String, Vec<Prov>> {
+    let mut out: BTreeMap<String, Vec<Prov>> = BTreeMap::new();
+    for r in rows {
+        out.entry(r.model.clone()).or_default().push(Prov {
+            id: format!("external:{}", r.name),
+            tier: Tier::NonAttested,
+            kind: Kind::External {
+                host: Facts::host_of(&r.base_url).to_string(),
+            },
+        });
+    }
+    out
+}
