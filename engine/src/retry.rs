@@ -99,25 +99,22 @@ pub fn http_status(e: &ProviderError) -> u16 {
 
 /// R22: how informative an error is to the client, higher is better. A
 /// refusal ranks lowest so it never replaces a real failure of the primary.
+/// Only errors that let the walk go on are ranked: a fast-return or fatal
+/// error ends the request at once and is returned as it is.
 fn informativeness(e: &ProviderError) -> u8 {
-    match classify(e) {
-        Class::Fatal | Class::FastReturn => 7,
-        _ => match e {
-            ProviderError::Status {
-                detail: StatusDetail::ClientMediaFetch,
-                ..
-            } => 6,
-            ProviderError::Status {
-                status: 429 | 500..=599,
-                ..
-            } => 5,
-            ProviderError::Connection(_)
-            | ProviderError::BodyDecode(_)
-            | ProviderError::Truncated => 4,
-            ProviderError::Timeout => 3,
-            ProviderError::Status { .. } => 2,
-            ProviderError::Refused(_) | ProviderError::Integrity(_) => 1,
-        },
+    match e {
+        ProviderError::Status {
+            detail: StatusDetail::ClientMediaFetch,
+            ..
+        } => 6,
+        ProviderError::Status {
+            status: 429 | 500..=599,
+            ..
+        } => 5,
+        ProviderError::Connection(_) | ProviderError::BodyDecode(_) | ProviderError::Truncated => 4,
+        ProviderError::Timeout => 3,
+        ProviderError::Status { .. } => 2,
+        ProviderError::Refused(_) | ProviderError::Integrity(_) => 1,
     }
 }
 
