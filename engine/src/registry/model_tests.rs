@@ -19,8 +19,8 @@ use crate::tier::Tier;
 const MODELS: &[&str] = &["m0", "m1", "m2", "m3"];
 
 /// The providers the sequences draw from. NEAR backends carry signing keys
-/// (near-4 shares near-1's key, so one key maps to two providers); Chutes
-/// and the external plaintext rows carry none.
+/// (near-4 shares near-1's key, so one key maps to two providers); one
+/// Chutes provider and one external row claim keys too, never indexed.
 struct Universe {
     near: Vec<Arc<FakeProvider>>,
     chutes: Vec<Arc<FakeProvider>>,
@@ -38,14 +38,18 @@ impl Universe {
         .iter()
         .map(|(id, key)| FakeProvider::near(id).with_keys([*key]).arc())
         .collect();
-        let chutes = ["chutes:a", "chutes:b"]
-            .iter()
-            .map(|id| FakeProvider::chutes(id).arc())
-            .collect();
-        let external = ["external:x", "external:y"]
-            .iter()
-            .map(|id| FakeProvider::external(id).arc())
-            .collect();
+        // chutes:b and external:y report a signing key, which must never be
+        // indexed (R4/R16: only keys from a NEAR attestation report route).
+        let chutes = vec![
+            FakeProvider::chutes("chutes:a").arc(),
+            FakeProvider::chutes("chutes:b").with_keys(["key-z"]).arc(),
+        ];
+        let external = vec![
+            FakeProvider::external("external:x").arc(),
+            FakeProvider::external("external:y")
+                .with_keys(["key-a"])
+                .arc(),
+        ];
         Universe {
             near,
             chutes,
