@@ -805,6 +805,11 @@ async fn r20_r21_r22_each_rounds_knob_reproduces_only_its_planted_bug() {
     };
     let (a, out, _) = walk(&[&n, &c], masking).await;
     assert_eq!((a.len(), out), (2, Err(("c".into(), 400))));
+    // ... and a retryable last error still retries under that knob.
+    let c = FakeProvider::chutes("c").fail(refusal(), 10).arc();
+    let n = FakeProvider::near("n").fail(s503(), 10).arc();
+    let (a, out, _) = walk(&[&c, &n], masking).await;
+    assert_eq!((a.len(), out), (8, Err(("n".into(), 503))));
 
     // Ties: the primary's 503 unless the tie goes to the later 500.
     let tie = |last| async move {
