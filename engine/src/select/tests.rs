@@ -403,3 +403,28 @@ fn r15_r16_r18_the_trace_names_why_each_provider_was_dropped() {
         [("e1".to_string(), Dropped::PlaintextForVerifiableModel)]
     );
 }
+
+/// R17 in the trace: the leading group's size and the turn it took, the
+/// same turn the untraced selection would have taken; a lone leader takes
+/// no turn. A selection is never empty (no provider is an error).
+#[test]
+fn r17_the_trace_records_the_leading_group_and_its_turn() {
+    let (n1, n2) = (near("n1", "k1"), near("n2", "k2"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2], &[&c1], &[]);
+    let traced = |reg: &Registry| {
+        let mut trace = SelectTrace::default();
+        let sel = select_observed(reg.load(), M, PLAIN, None, false, &mut trace).unwrap();
+        assert!(!sel.is_empty());
+        assert_eq!(sel.len(), 3);
+        let first = sel.ids().next().unwrap().to_string();
+        (trace.lead, first)
+    };
+    assert_eq!(traced(&reg), (Some((2, 0)), "n1".to_string()));
+    assert_eq!(reg.select(M, PLAIN, None, false).unwrap().len(), 3);
+    // The untraced selection took turn 1; the traced one now takes turn 2.
+    assert_eq!(traced(&reg), (Some((2, 2)), "n1".to_string()));
+    let mut trace = SelectTrace::default();
+    select_observed(reg.load(), M, PLAIN, Some("k2"), false, &mut trace).unwrap();
+    assert_eq!(trace.lead, None, "one provider holds k2: no rotation");
+}
