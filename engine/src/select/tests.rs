@@ -421,7 +421,13 @@ fn r17_the_trace_records_the_leading_group_and_its_turn() {
         (trace.lead, first)
     };
     assert_eq!(traced(&reg), (Some((2, 0)), "n1".to_string()));
-    assert_eq!(reg.select(M, PLAIN, None, false).unwrap().len(), 3);
+    let sel = reg.select(M, PLAIN, None, false).unwrap();
+    // Its Debug is the order, for the log.
+    let shown = format!("{sel:?}");
+    assert!(shown.starts_with('[') && shown.ends_with(']'), "{shown}");
+    let at = |id: &str| shown.find(id).unwrap_or_else(|| panic!("{id} in {shown}"));
+    assert!(at("n2") < at("n1") && at("n1") < at("c1"), "{shown}");
+    drop(sel);
     // The untraced selection took turn 1; the traced one now takes turn 2.
     assert_eq!(traced(&reg), (Some((2, 2)), "n1".to_string()));
     let mut trace = SelectTrace::default();
