@@ -1,6 +1,8 @@
 //! The oracles of SPEC §9, checked after every step of every run. Each
 //! returns the evidence of a violation; an empty list means it holds.
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
 use tiersim_engine::registry::RegistryView;
 use tiersim_engine::retry::Decision;
@@ -22,7 +24,6 @@ pub const ORACLES: &[(&str, Oracle)] = &[
         "refusal_never_masks_retryable",
         refusal_never_masks_retryable,
     ),
-    ("reserved_never_plaintext", reserved_never_plaintext),
     ("admin_batch_leaves_others", admin_batch_leaves_others),
 ];
 
@@ -31,6 +32,153 @@ pub fn check(rec: &StepRecord) -> Vec<(&'static str, String)> {
     ORACLES
         .iter()
         .flat_map(|(name, oracle)| oracle(rec).into_iter().map(move |m| (*name, m)))
+        .collect()
+}
+
+/// What the world (not the engine) says about one step, for the oracles that
+/// must not trust the engine's own records. Built by the reference model
+/// from the scenario's configuration and the hosts' records.
+#[derive(Debug, Clone, Default)]
+pub struct WorldSide {
+    /// R5: the ids the configuration reserves (`CHUTES_MODELS`), minus the
+    /// ones a scenario step unregistered since the router booted (R14).
+    pub reserved: BTreeSet<String>,
+    /// The requested model's providers the request may use (R15/R16 applied),
+    /// with what each can do: `(id, streams, client_e2ee)`.
+    pub eligible: Vec<(String, bool, bool)>,
+    /// For a request: did the last upstream that answered a chat call end its
+    /// stream properly (what the host actually sent)? `None`: no streamed
+    /// answer reached any host.
+    pub upstream_ended: Option<bool>,
+    /// Every simulated host's name: none may reach a client inside a URL.
+    pub hosts: Vec<String>,
+}
+
+/// An oracle that judges from the world's side.
+pub type WorldOracle = fn(&WorldSide, &StepRecord) -> Vec<String>;
+
+/// Every world-side oracle, by name.
+pub const WORLD_ORACLES: &[(&str, WorldOracle)] = &[
+    ("reserved_never_plaintext", reserved_never_plaintext),
+    (
+        "stream_done_only_if_upstream_ended",
+        stream_done_only_if_upstream_ended,
+    ),
+    ("streaming_filter", streaming_filter),
+    ("client_e2ee_filter", client_e2ee_filter),
+    ("no_internal_url_to_client", no_internal_url_to_client),
+];
+
+/// Runs every world-side oracle on one step.
+pub fn check_world(world: &WorldSide, rec: &StepRecord) -> Vec<(&'static str, String)> {
+    WORLD_ORACLES
+        .iter()
+        .flat_map(|(name, oracle)| oracle(world, rec).into_iter().map(move |m| (*name, m)))
+        .collect()
+}
+
+/// R5/R12: the ids the configuration reserves never hold a plaintext
+/// provider (the set comes from the configuration, not the engine, so a bug
+/// that empties the engine's reserved set cannot switch this off).
+fn reserved_never_plaintext(world: &WorldSide, rec: &StepRecord) -> Vec<String> {
+    let Some(view) = &rec.state else {
+        return Vec::new();
+    };
+    world
+        .reserved
+        .iter()
+        .filter_map(|m| view.models.get(m).map(|l| (m, l)))
+        .flat_map(|(m, l)| {
+            l.iter()
+                .filter(|p| p.tier == Tier::NonAttested)
+                .map(move |p| format!("reserved id {m} holds plaintext provider {}", p.id))
+        })
+        .collect()
+}
+
+/// R23: a client gets `[DONE]` only when the upstream that served it really
+/// ended its stream (an authenticated inner `[DONE]` for Chutes, `[DONE]`
+/// for NEAR), as the host recorded what it sent.
+fn stream_done_only_if_upstream_ended(world: &WorldSide, rec: &StepRecord) -> Vec<String> {
+    let Some(req) = &rec.request else {
+        return Vec::new();
+    };
+    if !req.stream || req.status != 200 {
+        return Vec::new();
+    }
+    let body = String::from_utf8_lossy(&req.body);
+    let done = body.lines().any(|l| l == "data: [DONE]");
+    match (done, world.upstream_ended) {
+        (true, Some(false)) => vec![
+            "the client got [DONE] but the upstream that served it never ended its stream".into(),
+        ],
+        (true, None) => vec!["the client got [DONE] but no upstream streamed anything".into()],
+        _ => Vec::new(),
+    }
+}
+
+/// R18: a streamed request never tries a provider that cannot stream while
+/// a streaming-capable one is eligible.
+fn streaming_filter(world: &WorldSide, rec: &StepRecord) -> Vec<String> {
+    let Some(req) = &rec.request else {
+        return Vec::new();
+    };
+    if !req.stream {
+        return Vec::new();
+    }
+    capability_misses(world, req, |(_, streams, _)| *streams, "cannot stream")
+}
+
+/// R18: a request carrying `x-client-pub-key` never tries a provider without
+/// client E2EE while a capable one is eligible.
+fn client_e2ee_filter(world: &WorldSide, rec: &StepRecord) -> Vec<String> {
+    let Some(req) = &rec.request else {
+        return Vec::new();
+    };
+    if !req.client_e2ee {
+        return Vec::new();
+    }
+    capability_misses(world, req, |(_, _, e2ee)| *e2ee, "has no client E2EE")
+}
+
+fn capability_misses(
+    world: &WorldSide,
+    req: &RequestRecord,
+    capable: impl Fn(&(String, bool, bool)) -> bool,
+    lacks: &str,
+) -> Vec<String> {
+    if !world.eligible.iter().any(&capable) {
+        return Vec::new();
+    }
+    req.attempts
+        .iter()
+        .filter(|a| {
+            world
+                .eligible
+                .iter()
+                .any(|p| p.0 == a.provider.as_str() && !capable(p))
+        })
+        .map(|a| {
+            format!(
+                "{} was tried although it {lacks} and a capable provider is listed",
+                a.provider
+            )
+        })
+        .collect()
+}
+
+/// R22: no internal URL or address reaches a client (upstream error texts
+/// carry their URL: the sanitiser must redact them).
+fn no_internal_url_to_client(world: &WorldSide, rec: &StepRecord) -> Vec<String> {
+    let Some(req) = &rec.request else {
+        return Vec::new();
+    };
+    let body = String::from_utf8_lossy(&req.body);
+    world
+        .hosts
+        .iter()
+        .filter(|h| body.contains(&format!("://{h}")))
+        .map(|h| format!("the client saw an internal URL of {h}"))
         .collect()
 }
 
@@ -185,23 +333,6 @@ fn refusal_never_masks_retryable(rec: &StepRecord) -> Vec<String> {
         )],
         _ => Vec::new(),
     }
-}
-
-/// R5/R12: reserved and pinned ids never hold a plaintext provider.
-fn reserved_never_plaintext(rec: &StepRecord) -> Vec<String> {
-    let Some(view) = &rec.state else {
-        return Vec::new();
-    };
-    view.reserved
-        .iter()
-        .chain(view.pinned.keys())
-        .filter_map(|m| view.models.get(m).map(|l| (m, l)))
-        .flat_map(|(m, l)| {
-            l.iter()
-                .filter(|p| p.tier == Tier::NonAttested)
-                .map(move |p| format!("reserved id {m} holds plaintext provider {}", p.id))
-        })
-        .collect()
 }
 
 /// R7/R13: an admin PATCH is a partial batch: every model it does not name

@@ -37,6 +37,8 @@ pub struct RunOptions {
 pub struct RequestRecord {
     pub model: String,
     pub stream: bool,
+    /// The request carried `x-client-pub-key`.
+    pub client_e2ee: bool,
     pub status: u16,
     pub body: Bytes,
     pub attempts: Vec<Attempt>,
@@ -310,10 +312,10 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             .app
             .as_ref()
             .is_some_and(|a| a.is_writing());
-        for message in model.step(st, &rec, &w.board, before, writing) {
+        for (name, message) in model.step(st, &rec, &w.board, before, writing) {
             found.push(Violation {
                 step: index,
-                check: format!("oracle:{}", crate::model::ORACLE),
+                check: format!("oracle:{name}"),
                 message,
             });
         }
@@ -417,6 +419,7 @@ async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
     RequestRecord {
         model: spec.model.clone(),
         stream: spec.stream,
+        client_e2ee: spec.client_pub_key.is_some(),
         status,
         body,
         attempts: entry

@@ -215,7 +215,7 @@ fn status_faults_surface_as_status_errors() {
             let err = p.chat_completion(&req).await.unwrap_err();
             assert!(
                 matches!(&err, ProviderError::Status { status: 503, detail: StatusDetail::None, message }
-                    if message == "near-1: injected Service Unavailable"),
+                    if message == "near-1: injected Service Unavailable at [redacted-url]"),
                 "{err:?}"
             );
         }

@@ -482,9 +482,13 @@ fn sweep_finds_and_shrinks_the_planted_refusal_masking_keeping_its_fault() {
         checks.contains_key(MODEL),
         "the reference model disagrees too: {checks:?}"
     );
+    // The bug skips R18's streaming filter, which its own oracle names too.
+    let filter = "oracle:streaming_filter";
     assert!(
-        checks.keys().all(|c| c == check || c == MODEL),
-        "only its oracle and the reference model: {checks:?}"
+        checks
+            .keys()
+            .all(|c| c == check || c == MODEL || c == filter),
+        "only its oracles and the reference model: {checks:?}"
     );
 
     let shrunk = shrink::shrink(&p, seed, check).expect("still fails");

@@ -173,8 +173,10 @@ async fn before_answer(
             let code = code
                 .as_deref()
                 .or((status == StatusCode::TOO_MANY_REQUESTS).then_some("rate_limit_exceeded"));
+            // Like a real backend's error text, it names the backend's own
+            // internal URL: the router must redact it (R22).
             let message = format!(
-                "{host}: injected {}",
+                "{host}: injected {} at http://{host}:8000/v1",
                 status.canonical_reason().unwrap_or("error")
             );
             Some(error_response(status, code, &message))

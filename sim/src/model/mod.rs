@@ -21,11 +21,12 @@
 mod registry;
 mod request;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tiersim_engine::registry::RegistryView;
 
-use crate::fault::{FaultBoard, HostEvent};
+use crate::fault::{FaultBoard, HostEvent, RequestKind};
+use crate::oracle;
 use crate::runner::StepRecord;
 use crate::scenario::format::{Scenario, Step};
 
@@ -90,6 +91,9 @@ pub struct Model {
     cursor: usize,
     /// The router is down (crashed, not yet restarted).
     down: bool,
+    /// Ids unregistered since the router booted (R14 clears their
+    /// reservation).
+    unregistered: BTreeSet<String>,
 }
 
 impl Model {
@@ -103,6 +107,7 @@ impl Model {
             events: Vec::new(),
             cursor: 0,
             down: false,
+            unregistered: BTreeSet::new(),
         }
     }
 
@@ -118,7 +123,7 @@ impl Model {
         board: &FaultBoard,
         before: usize,
         writing: bool,
-    ) -> Vec<String> {
+    ) -> Vec<(&'static str, String)> {
         let new = board.events_from(self.events.len());
         self.events.extend(new);
         let events = std::mem::take(&mut self.events);
@@ -134,11 +139,15 @@ impl Model {
         events: &[HostEvent],
         before: usize,
         writing: bool,
-    ) -> Vec<String> {
+    ) -> Vec<(&'static str, String)> {
         let before = before.max(self.cursor).min(events.len());
         self.absorb(events, before);
         let mut out = Vec::new();
         let window = &events[before..];
+        let mut world = oracle::WorldSide {
+            hosts: crate::world::host_names(&self.facts.scenario),
+            ..Default::default()
+        };
         if let Some(h) = &step.crash {
             if h.get_ref() == crate::world::ROUTER {
                 self.down = true;
@@ -147,28 +156,58 @@ impl Model {
             if h.get_ref() == crate::world::ROUTER {
                 self.down = false;
                 self.reg = Registry::boot(&self.facts);
+                self.unregistered.clear();
             }
         } else if let Some(rows) = &step.admin_patch {
             self.reg.admin_patch(&self.facts, rows, window);
         } else if let Some(m) = &step.unregister {
             if !self.down {
                 self.reg.unregister(m);
+                self.unregistered.insert(m.clone());
             }
         } else if let Some(spec) = &step.request {
             if !self.down {
+                world.eligible = self.reg.eligible(&self.facts, spec);
+                world.upstream_ended = window.iter().rev().find_map(|e| match e {
+                    HostEvent::Request {
+                        host,
+                        kind: RequestKind::ChatStream,
+                        fault,
+                    } => Some(request::upstream_ended(
+                        &self.facts,
+                        &self.reg,
+                        host,
+                        fault.as_ref(),
+                        &spec.model,
+                    )),
+                    _ => None,
+                });
                 let pred = self.reg.request(&self.facts, spec, window);
                 if let Some(got) = &rec.request {
-                    out.extend(pred.diff(got));
+                    out.extend(pred.diff(got).into_iter().map(|m| (ORACLE, m)));
                 }
             }
         }
         self.absorb(events, events.len());
         if !self.down && !writing && !self.reg.pending {
             if let Some(view) = &rec.state {
-                out.extend(self.reg.diff(&self.facts, view));
+                out.extend(
+                    self.reg
+                        .diff(&self.facts, view)
+                        .into_iter()
+                        .map(|m| (ORACLE, m)),
+                );
             }
         }
-        out
+        world.reserved = self
+            .reg
+            .configured()
+            .into_iter()
+            .filter(|m| !self.unregistered.contains(m))
+            .collect();
+        let mut judged = oracle::check_world(&world, rec);
+        judged.extend(out);
+        judged
     }
 
     /// Applies every complete refresh in `events[cursor..upto]`.

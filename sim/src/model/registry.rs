@@ -190,6 +190,11 @@ impl Registry {
             .collect()
     }
 
+    /// The canonical ids the configuration reserves (R5).
+    pub fn configured(&self) -> Vec<String> {
+        self.canonical.clone()
+    }
+
     pub fn failures(&self, id: &str) -> u32 {
         self.health.get(id).copied().unwrap_or(0)
     }

@@ -238,7 +238,42 @@ impl<'a> Seen<'a> {
     }
 }
 
+/// The `x-model-pub-key` a request carries.
+fn pubkey_of(facts: &Facts, spec: &RequestSpec) -> Option<String> {
+    spec.pub_key_of
+        .as_ref()
+        .and_then(|h| facts.near_keys.get(h.get_ref()).cloned())
+        .or_else(|| spec.model_pub_key.clone())
+}
+
 impl Registry {
+    /// R15 and R16: the providers of `model` a request may use at all.
+    fn candidates(&self, model: &str, pubkey: Option<&str>) -> Vec<Prov> {
+        let list = self.list(model);
+        // R15: a verifiable model never selects plaintext.
+        let verifiable = list.iter().any(|p| p.tier != Tier::NonAttested);
+        list.into_iter()
+            .filter(|p| !verifiable || p.tier != Tier::NonAttested)
+            // R16: only providers holding the key; Chutes holds none.
+            .filter(|p| match pubkey {
+                None => true,
+                Some(key) => matches!(&p.kind, Kind::Near { key: k, .. } if k == key),
+            })
+            .collect()
+    }
+
+    /// What the request's eligible providers can do: `(id, streams,
+    /// client_e2ee)`, for the capability-filter oracles.
+    pub fn eligible(&self, facts: &Facts, spec: &RequestSpec) -> Vec<(String, bool, bool)> {
+        self.candidates(&spec.model, pubkey_of(facts, spec).as_deref())
+            .into_iter()
+            .map(|p| {
+                let (streams, e2ee) = (p.streams(self.chutes_streaming), p.client_e2ee());
+                (p.id, streams, e2ee)
+            })
+            .collect()
+    }
+
     /// Predicts one request and applies its effect on health and the
     /// round-robin counters.
     pub fn request(
@@ -261,23 +296,10 @@ impl Registry {
         if list.is_empty() {
             return fail(404);
         }
-        let pubkey = spec
-            .pub_key_of
-            .as_ref()
-            .and_then(|h| facts.near_keys.get(h.get_ref()).cloned())
-            .or_else(|| spec.model_pub_key.clone());
-        // R15: a verifiable model never selects plaintext.
-        let verifiable = list.iter().any(|p| p.tier != Tier::NonAttested);
-        let mut cands: Vec<Prov> = list
-            .into_iter()
-            .filter(|p| !verifiable || p.tier != Tier::NonAttested)
-            .collect();
-        // R16: only providers holding the key; Chutes holds none.
-        if let Some(key) = &pubkey {
-            cands.retain(|p| matches!(&p.kind, Kind::Near { key: k, .. } if k == key));
-            if cands.is_empty() {
-                return fail(404);
-            }
+        let pubkey = pubkey_of(facts, spec);
+        let mut cands = self.candidates(&spec.model, pubkey.as_deref());
+        if cands.is_empty() && pubkey.is_some() {
+            return fail(404);
         }
         if cands.is_empty() {
             return fail(503);
@@ -445,6 +467,31 @@ impl Registry {
             }
         }
     }
+}
+
+/// Whether the upstream that answered a streamed chat call with `fault`
+/// really ended its stream: what the host sent, per SPEC R23/R25.
+pub fn upstream_ended(
+    facts: &Facts,
+    reg: &Registry,
+    host: &str,
+    fault: Option<&Fault>,
+    model: &str,
+) -> bool {
+    let upshot = if host == crate::world::CHUTES {
+        let v2 = reg.list(model).iter().any(|p| match &p.kind {
+            Kind::Chutes { slug } => facts
+                .scenario
+                .chutes
+                .iter()
+                .any(|c| &c.slug == slug && c.stream_protocol == 2),
+            _ => false,
+        });
+        chutes_upshot(fault, true, v2)
+    } else {
+        near_upshot(fault, true, facts.serves(host, model))
+    };
+    matches!(upshot, Upshot::Served(StreamEnd::Done))
 }
 
 /// A Chutes discovery stage (`/v1/models`, `/e2e/instances`) that failed.
