@@ -242,6 +242,24 @@ fn r17_demoted_provider_sorts_after_every_healthy_one() {
     assert_eq!(o[2], "c1");
 }
 
+/// R17 with two demoted providers ahead of a healthy one (a sort that moves
+/// each demoted provider back one place only would leave n1 first): the
+/// healthy providers lead in tier order, the demoted follow in theirs.
+#[test]
+fn r17_two_demoted_ahead_of_a_healthy_one_sort_behind_it() {
+    let (n1, n2, n3) = (near("n1", "k1"), near("n2", "k2"), near("n3", "k3"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2, &n3], &[&c1], &[]);
+    demote(&reg, "n1", 10);
+    demote(&reg, "n2", 12);
+    for _ in 0..3 {
+        assert_eq!(order(&reg, PLAIN, None, false), ["n3", "c1", "n1", "n2"]);
+    }
+    // Three demoted ahead of the healthy Chutes: Chutes alone leads.
+    demote(&reg, "n3", 10);
+    assert_eq!(order(&reg, PLAIN, None, false), ["c1", "n1", "n2", "n3"]);
+}
+
 #[test]
 fn r17_pubkey_routed_requests_use_their_own_counter() {
     let (n1, n2) = (near("n1", "k"), near("n2", "k"));
