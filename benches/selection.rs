@@ -13,6 +13,7 @@
 mod baseline;
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,7 +70,30 @@ const CASES: &[Case] = &[
         key_sharers: 0,
         pubkey: false,
     },
+    Case {
+        id: "16p",
+        near: 15,
+        other_models: 1_000,
+        key_sharers: 0,
+        pubkey: false,
+    },
+    Case {
+        id: "64p",
+        near: 63,
+        other_models: 1_000,
+        key_sharers: 0,
+        pubkey: false,
+    },
 ];
+
+/// Cases also measured as `engine_owned`: selection plus the owned candidate
+/// list `router.rs` builds from it (what a request really pays).
+const OWNED: &[&str] = &["2p", "4p", "64p"];
+
+/// Cases also measured with a second thread selecting the same model at once
+/// (`<id>_2threads`): the seed's global round-robin write lock against the
+/// engine's atomics. Only the measuring thread's CPU time counts.
+const CONTENDED: &[&str] = &["4p"];
 
 /// The same world for both sides: `MODEL` = `near` NEAR providers holding
 /// `KEY` + one Chutes; `other_models` models on their own NEAR providers, of
@@ -120,6 +144,24 @@ fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Runs `measure` (which returns the CPU time it spent on this thread),
+/// optionally while another thread runs `rival` until `measure` is done.
+fn with_rival(
+    rival: Option<&(dyn Fn(&AtomicBool) + Sync)>,
+    measure: impl FnOnce() -> Duration,
+) -> Duration {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        if let Some(rival) = rival {
+            let stop = &stop;
+            s.spawn(move || rival(stop));
+        }
+        let spent = measure();
+        stop.store(true, Ordering::Relaxed);
+        spent
+    })
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -137,6 +179,7 @@ fn bench(c: &mut Criterion) {
             .select(MODEL, Operation::ChatCompletion, key, false)
             .unwrap();
         assert_eq!(got.len(), want, "{}", case.id);
+        drop(got);
         let base = rt
             .block_on(pool.get_providers_with_fallback(
                 MODEL,
@@ -147,41 +190,86 @@ fn bench(c: &mut Criterion) {
             .unwrap();
         assert_eq!(base.len(), want, "{}", case.id);
 
-        group.bench_function(BenchmarkId::new("engine", case.id), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = thread_cpu_time();
-                    for _ in 0..iters {
-                        let _ = black_box(reg.select(
+        let engine = |iters: u64, owned: bool| {
+            let start = thread_cpu_time();
+            for _ in 0..iters {
+                let s = reg.select(
+                    black_box(MODEL),
+                    black_box(Operation::ChatCompletion),
+                    black_box(key),
+                    black_box(false),
+                );
+                if owned {
+                    let _ = black_box(s.map(|s| s.to_owned_candidates()));
+                } else {
+                    let _ = black_box(s);
+                }
+            }
+            thread_cpu_time() - start
+        };
+        let engine_rival = |stop: &AtomicBool| {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = black_box(reg.select(MODEL, Operation::ChatCompletion, key, false));
+            }
+        };
+        // The baseline's lock is async: one current-thread `block_on` around
+        // the whole timed loop, on each thread.
+        let baseline = |rt: &tokio::runtime::Runtime, iters: u64| {
+            rt.block_on(async {
+                let start = thread_cpu_time();
+                for _ in 0..iters {
+                    let _ = black_box(
+                        pool.get_providers_with_fallback(
                             black_box(MODEL),
                             black_box(Operation::ChatCompletion),
                             black_box(key),
                             black_box(false),
-                        ));
-                    }
-                    thread_cpu_time() - start
-                })
+                        )
+                        .await,
+                    );
+                }
+                thread_cpu_time() - start
             })
+        };
+        let baseline_rival = |stop: &AtomicBool| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = black_box(
+                        pool.get_providers_with_fallback(
+                            MODEL,
+                            Operation::ChatCompletion,
+                            key,
+                            false,
+                        )
+                        .await,
+                    );
+                }
+            })
+        };
+
+        group.bench_function(BenchmarkId::new("engine", case.id), |b| {
+            b.iter_custom(|iters| engine(iters, false))
         });
         group.bench_function(BenchmarkId::new("baseline", case.id), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = thread_cpu_time();
-                    for _ in 0..iters {
-                        let _ = black_box(
-                            pool.get_providers_with_fallback(
-                                black_box(MODEL),
-                                black_box(Operation::ChatCompletion),
-                                black_box(key),
-                                black_box(false),
-                            )
-                            .await,
-                        );
-                    }
-                    thread_cpu_time() - start
-                })
-            })
+            b.iter_custom(|iters| baseline(&rt, iters))
         });
+        if OWNED.contains(&case.id) {
+            group.bench_function(BenchmarkId::new("engine_owned", case.id), |b| {
+                b.iter_custom(|iters| engine(iters, true))
+            });
+        }
+        if CONTENDED.contains(&case.id) {
+            let id = format!("{}_2threads", case.id);
+            group.bench_function(BenchmarkId::new("engine", &id), |b| {
+                b.iter_custom(|iters| with_rival(Some(&engine_rival), || engine(iters, false)))
+            });
+            group.bench_function(BenchmarkId::new("baseline", &id), |b| {
+                b.iter_custom(|iters| with_rival(Some(&baseline_rival), || baseline(&rt, iters)))
+            });
+        }
     }
     group.finish();
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::admin::{validate_batch, BatchError};
 use crate::catalog::{CatalogClient, CatalogPatchRow, CatalogRow as WireRow};
 use crate::config::{ChutesModelEntry, EngineConfig};
 use crate::external::ExternalProvider;
@@ -39,6 +40,9 @@ pub struct RefreshReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The batch broke a rule of R13; nothing of it was applied.
+    #[error("bad admin batch: {0}")]
+    Invalid(#[from] BatchError),
     #[error("catalog write failed: {0}")]
     Catalog(ProviderError),
 }
@@ -97,6 +101,25 @@ impl App {
         }
         app.refresh().await;
         app
+    }
+
+    /// An app over an already-filled registry, without bootstrap or
+    /// refresh: the HTTP surface over fake providers, for tests.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn over_registry(registry: Arc<Registry>, settings: AppSettings, http: HttpClient) -> App {
+        let catalog = CatalogClient::new(http.clone(), &settings.catalog_url, settings.timeouts)
+            .expect("catalog url is valid");
+        App {
+            router: Router::new(registry.clone()),
+            registry,
+            http,
+            catalog,
+            timeouts: settings.timeouts,
+            near_by_url: Mutex::default(),
+            external_by_row: Mutex::default(),
+            writer: Mutex::new(()),
+            config: settings.config,
+        }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -203,13 +226,15 @@ impl App {
         report
     }
 
-    /// R13: the admin's partial batch. The catalog is written first; only
-    /// when it accepted the batch does the router merge it (R7, never prune)
-    /// and apply activity, so a failed write changes nothing.
+    /// R13: the admin's partial batch. The whole batch is validated first
+    /// (one bad row refuses it all); then the catalog is written; only when
+    /// it accepted the batch does the router merge it (R7, never prune) and
+    /// apply activity, so a refused batch or a failed write changes nothing.
     pub async fn admin_patch(
         &self,
         batch: Vec<CatalogPatchRow>,
     ) -> Result<Vec<WireRow>, AdminError> {
+        validate_batch(&batch)?;
         let _w = self.writer.lock().await;
         let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
         let touches_url: Vec<bool> = batch.iter().map(|r| r.inference_url.is_some()).collect();

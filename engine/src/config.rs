@@ -17,6 +17,34 @@ pub enum ConfigError {
     MalformedChutesEntry { entry: String, why: &'static str },
     #[error("{name} is not a valid number of seconds: {value:?}")]
     BadInterval { name: &'static str, value: String },
+    #[error("ADMIN_API_KEY must be printable ASCII without spaces (it is sent as `Authorization: Bearer <key>`)")]
+    BadAdminKey,
+}
+
+/// The admin API's bearer key (R13). Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminKey(String);
+
+impl AdminKey {
+    /// A key usable in an `Authorization: Bearer` header: non-empty
+    /// printable ASCII without spaces.
+    pub fn new(key: impl Into<String>) -> Result<AdminKey, ConfigError> {
+        let key = key.into();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::BadAdminKey);
+        }
+        Ok(AdminKey(key))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey(<redacted>)")
+    }
 }
 
 /// Parses `CHUTES_MODELS` (R2). Unset or blank means no entries. Entries are
@@ -74,6 +102,9 @@ pub struct EngineConfig {
     pub chutes_streaming: bool,
     /// `MODEL_REFRESH_INTERVAL_SECS`: how often discovery is polled.
     pub refresh_interval: Duration,
+    /// `ADMIN_API_KEY`: the admin API's bearer key (R13). Unset means the
+    /// admin API refuses every request (fail closed).
+    pub admin_api_key: Option<AdminKey>,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +114,7 @@ impl Default for EngineConfig {
             chutes_api_key: None,
             chutes_streaming: false,
             refresh_interval: Duration::from_secs(900),
+            admin_api_key: None,
         }
     }
 }
@@ -114,11 +146,16 @@ impl EngineConfig {
                     value: v,
                 })?,
         };
+        let admin_api_key = get("ADMIN_API_KEY")
+            .filter(|k| !k.trim().is_empty())
+            .map(AdminKey::new)
+            .transpose()?;
         Ok(EngineConfig {
             chutes_models,
             chutes_api_key,
             chutes_streaming,
             refresh_interval,
+            admin_api_key,
         })
     }
 }
@@ -199,5 +236,21 @@ mod tests {
         let bad =
             EngineConfig::from_env(|k| (k == "MODEL_REFRESH_INTERVAL_SECS").then(|| "0s".into()));
         assert!(matches!(bad, Err(ConfigError::BadInterval { .. })));
+    }
+
+    #[test]
+    fn r13_admin_key_is_read_checked_and_never_printed() {
+        let cfg = EngineConfig::from_env(|k| (k == "ADMIN_API_KEY").then(|| "k3y".into())).unwrap();
+        assert_eq!(
+            cfg.admin_api_key.as_ref().map(AdminKey::as_str),
+            Some("k3y")
+        );
+        assert!(!format!("{cfg:?}").contains("k3y"), "Debug redacts the key");
+        let unset = EngineConfig::from_env(|_| None).unwrap();
+        assert_eq!(unset.admin_api_key, None, "unset: the admin API is closed");
+        for bad in ["two words", "tab\there", "é"] {
+            let got = EngineConfig::from_env(|k| (k == "ADMIN_API_KEY").then(|| bad.into()));
+            assert_eq!(got, Err(ConfigError::BadAdminKey), "{bad:?}");
+        }
     }
 }

@@ -3,11 +3,13 @@
 //! The engine knows nothing of simulation: its network, randomness and time are
 //! injected (see `ARCHITECTURE.md`).
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod catalog;
 pub mod chutes;
 pub mod config;
+pub mod echo;
 pub mod external;
 pub mod http;
 pub mod near;

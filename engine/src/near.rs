@@ -51,9 +51,13 @@ impl AttestationReport {
     }
 }
 
+/// A signing key as reports carry it and `x-model-pub-key` names it (R16):
+/// the hex of a 32-byte ed25519 verifying key.
+pub const SIGNING_KEY_HEX_LEN: usize = 64;
+
 fn decode_key(hex: &str) -> Option<[u8; 32]> {
     let digits = hex.as_bytes();
-    if digits.len() != 64 {
+    if digits.len() != SIGNING_KEY_HEX_LEN {
         return None;
     }
     let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);

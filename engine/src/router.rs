@@ -79,6 +79,21 @@ pub enum RouteError {
 }
 
 impl RouteError {
+    /// The same error with the requested id as it may be shown: bounded and
+    /// escaped (`echo`), for replies and log lines.
+    pub fn echoed(&self) -> RouteError {
+        let mut shown = self.clone();
+        let (RouteError::UnknownModel { model }
+        | RouteError::Inactive { model }
+        | RouteError::NoProviderForPubKey { model }
+        | RouteError::NoProviders { model }
+        | RouteError::Provider { model, .. }) = &mut shown;
+        if let std::borrow::Cow::Owned(m) = crate::echo::echo(model) {
+            *model = m;
+        }
+        shown
+    }
+
     /// The HTTP status the client receives.
     pub fn status(&self) -> u16 {
         match self {

@@ -108,6 +108,19 @@ impl Selection {
     }
 }
 
+/// The owned candidate list the router builds from a selection (for the
+/// selection benchmark's `engine_owned` case); opaque outside the engine.
+#[cfg(feature = "testing")]
+pub struct OwnedCandidates(#[allow(dead_code)] Vec<(Arc<dyn Provider>, Arc<Health>)>);
+
+#[cfg(feature = "testing")]
+impl Selection {
+    /// What `router.rs` does after selecting: `to_candidates`.
+    pub fn to_owned_candidates(&self) -> OwnedCandidates {
+        OwnedCandidates(self.to_candidates())
+    }
+}
+
 impl std::fmt::Debug for Selection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.ids()).finish()

@@ -1,7 +1,8 @@
 //! A step's expectations, checked against what the step recorded.
 
-use crate::runner::StepRecord;
-use crate::scenario::format::Expect;
+use crate::fault::Received;
+use crate::record::StepRecord;
+use crate::scenario::format::{ErrorExpect, Expect, UpstreamExpect};
 
 /// Whether provider id `id` is what a scenario calls `name`: the exact id, or
 /// its family (`chutes` for `chutes:<slug>`, `external` for `external:<host>`).
@@ -12,6 +13,27 @@ pub fn names(name: &str, id: &str) -> bool {
 /// Every expectation of `e` that `rec` does not meet, as messages.
 pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
     let mut out = Vec::new();
+    if !e.each.is_empty() {
+        if e.each.len() != rec.concurrent.len() {
+            out.push(format!(
+                "each: {} expectations for {} concurrent requests",
+                e.each.len(),
+                rec.concurrent.len()
+            ));
+        }
+        for (k, (want, req)) in e.each.iter().zip(&rec.concurrent).enumerate() {
+            let one = StepRecord {
+                request: Some(req.clone()),
+                concurrent: Vec::new(),
+                ..rec.clone()
+            };
+            out.extend(
+                check(want, &one)
+                    .into_iter()
+                    .map(|m| format!("request {} ({}): {m}", k + 1, req.id)),
+            );
+        }
+    }
     let req = rec.request.as_ref();
     let needs_request = e.status.is_some()
         || e.served_by.is_some()
@@ -21,7 +43,11 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
         || e.backoff.is_some()
         || !e.contains.is_empty()
         || !e.not_contains.is_empty()
-        || e.done.is_some();
+        || e.done.is_some()
+        || e.error.is_some()
+        || !e.headers.is_empty()
+        || !e.headers_absent.is_empty()
+        || e.upstream.is_some();
     if needs_request && req.is_none() {
         out.push("request expectations on a step without a request".into());
         return out;
@@ -95,6 +121,59 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
                 out.push(format!("done: expected {want}, got {got}"));
             }
         }
+        if let Some(want) = &e.error {
+            error_body(want, &req.body, &mut out);
+        }
+        for (name, want) in &e.headers {
+            let got: Vec<&str> = req
+                .headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if got != [want.as_str()] {
+                out.push(format!("headers: {name}: expected {want:?}, got {got:?}"));
+            }
+        }
+        if let Some(want) = &e.upstream {
+            upstream(want, &req.upstream, &mut out);
+        }
+        for name in &e.headers_absent {
+            if let Some((_, v)) = req.headers.iter().find(|(k, _)| k == name) {
+                out.push(format!("headers_absent: {name} is present ({v:?})"));
+            }
+        }
+    }
+    for h in &e.health {
+        let got = rec.state.as_ref().and_then(|v| {
+            v.models
+                .get(&h.model)?
+                .iter()
+                .find(|p| names(&h.provider, p.id.as_str()))
+        });
+        match got {
+            None => out.push(format!(
+                "health: {} has no provider {} (or the router is down)",
+                h.model, h.provider
+            )),
+            Some(p) => {
+                if h.failures.is_some_and(|f| f != p.consecutive_failures) {
+                    out.push(format!(
+                        "health: {} of {}: expected {} failures, got {}",
+                        h.provider,
+                        h.model,
+                        h.failures.unwrap_or_default(),
+                        p.consecutive_failures
+                    ));
+                }
+                if h.demoted.is_some_and(|d| d != p.demoted) {
+                    out.push(format!(
+                        "health: {} of {}: expected demoted = {}, got {}",
+                        h.provider, h.model, !p.demoted, p.demoted
+                    ));
+                }
+            }
+        }
     }
     let state = rec.state.as_ref();
     for (model, want) in &e.providers {
@@ -132,6 +211,84 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
         }
     }
     out
+}
+
+/// Checks the client's error body (`{"error": {…}}`) against `want`.
+fn error_body(want: &ErrorExpect, body: &[u8], out: &mut Vec<String>) {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let Some(error) = parsed.as_ref().and_then(|v| v.get("error")) else {
+        out.push(format!(
+            "error: the body is not an error object ({})",
+            clip(&String::from_utf8_lossy(body))
+        ));
+        return;
+    };
+    let field = |k: &str| error.get(k).and_then(|v| v.as_str());
+    for (key, want) in [
+        ("type", &want.kind),
+        ("code", &want.code),
+        ("param", &want.param),
+    ] {
+        if let Some(w) = want {
+            if field(key) != Some(w.as_str()) {
+                out.push(format!("error.{key}: expected {w:?}, got {:?}", field(key)));
+            }
+        }
+    }
+    let message = field("message").unwrap_or_default();
+    for c in &want.message_contains {
+        if !message.contains(c.as_str()) {
+            out.push(format!("error.message: {c:?} not in {message:?}"));
+        }
+    }
+    for c in &want.message_not_contains {
+        if message.contains(c.as_str()) {
+            out.push(format!("error.message: {c:?} is in {message:?}"));
+        }
+    }
+}
+
+/// Checks what upstream hosts received against `want`, one for one.
+fn upstream(want: &[UpstreamExpect], got: &[Received], out: &mut Vec<String>) {
+    let hosts: Vec<&str> = got.iter().map(|r| r.host.as_str()).collect();
+    if want.len() != got.len() {
+        out.push(format!(
+            "upstream: expected {} request(s), got {} ({hosts:?})",
+            want.len(),
+            got.len()
+        ));
+        return;
+    }
+    for (i, (w, g)) in want.iter().zip(got).enumerate() {
+        if w.host != g.host {
+            out.push(format!(
+                "upstream[{i}]: expected host {}, got {}",
+                w.host, g.host
+            ));
+        }
+        if let Some(model) = &w.model {
+            if g.body["model"].as_str() != Some(model.as_str()) {
+                out.push(format!(
+                    "upstream[{i}] ({}): expected model {model:?}, got {}",
+                    g.host, g.body["model"]
+                ));
+            }
+        }
+        for (k, v) in &w.fields {
+            if g.body.get(k) != Some(v) {
+                out.push(format!(
+                    "upstream[{i}] ({}): expected {k} = {v}, got {:?}",
+                    g.host,
+                    g.body.get(k)
+                ));
+            }
+        }
+        for k in &w.absent {
+            if g.body.get(k).is_some() {
+                out.push(format!("upstream[{i}] ({}): {k} is present", g.host));
+            }
+        }
+    }
 }
 
 fn same_set(want: &[String], got: &[&String]) -> bool {

@@ -9,12 +9,14 @@
 //! ```toml
 //! fault = { host = "near-1", http_status = 503, times = 4 }
 //! fault = { host = "near-1", http_status = 500, code = "client_media_fetch_failed" }
+//! fault = { host = "near-1", http_status = 400, message = "bad upstream http://10.0.0.1:8000/x" }
 //! fault = { host = "near-1", model_not_found = true }
 //! fault = { host = "near-1", reset_before_body = true }
 //! fault = { host = "near-1", reset_after_chunks = 2 }
 //! fault = { host = "near-1", latency_ms = 5000 }
 //! fault = { host = "near-1", slow_first_token_ms = 5000 }
 //! fault = { host = "near-1", cut_stream_after = 2 }
+//! fault = { host = "near-1", own_model_name = true }  # answers as `near-1/<model>`
 //! fault = { host = "catalog", http_status = 503, on = "catalog" }
 //! # Chutes only (frame indices count the encrypted `e2e` frames, 0-based,
 //! # the inner [DONE] frame included):
@@ -37,8 +39,9 @@
 //! attestation report (see [`Scope`]). Several faults on one host: the first
 //! injected that matches the request fires.
 //!
-//! Adding a fault kind (e.g. Chutes' forged outer `[DONE]`): a [`Fault`]
-//! variant, its key in `FaultSpec` and the two conversions below.
+//! Adding a fault kind (e.g. Chutes' forged outer `[DONE]`): one row of
+//! the `fault_table!` below (variant, key, default scope, Chutes-only,
+//! costly, wire read/write, sweep draw), then the host that acts it out.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -122,110 +125,397 @@ impl Scope {
     }
 }
 
-/// One kind of misbehaviour of an HTTP host (SPEC §8).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fault {
-    /// Answer with this status and an OpenAI-style error body; `code` is the
-    /// body's `error.code` (429 defaults to `rate_limit_exceeded`).
-    HttpStatus {
-        status: u16,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        code: Option<String>,
-    },
-    /// 404 with `error.code = "model_not_found"`, whatever the model.
-    ModelNotFound,
-    /// Drop the connection before any response byte.
-    ResetBeforeBody,
-    /// Send the head and `after_chunks` stream chunks (half a JSON body),
-    /// then drop the connection.
-    ResetMidBody { after_chunks: u32 },
-    /// Delay the whole response.
-    Latency { ms: u64 },
-    /// Send the stream's head at once but its first chunk after `ms`.
-    SlowFirstToken { ms: u64 },
-    /// End the stream cleanly after `after_chunks` chunks, without `[DONE]`
-    /// (a JSON body: cut in half).
-    CutStream { after_chunks: u32 },
-    /// Chutes gateway: send `after_frames` encrypted frames, then a forged
-    /// plaintext outer `data: [DONE]`, and drop the rest.
-    ForgedOuterDone { after_frames: u32 },
-    /// Chutes instance: an `{"e2e_error": …}` event instead of the stream.
-    E2eError,
-    /// Chutes gateway: drop encrypted frame `index`.
-    DropFrame { index: u32 },
-    /// Chutes gateway: swap encrypted frames `index` and `index + 1`.
-    ReorderFrame { index: u32 },
-    /// Chutes gateway: send encrypted frame `index` twice.
-    ReplayFrame { index: u32 },
-    /// Chutes gateway: list its own ML-KEM key for every instance, with the
-    /// evidence of the real key (§7b must reject it).
-    WrongKey,
-    /// Chutes instance: a JSON reply whose authenticated gzip inflates past
-    /// the 64 MiB cap.
-    GzipBomb,
-    /// Chutes gateway: an SSE line longer than the 16 MiB cap.
-    OversizedLine,
-    /// Chutes gateway: relay frame 0 before the `e2e_init` event.
-    FrameBeforeInit,
-    /// Chutes gateway: flip one ciphertext bit of frame `index` (AEAD failure).
-    CorruptFrame { index: u32 },
-    /// Chutes gateway: replace frame `index`'s payload with text that is not base64.
-    BadBase64Frame { index: u32 },
+/// Defines every fault kind once: its [`Fault`] variant, its scenario key
+/// (which is also its `[sweep]`/`--kinds` name and the snake_case of its
+/// variant), the requests it hits by default, whether only Chutes acts it
+/// out, whether the sweep leaves it out unless asked, how the scenario's
+/// wire value reads into it and back, and how the sweep draws one. The
+/// kind list ([`FaultKind`]), the names, the wire form (`FaultSpec`), the
+/// conversions, `Display` and the sweep's draw are generated from it.
+macro_rules! fault_table {
+    (
+        $(
+            $(#[doc = $doc:literal])*
+            $Variant:ident $({ $($field:ident : $fty:ty),* $(,)? })? => $key:ident : $wire:ty {
+                scope: $scope:ident,
+                chutes_only: $chutes_only:literal,
+                costly: $costly:literal,
+                read: |$rv:ident, $rs:ident| $read:expr,
+                write: $write:expr,
+                draw: |$dd:ident, $dm:ident| $draw:expr $(,)?
+            }
+        )*
+        ;
+        $(
+            $(#[doc = $xdoc:literal])*
+            $Extra:ident => $xkey:ident
+        )*
+    ) => {
+        /// One kind of misbehaviour of an HTTP host (SPEC §8).
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Fault {
+            $( $(#[doc = $doc])* $Variant $({ $($field: $fty),* })?, )*
+        }
+
+        /// A kind of fault the sweep can draw (SPEC §8): every fault-board
+        /// kind, plus turmoil's partitions and crash/restart. Its name is
+        /// its scenario key.
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+            schemars::JsonSchema,
+        )]
+        #[serde(rename_all = "snake_case")]
+        pub enum FaultKind {
+            $( $(#[doc = $doc])* $Variant, )*
+            $( $(#[doc = $xdoc])* $Extra, )*
+        }
+
+        impl FaultKind {
+            pub const ALL: &'static [FaultKind] = &[$(FaultKind::$Variant,)* $(FaultKind::$Extra,)*];
+
+            /// Whether a sweep leaves this kind out unless asked for (each
+            /// allocates tens of MiB).
+            pub fn costly(self) -> bool {
+                match self {
+                    $( FaultKind::$Variant => $costly, )*
+                    $( FaultKind::$Extra => false, )*
+                }
+            }
+
+            /// The name used in scenarios, `[sweep]` and on the command line.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( FaultKind::$Variant => stringify!($key), )*
+                    $( FaultKind::$Extra => stringify!($xkey), )*
+                }
+            }
+
+            /// Whether only the Chutes gateway acts this fault out.
+            pub fn chutes_only(self) -> bool {
+                match self {
+                    $( FaultKind::$Variant => $chutes_only, )*
+                    $( FaultKind::$Extra => false, )*
+                }
+            }
+
+            /// A random fault of this kind for the sweep (`None` for the
+            /// kinds that are not fault-board faults: partition, crash).
+            pub fn draw(self, dice: &mut dyn Dice, limits: &DrawLimits) -> Option<Fault> {
+                match self {
+                    $( FaultKind::$Variant => {
+                        let ($dd, $dm) = (dice, limits);
+                        Some($draw)
+                    } )*
+                    $( FaultKind::$Extra => None, )*
+                }
+            }
+        }
+
+        impl Fault {
+            /// This fault's kind.
+            pub fn kind(&self) -> FaultKind {
+                match self {
+                    $( Fault::$Variant { .. } => FaultKind::$Variant, )*
+                }
+            }
+
+            /// Requests the fault hits when the scenario does not say (`on`).
+            pub fn default_scope(&self) -> Scope {
+                match self {
+                    $( Fault::$Variant { .. } => Scope::$scope, )*
+                }
+            }
+
+            /// The value of the fault's scenario key.
+            fn wire_value(&self) -> String {
+                match self {
+                    $( Fault::$Variant { $($($field,)*)? .. } => {
+                        $($(let _ = &$field;)*)?
+                        let value: $wire = $write;
+                        value.to_string()
+                    } )*
+                }
+            }
+        }
+
+        /// The flat wire form of [`FaultInjection`]: exactly one fault key.
+        #[derive(Debug, Default, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FaultSpec {
+            host: String,
+            $(
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                $key: Option<$wire>,
+            )*
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            code: Option<String>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            message: Option<String>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            times: Option<u32>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            on: Option<Scope>,
+        }
+
+        impl FaultSpec {
+            /// Every fault the spec names, read from its keys.
+            fn faults(&self) -> Result<Vec<Fault>, String> {
+                let mut out = Vec::new();
+                $(
+                    if let Some($rv) = self.$key.clone() {
+                        WireValue::accept(&$rv, stringify!($key))?;
+                        let $rs = self;
+                        out.push($read);
+                    }
+                )*
+                Ok(out)
+            }
+
+            /// The spec's key for `fault`.
+            fn set(&mut self, fault: &Fault) {
+                match fault {
+                    $( Fault::$Variant { $($($field,)*)? .. } => {
+                        $($(let _ = &$field;)*)?
+                        self.$key = Some($write);
+                    } )*
+                }
+            }
+        }
+    };
 }
 
-impl Fault {
-    /// Requests the fault hits when the scenario does not say (`on`).
-    pub fn default_scope(&self) -> Scope {
+fault_table! {
+    /// Answer with this status and an OpenAI-style error body; `code` is the
+    /// body's `error.code` (429 defaults to `rate_limit_exceeded`) and
+    /// `message` its `error.message` (default: a fixed text naming the host).
+    HttpStatus { status: u16, code: Option<String>, message: Option<String> } => http_status: u16 {
+        scope: Service, chutes_only: false, costly: false,
+        read: |v, spec| {
+            if !(400..=599).contains(&v) {
+                return Err(format!("http_status = {v}: a fault status must be 4xx or 5xx"));
+            }
+            Fault::HttpStatus { status: v, code: spec.code.clone(), message: spec.message.clone() }
+        },
+        write: *status,
+        draw: |d, m| Fault::HttpStatus {
+            status: m.statuses[d.below(m.statuses.len() as u64) as usize],
+            code: None,
+            message: None,
+        },
+    }
+    /// 404 with `error.code = "model_not_found"`, whatever the model.
+    ModelNotFound => model_not_found: bool {
+        scope: Service, chutes_only: false, costly: false,
+        read: |_v, _s| Fault::ModelNotFound,
+        write: true,
+        draw: |_d, _m| Fault::ModelNotFound,
+    }
+    /// Drop the connection before any response byte.
+    ResetBeforeBody => reset_before_body: bool {
+        scope: Service, chutes_only: false, costly: false,
+        read: |_v, _s| Fault::ResetBeforeBody,
+        write: true,
+        draw: |_d, _m| Fault::ResetBeforeBody,
+    }
+    /// Send the head and `after_chunks` stream chunks (half a JSON body),
+    /// then drop the connection.
+    ResetAfterChunks { after_chunks: u32 } => reset_after_chunks: u32 {
+        scope: Service, chutes_only: false, costly: false,
+        read: |v, _s| Fault::ResetAfterChunks { after_chunks: v },
+        write: *after_chunks,
+        draw: |d, _m| Fault::ResetAfterChunks { after_chunks: d.below(3) as u32 },
+    }
+    /// Delay the whole response by `ms`.
+    LatencyMs { ms: u64 } => latency_ms: u64 {
+        scope: Service, chutes_only: false, costly: false,
+        read: |v, _s| Fault::LatencyMs { ms: v },
+        write: *ms,
+        draw: |d, m| Fault::LatencyMs { ms: d.between(1, m.max_latency_ms) },
+    }
+    /// Send the stream's head at once but its first chunk after `ms`.
+    SlowFirstTokenMs { ms: u64 } => slow_first_token_ms: u64 {
+        scope: ChatStream, chutes_only: false, costly: false,
+        read: |v, _s| Fault::SlowFirstTokenMs { ms: v },
+        write: *ms,
+        draw: |d, m| Fault::SlowFirstTokenMs { ms: d.between(1, m.max_latency_ms) },
+    }
+    /// End the stream cleanly after `after_chunks` chunks, without `[DONE]`
+    /// (a JSON body: cut in half).
+    CutStreamAfter { after_chunks: u32 } => cut_stream_after: u32 {
+        scope: ChatStream, chutes_only: false, costly: false,
+        read: |v, _s| Fault::CutStreamAfter { after_chunks: v },
+        write: *after_chunks,
+        draw: |d, _m| Fault::CutStreamAfter { after_chunks: d.below(4) as u32 },
+    }
+    /// Chutes gateway: send `after_frames` encrypted frames, then a forged
+    /// plaintext outer `data: [DONE]`, and drop the rest.
+    ForgedOuterDone { after_frames: u32 } => forged_outer_done: u32 {
+        scope: ChatStream, chutes_only: true, costly: false,
+        read: |v, _s| Fault::ForgedOuterDone { after_frames: v },
+        write: *after_frames,
+        draw: |d, _m| Fault::ForgedOuterDone { after_frames: d.below(4) as u32 },
+    }
+    /// Chutes instance: an `{"e2e_error": …}` event instead of the stream.
+    E2eError => e2e_error: bool {
+        scope: ChatStream, chutes_only: true, costly: false,
+        read: |_v, _s| Fault::E2eError,
+        write: true,
+        draw: |_d, _m| Fault::E2eError,
+    }
+    /// Chutes gateway: drop encrypted frame `index`.
+    DropFrame { index: u32 } => drop_frame: u32 {
+        scope: ChatStream, chutes_only: true, costly: false,
+        read: |v, _s| Fault::DropFrame { index: v },
+        write: *index,
+        draw: |d, _m| Fault::DropFrame { index: d.below(4) as u32 },
+    }
+    /// Chutes gateway: swap encrypted frames `index` and `index + 1`.
+    ReorderFrame { index: u32 } => reorder_frame: u32 {
+        scope: ChatStream, chutes_only: true, costly: false,
+        read: |v, _s| Fault::ReorderFrame { index: v },
+        write: *index,
+        draw: |d, _m| Fault::ReorderFrame { index: d.below(3) as u32 },
+    }
+    /// Chutes gateway: send encrypted frame `index` twice.
+    ReplayFrame { index: u32 } => replay_frame: u32 {
+        scope: ChatStream, chutes_only: true, costly: false,
+        read: |v, _s| Fault::ReplayFrame { index: v },
+        write: *index,
+        draw: |d, _m| Fault::ReplayFrame { index: d.below(4) as u32 },
+    }
+    /// Chutes gateway: list its own ML-KEM key for every instance, with the
+    /// evidence of the real key (§7b must reject it).
+    WrongKey => wrong_key: bool {
+        scope: Instances, chutes_only: true, costly: false,
+        read: |_v, _s| Fault::WrongKey,
+        write: true,
+        draw: |_d, _m| Fault::WrongKey,
+    }
+    /// Chutes instance: a JSON reply whose authenticated gzip inflates past
+    /// the 64 MiB cap.
+    GzipBomb => gzip_bomb: bool {
+        scope: ChatJson, chutes_only: true, costly: true,
+        read: |_v, _s| Fault::GzipBomb,
+        write: true,
+        draw: |_d, _m| Fault::GzipBomb,
+    }
+    /// Chutes gateway: an SSE line longer than the 16 MiB cap.
+    OversizedLine => oversized_line: bool {
+        scope: ChatStream, chutes_only: true, costly: true,
+        read: |_v, _s| Fault::OversizedLine,
+        write: true,
+        draw: |_d, _m| Fault::OversizedLine,
+    }
+    /// Chutes gateway: relay frame 0 before the `e2e_init` event.
+    FrameBeforeInit => frame_before_init: bool {
+        scope: ChatStream, chutes_only: true, costly: false,
+        read: |_v, _s| Fault::FrameBeforeInit,
+        write: true,
+        draw: |_d, _m| Fault::FrameBeforeInit,
+    }
+    /// Chutes gateway: flip one ciphertext bit of frame `index` (AEAD failure).
+    CorruptFrame { index: u32 } => corrupt_frame: u32 {
+        scope: ChatStream, chutes_only: true, costly: false,
+        read: |v, _s| Fault::CorruptFrame { index: v },
+        write: *index,
+        draw: |d, _m| Fault::CorruptFrame { index: d.below(4) as u32 },
+    }
+    /// Chutes gateway: replace frame `index`'s payload with text that is not base64.
+    BadBase64Frame { index: u32 } => bad_base64_frame: u32 {
+        scope: ChatStream, chutes_only: true, costly: false,
+        read: |v, _s| Fault::BadBase64Frame { index: v },
+        write: *index,
+        draw: |d, _m| Fault::BadBase64Frame { index: d.below(4) as u32 },
+    }
+    /// A chat backend names its own model (`<host>/<model>`, as a server
+    /// that serves a local path would) in every answer and chunk, so the
+    /// router's rewrite to the canonical id (R3) is visible.
+    OwnModelName => own_model_name: bool {
+        scope: Chat, chutes_only: false, costly: false,
+        read: |_v, _s| Fault::OwnModelName,
+        write: true,
+        draw: |_d, _m| Fault::OwnModelName,
+    }
+    ;
+    /// Cut the link between the router and the host for a while.
+    Partition => partition
+    /// Crash the host, restart it later.
+    Crash => crash
+}
+
+/// A scenario value that must mean something: `key = false` does not.
+trait WireValue {
+    fn accept(&self, _key: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl WireValue for bool {
+    fn accept(&self, key: &str) -> Result<(), String> {
+        if *self {
+            Ok(())
+        } else {
+            Err(format!("`{key} = false` means nothing: leave the key out"))
+        }
+    }
+}
+
+impl WireValue for u16 {}
+impl WireValue for u32 {}
+impl WireValue for u64 {}
+
+/// The randomness the sweep draws faults with (its seeded ChaCha20 stream).
+pub trait Dice {
+    /// Uniform in `0..n` (0 when `n == 0`).
+    fn below(&mut self, n: u64) -> u64;
+
+    /// Uniform in `lo..=hi`.
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi.saturating_sub(lo) + 1)
+    }
+}
+
+/// The sweep menu's bounds on drawn faults.
+pub struct DrawLimits<'a> {
+    /// What `http_status` draws from.
+    pub statuses: &'a [u16],
+    /// Longest `latency_ms` / `slow_first_token_ms` (at least 1).
+    pub max_latency_ms: u64,
+}
+
+impl FaultKind {
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// Whether `host` can suffer this fault: the router only crashes (a
+    /// partition cuts it from another host); the client, which drives the
+    /// scenario, suffers none.
+    pub fn hits(self, host: &str) -> bool {
         match self {
-            Fault::SlowFirstToken { .. }
-            | Fault::CutStream { .. }
-            | Fault::ForgedOuterDone { .. }
-            | Fault::E2eError
-            | Fault::DropFrame { .. }
-            | Fault::ReorderFrame { .. }
-            | Fault::ReplayFrame { .. }
-            | Fault::OversizedLine
-            | Fault::FrameBeforeInit
-            | Fault::CorruptFrame { .. }
-            | Fault::BadBase64Frame { .. } => Scope::ChatStream,
-            Fault::GzipBomb => Scope::ChatJson,
-            Fault::WrongKey => Scope::Instances,
-            _ => Scope::Service,
+            _ if host == "client" => false,
+            FaultKind::Crash => true,
+            FaultKind::Partition => host != "router",
+            _ if host == "router" => false,
+            k if k.chutes_only() => host == "chutes",
+            _ => true,
         }
     }
 }
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Fault::HttpStatus { status, code: None } => write!(f, "http_status = {status}"),
-            Fault::HttpStatus {
-                status,
-                code: Some(code),
-            } => write!(f, "http_status = {status}, code = {code:?}"),
-            Fault::ModelNotFound => f.write_str("model_not_found = true"),
-            Fault::ResetBeforeBody => f.write_str("reset_before_body = true"),
-            Fault::ResetMidBody { after_chunks } => {
-                write!(f, "reset_after_chunks = {after_chunks}")
+        write!(f, "{} = {}", self.kind().name(), self.wire_value())?;
+        if let Fault::HttpStatus { code, message, .. } = self {
+            if let Some(code) = code {
+                write!(f, ", code = {code:?}")?;
             }
-            Fault::Latency { ms } => write!(f, "latency_ms = {ms}"),
-            Fault::SlowFirstToken { ms } => write!(f, "slow_first_token_ms = {ms}"),
-            Fault::CutStream { after_chunks } => write!(f, "cut_stream_after = {after_chunks}"),
-            Fault::ForgedOuterDone { after_frames } => {
-                write!(f, "forged_outer_done = {after_frames}")
+            if let Some(message) = message {
+                write!(f, ", message = {message:?}")?;
             }
-            Fault::E2eError => f.write_str("e2e_error = true"),
-            Fault::DropFrame { index } => write!(f, "drop_frame = {index}"),
-            Fault::ReorderFrame { index } => write!(f, "reorder_frame = {index}"),
-            Fault::ReplayFrame { index } => write!(f, "replay_frame = {index}"),
-            Fault::WrongKey => f.write_str("wrong_key = true"),
-            Fault::GzipBomb => f.write_str("gzip_bomb = true"),
-            Fault::OversizedLine => f.write_str("oversized_line = true"),
-            Fault::FrameBeforeInit => f.write_str("frame_before_init = true"),
-            Fault::CorruptFrame { index } => write!(f, "corrupt_frame = {index}"),
-            Fault::BadBase64Frame { index } => write!(f, "bad_base64_frame = {index}"),
         }
+        Ok(())
     }
 }
 
@@ -302,149 +592,26 @@ impl fmt::Display for FaultInjection {
     }
 }
 
-/// The flat wire form of [`FaultInjection`]: exactly one fault key.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultSpec {
-    host: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    http_status: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    model_not_found: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    reset_before_body: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    reset_after_chunks: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    latency_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    slow_first_token_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    cut_stream_after: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    forged_outer_done: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    e2e_error: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    drop_frame: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    reorder_frame: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    replay_frame: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    wrong_key: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    gzip_bomb: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    oversized_line: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    frame_before_init: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    corrupt_frame: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    bad_base64_frame: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    times: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    on: Option<Scope>,
-}
-
-fn flag(key: &str, value: bool) -> Result<(), String> {
-    if value {
-        Ok(())
-    } else {
-        Err(format!("`{key} = false` means nothing: leave the key out"))
-    }
-}
-
 impl TryFrom<FaultSpec> for FaultInjection {
     type Error = String;
 
     fn try_from(s: FaultSpec) -> Result<Self, String> {
-        let mut faults = Vec::new();
-        if let Some(status) = s.http_status {
-            if !(400..=599).contains(&status) {
-                return Err(format!(
-                    "http_status = {status}: a fault status must be 4xx or 5xx"
-                ));
-            }
-            faults.push(Fault::HttpStatus {
-                status,
-                code: s.code.clone(),
-            });
-        } else if s.code.is_some() {
-            return Err("`code` only goes with `http_status`".into());
-        }
-        if let Some(v) = s.model_not_found {
-            flag("model_not_found", v)?;
-            faults.push(Fault::ModelNotFound);
-        }
-        if let Some(v) = s.reset_before_body {
-            flag("reset_before_body", v)?;
-            faults.push(Fault::ResetBeforeBody);
-        }
-        if let Some(after_chunks) = s.reset_after_chunks {
-            faults.push(Fault::ResetMidBody { after_chunks });
-        }
-        if let Some(ms) = s.latency_ms {
-            faults.push(Fault::Latency { ms });
-        }
-        if let Some(ms) = s.slow_first_token_ms {
-            faults.push(Fault::SlowFirstToken { ms });
-        }
-        if let Some(after_chunks) = s.cut_stream_after {
-            faults.push(Fault::CutStream { after_chunks });
-        }
-        if let Some(after_frames) = s.forged_outer_done {
-            faults.push(Fault::ForgedOuterDone { after_frames });
-        }
-        if let Some(v) = s.e2e_error {
-            flag("e2e_error", v)?;
-            faults.push(Fault::E2eError);
-        }
-        if let Some(index) = s.drop_frame {
-            faults.push(Fault::DropFrame { index });
-        }
-        if let Some(index) = s.reorder_frame {
-            faults.push(Fault::ReorderFrame { index });
-        }
-        if let Some(index) = s.replay_frame {
-            faults.push(Fault::ReplayFrame { index });
-        }
-        if let Some(v) = s.wrong_key {
-            flag("wrong_key", v)?;
-            faults.push(Fault::WrongKey);
-        }
-        if let Some(v) = s.gzip_bomb {
-            flag("gzip_bomb", v)?;
-            faults.push(Fault::GzipBomb);
-        }
-        if let Some(v) = s.oversized_line {
-            flag("oversized_line", v)?;
-            faults.push(Fault::OversizedLine);
-        }
-        if let Some(v) = s.frame_before_init {
-            flag("frame_before_init", v)?;
-            faults.push(Fault::FrameBeforeInit);
-        }
-        if let Some(index) = s.corrupt_frame {
-            faults.push(Fault::CorruptFrame { index });
-        }
-        if let Some(index) = s.bad_base64_frame {
-            faults.push(Fault::BadBase64Frame { index });
+        let mut faults = s.faults()?;
+        if s.http_status.is_none() && (s.code.is_some() || s.message.is_some()) {
+            return Err("`code` and `message` only go with `http_status`".into());
         }
         if s.times == Some(0) {
             return Err("times = 0 would never fire: use times >= 1, or leave it out".into());
         }
         if faults.len() != 1 {
+            let keys: Vec<&str> = FaultKind::ALL
+                .iter()
+                .filter(|k| k.draw(&mut NoDice, &NO_LIMITS).is_some())
+                .map(|k| k.name())
+                .collect();
             return Err(format!(
-                "a fault names exactly one of http_status, model_not_found, reset_before_body, \
-                 reset_after_chunks, latency_ms, slow_first_token_ms, cut_stream_after, \
-                 forged_outer_done, e2e_error, drop_frame, reorder_frame, replay_frame, \
-                 wrong_key, gzip_bomb, oversized_line, frame_before_init, corrupt_frame, \
-                 bad_base64_frame (found {})",
+                "a fault names exactly one of {} (found {})",
+                keys.join(", "),
                 faults.len()
             ));
         }
@@ -459,6 +626,20 @@ impl TryFrom<FaultSpec> for FaultInjection {
     }
 }
 
+/// Draws nothing random: lists the fault-board kinds (those that draw).
+struct NoDice;
+
+impl Dice for NoDice {
+    fn below(&mut self, _n: u64) -> u64 {
+        0
+    }
+}
+
+const NO_LIMITS: DrawLimits<'static> = DrawLimits {
+    statuses: &[500],
+    max_latency_ms: 1,
+};
+
 impl From<FaultInjection> for FaultSpec {
     fn from(i: FaultInjection) -> Self {
         let mut s = FaultSpec {
@@ -467,28 +648,10 @@ impl From<FaultInjection> for FaultSpec {
             on: i.rule.on,
             ..FaultSpec::default()
         };
-        match i.rule.fault {
-            Fault::HttpStatus { status, code } => {
-                s.http_status = Some(status);
-                s.code = code;
-            }
-            Fault::ModelNotFound => s.model_not_found = Some(true),
-            Fault::ResetBeforeBody => s.reset_before_body = Some(true),
-            Fault::ResetMidBody { after_chunks } => s.reset_after_chunks = Some(after_chunks),
-            Fault::Latency { ms } => s.latency_ms = Some(ms),
-            Fault::SlowFirstToken { ms } => s.slow_first_token_ms = Some(ms),
-            Fault::CutStream { after_chunks } => s.cut_stream_after = Some(after_chunks),
-            Fault::ForgedOuterDone { after_frames } => s.forged_outer_done = Some(after_frames),
-            Fault::E2eError => s.e2e_error = Some(true),
-            Fault::DropFrame { index } => s.drop_frame = Some(index),
-            Fault::ReorderFrame { index } => s.reorder_frame = Some(index),
-            Fault::ReplayFrame { index } => s.replay_frame = Some(index),
-            Fault::WrongKey => s.wrong_key = Some(true),
-            Fault::GzipBomb => s.gzip_bomb = Some(true),
-            Fault::OversizedLine => s.oversized_line = Some(true),
-            Fault::FrameBeforeInit => s.frame_before_init = Some(true),
-            Fault::CorruptFrame { index } => s.corrupt_frame = Some(index),
-            Fault::BadBase64Frame { index } => s.bad_base64_frame = Some(index),
+        s.set(&i.rule.fault);
+        if let Fault::HttpStatus { code, message, .. } = i.rule.fault {
+            s.code = code;
+            s.message = message;
         }
         s
     }
@@ -525,6 +688,9 @@ pub enum HostEvent {
         kind: RequestKind,
         fault: Option<Fault>,
     },
+    /// The router process (re)started: a fresh registry, then its first
+    /// refresh.
+    RouterBoot,
     /// The catalog built this answer (a listing, or the rows after a patch).
     Listing {
         kind: RequestKind,
@@ -538,7 +704,17 @@ struct Board {
     /// Per host, in injection order. BTreeMap: any listing is ordered.
     rules: BTreeMap<String, Vec<ActiveFault>>,
     fired: Vec<Fired>,
+    received: Vec<Received>,
     events: Vec<HostEvent>,
+}
+
+/// A chat request as an upstream host received it (a Chutes request once
+/// decrypted). Every host already holds the board, so the board also keeps
+/// these, for the `upstream` expectation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Received {
+    pub host: String,
+    pub body: serde_json::Value,
 }
 
 /// The shared fault board. Cloning shares it.
@@ -624,8 +800,21 @@ impl FaultBoard {
         self.board().fired.clone()
     }
 
+    /// Notes that `host` received the chat request `body`.
+    pub fn note_received(&self, host: &str, body: &serde_json::Value) {
+        self.board().received.push(Received {
+            host: host.to_string(),
+            body: body.clone(),
+        });
+    }
+
+    /// How many chat requests upstream hosts have received so far.
+    pub fn received_count(&self) -> usize {
+        self.board().received.len()
+    }
+
     /// Records what a host did beyond the fault it consulted (the catalog's
-    /// rows), for the reference model.
+    /// rows, a router boot), for the reference model.
     pub fn record(&self, event: HostEvent) {
         self.board().events.push(event);
     }
@@ -639,6 +828,15 @@ impl FaultBoard {
     pub fn events_from(&self, from: usize) -> Vec<HostEvent> {
         let board = self.board();
         board.events[from.min(board.events.len())..].to_vec()
+    }
+
+    /// The chat requests received after the first `from`, in order.
+    pub fn received_since(&self, from: usize) -> Vec<Received> {
+        self.board()
+            .received
+            .get(from..)
+            .unwrap_or_default()
+            .to_vec()
     }
 }
 
@@ -664,7 +862,8 @@ mod tests {
             f.rule,
             Fault::HttpStatus {
                 status: 503,
-                code: None
+                code: None,
+                message: None,
             }
             .rule()
             .times(4)
@@ -759,7 +958,10 @@ mod tests {
                 r#"fault = { host = "n", model_not_found = false }"#,
                 "means nothing",
             ),
-            (r#"fault = { host = "n", code = "x" }"#, "only goes with"),
+            (
+                r#"fault = { host = "n", code = "x" }"#,
+                "only go with `http_status`",
+            ),
             (
                 r#"fault = { host = "n", http_status = 503, tims = 2 }"#,
                 "unknown field",
@@ -774,6 +976,43 @@ mod tests {
         }
     }
 
+    /// One definition per kind: the scenario key, the sweep's name and
+    /// the variant agree, and every drawn fault reads back from its wire
+    /// form as itself.
+    #[test]
+    fn fault_kind_key_sweep_name_and_variant_agree() {
+        struct Ones;
+        impl Dice for Ones {
+            fn below(&mut self, n: u64) -> u64 {
+                u64::from(n > 1)
+            }
+        }
+        let limits = DrawLimits {
+            statuses: &[503],
+            max_latency_ms: 10,
+        };
+        for kind in FaultKind::ALL {
+            let variant = format!("{kind:?}");
+            let snake: String = variant
+                .chars()
+                .enumerate()
+                .flat_map(|(i, c)| {
+                    let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
+                    sep.into_iter()
+                        .chain(std::iter::once(c.to_ascii_lowercase()))
+                })
+                .collect();
+            assert_eq!(kind.name(), snake.replace("base_64", "base64"));
+            let Some(fault) = kind.draw(&mut Ones, &limits) else {
+                assert!(matches!(kind, FaultKind::Partition | FaultKind::Crash));
+                continue;
+            };
+            assert_eq!(fault.kind(), *kind);
+            let wire = format!("fault = {{ host = \"h\", {fault} }}");
+            assert_eq!(parse(&wire).unwrap().rule.fault, fault, "{wire}");
+        }
+    }
+
     #[test]
     fn take_counts_down_and_respects_scope() {
         let board = FaultBoard::new();
@@ -782,11 +1021,12 @@ mod tests {
             Fault::HttpStatus {
                 status: 503,
                 code: None,
+                message: None,
             }
             .rule()
             .times(2),
         );
-        board.inject("near-1", Fault::CutStream { after_chunks: 1 });
+        board.inject("near-1", Fault::CutStreamAfter { after_chunks: 1 });
         assert_eq!(board.take("near-1", RequestKind::Attestation), None);
         assert_eq!(board.take("near-2", RequestKind::Chat), None);
         for _ in 0..2 {
@@ -798,7 +1038,7 @@ mod tests {
         assert_eq!(board.take("near-1", RequestKind::Chat), None);
         assert_eq!(
             board.take("near-1", RequestKind::ChatStream),
-            Some(Fault::CutStream { after_chunks: 1 })
+            Some(Fault::CutStreamAfter { after_chunks: 1 })
         );
         assert_eq!(board.fired().len(), 3);
         board.clear("near-1");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Report as JReport, TestCase, TestCaseStatus, TestSuite};
 
-use crate::runner::Report;
+use crate::record::Report;
 use crate::sweep::SeedOutcome;
 
 fn stem(file: &Path) -> String {

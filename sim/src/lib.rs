@@ -11,6 +11,7 @@ pub mod model;
 pub mod net;
 pub mod oracle;
 pub mod record;
+pub mod render;
 pub mod rules;
 pub mod runner;
 pub mod scenario;

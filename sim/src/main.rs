@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use tiersim::runner::{self, RunOptions};
-use tiersim::scenario::format::FaultKind;
+use tiersim::scenario::format::{FaultKind, MAX_SIM_TIME};
 use tiersim::sweep::{self, shrink, MenuFlags, Plan};
-use tiersim::{junit, mermaid, record, rules, scenario};
+use tiersim::{junit, mermaid, record, render, rules, scenario};
 use tiersim_engine::registry::PlantedBug;
 
 #[derive(Parser)]
@@ -37,10 +37,10 @@ struct MenuArgs {
     #[arg(long)]
     max_faults: Option<u32>,
     /// Latest simulated time a fault starts (e.g. `20s`).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_sim_duration)]
     until: Option<Duration>,
     /// turmoil's time step for this sweep (e.g. `10ms`: faster, times rounded).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_sim_duration)]
     tick: Option<Duration>,
     /// Plant a review bug of the seed PR (testing the testbed only).
     #[arg(long, hide = true, value_parser = parse_plant)]
@@ -60,15 +60,23 @@ impl MenuArgs {
     }
 }
 
-fn parse_seeds(s: &str) -> Result<std::ops::Range<u64>, String> {
-    let bad = || format!("{s:?}: write seeds as A..B (B excluded) or A..=B");
-    if let Some((a, b)) = s.split_once("..=") {
-        let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-        return (a <= b).then(|| a..b + 1).ok_or_else(bad);
+/// `--jobs`: at least one thread (0 is a mistake, not "auto": leave the
+/// flag out for every core).
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("--jobs must be at least 1 (leave it out for the default)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a number of threads")),
     }
-    let (a, b) = s.split_once("..").ok_or_else(bad)?;
-    let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-    (a < b).then_some(a..b).ok_or_else(bad)
+}
+
+/// A duration flag, within the simulated-time bound scenario files have.
+fn parse_sim_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d > MAX_SIM_TIME {
+        return Err(format!("{s:?} is beyond the simulated-time bound of 24h"));
+    }
+    Ok(d)
 }
 
 fn parse_shard(s: &str) -> Result<(u64, u64), String> {
@@ -112,23 +120,28 @@ enum Command {
         /// Write a JUnit XML report to FILE.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
-        /// Run scenarios on N OS threads (default: every core; 1 with
-        /// --trace). Each world is independent; the output is in file order.
-        #[arg(long)]
+        /// Run scenarios on N OS threads (N >= 1; default: every core; 1
+        /// with --trace). Each world is independent; the output is in file
+        /// order.
+        #[arg(long, value_parser = parse_jobs)]
         jobs: Option<usize>,
         /// Plant a review bug of the seed PR (testing the testbed only).
         #[arg(long, hide = true, value_parser = parse_plant)]
         plant: Option<PlantedBug>,
+        /// Make the world of the scenario with this file name panic
+        /// (testing the runner's isolation only).
+        #[arg(long, hide = true, value_name = "STEM")]
+        panic_in: Option<String>,
     },
     /// Run a scenario under random fault schedules, one per seed, checking
     /// every oracle after every step; shrink each failure to a reproducer file.
     Sweep {
         scenario: PathBuf,
-        /// Seeds to run: `A..B` (B excluded) or `A..=B`.
-        #[arg(long, default_value = "0..100", value_parser = parse_seeds)]
-        seeds: std::ops::Range<u64>,
-        /// Run seeds on N OS threads (the output does not depend on N).
-        #[arg(long, default_value_t = 1)]
+        /// Seeds to run: `A..B` (B excluded) or `A..=B`; never empty.
+        #[arg(long, default_value = "0..100", value_parser = sweep::parse_seeds)]
+        seeds: std::ops::RangeInclusive<u64>,
+        /// Run seeds on N OS threads, N >= 1 (the output does not depend on N).
+        #[arg(long, default_value = "1", value_parser = parse_jobs)]
         jobs: usize,
         /// Run only shard K of N (1-based) of the seed range.
         #[arg(long, value_name = "K/N", value_parser = parse_shard)]
@@ -171,8 +184,37 @@ enum Command {
     Serve(tiersim::serve::ServeArgs),
 }
 
+/// Exit status: 0 success, 1 a failure, a violation or bad input, 2 a usage
+/// error (clap). A panic anywhere is caught here and is a 1 too, so no other
+/// status is reachable.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A closed stdout (`tiersim run | head`) ends the output, quietly: not
+    // a bug to report.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            report_panic(info);
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli))) {
+        Ok(code) => code,
+        Err(panic) if is_broken_pipe(&*panic) => ExitCode::FAILURE,
+        Err(panic) => {
+            eprintln!(
+                "error: tiersim panicked: {} (a bug in tiersim)",
+                runner::panic_message(&*panic)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    runner::panic_message(payload).contains("Broken pipe")
+}
+
+fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run {
             paths,
@@ -182,6 +224,7 @@ fn main() -> ExitCode {
             junit,
             jobs,
             plant,
+            panic_in,
         } => {
             let jobs = if trace {
                 1
@@ -190,7 +233,12 @@ fn main() -> ExitCode {
             };
             run(
                 paths,
-                RunOptions { seed, plant },
+                RunOptions {
+                    seed,
+                    plant,
+                    ..RunOptions::default()
+                },
+                panic_in,
                 trace,
                 mermaid,
                 junit,
@@ -252,41 +300,57 @@ fn init_trace() {
 }
 
 /// Runs every scenario on `jobs` threads (each turmoil world is
-/// single-threaded and independent); results come back in input order, each
-/// with its own wall time.
+/// single-threaded and independent), each world isolated on its own thread
+/// so a panic is that scenario's failure. `done` is called on this thread
+/// with each result as soon as it and every result before it are in, so the
+/// output streams in file order whatever finishes first.
 fn run_all(
     loaded: &[(PathBuf, scenario::Scenario)],
     opts: &RunOptions,
+    panic_in: Option<&str>,
     jobs: usize,
-) -> Vec<(runner::Report, std::time::Duration)> {
+    mut done: impl FnMut(usize, record::Report, Duration),
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-    let next = AtomicUsize::new(0);
-    let out: Mutex<Vec<Option<(runner::Report, std::time::Duration)>>> =
-        Mutex::new((0..loaded.len()).map(|_| None).collect());
+    let next = &AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
         for _ in 0..jobs.clamp(1, loaded.len().max(1)) {
-            scope.spawn(|| loop {
+            let tx = tx.clone();
+            scope.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((file, s)) = loaded.get(i) else {
                     break;
                 };
+                let stem = file.file_stem().map(|n| n.to_string_lossy());
+                let opts = RunOptions {
+                    planted_panic: panic_in.is_some() && stem.as_deref() == panic_in,
+                    ..opts.clone()
+                };
                 let wall = Instant::now();
-                let report = runner::run(s, file, opts);
-                out.lock().unwrap()[i] = Some((report, wall.elapsed()));
+                let report = runner::run_isolated(s, file, &opts);
+                if tx.send((i, report, wall.elapsed())).is_err() {
+                    break;
+                }
             });
         }
+        drop(tx);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut next_out = 0;
+        for (i, report, wall) in rx {
+            pending.insert(i, (report, wall));
+            while let Some((report, wall)) = pending.remove(&next_out) {
+                done(next_out, report, wall);
+                next_out += 1;
+            }
+        }
     });
-    out.into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.expect("every scenario ran"))
-        .collect()
 }
 
 fn run(
     paths: Vec<PathBuf>,
     opts: RunOptions,
+    panic_in: Option<String>,
     trace: bool,
     mermaid_out: Option<PathBuf>,
     junit_out: Option<PathBuf>,
@@ -329,53 +393,74 @@ fn run(
         return ExitCode::FAILURE;
     }
     let (mut passed, mut failed, mut requests) = (0, 0, 0);
-    let mut sim_total = std::time::Duration::ZERO;
+    let mut sim_total = Duration::ZERO;
+    let mut write_errors = Vec::new();
     let wall_all = Instant::now();
     let mut reports = Vec::new();
-    let done = run_all(&loaded, &opts, jobs);
-    for ((file, s), (report, wall)) in loaded.iter().zip(done) {
-        requests += report.requests();
-        sim_total += report.sim_time;
-        let verdict = if report.passed() { "pass" } else { "FAIL" };
-        println!(
-            "{verdict}  {:<48} requests {:>3}  sim {:>9.3}s  wall {:>7.3}s",
-            file.display(),
-            report.requests(),
-            report.sim_time.as_secs_f64(),
-            wall.as_secs_f64()
-        );
-        if trace {
-            println!("{}", record::render(&report));
-        }
-        if report.passed() {
-            passed += 1;
-        } else {
-            failed += 1;
-            for v in &report.violations {
-                println!("      {v}");
-            }
-            println!(
-                "      replay: cargo run --release -p tiersim -- run {} --seed {} --trace{}",
+    // The progress line goes to a terminal only; results go to stdout.
+    let bar = if std::io::stderr().is_terminal() && !trace {
+        indicatif::ProgressBar::new(loaded.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} scenarios {msg}",
+        )
+        .expect("valid progress template"),
+    );
+    run_all(
+        &loaded,
+        &opts,
+        panic_in.as_deref(),
+        jobs,
+        |i, report, wall| {
+            let (file, s) = &loaded[i];
+            requests += report.requests();
+            sim_total += report.sim_time;
+            let verdict = if report.passed() { "pass" } else { "FAIL" };
+            let mut out = format!(
+                "{verdict}  {:<48} requests {:>3}  sim {:>9.3}s  wall {:>7.3}s\n",
                 file.display(),
-                report.seed,
-                plant_flag(opts.plant)
+                report.requests(),
+                report.sim_time.as_secs_f64(),
+                wall.as_secs_f64()
             );
-        }
-        if let Some(out) = &mermaid_out {
-            if let Err(e) = std::fs::write(out, mermaid::diagram(s, &report)) {
-                eprintln!("error: cannot write {}: {e}", out.display());
-                return ExitCode::FAILURE;
+            if trace {
+                out += &format!("{}\n", render::render(&report));
             }
-        }
-        if junit_out.is_some() {
-            reports.push((report, Some(wall)));
-        }
-    }
+            if report.passed() {
+                passed += 1;
+            } else {
+                failed += 1;
+                for v in &report.violations {
+                    out += &format!("      {v}\n");
+                }
+                out += &format!(
+                    "      replay: cargo run --release -p tiersim -- run {} --seed {} --trace{}\n",
+                    file.display(),
+                    report.seed,
+                    plant_flag(opts.plant)
+                );
+                bar.set_message(format!("{failed} failing"));
+            }
+            bar.suspend(|| print!("{out}"));
+            bar.inc(1);
+            if let Some(path) = &mermaid_out {
+                if let Err(e) = std::fs::write(path, mermaid::diagram(s, &report)) {
+                    write_errors.push(format!("cannot write {}: {e}", path.display()));
+                }
+            }
+            if junit_out.is_some() {
+                reports.push((report, Some(wall)));
+            }
+        },
+    );
+    bar.finish_and_clear();
     let wall = wall_all.elapsed();
     if let Some(path) = &junit_out {
         if let Err(e) = junit::write(&junit::run_report(&reports), path) {
-            eprintln!("error: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
+            write_errors.push(format!("cannot write {}: {e}", path.display()));
         }
     }
     println!(
@@ -384,7 +469,10 @@ fn run(
         wall.as_secs_f64(),
         sim_total.as_secs_f64() / wall.as_secs_f64().max(1e-9)
     );
-    if failed == 0 {
+    for e in &write_errors {
+        eprintln!("error: {e}");
+    }
+    if failed == 0 && write_errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -445,7 +533,7 @@ fn load_plan(file: &Path, menu: &MenuArgs) -> Result<Plan, String> {
 
 struct SweepArgs {
     file: PathBuf,
-    seeds: std::ops::Range<u64>,
+    seeds: std::ops::RangeInclusive<u64>,
     jobs: usize,
     shard: Option<(u64, u64)>,
     check_determinism: bool,
@@ -464,14 +552,31 @@ fn sweep_cmd(a: SweepArgs) -> ExitCode {
         }
     };
     let (k, n) = a.shard.unwrap_or((1, 1));
+    if sweep::shard_len(&a.seeds, k, n) > sweep::MAX_SEEDS {
+        eprintln!(
+            "error: --seeds {}..={} gives shard {k}/{n} more than {} seeds; split it with --shard K/N",
+            a.seeds.start(),
+            a.seeds.end(),
+            sweep::MAX_SEEDS
+        );
+        return ExitCode::FAILURE;
+    }
     let seeds = sweep::shard(a.seeds.clone(), k, n);
+    if seeds.is_empty() {
+        eprintln!(
+            "error: shard {k}/{n} of seeds {}..={} is empty: nothing would run",
+            a.seeds.start(),
+            a.seeds.end()
+        );
+        return ExitCode::FAILURE;
+    }
     println!(
-        "sweep {}: seeds {}..{} (shard {k}/{n}: {} seeds), {} job(s){}{}",
+        "sweep {}: seeds {}..={} (shard {k}/{n}: {} seeds), {} job(s){}{}",
         a.file.display(),
-        a.seeds.start,
-        a.seeds.end,
+        a.seeds.start(),
+        a.seeds.end(),
         seeds.len(),
-        a.jobs.max(1),
+        a.jobs,
         if a.check_determinism {
             ", determinism check"
         } else {
@@ -616,6 +721,7 @@ fn replay(file: PathBuf, seed: u64, write: Option<PathBuf>, menu: MenuArgs) -> E
         events.len(),
         plant_flag(plan.plant)
     );
+    println!("  {}", plan.swarm(seed));
     for e in &events {
         println!("  {e}");
     }
@@ -635,7 +741,7 @@ fn replay(file: PathBuf, seed: u64, write: Option<PathBuf>, menu: MenuArgs) -> E
     }
     init_trace();
     let report = plan.run(&composed);
-    println!("{}", record::render(&report));
+    println!("{}", render::render(&report));
     if report.passed() {
         println!("pass: no oracle violated");
         ExitCode::SUCCESS

@@ -8,7 +8,7 @@ use tiersim_engine::registry::RegistryView;
 use tiersim_engine::retry::Decision;
 use tiersim_engine::Tier;
 
-use crate::runner::{RequestRecord, StepRecord};
+use crate::record::{RequestRecord, StepRecord};
 
 /// An oracle: the evidence of its violations on one step (empty: it holds).
 pub type Oracle = fn(&StepRecord) -> Vec<String>;

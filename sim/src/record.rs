@@ -1,137 +1,106 @@
-//! Renders a run as the text snapshot reviewers read: the registry after each
-//! step (only when it changed), and per request every attempt, the status and
-//! the exact bytes the client received.
+//! What a run records: each request as the client saw it, the state after
+//! each step, the violations found, and the run's report. Expectations,
+//! oracles, the snapshot renderer, Mermaid and JUnit read these; none of
+//! them depends on the runner that fills them in.
 
-use std::fmt::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tiersim_engine::registry::RegistryView;
-use tiersim_engine::retry::Outcome;
+use tiersim_engine::retry::Attempt;
+use tiersim_engine::Tier;
 
-use crate::runner::{Report, RequestRecord};
+use crate::fault::{Fired, Received};
 
-fn ms(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+/// One request as the client saw it, with the router's attempt log.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    /// The `x-request-id` the client sent (`step<N>`, `step<N>.<k>` in a
+    /// `concurrent` step): the router's journal entry is matched by it.
+    pub id: String,
+    pub model: String,
+    pub stream: bool,
+    /// The request carried `x-client-pub-key`.
+    pub client_e2ee: bool,
+    pub status: u16,
+    /// Response headers (lowercase names, in the order received).
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub attempts: Vec<Attempt>,
+    /// The chat requests upstream hosts received while this request ran,
+    /// in order.
+    pub upstream: Vec<Received>,
+    pub served: Option<(String, Tier)>,
 }
 
-/// The whole snapshot of a run.
-pub fn render(r: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "scenario: {}\nseed: {}", r.name, r.seed);
-    if let Some(e) = &r.startup_error {
-        let _ = writeln!(out, "startup refused: {e}");
-    }
-    let mut last: Option<String> = None;
-    for s in &r.steps {
-        let _ = writeln!(out, "\n## step {} @ {}: {}", s.index, ms(s.at), s.action);
-        if let Some(n) = &s.note {
-            let _ = writeln!(out, "note: {n}");
-        }
-        if let Some((status, body)) = &s.admin {
-            let _ = writeln!(out, "admin -> {status} {body}");
-        }
-        if let Some(req) = &s.request {
-            request(&mut out, req);
-        }
-        if let Some(l) = &s.listed {
-            let _ = writeln!(out, "listed: {}", l.join(", "));
-        }
-        let state = match &s.state {
-            None => "router: down\n".to_string(),
-            Some(v) => registry(v),
-        };
-        if last.as_deref() == Some(state.as_str()) {
-            let _ = writeln!(out, "registry: unchanged");
-        } else {
-            out.push_str(&state);
-            last = Some(state);
-        }
-    }
-    if !r.violations.is_empty() {
-        let _ = writeln!(out, "\n## violations");
-        for v in &r.violations {
-            let _ = writeln!(out, "- {v}");
-        }
-    }
-    out
+/// The state after one step.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub index: usize,
+    pub at: Duration,
+    pub action: String,
+    pub note: Option<String>,
+    pub request: Option<RequestRecord>,
+    /// The requests of a `concurrent` step, in script order.
+    pub concurrent: Vec<RequestRecord>,
+    /// `GET /v1/models`, when the step's expectations ask for it.
+    pub listed: Option<Vec<String>>,
+    /// Status and body of an admin PATCH.
+    pub admin: Option<(u16, String)>,
+    /// `None` while the router is down.
+    pub state: Option<RegistryView>,
+    /// For an admin PATCH: the batch and the registry just before it, when
+    /// nothing else wrote the registry around it (no refresh interleaved).
+    pub patch_before: Option<PatchBefore>,
 }
 
-fn request(out: &mut String, req: &RequestRecord) {
-    let _ = writeln!(out, "attempts:");
-    for a in &req.attempts {
-        let outcome = match &a.outcome {
-            Outcome::Ok => "ok".to_string(),
-            Outcome::Error { status, message } => format!("error {status}: {message}"),
-        };
-        let retry = a
-            .retry_after
-            .map(|d| format!(", retry after {}", ms(d)))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  - round {} @ {} {}: {} -> {:?}{}",
-            a.round,
-            ms(a.at),
-            a.provider,
-            outcome,
-            a.decision,
-            retry
-        );
-    }
-    if let Some((p, t)) = &req.served {
-        let _ = writeln!(out, "served by: {p} ({t})");
-    }
-    let _ = writeln!(out, "status: {}", req.status);
-    let _ = writeln!(out, "bytes:");
-    for line in String::from_utf8_lossy(&req.body).lines() {
-        let _ = writeln!(out, "  | {line}");
+/// The registry right before an admin PATCH, for the oracle that the batch
+/// leaves every other model alone.
+#[derive(Debug, Clone)]
+pub struct PatchBefore {
+    /// The ids the batch names.
+    pub ids: Vec<String>,
+    pub view: RegistryView,
+}
+
+/// A failed expectation or oracle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// 1-based step, 0 for the run as a whole.
+    pub step: usize,
+    /// `expect` or `oracle:<name>`.
+    pub check: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {}: {}: {}", self.step, self.check, self.message)
     }
 }
 
-/// The registry part of a step: models with their providers (tier,
-/// failures), pinned and reserved ids, the pubkey map and the catalog.
-pub fn registry(v: &RegistryView) -> String {
-    let mut out = String::from("registry:\n");
-    for (model, list) in &v.models {
-        let ps: Vec<String> = list
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub name: String,
+    pub file: PathBuf,
+    pub seed: u64,
+    pub steps: Vec<StepRecord>,
+    pub violations: Vec<Violation>,
+    pub sim_time: Duration,
+    pub startup_error: Option<String>,
+    /// Every fault that fired, in order (part of the determinism hash).
+    pub fired: Vec<Fired>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+    pub fn requests(&self) -> usize {
+        self.steps
             .iter()
-            .map(|p| {
-                let mut s = format!("{} [{}", p.id, p.tier);
-                if p.consecutive_failures > 0 {
-                    let n = p.consecutive_failures;
-                    let _ = write!(s, ", {n} failure{}", if n == 1 { "" } else { "s" });
-                }
-                if p.demoted {
-                    s.push_str(", demoted");
-                }
-                s + "]"
-            })
-            .collect();
-        let _ = writeln!(out, "  {model}: {}", ps.join(", "));
+            .map(|s| usize::from(s.request.is_some()) + s.concurrent.len())
+            .sum()
     }
-    let pinned: Vec<String> = v
-        .pinned
-        .iter()
-        .map(|(m, ps)| {
-            format!(
-                "{m} -> {}",
-                ps.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" ")
-            )
-        })
-        .collect();
-    let _ = writeln!(out, "  pinned: [{}]", pinned.join("; "));
-    let reserved: Vec<&str> = v.reserved.iter().map(String::as_str).collect();
-    let _ = writeln!(out, "  reserved: [{}]", reserved.join(", "));
-    for (key, ids) in &v.pubkeys {
-        let short = &key[..key.len().min(12)];
-        let ids: Vec<&str> = ids.iter().map(|p| p.as_str()).collect();
-        let _ = writeln!(out, "  pubkey {short}…: {}", ids.join(", "));
-    }
-    let rows: Vec<String> = v
-        .catalog
-        .iter()
-        .map(|(m, r)| format!("{m}{}", if r.active { "" } else { " (inactive)" }))
-        .collect();
-    let _ = writeln!(out, "  catalog: [{}]", rows.join(", "));
-    out
 }

@@ -1,7 +1,7 @@
 //! Runs one scenario in its turmoil world: a driver host plays the steps,
 //! records the state after each, and checks expectations and oracles.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,13 +9,13 @@ use bytes::Bytes;
 use http::{Method, Request};
 use serde_json::{json, Value};
 use tiersim_engine::registry::{PlantedBug, RegistryView};
-use tiersim_engine::retry::Attempt;
-use tiersim_engine::Tier;
 
-use crate::fault::Fired;
+use crate::fault::FaultInjection;
 use crate::net;
 use crate::oracle;
-use crate::scenario::format::{RequestSpec, Scenario, Step};
+use crate::record::{PatchBefore, Report, RequestRecord, StepRecord, Violation};
+use crate::scenario::format::{CatalogEdit, PatchRow, RequestSpec, Scenario};
+use crate::scenario::Dispatcher;
 use crate::world::{self, WorldHandles};
 
 /// The longest a single client request may take, in simulated time.
@@ -30,85 +30,9 @@ pub struct RunOptions {
     /// A review bug of the seed PR to plant in the router (tests and the
     /// hidden `--plant` flag only; `None` in every ordinary run).
     pub plant: Option<PlantedBug>,
-}
-
-/// One request as the client saw it, with the router's attempt log.
-#[derive(Debug, Clone)]
-pub struct RequestRecord {
-    pub model: String,
-    pub stream: bool,
-    /// The request carried `x-client-pub-key`.
-    pub client_e2ee: bool,
-    pub status: u16,
-    pub body: Bytes,
-    pub attempts: Vec<Attempt>,
-    pub served: Option<(String, Tier)>,
-}
-
-/// The state after one step.
-#[derive(Debug, Clone)]
-pub struct StepRecord {
-    pub index: usize,
-    pub at: Duration,
-    pub action: String,
-    pub note: Option<String>,
-    pub request: Option<RequestRecord>,
-    /// `GET /v1/models`, when the step's expectations ask for it.
-    pub listed: Option<Vec<String>>,
-    /// Status and body of an admin PATCH.
-    pub admin: Option<(u16, String)>,
-    /// `None` while the router is down.
-    pub state: Option<RegistryView>,
-    /// For an admin PATCH: the batch and the registry just before it, when
-    /// nothing else wrote the registry around it (no refresh interleaved).
-    pub patch_before: Option<PatchBefore>,
-}
-
-/// The registry right before an admin PATCH, for the oracle that the batch
-/// leaves every other model alone.
-#[derive(Debug, Clone)]
-pub struct PatchBefore {
-    /// The ids the batch names.
-    pub ids: Vec<String>,
-    pub view: RegistryView,
-}
-
-/// A failed expectation or oracle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// 1-based step, 0 for the run as a whole.
-    pub step: usize,
-    /// `expect` or `oracle:<name>`.
-    pub check: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "step {}: {}: {}", self.step, self.check, self.message)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub name: String,
-    pub file: PathBuf,
-    pub seed: u64,
-    pub steps: Vec<StepRecord>,
-    pub violations: Vec<Violation>,
-    pub sim_time: Duration,
-    pub startup_error: Option<String>,
-    /// Every fault that fired, in order (part of the determinism hash).
-    pub fired: Vec<Fired>,
-}
-
-impl Report {
-    pub fn passed(&self) -> bool {
-        self.violations.is_empty()
-    }
-    pub fn requests(&self) -> usize {
-        self.steps.iter().filter(|s| s.request.is_some()).count()
-    }
+    /// Make the world panic as its script starts (the CLI's hidden
+    /// `--panic-in`: testing the runner's isolation only).
+    pub planted_panic: bool,
 }
 
 enum Control {
@@ -126,14 +50,20 @@ struct Shared {
 /// Simulated time long enough for every step: scripted times, waits, and a
 /// full retry budget per request.
 fn simulation_duration(s: &Scenario) -> Duration {
+    // Saturating: a scenario built in memory (a sweep's) skips the loader's
+    // bound on scripted time; turmoil then stops the run at its limit.
     let mut total = Duration::from_secs(60);
     for st in &s.steps {
         let st = st.get_ref();
         if let Some(at) = &st.at {
-            total = total.max(at.get_ref().0 + Duration::from_secs(60));
+            total = total.max(at.get_ref().0.saturating_add(Duration::from_secs(60)));
         }
-        total += st.advance.map_or(Duration::ZERO, |d| d.0);
-        total += Duration::from_secs(if st.request.is_some() { 700 } else { 60 });
+        total = total.saturating_add(st.advance.map_or(Duration::ZERO, |d| d.0));
+        total = total.saturating_add(Duration::from_secs(if st.request.is_some() {
+            700
+        } else {
+            60
+        }));
     }
     total
 }
@@ -196,7 +126,9 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
         let shared = shared.clone();
         let handles = handles.clone();
         let scenario = scenario.clone();
+        let planted_panic = opts.planted_panic;
         sim.client("client", async move {
+            assert!(!planted_panic, "planted panic (--panic-in)");
             drive(&scenario, &handles, &shared).await;
             Ok(())
         });
@@ -238,6 +170,84 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
     report
 }
 
+/// Runs `scenario` on a thread of its own, named after its file, so that a
+/// panic in its world is this scenario's failure (check `panic`, with the
+/// panic's message) and leaves no state behind for the next world.
+pub fn run_isolated(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
+    remember_first_panics();
+    let outcome = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(file.display().to_string())
+            .spawn_scoped(scope, || run(scenario, file, opts))
+            .map(|world| world.join())
+    });
+    let message = match outcome {
+        Ok(Ok(report)) => return report,
+        Ok(Err(panic)) => format!(
+            "the world panicked: {}",
+            FIRST_PANIC
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&file.display().to_string())
+                .unwrap_or_else(|| panic_message(&*panic))
+        ),
+        Err(e) => format!("cannot start the world's thread: {e}"),
+    };
+    Report {
+        name: scenario.name.clone(),
+        file: file.to_path_buf(),
+        seed: opts.seed.unwrap_or(scenario.seed),
+        steps: Vec::new(),
+        violations: vec![Violation {
+            step: 0,
+            check: "panic".into(),
+            message,
+        }],
+        sim_time: Duration::ZERO,
+        startup_error: None,
+        fired: Vec::new(),
+    }
+}
+
+/// The first panic of each world thread (by thread name = scenario file),
+/// with where it happened: the payload that reaches `join` is often a
+/// runtime's secondary panic ("a spawned task panicked") instead.
+static FIRST_PANIC: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Installs (once) a panic hook that records a named thread's first panic
+/// in [`FIRST_PANIC`], then runs the previous hook (which prints it).
+fn remember_first_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(name) = std::thread::current().name() {
+                let at = info
+                    .location()
+                    .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+                    .unwrap_or_default();
+                let message = format!("{}{at}", panic_message(info.payload()));
+                FIRST_PANIC
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(name.to_string())
+                    .or_insert(message);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
     let start = tokio::time::Instant::now();
     wait_for_router(w).await;
@@ -254,9 +264,10 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
         let mut rec = StepRecord {
             index,
             at: start.elapsed(),
-            action: describe(st),
+            action: st.action().to_string(),
             note: st.note.clone(),
             request: None,
+            concurrent: Vec::new(),
             listed: None,
             admin: None,
             state: None,
@@ -271,7 +282,13 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
         };
         tracing::info!(step = index, at = ?rec.at, "{}", rec.action);
         let before = w.board.events_len();
-        act(st, w, shared, &mut rec).await;
+        SimWorld {
+            w,
+            shared,
+            rec: &mut rec,
+        }
+        .dispatch(st.action())
+        .await;
         if st.expect.as_ref().is_some_and(|e| e.listed.is_some()) {
             rec.listed = Some(list_models().await);
         }
@@ -297,12 +314,26 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
                 });
             }
         }
-        for (name, message) in oracle::check(&rec) {
-            found.push(Violation {
-                step: index,
-                check: format!("oracle:{name}"),
-                message,
-            });
+        // The oracles judge each request of a `concurrent` step as if it
+        // were the step's own.
+        let each = rec.concurrent.iter().map(|r| StepRecord {
+            request: Some(r.clone()),
+            concurrent: Vec::new(),
+            ..rec.clone()
+        });
+        for one in std::iter::once(rec.clone()).chain(each) {
+            for (name, message) in oracle::check(&one) {
+                let v = Violation {
+                    step: index,
+                    check: format!("oracle:{name}"),
+                    message,
+                };
+                // An oracle on the registry alone sees the same state for
+                // every request of the step: reported once.
+                if !found.contains(&v) {
+                    found.push(v);
+                }
+            }
         }
         // The reference model last: a named oracle is the sharper report.
         let writing = w
@@ -347,62 +378,111 @@ async fn wait_for_router(w: &WorldHandles) {
     }
 }
 
-async fn act(st: &Step, w: &WorldHandles, shared: &Arc<Mutex<Shared>>, rec: &mut StepRecord) {
-    if st.refresh.is_some() {
-        crate::script::refresh(&w.router).await;
-    } else if let Some(rows) = &st.admin_patch {
-        let body = crate::script::admin_patch_body(rows, &net::url);
-        let (status, bytes) = call(Method::PATCH, "/v1/admin/models", body, &[]).await;
-        rec.admin = Some((status, String::from_utf8_lossy(&bytes).into_owned()));
-    } else if let Some(edit) = &st.catalog {
-        crate::script::edit_catalog(edit, &w.catalog, &net::url);
-    } else if let Some(f) = &st.fault {
-        w.board.apply(f.get_ref().clone());
-    } else if let Some(h) = &st.clear_faults {
-        w.board.clear(h.get_ref());
-    } else if let Some(p) = &st.partition {
-        let [a, b] = p.get_ref();
-        turmoil::partition(a.as_str(), b.as_str());
-    } else if let Some(p) = &st.repair {
-        let [a, b] = p.get_ref();
-        turmoil::repair(a.as_str(), b.as_str());
-    } else if let Some(h) = &st.crash {
-        shared
-            .lock()
-            .unwrap()
-            .control
-            .push(Control::Crash(h.get_ref().clone()));
+/// The simulated world as a [`Dispatcher`]: what a step does here, and
+/// what it records in the step's record.
+struct SimWorld<'a> {
+    w: &'a WorldHandles,
+    shared: &'a Arc<Mutex<Shared>>,
+    rec: &'a mut StepRecord,
+}
+
+impl SimWorld<'_> {
+    /// Asks the stepping loop to crash or restart a host (turmoil does both
+    /// between steps of the simulation), and lets it.
+    async fn control(&mut self, c: Control) {
+        self.shared.lock().unwrap().control.push(c);
         tokio::time::sleep(Duration::from_millis(1)).await;
-    } else if let Some(h) = &st.restart {
-        shared
-            .lock()
-            .unwrap()
-            .control
-            .push(Control::Restart(h.get_ref().clone()));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        if h.get_ref() == "router" {
-            wait_for_router(w).await;
-        }
-    } else if let Some(req) = &st.request {
-        rec.request = Some(request(req, w).await);
-    } else if let Some(model) = &st.unregister {
-        let app = w.router.lock().unwrap().app.clone();
-        if let Some(app) = app {
-            app.registry().unregister(model);
-        }
-    } else if let Some(d) = st.advance {
-        tokio::time::sleep(d.0).await;
     }
 }
 
-async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
-    let prompt = spec.prompt.clone().unwrap_or_else(|| "hello".into());
-    let body = json!({
-        "model": spec.model,
-        "messages": [{ "role": "user", "content": prompt }],
-        "stream": spec.stream,
-    })
-    .to_string();
+#[async_trait::async_trait(?Send)]
+impl Dispatcher for SimWorld<'_> {
+    async fn refresh(&mut self) {
+        crate::script::refresh(&self.w.router).await;
+    }
+
+    async fn admin_patch(&mut self, rows: &[PatchRow]) {
+        let body = crate::script::admin_patch_body(rows, &net::url);
+        let auth = crate::script::admin_authorization(world::SIM_ADMIN_KEY);
+        let (status, _, bytes) = call(
+            Method::PATCH,
+            "/v1/admin/models",
+            body,
+            &[("authorization", auth)],
+        )
+        .await;
+        self.rec.admin = Some((status, String::from_utf8_lossy(&bytes).into_owned()));
+    }
+
+    async fn catalog(&mut self, edit: &CatalogEdit) {
+        crate::script::edit_catalog(edit, &self.w.catalog, &net::url);
+    }
+
+    async fn fault(&mut self, fault: &FaultInjection) {
+        self.w.board.apply(fault.clone());
+    }
+
+    async fn clear_faults(&mut self, host: &str) {
+        self.w.board.clear(host);
+    }
+
+    async fn partition(&mut self, a: &str, b: &str) {
+        turmoil::partition(a, b);
+    }
+
+    async fn repair(&mut self, a: &str, b: &str) {
+        turmoil::repair(a, b);
+    }
+
+    async fn hold(&mut self, a: &str, b: &str) {
+        turmoil::hold(a, b);
+    }
+
+    async fn release(&mut self, a: &str, b: &str) {
+        turmoil::release(a, b);
+    }
+
+    async fn crash(&mut self, host: &str) {
+        self.control(Control::Crash(host.to_string())).await;
+    }
+
+    async fn restart(&mut self, host: &str) {
+        self.control(Control::Restart(host.to_string())).await;
+        if host == "router" {
+            wait_for_router(self.w).await;
+        }
+    }
+
+    async fn request(&mut self, spec: &RequestSpec) {
+        let id = format!("step{}", self.rec.index);
+        self.rec.request = Some(request(spec, self.w, id).await);
+    }
+
+    async fn concurrent(&mut self, specs: &[RequestSpec]) {
+        let index = self.rec.index;
+        let calls = specs
+            .iter()
+            .enumerate()
+            .map(|(k, spec)| request(spec, self.w, format!("step{index}.{}", k + 1)));
+        self.rec.concurrent = futures_util::future::join_all(calls).await;
+    }
+
+    async fn unregister(&mut self, model: &str) {
+        let app = self.w.router.lock().unwrap().app.clone();
+        if let Some(app) = app {
+            app.registry().unregister(model);
+        }
+    }
+
+    async fn advance(&mut self, by: Duration) {
+        tokio::time::sleep(by).await;
+    }
+}
+
+/// One client request, sent with `x-request-id: id`; its attempts are the
+/// router's journal entry with that id (several may be in flight).
+async fn request(spec: &RequestSpec, w: &WorldHandles, id: String) -> RequestRecord {
+    let body = request_body(spec).to_string();
     let mut headers: Vec<(&str, String)> = Vec::new();
     if let Some(h) = &spec.pub_key_of {
         headers.push(("x-model-pub-key", w.near_keys[h.get_ref()].clone()));
@@ -413,15 +493,28 @@ async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
     if let Some(k) = &spec.client_pub_key {
         headers.push(("x-client-pub-key", k.clone()));
     }
-    let before = w.journal.0.lock().unwrap().len();
-    let (status, body) = call(Method::POST, "/v1/chat/completions", body, &headers).await;
-    let entry = w.journal.0.lock().unwrap().get(before).cloned();
+    headers.push(("x-request-id", id.clone()));
+    let received_before = w.board.received_count();
+    let (status, response_headers, body) =
+        call(Method::POST, "/v1/chat/completions", body, &headers).await;
+    let entry = w
+        .journal
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e.request_id.as_deref() == Some(id.as_str()))
+        .cloned();
     RequestRecord {
+        id,
         model: spec.model.clone(),
         stream: spec.stream,
         client_e2ee: spec.client_pub_key.is_some(),
         status,
+        headers: response_headers,
         body,
+        upstream: w.board.received_since(received_before),
         attempts: entry
             .as_ref()
             .map(|e| e.attempts.clone())
@@ -430,14 +523,37 @@ async fn request(spec: &RequestSpec, w: &WorldHandles) -> RequestRecord {
     }
 }
 
-/// One client call to the router; a transport failure is status 0 with the
+/// The JSON body of a scenario's chat request: the model, the messages (one
+/// user `prompt` unless `messages` is given), `stream`, `max_tokens`, then
+/// every `extra` field as given.
+pub fn request_body(spec: &RequestSpec) -> Value {
+    let messages = spec.messages.clone().unwrap_or_else(|| {
+        let prompt = spec.prompt.clone().unwrap_or_else(|| "hello".into());
+        vec![json!({ "role": "user", "content": prompt })]
+    });
+    let mut body = json!({
+        "model": spec.model,
+        "messages": messages,
+        "stream": spec.stream,
+    });
+    if let Some(n) = spec.max_tokens {
+        body["max_tokens"] = n.into();
+    }
+    for (k, v) in spec.extra.iter().flatten() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// One client call to the router: status, response headers (lowercase
+/// names, in order) and body; a transport failure is status 0 with the
 /// error as body.
 async fn call(
     method: Method,
     path: &str,
     body: String,
     headers: &[(&str, String)],
-) -> (u16, Bytes) {
+) -> (u16, Vec<(String, String)>, Bytes) {
     let mut req = Request::builder()
         .method(method)
         .uri(format!("{}{path}", net::url("router")))
@@ -450,13 +566,28 @@ async fn call(
         .fetch(req, CLIENT_DEADLINE, CLIENT_BODY_LIMIT)
         .await
     {
-        Ok((status, _, body)) => (status.as_u16(), body),
-        Err(e) => (0, Bytes::from(format!("client transport error: {e}"))),
+        Ok((status, head, body)) => {
+            let head = head
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            (status.as_u16(), head, body)
+        }
+        Err(e) => (
+            0,
+            Vec::new(),
+            Bytes::from(format!("client transport error: {e}")),
+        ),
     }
 }
 
 async fn list_models() -> Vec<String> {
-    let (_, body) = call(Method::GET, "/v1/models", String::new(), &[]).await;
+    let (_, _, body) = call(Method::GET, "/v1/models", String::new(), &[]).await;
     serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| {
@@ -467,63 +598,6 @@ async fn list_models() -> Vec<String> {
             })
         })
         .unwrap_or_default()
-}
-
-/// A one-line summary of a step's action, for snapshots and diagrams.
-pub fn describe(st: &Step) -> String {
-    if st.refresh.is_some() {
-        "refresh".into()
-    } else if let Some(rows) = &st.admin_patch {
-        format!(
-            "admin_patch {}",
-            serde_json::to_string(rows).unwrap_or_default()
-        )
-    } else if let Some(e) = &st.catalog {
-        let mut parts = Vec::new();
-        parts.extend(e.upsert.iter().map(|r| format!("upsert {}", r.id)));
-        parts.extend(e.remove.iter().map(|r| format!("remove {r}")));
-        parts.extend(
-            e.external_upsert
-                .iter()
-                .map(|r| format!("external+ {}@{}", r.model, r.host.get_ref())),
-        );
-        parts.extend(e.external_remove.iter().map(|r| format!("external- {r}")));
-        format!("catalog {}", parts.join(", "))
-    } else if let Some(f) = &st.fault {
-        format!("fault {}", f.get_ref())
-    } else if let Some(h) = &st.clear_faults {
-        format!("clear_faults {}", h.get_ref())
-    } else if let Some(p) = &st.partition {
-        format!("partition {} | {}", p.get_ref()[0], p.get_ref()[1])
-    } else if let Some(p) = &st.repair {
-        format!("repair {} | {}", p.get_ref()[0], p.get_ref()[1])
-    } else if let Some(h) = &st.crash {
-        format!("crash {}", h.get_ref())
-    } else if let Some(h) = &st.restart {
-        format!("restart {}", h.get_ref())
-    } else if let Some(r) = &st.request {
-        let mut s = format!(
-            "request {}{}",
-            r.model,
-            if r.stream { " (stream)" } else { "" }
-        );
-        if let Some(h) = &r.pub_key_of {
-            s += &format!(" x-model-pub-key=<{}>", h.get_ref());
-        }
-        if let Some(k) = &r.model_pub_key {
-            s += &format!(" x-model-pub-key={k}");
-        }
-        if let Some(k) = &r.client_pub_key {
-            s += &format!(" x-client-pub-key={k}");
-        }
-        s
-    } else if let Some(m) = &st.unregister {
-        format!("unregister {m}")
-    } else if let Some(d) = st.advance {
-        format!("advance {}", humantime::format_duration(d.0))
-    } else {
-        "check".into()
-    }
 }
 
 /// Loads and runs a scenario file.

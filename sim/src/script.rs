@@ -25,6 +25,11 @@ pub async fn refresh(router: &Mutex<RouterSlot>) -> Option<RefreshReport> {
     rx.await.ok()
 }
 
+/// The `Authorization` header value of an admin request (R13).
+pub fn admin_authorization(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
 /// The body of `PATCH /v1/admin/models` for a scenario's rows: only the
 /// fields a row sets; an empty `inference_url` clears it (JSON `null`).
 pub fn admin_patch_body(rows: &[PatchRow], url: &dyn Fn(&str) -> String) -> String {

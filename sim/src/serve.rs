@@ -29,7 +29,8 @@ use tiersim_engine::api::{self, RouteObserver};
 use tiersim_engine::app::{App, AppSettings};
 use tiersim_engine::chutes::e2ee::os_rng;
 use tiersim_engine::chutes::shared_rng;
-use tiersim_engine::config::EngineConfig;
+use tiersim_engine::config::{AdminKey, EngineConfig};
+use tiersim_engine::echo::{echo, escape};
 use tiersim_engine::http::HttpClient;
 use tiersim_engine::net::{Connector, Io, TokioConnector, TokioListener};
 use tiersim_engine::retry::{Attempt, Outcome};
@@ -37,8 +38,11 @@ use tiersim_engine::{RouteError, Tier};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::fault::FaultInjection;
 use crate::hosts::Service;
+use crate::scenario::format::{CatalogEdit, PatchRow, RequestSpec};
 use crate::scenario::format::{Scenario, Step};
+use crate::scenario::Dispatcher;
 use crate::world::{self, RouterSlot, Services, CATALOG, CHUTES, ROUTER};
 
 /// `tiersim serve` arguments.
@@ -58,6 +62,11 @@ pub struct ServeArgs {
     /// have no authentication worth the name: expose them knowingly.
     #[arg(long)]
     pub allow_non_loopback: bool,
+    /// The router's admin key (R13: `Authorization: Bearer <key>` on
+    /// `PATCH /v1/admin/models`). Default: `ADMIN_API_KEY` from the
+    /// environment, else a random key generated and printed at start.
+    #[arg(long, value_name = "KEY")]
+    pub admin_key: Option<String>,
 }
 
 pub const DEFAULT_PORT_BASE: u16 = 18080;
@@ -235,13 +244,23 @@ impl RouteObserver for Printer {
             .collect();
         let result = match outcome {
             Ok((provider, tier)) => format!("served by {provider} ({tier:?})"),
-            Err(e) => format!("failed: {e}"),
+            Err(e) => format!("failed: {}", e.echoed()),
         };
-        println!(
-            "[router] {model}: {result}; attempts: [{}]",
-            tried.join(", ")
-        );
+        // The model id is the client's: bounded and escaped, so no request
+        // can forge or hide a log line.
+        println!("{}", log_line(model, &result, &tried));
     }
+}
+
+/// The per-request log line: the client's model id echoed bounded and
+/// with control characters escaped.
+pub fn log_line(model: &str, result: &str, tried: &[String]) -> String {
+    format!(
+        "[router] {}: {}; attempts: [{}]",
+        echo(model),
+        escape(result),
+        tried.join(", ")
+    )
 }
 
 /// One simulated host on its socket.
@@ -290,8 +309,34 @@ pub async fn start(args: &ServeArgs) -> Result<ServeWorld, ServeError> {
     let ip = check_bind(&args.bind, args.allow_non_loopback)?;
     let scenario =
         crate::scenario::load(&args.scenario).map_err(|e| ServeError::Scenario(e.to_string()))?;
-    let config = world::engine_config(&scenario).map_err(|e| ServeError::Config(e.to_string()))?;
+    let mut config =
+        world::engine_config(&scenario).map_err(|e| ServeError::Config(e.to_string()))?;
+    let given = args
+        .admin_key
+        .clone()
+        .or_else(|| std::env::var("ADMIN_API_KEY").ok())
+        .filter(|k| !k.trim().is_empty());
+    config.admin_api_key = Some(match given {
+        Some(key) => AdminKey::new(key).map_err(|e| ServeError::Config(e.to_string()))?,
+        None => {
+            let key = random_admin_key();
+            println!(
+                "admin key (generated; --admin-key or ADMIN_API_KEY sets one): {}",
+                key.as_str()
+            );
+            key
+        }
+    });
     start_world(scenario, config, ip, args.port_base, &args.scenario).await
+}
+
+/// 32 bytes from the OS RNG, in hex: the admin key when none is given.
+fn random_admin_key() -> AdminKey {
+    use rand_core::Rng;
+    let mut raw = [0u8; 32];
+    os_rng().fill_bytes(&mut raw);
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    AdminKey::new(hex).expect("hex is a valid admin key")
 }
 
 async fn start_world(
@@ -515,12 +560,17 @@ impl ServeWorld {
             if let Some(at) = &st.at {
                 tokio::time::sleep_until(self.started + at.get_ref().0).await;
             }
-            let note = self.act(st).await;
+            let mut player = StepPlayer {
+                world: self,
+                note: None,
+            };
+            player.dispatch(st.action()).await;
+            let note = player.note;
             println!(
                 "[{:>8.3}s] step {}: {}{}",
                 self.started.elapsed().as_secs_f64(),
                 i + 1,
-                crate::runner::describe(st),
+                st.action(),
                 note.map(|n| format!(" — {n}")).unwrap_or_default()
             );
         }
@@ -531,116 +581,6 @@ impl ServeWorld {
             .get(host)
             .cloned()
             .unwrap_or_else(|| format!("http://{host}"))
-    }
-
-    /// One step; returns a note on what happened when there is one to tell.
-    async fn act(&mut self, st: &Step) -> Option<String> {
-        if st.refresh.is_some() {
-            return match crate::script::refresh(&self.router).await {
-                None => Some("router is down".into()),
-                Some(r) if r == Default::default() => None,
-                Some(r) => Some(format!("{r:?}")),
-            };
-        }
-        if let Some(rows) = &st.admin_patch {
-            let body = crate::script::admin_patch_body(rows, &|h| self.url(h));
-            let req = Request::builder()
-                .method(Method::PATCH)
-                .uri(format!("{}/v1/admin/models", self.urls[ROUTER]))
-                .header("content-type", "application/json")
-                .body(Bytes::from(body))
-                .expect("valid request");
-            return Some(
-                match self
-                    .client
-                    .fetch(req, Duration::from_secs(120), 16 << 20)
-                    .await
-                {
-                    Ok((status, _, _)) => format!("router answered {status}"),
-                    Err(e) => format!("router unreachable: {e}"),
-                },
-            );
-        }
-        if let Some(edit) = &st.catalog {
-            crate::script::edit_catalog(edit, &self.services.catalog, &|h| self.url(h));
-            return None;
-        }
-        if let Some(f) = &st.fault {
-            self.services.board.apply(f.get_ref().clone());
-            return None;
-        }
-        if let Some(h) = &st.clear_faults {
-            self.services.board.clear(h.get_ref());
-            return None;
-        }
-        if let Some(p) = &st.partition {
-            let [a, b] = p.get_ref();
-            self.partitions.set(a, b, true);
-            if a != ROUTER && b != ROUTER {
-                return Some("only the router dials out here: no effect".into());
-            }
-            return None;
-        }
-        if let Some(p) = &st.repair {
-            let [a, b] = p.get_ref();
-            self.partitions.set(a, b, false);
-            return None;
-        }
-        if let Some(h) = &st.crash {
-            let h = h.get_ref();
-            if h == ROUTER {
-                self.crash_router();
-            } else if let Some(host) = self.hosts.get_mut(h) {
-                host.crash();
-            }
-            return Some("port closed".into());
-        }
-        if let Some(h) = &st.restart {
-            let h = h.get_ref().clone();
-            let addr = if h == ROUTER {
-                self.router_addr
-            } else {
-                match self.hosts.get(&h) {
-                    Some(host) => host.addr,
-                    None => return Some("no such host".into()),
-                }
-            };
-            let listener = match TokioListener::bind(&addr.to_string()).await {
-                Ok(l) => l,
-                Err(e) => return Some(format!("cannot rebind {addr}: {e}")),
-            };
-            if h == ROUTER {
-                self.crash_router();
-                self.boot_router(listener);
-                self.wait_for_router().await;
-            } else if let Some(host) = self.hosts.get_mut(&h) {
-                host.crash();
-                host.spawn(listener);
-            }
-            return None;
-        }
-        if st.request.is_some() {
-            return Some("skipped: serve sends no scripted requests (send your own)".into());
-        }
-        if let Some(model) = &st.unregister {
-            let app = self
-                .router
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .app
-                .clone();
-            return match app {
-                Some(app) => {
-                    app.registry().unregister(model);
-                    None
-                }
-                None => Some("router is down".into()),
-            };
-        }
-        if let Some(d) = st.advance {
-            tokio::time::sleep(d.0).await;
-        }
-        None
     }
 
     /// Stops every host and the router.
@@ -654,9 +594,177 @@ impl ServeWorld {
     }
 }
 
+/// A step played on real sockets; `note` says what happened when there is
+/// something to tell.
+struct StepPlayer<'a> {
+    world: &'a mut ServeWorld,
+    note: Option<String>,
+}
+
+#[async_trait(?Send)]
+impl Dispatcher for StepPlayer<'_> {
+    async fn refresh(&mut self) {
+        self.note = match crate::script::refresh(&self.world.router).await {
+            None => Some("router is down".into()),
+            Some(r) if r == Default::default() => None,
+            Some(r) => Some(format!("{r:?}")),
+        };
+    }
+
+    async fn admin_patch(&mut self, rows: &[PatchRow]) {
+        let w = &*self.world;
+        let body = crate::script::admin_patch_body(rows, &|h| w.url(h));
+        let key = w.config.admin_api_key.as_ref().map_or("", AdminKey::as_str);
+        let req = Request::builder()
+            .method(Method::PATCH)
+            .uri(format!("{}/v1/admin/models", w.urls[ROUTER]))
+            .header("content-type", "application/json")
+            .header("authorization", crate::script::admin_authorization(key))
+            .body(Bytes::from(body))
+            .expect("valid request");
+        self.note = Some(
+            match w
+                .client
+                .fetch(req, Duration::from_secs(120), 16 << 20)
+                .await
+            {
+                Ok((status, _, _)) => format!("router answered {status}"),
+                Err(e) => format!("router unreachable: {e}"),
+            },
+        );
+    }
+
+    async fn catalog(&mut self, edit: &CatalogEdit) {
+        let w = &*self.world;
+        crate::script::edit_catalog(edit, &w.services.catalog, &|h| w.url(h));
+    }
+
+    async fn fault(&mut self, fault: &FaultInjection) {
+        self.world.services.board.apply(fault.clone());
+    }
+
+    async fn clear_faults(&mut self, host: &str) {
+        self.world.services.board.clear(host);
+    }
+
+    async fn partition(&mut self, a: &str, b: &str) {
+        self.world.partitions.set(a, b, true);
+        if a != ROUTER && b != ROUTER {
+            self.note = Some("only the router dials out here: no effect".into());
+        }
+    }
+
+    async fn repair(&mut self, a: &str, b: &str) {
+        self.world.partitions.set(a, b, false);
+    }
+
+    /// On real sockets a partition already never completes a connection,
+    /// which is what a held link does.
+    async fn hold(&mut self, a: &str, b: &str) {
+        self.partition(a, b).await;
+    }
+
+    async fn release(&mut self, a: &str, b: &str) {
+        self.repair(a, b).await;
+    }
+
+    async fn crash(&mut self, host: &str) {
+        if host == ROUTER {
+            self.world.crash_router();
+        } else if let Some(h) = self.world.hosts.get_mut(host) {
+            h.crash();
+        }
+        self.note = Some("port closed".into());
+    }
+
+    async fn restart(&mut self, host: &str) {
+        let w = &mut *self.world;
+        let addr = if host == ROUTER {
+            w.router_addr
+        } else {
+            match w.hosts.get(host) {
+                Some(h) => h.addr,
+                None => {
+                    self.note = Some("no such host".into());
+                    return;
+                }
+            }
+        };
+        let listener = match TokioListener::bind(&addr.to_string()).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.note = Some(format!("cannot rebind {addr}: {e}"));
+                return;
+            }
+        };
+        if host == ROUTER {
+            w.crash_router();
+            w.boot_router(listener);
+            w.wait_for_router().await;
+        } else if let Some(h) = w.hosts.get_mut(host) {
+            h.crash();
+            h.spawn(listener);
+        }
+    }
+
+    async fn request(&mut self, _spec: &RequestSpec) {
+        self.note = Some("skipped: serve sends no scripted requests (send your own)".into());
+    }
+
+    async fn concurrent(&mut self, _specs: &[RequestSpec]) {
+        self.note = Some("skipped: serve sends no scripted requests (send your own)".into());
+    }
+
+    async fn unregister(&mut self, model: &str) {
+        let app = self
+            .world
+            .router
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .app
+            .clone();
+        match app {
+            Some(app) => app.registry().unregister(model),
+            None => self.note = Some("router is down".into()),
+        }
+    }
+
+    async fn advance(&mut self, by: Duration) {
+        tokio::time::sleep(by).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 9: the client's model id cannot forge or hide a log line.
+    #[test]
+    fn log_line_escapes_and_bounds_the_client_model() {
+        let model = format!(
+            "m\n[router] forged: served by near-1\x1b[2K\r{}",
+            "x".repeat(100_000)
+        );
+        let line = log_line(&model, "failed: x", &["near-1 503".into()]);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.len() < 2048, "bounded: {} bytes", line.len());
+        assert!(
+            line.starts_with("[router] m\\u{a}[router] forged"),
+            "{line:?}"
+        );
+        assert!(
+            line.ends_with("…: failed: x; attempts: [near-1 503]"),
+            "{line:?}"
+        );
+    }
+
+    #[test]
+    fn r13_random_admin_keys_are_fresh_hex() {
+        let (a, b) = (random_admin_key(), random_admin_key());
+        assert_eq!(a.as_str().len(), 64);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn bind_is_loopback_unless_allowed() {

@@ -40,6 +40,8 @@ pub struct RouterSlot {
 /// One routed request as the router's observer saw it.
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
+    /// The client's `x-request-id`.
+    pub request_id: Option<String>,
     pub model: String,
     pub attempts: Vec<Attempt>,
     pub outcome: Result<(String, Tier), String>,
@@ -56,7 +58,18 @@ impl RouteObserver for Journal {
         attempts: &[Attempt],
         outcome: Result<(&str, Tier), &RouteError>,
     ) {
+        self.routed_request(None, model, attempts, outcome);
+    }
+
+    fn routed_request(
+        &self,
+        request_id: Option<&str>,
+        model: &str,
+        attempts: &[Attempt],
+        outcome: Result<(&str, Tier), &RouteError>,
+    ) {
         self.0.lock().unwrap().push(JournalEntry {
+            request_id: request_id.map(str::to_string),
             model: model.to_string(),
             attempts: attempts.to_vec(),
             outcome: outcome
@@ -77,6 +90,11 @@ pub struct WorldHandles {
     pub near_keys: BTreeMap<String, String>,
 }
 
+/// The simulated router's admin key (R13: without one the admin API is
+/// closed). Scripted `admin_patch` steps send it; it is a constant because
+/// the world is deterministic and never reachable from outside.
+pub const SIM_ADMIN_KEY: &str = "tiersim-sim-admin-key";
+
 /// The engine's environment, as the scenario configures it.
 pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::config::ConfigError> {
     let c = &s.config;
@@ -86,6 +104,7 @@ pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::confi
         "CHUTES_API_KEY" => c.chutes_api_key.then(|| "sim-chutes-key".to_string()),
         "CHUTES_ENABLE_STREAMING" => Some(c.chutes_streaming.to_string()),
         "MODEL_REFRESH_INTERVAL_SECS" => Some(secs.clone()),
+        "ADMIN_API_KEY" => Some(SIM_ADMIN_KEY.to_string()),
         _ => None,
     })
 }
@@ -178,6 +197,7 @@ pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
         let backend = NearBackend::new(n.host.clone())
             .serves(n.models.clone())
             .signing_seed(derive_seed(s.seed, &n.host))
+            .answer_model(n.answer_model.clone())
             .faults(&board);
         near_keys.insert(n.host.clone(), backend.signing_key_hex());
         hosts.push(backend.service());
@@ -237,7 +257,9 @@ pub fn build_with(
         let journal = journal.clone();
         let seed = s.seed;
         let boots = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let board = board.clone();
         sim.host(ROUTER, move || {
+            board.record(crate::fault::HostEvent::RouterBoot);
             let router = router.clone();
             let journal = journal.clone();
             let config = config.clone();
@@ -330,13 +352,10 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
             Some(trusted)
         } else {
             // A key the simulated vendor never signs with.
-            Some(
-                tiersim_engine::chutes::attest::VendorKey::from_seed(derive_seed(
-                    s.seed,
-                    "untrusted-vendor",
-                ))
-                .public_key(),
-            )
+            Some(crate::hosts::keys::ed25519_public(derive_seed(
+                s.seed,
+                "untrusted-vendor",
+            )))
         },
         versions,
         chute_ids,

@@ -314,7 +314,7 @@ fn r23_eof_without_inner_done_is_a_truncation() {
         for after in [0u32, 3] {
             ctx.faults.inject(
                 "chutes",
-                Fault::CutStream {
+                Fault::CutStreamAfter {
                     after_chunks: after,
                 }
                 .rule()
@@ -328,7 +328,7 @@ fn r23_eof_without_inner_done_is_a_truncation() {
         // A connection reset mid-stream is a connection error, never Done.
         ctx.faults.inject(
             "chutes",
-            Fault::ResetMidBody { after_chunks: 2 }.rule().times(1),
+            Fault::ResetAfterChunks { after_chunks: 2 }.rule().times(1),
         );
         let (items, err) = collect(p.chat_completion_stream(&request(CANON, "hi")).await).await;
         assert_eq!(items.len(), 2);
@@ -689,7 +689,11 @@ fn r3_http_faults_map_like_the_openai_client() {
     world(17).run(|ctx| async move {
         let p = ctx.v1();
         let req = request(CANON, "hi");
-        let status = |status| Fault::HttpStatus { status, code: None };
+        let status = |status| Fault::HttpStatus {
+            status,
+            code: None,
+            message: None,
+        };
 
         // Discovery fails first: nothing is cached from a failed listing.
         ctx.faults.inject("chutes", status(503).rule().times(2));
@@ -725,7 +729,7 @@ fn r3_http_faults_map_like_the_openai_client() {
         assert!(matches!(err, ProviderError::Connection(_)), "{err:?}");
 
         ctx.faults
-            .inject("chutes", Fault::Latency { ms: 20_000 }.rule().times(1));
+            .inject("chutes", Fault::LatencyMs { ms: 20_000 }.rule().times(1));
         assert_eq!(
             p.chat_completion(&req).await.unwrap_err(),
             ProviderError::Timeout
@@ -734,7 +738,7 @@ fn r3_http_faults_map_like_the_openai_client() {
         // A half ciphertext does not open.
         ctx.faults.inject(
             "chutes",
-            Fault::CutStream { after_chunks: 0 }
+            Fault::CutStreamAfter { after_chunks: 0 }
                 .rule()
                 .on(tiersim::fault::Scope::ChatJson)
                 .times(1),

@@ -131,7 +131,11 @@ fn content_of(items: &[StreamItem]) -> String {
 }
 
 fn status(status: u16) -> Fault {
-    Fault::HttpStatus { status, code: None }
+    Fault::HttpStatus {
+        status,
+        code: None,
+        message: None,
+    }
 }
 
 #[test]
@@ -192,7 +196,7 @@ fn attestation_key_discovery_follows_the_seed_and_its_faults() {
 
         faults.inject(
             "near-1",
-            Fault::CutStream { after_chunks: 0 }
+            Fault::CutStreamAfter { after_chunks: 0 }
                 .rule()
                 .on(Scope::Attestation)
                 .times(1),
@@ -232,6 +236,7 @@ fn status_faults_surface_as_status_errors() {
         let media = Fault::HttpStatus {
             status: 502,
             code: Some("client_media_fetch_failed".into()),
+            message: None,
         };
         faults.inject("near-1", media.rule().times(1));
         let err = p.chat_completion(&req).await.unwrap_err();
@@ -295,7 +300,7 @@ fn resets_surface_as_connection_errors() {
 
         faults.inject(
             "near-1",
-            Fault::ResetMidBody { after_chunks: 2 }.rule().times(2),
+            Fault::ResetAfterChunks { after_chunks: 2 }.rule().times(2),
         );
         let err = p.chat_completion(&req).await.unwrap_err();
         assert!(matches!(err, ProviderError::Connection(_)), "{err:?}");
@@ -315,7 +320,7 @@ fn latency_beyond_the_deadline_times_out() {
         let p = near().await;
         let req = request(MODEL, "hi");
 
-        faults.inject("near-1", Fault::Latency { ms: 10_000 }.rule().times(2));
+        faults.inject("near-1", Fault::LatencyMs { ms: 10_000 }.rule().times(2));
         let start = tokio::time::Instant::now();
         assert_eq!(
             p.chat_completion(&req).await.unwrap_err(),
@@ -327,13 +332,13 @@ fn latency_beyond_the_deadline_times_out() {
             Some(ProviderError::Timeout)
         );
 
-        faults.inject("near-1", Fault::Latency { ms: 1_000 }.rule().times(1));
+        faults.inject("near-1", Fault::LatencyMs { ms: 1_000 }.rule().times(1));
         assert!(p.chat_completion(&req).await.is_ok(), "within the deadline");
 
         // The head comes at once; the first chunk only after the idle deadline.
         faults.inject(
             "near-1",
-            Fault::SlowFirstToken { ms: 3_000 }.rule().times(1),
+            Fault::SlowFirstTokenMs { ms: 3_000 }.rule().times(1),
         );
         let s = p.chat_completion_stream(&req).await.unwrap();
         let (items, err) = drain(s).await;
@@ -342,7 +347,7 @@ fn latency_beyond_the_deadline_times_out() {
 
         faults.inject(
             "near-1",
-            Fault::SlowFirstToken { ms: 1_500 }.rule().times(1),
+            Fault::SlowFirstTokenMs { ms: 1_500 }.rule().times(1),
         );
         let (items, err) = drain(p.chat_completion_stream(&req).await.unwrap()).await;
         assert_eq!((items.last(), err), (Some(&StreamItem::Done), None));
@@ -355,7 +360,10 @@ fn cut_stream_is_truncated_never_done() {
         let p = near().await;
         let req = request(MODEL, "hi");
         for after_chunks in [0, 2, 5] {
-            faults.inject("near-1", Fault::CutStream { after_chunks }.rule().times(1));
+            faults.inject(
+                "near-1",
+                Fault::CutStreamAfter { after_chunks }.rule().times(1),
+            );
             let (items, err) = drain(p.chat_completion_stream(&req).await.unwrap()).await;
             assert_eq!(items.len(), after_chunks as usize, "{items:?}");
             assert!(!items.contains(&StreamItem::Done));
@@ -364,7 +372,7 @@ fn cut_stream_is_truncated_never_done() {
         // A stream-only fault leaves JSON requests alone.
         faults.inject(
             "near-1",
-            Fault::CutStream { after_chunks: 1 }.rule().times(1),
+            Fault::CutStreamAfter { after_chunks: 1 }.rule().times(1),
         );
         assert!(p.chat_completion(&req).await.is_ok());
         assert_eq!(faults.active().len(), 1, "still armed for the next stream");
@@ -582,7 +590,10 @@ fn partitions_and_held_links_fail_as_connection_or_timeout() {
 
         // Connected, then the link holds the chunks (due in 500 ms, well
         // within the idle deadline): the stream goes idle.
-        faults.inject("near-1", Fault::SlowFirstToken { ms: 500 }.rule().times(1));
+        faults.inject(
+            "near-1",
+            Fault::SlowFirstTokenMs { ms: 500 }.rule().times(1),
+        );
         let s = p.chat_completion_stream(&req).await.unwrap();
         turmoil::hold("client", "near-1");
         let (items, err) = drain(s).await;
@@ -607,5 +618,39 @@ fn pubkey_headers_reach_the_backend() {
             matches!(err, ProviderError::Status { status: 400, .. }),
             "{err:?}"
         );
+    });
+}
+
+/// Issue 9: the router's body limit is the one a client meets. A body the
+/// router accepts (at most `MAX_REQUEST_BODY`, here one that grows when
+/// re-serialized: `1e15` is forwarded as `1000000000000000.0`) is accepted
+/// by the simulated NEAR backend, never refused with hyper's "Failed to
+/// buffer the request body".
+#[test]
+fn router_accepted_body_is_never_refused_upstream() {
+    use tiersim_engine::api::{validate_chat, MAX_REQUEST_BODY};
+    let head =
+        format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"hi"}}],"x":["#);
+    let mut body = head.into_bytes();
+    while body.len() + 5 + 2 < MAX_REQUEST_BODY {
+        body.extend_from_slice(b"1e15,");
+    }
+    body.extend_from_slice(b"0]}");
+    assert!(body.len() <= MAX_REQUEST_BODY);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let req = validate_chat(&headers, &body)
+        .expect("the router accepts it")
+        .request;
+    let forwarded = serde_json::to_vec(&req.body).unwrap().len();
+    assert!(
+        forwarded > 3 * MAX_REQUEST_BODY,
+        "it grows: {forwarded} bytes"
+    );
+    let w = world(13);
+    w.run(|_| async move {
+        let p = near().await;
+        let r = p.chat_completion(&req).await;
+        assert!(r.is_ok(), "{r:?}");
     });
 }

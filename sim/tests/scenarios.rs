@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use tiersim::record;
+use tiersim::render;
 use tiersim::runner::{self, RunOptions};
 
 fn root() -> PathBuf {
@@ -19,8 +19,8 @@ fn root() -> PathBuf {
 fn run_one(file: &Path) -> Result<(), Failed> {
     let s = tiersim::scenario::load(file).map_err(|e| e.to_string())?;
     let report = runner::run(&s, file, &RunOptions::default());
-    let text = record::render(&report);
-    let again = record::render(&runner::run(&s, file, &RunOptions::default()));
+    let text = render::render(&report);
+    let again = render::render(&runner::run(&s, file, &RunOptions::default()));
     if text != again {
         return Err(
             format!("same seed, different bytes:\n--- first\n{text}\n--- second\n{again}").into(),

@@ -20,6 +20,7 @@ fn args(scenario: PathBuf) -> ServeArgs {
         bind: "127.0.0.1".into(),
         port_base: 0,
         allow_non_loopback: false,
+        admin_key: None,
     }
 }
 
@@ -140,6 +141,78 @@ restart = "router"
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("near-1 says: back"), "{body}");
 
+    world.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn fetch(req: Request<Bytes>) -> (u16, String) {
+    let (status, _, body) = HttpClient::new(Arc::new(TokioConnector))
+        .fetch(req, Duration::from_secs(30), 1 << 20)
+        .await
+        .expect("the router answers");
+    (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn listed(router: &str) -> String {
+    let req = Request::get(format!("{router}/v1/models"))
+        .body(Bytes::new())
+        .unwrap();
+    fetch(req).await.1
+}
+
+/// R13 on real sockets: the admin API wants `serve`'s key; a scripted
+/// `admin_patch` sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r13_serve_admin_api_needs_the_key_and_the_script_sends_it() {
+    let dir = std::env::temp_dir().join(format!("tiersim-serve-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("admin.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "serve admin"
+description = "the script deactivates the model through the admin API"
+seed = 9
+[[near]]
+host = "near-1"
+models = ["zai-org/GLM-5.1-FP8"]
+[[catalog]]
+id = "zai-org/GLM-5.1-FP8"
+inference_url = "near-1"
+[[step]]
+admin_patch = [{ id = "zai-org/GLM-5.1-FP8", active = false }]
+"#,
+    )
+    .unwrap();
+    let mut a = args(file);
+    a.admin_key = Some("serve-test-key".into());
+    let mut world = serve::start(&a).await.unwrap();
+    let router = world.urls()["router"].clone();
+
+    let patch = |auth: Option<&str>| {
+        let mut req = Request::patch(format!("{router}/v1/admin/models"))
+            .header("content-type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.body(Bytes::from(
+            r#"{"models":[{"id":"zai-org/GLM-5.1-FP8","active":false}]}"#,
+        ))
+        .unwrap()
+    };
+    for auth in [None, Some("Bearer wrong"), Some("serve-test-key")] {
+        let (status, body) = fetch(patch(auth)).await;
+        assert_eq!(status, 401, "{auth:?}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["type"], "authentication_error", "{body}");
+    }
+    assert!(listed(&router).await.contains(CANONICAL), "nothing changed");
+
+    world.play_steps(0..1).await;
+    assert!(
+        !listed(&router).await.contains(CANONICAL),
+        "the scripted batch was applied with the key"
+    );
     world.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,7 +24,6 @@ use base64::Engine as _;
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use flate2::read::MultiGzDecoder;
-use flate2::write::GzEncoder;
 use flate2::Compression;
 use hkdf::Hkdf;
 use ml_kem::kem::{Decapsulate, Encapsulate, Generate, KeyExport, TryKeyInit};
@@ -251,12 +250,9 @@ fn open_in_place(
 /// gzip-compresses `data` (helper for callers building payloads, e.g. a
 /// simulated instance's responses or a fault's gzip bomb).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(data.len() / 2 + 64),
-        Compression::default(),
-    );
-    enc.write_all(data).expect("writing to a Vec cannot fail");
-    enc.finish().expect("writing to a Vec cannot fail")
+    let mut out = Vec::with_capacity(data.len() / 2 + 64);
+    gzip_into(&mut out, |w| w.write_all(data)).expect("writing to a Vec cannot fail");
+    out
 }
 
 /// Gunzips with a decompressed-size cap: reading stops one byte past the cap,
@@ -294,14 +290,45 @@ fn seal_blob<R: CryptoRng + ?Sized>(
     Ok(blob)
 }
 
+/// The gzip member header `flate2::write::GzEncoder` writes at
+/// `Compression::default()`: magic, deflate, no flags, no mtime, XFL 0, OS
+/// "unknown" (so a payload is byte-for-byte what `GzEncoder` would make).
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+
+thread_local! {
+    /// One deflate compressor per thread, reset between payloads: building
+    /// one allocates and zeroes ~300 KiB of tables, more than compressing a
+    /// chat request costs. A reset compressor produces the same bytes as a
+    /// new one.
+    static DEFLATE: std::cell::RefCell<Option<flate2::write::DeflateEncoder<Vec<u8>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Appends one gzip member holding what `write` writes to `blob`.
 fn gzip_into(
     blob: &mut Vec<u8>,
-    write: impl FnOnce(&mut GzEncoder<&mut Vec<u8>>) -> std::io::Result<()>,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), E2eeError> {
-    let mut enc = GzEncoder::new(blob, Compression::default());
-    write(&mut enc).map_err(|e| E2eeError::Json(e.to_string()))?;
-    enc.finish().expect("writing to a Vec cannot fail");
-    Ok(())
+    DEFLATE.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let enc = slot.get_or_insert_with(|| {
+            flate2::write::DeflateEncoder::new(Vec::new(), Compression::default())
+        });
+        blob.extend_from_slice(&GZIP_HEADER);
+        // `reset` ends the (empty) stream into the spare Vec, resets the
+        // compressor and writes into `blob` from here on.
+        enc.reset(std::mem::take(blob))
+            .expect("writing to a Vec cannot fail");
+        let mut crc = flate2::CrcWriter::new(&mut *enc);
+        let written = write(&mut crc);
+        let (sum, amount) = (crc.crc().sum(), crc.crc().amount());
+        enc.try_finish().expect("writing to a Vec cannot fail");
+        *blob = enc.reset(Vec::new()).expect("writing to a Vec cannot fail");
+        written.map_err(|e| E2eeError::Json(e.to_string()))?;
+        blob.extend_from_slice(&sum.to_le_bytes());
+        blob.extend_from_slice(&amount.to_le_bytes());
+        Ok(())
+    })
 }
 
 /// Opens a blob addressed to `dk`; returns the decrypted (still compressed) payload.
@@ -610,6 +637,7 @@ pub(crate) fn open_frame_in_place(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flate2::write::GzEncoder;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
     use serde_json::json;
@@ -751,6 +779,29 @@ mod tests {
                 len: MIN_BLOB_LEN - 1
             }
         );
+    }
+
+    #[test]
+    fn r23_reused_compressor_writes_what_gz_encoder_writes() {
+        let payloads: [&[u8]; 4] = [
+            b"",
+            b"{}",
+            br#"{"model":"m","messages":[{"role":"user","content":"hello"}]}"#,
+            &[7u8; 100_000],
+        ];
+        // Twice over, so every payload is also compressed by a reset compressor.
+        for data in payloads.iter().chain(payloads.iter()) {
+            let mut reference = GzEncoder::new(Vec::new(), Compression::default());
+            reference.write_all(data).unwrap();
+            let reference = reference.finish().unwrap();
+            assert_eq!(gzip(data), reference, "{} bytes", data.len());
+            assert_eq!(gunzip_capped(&gzip(data), data.len()).unwrap(), *data);
+        }
+        // Appended after what the blob already holds, as `seal_blob` does.
+        let mut blob = b"prefix".to_vec();
+        gzip_into(&mut blob, |w| w.write_all(b"{}")).unwrap();
+        assert_eq!(&blob[..6], b"prefix");
+        assert_eq!(blob[6..], gzip(b"{}"));
     }
 
     #[test]

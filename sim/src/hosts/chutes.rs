@@ -33,7 +33,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tiersim_engine::chutes::attest::{Evidence, VendorKey};
+use tiersim_engine::chutes::attest::Evidence;
 use tiersim_engine::chutes::e2ee::{
     seal_response, seal_response_raw, InstanceKeypair, StreamSealer, StreamVersion,
     MAX_DECOMPRESSED, NONCE_LEN,
@@ -48,7 +48,7 @@ use tiersim_engine::chutes::stream::{
 use tiersim_engine::openai::MAX_SSE_LINE;
 
 use super::{
-    before_answer, body_answer, derive_seed, error_response, json_answer, last_user_message,
+    before_answer, body_answer, derive_seed, error_response, json_answer, keys, last_user_message,
     scripted, words, Service, Step, CREATED_BASE,
 };
 use crate::fault::{Fault, FaultBoard, RequestKind};
@@ -138,16 +138,15 @@ impl ChutesGateway {
         &self.host
     }
 
-    fn vendor(&self) -> VendorKey {
-        VendorKey::from_seed(
-            self.vendor_seed
-                .unwrap_or_else(|| derive_seed(self.world_seed, "chutes/vendor")),
-        )
+    /// The vendor key's seed: the one set, else derived from the world seed.
+    fn vendor_key_seed(&self) -> [u8; 32] {
+        self.vendor_seed
+            .unwrap_or_else(|| derive_seed(self.world_seed, "chutes/vendor"))
     }
 
     /// The vendor key the router must trust (§7b).
     pub fn vendor_public_key(&self) -> [u8; 32] {
-        self.vendor().public_key()
+        keys::ed25519_public(self.vendor_key_seed())
     }
 
     /// The `chute_id` the gateway lists for `slug`.
@@ -202,8 +201,8 @@ impl ChutesGateway {
     }
 
     fn world(&self) -> World {
-        let vendor = self.vendor();
-        let mitm = InstanceKeypair::from_seed(seed64(
+        let vendor_seed = self.vendor_key_seed();
+        let mitm = keys::instance_keypair(seed64(
             self.world_seed,
             &format!("chutes/{}/gateway-key", self.host),
         ));
@@ -213,11 +212,12 @@ impl ChutesGateway {
             let instances = (0..*n)
                 .map(|i| {
                     let label = format!("chutes/{slug}/instance-{i}");
-                    let key = InstanceKeypair::from_seed(seed64(self.world_seed, &label));
+                    let key_seed = seed64(self.world_seed, &label);
+                    let key = keys::instance_keypair(key_seed);
                     Instance {
                         id: uuid(&derive_seed(self.world_seed, &format!("{label}/id"))),
                         pubkey_b64: B64.encode(key.public_key_bytes()),
-                        evidence: vendor.sign_binding(key.public_key_bytes()),
+                        evidence: keys::binding_evidence(vendor_seed, key_seed),
                         key,
                     }
                 })
@@ -273,7 +273,7 @@ struct Chute {
 
 struct Instance {
     id: String,
-    key: InstanceKeypair,
+    key: Arc<InstanceKeypair>,
     pubkey_b64: String,
     evidence: Evidence,
 }
@@ -663,6 +663,7 @@ impl Gateway {
                 format!("could not open the request: {e}"),
             )
         })?;
+        self.faults.note_received(&self.host, &request);
         let model = request["model"].as_str().unwrap_or_default().to_string();
         record.model = Some(model.clone());
         if model != chute.slug {
@@ -887,7 +888,7 @@ fn gateway_stream(fault: Option<&Fault>, mut events: Vec<Event>) -> Vec<Step> {
             events.push(Event::Plain(OUTER_DONE_EVENT.into()));
         }
         // A clean end after n frames: no inner, no outer [DONE].
-        Some(Fault::CutStream { after_chunks }) => {
+        Some(Fault::CutStreamAfter { after_chunks }) => {
             events.truncate(after_frames(&events, *after_chunks));
         }
         _ => {}
@@ -895,12 +896,12 @@ fn gateway_stream(fault: Option<&Fault>, mut events: Vec<Event>) -> Vec<Step> {
     let mut steps: Vec<Step> = events.into_iter().map(|e| data(e.text())).collect();
     match fault {
         Some(Fault::ResetBeforeBody) => steps = vec![Step::Reset],
-        Some(Fault::ResetMidBody { after_chunks }) => {
+        Some(Fault::ResetAfterChunks { after_chunks }) => {
             // The init event plus `after_chunks` frames, then the reset.
             steps.truncate(1 + *after_chunks as usize);
             steps.extend([Step::Flush, Step::Reset]);
         }
-        Some(Fault::SlowFirstToken { ms }) => {
+        Some(Fault::SlowFirstTokenMs { ms }) => {
             steps.insert(1, Step::Sleep(Duration::from_millis(*ms)));
         }
         Some(Fault::OversizedLine) => {

@@ -57,6 +57,7 @@ impl ExternalBackend {
                 faults: self.faults.clone(),
                 signing_key: None,
                 served: AtomicU64::new(0),
+                answer_model: None,
             })
         })
     }

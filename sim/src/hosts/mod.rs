@@ -10,6 +10,7 @@
 mod catalog;
 mod chutes;
 mod external;
+pub mod keys;
 mod near;
 
 pub use catalog::{Catalog, CatalogHandle};
@@ -34,6 +35,7 @@ use http::{HeaderMap, StatusCode};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use tiersim_engine::api::MAX_FORWARDED_BODY;
 use tiersim_engine::openai::CODE_MODEL_NOT_FOUND;
 
 use crate::fault::{Fault, FaultBoard, RequestKind};
@@ -94,9 +96,13 @@ impl Service {
         &self.host
     }
 
-    /// A fresh router: one boot of the host.
+    /// A fresh router: one boot of the host. Every host accepts bodies up
+    /// to what the router may forward for a request it accepted
+    /// ([`MAX_FORWARDED_BODY`]), so the router's own limit is the one a
+    /// client meets (axum's default of 2 MiB would refuse upstream what the
+    /// router took).
     pub fn boot(&self) -> Router {
-        (self.make)()
+        (self.make)().layer(axum::extract::DefaultBodyLimit::max(MAX_FORWARDED_BODY))
     }
 
     /// Registers the host on the simulation: each (re)boot builds a fresh
@@ -159,26 +165,32 @@ async fn before_answer(
     streaming: bool,
 ) -> Option<Response> {
     match fault? {
-        Fault::Latency { ms } => {
+        Fault::LatencyMs { ms } => {
             tokio::time::sleep(Duration::from_millis(*ms)).await;
             None
         }
         // A JSON answer has no first token: the whole answer is slow.
-        Fault::SlowFirstToken { ms } if !streaming => {
+        Fault::SlowFirstTokenMs { ms } if !streaming => {
             tokio::time::sleep(Duration::from_millis(*ms)).await;
             None
         }
-        Fault::HttpStatus { status, code } => {
+        Fault::HttpStatus {
+            status,
+            code,
+            message,
+        } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let code = code
                 .as_deref()
                 .or((status == StatusCode::TOO_MANY_REQUESTS).then_some("rate_limit_exceeded"));
-            // Like a real backend's error text, it names the backend's own
-            // internal URL: the router must redact it (R22).
-            let message = format!(
-                "{host}: injected {} at http://{host}:8000/v1",
-                status.canonical_reason().unwrap_or("error")
-            );
+            // By default, like a real backend's error text, it names the
+            // backend's own internal URL: the router must redact it (R22).
+            let message = message.clone().unwrap_or_else(|| {
+                format!(
+                    "{host}: injected {} at http://{host}:8000/v1",
+                    status.canonical_reason().unwrap_or("error")
+                )
+            });
             Some(error_response(status, code, &message))
         }
         Fault::ModelNotFound => Some(model_not_found(model, host)),
@@ -230,9 +242,9 @@ fn body_answer(fault: Option<&Fault>, content_type: &'static str, body: Bytes) -
     let half = || Step::Data(body.slice(..body.len() / 2));
     let steps = match fault {
         Some(Fault::ResetBeforeBody) => vec![Step::Reset],
-        Some(Fault::ResetMidBody { .. }) => vec![half(), Step::Flush, Step::Reset],
+        Some(Fault::ResetAfterChunks { .. }) => vec![half(), Step::Flush, Step::Reset],
         // A clean end after half the body: an undecodable body.
-        Some(Fault::CutStream { .. }) => vec![half()],
+        Some(Fault::CutStreamAfter { .. }) => vec![half()],
         _ => return ([(CONTENT_TYPE, content_type)], body).into_response(),
     };
     scripted(StatusCode::OK, content_type, steps)
@@ -249,6 +261,9 @@ struct ChatBackend {
     signing_key: Option<String>,
     /// Requests served since boot: ids and timestamps derive from it.
     served: AtomicU64,
+    /// The model name the backend answers with (its own name for the
+    /// model), instead of echoing the request's.
+    answer_model: Option<String>,
 }
 
 fn chat_router(backend: ChatBackend) -> Router {
@@ -295,6 +310,7 @@ async fn chat(
         RequestKind::Chat
     };
     let host = backend.host.as_str();
+    backend.faults.note_received(host, &request);
     let model = request["model"].as_str().unwrap_or_default().to_string();
     let fault = backend.faults.take(host, kind);
     if let Some(resp) = before_answer(fault.as_ref(), host, &model, streaming).await {
@@ -315,11 +331,18 @@ async fn chat(
         return model_not_found(&model, host);
     }
 
+    // What the backend calls the model in its answers.
+    let model = if fault == Some(Fault::OwnModelName) {
+        format!("{host}/{model}")
+    } else {
+        model
+    };
     let n = backend.served.fetch_add(1, Ordering::Relaxed) + 1;
     let id = format!("chatcmpl-{host}-{n}");
     let created = CREATED_BASE + n;
     let prompt = last_user_message(&request);
     let content = format!("{host} says: {prompt}");
+    let model = backend.answer_model.clone().unwrap_or(model);
 
     if !streaming {
         let body = json!({
@@ -364,16 +387,16 @@ async fn chat(
 
     let steps = match fault {
         Some(Fault::ResetBeforeBody) => vec![Step::Reset],
-        Some(Fault::ResetMidBody { after_chunks }) => {
+        Some(Fault::ResetAfterChunks { after_chunks }) => {
             chunks.truncate(after_chunks as usize);
             chunks.extend([Step::Flush, Step::Reset]);
             chunks
         }
-        Some(Fault::CutStream { after_chunks }) => {
+        Some(Fault::CutStreamAfter { after_chunks }) => {
             chunks.truncate(after_chunks as usize);
             chunks
         }
-        Some(Fault::SlowFirstToken { ms }) => {
+        Some(Fault::SlowFirstTokenMs { ms }) => {
             let mut steps = vec![Step::Sleep(Duration::from_millis(ms))];
             steps.extend(chunks);
             steps.push(done);

@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use ed25519_dalek::SigningKey;
 use tiersim_engine::near::{AttestationReport, ATTESTATION_PATH};
 
 use super::{before_answer, chat_router, derive_seed, json_answer, ChatBackend, Service};
@@ -22,6 +21,7 @@ pub struct NearBackend {
     models: BTreeSet<String>,
     signing_seed: [u8; 32],
     faults: FaultBoard,
+    answer_model: Option<String>,
 }
 
 impl NearBackend {
@@ -33,6 +33,7 @@ impl NearBackend {
             host,
             models: BTreeSet::new(),
             faults: FaultBoard::new(),
+            answer_model: None,
         }
     }
 
@@ -58,15 +59,19 @@ impl NearBackend {
         self
     }
 
+    /// Answers with this model name instead of the request's.
+    pub fn answer_model(mut self, model: Option<String>) -> Self {
+        self.answer_model = model;
+        self
+    }
+
     pub fn host(&self) -> &str {
         &self.host
     }
 
     /// Lower-case hex of its ed25519 verifying key, as its report carries it.
     pub fn signing_key_hex(&self) -> String {
-        SigningKey::from_bytes(&self.signing_seed)
-            .verifying_key()
-            .to_bytes()
+        super::keys::ed25519_public(self.signing_seed)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
@@ -78,9 +83,10 @@ impl NearBackend {
 
     /// The host's HTTP surface, to install on turmoil or serve on real sockets.
     pub fn service(self) -> Service {
+        let key = self.signing_key_hex();
         let report = AttestationReport {
             signing_algo: "ed25519".into(),
-            signing_public_keys: vec![self.signing_key_hex()],
+            signing_public_keys: vec![key.clone()],
         };
         let attestation = Attestation {
             host: self.host.clone(),
@@ -88,7 +94,6 @@ impl NearBackend {
             faults: self.faults.clone(),
         };
         let host = self.host.clone();
-        let key = self.signing_key_hex();
         Service::new(host, move || {
             let chat = chat_router(ChatBackend {
                 host: self.host.clone(),
@@ -96,6 +101,7 @@ impl NearBackend {
                 faults: self.faults.clone(),
                 signing_key: Some(key.clone()),
                 served: AtomicU64::new(0),
+                answer_model: self.answer_model.clone(),
             });
             chat.merge(
                 Router::new()

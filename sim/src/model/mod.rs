@@ -18,16 +18,17 @@
 //! it predicts: the next request that host served during the client request.
 //! An attempt the host never saw (partition, crash) is a connection failure.
 
+mod admission;
 mod registry;
 mod request;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use tiersim_engine::registry::RegistryView;
 
 use crate::fault::{FaultBoard, HostEvent, RequestKind};
 use crate::oracle;
-use crate::runner::StepRecord;
+use crate::record::StepRecord;
 use crate::scenario::format::{Scenario, Step};
 
 pub use registry::Registry;
@@ -35,6 +36,8 @@ pub use request::Prediction;
 
 /// The oracle name under which the model's disagreements are reported.
 pub const ORACLE: &str = "reference_model";
+/// The liveness oracle of a sweep's liveness phase.
+pub const LIVENESS: &str = "liveness";
 
 /// The world facts the model may read besides the host events: the
 /// scenario itself and each NEAR host's signing key.
@@ -91,9 +94,10 @@ pub struct Model {
     cursor: usize,
     /// The router is down (crashed, not yet restarted).
     down: bool,
-    /// Ids unregistered since the router booted (R14 clears their
-    /// reservation).
-    unregistered: BTreeSet<String>,
+    /// A `concurrent` step ran: the interleaving of its requests decides
+    /// round-robin turns and failure counts, which the model does not
+    /// predict, so from then on only the world-side oracles judge the run.
+    desynced: bool,
 }
 
 impl Model {
@@ -107,7 +111,7 @@ impl Model {
             events: Vec::new(),
             cursor: 0,
             down: false,
-            unregistered: BTreeSet::new(),
+            desynced: false,
         }
     }
 
@@ -143,6 +147,18 @@ impl Model {
         let before = before.max(self.cursor).min(events.len());
         self.absorb(events, before);
         let mut out = Vec::new();
+        if step.concurrent.is_some() {
+            self.desynced = true;
+        }
+        if self.desynced {
+            self.absorb(events, events.len());
+            let world = oracle::WorldSide {
+                hosts: crate::world::host_names(&self.facts.scenario),
+                reserved: self.reg.configured(),
+                ..Default::default()
+            };
+            return oracle::check_world(&world, rec);
+        }
         let window = &events[before..];
         let mut world = oracle::WorldSide {
             hosts: crate::world::host_names(&self.facts.scenario),
@@ -153,20 +169,39 @@ impl Model {
                 self.down = true;
             }
         } else if let Some(h) = &step.restart {
+            // The fresh registry comes with the router's boot event.
             if h.get_ref() == crate::world::ROUTER {
                 self.down = false;
-                self.reg = Registry::boot(&self.facts);
-                self.unregistered.clear();
             }
         } else if let Some(rows) = &step.admin_patch {
             self.reg.admin_patch(&self.facts, rows, window);
         } else if let Some(m) = &step.unregister {
             if !self.down {
                 self.reg.unregister(m);
-                self.unregistered.insert(m.clone());
             }
         } else if let Some(spec) = &step.request {
-            if !self.down {
+            let refused = if self.down {
+                None
+            } else {
+                admission::refusal(spec)
+            };
+            if let Some(why) = refused {
+                // Refused before routing: a 400, nothing tried, nothing counted.
+                if let Some(got) = &rec.request {
+                    if got.status != 400 || !got.attempts.is_empty() {
+                        out.push((
+                            ORACLE,
+                            format!(
+                                "request {}: the router must refuse it before routing ({why}): \
+                                 model 400 with no attempt, engine {} with {} attempt(s)",
+                                spec.model,
+                                got.status,
+                                got.attempts.len()
+                            ),
+                        ));
+                    }
+                }
+            } else if !self.down {
                 world.eligible = self.reg.eligible(&self.facts, spec);
                 world.upstream_ended = window.iter().rev().find_map(|e| match e {
                     HostEvent::Request {
@@ -182,7 +217,26 @@ impl Model {
                     )),
                     _ => None,
                 });
+                let servable = self.reg.servable(&self.facts, spec);
                 let pred = self.reg.request(&self.facts, spec, window);
+                let liveness = step
+                    .note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(crate::sweep::LIVENESS_NOTE));
+                if let (true, true, Some(got)) = (liveness, servable, &rec.request) {
+                    if got.status != 200 || got.attempts.len() != 1 {
+                        out.push((
+                            LIVENESS,
+                            format!(
+                                "after every fault healed, {} was not served by its best provider \
+                                 at the first attempt: status {}, {} attempt(s)",
+                                spec.model,
+                                got.status,
+                                got.attempts.len()
+                            ),
+                        ));
+                    }
+                }
                 if let Some(got) = &rec.request {
                     out.extend(pred.diff(got).into_iter().map(|m| (ORACLE, m)));
                 }
@@ -199,23 +253,15 @@ impl Model {
                 );
             }
         }
-        world.reserved = self
-            .reg
-            .configured()
-            .into_iter()
-            .filter(|m| !self.unregistered.contains(m))
-            .collect();
+        world.reserved = self.reg.configured();
         let mut judged = oracle::check_world(&world, rec);
         judged.extend(out);
         judged
     }
 
-    /// Applies every complete refresh in `events[cursor..upto]`.
+    /// Applies every router boot and complete refresh in
+    /// `events[cursor..upto]`.
     fn absorb(&mut self, events: &[HostEvent], upto: usize) {
-        if self.down {
-            self.cursor = upto;
-            return;
-        }
         self.cursor = self.reg.absorb(&self.facts, events, self.cursor, upto);
     }
 
@@ -232,3 +278,6 @@ fn lists(view: &RegistryView) -> BTreeMap<String, Vec<String>> {
         .map(|(m, ps)| (m.clone(), ps.iter().map(|p| p.id.to_string()).collect()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -64,12 +64,13 @@ pub struct Registry {
     /// NEAR providers already attested, by inference URL (a backend is
     /// attested once per router boot).
     pub attested: BTreeMap<String, Prov>,
-    /// Chutes slugs whose cached instance listing carries the wrong key.
-    pub wrong_key: BTreeSet<String>,
     /// A refresh has started (the catalog was listed) but not finished.
     pub pending: bool,
     pub chutes_streaming: bool,
     canonical: Vec<String>,
+    /// Ids unregistered since the router booted (R14 clears their
+    /// reservation).
+    unregistered: BTreeSet<String>,
 }
 
 /// Whether the fault a host acted out kept a listing from arriving whole.
@@ -78,9 +79,9 @@ fn breaks_answer(fault: &Option<Fault>) -> bool {
         Some(Fault::HttpStatus { .. })
         | Some(Fault::ModelNotFound)
         | Some(Fault::ResetBeforeBody)
-        | Some(Fault::ResetMidBody { .. })
-        | Some(Fault::CutStream { .. }) => true,
-        Some(Fault::Latency { ms }) => *ms >= super::request::DEADLINE_MS,
+        | Some(Fault::ResetAfterChunks { .. })
+        | Some(Fault::CutStreamAfter { .. }) => true,
+        Some(Fault::LatencyMs { ms }) => *ms >= super::request::DEADLINE_MS,
         _ => false,
     }
 }
@@ -190,9 +191,14 @@ impl Registry {
             .collect()
     }
 
-    /// The canonical ids the configuration reserves (R5).
-    pub fn configured(&self) -> Vec<String> {
-        self.canonical.clone()
+    /// The canonical ids the configuration reserves (R5), minus the ones
+    /// unregistered since the router booted (R14).
+    pub fn configured(&self) -> BTreeSet<String> {
+        self.canonical
+            .iter()
+            .filter(|m| !self.unregistered.contains(*m))
+            .cloned()
+            .collect()
     }
 
     pub fn failures(&self, id: &str) -> u32 {
@@ -205,6 +211,7 @@ impl Registry {
         self.pinned.remove(model);
         self.external.remove(model);
         self.reserved.remove(model);
+        self.unregistered.insert(model.to_string());
         self.rebuilt();
     }
 
@@ -274,35 +281,64 @@ impl Registry {
         let mut i = from;
         self.pending = false;
         while i < upto {
+            if events[i] == HostEvent::RouterBoot {
+                *self = Registry::boot(facts);
+                i += 1;
+                continue;
+            }
             let is_listing = matches!(&events[i], HostEvent::Request { kind: RequestKind::Catalog, host, .. } if host == crate::world::CATALOG);
             if !is_listing {
                 i += 1;
                 continue;
             }
-            // The refresh ends with the external listing request.
-            let end = (i + 1..upto).find(|j| {
-                matches!(&events[*j], HostEvent::Request { kind: RequestKind::External, host, .. } if host == crate::world::CATALOG)
+            // The refresh ends with the external listing request. A router
+            // boot first: it died mid-refresh (nothing applied). Another
+            // catalog listing first: its external read never reached the
+            // catalog (a failed read, R10).
+            let next = (i + 1..upto).find(|j| match &events[*j] {
+                HostEvent::RouterBoot => true,
+                HostEvent::Request { host, kind, .. } => {
+                    host == crate::world::CATALOG
+                        && matches!(kind, RequestKind::External | RequestKind::Catalog)
+                }
+                _ => false,
             });
-            let Some(end) = end else {
+            let Some(end) = next else {
                 self.pending = true;
                 return i;
             };
-            self.refresh(facts, events, i, end, upto);
+            match &events[end] {
+                HostEvent::RouterBoot => {
+                    i = end;
+                    continue;
+                }
+                HostEvent::Request {
+                    kind: RequestKind::Catalog,
+                    ..
+                } => {
+                    self.refresh(facts, events, i, None, end);
+                    i = end;
+                    continue;
+                }
+                _ => {}
+            }
+            self.refresh(facts, events, i, Some(end), upto);
             i = end + 1;
         }
         upto
     }
 
     /// R7–R12: one complete refresh, its catalog request at `start` and its
-    /// external request at `end`.
+    /// external request at `external` (`None`: the read never arrived).
     fn refresh(
         &mut self,
         facts: &Facts,
         events: &[HostEvent],
         start: usize,
-        end: usize,
+        external: Option<usize>,
         upto: usize,
     ) {
+        let end = external.unwrap_or(upto);
         let listing = |at: usize, kind: RequestKind, to: usize| -> Option<usize> {
             let HostEvent::Request { fault, .. } = &events[at] else {
                 return None;
@@ -322,12 +358,14 @@ impl Registry {
             let near = self.discover(facts, &rows, events, &mut used, (start, end));
             (rows, near)
         });
-        let external = listing(end, RequestKind::External, upto).map(|j| {
-            let HostEvent::Listing { external, .. } = &events[j] else {
-                unreachable!("found a listing")
-            };
-            external.clone()
-        });
+        let external = external
+            .and_then(|at| listing(at, RequestKind::External, upto))
+            .map(|j| {
+                let HostEvent::Listing { external, .. } = &events[j] else {
+                    unreachable!("found a listing")
+                };
+                external.clone()
+            });
         // R10: a failed source keeps its mappings; R11: an empty one is a
         // complete empty set.
         if let Some((rows, near)) = discovered {

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tiersim_engine::retry::{Decision, Outcome};
+use tiersim_engine::retry::Decision;
 use tiersim_engine::Tier;
 
 use super::registry::{Kind, Prov, Registry, DEMOTED_AT};
 use super::Facts;
 use crate::fault::{Fault, HostEvent, RequestKind};
-use crate::runner::RequestRecord;
+use crate::record::RequestRecord;
 use crate::scenario::format::RequestSpec;
 
 /// The world's upstream deadline (`world::TIMEOUTS`): a host that holds its
@@ -118,20 +118,20 @@ enum Upshot {
 
 /// One predicted attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Step {
-    provider: String,
-    round: u32,
-    decision: Decision,
-    backoff: Option<Duration>,
+pub struct Step {
+    pub provider: String,
+    pub round: u32,
+    pub decision: Decision,
+    pub backoff: Option<Duration>,
 }
 
 /// What the model predicts for one request.
 #[derive(Debug, Clone)]
 pub struct Prediction {
-    attempts: Vec<Step>,
-    status: u16,
+    pub attempts: Vec<Step>,
+    pub status: u16,
     /// For a served stream: whether the client gets `[DONE]`.
-    done: Option<bool>,
+    pub done: Option<bool>,
 }
 
 impl Prediction {
@@ -179,7 +179,6 @@ impl Prediction {
                 ));
             }
         }
-        let _ = Outcome::Ok;
         out
     }
 }
@@ -260,6 +259,15 @@ impl Registry {
                 Some(key) => matches!(&p.kind, Kind::Near { key: k, .. } if k == key),
             })
             .collect()
+    }
+
+    /// Whether a request can be served at all: an active catalog row and a
+    /// provider it may use.
+    pub fn servable(&self, facts: &Facts, spec: &RequestSpec) -> bool {
+        matches!(self.catalog.get(&spec.model), Some((true, _)))
+            && !self
+                .candidates(&spec.model, pubkey_of(facts, spec).as_deref())
+                .is_empty()
     }
 
     /// What the request's eligible providers can do: `(id, streams,
@@ -434,25 +442,26 @@ impl Registry {
                     return Upshot::Failed(Failure::refusal());
                 }
                 let host = crate::world::CHUTES;
+                // The instance listing (keys, nonces, evidence) fetched in
+                // this attempt, if any: one whose key the evidence does not
+                // bind (§7b) is never used, and not kept.
                 let stages = [RequestKind::Models, RequestKind::Instances];
+                let mut listed: Option<bool> = None;
                 while seen.peek(host).is_some_and(|k| stages.contains(&k)) {
                     let Some((kind, fault)) = seen.take(host, &stages) else {
                         break;
                     };
                     if kind == RequestKind::Instances {
-                        if fault == Some(Fault::WrongKey) {
-                            self.wrong_key.insert(slug.clone());
-                        } else {
-                            self.wrong_key.remove(slug);
-                        }
+                        listed = Some(fault == Some(Fault::WrongKey));
                     }
                     if let Some(f) = stage_failure(fault.as_ref()) {
                         return Upshot::Failed(f);
                     }
                 }
-                // §7b: a listed key without matching evidence, or evidence
-                // signed by a vendor the router does not trust, is never used.
-                if self.wrong_key.contains(slug) || !facts.scenario.config.trust_chutes_vendor {
+                // §7b: evidence signed by a vendor the router does not trust
+                // binds nothing either.
+                let untrusted = !facts.scenario.config.trust_chutes_vendor;
+                if listed.is_some_and(|wrong_key| wrong_key || untrusted) {
                     return Upshot::Failed(Failure::closed());
                 }
                 let Some((_, fault)) = seen.take(host, &chat) else {
@@ -497,12 +506,12 @@ pub fn upstream_ended(
 /// A Chutes discovery stage (`/v1/models`, `/e2e/instances`) that failed.
 fn stage_failure(fault: Option<&Fault>) -> Option<Failure> {
     match fault? {
-        Fault::HttpStatus { status, code } => Some(Failure::http(*status, code.as_deref())),
+        Fault::HttpStatus { status, code, .. } => Some(Failure::http(*status, code.as_deref())),
         Fault::ModelNotFound => Some(Failure::http(404, Some("model_not_found"))),
-        Fault::ResetBeforeBody | Fault::ResetMidBody { .. } | Fault::CutStream { .. } => {
+        Fault::ResetBeforeBody | Fault::ResetAfterChunks { .. } | Fault::CutStreamAfter { .. } => {
             Some(Failure::transport())
         }
-        Fault::Latency { ms } if *ms >= DEADLINE_MS => Some(Failure::timeout()),
+        Fault::LatencyMs { ms } if *ms >= DEADLINE_MS => Some(Failure::timeout()),
         _ => None,
     }
 }
@@ -517,16 +526,16 @@ fn near_upshot(fault: Option<&Fault>, stream: bool, serves: bool) -> Upshot {
     };
     let Some(fault) = fault else { return ok };
     match fault {
-        Fault::HttpStatus { status, code } => Failed(Failure::http(*status, code.as_deref())),
+        Fault::HttpStatus { status, code, .. } => Failed(Failure::http(*status, code.as_deref())),
         Fault::ModelNotFound => Failed(Failure::http(404, Some("model_not_found"))),
-        Fault::Latency { ms } if *ms >= DEADLINE_MS => Failed(Failure::timeout()),
+        Fault::LatencyMs { ms } if *ms >= DEADLINE_MS => Failed(Failure::timeout()),
         Fault::ResetBeforeBody => Failed(Failure::transport()),
-        Fault::ResetMidBody { .. } | Fault::CutStream { .. } if !stream => {
+        Fault::ResetAfterChunks { .. } | Fault::CutStreamAfter { .. } if !stream => {
             Failed(Failure::transport())
         }
         _ if !serves => ok,
-        Fault::ResetMidBody { .. } | Fault::CutStream { .. } => Served(StreamEnd::Broken),
-        Fault::SlowFirstToken { ms } if stream && *ms >= DEADLINE_MS => Served(StreamEnd::Broken),
+        Fault::ResetAfterChunks { .. } | Fault::CutStreamAfter { .. } => Served(StreamEnd::Broken),
+        Fault::SlowFirstTokenMs { ms } if stream && *ms >= DEADLINE_MS => Served(StreamEnd::Broken),
         _ => ok,
     }
 }
@@ -551,11 +560,11 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         StreamEnd::Done
     };
     match fault {
-        Fault::HttpStatus { status, code } => Failed(Failure::http(*status, code.as_deref())),
+        Fault::HttpStatus { status, code, .. } => Failed(Failure::http(*status, code.as_deref())),
         Fault::ModelNotFound => Failed(Failure::http(404, Some("model_not_found"))),
-        Fault::Latency { ms } if *ms >= DEADLINE_MS => Failed(Failure::timeout()),
+        Fault::LatencyMs { ms } if *ms >= DEADLINE_MS => Failed(Failure::timeout()),
         Fault::ResetBeforeBody => Failed(Failure::transport()),
-        Fault::ResetMidBody { .. } | Fault::CutStream { .. } if !stream => {
+        Fault::ResetAfterChunks { .. } | Fault::CutStreamAfter { .. } if !stream => {
             Failed(Failure::transport())
         }
         // The authenticated gzip inflates past the cap: fail closed.
@@ -566,8 +575,8 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         Fault::FrameBeforeInit => Failed(Failure::closed()),
         // R23: only the inner [DONE] ends a stream; n frames then a cut,
         // reset or forged outer [DONE] end it only when it was among them.
-        Fault::ResetMidBody { after_chunks: n }
-        | Fault::CutStream { after_chunks: n }
+        Fault::ResetAfterChunks { after_chunks: n }
+        | Fault::CutStreamAfter { after_chunks: n }
         | Fault::ForgedOuterDone { after_frames: n } => {
             if *n >= CHUTES_FRAMES {
                 Served(StreamEnd::Done)
@@ -575,7 +584,7 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
                 Served(StreamEnd::Broken)
             }
         }
-        Fault::SlowFirstToken { ms } if *ms >= DEADLINE_MS => Served(StreamEnd::Broken),
+        Fault::SlowFirstTokenMs { ms } if *ms >= DEADLINE_MS => Served(StreamEnd::Broken),
         Fault::DropFrame { index } if *index == INNER_DONE => Served(StreamEnd::Broken),
         Fault::DropFrame { index } | Fault::ReplayFrame { index } if *index < INNER_DONE => {
             Served(tampered)

@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
 use crate::fault::FaultInjection;
+pub use crate::fault::FaultKind;
 
 /// One scenario: a world, a configuration and an ordered script of steps.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -111,130 +112,9 @@ pub struct SweepSpec {
     /// 408, 400).
     #[schemars(with = "Option<Vec<u16>>")]
     pub statuses: Option<Spanned<Vec<u16>>>,
-    /// Longest `latency` and `slow_first_token` delay (default `"2s"`).
+    /// Longest `latency_ms` and `slow_first_token_ms` delay (default `"2s"`).
     #[schemars(with = "Option<String>")]
     pub max_latency: Option<Dur>,
-}
-
-/// A kind of fault the sweep can draw (SPEC §8); the fault keys of
-/// `sim/src/fault.rs`, plus turmoil's partitions and crash/restart.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultKind {
-    HttpStatus,
-    ModelNotFound,
-    ResetBeforeBody,
-    ResetMidBody,
-    Latency,
-    SlowFirstToken,
-    CutStream,
-    ForgedOuterDone,
-    E2eError,
-    DropFrame,
-    ReorderFrame,
-    ReplayFrame,
-    WrongKey,
-    GzipBomb,
-    OversizedLine,
-    FrameBeforeInit,
-    CorruptFrame,
-    BadBase64Frame,
-    /// Cut the link between the router and the host for a while.
-    Partition,
-    /// Crash the host, restart it later.
-    Crash,
-}
-
-impl FaultKind {
-    pub const ALL: &'static [FaultKind] = &[
-        FaultKind::HttpStatus,
-        FaultKind::ModelNotFound,
-        FaultKind::ResetBeforeBody,
-        FaultKind::ResetMidBody,
-        FaultKind::Latency,
-        FaultKind::SlowFirstToken,
-        FaultKind::CutStream,
-        FaultKind::ForgedOuterDone,
-        FaultKind::E2eError,
-        FaultKind::DropFrame,
-        FaultKind::ReorderFrame,
-        FaultKind::ReplayFrame,
-        FaultKind::WrongKey,
-        FaultKind::GzipBomb,
-        FaultKind::OversizedLine,
-        FaultKind::FrameBeforeInit,
-        FaultKind::CorruptFrame,
-        FaultKind::BadBase64Frame,
-        FaultKind::Partition,
-        FaultKind::Crash,
-    ];
-
-    /// Kinds left out unless asked for: each allocates tens of MiB.
-    pub const COSTLY: &'static [FaultKind] = &[FaultKind::GzipBomb, FaultKind::OversizedLine];
-
-    /// The name used in `[sweep]` and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            FaultKind::HttpStatus => "http_status",
-            FaultKind::ModelNotFound => "model_not_found",
-            FaultKind::ResetBeforeBody => "reset_before_body",
-            FaultKind::ResetMidBody => "reset_mid_body",
-            FaultKind::Latency => "latency",
-            FaultKind::SlowFirstToken => "slow_first_token",
-            FaultKind::CutStream => "cut_stream",
-            FaultKind::ForgedOuterDone => "forged_outer_done",
-            FaultKind::E2eError => "e2e_error",
-            FaultKind::DropFrame => "drop_frame",
-            FaultKind::ReorderFrame => "reorder_frame",
-            FaultKind::ReplayFrame => "replay_frame",
-            FaultKind::WrongKey => "wrong_key",
-            FaultKind::GzipBomb => "gzip_bomb",
-            FaultKind::OversizedLine => "oversized_line",
-            FaultKind::FrameBeforeInit => "frame_before_init",
-            FaultKind::CorruptFrame => "corrupt_frame",
-            FaultKind::BadBase64Frame => "bad_base64_frame",
-            FaultKind::Partition => "partition",
-            FaultKind::Crash => "crash",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<FaultKind> {
-        Self::ALL.iter().copied().find(|k| k.name() == name)
-    }
-
-    /// Whether only the Chutes gateway acts this fault out.
-    pub fn chutes_only(self) -> bool {
-        matches!(
-            self,
-            FaultKind::ForgedOuterDone
-                | FaultKind::E2eError
-                | FaultKind::DropFrame
-                | FaultKind::ReorderFrame
-                | FaultKind::ReplayFrame
-                | FaultKind::WrongKey
-                | FaultKind::GzipBomb
-                | FaultKind::OversizedLine
-                | FaultKind::FrameBeforeInit
-                | FaultKind::CorruptFrame
-                | FaultKind::BadBase64Frame
-        )
-    }
-
-    /// Whether `host` can suffer this fault: the router only crashes (a
-    /// partition cuts it from another host); the client, which drives the
-    /// scenario, suffers none.
-    pub fn hits(self, host: &str) -> bool {
-        match self {
-            _ if host == "client" => false,
-            FaultKind::Crash => true,
-            FaultKind::Partition => host != "router",
-            _ if host == "router" => false,
-            k if k.chutes_only() => host == "chutes",
-            _ => true,
-        }
-    }
 }
 
 /// The engine's environment-style settings.
@@ -247,7 +127,8 @@ pub struct Config {
     pub chutes_api_key: bool,
     /// `CHUTES_ENABLE_STREAMING`.
     pub chutes_streaming: bool,
-    /// How often the router polls the catalog (simulated time).
+    /// How often the router polls the catalog (simulated time; whole
+    /// seconds, at least `"1s"`).
     #[schemars(with = "String")]
     pub refresh_interval: Dur,
     /// Whether the router trusts the simulated vendor key that signs Chutes
@@ -273,10 +154,15 @@ impl Default for Config {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NearSpec {
-    /// Host name, also the provider id (e.g. `near-1`).
+    /// Host name, also the provider id (e.g. `near-1`): lowercase letters,
+    /// digits and `-`, at most 63 characters.
     pub host: String,
     /// Model ids this backend serves; others answer 404 model_not_found.
     pub models: Vec<String>,
+    /// The model name this backend answers with (its own name for the
+    /// model, e.g. a quantised variant), instead of echoing the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_model: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -284,7 +170,8 @@ pub struct NearSpec {
 pub struct ChuteSpec {
     /// The chute slug named upstream (e.g. `zai-org/GLM-5.1-TEE`).
     pub slug: String,
-    /// Instances behind the gateway, each with its own ML-KEM key.
+    /// Instances behind the gateway, each with its own ML-KEM key (1 to
+    /// 64).
     #[serde(default = "one")]
     pub instances: u32,
     /// Encrypted stream protocol: 1 (Chutes' v1, the default) or 2 (hardened).
@@ -300,6 +187,7 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct ExternalSpec {
     /// Host name (e.g. `openrouter`); the provider id is `external:<host>`.
+    /// Lowercase letters, digits and `-`, at most 63 characters.
     pub host: String,
     /// Model ids this provider serves.
     pub models: Vec<String>,
@@ -350,7 +238,9 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Absolute simulated time at which the step runs (e.g. `"90s"`);
-    /// default: right after the previous step.
+    /// default: right after the previous step. It may not be earlier than
+    /// the previous steps' `at` plus the `advance`s after it, and the
+    /// script may not reach beyond 24h.
     #[schemars(with = "Option<String>")]
     pub at: Option<Spanned<Dur>>,
     /// A note shown in the snapshot and the Mermaid diagram.
@@ -369,20 +259,34 @@ pub struct Step {
     /// Clear every fault of a host.
     #[schemars(with = "Option<String>")]
     pub clear_faults: Option<Spanned<String>>,
-    /// Cut the link between two hosts.
+    /// Cut the link between two different hosts.
     #[schemars(with = "Option<[String; 2]>")]
     pub partition: Option<Spanned<[String; 2]>>,
     /// Restore the link between two hosts.
     #[schemars(with = "Option<[String; 2]>")]
     pub repair: Option<Spanned<[String; 2]>>,
-    /// Crash a host (its state is lost).
+    /// Hold the link between two different hosts: packets wait instead of
+    /// being refused, so a connection attempt hangs until its deadline (a
+    /// connect *timeout*, where `partition` is refused at once).
+    #[schemars(with = "Option<[String; 2]>")]
+    pub hold: Option<Spanned<[String; 2]>>,
+    /// Release a held link: what waited is delivered.
+    #[schemars(with = "Option<[String; 2]>")]
+    pub release: Option<Spanned<[String; 2]>>,
+    /// Crash a running host (its state is lost); never the client, which
+    /// plays the script.
     #[schemars(with = "Option<String>")]
     pub crash: Option<Spanned<String>>,
-    /// Restart a crashed host.
+    /// Restart a host an earlier step crashed.
     #[schemars(with = "Option<String>")]
     pub restart: Option<Spanned<String>>,
     /// A client request to the router.
     pub request: Option<RequestSpec>,
+    /// Several client requests sent at once, all in flight together (each
+    /// carries its own `x-request-id`, so its attempts are told apart);
+    /// the step ends when all are answered. `expect.each` checks them in
+    /// order.
+    pub concurrent: Option<Vec<RequestSpec>>,
     /// Unregister a model id on the router (R14: clears its pinned and
     /// reserved state too).
     pub unregister: Option<String>,
@@ -445,17 +349,30 @@ pub struct RequestSpec {
     pub model: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
-    /// The user message (default: "hello").
+    /// The user message (default: "hello"); or `messages`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    /// The whole `messages` array instead of one user `prompt` (e.g.
+    /// `[{ role = "system", content = "…" }, { role = "user", content = "…" }]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<serde_json::Value>>,
+    /// `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Any other body fields, sent as given (e.g. `{ temperature = 0.5,
+    /// tools = [...] }`); they may not repeat `model`, `messages`, `stream`
+    /// or `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
     /// `x-model-pub-key` set to the signing key of this NEAR host.
     #[schemars(with = "Option<String>")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pub_key_of: Option<Spanned<String>>,
-    /// `x-model-pub-key` set to this literal value.
+    /// `x-model-pub-key` set to this literal value (printable ASCII: it is
+    /// sent as a header; a non-hex value pins the router's own refusal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_pub_key: Option<String>,
-    /// `x-client-pub-key` set to this literal value.
+    /// `x-client-pub-key` set to this literal value (printable ASCII).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_pub_key: Option<String>,
 }
@@ -500,20 +417,102 @@ pub struct Expect {
     pub reserved: Option<Vec<String>>,
     /// Ids `GET /v1/models` lists.
     pub listed: Option<Vec<String>>,
+    /// The client's error body (`{"error": {…}}`): its type, code, param and
+    /// message.
+    pub error: Option<ErrorExpect>,
+    /// Response headers the client received, by lowercase name, with their
+    /// exact value (e.g. `{ "retry-after" = "1" }`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Response headers that must be absent (lowercase names).
+    #[serde(default)]
+    pub headers_absent: Vec<String>,
+    /// A provider's health in the registry after the step: its consecutive
+    /// failure count and whether it is demoted.
+    #[serde(default)]
+    pub health: Vec<HealthExpect>,
+    /// Exactly the chat requests upstream hosts received while the request
+    /// ran, in order (a Chutes request as decrypted by the instance).
+    pub upstream: Option<Vec<UpstreamExpect>>,
+    /// For a `concurrent` step: one expectation per request, in order (the
+    /// request keys: status, served_by, tried, error, …).
+    #[serde(default)]
+    pub each: Vec<Expect>,
+}
+
+/// One chat request an upstream host received.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamExpect {
+    /// The host that received it (`near-1`, `chutes`, `openrouter`).
+    pub host: String,
+    /// The body's `model` (e.g. the chute slug, where the client named the
+    /// canonical id).
+    pub model: Option<String>,
+    /// Body fields it held, with these exact values.
+    #[serde(default)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Body fields it did not hold.
+    #[serde(default)]
+    pub absent: Vec<String>,
+}
+
+/// What the client's error body must say (every key optional).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorExpect {
+    /// `error.type`, e.g. `invalid_request_error`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `error.code`.
+    pub code: Option<String>,
+    /// `error.param`.
+    pub param: Option<String>,
+    /// Substrings `error.message` holds.
+    #[serde(default)]
+    pub message_contains: Vec<String>,
+    /// Substrings `error.message` must not hold.
+    #[serde(default)]
+    pub message_not_contains: Vec<String>,
+}
+
+/// One provider's health for one model.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthExpect {
+    pub model: String,
+    /// The provider id (or its family, as in `served_by`).
+    pub provider: String,
+    /// Its consecutive failure count.
+    pub failures: Option<u32>,
+    /// Whether it is demoted.
+    pub demoted: Option<bool>,
 }
 
 /// A duration written as text: `"500ms"`, `"2s"`, `"1m 30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
 
+/// The longest simulated time a scenario may script (every duration of the
+/// format, and the time its steps add up to, are checked against it at
+/// load): a day, far beyond any refresh interval or retry budget, and a run
+/// that still ends in seconds of wall time at the 1 ms tick.
+pub const MAX_SIM_TIME: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!(
                 "bad duration {text:?}: {e} (write e.g. \"500ms\", \"2s\", \"1m 30s\")"
             ))
-        })
+        })?;
+        if d > MAX_SIM_TIME {
+            return Err(serde::de::Error::custom(format!(
+                "duration {text:?} is beyond the simulated-time bound of 24h"
+            )));
+        }
+        Ok(Dur(d))
     }
 }
 

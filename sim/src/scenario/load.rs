@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::format::{FaultKind, Scenario, Step, SweepSpec};
+use super::action::Action;
+use super::format::{Expect, FaultKind, RequestSpec, Scenario, Step, SweepSpec, MAX_SIM_TIME};
 use crate::rules::RULES;
+use tiersim_engine::Tier;
 
 /// Where a scenario went wrong, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,16 +23,34 @@ pub struct ScenarioError {
     pub hint: Option<String>,
 }
 
+impl ScenarioError {
+    /// An error about the file as a whole (it cannot be read), with no
+    /// position in it.
+    fn whole(file: &Path, message: String) -> Self {
+        ScenarioError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            message,
+            hint: None,
+        }
+    }
+}
+
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )?;
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)?;
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )?;
+        }
         if let Some(hint) = &self.hint {
             write!(f, "\n  hint: {hint}")?;
         }
@@ -40,15 +60,44 @@ impl fmt::Display for ScenarioError {
 
 impl std::error::Error for ScenarioError {}
 
+/// Largest scenario file read: far above any hand-written scenario, and a
+/// bound on what a stray path (a log, a device) can make the loader read.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
 /// Reads and validates a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
-        file: path.to_path_buf(),
-        line: 0,
-        column: 0,
-        message: format!("cannot read scenario: {e}"),
-        hint: None,
-    })?;
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| ScenarioError::whole(path, format!("cannot read the scenario file: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ScenarioError::whole(
+            path,
+            format!("the file is larger than {} MiB", MAX_FILE_BYTES >> 20),
+        ));
+    }
+    parse_bytes(path, bytes)
+}
+
+/// Parses and validates a scenario file's bytes: text that is not UTF-8 is
+/// an error at its first bad byte. `path` is only used in errors.
+pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Scenario, ScenarioError> {
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let good = e.utf8_error().valid_up_to();
+            let prefix = String::from_utf8_lossy(&e.as_bytes()[..good]);
+            let (line, column) = line_col(&prefix, good);
+            return Err(ScenarioError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message: "the file is not UTF-8 text: an invalid byte here".into(),
+                hint: Some("TOML is UTF-8; save the file as UTF-8".into()),
+            });
+        }
+    };
     parse(path, &text)
 }
 
@@ -72,6 +121,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     Validator {
         scenario: &scenario,
         hosts: host_names(&scenario),
+        locate: Locator {
+            doc: toml::de::DeTable::parse(text).ok(),
+        },
     }
     .check()
     .map_err(|(span, message, hint)| at(Some(span), message, hint))?;
@@ -115,12 +167,119 @@ type Problem = (Range<usize>, String, Option<String>);
 /// Most faults a `[sweep]` may draw per seed.
 pub const MAX_SWEEP_FAULTS: u32 = 64;
 
-struct Validator<'a> {
-    scenario: &'a Scenario,
-    hosts: BTreeSet<String>,
+/// Most instances behind one chute: each holds an ML-KEM key pair and is
+/// listed in every discovery answer.
+pub const MAX_CHUTE_INSTANCES: u32 = 64;
+
+/// Most requests one `concurrent` step sends at once.
+pub const MAX_CONCURRENT: usize = 64;
+
+/// Faults per seed when neither the `[sweep]` table nor a flag says.
+pub const DEFAULT_MIN_FAULTS: u32 = 1;
+pub const DEFAULT_MAX_FAULTS: u32 = 3;
+
+/// The fewest and most faults a sweep draws per seed from what was given,
+/// checked the same way whether the numbers come from a `[sweep]` table or
+/// from the command line (`--min-faults`, `--max-faults`). A missing most is
+/// the default, raised to the fewest; a given most below the fewest is an
+/// error, never silently raised.
+pub fn fault_counts(min: Option<u32>, max: Option<u32>) -> Result<(u32, u32), String> {
+    let lo = min.unwrap_or(DEFAULT_MIN_FAULTS);
+    let hi = max.unwrap_or(DEFAULT_MAX_FAULTS.max(lo));
+    if lo > hi {
+        return Err(format!("min_faults = {lo} is above max_faults = {hi}"));
+    }
+    if hi > MAX_SWEEP_FAULTS {
+        return Err(format!(
+            "{hi} faults per seed is too many to shrink (use at most {MAX_SWEEP_FAULTS})"
+        ));
+    }
+    Ok((lo, hi))
 }
 
-impl Validator<'_> {
+/// Whether `name` can name a backend host: a DNS-style label (lowercase
+/// letters, digits, inner `-`), since it becomes a turmoil host, a URL
+/// authority, a provider id and a file-name part of reproducers.
+fn is_host_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Whether `value` can go out as an HTTP header value unchanged: no spaces
+/// or control characters, at most 1024 bytes.
+fn is_header_token(value: &str) -> bool {
+    // Visible ASCII, or non-ASCII sent as its UTF-8 bytes (HTTP's obs-text:
+    // a scenario may send such a key to pin the router's R16 refusal).
+    (1..=1024).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) || b >= 0x80)
+}
+
+/// One step of a path into the TOML document.
+#[derive(Clone, Copy)]
+enum Seg<'p> {
+    Key(&'p str),
+    At(usize),
+}
+use Seg::{At, Key};
+
+/// Finds where a value sits in the file, for errors about values the typed
+/// format keeps no span for.
+struct Locator<'i> {
+    doc: Option<Spanned<toml::de::DeTable<'i>>>,
+}
+
+impl Locator<'_> {
+    /// The span of the value at `path`, or of the deepest part of it that
+    /// exists (the document start if none does).
+    fn span(&self, path: &[Seg]) -> Range<usize> {
+        use toml::de::DeValue;
+        let Some(doc) = &self.doc else { return 0..0 };
+        let mut table = Some(doc.get_ref());
+        let mut array: Option<&toml::de::DeArray> = None;
+        let mut best = 0..0;
+        for seg in path {
+            let next = match (*seg, table, array) {
+                (Key(k), Some(t), _) => {
+                    t.iter().find(|(key, _)| key.get_ref() == k).map(|(_, v)| v)
+                }
+                (At(i), _, Some(a)) => a.get(i),
+                _ => None,
+            };
+            let Some(v) = next else { break };
+            best = v.span();
+            (table, array) = match v.get_ref() {
+                DeValue::Table(t) => (Some(t), None),
+                DeValue::Array(a) => (None, Some(a)),
+                _ => (None, None),
+            };
+        }
+        best
+    }
+}
+
+struct Validator<'a, 'i> {
+    scenario: &'a Scenario,
+    hosts: BTreeSet<String>,
+    locate: Locator<'i>,
+}
+
+/// What the script has done so far, for checks that depend on order.
+#[derive(Default)]
+struct ScriptState<'a> {
+    /// The earliest simulated time the script can be at: the last `at`
+    /// plus every `advance` since.
+    now: std::time::Duration,
+    /// Hosts a step crashed and none restarted yet.
+    down: BTreeSet<&'a str>,
+}
+
+impl<'a> Validator<'a, '_> {
     fn check(&self) -> Result<(), Problem> {
         let s = self.scenario;
         if let Some(tick) = &s.tick {
@@ -146,29 +305,102 @@ impl Validator<'_> {
                 ));
             }
         }
+        self.config()?;
         let near: BTreeSet<&str> = s.near.iter().map(|n| n.host.as_str()).collect();
         let mut seen = BTreeSet::new();
-        for name in s
+        let named = (s
             .near
             .iter()
             .map(|n| &n.host)
-            .chain(s.external.iter().map(|e| &e.host))
-        {
-            if !seen.insert(name.as_str())
-                || ["router", "catalog", "client", "chutes"].contains(&name.as_str())
-            {
-                return Err((0..0, format!("host name {name:?} is used twice or reserved"), Some("hosts router, catalog, client and chutes are built in; give each backend its own name".into())));
+            .enumerate()
+            .map(|(i, h)| ("near", i, h)))
+        .chain(
+            s.external
+                .iter()
+                .map(|e| &e.host)
+                .enumerate()
+                .map(|(i, h)| ("external", i, h)),
+        );
+        for (table, i, name) in named {
+            let span = self.locate.span(&[Key(table), At(i), Key("host")]);
+            if !is_host_name(name) {
+                return Err((
+                    span,
+                    format!("host name {name:?} is not a plain host name"),
+                    Some(
+                        "use lowercase letters, digits and `-` (e.g. \"near-1\"), at most 63"
+                            .into(),
+                    ),
+                ));
+            }
+            if ["router", "catalog", "client", "chutes"].contains(&name.as_str()) {
+                return Err((
+                    span,
+                    format!("host name {name:?} is reserved"),
+                    Some("hosts router, catalog, client and chutes are built in; give each backend its own name".into()),
+                ));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err((
+                    span,
+                    format!("host name {name:?} is used twice"),
+                    Some("give each backend its own name".into()),
+                ));
+            }
+        }
+        for (i, c) in s.chutes.iter().enumerate() {
+            if !(1..=MAX_CHUTE_INSTANCES).contains(&c.instances) {
+                return Err((
+                    self.locate.span(&[Key("chutes"), At(i), Key("instances")]),
+                    format!("instances = {} is out of range", c.instances),
+                    Some(format!("a chute has 1 to {MAX_CHUTE_INSTANCES} instances")),
+                ));
+            }
+            if !(1..=2).contains(&c.stream_protocol) {
+                return Err((
+                    self.locate
+                        .span(&[Key("chutes"), At(i), Key("stream_protocol")]),
+                    format!("stream_protocol = {} does not exist", c.stream_protocol),
+                    Some("1 is Chutes' v1 stream, 2 the hardened one".into()),
+                ));
             }
         }
         for row in &s.catalog {
             self.near_hosts(row.inference_url.as_ref(), &near)?;
         }
-        let mut last_at = None;
-        for step in &s.steps {
-            self.step(step, &near, &mut last_at)?;
+        let mut state = ScriptState::default();
+        for (i, step) in s.steps.iter().enumerate() {
+            self.step(i, step, &near, &mut state)?;
         }
         if let Some(sweep) = &s.sweep {
             self.sweep(sweep)?;
+        }
+        Ok(())
+    }
+
+    /// The engine's configuration: what the engine itself would refuse is a
+    /// load error at its key, unless the scenario pins that refusal.
+    fn config(&self) -> Result<(), Problem> {
+        let c = &self.scenario.config;
+        let every = c.refresh_interval.0;
+        if every < std::time::Duration::from_secs(1) || every.subsec_nanos() != 0 {
+            return Err((
+                self.locate.span(&[Key("config"), Key("refresh_interval")]),
+                format!(
+                    "refresh_interval = {:?} is not a whole number of seconds",
+                    humantime::format_duration(every).to_string()
+                ),
+                Some("the router polls every N seconds, N >= 1 (e.g. \"30s\", \"10m\")".into()),
+            ));
+        }
+        if c.expect_startup_error.is_none() {
+            if let Err(e) = crate::world::engine_config(self.scenario) {
+                return Err((
+                    self.locate.span(&[Key("config"), Key("chutes_models")]),
+                    format!("the engine refuses this configuration: {e}"),
+                    Some("write `canonical_id=chute_slug` entries separated by commas, or set `expect_startup_error` to pin the refusal".into()),
+                ));
+            }
         }
         Ok(())
     }
@@ -239,27 +471,11 @@ impl Validator<'_> {
         }
         let min = sw.min_faults.as_ref();
         let max = sw.max_faults.as_ref();
-        if let (Some(lo), Some(hi)) = (min, max) {
-            if lo.get_ref() > hi.get_ref() {
-                return Err((
-                    lo.span(),
-                    format!(
-                        "min_faults = {} is above max_faults = {}",
-                        lo.get_ref(),
-                        hi.get_ref()
-                    ),
-                    None,
-                ));
-            }
-        }
-        for n in [min, max].into_iter().flatten() {
-            if *n.get_ref() > MAX_SWEEP_FAULTS {
-                return Err((
-                    n.span(),
-                    format!("{} faults per seed is too many to shrink", n.get_ref()),
-                    Some(format!("use at most {MAX_SWEEP_FAULTS}")),
-                ));
-            }
+        if let Err(message) = fault_counts(min.map(|n| *n.get_ref()), max.map(|n| *n.get_ref())) {
+            let too_many = message.contains("too many");
+            let span = if too_many { max.or(min) } else { min.or(max) };
+            let span = span.map_or(sweep.span(), |n| n.span());
+            return Err((span, message, None));
         }
         if let (Some(from), Some(until)) = (&sw.from, &sw.until) {
             if from.get_ref().0 > until.get_ref().0 {
@@ -298,35 +514,20 @@ impl Validator<'_> {
 
     fn step(
         &self,
-        step: &Spanned<Step>,
+        i: usize,
+        step: &'a Spanned<Step>,
         near: &BTreeSet<&str>,
-        last_at: &mut Option<std::time::Duration>,
+        state: &mut ScriptState<'a>,
     ) -> Result<(), Problem> {
         let st = step.get_ref();
-        let actions = [
-            st.refresh.is_some(),
-            st.admin_patch.is_some(),
-            st.catalog.is_some(),
-            st.fault.is_some(),
-            st.clear_faults.is_some(),
-            st.partition.is_some(),
-            st.repair.is_some(),
-            st.crash.is_some(),
-            st.restart.is_some(),
-            st.request.is_some(),
-            st.unregister.is_some(),
-            st.advance.is_some(),
-        ]
-        .iter()
-        .filter(|a| **a)
-        .count();
-        const KINDS: &str = "refresh, admin_patch, catalog, fault, clear_faults, partition, repair, crash, restart, request, unregister, advance";
+        let actions = st.actions().len();
+        let kinds = Action::KEYS.join(", ");
         if actions > 1 {
             return Err((
                 step.span(),
                 "a step holds at most one action".into(),
                 Some(format!(
-                    "split it into several [[step]] tables; actions are: {KINDS}"
+                    "split it into several [[step]] tables; actions are: {kinds}"
                 )),
             ));
         }
@@ -334,33 +535,126 @@ impl Validator<'_> {
             return Err((
                 step.span(),
                 "a step needs an action or an expect".into(),
-                Some(format!("actions are: {KINDS}")),
+                Some(format!("actions are: {kinds}")),
             ));
         }
+        let at_step = |key: &str| self.locate.span(&[Key("step"), At(i), Key(key)]);
         if let Some(at) = &st.at {
-            if last_at.is_some_and(|l| at.get_ref().0 < l) {
+            let at_time = at.get_ref().0;
+            if at_time < state.now {
                 return Err((
                     at.span(),
-                    "`at` goes back in time".into(),
-                    Some(
-                        "steps run in order; each `at` must be at or after the previous one".into(),
+                    format!(
+                        "`at = {:?}` goes back in time: the steps before already reach {}",
+                        humantime::format_duration(at_time).to_string(),
+                        humantime::format_duration(state.now)
                     ),
+                    Some("steps run in order; each `at` is at or after the previous `at` plus the `advance`s since".into()),
                 ));
             }
-            *last_at = Some(at.get_ref().0);
+            state.now = at_time;
+        }
+        if let Some(d) = st.advance {
+            state.now += d.0;
+            if state.now > MAX_SIM_TIME {
+                return Err((
+                    at_step("advance"),
+                    format!(
+                        "the script reaches {}, beyond the simulated-time bound of 24h",
+                        humantime::format_duration(state.now)
+                    ),
+                    None,
+                ));
+            }
+        }
+        if let Some(h) = &st.crash {
+            let name = h.get_ref().as_str();
+            self.host(h)?;
+            if name == "client" {
+                return Err((
+                    h.span(),
+                    "the client plays the script and cannot crash".into(),
+                    None,
+                ));
+            }
+            if !state.down.insert(name) {
+                return Err((
+                    h.span(),
+                    format!("{name:?} is already down: an earlier step crashed it"),
+                    Some("restart it first".into()),
+                ));
+            }
+        }
+        if let Some(h) = &st.restart {
+            let name = h.get_ref().as_str();
+            self.host(h)?;
+            if name == "client" {
+                return Err((
+                    h.span(),
+                    "the client plays the script and cannot restart".into(),
+                    None,
+                ));
+            }
+            if !state.down.remove(name) {
+                return Err((
+                    h.span(),
+                    format!("{name:?} is running: only a host an earlier step crashed can restart"),
+                    Some("add a `crash` step before it".into()),
+                ));
+            }
+        }
+        for pair in [&st.partition, &st.repair, &st.hold, &st.release]
+            .into_iter()
+            .flatten()
+        {
+            let [a, b] = pair.get_ref();
+            if a == b {
+                return Err((
+                    pair.span(),
+                    format!("a link joins two different hosts; both are {a:?}"),
+                    Some("e.g. partition = [\"router\", \"near-1\"]".into()),
+                ));
+            }
+        }
+        let requests: Vec<(Vec<Seg>, &RequestSpec)> = st
+            .request
+            .iter()
+            .map(|r| (vec![Key("step"), At(i), Key("request")], r))
+            .chain(
+                st.concurrent
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(k, r)| (vec![Key("step"), At(i), Key("concurrent"), At(k)], r)),
+            )
+            .collect();
+        if let Some(c) = &st.concurrent {
+            if !(1..=MAX_CONCURRENT).contains(&c.len()) {
+                return Err((
+                    at_step("concurrent"),
+                    format!("{} concurrent requests", c.len()),
+                    Some(format!("send 1 to {MAX_CONCURRENT} at once")),
+                ));
+            }
+        }
+        for (path, req) in requests {
+            self.request(&path, req, near)?;
+        }
+        if let Some(e) = &st.expect {
+            self.expect(&[Key("step"), At(i), Key("expect")], e)?;
         }
         if let Some(f) = &st.fault {
             if !self.hosts.contains(&f.get_ref().host) {
                 return Err(self.unknown_host(f.span(), &f.get_ref().host));
             }
         }
-        for h in [&st.clear_faults, &st.crash, &st.restart]
+        if let Some(h) = &st.clear_faults {
+            self.host(h)?;
+        }
+        for pair in [&st.partition, &st.repair, &st.hold, &st.release]
             .into_iter()
             .flatten()
         {
-            self.host(h)?;
-        }
-        for pair in [&st.partition, &st.repair].into_iter().flatten() {
             for h in pair.get_ref() {
                 if !self.hosts.contains(h) {
                     return Err(self.unknown_host(pair.span(), h));
@@ -400,10 +694,178 @@ impl Validator<'_> {
                 }
             }
         }
-        if let Some(req) = &st.request {
-            self.near_host(req.pub_key_of.as_ref(), near)?;
+
+        Ok(())
+    }
+
+    /// One client request of a step (`request`, or one of `concurrent`).
+    fn request(
+        &self,
+        path: &[Seg],
+        req: &RequestSpec,
+        near: &BTreeSet<&str>,
+    ) -> Result<(), Problem> {
+        let at_request = |key: &str| {
+            let mut full = path.to_vec();
+            full.push(Key(key));
+            self.locate.span(&full)
+        };
+        if req.prompt.is_some() && req.messages.is_some() {
+            return Err((
+                at_request("messages"),
+                "`prompt` and `messages` both say what to send".into(),
+                Some("`prompt` is one user message; `messages` the whole list: keep one".into()),
+            ));
+        }
+        if req.messages.as_ref().is_some_and(Vec::is_empty) {
+            return Err((
+                at_request("messages"),
+                "`messages = []` sends no message".into(),
+                None,
+            ));
+        }
+        for key in req.extra.iter().flat_map(|e| e.keys()) {
+            if ["model", "messages", "stream", "max_tokens"].contains(&key.as_str()) {
+                return Err((
+                    at_request("extra"),
+                    format!("`extra` repeats {key:?}, which the request sets itself"),
+                    Some(format!("set `{key}` on the request, not in `extra`")),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("model_pub_key", &req.model_pub_key),
+            ("client_pub_key", &req.client_pub_key),
+        ] {
+            if value.as_deref().is_some_and(|v| !is_header_token(v)) {
+                return Err((
+                        at_request(key),
+                        format!("{key} cannot be sent as a header value"),
+                        Some("use visible characters without spaces or control characters, at most 1024 bytes".into()),
+                    ));
+            }
+        }
+        self.near_host(req.pub_key_of.as_ref(), near)?;
+        Ok(())
+    }
+
+    /// Expectations that could never hold: an unknown tier, a provider no
+    /// host of the world can be, one both required and forbidden.
+    fn expect(&self, prefix: &[Seg], e: &Expect) -> Result<(), Problem> {
+        let at = |path: &[Seg]| {
+            let mut full = prefix.to_vec();
+            full.extend_from_slice(path);
+            self.locate.span(&full)
+        };
+        for (k, one) in e.each.iter().enumerate() {
+            if one.upstream.is_some() {
+                return Err((
+                    at(&[Key("each"), At(k), Key("upstream")]),
+                    "`upstream` cannot tell concurrent requests apart".into(),
+                    Some("check what upstream hosts received on a single `request` step".into()),
+                ));
+            }
+            let mut path = prefix.to_vec();
+            path.extend([Key("each"), At(k)]);
+            self.expect(&path, one)?;
+        }
+        if let Some(tier) = &e.tier {
+            let tiers = [Tier::Near, Tier::Attested3p, Tier::NonAttested].map(Tier::as_str);
+            if !tiers.contains(&tier.as_str()) {
+                return Err((
+                    at(&[Key("tier")]),
+                    format!("{tier:?} is not a tier"),
+                    Some(format!("tiers are: {}", tiers.join(", "))),
+                ));
+            }
+        }
+        if let Some(p) = &e.served_by {
+            if !self.provider_name(p) {
+                return Err((
+                    at(&[Key("served_by")]),
+                    format!("{p:?} names no provider of this scenario"),
+                    Some(self.provider_listing()),
+                ));
+            }
+            if e.never
+                .iter()
+                .any(|n| crate::expect::names(n, p) || crate::expect::names(p, n))
+            {
+                return Err((
+                    at(&[Key("never")]),
+                    format!("{p:?} is both `served_by` and in `never`"),
+                    None,
+                ));
+            }
+        }
+        for (j, u) in e.upstream.iter().flatten().enumerate() {
+            if !self.hosts.contains(&u.host)
+                || ["router", "catalog", "client"].contains(&u.host.as_str())
+            {
+                return Err((
+                    at(&[Key("upstream"), At(j), Key("host")]),
+                    format!("{:?} is no upstream host of this scenario", u.host),
+                    Some(
+                        self.listing(
+                            "upstream hosts",
+                            self.hosts
+                                .iter()
+                                .map(String::as_str)
+                                .filter(|h| !["router", "catalog", "client"].contains(h)),
+                        ),
+                    ),
+                ));
+            }
+        }
+        for (j, h) in e.health.iter().enumerate() {
+            if !self.provider_name(&h.provider) {
+                return Err((
+                    at(&[Key("health"), At(j), Key("provider")]),
+                    format!("{:?} names no provider of this scenario", h.provider),
+                    Some(self.provider_listing()),
+                ));
+            }
+        }
+        for (j, p) in e.tried.iter().flatten().enumerate() {
+            if !self.provider_name(p) {
+                return Err((
+                    at(&[Key("tried"), At(j)]),
+                    format!("{p:?} names no provider of this scenario"),
+                    Some(self.provider_listing()),
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// Whether `name` is a provider (or family) some host of the world can
+    /// be: a NEAR host, `chutes[:slug]`, `external[:host]`.
+    fn provider_name(&self, name: &str) -> bool {
+        let s = self.scenario;
+        match name.split_once(':') {
+            None => {
+                s.near.iter().any(|n| n.host == name)
+                    || (name == "chutes" && !s.chutes.is_empty())
+                    || (name == "external" && !s.external.is_empty())
+            }
+            Some(("chutes", id)) => !s.chutes.is_empty() && !id.is_empty(),
+            Some(("external", host)) => s.external.iter().any(|e| e.host == host),
+            Some(_) => false,
+        }
+    }
+
+    fn provider_listing(&self) -> String {
+        let s = self.scenario;
+        let mut names: Vec<String> = s.near.iter().map(|n| n.host.clone()).collect();
+        if !s.chutes.is_empty() {
+            names.push("chutes (or chutes:<id>)".into());
+        }
+        names.extend(s.external.iter().map(|e| format!("external:{}", e.host)));
+        if names.is_empty() {
+            "this scenario declares no provider".into()
+        } else {
+            format!("providers in this scenario: {}", names.join(", "))
+        }
     }
 
     fn host(&self, h: &Spanned<String>) -> Result<(), Problem> {
@@ -530,6 +992,226 @@ mod tests {
         assert_eq!((e.line, e.column), (3, 9), "{e}");
     }
 
+    /// Where `marker`'s `nth` occurrence (0-based) starts in `text`.
+    fn position_of(text: &str, marker: &str, nth: usize) -> (usize, usize) {
+        let offset = text
+            .match_indices(marker)
+            .nth(nth)
+            .unwrap_or_else(|| panic!("{marker:?} #{nth} not in {text}"))
+            .0;
+        line_col(text, offset)
+    }
+
+    const CHUTES: &str = "[[chutes]]\nslug = \"s\"\n";
+
+    /// Every hostile or impossible input of issue 9 is a load error pointing
+    /// at the value to change, with a message saying why.
+    #[test]
+    fn bad_scenarios_are_load_errors_at_the_value_to_change() {
+        // (scenario after HEAD, marker the error points at, its occurrence,
+        // words the message holds)
+        let cases: &[(&str, &str, usize, &str)] = &[
+            ("[[step]]\ncrash = \"client\"\n", "\"client\"", 0, "cannot crash"),
+            ("[[step]]\nrestart = \"client\"\n", "\"client\"", 0, "cannot restart"),
+            (
+                "[[step]]\nrequest = { model = \"m\", model_pub_key = \"ab\\ncd\" }\n",
+                "\"ab",
+                0,
+                "model_pub_key cannot be sent as a header",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\", client_pub_key = \"a\\u0001\" }\n",
+                "\"a\\u",
+                0,
+                "client_pub_key cannot be sent as a header",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\", model_pub_key = \"\" }\n",
+                "\"\"",
+                0,
+                "cannot be sent as a header",
+            ),
+            ("[[step]]\nat = \"99999999999999999999999s\"\nrefresh = {}\n", "\"999", 0, "bad duration"),
+            ("[[step]]\nadvance = \"10years\"\n", "\"10years\"", 0, "simulated-time bound of 24h"),
+            (
+                "[[step]]\nadvance = \"20h\"\n[[step]]\nadvance = \"5h\"\n",
+                "\"5h\"",
+                0,
+                "beyond the simulated-time bound",
+            ),
+            (
+                "[[step]]\nadvance = \"30s\"\n[[step]]\nat = \"10s\"\nrefresh = {}\n",
+                "\"10s\"",
+                0,
+                "goes back in time: the steps before already reach 30s",
+            ),
+            (
+                "[[step]]\npartition = [\"near-1\", \"near-1\"]\n",
+                "[\"near-1\", \"near-1\"]",
+                0,
+                "two different hosts",
+            ),
+            ("[[step]]\nrestart = \"near-1\"\n", "\"near-1\"", 1, "is running"),
+            (
+                "[[step]]\ncrash = \"near-1\"\n[[step]]\ncrash = \"near-1\"\n",
+                "\"near-1\"",
+                2,
+                "already down",
+            ),
+            ("[[near]]\nhost = \"\"\nmodels = []\n", "\"\"", 0, "not a plain host name"),
+            ("[[near]]\nhost = \"../etc\"\nmodels = []\n", "\"../etc\"", 0, "not a plain host name"),
+            ("[[external]]\nhost = \"a/b\"\nmodels = []\n", "\"a/b\"", 0, "not a plain host name"),
+            ("[[near]]\nhost = \"near-1\"\nmodels = []\n", "\"near-1\"", 1, "used twice"),
+            ("[[external]]\nhost = \"chutes\"\nmodels = []\n", "\"chutes\"", 0, "reserved"),
+            (
+                "[[chutes]]\nslug = \"s\"\ninstances = 4294967295\n",
+                "4294967295",
+                0,
+                "instances = 4294967295 is out of range",
+            ),
+            ("[[chutes]]\nslug = \"s\"\ninstances = 0\n", "0\n", 0, "out of range"),
+            ("[[chutes]]\nslug = \"s\"\nstream_protocol = 3\n", "3\n", 0, "stream_protocol = 3 does not exist"),
+            ("[config]\nrefresh_interval = \"0s\"\n", "\"0s\"", 0, "whole number of seconds"),
+            ("[config]\nrefresh_interval = \"1500ms\"\n", "\"1500ms\"", 0, "whole number of seconds"),
+            (
+                "[config]\nchutes_models = \"m=\"\n",
+                "\"m=\"",
+                0,
+                "the engine refuses this configuration",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\" }\nexpect = { tier = \"platinum\" }\n",
+                "\"platinum\"",
+                0,
+                "\"platinum\" is not a tier",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\" }\nexpect = { served_by = \"near-9\" }\n",
+                "\"near-9\"",
+                0,
+                "names no provider",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\" }\nexpect = { served_by = \"chutes\" }\n",
+                "\"chutes\"",
+                0,
+                "names no provider",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\" }\nexpect = { served_by = \"near-1\", never = [\"near-1\"] }\n",
+                "[\"near-1\"]",
+                0,
+                "both `served_by` and in `never`",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\" }\nexpect = { tried = [\"near-1\", \"nope\"] }\n",
+                "\"nope\"",
+                0,
+                "names no provider",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\", prompt = \"p\", messages = [] }\n",
+                "[]",
+                0,
+                "`prompt` and `messages` both",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\", messages = [] }\n",
+                "[]",
+                0,
+                "sends no message",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\", extra = { stream = true } }\n",
+                "{ stream",
+                0,
+                "`extra` repeats \"stream\"",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\" }\nexpect = { upstream = [{ host = \"router\" }] }\n",
+                "\"router\"",
+                0,
+                "no upstream host",
+            ),
+            (
+                "[[step]]\nexpect = { health = [{ model = \"m\", provider = \"near-7\" }] }\n",
+                "\"near-7\"",
+                0,
+                "names no provider",
+            ),
+            (
+                "[[step]]\nconcurrent = []\n",
+                "[]",
+                0,
+                "0 concurrent requests",
+            ),
+            (
+                "[[step]]\nconcurrent = [{ model = \"m\" }]\nexpect = { each = [{ upstream = [] }] }\n",
+                "[]",
+                0,
+                "cannot tell concurrent requests apart",
+            ),
+            (
+                "[[step]]\nconcurrent = [{ model = \"m\", model_pub_key = \"a b\" }]\n",
+                "\"a b\"",
+                0,
+                "model_pub_key cannot be sent as a header",
+            ),
+            (
+                "[[step]]\nhold = [\"router\", \"router\"]\n",
+                "[\"router\", \"router\"]",
+                0,
+                "two different hosts",
+            ),
+        ];
+        for (body, marker, nth, words) in cases {
+            let text = format!("{HEAD}{body}");
+            let e = err(&text);
+            assert_eq!(
+                (e.line, e.column),
+                position_of(&text, marker, *nth),
+                "{body}: {e}"
+            );
+            assert!(e.message.contains(words), "{body}: {e}");
+        }
+        // A Chutes family in a world with chutes is a provider; a crash then
+        // restart is fine; `at` after an advance at or past its end is fine.
+        let ok = format!(
+            "{HEAD}{CHUTES}[[step]]\ncrash = \"near-1\"\n[[step]]\nrestart = \"near-1\"\n[[step]]\nadvance = \"30s\"\n[[step]]\nat = \"30s\"\nrequest = {{ model = \"m\", model_pub_key = \"zz\" }}\nexpect = {{ served_by = \"chutes:s\", never = [\"near-1\"], tier = \"attested3p\" }}\n"
+        );
+        parse(Path::new("ok.toml"), &ok).unwrap();
+    }
+
+    #[test]
+    fn unreadable_and_non_utf8_files_say_why_and_where() {
+        let dir = std::env::temp_dir().join(format!("tiersim-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = load(&dir.join("missing.toml")).unwrap_err();
+        assert!(
+            missing.message.contains("cannot read the scenario file"),
+            "{missing}"
+        );
+        assert!(!missing.to_string().contains(":0:0"), "{missing}");
+        let bad = dir.join("latin1.toml");
+        std::fs::write(&bad, b"name = \"t\"\ndescription = \"caf\xe9\"\n").unwrap();
+        let e = load(&bad).unwrap_err();
+        assert_eq!((e.line, e.column), (2, 19), "{e}");
+        assert!(e.message.contains("not UTF-8"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sweep_fault_counts_are_checked_one_way() {
+        assert_eq!(fault_counts(None, None), Ok((1, 3)));
+        assert_eq!(fault_counts(Some(5), None), Ok((5, 5)));
+        assert!(fault_counts(Some(5), Some(1))
+            .unwrap_err()
+            .contains("above"));
+        assert!(fault_counts(None, Some(65))
+            .unwrap_err()
+            .contains("too many"));
+    }
+
     #[test]
     fn time_going_backwards_is_an_error() {
         let e = err(&format!(
@@ -574,7 +1256,7 @@ mod tests {
         assert!(e.message.contains("client"), "{e}");
         let ok = parse(
             Path::new("ok.toml"),
-            &format!("{HEAD}[sweep]\nhosts = [\"near-1\", \"router\"]\nkinds = [\"crash\", \"latency\"]\nweights = {{ crash = 2 }}\nuntil = \"10s\"\n"),
+            &format!("{HEAD}[sweep]\nhosts = [\"near-1\", \"router\"]\nkinds = [\"crash\", \"latency_ms\"]\nweights = {{ crash = 2 }}\nuntil = \"10s\"\n"),
         )
         .unwrap();
         assert_eq!(ok.sweep.unwrap().get_ref().weights[&FaultKind::Crash], 2);

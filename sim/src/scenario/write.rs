@@ -70,11 +70,17 @@ struct StepOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     repair: Option<&'a [String; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<&'a [String; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    release: Option<&'a [String; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     crash: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restart: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<&'a RequestSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrent: Option<&'a [RequestSpec]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unregister: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,21 +89,46 @@ struct StepOut<'a> {
 
 impl<'a> StepOut<'a> {
     fn of(st: &'a Step) -> Self {
+        // Destructured whole: a new wire key of `Step` does not compile
+        // until the writer writes it (expectations are never written).
+        let Step {
+            at,
+            note,
+            expect: _,
+            refresh,
+            admin_patch,
+            catalog,
+            fault,
+            clear_faults,
+            partition,
+            repair,
+            hold,
+            release,
+            crash,
+            restart,
+            request,
+            concurrent,
+            unregister,
+            advance,
+        } = st;
         StepOut {
-            at: st.at.as_ref().map(|a| *a.get_ref()),
-            note: st.note.as_deref(),
-            refresh: st.refresh.as_ref(),
-            admin_patch: st.admin_patch.as_deref(),
-            catalog: st.catalog.as_ref(),
-            fault: st.fault.as_ref().map(|f| f.get_ref()),
-            clear_faults: st.clear_faults.as_ref().map(|h| h.get_ref().as_str()),
-            partition: st.partition.as_ref().map(|p| p.get_ref()),
-            repair: st.repair.as_ref().map(|p| p.get_ref()),
-            crash: st.crash.as_ref().map(|h| h.get_ref().as_str()),
-            restart: st.restart.as_ref().map(|h| h.get_ref().as_str()),
-            request: st.request.as_ref(),
-            unregister: st.unregister.as_deref(),
-            advance: st.advance,
+            at: at.as_ref().map(|a| *a.get_ref()),
+            note: note.as_deref(),
+            refresh: refresh.as_ref(),
+            admin_patch: admin_patch.as_deref(),
+            catalog: catalog.as_ref(),
+            fault: fault.as_ref().map(|f| f.get_ref()),
+            clear_faults: clear_faults.as_ref().map(|h| h.get_ref().as_str()),
+            partition: partition.as_ref().map(|p| p.get_ref()),
+            repair: repair.as_ref().map(|p| p.get_ref()),
+            hold: hold.as_ref().map(|p| p.get_ref()),
+            release: release.as_ref().map(|p| p.get_ref()),
+            crash: crash.as_ref().map(|h| h.get_ref().as_str()),
+            restart: restart.as_ref().map(|h| h.get_ref().as_str()),
+            request: request.as_ref(),
+            concurrent: concurrent.as_deref(),
+            unregister: unregister.as_deref(),
+            advance: *advance,
         }
     }
 }

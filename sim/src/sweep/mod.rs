@@ -31,12 +31,14 @@ use sha2::{Digest, Sha256};
 use tiersim_engine::registry::PlantedBug;
 use toml::Spanned;
 
-use crate::fault::{Fault, FaultInjection, FaultRule};
+use crate::fault::{Dice, DrawLimits, FaultInjection, FaultRule};
 use crate::hosts::derive_seed;
-use crate::record;
-use crate::runner::{self, Report, RunOptions, Violation};
+use crate::record::{Report, Violation};
+use crate::render;
+use crate::runner::{self, RunOptions};
 use crate::scenario::format::{Dur, FaultKind, Scenario, Step};
-use crate::scenario::load::{host_names, MAX_SWEEP_FAULTS};
+use crate::scenario::load::{fault_counts, host_names};
+use crate::scenario::Action;
 
 /// The fault menu a seed's schedule is drawn from: the scenario's `[sweep]`
 /// table with the defaults filled in and the flags applied.
@@ -101,7 +103,7 @@ impl Menu {
             (None, None) => FaultKind::ALL
                 .iter()
                 .copied()
-                .filter(|k| !FaultKind::COSTLY.contains(k))
+                .filter(|k| !k.costly())
                 .collect(),
         };
         let kinds: Vec<(FaultKind, u32)> = FaultKind::ALL
@@ -122,20 +124,14 @@ impl Menu {
                 hosts.join(", ")
             ));
         }
-        let min_faults = flags
-            .min_faults
-            .or(spec.min_faults.as_ref().map(|n| *n.get_ref()))
-            .unwrap_or(1);
-        let max_faults = flags
-            .max_faults
-            .or(spec.max_faults.as_ref().map(|n| *n.get_ref()))
-            .unwrap_or(3)
-            .max(min_faults);
-        if max_faults > MAX_SWEEP_FAULTS {
-            return Err(format!(
-                "at most {MAX_SWEEP_FAULTS} faults per seed (asked for {max_faults})"
-            ));
-        }
+        let (min_faults, max_faults) = fault_counts(
+            flags
+                .min_faults
+                .or(spec.min_faults.as_ref().map(|n| *n.get_ref())),
+            flags
+                .max_faults
+                .or(spec.max_faults.as_ref().map(|n| *n.get_ref())),
+        )?;
         Ok(Menu {
             hosts,
             kinds,
@@ -154,6 +150,42 @@ impl Menu {
                 .map_or_else(|| DEFAULT_STATUSES.to_vec(), |s| s.get_ref().clone()),
             max_latency: spec.max_latency.map_or(Duration::from_secs(2), |d| d.0),
         })
+    }
+}
+
+/// Notes of the liveness phase's steps start with this.
+pub const LIVENESS_NOTE: &str = "liveness";
+/// Simulated time the liveness phase waits after healing, for restarted
+/// hosts to boot, before it asks each model once.
+const LIVENESS_SETTLE: Duration = Duration::from_secs(2);
+
+/// The most a swarm multiplies a kind's menu weight by.
+const SWARM_MAX_RATE: u64 = 4;
+
+/// The fault kinds one seed enables and their draw rates (see
+/// [`Plan::swarm`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swarm {
+    /// Enabled kinds with their weights, in menu order.
+    pub kinds: Vec<(FaultKind, u32)>,
+    /// How many kinds the menu has.
+    pub of: usize,
+}
+
+impl fmt::Display for Swarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kinds: Vec<String> = self
+            .kinds
+            .iter()
+            .map(|(k, w)| format!("{} x{w}", k.name()))
+            .collect();
+        write!(
+            f,
+            "swarm: {} of {} fault kinds enabled ({})",
+            self.kinds.len(),
+            self.of,
+            kinds.join(", ")
+        )
     }
 }
 
@@ -210,6 +242,8 @@ pub enum Origin {
     Start(usize),
     /// The end of sweep fault `n`.
     End(usize),
+    /// Step `i` (0-based) of the liveness phase.
+    Liveness(usize),
 }
 
 /// A base scenario with a fault schedule merged into its steps.
@@ -233,8 +267,7 @@ impl Composed {
                 origins.push(*o);
             }
         }
-        out.scenario.steps = steps;
-        out.origins = origins;
+        (out.scenario.steps, out.origins) = playable(steps, origins);
         out.events
             .retain(|e| out.origins.contains(&Origin::Start(e.number)));
         out
@@ -279,7 +312,7 @@ pub fn strip_expectations(s: &Scenario) -> Scenario {
         .filter_map(|st| {
             let mut step = st.get_ref().clone();
             step.expect = None;
-            (runner::describe(&step) != "check").then(|| Spanned::new(st.span(), step))
+            (!matches!(step.action(), Action::Check)).then(|| Spanned::new(st.span(), step))
         })
         .collect();
     out
@@ -296,8 +329,7 @@ fn ms(d: Duration) -> u64 {
 /// Deterministic draws from a ChaCha20 stream.
 struct Draw(ChaCha20Rng);
 
-impl Draw {
-    /// Uniform in `0..n` (0 when `n == 0`).
+impl Dice for Draw {
     fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
@@ -305,12 +337,9 @@ impl Draw {
             self.0.next_u64() % n
         }
     }
+}
 
-    /// Uniform in `lo..=hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi.saturating_sub(lo) + 1)
-    }
-
+impl Draw {
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
@@ -338,7 +367,15 @@ impl Plan {
             }
             base.tick = Some(spanned(Dur(t)));
         }
-        let reference = runner::run(&base, file, &RunOptions { seed: None, plant });
+        let reference = runner::run(
+            &base,
+            file,
+            &RunOptions {
+                seed: None,
+                plant,
+                ..RunOptions::default()
+            },
+        );
         let mut timeline: Vec<Duration> = reference.steps.iter().map(|r| r.at).collect();
         let last = timeline.last().copied().unwrap_or_default();
         timeline.resize(base.steps.len(), last);
@@ -352,12 +389,39 @@ impl Plan {
         })
     }
 
+    /// Swarm testing (as TigerBeetle's VOPR): each seed enables only some of
+    /// the menu's fault kinds, each at its own rate, so rare combinations
+    /// (one kind alone, at a high rate) get explored. A function of the seed
+    /// and the menu only (its own ChaCha20 stream).
+    pub fn swarm(&self, seed: u64) -> Swarm {
+        let mut rng = Draw(ChaCha20Rng::from_seed(derive_seed(seed, "sweep/swarm")));
+        let mut kinds: Vec<(FaultKind, u32)> = self
+            .menu
+            .kinds
+            .iter()
+            .filter_map(|(k, w)| {
+                let on = rng.below(2) == 0;
+                let rate = rng.between(1, SWARM_MAX_RATE) as u32;
+                on.then_some((*k, w * rate))
+            })
+            .collect();
+        if kinds.is_empty() {
+            let (k, w) = *rng.pick(&self.menu.kinds);
+            kinds.push((k, w));
+        }
+        Swarm {
+            kinds,
+            of: self.menu.kinds.len(),
+        }
+    }
+
     /// The random fault schedule of `seed`: a function of the seed, the menu
     /// and the reference run only (ChaCha20, never OS randomness).
     pub fn schedule(&self, seed: u64) -> Vec<FaultEvent> {
         let m = &self.menu;
         let mut rng = Draw(ChaCha20Rng::from_seed(derive_seed(seed, "sweep/schedule")));
-        let targets: Vec<(FaultKind, u32, Vec<&String>)> = m
+        let swarm = self.swarm(seed);
+        let targets: Vec<(FaultKind, u32, Vec<&String>)> = swarm
             .kinds
             .iter()
             .map(|(k, w)| (*k, *w, m.hosts.iter().filter(|h| k.hits(h)).collect()))
@@ -384,7 +448,11 @@ impl Plan {
                 FaultKind::Partition => EventAction::Partition(host),
                 FaultKind::Crash => EventAction::Crash(host),
                 k => {
-                    let fault = self.fault(*k, &mut rng);
+                    let limits = DrawLimits {
+                        statuses: &m.statuses,
+                        max_latency_ms: ms(m.max_latency).max(1),
+                    };
+                    let fault = k.draw(&mut rng, &limits).expect("a fault-board kind");
                     let times = rng.between(1, u64::from(m.max_times.max(1))) as u32;
                     EventAction::Fault(FaultInjection {
                         host,
@@ -408,54 +476,6 @@ impl Plan {
             e.number = i + 1;
         }
         events
-    }
-
-    fn fault(&self, kind: FaultKind, rng: &mut Draw) -> Fault {
-        let latency = ms(self.menu.max_latency).max(1);
-        match kind {
-            FaultKind::HttpStatus => Fault::HttpStatus {
-                status: *rng.pick(&self.menu.statuses),
-                code: None,
-            },
-            FaultKind::ModelNotFound => Fault::ModelNotFound,
-            FaultKind::ResetBeforeBody => Fault::ResetBeforeBody,
-            FaultKind::ResetMidBody => Fault::ResetMidBody {
-                after_chunks: rng.below(3) as u32,
-            },
-            FaultKind::Latency => Fault::Latency {
-                ms: rng.between(1, latency),
-            },
-            FaultKind::SlowFirstToken => Fault::SlowFirstToken {
-                ms: rng.between(1, latency),
-            },
-            FaultKind::CutStream => Fault::CutStream {
-                after_chunks: rng.below(4) as u32,
-            },
-            FaultKind::ForgedOuterDone => Fault::ForgedOuterDone {
-                after_frames: rng.below(4) as u32,
-            },
-            FaultKind::E2eError => Fault::E2eError,
-            FaultKind::DropFrame => Fault::DropFrame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::ReorderFrame => Fault::ReorderFrame {
-                index: rng.below(3) as u32,
-            },
-            FaultKind::ReplayFrame => Fault::ReplayFrame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::WrongKey => Fault::WrongKey,
-            FaultKind::GzipBomb => Fault::GzipBomb,
-            FaultKind::OversizedLine => Fault::OversizedLine,
-            FaultKind::FrameBeforeInit => Fault::FrameBeforeInit,
-            FaultKind::CorruptFrame => Fault::CorruptFrame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::BadBase64Frame => Fault::BadBase64Frame {
-                index: rng.below(4) as u32,
-            },
-            FaultKind::Partition | FaultKind::Crash => unreachable!("not a fault-board fault"),
-        }
     }
 
     /// The base scenario with `events` merged into its steps by time: a base
@@ -487,14 +507,27 @@ impl Plan {
             steps.push(st.clone());
             origins.push(Origin::Base(i));
         }
-        // After the last base step only faults that start still matter: an
-        // end there would only make the run wait to clear what nothing uses.
-        for (_, o, step) in next {
+        // After the last base step, the faults that start there, then the
+        // liveness phase: every fault still active is healed at once.
+        let mut heal = Vec::new();
+        for (_, o, mut step) in next {
             if matches!(o, Origin::Start(_)) {
                 steps.push(spanned(step));
                 origins.push(o);
+            } else {
+                step.at = None;
+                heal.push((o, step));
             }
         }
+        for (o, step) in heal {
+            steps.push(spanned(step));
+            origins.push(o);
+        }
+        for (i, step) in self.liveness_steps().into_iter().enumerate() {
+            steps.push(spanned(step));
+            origins.push(Origin::Liveness(i));
+        }
+        let (steps, origins) = playable(steps, origins);
         let mut scenario = self.base.clone();
         scenario.seed = seed;
         scenario.steps = steps;
@@ -506,11 +539,61 @@ impl Plan {
             "{} under the random fault schedule of sweep seed {seed}.\n",
             self.file.display()
         );
+        let mut events = events.to_vec();
+        events.retain(|e| origins.contains(&Origin::Start(e.number)));
         Composed {
             scenario,
             origins,
-            events: events.to_vec(),
+            events,
         }
+    }
+
+    /// The liveness phase, after every fault is healed (as TigerBeetle's
+    /// VOPR does): a pause for restarted hosts to come up, then one request
+    /// per model id the scenario knows. The reference model judges each
+    /// (`liveness`): a model it says is servable must be served by its best
+    /// provider (the first of the model's order) at the first attempt.
+    fn liveness_steps(&self) -> Vec<Step> {
+        let s = &self.base;
+        let mut ids: std::collections::BTreeSet<String> =
+            s.catalog.iter().map(|r| r.id.clone()).collect();
+        if let Ok(config) = crate::world::engine_config(s) {
+            ids.extend(config.chutes_models.iter().map(|e| e.canonical_id.clone()));
+        }
+        for st in &s.steps {
+            let st = st.get_ref();
+            if let Some(rows) = &st.admin_patch {
+                ids.extend(rows.iter().map(|r| r.id.clone()));
+            }
+            if let Some(edit) = &st.catalog {
+                ids.extend(edit.upsert.iter().map(|r| r.id.clone()));
+            }
+        }
+        let mut out = vec![Step {
+            advance: Some(Dur(LIVENESS_SETTLE)),
+            note: Some(format!("{LIVENESS_NOTE}: every fault healed")),
+            ..Step::default()
+        }];
+        for id in ids {
+            out.push(Step {
+                request: Some(crate::scenario::format::RequestSpec {
+                    model: id.clone(),
+                    stream: false,
+                    prompt: None,
+                    messages: None,
+                    max_tokens: None,
+                    extra: None,
+                    pub_key_of: None,
+                    model_pub_key: None,
+                    client_pub_key: None,
+                }),
+                note: Some(format!(
+                    "{LIVENESS_NOTE}: {id} must be served by its best provider"
+                )),
+                ..Step::default()
+            });
+        }
+        out
     }
 
     /// Runs one composed scenario with this plan's options.
@@ -521,6 +604,7 @@ impl Plan {
             &RunOptions {
                 seed: Some(composed.scenario.seed),
                 plant: self.plant,
+                ..RunOptions::default()
             },
         )
     }
@@ -550,6 +634,41 @@ impl Plan {
     }
 }
 
+/// `steps` as a script the loader accepts, running as they would: a crash
+/// of a host already down and a restart of a host already up are left out
+/// (overlapping crash windows of one host, or a shrink that removed one
+/// half of a base crash/restart pair), and an `at` the steps before already
+/// passed is raised to the time they reach (the runner would start that
+/// step at once anyway).
+fn playable(steps: Vec<Spanned<Step>>, origins: Vec<Origin>) -> (Vec<Spanned<Step>>, Vec<Origin>) {
+    let mut now = Duration::ZERO;
+    let mut down = std::collections::BTreeSet::new();
+    let mut out = (Vec::new(), Vec::new());
+    for (mut step, origin) in steps.into_iter().zip(origins) {
+        let st = step.get_mut();
+        if let Some(h) = &st.crash {
+            if !down.insert(h.get_ref().clone()) {
+                continue;
+            }
+        }
+        if let Some(h) = &st.restart {
+            if !down.remove(h.get_ref()) {
+                continue;
+            }
+        }
+        if let Some(at) = &mut st.at {
+            if at.get_ref().0 < now {
+                *at = spanned(Dur(now));
+            }
+            now = at.get_ref().0;
+        }
+        now += st.advance.map_or(Duration::ZERO, |d| d.0);
+        out.0.push(step);
+        out.1.push(origin);
+    }
+    out
+}
+
 /// The two steps of a fault: its start and its end.
 fn event_steps(e: &FaultEvent) -> (Step, Step) {
     let at = |d: Duration| Some(spanned(Dur(d)));
@@ -559,30 +678,21 @@ fn event_steps(e: &FaultEvent) -> (Step, Step) {
         humantime::format_duration(e.end)
     );
     let end_note = format!("sweep fault {} ends", e.number);
-    let mut start = Step {
+    let (start_action, end_action) = match &e.action {
+        EventAction::Fault(f) => (Action::Fault(f), Action::ClearFaults(&f.host)),
+        EventAction::Partition(h) => (Action::Partition("router", h), Action::Repair("router", h)),
+        EventAction::Crash(h) => (Action::Crash(h), Action::Restart(h)),
+    };
+    let start = Step {
         at: at(e.at),
         note: Some(start_note),
-        ..Step::default()
+        ..Step::of(start_action)
     };
-    let mut end = Step {
+    let end = Step {
         at: at(e.end),
         note: Some(end_note),
-        ..Step::default()
+        ..Step::of(end_action)
     };
-    match &e.action {
-        EventAction::Fault(f) => {
-            start.fault = Some(spanned(f.clone()));
-            end.clear_faults = Some(spanned(f.host.clone()));
-        }
-        EventAction::Partition(h) => {
-            start.partition = Some(spanned(["router".to_string(), h.clone()]));
-            end.repair = Some(spanned(["router".to_string(), h.clone()]));
-        }
-        EventAction::Crash(h) => {
-            start.crash = Some(spanned(h.clone()));
-            end.restart = Some(spanned(h.clone()));
-        }
-    }
     (start, end)
 }
 
@@ -631,7 +741,7 @@ impl fmt::Display for Divergence {
 /// A run as hashed for the determinism check: the snapshot text (registry,
 /// attempts, served bytes) and every fault that fired.
 pub fn canonical(r: &Report) -> String {
-    let mut text = record::render(r);
+    let mut text = render::render(r);
     text.push_str("\n## fired\n");
     for f in &r.fired {
         text.push_str(&format!("- {} {:?}: {}\n", f.host, f.kind, f.fault));
@@ -676,17 +786,51 @@ pub fn first_divergence(a: &str, b: &str) -> Divergence {
     }
 }
 
+/// Most seeds one sweep (or one shard of it) runs: a bound on the seed list
+/// it holds; shard a larger sweep (`--shard K/N`).
+pub const MAX_SEEDS: u64 = 1_000_000;
+
+/// `--seeds`: `A..B` (B excluded) or `A..=B`, as a non-empty inclusive range.
+/// An empty range is an error: a CI gate must never pass on zero work. The
+/// end never wraps (`18446744073709551615..=18446744073709551615` is one
+/// seed).
+pub fn parse_seeds(s: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
+    let bad = |why: &str| format!("{s:?}: {why}; write seeds as A..B (B excluded) or A..=B");
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| bad("not a seed number"))
+    };
+    let (first, last) = if let Some((a, b)) = s.split_once("..=") {
+        (num(a)?, num(b)?)
+    } else if let Some((a, b)) = s.split_once("..") {
+        let (a, b) = (num(a)?, num(b)?);
+        if b == 0 {
+            return Err(bad("the range is empty"));
+        }
+        (a, b - 1)
+    } else {
+        return Err(bad("not a range"));
+    };
+    if first > last {
+        return Err(bad("the range is empty"));
+    }
+    Ok(first..=last)
+}
+
+/// How many seeds shard `k` of `n` (1-based) of `seeds` holds.
+pub fn shard_len(seeds: &std::ops::RangeInclusive<u64>, k: u64, n: u64) -> u64 {
+    let total = u128::from(seeds.end() - seeds.start()) + 1;
+    ((total + u128::from(n) - u128::from(k)) / u128::from(n)) as u64
+}
+
 /// `seeds` split for shard `k` of `n` (1-based): every `n`-th seed from the
 /// `k`-th, so shards are disjoint, cover the range and share the work.
-pub fn shard(seeds: std::ops::Range<u64>, k: u64, n: u64) -> Vec<u64> {
+pub fn shard(seeds: std::ops::RangeInclusive<u64>, k: u64, n: u64) -> Vec<u64> {
     assert!(n >= 1 && (1..=n).contains(&k), "shard {k}/{n}");
-    let k = usize::try_from(k - 1).expect("shard index fits usize");
-    let n = usize::try_from(n).expect("shard count fits usize");
-    seeds
-        .enumerate()
-        .filter(|(i, _)| i % n == k)
-        .map(|(_, s)| s)
-        .collect()
+    let skip = usize::try_from(k - 1).expect("shard index fits usize");
+    let step = usize::try_from(n).expect("shard count fits usize");
+    seeds.skip(skip).step_by(step).collect()
 }
 
 /// Runs `seeds` on `jobs` threads (each seed's turmoil world is

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Composed, Origin, Plan};
-use crate::runner::Violation;
+use crate::record::Violation;
 use crate::scenario::format::Scenario;
 
 /// A minimised failing run.
@@ -44,7 +44,7 @@ impl Shrunk {
              at step {step}:\n  {message}\n\nShrunk (greedy removal while the same check \
              still fails) from {fb} faults and {rb} requests to {fa} faults and {ra} \
              requests. Expectations are left out: the oracles alone judge this file, and \
-             `tiersim run` fails while the bug is there.\n{plant}",
+             `tiersim run` fails while the bug is there.\nThe seed's {swarm}.\n{plant}",
             file = plan.file.display(),
             seed = self.seed,
             name = plan.base.name,
@@ -55,6 +55,7 @@ impl Shrunk {
             rb = self.requests_before,
             fa = self.composed.fault_count(),
             ra = self.composed.request_count(),
+            swarm = plan.swarm(self.seed),
         );
         s
     }
@@ -145,7 +146,8 @@ fn base_units(c: &Composed, requests: bool) -> Vec<Vec<Origin>> {
         .iter()
         .zip(&c.origins)
         .filter(|(st, o)| {
-            matches!(o, Origin::Base(_)) && st.get_ref().request.is_some() == requests
+            matches!(o, Origin::Base(_) | Origin::Liveness(_))
+                && st.get_ref().request.is_some() == requests
         })
         .map(|(_, o)| vec![*o])
         .collect()
@@ -165,7 +167,7 @@ pub fn shrink(plan: &Plan, seed: u64, check: &str) -> Option<Shrunk> {
     let mut v = v;
     // Every fault at once first: often none is needed.
     if !cur.events.is_empty() {
-        let bare = cur.retain(|o| matches!(o, Origin::Base(_)));
+        let bare = cur.retain(|o| matches!(o, Origin::Base(_) | Origin::Liveness(_)));
         if let Some(bv) = sh.fails(&bare) {
             cur = sh.cut_after(&bare, &bv);
             v = bv;

@@ -1,0 +1,149 @@
+//! Renders a run as the text snapshot reviewers read: the registry after each
+//! step (only when it changed), and per request every attempt, the status and
+//! the exact bytes the client received.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use tiersim_engine::registry::RegistryView;
+use tiersim_engine::retry::Outcome;
+
+use crate::record::{Report, RequestRecord};
+
+fn ms(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+/// The whole snapshot of a run.
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "scenario: {}\nseed: {}", r.name, r.seed);
+    if let Some(e) = &r.startup_error {
+        let _ = writeln!(out, "startup refused: {e}");
+    }
+    let mut last: Option<String> = None;
+    for s in &r.steps {
+        let _ = writeln!(out, "\n## step {} @ {}: {}", s.index, ms(s.at), s.action);
+        if let Some(n) = &s.note {
+            let _ = writeln!(out, "note: {n}");
+        }
+        if let Some((status, body)) = &s.admin {
+            let _ = writeln!(out, "admin -> {status} {body}");
+        }
+        if let Some(req) = &s.request {
+            request(&mut out, req);
+        }
+        for (k, req) in s.concurrent.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "request {} of {} (x-request-id {}): {}{}",
+                k + 1,
+                s.concurrent.len(),
+                req.id,
+                req.model,
+                if req.stream { " (stream)" } else { "" }
+            );
+            request(&mut out, req);
+        }
+        if let Some(l) = &s.listed {
+            let _ = writeln!(out, "listed: {}", l.join(", "));
+        }
+        let state = match &s.state {
+            None => "router: down\n".to_string(),
+            Some(v) => registry(v),
+        };
+        if last.as_deref() == Some(state.as_str()) {
+            let _ = writeln!(out, "registry: unchanged");
+        } else {
+            out.push_str(&state);
+            last = Some(state);
+        }
+    }
+    if !r.violations.is_empty() {
+        let _ = writeln!(out, "\n## violations");
+        for v in &r.violations {
+            let _ = writeln!(out, "- {v}");
+        }
+    }
+    out
+}
+
+fn request(out: &mut String, req: &RequestRecord) {
+    let _ = writeln!(out, "attempts:");
+    for a in &req.attempts {
+        let outcome = match &a.outcome {
+            Outcome::Ok => "ok".to_string(),
+            Outcome::Error { status, message } => format!("error {status}: {message}"),
+        };
+        let retry = a
+            .retry_after
+            .map(|d| format!(", retry after {}", ms(d)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  - round {} @ {} {}: {} -> {:?}{}",
+            a.round,
+            ms(a.at),
+            a.provider,
+            outcome,
+            a.decision,
+            retry
+        );
+    }
+    if let Some((p, t)) = &req.served {
+        let _ = writeln!(out, "served by: {p} ({t})");
+    }
+    let _ = writeln!(out, "status: {}", req.status);
+    let _ = writeln!(out, "bytes:");
+    for line in String::from_utf8_lossy(&req.body).lines() {
+        let _ = writeln!(out, "  | {line}");
+    }
+}
+
+/// The registry part of a step: models with their providers (tier,
+/// failures), pinned and reserved ids, the pubkey map and the catalog.
+pub fn registry(v: &RegistryView) -> String {
+    let mut out = String::from("registry:\n");
+    for (model, list) in &v.models {
+        let ps: Vec<String> = list
+            .iter()
+            .map(|p| {
+                let mut s = format!("{} [{}", p.id, p.tier);
+                if p.consecutive_failures > 0 {
+                    let n = p.consecutive_failures;
+                    let _ = write!(s, ", {n} failure{}", if n == 1 { "" } else { "s" });
+                }
+                if p.demoted {
+                    s.push_str(", demoted");
+                }
+                s + "]"
+            })
+            .collect();
+        let _ = writeln!(out, "  {model}: {}", ps.join(", "));
+    }
+    let pinned: Vec<String> = v
+        .pinned
+        .iter()
+        .map(|(m, ps)| {
+            format!(
+                "{m} -> {}",
+                ps.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" ")
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "  pinned: [{}]", pinned.join("; "));
+    let reserved: Vec<&str> = v.reserved.iter().map(String::as_str).collect();
+    let _ = writeln!(out, "  reserved: [{}]", reserved.join(", "));
+    for (key, ids) in &v.pubkeys {
+        let short = &key[..key.len().min(12)];
+        let ids: Vec<&str> = ids.iter().map(|p| p.as_str()).collect();
+        let _ = writeln!(out, "  pubkey {short}…: {}", ids.join(", "));
+    }
+    let rows: Vec<String> = v
+        .catalog
+        .iter()
+        .map(|(m, r)| format!("{m}{}", if r.active { "" } else { " (inactive)" }))
+        .collect();
+    let _ = writeln!(out, "  catalog: [{}]", rows.join(", "));
+    out
+}
