@@ -166,24 +166,21 @@ pub fn http_status(e: &ProviderError) -> u16 {
     }
 }
 
-/// R22 (tiersim profile): how informative an error is to the client,
+/// R22 (the `tiersim` profile): how informative an error is to the client,
 /// higher is better. A refusal ranks lowest so it never replaces a real
-/// failure of the primary.
+/// failure of the primary. Only errors that let the walk go on are ranked:
+/// a fast-return or fatal error ends the request at once and is returned as
+/// it is.
 fn informativeness(e: &ProviderError) -> u8 {
-    match classify(e) {
-        Class::Fatal | Class::FastReturn => 7,
-        _ => match e {
-            ProviderError::Status {
-                status: 429 | 500..=599,
-                ..
-            } => 5,
-            ProviderError::Connection(_)
-            | ProviderError::BodyDecode(_)
-            | ProviderError::Truncated => 4,
-            ProviderError::Timeout => 3,
-            ProviderError::Status { .. } | ProviderError::Parse(_) => 2,
-            ProviderError::Refused(_) | ProviderError::Integrity(_) => 1,
-        },
+    match e {
+        ProviderError::Status {
+            status: 429 | 500..=599,
+            ..
+        } => 5,
+        ProviderError::Connection(_) | ProviderError::BodyDecode(_) | ProviderError::Truncated => 4,
+        ProviderError::Timeout => 3,
+        ProviderError::Status { .. } | ProviderError::Parse(_) => 2,
+        ProviderError::Refused(_) | ProviderError::Integrity(_) => 1,
     }
 }
 
@@ -228,21 +225,34 @@ pub struct Attempt {
 /// How a round's failures decide what happens next: [`Rounds::SPEC`]
 /// (R20/R22, the `tiersim` profile) or [`Rounds::LAST_ERROR`], where each
 /// failure replaces the recorded error and alone decides the retry and its
-/// backoff. That is production's R33 (the `upstream` profile) and also the
-/// seed PR's planted review bug (`registry/planted.rs`).
+/// backoff (production's R33, the `upstream` profile). Every other value
+/// reproduces bugs planted for sweep tests (`registry/planted.rs`; the
+/// seed PR's masking bug is R33's rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rounds {
+    /// The seed PR's masking bug: each failure overwrote the round's last
+    /// error and retry decision.
     pub last_error_decides: bool,
+    /// A success leaves the failure counter as it was (R21 broken).
+    pub keep_failures_on_success: bool,
+    /// The backoff schedule one step ahead (R20 broken).
+    pub backoff_step_ahead: bool,
+    /// A later error of equal informativeness wins (R22 broken).
+    pub tie_goes_last: bool,
 }
 
 impl Rounds {
-    /// R19/R20/R22 as specified.
+    /// R19/R20/R21/R22 as specified.
     pub const SPEC: Rounds = Rounds {
         last_error_decides: false,
+        keep_failures_on_success: false,
+        backoff_step_ahead: false,
+        tie_goes_last: false,
     };
-    /// R33.
+    /// R33: the last recorded error alone decides.
     pub const LAST_ERROR: Rounds = Rounds {
         last_error_decides: true,
+        ..Rounds::SPEC
     };
 }
 
@@ -283,7 +293,7 @@ where
             let error = match call(provider.clone()).await {
                 Ok(v) => {
                     tracing::debug!(provider = %id, round, "attempt served");
-                    if opened_is_success {
+                    if opened_is_success && !rounds.keep_failures_on_success {
                         health.record_success();
                     }
                     attempts.push(Attempt {
@@ -342,17 +352,17 @@ where
                 continue;
             }
             // Strictly better only: ties keep the earlier (primary) provider.
-            if best
-                .as_ref()
-                .is_none_or(|b| informativeness(&failure.error) > informativeness(&b.error))
-            {
+            if best.as_ref().is_none_or(|b| {
+                let (new, old) = (informativeness(&failure.error), informativeness(&b.error));
+                new > old || (rounds.tie_goes_last && new == old)
+            }) {
                 best = Some(failure);
             }
         }
         let best = best.expect("a round without success has at least one failure");
         match retry {
             Some(kind) if round <= MAX_RETRIES => {
-                let delay = kind.delay(round);
+                let delay = kind.delay(round + u32::from(rounds.backoff_step_ahead));
                 if let Some(last) = attempts.last_mut() {
                     last.retry_after = Some(delay);
                 }

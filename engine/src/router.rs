@@ -252,13 +252,19 @@ impl Router {
             Profile::Upstream => retry::Rounds::LAST_ERROR,
         };
         #[cfg(feature = "planted-bugs")]
-        let rounds = if table.sources.refusal_masking {
-            retry::Rounds::LAST_ERROR
-        } else {
-            rounds
-        };
+        let planted = table.sources.planted.clone();
+        #[cfg(feature = "planted-bugs")]
+        let rounds = planted.rounds(rounds);
         let pubkey = req.model_pub_key.as_deref();
         let e2ee = req.client_pub_key.is_some();
+        #[cfg(feature = "planted-bugs")]
+        let chutes_fallback = if planted.has(crate::registry::PlantedBug::PubkeyFallsBackToChutes)
+            && pubkey.is_some()
+        {
+            attested_3p(&table, model)
+        } else {
+            Vec::new()
+        };
         let selection = if tracing::enabled!(tracing::Level::DEBUG) {
             traced_select(table, model, op, pubkey, e2ee)
         } else {
@@ -276,10 +282,23 @@ impl Router {
             SelectError::NoProviderForPubKey => RouteError::NoProviderForPubKey {
                 model: model.into(),
             },
-        })?;
+        });
+        #[cfg(feature = "planted-bugs")]
+        let selection = match selection {
+            Err(RouteError::NoProviderForPubKey { .. }) if !chutes_fallback.is_empty() => None,
+            other => Some(other?),
+        };
+        #[cfg(not(feature = "planted-bugs"))]
+        let selection = Some(selection?);
         // Owned copies: the snapshot guard is not held across awaits.
-        let candidates = selection.to_candidates();
-        drop(selection);
+        #[allow(unused_mut)]
+        let mut candidates = selection.map(|s| s.to_candidates()).unwrap_or_default();
+        #[cfg(feature = "planted-bugs")]
+        for c in chutes_fallback {
+            if candidates.iter().all(|(p, _)| p.id() != c.0.id()) {
+                candidates.push(c);
+            }
+        }
         // R28: admitted only under the cap; the slot lives as long as the
         // reply (JSON) or the stream.
         let slot = self
@@ -319,11 +338,15 @@ impl Router {
             }
         };
         if stream {
+            #[cfg(feature = "planted-bugs")]
+            let opened_is_success = planted.has(crate::registry::PlantedBug::StreamOpenIsSuccess);
+            #[cfg(not(feature = "planted-bugs"))]
+            let opened_is_success = false;
             let (i, stream) = retry::run(
                 &candidates,
                 self.epoch,
                 attempts,
-                false,
+                opened_is_success,
                 rounds,
                 |p| async move { p.chat_completion_stream(req).await },
             )
@@ -332,7 +355,7 @@ impl Router {
             let health = candidates[i].1.clone();
             Ok(Served::Stream {
                 by: served(i),
-                stream: canonical_stream(stream, model, health, slot),
+                stream: canonical_stream(stream, model, health, rounds, slot),
             })
         } else {
             let (i, response) = retry::run(
@@ -424,6 +447,27 @@ fn traced_select(
     result
 }
 
+/// [`PlantedBug::PubkeyFallsBackToChutes`](crate::registry::PlantedBug):
+/// the model's Attested3p providers, appended to a pubkey-routed walk.
+#[cfg(feature = "planted-bugs")]
+fn attested_3p(
+    table: &Table,
+    model: &str,
+) -> Vec<(Arc<dyn crate::provider::Provider>, Arc<Health>)> {
+    table
+        .models
+        .get(model)
+        .map(|idx| {
+            table
+                .model_slots(idx)
+                .iter()
+                .filter(|s| s.tier == Tier::Attested3p)
+                .map(|s| (s.provider.clone(), s.health.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn canonical_model(body: Bytes, model: &str) -> Bytes {
     crate::openai::with_model(body.clone(), model).unwrap_or(body)
 }
@@ -436,12 +480,13 @@ fn canonical_stream(
     stream: ChatStream,
     model: &str,
     health: Arc<Health>,
+    rounds: retry::Rounds,
     slot: Slot,
 ) -> ChatStream {
     let model: Arc<str> = model.into();
     Box::pin(stream.map(move |item| {
         let _held = &slot;
-        canonical_item(item, &model, &health)
+        canonical_item(item, &model, &health, rounds)
     }))
 }
 
@@ -449,11 +494,14 @@ fn canonical_item(
     item: Result<StreamItem, ProviderError>,
     model: &str,
     health: &Health,
+    rounds: retry::Rounds,
 ) -> Result<StreamItem, ProviderError> {
     match item {
         Ok(StreamItem::Chunk(b)) => Ok(StreamItem::Chunk(canonical_model(b, model))),
         Ok(StreamItem::Done) => {
-            health.record_success();
+            if !rounds.keep_failures_on_success {
+                health.record_success();
+            }
             Ok(StreamItem::Done)
         }
         Err(e) => {

@@ -631,6 +631,72 @@ async fn r22_most_informative_error_of_the_last_round_wins() {
     assert_eq!(err(&r).status(), 504);
 }
 
+/// The provider whose error ended the request and that error's HTTP status
+/// (as the attempt log shows it).
+fn provider_error(r: &Routed) -> (&str, u16) {
+    match err(r) {
+        RouteError::Provider {
+            provider, error, ..
+        } => (provider.as_str(), retry::http_status(error)),
+        e => panic!("expected a provider error, got {e:?}"),
+    }
+}
+
+/// R22: the client gets the most informative error of the last round even
+/// when the primary's error is the less informative one and the better one
+/// comes second (a 408 falls through; Chutes' 503 says more).
+#[tokio::test(start_paused = true)]
+async fn r22_the_most_informative_error_wins_when_it_comes_second() {
+    let n1 = FakeProvider::near("n1")
+        .fail(ProviderError::status(408, "request timeout"), 10)
+        .arc();
+    let c1 = FakeProvider::chutes("c1").fail(s503(), 10).arc();
+    let router = world(&[&n1], &[&c1]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(r.attempts.len(), 8, "the 503 keeps the rounds going");
+    assert_eq!(provider_error(&r), ("c1", 503));
+
+    // A single round: a timeout (fall-through) then a reset (retryable,
+    // more informative) on the last attempt of the last round.
+    let n2 = FakeProvider::near("n2")
+        .fail(ProviderError::Timeout, 10)
+        .arc();
+    let c2 = FakeProvider::chutes("c2")
+        .fail(ProviderError::Connection("connection reset".into()), 10)
+        .arc();
+    let router = world(&[&n2], &[&c2]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(provider_error(&r), ("c2", 502));
+}
+
+/// R22: two errors of equal informativeness tie; the earlier (the primary's)
+/// wins, whichever status it carries.
+#[tokio::test(start_paused = true)]
+async fn r22_on_a_tie_the_primary_error_wins() {
+    for (first, second) in [(503, 500), (500, 503), (429, 502)] {
+        let n1 = FakeProvider::near("n1")
+            .fail(ProviderError::status(first, "upstream failed"), 10)
+            .arc();
+        let c1 = FakeProvider::chutes("c1")
+            .fail(ProviderError::status(second, "upstream failed"), 10)
+            .arc();
+        let router = world(&[&n1], &[&c1]);
+        let r = router.chat(request(M), false).await;
+        assert_eq!(r.attempts.len(), 8);
+        assert_eq!(provider_error(&r), ("n1", first), "{first} then {second}");
+    }
+    // Two connection failures tie too.
+    let n2 = FakeProvider::near("n2")
+        .fail(ProviderError::Connection("reset by n2".into()), 10)
+        .arc();
+    let c2 = FakeProvider::chutes("c2")
+        .fail(ProviderError::BodyDecode("bad body from c2".into()), 10)
+        .arc();
+    let router = world(&[&n2], &[&c2]);
+    let r = router.chat(request(M), false).await;
+    assert_eq!(provider_error(&r), ("n2", 502));
+}
+
 #[tokio::test(start_paused = true)]
 async fn r22_messages_are_sanitised_and_name_the_canonical_id() {
     let n1 = FakeProvider::near("n1")
@@ -738,4 +804,126 @@ async fn r54_served_via_fallback_rules_in_order() {
     let r = router.chat(request(M), false).await;
     assert_eq!(tried(&r), [("n3", 1, 0), ("c3", 1, 0), ("n3", 2, 500)]);
     assert!(!via_fallback(&r));
+}
+
+// ---- the retry loop's planted-bug knobs (`retry::Rounds`) ----
+
+/// Runs `retry::run` over `providers` (each with a fresh health) with `rounds`.
+async fn walk(
+    providers: &[&Arc<FakeProvider>],
+    rounds: retry::Rounds,
+) -> (Vec<Attempt>, Result<String, (String, u16)>, Vec<u32>) {
+    let candidates: Vec<(Arc<dyn Provider>, Arc<Health>)> = providers
+        .iter()
+        .map(|p| (Arc::clone(p) as Arc<dyn Provider>, Arc::default()))
+        .collect();
+    let mut attempts = Vec::new();
+    let req = request(M);
+    let out = retry::run(
+        &candidates,
+        Instant::now(),
+        &mut attempts,
+        true,
+        rounds,
+        |p| {
+            let req = req.clone();
+            async move { p.chat_completion(&req).await }
+        },
+    )
+    .await;
+    let out = out
+        .map(|(i, _)| candidates[i].0.id().to_string())
+        .map_err(|f| (f.provider.to_string(), retry::http_status(&f.error)));
+    let counts = candidates
+        .iter()
+        .map(|(_, h)| h.consecutive_failures())
+        .collect();
+    (attempts, out, counts)
+}
+
+/// R20/R22: `Rounds::SPEC` is the specified loop; each knob reproduces
+/// exactly its planted bug (`registry/planted.rs`) and nothing else.
+#[tokio::test(start_paused = true)]
+async fn r20_r21_r22_each_rounds_knob_reproduces_only_its_planted_bug() {
+    let spec = retry::Rounds::SPEC;
+    let refusal = || ProviderError::Refused(Refusal::StreamingDisabled);
+
+    // Last error decides (refusal masking): the refusal after NEAR's 503
+    // ends the retries and is what the client gets.
+    let n = FakeProvider::near("n").fail(s503(), 10).arc();
+    let c = FakeProvider::chutes("c").fail(refusal(), 10).arc();
+    let (a, out, _) = walk(&[&n, &c], spec).await;
+    assert_eq!((a.len(), out), (8, Err(("n".into(), 503))));
+    let n = FakeProvider::near("n").fail(s503(), 10).arc();
+    let c = FakeProvider::chutes("c").fail(refusal(), 10).arc();
+    let masking = retry::Rounds {
+        last_error_decides: true,
+        ..spec
+    };
+    let (a, out, _) = walk(&[&n, &c], masking).await;
+    assert_eq!((a.len(), out), (2, Err(("c".into(), 502))));
+    // ... and a retryable last error still retries under that knob.
+    let c = FakeProvider::chutes("c").fail(refusal(), 10).arc();
+    let n = FakeProvider::near("n").fail(s503(), 10).arc();
+    let (a, out, _) = walk(&[&c, &n], masking).await;
+    assert_eq!((a.len(), out), (8, Err(("n".into(), 503))));
+
+    // Ties: the primary's 503 unless the tie goes to the later 500.
+    let tie = |last| async move {
+        let n = FakeProvider::near("n").fail(s503(), 10).arc();
+        let c = FakeProvider::chutes("c")
+            .fail(ProviderError::status(500, "internal"), 10)
+            .arc();
+        let rounds = retry::Rounds {
+            tie_goes_last: last,
+            ..spec
+        };
+        walk(&[&n, &c], rounds).await.1
+    };
+    assert_eq!(tie(false).await, Err(("n".into(), 503)));
+    assert_eq!(tie(true).await, Err(("c".into(), 500)));
+    // A strictly better later error wins either way; a worse one never does.
+    let n = FakeProvider::near("n")
+        .fail(ProviderError::Timeout, 10)
+        .arc();
+    let c = FakeProvider::chutes("c").fail(s503(), 10).arc();
+    let tie_last = retry::Rounds {
+        tie_goes_last: true,
+        ..spec
+    };
+    assert_eq!(walk(&[&n, &c], tie_last).await.1, Err(("c".into(), 503)));
+    let n = FakeProvider::near("n").fail(s503(), 10).arc();
+    let c = FakeProvider::chutes("c")
+        .fail(ProviderError::Timeout, 10)
+        .arc();
+    assert_eq!(walk(&[&n, &c], tie_last).await.1, Err(("n".into(), 503)));
+
+    // Backoff one step ahead: 1 s, 2 s, 4 s instead of 500 ms, 1 s, 2 s.
+    let delays = |rounds| async move {
+        let n = FakeProvider::near("n").fail(s503(), 10).arc();
+        let (a, _, _) = walk(&[&n], rounds).await;
+        a.iter()
+            .filter_map(|x| x.retry_after.map(|d| d.as_millis() as u64))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(delays(spec).await, [500, 1000, 2000]);
+    let ahead = retry::Rounds {
+        backoff_step_ahead: true,
+        ..spec
+    };
+    assert_eq!(delays(ahead).await, [1000, 2000, 4000]);
+
+    // A success resets the counter, unless the knob keeps it.
+    let reset = |keep| async move {
+        let n = FakeProvider::near("n").fail(s503(), 2).arc();
+        let rounds = retry::Rounds {
+            keep_failures_on_success: keep,
+            ..spec
+        };
+        let (_, out, counts) = walk(&[&n], rounds).await;
+        assert_eq!(out, Ok("n".into()));
+        counts[0]
+    };
+    assert_eq!(reset(false).await, 0);
+    assert_eq!(reset(true).await, 2);
 }
