@@ -13,7 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{any, get, patch, post};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -21,12 +21,13 @@ use serde_json::{json, Value};
 use crate::admin;
 use crate::app::{AdminError, App};
 use crate::catalog::CatalogPatch;
-use crate::config::AdminKey;
+use crate::client_error;
+use crate::config::{AdminKey, Profile};
 use crate::echo::echo;
 use crate::near::SIGNING_KEY_HEX_LEN;
 use crate::provider::{ChatRequest, ProviderError, StreamItem};
 use crate::retry::Attempt;
-use crate::router::{RouteError, Served};
+use crate::router::{Attribution, RouteError, Served};
 use crate::tier::Tier;
 
 /// Largest request body the router accepts; a larger one is a 413 envelope.
@@ -50,9 +51,10 @@ pub const CLIENT_PUB_KEY_HEX_LENS: [usize; 2] = [64, 128];
 /// The roles a message may have (R27.2).
 pub const MESSAGE_ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
-/// Hears about every routed request, e.g. to keep a journal of attempts.
+/// Hears about every routed request, e.g. to keep a journal of attempts and
+/// usage attribution (R54: a failed request records none).
 pub trait RouteObserver: Send + Sync + 'static {
-    fn routed(&self, model: &str, attempts: &[Attempt], outcome: Result<(&str, Tier), &RouteError>);
+    fn routed(&self, model: &str, attempts: &[Attempt], outcome: Result<&Attribution, &RouteError>);
 
     /// [`RouteObserver::routed`] with the client's `x-request-id`, when it
     /// sent a readable one: lets an observer match a routed request to the
@@ -62,7 +64,7 @@ pub trait RouteObserver: Send + Sync + 'static {
         request_id: Option<&str>,
         model: &str,
         attempts: &[Attempt],
-        outcome: Result<(&str, Tier), &RouteError>,
+        outcome: Result<&Attribution, &RouteError>,
     ) {
         let _ = request_id;
         self.routed(model, attempts, outcome);
@@ -73,7 +75,7 @@ pub trait RouteObserver: Send + Sync + 'static {
 pub struct NoObserver;
 
 impl RouteObserver for NoObserver {
-    fn routed(&self, _: &str, _: &[Attempt], _: Result<(&str, Tier), &RouteError>) {}
+    fn routed(&self, _: &str, _: &[Attempt], _: Result<&Attribution, &RouteError>) {}
 }
 
 #[derive(Clone)]
@@ -88,17 +90,46 @@ pub fn router(app: Arc<App>, observer: Arc<dyn RouteObserver>) -> axum::Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
         .route("/v1/admin/models", patch(admin_models))
+        .route("/v1/completions", any(not_implemented))
+        .route("/v1/embeddings", any(not_implemented))
+        .route("/v1/moderations", any(not_implemented))
+        .route("/v1/responses", any(not_implemented))
+        .route("/v1/images/variations", any(not_implemented))
+        .route("/v1/audio/translations", any(not_implemented))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+            should_not_retry(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "Not found",
+            ))
         })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
+            should_not_retry(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request_error",
-                "method not allowed on this endpoint",
-            )
+                "Method not allowed",
+            ))
         })
         .with_state(Api { app, observer })
+}
+
+/// R32: the only replies that tell a client not to retry: an unknown route,
+/// a wrong method, a known but unimplemented OpenAI endpoint.
+fn should_not_retry(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    resp.headers_mut().insert(
+        "x-should-retry",
+        axum::http::HeaderValue::from_static("false"),
+    );
+    resp
+}
+
+async fn not_implemented() -> Response {
+    should_not_retry(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "This endpoint is not implemented by this router.",
+    ))
 }
 
 /// An error reply in the R26 envelope. `param` names the offending field
@@ -143,32 +174,39 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// R32: every 429 carries `Retry-After` (none of this router's own 429s
+    /// sets one, so the default always applies).
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(client_error::RETRY_AFTER_SECS),
+            );
+        }
+        resp
     }
 }
 
-fn route_error_kind(e: &RouteError) -> &'static str {
-    match e {
-        RouteError::UnknownModel { .. } | RouteError::Inactive { .. } => "model_not_found",
-        RouteError::NoProviderForPubKey { .. } => "no_provider_for_pub_key",
-        RouteError::NoProviders { .. } => "no_provider_available",
-        RouteError::Provider { .. } => "upstream_error",
-    }
-}
-
-/// What the client is told. An inactive id reads exactly like an unknown one
-/// (R6/R13: the catalog gate does not reveal what it hides); the attempt log
-/// keeps the distinction. The requested id is echoed bounded and escaped.
+/// What the client is told for a request that was not served: the one
+/// mapping of `client_error::reply` (R28–R31) in the R26 envelope.
 fn client_error(e: &RouteError) -> ApiError {
-    let shown = match e {
-        RouteError::Inactive { model } => RouteError::UnknownModel {
-            model: model.clone(),
-        },
-        e => e.clone(),
-    };
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    ApiError::new(status, route_error_kind(e), shown.echoed().to_string())
+    let reply = client_error::reply(e);
+    ApiError {
+        status: StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY),
+        kind: reply.kind,
+        message: reply.message,
+        param: reply.param,
+    }
+}
+
+/// R53: the `x-serving-provider` value naming the tier that served.
+pub fn serving_provider(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Near => "near",
+        Tier::Attested3p => "chutes",
+        Tier::NonAttested => "non-attested",
+    }
 }
 
 /// Reads the whole body, at most [`MAX_REQUEST_BODY`] bytes (R27.1: a
@@ -385,30 +423,31 @@ async fn chat(State(api): State<Api>, headers: HeaderMap, body: Body) -> Respons
         .filter(|id| id.len() <= MAX_REQUEST_ID_LEN)
         .map(str::to_string);
     let routed = api.app.router().chat(valid.request, valid.stream).await;
-    let outcome = routed
-        .result
-        .as_ref()
-        .map(|s| (s.provider().as_str(), s.tier()));
+    let outcome = routed.result.as_ref().map(Served::attribution);
     api.observer.routed_request(
         request_id.as_deref(),
         &routed.model,
         &routed.attempts,
         outcome,
     );
+    let profile = api.app.router().profile();
     match routed.result {
         Err(e) => client_error(&e).into_response(),
-        Ok(Served::Json { response, .. }) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
+        Ok(Served::Json { response, by }) => (
+            [
+                (axum::http::header::CONTENT_TYPE, "application/json"),
+                (SERVING_PROVIDER, serving_provider(by.tier)),
+            ],
             response.body,
         )
             .into_response(),
-        Ok(Served::Stream { stream, .. }) => {
-            let model = routed.model;
-            let sse = stream_to_sse(stream, model);
+        Ok(Served::Stream { stream, by }) => {
+            let sse = stream_to_sse(stream, profile);
             (
                 [
                     (axum::http::header::CONTENT_TYPE, "text/event-stream"),
                     (axum::http::header::CACHE_CONTROL, "no-cache"),
+                    (SERVING_PROVIDER, serving_provider(by.tier)),
                 ],
                 Body::from_stream(sse),
             )
@@ -417,41 +456,42 @@ async fn chat(State(api): State<Api>, headers: HeaderMap, body: Body) -> Respons
     }
 }
 
+/// R53's header.
+pub const SERVING_PROVIDER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-serving-provider");
+
 /// Frames provider items as SSE. Only an authenticated `Done` produces the
-/// client's `[DONE]`; an error, or an end without `Done`, produces an error
-/// event and no `[DONE]` (no fake-success stream, R23).
+/// upstream's `[DONE]`; an error, or an end without `Done`, produces one R34
+/// error frame. Then, under `tiersim`, the stream ends without `[DONE]` (R23:
+/// a cut stream never looks finished); under `upstream` a `[DONE]` is
+/// minted after the frame (R34.5).
 fn stream_to_sse(
     stream: crate::provider::ChatStream,
-    model: String,
+    profile: Profile,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
-    let state = Some((stream, model));
-    futures_util::stream::unfold(state, |state| async move {
-        let (mut stream, model) = state?;
-        let frame = match stream.next().await {
+    futures_util::stream::unfold(Some(stream), move |state| async move {
+        let mut stream = state?;
+        let error = match stream.next().await {
             Some(Ok(StreamItem::Chunk(data))) => {
                 let mut out = Vec::with_capacity(data.len() + 8);
                 out.extend_from_slice(b"data: ");
                 out.extend_from_slice(&data);
                 out.extend_from_slice(b"\n\n");
-                return Some((Ok(Bytes::from(out)), Some((stream, model))));
+                return Some((Ok(Bytes::from(out)), Some(stream)));
             }
-            Some(Ok(StreamItem::Done)) => Bytes::from_static(b"data: [DONE]\n\n"),
-            Some(Err(e)) => error_event(&model, &e),
-            None => error_event(&model, &ProviderError::Truncated),
+            Some(Ok(StreamItem::Done)) => return Some((Ok(Bytes::from_static(DONE)), None)),
+            Some(Err(e)) => e,
+            None => ProviderError::Truncated,
         };
-        Some((Ok(frame), None))
+        let mut frame = client_error::stream_frame(&error, profile).to_vec();
+        if profile == Profile::Upstream {
+            frame.extend_from_slice(DONE);
+        }
+        Some((Ok(Bytes::from(frame)), None))
     })
 }
 
-fn error_event(model: &str, e: &ProviderError) -> Bytes {
-    let message = format!(
-        "model {}: {}",
-        echo(model),
-        crate::retry::sanitize(&e.to_string())
-    );
-    let body = json!({ "error": { "message": message, "type": "stream_error" } });
-    Bytes::from(format!("data: {body}\n\n"))
-}
+const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// Active catalog ids, sorted.
 async fn models(State(api): State<Api>) -> Response {
@@ -499,7 +539,7 @@ async fn admin_models(State(api): State<Api>, headers: HeaderMap, body: Body) ->
         Err(e @ AdminError::Catalog(_)) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "catalog_error",
-            crate::retry::sanitize(&e.to_string()),
+            client_error::redact(&e.to_string()),
         )
         .into_response(),
     }

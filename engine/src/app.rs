@@ -72,7 +72,11 @@ impl App {
         let catalog = CatalogClient::new(http.clone(), &settings.catalog_url, settings.timeouts)
             .expect("catalog url is valid");
         let app = Arc::new(App {
-            router: Router::new(registry.clone()),
+            router: Router::with_settings(
+                registry.clone(),
+                settings.config.profile,
+                settings.config.model_concurrency,
+            ),
             registry,
             http,
             catalog,
@@ -110,7 +114,11 @@ impl App {
         let catalog = CatalogClient::new(http.clone(), &settings.catalog_url, settings.timeouts)
             .expect("catalog url is valid");
         App {
-            router: Router::new(registry.clone()),
+            router: Router::with_settings(
+                registry.clone(),
+                settings.config.profile,
+                settings.config.model_concurrency,
+            ),
             registry,
             http,
             catalog,

@@ -17,6 +17,12 @@ pub enum ConfigError {
     MalformedChutesEntry { entry: String, why: &'static str },
     #[error("{name} is not a valid number of seconds: {value:?}")]
     BadInterval { name: &'static str, value: String },
+    #[error("{name} must be {expected}, got {value:?}")]
+    BadValue {
+        name: &'static str,
+        expected: &'static str,
+        value: String,
+    },
     #[error("ADMIN_API_KEY must be printable ASCII without spaces (it is sent as `Authorization: Bearer <key>`)")]
     BadAdminKey,
 }
@@ -90,6 +96,55 @@ pub fn parse_chutes_models(raw: Option<&str>) -> Result<Vec<ChutesModelEntry>, C
     Ok(out)
 }
 
+/// The semantics profile (SPEC-parity, Decisions): `Tiersim` is the spec
+/// with tiersim's corrections; `Upstream` reproduces the production router
+/// on exactly the contested points (R33 last error wins, R34.4 raw in-stream
+/// error text, R34.5 a minted `[DONE]` after an error frame). Nothing else
+/// may branch on it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    #[default]
+    Tiersim,
+    Upstream,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 2] = [Profile::Tiersim, Profile::Upstream];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Tiersim => "tiersim",
+            Profile::Upstream => "upstream",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.as_str() == s.trim())
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// R28: requests in flight per model before a new one is refused with 429.
+pub const DEFAULT_MODEL_CONCURRENCY: usize = 64;
+
 /// Everything the engine reads from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -105,6 +160,11 @@ pub struct EngineConfig {
     /// `ADMIN_API_KEY`: the admin API's bearer key (R13). Unset means the
     /// admin API refuses every request (fail closed).
     pub admin_api_key: Option<AdminKey>,
+    /// `TIERSIM_PROFILE`: `tiersim` (default) or `upstream`.
+    pub profile: Profile,
+    /// `MODEL_CONCURRENCY_LIMIT`: the in-flight cap per model (R28; the
+    /// world has no organisations, so the cap is per model only).
+    pub model_concurrency: usize,
 }
 
 impl Default for EngineConfig {
@@ -115,6 +175,8 @@ impl Default for EngineConfig {
             chutes_streaming: false,
             refresh_interval: Duration::from_secs(900),
             admin_api_key: None,
+            profile: Profile::Tiersim,
+            model_concurrency: DEFAULT_MODEL_CONCURRENCY,
         }
     }
 }
@@ -150,12 +212,33 @@ impl EngineConfig {
             .filter(|k| !k.trim().is_empty())
             .map(AdminKey::new)
             .transpose()?;
+        let profile = match get("TIERSIM_PROFILE") {
+            None => Profile::default(),
+            Some(v) => Profile::parse(&v).ok_or(ConfigError::BadValue {
+                name: "TIERSIM_PROFILE",
+                expected: "`tiersim` or `upstream`",
+                value: v,
+            })?,
+        };
+        let model_concurrency =
+            match get("MODEL_CONCURRENCY_LIMIT") {
+                None => DEFAULT_MODEL_CONCURRENCY,
+                Some(v) => v.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or(
+                    ConfigError::BadValue {
+                        name: "MODEL_CONCURRENCY_LIMIT",
+                        expected: "a positive integer",
+                        value: v,
+                    },
+                )?,
+            };
         Ok(EngineConfig {
             chutes_models,
             chutes_api_key,
             chutes_streaming,
             refresh_interval,
             admin_api_key,
+            profile,
+            model_concurrency,
         })
     }
 }

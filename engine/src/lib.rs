@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod catalog;
 pub mod chutes;
+pub mod client_error;
 pub mod config;
 pub mod echo;
 pub mod external;
@@ -26,10 +27,10 @@ pub mod tier;
 
 pub use provider::{
     ChatRequest, ChatResponse, ChatStream, Operation, Provider, ProviderError, ProviderId, Refusal,
-    StatusDetail, StreamItem,
+    StreamItem,
 };
 pub use registry::{CatalogRow, Discovered, External, Registry, RegistryView, SourceRead};
 pub use retry::{Attempt, Class, Decision, Outcome};
-pub use router::{RouteError, Routed, Router, Served};
+pub use router::{Attribution, RouteError, Routed, Router, Served};
 pub use select::{SelectError, Selection};
 pub use tier::{Capabilities, Tier};

@@ -11,9 +11,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::http::{lines, HttpClient, HttpError};
-use crate::provider::{
-    ChatRequest, ChatResponse, ChatStream, ProviderError, StatusDetail, StreamItem,
-};
+use crate::provider::{ChatRequest, ChatResponse, ChatStream, ProviderError, StreamItem};
 
 /// Longest SSE line accepted (R23's cap, shared by every stream).
 pub const MAX_SSE_LINE: usize = 16 << 20;
@@ -23,11 +21,6 @@ pub const MAX_BODY: usize = 64 << 20;
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// Longest upstream error message passed on.
 const MAX_MESSAGE: usize = 300;
-
-/// Explicit markers in an OpenAI-style error body (`error.code` or
-/// `error.type`) that change a status's classification (R19).
-pub const CODE_MODEL_NOT_FOUND: &str = "model_not_found";
-pub const CODE_CLIENT_MEDIA_FETCH: &str = "client_media_fetch_failed";
 
 /// Deadlines of one upstream call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,49 +244,38 @@ pub fn provider_error(e: HttpError) -> ProviderError {
     }
 }
 
-/// A non-success status with its OpenAI-style error body
-/// (`{"error":{"message","type","code"}}`) as a provider error.
+/// A non-success status with its error body as a provider error. R31's
+/// extraction: `error.message`, else a top-level `message`, else `detail`,
+/// else the raw body; `error.code` and `error.type` are dropped. The text is
+/// kept unredacted (classification reads it, R35–R38) but bounded.
 pub fn status_error(status: StatusCode, body: &[u8]) -> ProviderError {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let err = parsed.as_ref().map(|v| v.get("error").unwrap_or(v));
-    let field = |name: &str| err.and_then(|e| e.get(name)).and_then(Value::as_str);
-    let has_marker = |marker: &str| field("code") == Some(marker) || field("type") == Some(marker);
-
-    let detail = if status == StatusCode::NOT_FOUND && has_marker(CODE_MODEL_NOT_FOUND) {
-        StatusDetail::ModelNotFound
-    } else if status.is_server_error() && has_marker(CODE_CLIENT_MEDIA_FETCH) {
-        StatusDetail::ClientMediaFetch
-    } else {
-        StatusDetail::None
-    };
-    let raw = match (field("message"), err.and_then(Value::as_str)) {
-        (Some(m), _) | (None, Some(m)) => m.to_string(),
-        (None, None) if parsed.is_none() && !body.is_empty() => {
-            String::from_utf8_lossy(body).into_owned()
-        }
-        _ => String::new(),
-    };
-    let mut message = sanitize_message(&raw);
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let extracted = parsed.as_ref().and_then(|v| {
+        text(v.get("error").and_then(|e| e.get("message")))
+            .or_else(|| text(v.get("message")))
+            .or_else(|| text(v.get("detail")))
+    });
+    let raw = extracted.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let mut message = bound_message(&raw);
     if message.is_empty() {
         message = status.canonical_reason().unwrap_or("error").to_string();
     }
     ProviderError::Status {
         status: status.as_u16(),
         message,
-        detail,
     }
 }
 
-/// An upstream message made safe to show a client (R22): URLs redacted,
-/// control characters and runs of whitespace collapsed, length capped.
-pub fn sanitize_message(raw: &str) -> String {
-    let collapsed = raw
+/// An upstream message bounded for logs and replies: control characters and
+/// runs of whitespace collapsed, at most [`MAX_MESSAGE`] bytes. Redaction
+/// happens where it is shown (`client_error::redact`).
+pub fn bound_message(raw: &str) -> String {
+    let mut out = raw
         .split(|c: char| c.is_whitespace() || c.is_control())
         .filter(|w| !w.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
-    // URL redaction has one home: R22's `retry::sanitize`.
-    let mut out = crate::retry::sanitize(&collapsed);
     if out.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE;
         while !out.is_char_boundary(cut) {
@@ -308,12 +290,15 @@ pub fn sanitize_message(raw: &str) -> String {
 /// Validates a JSON object and makes its `model` the canonical id, leaving
 /// the bytes untouched when they already carry it (R3). Shared with the
 /// Chutes provider, which applies it to decrypted bodies and chunks.
+///
+/// A complete body that is not a JSON object is R37's unparseable answer
+/// ([`ProviderError::Parse`]), not a broken one.
 pub fn with_model(body: Bytes, canonical: &str) -> Result<Bytes, ProviderError> {
     let mut value: Value =
-        serde_json::from_slice(&body).map_err(|e| ProviderError::BodyDecode(e.to_string()))?;
+        serde_json::from_slice(&body).map_err(|e| ProviderError::Parse(e.to_string()))?;
     let obj = value
         .as_object_mut()
-        .ok_or_else(|| ProviderError::BodyDecode("expected a JSON object".into()))?;
+        .ok_or_else(|| ProviderError::Parse("expected a JSON object".into()))?;
     match obj.get("model") {
         Some(Value::String(m)) if m == canonical => Ok(body),
         None => Ok(body),
@@ -346,6 +331,9 @@ fn sse_stream(lines: crate::http::LineStream, canonical: String) -> ChatStream {
             if payload == b"[DONE]" {
                 return Some((Ok(StreamItem::Done), None));
             }
+            if let Some(e) = in_stream_error(payload) {
+                return Some((Err(e), None));
+            }
             return match with_model(line.slice_ref(payload), &canonical) {
                 Ok(chunk) => Some((Ok(StreamItem::Chunk(chunk)), Some((lines, canonical)))),
                 Err(e) => Some((Err(e), None)),
@@ -354,63 +342,93 @@ fn sse_stream(lines: crate::http::LineStream, canonical: String) -> ChatStream {
     }))
 }
 
+/// R34.6: an upstream's in-stream `{"error":{…}}` object is an HTTP error:
+/// its status is the numeric `error.code` when that is in 100–599, else
+/// 502; its message is `error.message`, else a fixed text. Anything else is
+/// not an error event.
+fn in_stream_error(payload: &[u8]) -> Option<ProviderError> {
+    // Cheap pre-check: chunks are parsed again by `with_model` anyway.
+    if !payload.windows(7).any(|w| w == b"\"error\"") {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(payload).ok()?;
+    let error = value.as_object()?.get("error")?.as_object()?;
+    let status = error
+        .get("code")
+        .and_then(Value::as_u64)
+        .filter(|c| (100..=599).contains(c))
+        .map_or(502, |c| c as u16);
+    let message = error.get("message").and_then(Value::as_str).map_or_else(
+        || "Upstream stream emitted an error event".to_string(),
+        bound_message,
+    );
+    Some(ProviderError::Status { status, message })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn status_details_need_explicit_markers() {
-        let nf = br#"{"error":{"message":"model m not found","type":"invalid_request_error","code":"model_not_found"}}"#;
+    fn r34_in_stream_error_objects_are_http_errors() {
         assert_eq!(
-            status_error(StatusCode::NOT_FOUND, nf),
-            ProviderError::Status {
-                status: 404,
-                message: "model m not found".into(),
-                detail: StatusDetail::ModelNotFound
-            }
+            in_stream_error(br#"{"error":{"code":503,"message":"queue full"}}"#),
+            Some(ProviderError::status(503, "queue full"))
         );
-        // A bare 404 without the marker stays a plain 4xx.
-        let plain = status_error(
-            StatusCode::NOT_FOUND,
-            br#"{"error":{"message":"no such route"}}"#,
+        assert_eq!(
+            in_stream_error(br#"{"error":{"code":"overloaded"}}"#),
+            Some(ProviderError::status(
+                502,
+                "Upstream stream emitted an error event"
+            ))
         );
-        assert!(matches!(
-            plain,
-            ProviderError::Status {
-                detail: StatusDetail::None,
-                ..
-            }
-        ));
-        let media = br#"{"error":{"message":"fetch failed","code":"client_media_fetch_failed"}}"#;
-        assert!(matches!(
-            status_error(StatusCode::BAD_GATEWAY, media),
-            ProviderError::Status {
-                status: 502,
-                detail: StatusDetail::ClientMediaFetch,
-                ..
-            }
-        ));
-        // The media marker on a 4xx means nothing.
-        assert!(matches!(
-            status_error(StatusCode::BAD_REQUEST, media),
-            ProviderError::Status {
-                detail: StatusDetail::None,
-                ..
-            }
-        ));
+        assert_eq!(
+            in_stream_error(br#"{"error":{"code":42,"message":"x"}}"#),
+            Some(ProviderError::status(502, "x"))
+        );
+        // A chunk whose content merely mentions "error" is a chunk.
+        assert_eq!(
+            in_stream_error(br#"{"choices":[{"delta":{"content":"\"error\""}}]}"#),
+            None
+        );
     }
 
     #[test]
-    fn messages_are_sanitised() {
+    fn r31_extraction_order_drops_code_and_type() {
+        let nf = br#"{"error":{"message":"bad request","type":"invalid_request_error","code":"model_not_found"}}"#;
         assert_eq!(
-            sanitize_message("upstream  http://10.0.0.1:8000/v1 failed\n(see https://x)"),
-            "upstream [redacted-url] failed (see [redacted-url]"
+            status_error(StatusCode::BAD_REQUEST, nf),
+            ProviderError::status(400, "bad request")
+        );
+        let top = br#"{"message":"top","detail":"d"}"#;
+        assert_eq!(
+            status_error(StatusCode::BAD_REQUEST, top),
+            ProviderError::status(400, "top")
+        );
+        let detail = br#"{"detail":"only detail"}"#;
+        assert_eq!(
+            status_error(StatusCode::UNPROCESSABLE_ENTITY, detail),
+            ProviderError::status(422, "only detail")
         );
         let e = status_error(StatusCode::SERVICE_UNAVAILABLE, b"");
         assert_eq!(e, ProviderError::status(503, "Service Unavailable"));
-        let e = status_error(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        let e = status_error(StatusCode::BAD_GATEWAY, b"<html>bad\n gateway</html>");
         assert_eq!(e, ProviderError::status(502, "<html>bad gateway</html>"));
-        assert!(sanitize_message(&"é".repeat(400)).len() <= MAX_MESSAGE + '…'.len_utf8());
+        // Unredacted: R36 must see the embedded status and the URL.
+        let e = status_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            br#"{"error":{"message":"at http://10.0.0.1/x"}}"#,
+        );
+        assert_eq!(e, ProviderError::status(500, "at http://10.0.0.1/x"));
+        assert!(bound_message(&"é".repeat(400)).len() <= MAX_MESSAGE + '…'.len_utf8());
+    }
+
+    #[test]
+    fn r37_complete_but_unparseable_is_a_parse_error() {
+        assert!(matches!(
+            with_model(Bytes::from_static(br#"{"model":"m","#), "m"),
+            Err(ProviderError::Parse(_))
+        ));
     }
 
     #[test]
@@ -424,7 +442,7 @@ mod tests {
         );
         assert!(matches!(
             with_model(Bytes::from_static(b"nope"), "m"),
-            Err(ProviderError::BodyDecode(_))
+            Err(ProviderError::Parse(_))
         ));
     }
 
@@ -462,7 +480,8 @@ mod tests {
         let items: Vec<_> = sse(&["data: {}\n\ndata: [DO"], 1024).collect().await;
         assert_eq!(items.last(), Some(&Err(ProviderError::Truncated)));
         assert!(!items.contains(&Ok(StreamItem::Done)));
-        // Oversized line and undecodable payload are fatal body errors.
+        // An oversized line is a broken body; a complete line that is not
+        // JSON is an unparseable one (R37). Both end the stream.
         let items: Vec<_> = sse(&["data: 0123456789\n"], 8).collect().await;
         assert!(
             matches!(items[..], [Err(ProviderError::BodyDecode(_))]),
@@ -470,7 +489,7 @@ mod tests {
         );
         let items: Vec<_> = sse(&["data: {nope\n"], 64).collect().await;
         assert!(
-            matches!(items[..], [Err(ProviderError::BodyDecode(_))]),
+            matches!(items[..], [Err(ProviderError::Parse(_))]),
             "{items:?}"
         );
     }

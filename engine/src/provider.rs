@@ -120,19 +120,23 @@ pub enum Refusal {
 /// retryable / fall-through / fatal lives in one place: [`crate::retry::classify`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    /// The upstream answered with a non-success HTTP status.
-    #[error("upstream returned HTTP {status}: {message}")]
-    Status {
-        status: u16,
-        message: String,
-        detail: StatusDetail,
-    },
+    /// The upstream answered with a non-success HTTP status. `message` is
+    /// the text extracted from its body (R31), unredacted: classification
+    /// (R35–R38) reads it raw, and every place that shows it redacts it
+    /// (`client_error::redact`).
+    #[error("HTTP error {status}: {message}")]
+    Status { status: u16, message: String },
     /// Could not connect, or the connection was reset / the pipe broke.
     #[error("connection failed: {0}")]
     Connection(String),
-    /// The upstream's body could not be read or decoded.
-    #[error("could not decode upstream body: {0}")]
+    /// The upstream's body broke in transit or could not be read (R37: a
+    /// broken body, retryable).
+    #[error("error decoding response body: {0}")]
     BodyDecode(String),
+    /// A 2xx body arrived complete but is not a valid completion (R37: not
+    /// retryable; a retry would get the same answer).
+    #[error("Failed to parse response: {0}")]
+    Parse(String),
     /// The inference did not finish within its deadline.
     #[error("inference timed out")]
     Timeout,
@@ -152,17 +156,6 @@ pub enum ProviderError {
     Truncated,
 }
 
-/// Extra meaning of an HTTP status that changes its classification (R19).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum StatusDetail {
-    #[default]
-    None,
-    /// A 404 whose body says the model is not found on this upstream.
-    ModelNotFound,
-    /// A 5xx caused by the upstream failing to fetch client media.
-    ClientMediaFetch,
-}
-
 fn refusal_message(r: Refusal) -> &'static str {
     match r {
         Refusal::StreamingDisabled => {
@@ -177,7 +170,6 @@ impl ProviderError {
         ProviderError::Status {
             status,
             message: message.into(),
-            detail: StatusDetail::None,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::provider::{Provider, ProviderError, ProviderId, StatusDetail};
+use crate::provider::{Provider, ProviderError, ProviderId};
 use crate::registry::Health;
 
 /// At most this many retries, i.e. `MAX_RETRIES + 1` rounds (R20).
@@ -36,7 +36,7 @@ impl Backoff {
     }
 }
 
-/// R19: what a failed attempt means for the request.
+/// R19/R35: what a failed attempt means for the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Class {
     /// Transient: counts against the provider's health (R21), the walk goes on
@@ -45,105 +45,145 @@ pub enum Class {
     /// The walk goes on to the next provider, but this failure neither makes
     /// the round retryable nor counts against health.
     FallThrough,
-    /// A client error: return it at once, no further provider, no count.
+    /// A client error (R35.1) or a client-media error (R36): return it at
+    /// once, no further provider, no retry round, no count.
     FastReturn,
     /// Encryption or attestation failed: fail closed at once.
     Fatal,
 }
 
-/// R19, the one classification of provider failures.
+/// R35, the one classification of provider failures, in its order. It reads
+/// the raw error (before any redaction), so redaction cannot hide a status
+/// embedded in the text (R36).
 pub fn classify(e: &ProviderError) -> Class {
     use ProviderError as E;
     match e {
-        E::Status { status: 429, .. } => Class::Retryable(Backoff::RateLimited),
-        // The upstream could not fetch the client's media: another round
-        // would fail the same way.
-        E::Status {
-            status: 500..=599,
-            detail: StatusDetail::ClientMediaFetch,
-            ..
-        } => Class::FallThrough,
-        E::Status {
-            status: 500..=599, ..
-        } => Class::Retryable(Backoff::Standard),
-        E::Status { status: 408, .. }
-        | E::Status {
-            status: 404,
-            detail: StatusDetail::ModelNotFound,
-            ..
-        } => Class::FallThrough,
-        E::Status {
-            status: 400..=499, ..
-        } => Class::FastReturn,
-        E::Status { .. } => Class::FallThrough,
-        // A truncation can only surface before the stream is handed over
-        // (afterwards it is a stream item), so it is an unreadable body.
-        E::Connection(_) | E::BodyDecode(_) | E::Truncated => Class::Retryable(Backoff::Standard),
-        E::Timeout | E::Refused(_) => Class::FallThrough,
+        E::Status { status, message } => match *status {
+            429 => Class::Retryable(Backoff::RateLimited),
+            408 => Class::FallThrough,
+            400..=499 if is_model_not_found(*status, message) => Class::FallThrough,
+            400..=499 => Class::FastReturn,
+            500.. if is_client_media(*status, message) => Class::FastReturn,
+            500.. => Class::Retryable(Backoff::Standard),
+            _ => Class::FallThrough,
+        },
+        E::Timeout => Class::FallThrough,
         E::Integrity(_) | E::Attestation(_) => Class::Fatal,
+        // R37: a cut can only surface before the stream is handed over
+        // (afterwards it is a stream item), so it is a body broken in
+        // transit.
+        E::Truncated => Class::Retryable(Backoff::Standard),
+        E::Connection(_) | E::BodyDecode(_) | E::Parse(_) | E::Refused(_) => scan(&e.to_string()),
     }
 }
 
-/// The HTTP status a client sees for a provider failure.
+/// R35.6: any other error carrying text is judged by its words.
+pub(crate) fn scan(text: &str) -> Class {
+    let t = text.to_ascii_lowercase();
+    if (t.contains("operation timed out") || t.contains("timed out after"))
+        && !t.contains("connect")
+    {
+        return Class::FallThrough;
+    }
+    const TRANSIENT: [&str; 6] = [
+        "connection",
+        "connect",
+        "reset",
+        "broken pipe",
+        "decoding response body",
+        "body error",
+    ];
+    if TRANSIENT.iter().any(|w| t.contains(w)) {
+        Class::Retryable(Backoff::Standard)
+    } else {
+        Class::FallThrough
+    }
+}
+
+/// R38: a 400 or 404 whose text says the model is not served there (an
+/// `error.code` alone never counts: extraction drops it, R31).
+pub fn is_model_not_found(status: u16, message: &str) -> bool {
+    if status != 400 && status != 404 {
+        return false;
+    }
+    let m = message.to_ascii_lowercase();
+    m.contains("model_not_found")
+        || (m.contains("model") && (m.contains("does not exist") || m.contains("not found")))
+}
+
+/// R36: a 5xx caused by the client's media: a decode failure, or a fetch
+/// failure whose embedded fetch status is 4xx. A 5xx or missing embedded
+/// status leaves it an ordinary (retryable) 5xx.
+pub fn is_client_media(status: u16, message: &str) -> bool {
+    if status < 500 {
+        return false;
+    }
+    let m = message.to_ascii_lowercase();
+    if m.contains("cannot identify image file") || m.contains("failed to open input buffer") {
+        return true;
+    }
+    const FETCH_MARKERS: [&str; 11] = [
+        "failed to fetch image",
+        "failed to fetch video",
+        "error fetching image",
+        "error fetching video",
+        "failed to load image",
+        "failed to load video",
+        "clientresponseerror",
+        "client error:",
+        "http error 500:",
+        "loading image data",
+        "loading video data",
+    ];
+    FETCH_MARKERS.iter().any(|k| m.contains(k))
+        && embedded_fetch_status(&m).is_some_and(|s| (400..500).contains(&s))
+}
+
+/// The fetch status inside a lower-cased client-media text: the first
+/// 400–599 number captured by one of R36's four phrasings.
+fn embedded_fetch_status(lower: &str) -> Option<u16> {
+    static FORMS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let forms = FORMS.get_or_init(|| {
+        regex::Regex::new(
+            r"(?-u)http error 500:\s*(\d{3})\b|status=(\d{3})\b|\b(\d{3}) client error:|\b(\d{3}), message=",
+        )
+        .expect("a valid pattern")
+    });
+    forms
+        .captures_iter(lower)
+        .filter_map(|c| (1..=4).find_map(|i| c.get(i)))
+        .filter_map(|m| m.as_str().parse::<u16>().ok())
+        .find(|s| (400..600).contains(s))
+}
+
+/// The status an attempt log shows for a failure: its HTTP status, or the
+/// one its R30 row gives.
 pub fn http_status(e: &ProviderError) -> u16 {
     match e {
         ProviderError::Status { status, .. } => *status,
-        ProviderError::Connection(_)
-        | ProviderError::BodyDecode(_)
-        | ProviderError::Truncated
-        | ProviderError::Integrity(_)
-        | ProviderError::Attestation(_) => 502,
         ProviderError::Timeout => 504,
-        ProviderError::Refused(_) => 400,
+        _ => 502,
     }
 }
 
-/// R22: how informative an error is to the client, higher is better. A
-/// refusal ranks lowest so it never replaces a real failure of the primary.
+/// R22 (the `tiersim` profile): how informative an error is to the client,
+/// higher is better. A refusal ranks lowest so it never replaces a real
+/// failure of the primary. Only errors that let the walk go on are ranked:
+/// a fast-return or fatal error ends the request at once and is returned as
+/// it is.
 fn informativeness(e: &ProviderError) -> u8 {
-    match classify(e) {
-        Class::Fatal | Class::FastReturn => 7,
-        _ => match e {
-            ProviderError::Status {
-                detail: StatusDetail::ClientMediaFetch,
-                ..
-            } => 6,
-            ProviderError::Status {
-                status: 429 | 500..=599,
-                ..
-            } => 5,
-            ProviderError::Connection(_)
-            | ProviderError::BodyDecode(_)
-            | ProviderError::Truncated => 4,
-            ProviderError::Timeout => 3,
-            ProviderError::Status { .. } => 2,
-            ProviderError::Refused(_)
-            | ProviderError::Integrity(_)
-            | ProviderError::Attestation(_) => 1,
-        },
+    match e {
+        ProviderError::Status {
+            status: 429 | 500..=599,
+            ..
+        } => 5,
+        ProviderError::Connection(_) | ProviderError::BodyDecode(_) | ProviderError::Truncated => 4,
+        ProviderError::Timeout => 3,
+        ProviderError::Status { .. } | ProviderError::Parse(_) => 2,
+        ProviderError::Refused(_) | ProviderError::Integrity(_) | ProviderError::Attestation(_) => {
+            1
+        }
     }
-}
-
-/// R22: redacts upstream URLs so internal endpoints never reach a client.
-pub fn sanitize(msg: &str) -> String {
-    const REDACTED: &str = "[redacted-url]";
-    let mut out = String::with_capacity(msg.len());
-    let mut rest = msg;
-    while let Some(at) = ["http://", "https://"]
-        .iter()
-        .filter_map(|scheme| rest.find(scheme))
-        .min()
-    {
-        out.push_str(&rest[..at]);
-        out.push_str(REDACTED);
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
-            .unwrap_or(tail.len());
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// What happened on one attempt.
@@ -153,7 +193,7 @@ pub enum Outcome {
     Error {
         /// The HTTP status this failure maps to ([`http_status`]).
         status: u16,
-        /// The sanitised error text.
+        /// The error text, redacted (R31).
         message: String,
     },
 }
@@ -184,26 +224,46 @@ pub struct Attempt {
     pub retry_after: Option<Duration>,
 }
 
-/// How a round's failures decide what happens next. [`Rounds::SPEC`] is the
-/// only value production uses; the other reproduces the seed PR's planted
-/// review bug (`registry/planted.rs`), where each failure overwrote the
-/// round's last error and retry decision.
+/// How a round's failures decide what happens next: [`Rounds::SPEC`]
+/// (R20/R22, the `tiersim` profile) or [`Rounds::LAST_ERROR`], where each
+/// failure replaces the recorded error and alone decides the retry and its
+/// backoff (production's R33, the `upstream` profile). Every other value
+/// reproduces bugs planted for sweep tests (`registry/planted.rs`; the
+/// seed PR's masking bug is R33's rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rounds {
+    /// The seed PR's masking bug: each failure overwrote the round's last
+    /// error and retry decision.
     pub last_error_decides: bool,
+    /// A success leaves the failure counter as it was (R21 broken).
+    pub keep_failures_on_success: bool,
+    /// The backoff schedule one step ahead (R20 broken).
+    pub backoff_step_ahead: bool,
+    /// A later error of equal informativeness wins (R22 broken).
+    pub tie_goes_last: bool,
 }
 
 impl Rounds {
-    /// R19/R20/R22 as specified.
+    /// R19/R20/R21/R22 as specified.
     pub const SPEC: Rounds = Rounds {
         last_error_decides: false,
+        keep_failures_on_success: false,
+        backoff_step_ahead: false,
+        tie_goes_last: false,
+    };
+    /// R33: the last recorded error alone decides.
+    pub const LAST_ERROR: Rounds = Rounds {
+        last_error_decides: true,
+        ..Rounds::SPEC
     };
 }
 
-/// A request's failure after the walk: the provider and its error.
+/// A request's failure after the walk: the provider and its error, and
+/// whether it was a fast-return (R31 does not prefix those).
 pub(crate) struct Failure {
     pub provider: ProviderId,
     pub error: ProviderError,
+    pub fast_return: bool,
 }
 
 /// R20/R21/R22: walks `candidates` in order, re-running the round after a
@@ -235,7 +295,7 @@ where
             let error = match call(provider.clone()).await {
                 Ok(v) => {
                     tracing::debug!(provider = %id, round, "attempt served");
-                    if opened_is_success {
+                    if opened_is_success && !rounds.keep_failures_on_success {
                         health.record_success();
                     }
                     attempts.push(Attempt {
@@ -272,7 +332,7 @@ where
                 at,
                 outcome: Outcome::Error {
                     status: http_status(&error),
-                    message: sanitize(&error.to_string()),
+                    message: crate::client_error::redact(&error.to_string()),
                 },
                 decision,
                 retry_after: None,
@@ -280,6 +340,7 @@ where
             let failure = Failure {
                 provider: id,
                 error,
+                fast_return: class == Class::FastReturn,
             };
             if matches!(class, Class::FastReturn | Class::Fatal) {
                 return Err(failure);
@@ -293,17 +354,17 @@ where
                 continue;
             }
             // Strictly better only: ties keep the earlier (primary) provider.
-            if best
-                .as_ref()
-                .is_none_or(|b| informativeness(&failure.error) > informativeness(&b.error))
-            {
+            if best.as_ref().is_none_or(|b| {
+                let (new, old) = (informativeness(&failure.error), informativeness(&b.error));
+                new > old || (rounds.tie_goes_last && new == old)
+            }) {
                 best = Some(failure);
             }
         }
         let best = best.expect("a round without success has at least one failure");
         match retry {
             Some(kind) if round <= MAX_RETRIES => {
-                let delay = kind.delay(round);
+                let delay = kind.delay(round + u32::from(rounds.backoff_step_ahead));
                 if let Some(last) = attempts.last_mut() {
                     last.retry_after = Some(delay);
                 }

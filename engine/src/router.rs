@@ -7,8 +7,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
+use crate::config::Profile;
 use crate::provider::Operation;
-use crate::provider::{ChatRequest, ChatResponse, ChatStream, ProviderId, StreamItem};
+use crate::provider::{
+    ChatRequest, ChatResponse, ChatStream, ProviderError, ProviderId, StreamItem,
+};
 use crate::registry::Table;
 use crate::registry::{Health, Registry};
 use crate::retry::{self, Attempt};
@@ -16,31 +19,36 @@ use crate::select::{select_in, select_observed, SelectError, SelectTrace, Select
 use crate::tier::Tier;
 use arc_swap::Guard;
 
+/// Who served a request, as its usage record names it (R54).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribution {
+    pub provider: ProviderId,
+    pub tier: Tier,
+    /// R54's `served_via_fallback`.
+    pub via_fallback: bool,
+}
+
 /// A successful response and who served it.
 pub enum Served {
     Json {
-        provider: ProviderId,
-        tier: Tier,
+        by: Attribution,
         response: ChatResponse,
     },
     /// The stream as opened by the provider; its items arrive later.
-    Stream {
-        provider: ProviderId,
-        tier: Tier,
-        stream: ChatStream,
-    },
+    Stream { by: Attribution, stream: ChatStream },
 }
 
 impl Served {
-    pub fn provider(&self) -> &ProviderId {
+    pub fn attribution(&self) -> &Attribution {
         match self {
-            Served::Json { provider, .. } | Served::Stream { provider, .. } => provider,
+            Served::Json { by, .. } | Served::Stream { by, .. } => by,
         }
     }
+    pub fn provider(&self) -> &ProviderId {
+        &self.attribution().provider
+    }
     pub fn tier(&self) -> Tier {
-        match self {
-            Served::Json { tier, .. } | Served::Stream { tier, .. } => *tier,
-        }
+        self.attribution().tier
     }
 }
 
@@ -54,39 +62,51 @@ impl std::fmt::Debug for Served {
     }
 }
 
-/// Why a request was not served. Every message names the canonical model id
-/// and carries no upstream URL (R22).
+/// Why a request was not served. What the client sees for each is decided
+/// in one place, `client_error::reply` (R28–R31).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error("model {model} not found")]
     UnknownModel { model: String },
     /// The catalog row is inactive (R6/R13); indistinguishable from unknown to
-    /// a client (404), distinct in the log.
+    /// a client (R28), distinct in the log.
     #[error("model {model} not found (inactive)")]
     Inactive { model: String },
+    /// R16/R30: `x-model-pub-key` names no provider of the model.
     #[error("model {model}: no provider for this public key")]
     NoProviderForPubKey { model: String },
+    /// R28: the id is active but no provider serves it.
     #[error("model {model}: no provider available")]
     NoProviders { model: String },
-    /// Every attempt failed; this is the most informative provider error.
-    #[error("model {model}: {message}")]
+    /// R28: the model's in-flight cap is reached.
+    #[error("model {model}: {limit} requests already in flight")]
+    Overloaded { model: String, limit: usize },
+    /// Every attempt failed; this is the error that ends the request (R22
+    /// or, under the `upstream` profile, R33), unredacted.
+    #[error("model {model}: {}", crate::client_error::redact(&error.to_string()))]
     Provider {
         model: String,
         provider: ProviderId,
-        status: u16,
-        message: String,
+        error: ProviderError,
+        /// The failing provider is not NEAR's own fleet (R29 "external").
+        external: bool,
+        /// The length of the candidate list walked (R31's prefix).
+        candidates: usize,
+        /// The walk stopped at this failure (R35.1, R36).
+        fast_return: bool,
     },
 }
 
 impl RouteError {
     /// The same error with the requested id as it may be shown: bounded and
-    /// escaped (`echo`), for replies and log lines.
+    /// escaped (`echo`), for log lines.
     pub fn echoed(&self) -> RouteError {
         let mut shown = self.clone();
         let (RouteError::UnknownModel { model }
         | RouteError::Inactive { model }
         | RouteError::NoProviderForPubKey { model }
         | RouteError::NoProviders { model }
+        | RouteError::Overloaded { model, .. }
         | RouteError::Provider { model, .. }) = &mut shown;
         if let std::borrow::Cow::Owned(m) = crate::echo::echo(model) {
             *model = m;
@@ -96,13 +116,7 @@ impl RouteError {
 
     /// The HTTP status the client receives.
     pub fn status(&self) -> u16 {
-        match self {
-            RouteError::UnknownModel { .. }
-            | RouteError::Inactive { .. }
-            | RouteError::NoProviderForPubKey { .. } => 404,
-            RouteError::NoProviders { .. } => 503,
-            RouteError::Provider { status, .. } => *status,
-        }
+        crate::client_error::reply(self).status
     }
 }
 
@@ -118,16 +132,81 @@ pub struct Routed {
 pub struct Router {
     registry: Arc<Registry>,
     epoch: Instant,
+    profile: Profile,
+    inflight: Arc<InFlight>,
+}
+
+/// R28's per-model in-flight counts. Looked up by key only, never iterated.
+struct InFlight {
+    limit: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One request's slot; released when dropped (the JSON reply returned, or
+/// the stream ended or was dropped by the client).
+struct Slot {
+    inflight: Arc<InFlight>,
+    model: String,
+}
+
+impl InFlight {
+    fn acquire(self: &Arc<Self>, model: &str) -> Option<Slot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(model.to_string()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            inflight: self.clone(),
+            model: model.to_string(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .inflight
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.model) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.model);
+            }
+        }
+    }
 }
 
 impl Router {
     /// Attempt times are measured from here, on tokio time (paused in tests,
-    /// driven by turmoil in the simulation), never the wall clock.
+    /// driven by turmoil in the simulation), never the wall clock. The
+    /// `tiersim` profile and the default in-flight cap.
     pub fn new(registry: Arc<Registry>) -> Router {
+        Router::with_settings(
+            registry,
+            Profile::Tiersim,
+            crate::config::DEFAULT_MODEL_CONCURRENCY,
+        )
+    }
+
+    /// A router with its semantics profile and R28's per-model cap.
+    pub fn with_settings(registry: Arc<Registry>, profile: Profile, model_cap: usize) -> Router {
         Router {
             registry,
             epoch: Instant::now(),
+            profile,
+            inflight: Arc::new(InFlight {
+                limit: model_cap,
+                counts: Default::default(),
+            }),
         }
+    }
+
+    pub fn profile(&self) -> Profile {
+        self.profile
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -168,65 +247,115 @@ impl Router {
             Some(_) => {}
         }
         let op = req.operation(stream);
-        #[cfg(feature = "planted-bugs")]
-        let rounds = if table.sources.refusal_masking {
-            retry::Rounds {
-                last_error_decides: true,
-            }
-        } else {
-            retry::Rounds::SPEC
+        let rounds = match self.profile {
+            Profile::Tiersim => retry::Rounds::SPEC,
+            Profile::Upstream => retry::Rounds::LAST_ERROR,
         };
-        #[cfg(not(feature = "planted-bugs"))]
-        let rounds = retry::Rounds::SPEC;
+        #[cfg(feature = "planted-bugs")]
+        let planted = table.sources.planted.clone();
+        #[cfg(feature = "planted-bugs")]
+        let rounds = planted.rounds(rounds);
         let pubkey = req.model_pub_key.as_deref();
         let e2ee = req.client_pub_key.is_some();
+        #[cfg(feature = "planted-bugs")]
+        let chutes_fallback = if planted.has(crate::registry::PlantedBug::PubkeyFallsBackToChutes)
+            && pubkey.is_some()
+        {
+            attested_3p(&table, model)
+        } else {
+            Vec::new()
+        };
         let selection = if tracing::enabled!(tracing::Level::DEBUG) {
             traced_select(table, model, op, pubkey, e2ee)
         } else {
             select_in(table, model, op, pubkey, e2ee)
         }
         .map_err(|e| match e {
-            SelectError::UnknownModel => RouteError::UnknownModel {
+            // R30: a pubkey miss covers a model with no providers at all.
+            _ if pubkey.is_some() => RouteError::NoProviderForPubKey {
+                model: model.into(),
+            },
+            // R28: the catalog row is active, the pool holds nothing for it.
+            SelectError::UnknownModel | SelectError::NoProviders => RouteError::NoProviders {
                 model: model.into(),
             },
             SelectError::NoProviderForPubKey => RouteError::NoProviderForPubKey {
                 model: model.into(),
             },
-            SelectError::NoProviders => RouteError::NoProviders {
-                model: model.into(),
-            },
-        })?;
-        // Owned copies: the snapshot guard is not held across awaits.
-        let candidates = selection.to_candidates();
-        drop(selection);
-
-        let failed = |f: retry::Failure| RouteError::Provider {
-            model: model.into(),
-            provider: f.provider,
-            status: retry::http_status(&f.error),
-            message: retry::sanitize(&f.error.to_string()),
+        });
+        #[cfg(feature = "planted-bugs")]
+        let selection = match selection {
+            Err(RouteError::NoProviderForPubKey { .. }) if !chutes_fallback.is_empty() => None,
+            other => Some(other?),
         };
+        #[cfg(not(feature = "planted-bugs"))]
+        let selection = Some(selection?);
+        // Owned copies: the snapshot guard is not held across awaits.
+        #[allow(unused_mut)]
+        let mut candidates = selection.map(|s| s.to_candidates()).unwrap_or_default();
+        #[cfg(feature = "planted-bugs")]
+        for c in chutes_fallback {
+            if candidates.iter().all(|(p, _)| p.id() != c.0.id()) {
+                candidates.push(c);
+            }
+        }
+        // R28: admitted only under the cap; the slot lives as long as the
+        // reply (JSON) or the stream.
+        let slot = self
+            .inflight
+            .acquire(model)
+            .ok_or_else(|| RouteError::Overloaded {
+                model: model.into(),
+                limit: self.inflight.limit,
+            })?;
+
+        let failed = |f: retry::Failure| {
+            let external = candidates
+                .iter()
+                .find(|(p, _)| *p.id() == f.provider)
+                .is_some_and(|(p, _)| p.tier() != Tier::Near);
+            RouteError::Provider {
+                model: model.into(),
+                provider: f.provider,
+                error: f.error,
+                external,
+                candidates: candidates.len(),
+                fast_return: f.fast_return,
+            }
+        };
+        // R54: the first test that applies decides.
         let served = |i: usize| {
             let p = &candidates[i].0;
-            (p.id().clone(), p.tier())
+            let tier = p.tier();
+            let via_fallback = i > 0
+                || (tier != Tier::Near
+                    && (candidates.iter().any(|(c, _)| c.tier() == Tier::Near)
+                        || self.registry.ever_near_and_attested(model)));
+            Attribution {
+                provider: p.id().clone(),
+                tier,
+                via_fallback,
+            }
         };
         if stream {
+            #[cfg(feature = "planted-bugs")]
+            let opened_is_success = planted.has(crate::registry::PlantedBug::StreamOpenIsSuccess);
+            #[cfg(not(feature = "planted-bugs"))]
+            let opened_is_success = false;
             let (i, stream) = retry::run(
                 &candidates,
                 self.epoch,
                 attempts,
-                false,
+                opened_is_success,
                 rounds,
                 |p| async move { p.chat_completion_stream(req).await },
             )
             .await
             .map_err(failed)?;
-            let (provider, tier) = served(i);
             let health = candidates[i].1.clone();
             Ok(Served::Stream {
-                provider,
-                tier,
-                stream: canonical_stream(stream, model, health),
+                by: served(i),
+                stream: canonical_stream(stream, model, health, rounds, slot),
             })
         } else {
             let (i, response) = retry::run(
@@ -239,10 +368,8 @@ impl Router {
             )
             .await
             .map_err(failed)?;
-            let (provider, tier) = served(i);
             Ok(Served::Json {
-                provider,
-                tier,
+                by: served(i),
                 response: ChatResponse {
                     body: canonical_model(response.body, model),
                 },
@@ -320,6 +447,27 @@ fn traced_select(
     result
 }
 
+/// [`PlantedBug::PubkeyFallsBackToChutes`](crate::registry::PlantedBug):
+/// the model's Attested3p providers, appended to a pubkey-routed walk.
+#[cfg(feature = "planted-bugs")]
+fn attested_3p(
+    table: &Table,
+    model: &str,
+) -> Vec<(Arc<dyn crate::provider::Provider>, Arc<Health>)> {
+    table
+        .models
+        .get(model)
+        .map(|idx| {
+            table
+                .model_slots(idx)
+                .iter()
+                .filter(|s| s.tier == Tier::Attested3p)
+                .map(|s| (s.provider.clone(), s.health.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn canonical_model(body: Bytes, model: &str) -> Bytes {
     crate::openai::with_model(body.clone(), model).unwrap_or(body)
 }
@@ -328,12 +476,32 @@ fn canonical_model(body: Bytes, model: &str) -> Bytes {
 /// end is a success, and a retryable failure after the stream opened (cut,
 /// reset) counts against the provider, so one that always breaks its streams
 /// is eventually demoted.
-fn canonical_stream(stream: ChatStream, model: &str, health: Arc<Health>) -> ChatStream {
+fn canonical_stream(
+    stream: ChatStream,
+    model: &str,
+    health: Arc<Health>,
+    rounds: retry::Rounds,
+    slot: Slot,
+) -> ChatStream {
     let model: Arc<str> = model.into();
-    Box::pin(stream.map(move |item| match item {
-        Ok(StreamItem::Chunk(b)) => Ok(StreamItem::Chunk(canonical_model(b, &model))),
+    Box::pin(stream.map(move |item| {
+        let _held = &slot;
+        canonical_item(item, &model, &health, rounds)
+    }))
+}
+
+fn canonical_item(
+    item: Result<StreamItem, ProviderError>,
+    model: &str,
+    health: &Health,
+    rounds: retry::Rounds,
+) -> Result<StreamItem, ProviderError> {
+    match item {
+        Ok(StreamItem::Chunk(b)) => Ok(StreamItem::Chunk(canonical_model(b, model))),
         Ok(StreamItem::Done) => {
-            health.record_success();
+            if !rounds.keep_failures_on_success {
+                health.record_success();
+            }
             Ok(StreamItem::Done)
         }
         Err(e) => {
@@ -342,7 +510,7 @@ fn canonical_stream(stream: ChatStream, model: &str, health: Arc<Health>) -> Cha
             }
             Err(e)
         }
-    }))
+    }
 }
 
 #[cfg(test)]

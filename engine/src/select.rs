@@ -153,6 +153,10 @@ pub(crate) struct StaticOrder {
     /// R18: capabilities every selectable slot has (a filter that would keep
     /// everything is skipped).
     pub all: Capabilities,
+    /// A planted bug (`registry/planted.rs`): the demotion sort moves each
+    /// demoted provider back one place only. Read on the rare demoted path.
+    #[cfg(feature = "planted-bugs")]
+    pub demotion_sort_one_step: bool,
 }
 
 impl StaticOrder {
@@ -182,6 +186,8 @@ impl StaticOrder {
             cut: n(eligible.len()),
             lead: n(lead),
             all,
+            #[cfg(feature = "planted-bugs")]
+            demotion_sort_one_step: false,
         }
     }
 }
@@ -298,10 +304,17 @@ fn order_into<O: SelectObserver>(
     // demoted behind the healthy completes it (rare path).
     let demoted = |o: u32| any_demoted && at(o).health.is_demoted();
     if any_demoted {
+        #[cfg(feature = "planted-bugs")]
+        let one_step = idx.order.demotion_sort_one_step;
+        #[cfg(not(feature = "planted-bugs"))]
+        let one_step = false;
         for i in 1..order.len() {
             let mut j = i;
             while j > 0 && demoted(order[j - 1]) && !demoted(order[j]) {
                 order.swap(j - 1, j);
+                if one_step {
+                    break;
+                }
                 j -= 1;
             }
         }

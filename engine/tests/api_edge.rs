@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use http::StatusCode;
 use serde_json::json;
+use tower::ServiceExt;
 
 // ---- R16: key headers fail closed ----
 
@@ -98,8 +99,8 @@ async fn r16_well_formed_keys_route_any_case() {
     let r = w
         .send(chat(chat_body(), &[("x-model-pub-key", other.as_bytes())]))
         .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(r.envelope()["type"], "no_provider_for_pub_key");
+    assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "R30: 421");
+    assert_eq!(r.envelope()["type"], "provider_error");
     assert_eq!(w.chutes.calls(), 0);
 }
 
@@ -152,7 +153,8 @@ async fn r13_admin_with_the_key_applies_a_valid_batch() {
     assert!(!w.app.registry().view().catalog[M].active);
     assert!(!w.db.rows()[M].active, "written to the catalog too");
     let r = w.send(chat(chat_body(), &[])).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "deactivated");
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "deactivated (R28)");
+    assert_eq!(r.envelope()["param"], "model");
 }
 
 #[tokio::test]
@@ -468,7 +470,8 @@ async fn r26_unknown_paths_and_methods_answer_the_envelope() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    r.envelope();
+    assert_eq!(r.message(), "Not found");
+    assert_eq!(r.header("x-should-retry"), Some("false"), "R32");
     let r = w
         .send(
             http::Request::get("/v1/chat/completions")
@@ -477,11 +480,22 @@ async fn r26_unknown_paths_and_methods_answer_the_envelope() {
         )
         .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
-    r.envelope();
+    assert_eq!(r.message(), "Method not allowed");
+    assert_eq!(r.header("x-should-retry"), Some("false"), "R32");
+    let r = w
+        .send(
+            http::Request::post("/v1/embeddings")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(r.envelope()["type"], "not_implemented");
+    assert_eq!(r.header("x-should-retry"), Some("false"), "R32");
 }
 
 #[tokio::test]
-async fn r26_routing_errors_use_the_envelope_with_null_param_and_code() {
+async fn r26_r29_r32_routing_errors_use_the_envelope_and_429_carries_retry_after() {
     let w = World::new(Some(ADMIN_KEY));
     w.near
         .push_failures(tiersim_engine::ProviderError::status(503, "busy"), 64);
@@ -490,10 +504,59 @@ async fn r26_routing_errors_use_the_envelope_with_null_param_and_code() {
     for stream in [false, true] {
         let body = json!({ "model": M, "stream": stream, "messages": [{ "role": "user", "content": "hi" }] });
         let r = w.send(chat(body.to_string(), &[])).await;
-        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "stream {stream}");
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "stream {stream}");
         let e = r.envelope();
         assert!(e["param"].is_null());
+        assert_eq!(e["type"], "service_overloaded");
+        assert_eq!(r.header("retry-after"), Some("2"), "R32");
+        assert_eq!(
+            r.header("x-should-retry"),
+            None,
+            "R32: never on chat errors"
+        );
+        assert_eq!(r.header("x-serving-provider"), None, "R53: never on errors");
     }
+    // R53: a success names the tier that served it.
+    let w = World::new(Some(ADMIN_KEY));
+    let body = json!({ "model": M, "messages": [{ "role": "user", "content": "hi" }] });
+    let r = w.send(chat(body.to_string(), &[])).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-serving-provider"), Some("near"));
+    // A 400 from a provider carries neither R32 header.
+    w.near
+        .push_failures(tiersim_engine::ProviderError::status(400, "bad"), 1);
+    let r = w.send(chat(body.to_string(), &[])).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.message(), format!("Provider failed for model '{M}': bad"));
+    assert_eq!(r.header("retry-after"), None);
+    assert_eq!(r.header("x-should-retry"), None);
+}
+
+#[tokio::test]
+async fn r28_in_flight_cap_per_model_is_429_with_retry_after() {
+    let w = World::with_concurrency(Some(ADMIN_KEY), 1);
+    let body =
+        json!({ "model": M, "stream": true, "messages": [{ "role": "user", "content": "hi" }] });
+    // An open stream holds the model's only slot…
+    let held = w
+        .api
+        .clone()
+        .oneshot(chat(body.to_string(), &[]))
+        .await
+        .unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+    let r = w.send(chat(body.to_string(), &[])).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.envelope()["type"], "rate_limit_exceeded");
+    assert_eq!(
+        r.message(),
+        format!("Concurrent request limit exceeded for model {M}. Organization limit: 1 concurrent requests per model.")
+    );
+    assert_eq!(r.header("retry-after"), Some("2"));
+    // …until it ends.
+    drop(held);
+    let r = w.send(chat(body.to_string(), &[])).await;
+    assert_eq!(r.status, StatusCode::OK);
 }
 
 // ---- Echoes are bounded and escaped ----
@@ -504,7 +567,7 @@ async fn r26_requested_model_is_echoed_bounded_and_escaped() {
     let hostile = format!("evil\n\x1b[31mFAKE LOG LINE\r{}", "x".repeat(1 << 20));
     let body = json!({ "model": hostile, "messages": [{ "role": "user", "content": "hi" }] });
     let r = w.send(chat(body.to_string(), &[])).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let msg = r.message();
     assert!(
         r.body.len() < 4096,

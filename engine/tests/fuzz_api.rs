@@ -458,17 +458,17 @@ fn r27_r16_fuzz_chat_requests_never_panic_and_never_route_invalid_input() {
                     }
                     Verdict::Valid => {
                         // Routed: M is served unless the key pins it to
-                        // a key nobody holds (R16's 404); any other id is
-                        // unknown (404).
+                        // a key nobody holds (R30's 421); any other id is
+                        // unknown (R28's 400).
                         let for_m = serde_json::from_slice::<Value>(&c.body).unwrap()["model"] == M;
                         let key_held = c
                             .model_key
                             .as_deref()
                             .is_none_or(|k| k.eq_ignore_ascii_case(NEAR_KEY.as_bytes()));
-                        let expected = if for_m && key_held {
-                            StatusCode::OK
-                        } else {
-                            StatusCode::NOT_FOUND
+                        let expected = match (for_m, key_held) {
+                            (true, true) => StatusCode::OK,
+                            (true, false) => StatusCode::MISDIRECTED_REQUEST,
+                            (false, _) => StatusCode::BAD_REQUEST,
                         };
                         prop_assert_eq!(
                             r.status,

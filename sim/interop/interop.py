@@ -7,7 +7,10 @@
 2. The official `openai` client calls the router: a JSON and a streamed
    completion of a NEAR-primary model whose NEAR backend fails (the scenario's
    fault), so Chutes serves them as fallback under the canonical id; then a
-   third call that NEAR serves.
+   third call that NEAR serves (with `x-serving-provider: near`, SPEC-parity
+   R53). An unknown model is the client's `BadRequestError` with `param`
+   "model" (R26, R28), and an unknown path says `x-should-retry: false`
+   (R32).
 
 Environment: ROUTER_URL and CHUTES_URL (base URLs printed by `tiersim serve`).
 Prints one line per check and a closing "N passed, M failed" line; exits
@@ -22,7 +25,7 @@ import traceback
 
 import httpx
 from chutes_e2ee import ChutesE2EETransport
-from openai import OpenAI
+from openai import BadRequestError, OpenAI
 
 CANONICAL = "zai-org/GLM-5.1-FP8"
 SLUG = "zai-org/GLM-5.1-TEE"
@@ -149,12 +152,36 @@ def router_stream_fallback() -> str:
 
 
 def router_json_near() -> str:
-    resp = router_client().chat.completions.create(
+    raw = router_client().chat.completions.with_raw_response.create(
         model=CANONICAL, messages=ask("interop router near")
     )
+    expect("x-serving-provider", raw.headers.get("x-serving-provider"), "near")
+    resp = raw.parse()
     expect("content", resp.choices[0].message.content, "near-1 says: interop router near")
     expect("model", resp.model, CANONICAL)
-    return f"{resp.choices[0].message.content!r} as {resp.model} (NEAR healthy again)"
+    return f"{resp.choices[0].message.content!r} as {resp.model} (NEAR healthy again, x-serving-provider: near)"
+
+
+def router_unknown_model() -> str:
+    try:
+        router_client().chat.completions.create(
+            model="no-such/model", messages=ask("interop unknown")
+        )
+    except BadRequestError as e:
+        expect("status", e.status_code, 400)
+        expect("type", e.type, "invalid_request_error")
+        expect("param", e.param, "model")
+        expect("code", e.code, None)
+        return f"BadRequestError 400, param {e.param!r}: {e.message}"
+    raise Failed("an unknown model was not refused")
+
+
+def router_unknown_path() -> str:
+    resp = httpx.get(f"{ROUTER_URL}/v1/nonexistent", timeout=TIMEOUT)
+    expect("status", resp.status_code, 404)
+    expect("x-should-retry", resp.headers.get("x-should-retry"), "false")
+    expect("error type", resp.json()["error"]["type"], "invalid_request_error")
+    return "404 with x-should-retry: false"
 
 
 CHECKS = [
@@ -164,6 +191,8 @@ CHECKS = [
     ("openai -> router JSON (Chutes fallback)", router_json_fallback),
     ("openai -> router stream (Chutes fallback)", router_stream_fallback),
     ("openai -> router JSON (NEAR)", router_json_near),
+    ("openai -> router unknown model (400, param model)", router_unknown_model),
+    ("router unknown path (x-should-retry)", router_unknown_path),
 ]
 
 

@@ -47,7 +47,8 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
         || e.error.is_some()
         || !e.headers.is_empty()
         || !e.headers_absent.is_empty()
-        || e.upstream.is_some();
+        || e.upstream.is_some()
+        || e.via_fallback.is_some();
     if needs_request && req.is_none() {
         out.push("request expectations on a step without a request".into());
         return out;
@@ -141,6 +142,14 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
         for name in &e.headers_absent {
             if let Some((_, v)) = req.headers.iter().find(|(k, _)| k == name) {
                 out.push(format!("headers_absent: {name} is present ({v:?})"));
+            }
+        }
+        if let Some(want) = e.via_fallback {
+            if req.via_fallback != Some(want) {
+                out.push(format!(
+                    "via_fallback: expected {want}, got {:?}",
+                    req.via_fallback
+                ));
             }
         }
     }

@@ -16,6 +16,7 @@
 //! fault = { host = "near-1", latency_ms = 5000 }
 //! fault = { host = "near-1", slow_first_token_ms = 5000 }
 //! fault = { host = "near-1", cut_stream_after = 2 }
+//! fault = { host = "near-1", stream_error_after = 1 }  # then {"error":{"code":503,…}}
 //! fault = { host = "near-1", own_model_name = true }  # answers as `near-1/<model>`
 //! fault = { host = "catalog", http_status = 503, on = "catalog" }
 //! # Chutes only (frame indices count the encrypted `e2e` frames, 0-based,
@@ -365,6 +366,15 @@ fault_table! {
         read: |v, _s| Fault::CutStreamAfter { after_chunks: v },
         write: *after_chunks,
         draw: |d, _m| Fault::CutStreamAfter { after_chunks: d.below(4) as u32 },
+    }
+    /// Stream `after_chunks` chunks, then an OpenAI-style in-stream error
+    /// object `{"error":{"code":503,"message":"queue full"}}`, and end
+    /// (SPEC-parity R34.6: the router reads it as an HTTP 503).
+    StreamErrorAfter { after_chunks: u32 } => stream_error_after: u32 {
+        scope: ChatStream, chutes_only: false, costly: false,
+        read: |v, _s| Fault::StreamErrorAfter { after_chunks: v },
+        write: *after_chunks,
+        draw: |d, _m| Fault::StreamErrorAfter { after_chunks: d.below(4) as u32 },
     }
     /// Chutes gateway: send `after_frames` encrypted frames, then a forged
     /// plaintext outer `data: [DONE]`, and drop the rest.

@@ -46,6 +46,10 @@ struct MenuArgs {
     /// Chunkings each seed draws from (comma-separated: writes, whole, random).
     #[arg(long, value_delimiter = ',', value_parser = parse_chunking)]
     chunking: Option<Vec<Chunking>>,
+    /// Semantics profile: `tiersim` (default) or `upstream` (production's
+    /// behaviour; violations are then findings about production).
+    #[arg(long, value_parser = parse_profile)]
+    profile: Option<tiersim_engine::config::Profile>,
     /// Plant a review bug of the seed PR (testing the testbed only).
     #[arg(long, hide = true, value_parser = parse_plant)]
     plant: Option<PlantedBug>,
@@ -61,12 +65,18 @@ impl MenuArgs {
             until: self.until,
             tick: self.tick,
             chunking: self.chunking.clone(),
+            profile: self.profile,
         }
     }
 }
 
 fn parse_chunking(s: &str) -> Result<Chunking, String> {
     Chunking::from_name(s).ok_or_else(|| format!("{s:?}: chunking is writes, whole or random"))
+}
+
+fn parse_profile(s: &str) -> Result<tiersim_engine::config::Profile, String> {
+    tiersim_engine::config::Profile::parse(s)
+        .ok_or_else(|| format!("{s:?}: the profile is `tiersim` or `upstream`"))
 }
 
 /// `--jobs`: at least one thread (0 is a mistake, not "auto": leave the

@@ -311,8 +311,8 @@ const REFUSALS: &[&str] = &[
     "client-facing E2EE is not supported",
 ];
 
-/// R18/R22: a capability refusal is never what the client sees when a
-/// provider failed retryably in the same request.
+/// R18/R22: a capability refusal is never the error that ends a request
+/// in which a provider failed retryably.
 fn refusal_never_masks_retryable(rec: &StepRecord) -> Vec<String> {
     let Some(req) = &rec.request else {
         return Vec::new();
@@ -320,8 +320,10 @@ fn refusal_never_masks_retryable(rec: &StepRecord) -> Vec<String> {
     if req.status == 200 {
         return Vec::new();
     }
-    let body = String::from_utf8_lossy(&req.body);
-    let refused = REFUSALS.iter().any(|r| body.contains(r));
+    // The error that ended the request, as the router recorded it: the
+    // client's reply shows generic text for a refusal (R30).
+    let ended_on = req.error.as_deref().unwrap_or_default();
+    let refused = REFUSALS.iter().any(|r| ended_on.contains(r));
     let retryable = req
         .attempts
         .iter()

@@ -32,7 +32,16 @@ pub struct RequestRecord {
     /// in order.
     pub upstream: Vec<Received>,
     pub served: Option<(String, Tier)>,
+    /// R54's `served_via_fallback` of a served request.
+    pub via_fallback: Option<bool>,
+    /// The router's own account of the error that ended an unserved
+    /// request (the client may see only generic text, R29/R30).
+    pub error: Option<String>,
 }
+
+/// The reply headers a snapshot shows: R32's retry hints and R53's serving
+/// tier (the record keeps every header; these are the client contract's).
+pub const CONTRACT_HEADERS: [&str; 3] = ["retry-after", "x-should-retry", "x-serving-provider"];
 
 /// The state after one step.
 #[derive(Debug, Clone)]
@@ -87,6 +96,8 @@ pub struct Report {
     pub seed: u64,
     pub steps: Vec<StepRecord>,
     pub violations: Vec<Violation>,
+    /// Violations the scenario declared (`expect_violations`).
+    pub expected: Vec<Violation>,
     pub sim_time: Duration,
     pub startup_error: Option<String>,
     /// Every fault that fired, in order (part of the determinism hash).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tiersim_engine::registry::RegistryView;
 use tiersim_engine::retry::Outcome;
 
-use crate::record::{Report, RequestRecord};
+use crate::record::{Report, RequestRecord, CONTRACT_HEADERS};
 
 fn ms(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
@@ -59,6 +59,15 @@ pub fn render(r: &Report) -> String {
             last = Some(state);
         }
     }
+    if !r.expected.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## expected violations (the upstream profile's departures)"
+        );
+        for v in &r.expected {
+            let _ = writeln!(out, "- {v}");
+        }
+    }
     if !r.violations.is_empty() {
         let _ = writeln!(out, "\n## violations");
         for v in &r.violations {
@@ -91,9 +100,19 @@ fn request(out: &mut String, req: &RequestRecord) {
         );
     }
     if let Some((p, t)) = &req.served {
-        let _ = writeln!(out, "served by: {p} ({t})");
+        let fallback = if req.via_fallback == Some(true) {
+            ", via fallback"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "served by: {p} ({t}{fallback})");
     }
     let _ = writeln!(out, "status: {}", req.status);
+    for (name, value) in &req.headers {
+        if CONTRACT_HEADERS.contains(&name.as_str()) {
+            let _ = writeln!(out, "header: {name}: {value}");
+        }
+    }
     let _ = writeln!(out, "bytes:");
     for line in String::from_utf8_lossy(&req.body).lines() {
         let _ = writeln!(out, "  | {line}");

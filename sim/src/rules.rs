@@ -1,4 +1,5 @@
-//! The rules of `SPEC.md`, by id, for pins, the rule matrix and coverage.
+//! The rules of `SPEC.md` (R1–R25) and of `SPEC-parity.md` that tiersim
+//! implements, by id, for pins, the rule matrix and coverage.
 
 pub struct Rule {
     pub id: &'static str,
@@ -37,4 +38,19 @@ rules! {
     "R23" => "encrypted stream decoder",
     "R24" => "Chutes refusals",
     "R25" => "protocol v1 residual and v2 stream",
+    "R26" => "error envelope on every reply",
+    "R27" => "the router's own request validation",
+    "R28" => "model resolution (400 param model) and the per-model in-flight cap",
+    "R29" => "provider HTTP failure to client reply",
+    "R30" => "non-HTTP failure to client reply (client media 400, pubkey 421, timeout 504, 502)",
+    "R31" => "pass-through text: extraction, wrapping, redaction",
+    "R32" => "Retry-After on every 429, x-should-retry",
+    "R33" => "upstream profile: the last recorded error decides",
+    "R34" => "errors on streamed requests: the in-stream error frame",
+    "R35" => "per-attempt classification order",
+    "R36" => "client-media short-circuit",
+    "R37" => "unparseable complete body vs broken body",
+    "R38" => "model-not-found fall-through on 400 and 404",
+    "R53" => "x-serving-provider on every success",
+    "R54" => "usage attribution: served_via_fallback",
 }

@@ -77,6 +77,7 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
         seed,
         steps: Vec::new(),
         violations: Vec::new(),
+        expected: Vec::new(),
         sim_time: Duration::ZERO,
         startup_error: None,
         fired: Vec::new(),
@@ -167,7 +168,32 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
     report
         .violations
         .extend(std::mem::take(&mut shared.violations));
+    expected_violations(&scenario.expect_violations, &mut report);
     report
+}
+
+/// `expect_violations`: each listed oracle must fire, and its violations
+/// are then expected (kept in `Report::expected`, shown in the snapshot);
+/// a listed one that never fires is a violation itself.
+fn expected_violations(listed: &[String], report: &mut Report) {
+    if listed.is_empty() {
+        return;
+    }
+    let oracle = |v: &Violation| v.check.strip_prefix("oracle:").map(str::to_string);
+    let (expected, rest): (Vec<Violation>, Vec<Violation>) = std::mem::take(&mut report.violations)
+        .into_iter()
+        .partition(|v| oracle(v).is_some_and(|name| listed.contains(&name)));
+    report.violations = rest;
+    for name in listed {
+        if !expected.iter().any(|v| oracle(v).as_deref() == Some(name)) {
+            report.violations.push(Violation {
+                step: 0,
+                check: "expect_violations".into(),
+                message: format!("oracle {name} was expected to fire and did not"),
+            });
+        }
+    }
+    report.expected = expected;
 }
 
 /// Runs `scenario` on a thread of its own, named after its file, so that a
@@ -203,6 +229,7 @@ pub fn run_isolated(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Repo
             check: "panic".into(),
             message,
         }],
+        expected: Vec::new(),
         sim_time: Duration::ZERO,
         startup_error: None,
         fired: Vec::new(),
@@ -506,6 +533,7 @@ async fn request(spec: &RequestSpec, w: &WorldHandles, id: String) -> RequestRec
         .rev()
         .find(|e| e.request_id.as_deref() == Some(id.as_str()))
         .cloned();
+    let served = entry.as_ref().and_then(|e| e.outcome.clone().ok());
     RequestRecord {
         id,
         model: spec.model.clone(),
@@ -519,7 +547,9 @@ async fn request(spec: &RequestSpec, w: &WorldHandles, id: String) -> RequestRec
             .as_ref()
             .map(|e| e.attempts.clone())
             .unwrap_or_default(),
-        served: entry.and_then(|e| e.outcome.ok()),
+        error: entry.and_then(|e| e.outcome.err()),
+        via_fallback: served.as_ref().map(|s| s.2),
+        served: served.map(|(p, t, _)| (p, t)),
     }
 }
 

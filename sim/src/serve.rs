@@ -34,7 +34,7 @@ use tiersim_engine::echo::{echo, escape};
 use tiersim_engine::http::HttpClient;
 use tiersim_engine::net::{Connector, Io, TokioConnector, TokioListener};
 use tiersim_engine::retry::{Attempt, Outcome};
-use tiersim_engine::{RouteError, Tier};
+use tiersim_engine::{Attribution, RouteError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -233,7 +233,7 @@ impl RouteObserver for Printer {
         &self,
         model: &str,
         attempts: &[Attempt],
-        outcome: Result<(&str, Tier), &RouteError>,
+        outcome: Result<&Attribution, &RouteError>,
     ) {
         let tried: Vec<String> = attempts
             .iter()
@@ -243,7 +243,16 @@ impl RouteObserver for Printer {
             })
             .collect();
         let result = match outcome {
-            Ok((provider, tier)) => format!("served by {provider} ({tier:?})"),
+            Ok(by) => format!(
+                "served by {} ({:?}{})",
+                by.provider,
+                by.tier,
+                if by.via_fallback {
+                    ", via fallback"
+                } else {
+                    ""
+                }
+            ),
             Err(e) => format!("failed: {}", e.echoed()),
         };
         // The model id is the client's: bounded and escaped, so no request

@@ -12,7 +12,7 @@ use tiersim_engine::config::EngineConfig;
 use tiersim_engine::openai::Timeouts;
 use tiersim_engine::registry::PlantedBug;
 use tiersim_engine::retry::Attempt;
-use tiersim_engine::{RouteError, Tier};
+use tiersim_engine::{Attribution, RouteError, Tier};
 use tokio::sync::{mpsc, oneshot};
 
 use rand_chacha::ChaCha20Rng;
@@ -45,7 +45,9 @@ pub struct JournalEntry {
     pub request_id: Option<String>,
     pub model: String,
     pub attempts: Vec<Attempt>,
-    pub outcome: Result<(String, Tier), String>,
+    /// The serving provider, its tier and R54's `served_via_fallback`, or
+    /// why the request was not served.
+    pub outcome: Result<(String, Tier, bool), String>,
 }
 
 /// The router's attempt journal, shared with the driver.
@@ -57,7 +59,7 @@ impl RouteObserver for Journal {
         &self,
         model: &str,
         attempts: &[Attempt],
-        outcome: Result<(&str, Tier), &RouteError>,
+        outcome: Result<&Attribution, &RouteError>,
     ) {
         self.routed_request(None, model, attempts, outcome);
     }
@@ -67,14 +69,14 @@ impl RouteObserver for Journal {
         request_id: Option<&str>,
         model: &str,
         attempts: &[Attempt],
-        outcome: Result<(&str, Tier), &RouteError>,
+        outcome: Result<&Attribution, &RouteError>,
     ) {
         self.0.lock().unwrap().push(JournalEntry {
             request_id: request_id.map(str::to_string),
             model: model.to_string(),
             attempts: attempts.to_vec(),
             outcome: outcome
-                .map(|(p, t)| (p.to_string(), t))
+                .map(|by| (by.provider.to_string(), by.tier, by.via_fallback))
                 .map_err(|e| e.to_string()),
         });
     }
@@ -106,6 +108,8 @@ pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::confi
         "CHUTES_ENABLE_STREAMING" => Some(c.chutes_streaming.to_string()),
         "MODEL_REFRESH_INTERVAL_SECS" => Some(secs.clone()),
         "ADMIN_API_KEY" => Some(SIM_ADMIN_KEY.to_string()),
+        "TIERSIM_PROFILE" => Some(c.profile.as_str().to_string()),
+        "MODEL_CONCURRENCY_LIMIT" => c.model_concurrency.map(|n| n.to_string()),
         _ => None,
     })
 }

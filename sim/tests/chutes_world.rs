@@ -24,8 +24,7 @@ use tiersim_engine::chutes::wire::{InstanceList, HEADER_CHUTE_ID, HEADER_INSTANC
 use tiersim_engine::chutes::{shared_rng, ChutesConfig, ChutesProvider};
 use tiersim_engine::openai::Timeouts;
 use tiersim_engine::{
-    Capabilities, ChatRequest, ChatStream, Provider, ProviderError, Refusal, StatusDetail,
-    StreamItem, Tier,
+    Capabilities, ChatRequest, ChatStream, Provider, ProviderError, Refusal, StreamItem, Tier,
 };
 
 /// A NEAR-served canonical id whose Chutes fallback is a v1 chute.
@@ -777,12 +776,11 @@ fn r3_http_faults_map_like_the_openai_client() {
             .unwrap_err();
         assert!(
             matches!(
-                err,
+                &err,
                 ProviderError::Status {
                     status: 404,
-                    detail: StatusDetail::ModelNotFound,
-                    ..
-                }
+                    message,
+                } if tiersim_engine::retry::is_model_not_found(404, message)
             ),
             "{err:?}"
         );

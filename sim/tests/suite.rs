@@ -42,3 +42,72 @@ fn schema_file_is_current() {
         path.display()
     );
 }
+
+/// Under the `upstream` profile a scenario declares the oracles production
+/// breaks (SPEC-parity, Decisions): a declared one is expected, an
+/// undeclared one fails the run, and a declared one that never fires fails
+/// it too.
+#[test]
+fn r33_r34_upstream_profile_expect_violations_are_exact() {
+    use tiersim::runner::{run, RunOptions};
+    let file = root().join("scenarios/parity_upstream_profile.toml");
+    let declared = tiersim::scenario::load(&file).unwrap();
+    assert_eq!(
+        declared.expect_violations,
+        [
+            "no_fake_success_stream",
+            "stream_done_only_if_upstream_ended",
+            "reference_model"
+        ]
+    );
+    let opts = RunOptions {
+        seed: None,
+        plant: None,
+        planted_panic: false,
+    };
+    let report = run(&declared, &file, &opts);
+    assert!(report.passed(), "{:?}", report.violations);
+    assert!(report
+        .expected
+        .iter()
+        .any(|v| v.check == "oracle:no_fake_success_stream"));
+
+    let mut undeclared = declared.clone();
+    undeclared.expect_violations.clear();
+    let report = run(&undeclared, &file, &opts);
+    for oracle in [
+        "oracle:no_fake_success_stream",
+        "oracle:stream_done_only_if_upstream_ended",
+        "oracle:reference_model",
+    ] {
+        assert!(
+            report.violations.iter().any(|v| v.check == oracle),
+            "{oracle}: {:?}",
+            report.violations
+        );
+    }
+
+    let mut wrong = declared.clone();
+    wrong.expect_violations.push("canonical_model".into());
+    let report = run(&wrong, &file, &opts);
+    assert_eq!(
+        report
+            .violations
+            .iter()
+            .map(|v| v.check.as_str())
+            .collect::<Vec<_>>(),
+        ["expect_violations"],
+        "{:?}",
+        report.violations
+    );
+
+    // The same scenario under the default profile: the cut stream gets no
+    // [DONE], so the oracle holds and the declaration is what fails.
+    let mut tiersim_profile = declared.clone();
+    tiersim_profile.config.profile = tiersim_engine::config::Profile::Tiersim;
+    let report = run(&tiersim_profile, &file, &opts);
+    assert!(report
+        .violations
+        .iter()
+        .any(|v| v.check == "expect_violations"));
+}

@@ -48,6 +48,207 @@ const MIXED: &str = "sweep_mixed_traffic.toml";
 const MODEL: &str = "oracle:reference_model";
 const PARTIAL: &str = "chutes_partial_admin_batch.toml";
 const STREAMING_OFF: &str = "sweep_streaming_off.toml";
+const SHARED_NEAR: &str = "sweep_shared_near.toml";
+const DEMOTION: &str = "sweep_demotion.toml";
+const PINNED: &str = "oracle:pinned_never_dropped";
+const RESERVED: &str = "oracle:reserved_never_plaintext";
+
+/// One planted bug and the sweep that finds it: the scenario, the seeds
+/// `0..seeds` (just past the lowest seed measured to find it) and the check
+/// that fails. Expectations are stripped, as in every sweep: only the
+/// oracles judge.
+struct PlantedCase {
+    bug: PlantedBug,
+    scenario: &'static str,
+    seeds: u64,
+    check: &'static str,
+}
+
+/// Every planted bug but the two with their own tests above. `seeds` is the
+/// measured lowest finding seed plus one (reported if a schedule change
+/// moves it); the test searches the whole budget and fails only if the bug
+/// is not found in it.
+const PLANTED: &[PlantedCase] = &[
+    PlantedCase {
+        bug: PlantedBug::StaleRemovesPinned,
+        scenario: MIXED,
+        seeds: 1,
+        check: PINNED,
+    },
+    PlantedCase {
+        bug: PlantedBug::ExternalIgnoresReserved,
+        scenario: SHARED_NEAR,
+        seeds: 1,
+        check: RESERVED,
+    },
+    PlantedCase {
+        bug: PlantedBug::DemoteAtNine,
+        scenario: DEMOTION,
+        seeds: 1,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::SuccessKeepsFailures,
+        scenario: DEMOTION,
+        seeds: 1,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::DemotionSortOneStep,
+        scenario: DEMOTION,
+        seeds: 1,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::SharedProviderForgotten,
+        scenario: SHARED_NEAR,
+        seeds: 1,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::BackoffStepAhead,
+        scenario: SHARED_NEAR,
+        seeds: 1,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::StreamOpenIsSuccess,
+        scenario: SHARED_NEAR,
+        seeds: 7,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::ErrorTieGoesLast,
+        scenario: SHARED_NEAR,
+        // Ties are rare under swarm schedules: the first finding seed is 638.
+        seeds: 639,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::RoundRobinWholeList,
+        scenario: MIXED,
+        seeds: 1,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::PubkeyFallsBackToChutes,
+        scenario: MIXED,
+        seeds: 32,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::StreamingFilterMissing,
+        scenario: STREAMING_OFF,
+        seeds: 2,
+        check: MODEL,
+    },
+];
+
+fn case(bug: PlantedBug) -> &'static PlantedCase {
+    PLANTED
+        .iter()
+        .find(|c| c.bug == bug)
+        .unwrap_or_else(|| panic!("no sweep case for {bug}"))
+}
+
+/// The bound: every planted bug is found within this many seeds.
+const SEED_BUDGET: u64 = 1_000;
+
+/// The lowest seed below [`SEED_BUDGET`] whose sweep violates `check`,
+/// searched in batches so a bug found early costs few runs.
+fn first_finding_seed(p: &Plan, check: &str) -> Option<u64> {
+    const BATCH: u64 = 16;
+    (0..SEED_BUDGET).step_by(BATCH as usize).find_map(|from| {
+        let seeds: Vec<u64> = (from..(from + BATCH).min(SEED_BUDGET)).collect();
+        let outcomes = sweep::run_seeds(p, &seeds, 2, false, &|_| {});
+        sweep::by_check(&outcomes)
+            .get(check)
+            .and_then(|s| s.first().copied())
+    })
+}
+
+/// The sweep of `bug`'s case finds it with its check within its seeds,
+/// shrinks the lowest failing seed to at most 3 faults, and the written
+/// reproducer fails with the bug planted and passes without it.
+fn sweep_finds_and_shrinks(bug: PlantedBug) {
+    let c = case(bug);
+    let p = plan(c.scenario, Some(bug));
+    let seed = first_finding_seed(&p, c.check)
+        .unwrap_or_else(|| panic!("{bug}: {} not violated in 0..{SEED_BUDGET}", c.check));
+    if seed >= c.seeds {
+        eprintln!(
+            "{bug}: first found at seed {seed}, later than measured ({}): the schedules changed",
+            c.seeds - 1
+        );
+    }
+    let shrunk = shrink::shrink(&p, seed, c.check).expect("still fails");
+    let faults = shrunk.composed.fault_count();
+    assert!(faults <= 3, "{bug}: {faults} faults after shrinking");
+    let dir = std::env::temp_dir().join(format!("tiersim-planted-{bug}-{}", std::process::id()));
+    let path = shrunk.write(&p, &dir).unwrap();
+    let repro = assert_reproduces_only_with(&path, bug, c.check);
+    // The figures of the closing report (`--nocapture` shows them).
+    eprintln!(
+        "{bug}: {} found at seed {seed} of 0..{}; reproducer: {faults} faults, {} requests, {} steps",
+        c.check,
+        c.seeds,
+        shrunk.composed.request_count(),
+        repro.steps.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+macro_rules! planted_sweep_tests {
+    ($($name:ident => $bug:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                sweep_finds_and_shrinks(PlantedBug::$bug);
+            }
+        )*
+    };
+}
+
+planted_sweep_tests! {
+    r9_sweep_finds_and_shrinks_stale_removal_of_a_pinned_id => StaleRemovesPinned,
+    r12_sweep_finds_and_shrinks_an_external_row_on_a_reserved_id => ExternalIgnoresReserved,
+    r21_r17_sweep_finds_and_shrinks_demotion_at_nine_failures => DemoteAtNine,
+    r21_sweep_finds_and_shrinks_a_counter_not_reset_on_success => SuccessKeepsFailures,
+    r17_sweep_finds_and_shrinks_a_demotion_sort_moving_one_place => DemotionSortOneStep,
+    r8_sweep_finds_and_shrinks_a_shared_provider_forgotten_by_a_refresh => SharedProviderForgotten,
+    r20_sweep_finds_and_shrinks_a_backoff_one_step_ahead => BackoffStepAhead,
+    r21_sweep_finds_and_shrinks_a_stream_counted_as_success_on_open => StreamOpenIsSuccess,
+    r22_sweep_finds_and_shrinks_an_error_tie_going_to_the_later_provider => ErrorTieGoesLast,
+    r17_sweep_finds_and_shrinks_round_robin_over_the_whole_list => RoundRobinWholeList,
+    r16_sweep_finds_and_shrinks_a_pubkey_walk_falling_back_to_chutes => PubkeyFallsBackToChutes,
+    r18_sweep_finds_and_shrinks_a_missing_streaming_filter => StreamingFilterMissing,
+}
+
+/// Every planted bug is proved findable by a sweep (the two first ones by
+/// their own tests above), and each sweep scenario is clean without a bug
+/// over every seed range its cases use.
+#[test]
+fn every_planted_bug_has_a_sweep_case_and_the_sweeps_are_clean_without_it() {
+    for bug in PlantedBug::ALL {
+        if !matches!(
+            bug,
+            PlantedBug::PartialBatchPrune | PlantedBug::RefusalMasking
+        ) {
+            case(*bug);
+        }
+    }
+    let mut ranges: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for c in PLANTED {
+        let n = ranges.entry(c.scenario).or_default();
+        *n = (*n).max(c.seeds);
+    }
+    for (scenario, n) in ranges {
+        let seeds: Vec<u64> = (0..n).collect();
+        let clean = sweep::run_seeds(&plan(scenario, None), &seeds, 2, false, &|_| {});
+        let bad: Vec<_> = clean.iter().flat_map(|o| &o.violations).collect();
+        assert!(bad.is_empty(), "{scenario} without a bug: {bad:?}");
+    }
+}
 
 #[test]
 fn schedules_come_from_the_seed_and_the_menu() {
@@ -91,6 +292,7 @@ fn schedules_come_from_the_seed_and_the_menu() {
         until: Some(Duration::from_secs(1)),
         tick: None,
         chunking: None,
+        profile: None,
     };
     let p2 = Plan::new(&s, &file, &flags, None).unwrap();
     for seed in 0..10 {

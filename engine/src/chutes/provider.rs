@@ -46,7 +46,7 @@ use super::wire::{
 };
 use crate::http::{BodyStream, HttpClient};
 use crate::openai::{
-    provider_error, sanitize_message, status_error, with_model, OpenAiClient, Timeouts, MAX_BODY,
+    bound_message, provider_error, status_error, with_model, OpenAiClient, Timeouts, MAX_BODY,
 };
 use crate::provider::{
     ChatRequest, ChatResponse, ChatStream, Provider, ProviderError, ProviderId, Refusal, StreamItem,
@@ -456,7 +456,7 @@ impl ChutesProvider {
                     },
                 },
             };
-            last = Some((sanitize_message(&c.id_text), skipped));
+            last = Some((bound_message(&c.id_text), skipped));
         }
         let (name, skipped) = last.expect("a snapshot has at least one candidate");
         if !matches!(skipped, Skipped::Drained) {
@@ -545,11 +545,15 @@ impl ChutesProvider {
         let list: ModelList = self.models_client.get_json(MODELS_PATH).await?;
         let entry = list.data.into_iter().find(|m| m.id == self.slug);
         let Some(chute_id) = entry.and_then(|m| m.chute_id) else {
-            return Err(ProviderError::Status {
-                status: 404,
-                message: format!("Chutes does not list a chute for {}", self.canonical),
-                detail: crate::provider::StatusDetail::ModelNotFound,
-            });
+            // R38: the text says "model … not found", so the router falls
+            // through to the next provider.
+            return Err(ProviderError::status(
+                404,
+                format!(
+                    "model {} not found: Chutes lists no chute for it",
+                    self.canonical
+                ),
+            ));
         };
         HeaderValue::from_str(&chute_id)
             .map_err(|_| ProviderError::BodyDecode("Chutes sent an unusable chute_id".into()))
@@ -843,17 +847,12 @@ impl Decrypting {
 }
 
 /// A decoder error as a provider error; an `e2e_error` message comes from
-/// upstream, so it is sanitised (R22).
+/// upstream, so it is bounded (and redacted wherever it is shown, R31).
 fn stream_error(e: StreamError) -> ProviderError {
     match ProviderError::from(e) {
-        ProviderError::Status {
+        ProviderError::Status { status, message } => ProviderError::Status {
             status,
-            message,
-            detail,
-        } => ProviderError::Status {
-            status,
-            message: sanitize_message(&message),
-            detail,
+            message: bound_message(&message),
         },
         other => other,
     }

@@ -11,7 +11,7 @@ mod planted;
 mod table;
 mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::{ArcSwap, Guard};
@@ -46,9 +46,9 @@ pub struct Registry {
     table: ArcSwap<Table>,
     /// Serialises writers only; readers never touch it.
     write: Mutex<()>,
-    /// Review bugs deliberately switched back on (none unless planted).
-    #[cfg(feature = "planted-bugs")]
-    planted: planted::Planted,
+    /// R54.3: model ids ever published with both a NEAR and an attested
+    /// third-party provider. Never cleared while the process runs.
+    seen_near_and_attested: Mutex<BTreeSet<String>>,
 }
 
 impl Default for Registry {
@@ -68,8 +68,7 @@ impl Registry {
         Registry {
             table: ArcSwap::from_pointee(Table::empty()),
             write: Mutex::new(()),
-            #[cfg(feature = "planted-bugs")]
-            planted: planted::Planted::default(),
+            seen_near_and_attested: Mutex::default(),
         }
     }
 
@@ -85,9 +84,36 @@ impl Registry {
         let cur = self.table.load_full();
         let mut sources = cur.sources.clone();
         let out = f(&mut sources);
-        self.table
-            .store(Arc::new(Table::build(sources, Some(&cur))));
+        let table = Table::build(sources, Some(&cur));
+        self.remember_near_and_attested(&table);
+        self.table.store(Arc::new(table));
         out
+    }
+
+    fn remember_near_and_attested(&self, table: &Table) {
+        let mut seen = self
+            .seen_near_and_attested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (model, near) in &table.sources.near {
+            let attested = table
+                .sources
+                .pinned
+                .get(model)
+                .is_some_and(|ps| ps.iter().any(|p| p.tier() == crate::tier::Tier::Attested3p));
+            if !near.is_empty() && attested && !seen.contains(model) {
+                seen.insert(model.clone());
+            }
+        }
+    }
+
+    /// R54.3: whether `model` was ever published with both a NEAR and an
+    /// attested third-party provider.
+    pub fn ever_near_and_attested(&self, model: &str) -> bool {
+        self.seen_near_and_attested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(model)
     }
 
     /// R5: reserves canonical ids before any external or discovery load. A
@@ -125,11 +151,9 @@ impl Registry {
     /// pinned-only (or unmapped). Models not in the batch are untouched and
     /// nothing is pruned.
     pub fn merge_discovered(&self, batch: Discovered) {
-        #[cfg(feature = "planted-bugs")]
-        let prune = self.planted.has(PlantedBug::PartialBatchPrune) && !batch.0.is_empty();
         self.update(|s| {
             #[cfg(feature = "planted-bugs")]
-            if prune {
+            if s.planted.has(PlantedBug::PartialBatchPrune) && !batch.0.is_empty() {
                 planted::prune_absent_pinned(s, &batch);
             }
             for (model, near) in batch.0 {
@@ -167,23 +191,30 @@ impl Registry {
         external: SourceRead<External>,
         catalog: Option<BTreeMap<String, CatalogRow>>,
     ) {
-        self.update(|s| {
-            match discovery {
-                SourceRead::Ok(Discovered(set)) => s.near = set,
-                SourceRead::Failed(why) => {
-                    tracing::warn!(%why, "discovery failed; keeping existing NEAR mappings");
+        #[cfg(not(feature = "planted-bugs"))]
+        self.update(|s| apply_refresh(s, discovery, external, catalog));
+        #[cfg(feature = "planted-bugs")]
+        {
+            let forget = self.update(|s| {
+                let discovered = match &discovery {
+                    SourceRead::Ok(d) => Some(d),
+                    SourceRead::Failed(_) => None,
+                };
+                let external_ids = match &external {
+                    SourceRead::Ok(External(rows)) => Some(rows.keys().cloned().collect()),
+                    SourceRead::Failed(_) => None,
+                };
+                let forget = planted::on_refresh(s, discovered, external_ids);
+                apply_refresh(s, discovery, external, catalog);
+                forget
+            });
+            let t = self.load();
+            for id in forget {
+                if let Some(h) = t.health.get(&id) {
+                    h.record_success();
                 }
             }
-            match external {
-                SourceRead::Ok(External(rows)) => s.external = rows,
-                SourceRead::Failed(why) => {
-                    tracing::warn!(%why, "external load failed; keeping existing external mappings");
-                }
-            }
-            if let Some(rows) = catalog {
-                s.catalog = rows;
-            }
-        });
+        }
     }
 
     /// R14: removes every mapping of `model` and clears its pinned and
@@ -247,10 +278,7 @@ impl Registry {
     /// Switches a review bug of the seed PR back on, for this registry only.
     #[cfg(feature = "planted-bugs")]
     pub fn plant(&self, bug: PlantedBug) {
-        self.planted.plant(bug);
-        if bug == PlantedBug::RefusalMasking {
-            self.update(|s| s.refusal_masking = true);
-        }
+        self.update(|s| s.planted.plant(bug));
     }
 
     #[cfg(test)]
@@ -259,5 +287,34 @@ impl Registry {
     }
 }
 
+/// R7–R12 on the sources: discovery replaces the NEAR set and the external
+/// load its rows, each only when its read succeeded (R10); the rebuild does
+/// the rest (R8 prune, R9 stale removal, R12 skip).
+fn apply_refresh(
+    s: &mut Sources,
+    discovery: SourceRead<Discovered>,
+    external: SourceRead<External>,
+    catalog: Option<BTreeMap<String, CatalogRow>>,
+) {
+    match discovery {
+        SourceRead::Ok(Discovered(set)) => s.near = set,
+        SourceRead::Failed(why) => {
+            tracing::warn!(%why, "discovery failed; keeping existing NEAR mappings");
+        }
+    }
+    match external {
+        SourceRead::Ok(External(rows)) => s.external = rows,
+        SourceRead::Failed(why) => {
+            tracing::warn!(%why, "external load failed; keeping existing external mappings");
+        }
+    }
+    if let Some(rows) = catalog {
+        s.catalog = rows;
+    }
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod model_tests;

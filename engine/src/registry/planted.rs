@@ -1,14 +1,25 @@
-//! Review bugs of the seed PR, re-introduced on demand (feature
-//! `planted-bugs`) so the simulation can prove that its seed sweeps find and
-//! shrink them. Every [`Registry`](super::Registry) starts with none planted;
-//! only [`Registry::plant`](super::Registry::plant) switches one on.
+//! Review bugs of the seed PR and classic routing mistakes, re-introduced on
+//! demand (feature `planted-bugs`) so the simulation can prove that its seed
+//! sweeps find and shrink them. Every [`Registry`](super::Registry) starts
+//! with none planted; only [`Registry::plant`](super::Registry::plant)
+//! switches one on.
+//!
+//! The switch is data, never a branch on the selection hot path: a planted
+//! bug lives in the table's [`Sources`] (so it is carried by every snapshot),
+//! and each one acts where it is cheap: in the table build's derived
+//! [`StaticOrder`](crate::select::StaticOrder) (computed once per snapshot),
+//! in a writer (refresh, merge), in the retry loop's [`Rounds`] knobs, or in
+//! the router before and after selection. Unplanted, each of those paths
+//! runs exactly as specified.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::BTreeSet;
 
 use super::table::Sources;
 use super::Discovered;
+use crate::provider::ProviderId;
+use crate::retry::Rounds;
 
-/// A review bug that can be switched back on.
+/// A bug that can be switched back on. Each doc names the rule it breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PlantedBug {
     /// Review round 2, blocking: the stale-prune ran on the admin PATCH's
@@ -21,6 +32,45 @@ pub enum PlantedBug {
     /// request after NEAR's 5xx walks into Chutes' "streaming disabled"
     /// refusal, which masks the 5xx and ends the retries.
     RefusalMasking,
+    /// R21/R17 off by one: a provider is demoted at 9 consecutive failures.
+    DemoteAtNine,
+    /// R21: a success does not reset the failure counter, so failures
+    /// accumulate across successes until the provider is demoted.
+    SuccessKeepsFailures,
+    /// R8/R9: a refresh forgets the NEAR providers of a model that left
+    /// discovery (their pubkey entries and failure counters) although the
+    /// same provider still backs another model.
+    SharedProviderForgotten,
+    /// R18: the streaming capability filter is missing (the E2EE filter and
+    /// the retry rules are intact), so a streamed walk reaches a provider
+    /// that cannot stream.
+    StreamingFilterMissing,
+    /// R21: a stream counts as a success when it merely opened, not at its
+    /// authenticated end, so a stream cut afterwards has already wiped the
+    /// provider's failure count.
+    StreamOpenIsSuccess,
+    /// R16: the pubkey path falls back to the model's Chutes provider (after
+    /// the matching NEAR providers, or instead of none).
+    PubkeyFallsBackToChutes,
+    /// R20: the backoff schedule is one step ahead (1 s, 2 s, 4 s for 5xx).
+    BackoffStepAhead,
+    /// R17: round-robin rotates the whole list instead of the leading group,
+    /// so Chutes leads a NEAR+Chutes model every other request.
+    RoundRobinWholeList,
+    /// R17: the demotion sort moves a demoted provider back by one place
+    /// only, so with two demoted providers ahead of a healthy one a demoted
+    /// provider still leads.
+    DemotionSortOneStep,
+    /// R9: stale removal forgets the exception for an id with a pinned
+    /// provider: a pinned id neither discovered nor external disappears
+    /// (404) while its pin stays recorded.
+    StaleRemovesPinned,
+    /// R12: the external load skips pinned ids but not reserved ones, so a
+    /// reserved id without a Chutes provider takes a plaintext row.
+    ExternalIgnoresReserved,
+    /// R22: on a tie of informativeness the later error wins instead of the
+    /// primary's.
+    ErrorTieGoesLast,
     /// Issue 15 (not the seed PR): the Chutes provider handed its stream to
     /// the router as soon as `e2e_init` keyed it, so a first frame that did
     /// not authenticate gave a 502 when it arrived in the same read as
@@ -34,6 +84,18 @@ impl PlantedBug {
     pub const ALL: &'static [PlantedBug] = &[
         PlantedBug::PartialBatchPrune,
         PlantedBug::RefusalMasking,
+        PlantedBug::DemoteAtNine,
+        PlantedBug::SuccessKeepsFailures,
+        PlantedBug::SharedProviderForgotten,
+        PlantedBug::StreamingFilterMissing,
+        PlantedBug::StreamOpenIsSuccess,
+        PlantedBug::PubkeyFallsBackToChutes,
+        PlantedBug::BackoffStepAhead,
+        PlantedBug::RoundRobinWholeList,
+        PlantedBug::DemotionSortOneStep,
+        PlantedBug::StaleRemovesPinned,
+        PlantedBug::ExternalIgnoresReserved,
+        PlantedBug::ErrorTieGoesLast,
         PlantedBug::KeyedPriming,
     ];
 
@@ -42,6 +104,18 @@ impl PlantedBug {
         match self {
             PlantedBug::PartialBatchPrune => "partial-batch-prune",
             PlantedBug::RefusalMasking => "refusal-masking",
+            PlantedBug::DemoteAtNine => "demote-at-nine",
+            PlantedBug::SuccessKeepsFailures => "success-keeps-failures",
+            PlantedBug::SharedProviderForgotten => "shared-provider-forgotten",
+            PlantedBug::StreamingFilterMissing => "streaming-filter-missing",
+            PlantedBug::StreamOpenIsSuccess => "stream-open-is-success",
+            PlantedBug::PubkeyFallsBackToChutes => "pubkey-falls-back-to-chutes",
+            PlantedBug::BackoffStepAhead => "backoff-step-ahead",
+            PlantedBug::RoundRobinWholeList => "round-robin-whole-list",
+            PlantedBug::DemotionSortOneStep => "demotion-sort-one-step",
+            PlantedBug::StaleRemovesPinned => "stale-removes-pinned",
+            PlantedBug::ExternalIgnoresReserved => "external-ignores-reserved",
+            PlantedBug::ErrorTieGoesLast => "error-tie-goes-last",
             PlantedBug::KeyedPriming => "keyed-priming",
         }
     }
@@ -61,17 +135,70 @@ impl std::fmt::Display for PlantedBug {
     }
 }
 
-/// The set of planted bugs of one registry.
-#[derive(Debug, Default)]
-pub(super) struct Planted(AtomicU32);
+/// The bugs planted in one registry, carried in its [`Sources`] so every
+/// snapshot knows them. Empty unless planted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Planted {
+    bits: u32,
+    /// [`PlantedBug::SharedProviderForgotten`]: providers whose pubkey
+    /// entries the last complete refresh dropped, until the next one.
+    pub forgotten: BTreeSet<ProviderId>,
+    /// [`PlantedBug::StaleRemovesPinned`]: pinned ids the last complete
+    /// refresh saw in neither source, until the next one.
+    pub stale_pinned: BTreeSet<String>,
+}
 
 impl Planted {
-    pub fn plant(&self, bug: PlantedBug) {
-        self.0.fetch_or(bug.bit(), Ordering::Relaxed);
+    pub fn plant(&mut self, bug: PlantedBug) {
+        self.bits |= bug.bit();
     }
 
+    #[inline]
     pub fn has(&self, bug: PlantedBug) -> bool {
-        self.0.load(Ordering::Relaxed) & bug.bit() != 0
+        self.bits & bug.bit() != 0
+    }
+
+    /// The retry loop's knobs bent by these bugs (`base`, the profile's
+    /// rounds, when none is planted).
+    pub fn rounds(&self, base: Rounds) -> Rounds {
+        let mut r = base;
+        r.last_error_decides |= self.has(PlantedBug::RefusalMasking);
+        r.keep_failures_on_success |= self.has(PlantedBug::SuccessKeepsFailures);
+        r.backoff_step_ahead |= self.has(PlantedBug::BackoffStepAhead);
+        r.tie_goes_last |= self.has(PlantedBug::ErrorTieGoesLast);
+        r
+    }
+
+    /// The consecutive failures at which a provider is demoted.
+    pub fn demote_after(&self) -> u32 {
+        if self.has(PlantedBug::DemoteAtNine) {
+            crate::retry::DEMOTE_AFTER - 1
+        } else {
+            crate::retry::DEMOTE_AFTER
+        }
+    }
+
+    /// The derived per-model order, bent by the selection bugs.
+    pub fn bend_order(&self, order: &mut crate::select::StaticOrder) {
+        if self.has(PlantedBug::RefusalMasking) {
+            order.all = crate::tier::Capabilities::ALL;
+        }
+        if self.has(PlantedBug::StreamingFilterMissing) {
+            order.all.streaming = true;
+        }
+        if self.has(PlantedBug::RoundRobinWholeList) {
+            order.lead = order.cut;
+        }
+        order.demotion_sort_one_step = self.has(PlantedBug::DemotionSortOneStep);
+    }
+
+    /// Whether a model's slots are left out of the table (R9's exception
+    /// forgotten): a pinned id seen in neither source by the last refresh.
+    pub fn drops_model(&self, s: &Sources, model: &str) -> bool {
+        self.has(PlantedBug::StaleRemovesPinned)
+            && self.stale_pinned.contains(model)
+            && !s.near.contains_key(model)
+            && !s.external.contains_key(model)
     }
 }
 
@@ -90,8 +217,41 @@ pub(super) fn prune_absent_pinned(s: &mut Sources, batch: &Discovered) {
     }
 }
 
-/// [`PlantedBug::RefusalMasking`], selection half: the derived order claims
-/// every provider can stream and speak client E2EE, so nothing is filtered.
-pub(super) fn skip_capability_filters(order: &mut crate::select::StaticOrder) {
-    order.all = crate::tier::Capabilities::ALL;
+/// The complete refresh's planted bookkeeping, run on the sources *before*
+/// the refresh applies `discovered` (`None`: discovery failed, nothing is
+/// pruned) and `external_ids`. Returns the providers whose failure counters
+/// the refresh forgets.
+pub(super) fn on_refresh(
+    s: &mut Sources,
+    discovered: Option<&Discovered>,
+    external_ids: Option<BTreeSet<String>>,
+) -> Vec<ProviderId> {
+    let mut forget = Vec::new();
+    let Some(discovered) = discovered else {
+        return forget;
+    };
+    if s.planted.has(PlantedBug::SharedProviderForgotten) {
+        // The seed PR's prune dropped the providers of every model that left
+        // discovery (pruned pinned-only, R8, or removed, R9) from the global
+        // pubkey and health maps without asking whether another model still
+        // uses them.
+        let forgotten: BTreeSet<ProviderId> = s
+            .near
+            .iter()
+            .filter(|(model, _)| !discovered.0.contains_key(*model))
+            .flat_map(|(_, near)| near.iter().map(|p| p.id().clone()))
+            .collect();
+        forget = forgotten.iter().cloned().collect();
+        s.planted.forgotten = forgotten;
+    }
+    if s.planted.has(PlantedBug::StaleRemovesPinned) {
+        let external = external_ids.unwrap_or_else(|| s.external.keys().cloned().collect());
+        s.planted.stale_pinned = s
+            .pinned
+            .keys()
+            .filter(|m| !discovered.0.contains_key(*m) && !external.contains(*m))
+            .cloned()
+            .collect();
+    }
+    forget
 }

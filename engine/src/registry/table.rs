@@ -51,10 +51,10 @@ pub(crate) struct Sources {
     /// Canonical ids reserved before any load (R5).
     pub reserved: BTreeSet<String>,
     pub catalog: BTreeMap<String, CatalogRow>,
-    /// The seed PR's capability-masking bug, planted (see
-    /// `registry/planted.rs`); never set outside a planted test run.
+    /// Bugs planted for a sweep test (see `registry/planted.rs`); empty
+    /// outside a planted test run.
     #[cfg(feature = "planted-bugs")]
-    pub refusal_masking: bool,
+    pub planted: super::planted::Planted,
 }
 
 impl Sources {
@@ -62,6 +62,10 @@ impl Sources {
     /// reserved or pinned id holds no NonAttested provider and no external row,
     /// whatever path tried to add one. Also drops emptied lists.
     pub fn enforce_fail_closed(&mut self) {
+        #[cfg(feature = "planted-bugs")]
+        let ignores_reserved = self
+            .planted
+            .has(super::planted::PlantedBug::ExternalIgnoresReserved);
         let Sources {
             near,
             pinned,
@@ -70,7 +74,17 @@ impl Sources {
             ..
         } = self;
         let protected = |m: &str| reserved.contains(m) || pinned.contains_key(m);
-        external.retain(|m, ps| !protected(m) && !ps.is_empty());
+        #[cfg(feature = "planted-bugs")]
+        let skip_external = |m: &str| {
+            if ignores_reserved {
+                pinned.contains_key(m)
+            } else {
+                protected(m)
+            }
+        };
+        #[cfg(not(feature = "planted-bugs"))]
+        let skip_external = protected;
+        external.retain(|m, ps| !skip_external(m) && !ps.is_empty());
         near.retain(|m, ps| {
             if protected(m) {
                 ps.retain(|p| p.tier().is_attested());
@@ -86,24 +100,44 @@ impl Sources {
 
 /// Consecutive retryable failures of one provider (R21), shared by every
 /// model it backs and carried across snapshots by [`ProviderId`].
-#[derive(Debug, Default)]
-pub(crate) struct Health(AtomicU32);
+#[derive(Debug)]
+pub(crate) struct Health {
+    failures: AtomicU32,
+    /// The demotion threshold: [`DEMOTE_AFTER`] unless a planted bug moved
+    /// it (a field only in builds with planted bugs compiled in).
+    #[cfg(feature = "planted-bugs")]
+    demote_after: AtomicU32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            failures: AtomicU32::new(0),
+            #[cfg(feature = "planted-bugs")]
+            demote_after: AtomicU32::new(DEMOTE_AFTER),
+        }
+    }
+}
 
 impl Health {
     #[inline]
     pub fn consecutive_failures(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
+        self.failures.load(Ordering::Relaxed)
     }
     /// R17: demoted below every healthy provider.
     #[inline]
     pub fn is_demoted(&self) -> bool {
-        self.consecutive_failures() >= DEMOTE_AFTER
+        #[cfg(feature = "planted-bugs")]
+        let threshold = self.demote_after.load(Ordering::Relaxed);
+        #[cfg(not(feature = "planted-bugs"))]
+        let threshold = DEMOTE_AFTER;
+        self.consecutive_failures() >= threshold
     }
     pub(crate) fn record_failure(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn record_success(&self) {
-        self.0.store(0, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
     }
 }
 
@@ -165,6 +199,10 @@ impl Table {
         let mut health: BTreeMap<ProviderId, Arc<Health>> = BTreeMap::new();
         let mut keys: BTreeMap<ProviderId, Arc<[Box<str>]>> = BTreeMap::new();
         for m in ids {
+            #[cfg(feature = "planted-bugs")]
+            if sources.planted.drops_model(&sources, m) {
+                continue;
+            }
             let start = slots.len();
             // R7: [NEAR…] + [pinned…] (+ external, only on unprotected ids),
             // deduplicated by provider id, first occurrence wins.
@@ -184,13 +222,20 @@ impl Table {
                             .unwrap_or_default()
                     })
                     .clone();
+                #[cfg(feature = "planted-bugs")]
+                h.demote_after
+                    .store(sources.planted.demote_after(), Ordering::Relaxed);
+                #[cfg(feature = "planted-bugs")]
+                let forgotten = sources.planted.forgotten.contains(id);
+                #[cfg(not(feature = "planted-bugs"))]
+                let forgotten = false;
                 let tier = p.tier();
                 let k = keys
                     .entry(id.clone())
                     .or_insert_with(|| {
                         // Pubkey routing trusts keys from an attestation report,
                         // which only NEAR has (R4: Chutes gets no pubkey entries).
-                        if tier == Tier::Near {
+                        if tier == Tier::Near && !forgotten {
                             p.signing_keys().iter().map(|k| k.as_str().into()).collect()
                         } else {
                             Arc::from([])
@@ -217,9 +262,7 @@ impl Table {
             #[allow(unused_mut)]
             let mut order = StaticOrder::of(&slots[start..]);
             #[cfg(feature = "planted-bugs")]
-            if sources.refusal_masking {
-                super::planted::skip_capability_filters(&mut order);
-            }
+            sources.planted.bend_order(&mut order);
             models.insert(ModelIdx {
                 name: m.into(),
                 order,

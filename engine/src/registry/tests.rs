@@ -588,3 +588,18 @@ fn r9_a_catalog_row_deleted_upstream_goes_in_the_same_swap_as_its_providers() {
     assert!(reg.catalog_row(M).is_some());
     assert_eq!(ids(&reg, M), ["n1"]);
 }
+
+/// R4: the registry's `Debug` (what a log line shows) is its view: each
+/// model with its providers, the pins and the reservations.
+#[test]
+fn r4_debug_of_the_registry_shows_its_view() {
+    let reg = Registry::new();
+    reg.reserve([M]);
+    reg.register_secondary(M, chutes("chutes:glm"));
+    reg.refresh(disc(&[(M, &[&near("near-1", "k1")])]), no_ext());
+    let text = format!("{reg:?}");
+    assert!(text.starts_with("Registry("), "{text}");
+    for part in [M, "near-1", "chutes:glm", "k1", "reserved"] {
+        assert!(text.contains(part), "{part} missing from {text}");
+    }
+}

@@ -242,6 +242,24 @@ fn r17_demoted_provider_sorts_after_every_healthy_one() {
     assert_eq!(o[2], "c1");
 }
 
+/// R17 with two demoted providers ahead of a healthy one (a sort that moves
+/// each demoted provider back one place only would leave n1 first): the
+/// healthy providers lead in tier order, the demoted follow in theirs.
+#[test]
+fn r17_two_demoted_ahead_of_a_healthy_one_sort_behind_it() {
+    let (n1, n2, n3) = (near("n1", "k1"), near("n2", "k2"), near("n3", "k3"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2, &n3], &[&c1], &[]);
+    demote(&reg, "n1", 10);
+    demote(&reg, "n2", 12);
+    for _ in 0..3 {
+        assert_eq!(order(&reg, PLAIN, None, false), ["n3", "c1", "n1", "n2"]);
+    }
+    // Three demoted ahead of the healthy Chutes: Chutes alone leads.
+    demote(&reg, "n3", 10);
+    assert_eq!(order(&reg, PLAIN, None, false), ["c1", "n1", "n2", "n3"]);
+}
+
 #[test]
 fn r17_pubkey_routed_requests_use_their_own_counter() {
     let (n1, n2) = (near("n1", "k"), near("n2", "k"));
@@ -402,4 +420,35 @@ fn r15_r16_r18_the_trace_names_why_each_provider_was_dropped() {
         dropped,
         [("e1".to_string(), Dropped::PlaintextForVerifiableModel)]
     );
+}
+
+/// R17 in the trace: the leading group's size and the turn it took, the
+/// same turn the untraced selection would have taken; a lone leader takes
+/// no turn. A selection is never empty (no provider is an error).
+#[test]
+fn r17_the_trace_records_the_leading_group_and_its_turn() {
+    let (n1, n2) = (near("n1", "k1"), near("n2", "k2"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2], &[&c1], &[]);
+    let traced = |reg: &Registry| {
+        let mut trace = SelectTrace::default();
+        let sel = select_observed(reg.load(), M, PLAIN, None, false, &mut trace).unwrap();
+        assert!(!sel.is_empty());
+        assert_eq!(sel.len(), 3);
+        let first = sel.ids().next().unwrap().to_string();
+        (trace.lead, first)
+    };
+    assert_eq!(traced(&reg), (Some((2, 0)), "n1".to_string()));
+    let sel = reg.select(M, PLAIN, None, false).unwrap();
+    // Its Debug is the order, for the log.
+    let shown = format!("{sel:?}");
+    assert!(shown.starts_with('[') && shown.ends_with(']'), "{shown}");
+    let at = |id: &str| shown.find(id).unwrap_or_else(|| panic!("{id} in {shown}"));
+    assert!(at("n2") < at("n1") && at("n1") < at("c1"), "{shown}");
+    drop(sel);
+    // The untraced selection took turn 1; the traced one now takes turn 2.
+    assert_eq!(traced(&reg), (Some((2, 2)), "n1".to_string()));
+    let mut trace = SelectTrace::default();
+    select_observed(reg.load(), M, PLAIN, Some("k2"), false, &mut trace).unwrap();
+    assert_eq!(trace.lead, None, "one provider holds k2: no rotation");
 }

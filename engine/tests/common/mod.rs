@@ -122,6 +122,11 @@ impl World {
     /// M served by a NEAR fake holding [`NEAR_KEY`], then a pinned Chutes
     /// fake (streaming on); the admin key is `admin_key`.
     pub fn new(admin_key: Option<&str>) -> World {
+        World::with_concurrency(admin_key, tiersim_engine::config::DEFAULT_MODEL_CONCURRENCY)
+    }
+
+    /// The same world with R28's per-model cap set to `cap`.
+    pub fn with_concurrency(admin_key: Option<&str>, cap: usize) -> World {
         let near = FakeProvider::near("near-1").with_keys([NEAR_KEY]).arc();
         let chutes = FakeProvider::chutes("chutes:slug")
             .with_streaming(true)
@@ -142,6 +147,7 @@ impl World {
         )]);
         let config = EngineConfig {
             admin_api_key: admin_key.map(|k| AdminKey::new(k).unwrap()),
+            model_concurrency: cap,
             ..EngineConfig::default()
         };
         let settings = AppSettings {
@@ -189,6 +195,7 @@ impl World {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("?").to_string());
+        let headers = resp.headers().clone();
         let body = resp
             .into_body()
             .collect()
@@ -199,6 +206,7 @@ impl World {
         Reply {
             status,
             content_type,
+            headers,
             body,
         }
     }
@@ -207,10 +215,16 @@ impl World {
 pub struct Reply {
     pub status: StatusCode,
     pub content_type: Option<String>,
+    pub headers: http::HeaderMap,
     pub body: Vec<u8>,
 }
 
 impl Reply {
+    /// A response header as text, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap_or("?"))
+    }
+
     /// The R26 envelope's `error` object; panics (failing the test) when the
     /// reply is not exactly that envelope.
     pub fn envelope(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -38,7 +38,6 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tiersim_engine::api::MAX_FORWARDED_BODY;
-use tiersim_engine::openai::CODE_MODEL_NOT_FOUND;
 
 use crate::fault::{Fault, FaultBoard, RequestKind};
 use crate::net::{TurmoilListener, HTTP_PORT};
@@ -172,7 +171,7 @@ fn error_response(status: StatusCode, code: Option<&str>, message: &str) -> Resp
 fn model_not_found(model: &str, host: &str) -> Response {
     error_response(
         StatusCode::NOT_FOUND,
-        Some(CODE_MODEL_NOT_FOUND),
+        Some("model_not_found"),
         &format!("The model `{model}` does not exist on {host}"),
     )
 }
@@ -415,6 +414,13 @@ async fn chat(
         }
         Some(Fault::CutStreamAfter { after_chunks }) => {
             chunks.truncate(after_chunks as usize);
+            chunks
+        }
+        Some(Fault::StreamErrorAfter { after_chunks }) => {
+            chunks.truncate(after_chunks as usize);
+            chunks.push(Step::Data(Bytes::from_static(
+                b"data: {\"error\":{\"code\":503,\"message\":\"queue full\"}}\n\n",
+            )));
             chunks
         }
         Some(Fault::SlowFirstTokenMs { ms }) => {

@@ -1,6 +1,7 @@
 //! The model of one client request: selection (R15–R18), rounds, backoff and
-//! health (R19–R21), the error the client sees (R22) and how a stream ends
-//! (R23/R24), read against what each simulated host served.
+//! health (R19–R21 as SPEC-parity R35–R38 refine them), the status the
+//! client sees (R22, SPEC-parity R28–R30) and how a stream ends (R23/R24),
+//! read against what each simulated host served.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,50 +35,80 @@ enum Verdict {
     Closed,
 }
 
+/// What kind of failure an attempt was, for the client's reply
+/// (SPEC-parity R29/R30).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// The upstream answered with this HTTP status.
+    Http(u16),
+    /// R36: a 5xx caused by the client's media.
+    Media,
+    /// The per-call deadline passed.
+    Timeout,
+    /// Anything else that is not HTTP: a reset, a broken or unparseable
+    /// body, a refusal, an authentication failure.
+    Other,
+}
+
 /// One failed attempt as the model sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Failure {
-    status: u16,
+    cause: Cause,
     verdict: Verdict,
     /// R22: how much this error tells the client (higher is better).
     weight: u8,
 }
 
 impl Failure {
-    fn http(status: u16, code: Option<&str>) -> Failure {
-        let (verdict, weight) = match status {
-            429 => (Verdict::Retry { rate_limited: true }, 5),
-            500..=599 if code == Some("client_media_fetch_failed") => (Verdict::Next, 6),
-            500..=599 => (
+    /// An HTTP error with the text of its body (R35's order: R38's
+    /// model-not-found and R36's client media are read from the text).
+    fn http(status: u16, text: &str) -> Failure {
+        let (cause, verdict, weight) = match status {
+            429 => (Cause::Http(429), Verdict::Retry { rate_limited: true }, 5),
+            408 => (Cause::Http(408), Verdict::Next, 2),
+            400 | 404 if says_model_missing(text) => (Cause::Http(status), Verdict::Next, 2),
+            400..=499 => (Cause::Http(status), Verdict::Stop, 7),
+            500.. if client_media(text) => (Cause::Media, Verdict::Stop, 7),
+            500.. => (
+                Cause::Http(status),
                 Verdict::Retry {
                     rate_limited: false,
                 },
                 5,
             ),
-            408 => (Verdict::Next, 2),
-            404 if code == Some("model_not_found") => (Verdict::Next, 2),
-            400..=499 => (Verdict::Stop, 7),
-            _ => (Verdict::Next, 2),
+            _ => (Cause::Http(status), Verdict::Next, 2),
         };
         Failure {
-            status,
+            cause,
             verdict,
             weight,
         }
     }
-    /// Connection reset, broken or unreadable body: retryable, 502.
+    /// What a simulated host's "model not served here" answer says.
+    fn model_missing() -> Failure {
+        Failure::http(404, "The model does not exist")
+    }
+    /// Connection reset, a body broken in transit: retryable (R37).
     fn transport() -> Failure {
         Failure {
-            status: 502,
+            cause: Cause::Other,
             verdict: Verdict::Retry {
                 rate_limited: false,
             },
             weight: 4,
         }
     }
+    /// R37: a complete 2xx body that does not parse: not retryable.
+    fn unparseable() -> Failure {
+        Failure {
+            cause: Cause::Other,
+            verdict: Verdict::Next,
+            weight: 2,
+        }
+    }
     fn timeout() -> Failure {
         Failure {
-            status: 504,
+            cause: Cause::Timeout,
             verdict: Verdict::Next,
             weight: 3,
         }
@@ -85,7 +116,7 @@ impl Failure {
     /// R24: a capability refusal, the least informative error of all.
     fn refusal() -> Failure {
         Failure {
-            status: 400,
+            cause: Cause::Other,
             verdict: Verdict::Next,
             weight: 1,
         }
@@ -93,11 +124,102 @@ impl Failure {
     /// R23/§7b: authentication failed.
     fn closed() -> Failure {
         Failure {
-            status: 502,
+            cause: Cause::Other,
             verdict: Verdict::Closed,
             weight: 7,
         }
     }
+
+    /// SPEC-parity R29 (HTTP) and R30 (the rest): the status the client
+    /// gets when this failure ends the request. `external`: it came from a
+    /// provider other than NEAR's fleet.
+    fn client_status(self, external: bool) -> u16 {
+        match self.cause {
+            Cause::Media => 400,
+            Cause::Timeout => 504,
+            Cause::Other => 502,
+            Cause::Http(s) => match s {
+                400 | 413 | 422 => 400,
+                404 if !external => 400,
+                408 => 504,
+                429 | 503 => 429,
+                401 | 403 => 500,
+                504 if !external => 504,
+                _ if s >= 500 || external => 502,
+                _ => s,
+            },
+        }
+    }
+}
+
+/// R38: the text says the model is not served there.
+fn says_model_missing(text: &str) -> bool {
+    let t = text.to_lowercase();
+    t.contains("model_not_found")
+        || (t.contains("model")
+            && ["does not exist", "not found"]
+                .iter()
+                .any(|w| t.contains(w)))
+}
+
+/// R36: the upstream could not decode the client's media, or fetched it and
+/// got a 4xx (the status written in one of four phrasings).
+fn client_media(text: &str) -> bool {
+    let t = text.to_lowercase();
+    if t.contains("cannot identify image file") || t.contains("failed to open input buffer") {
+        return true;
+    }
+    let marked = [
+        "failed to fetch image",
+        "failed to fetch video",
+        "error fetching image",
+        "error fetching video",
+        "failed to load image",
+        "failed to load video",
+        "clientresponseerror",
+        "client error:",
+        "http error 500:",
+        "loading image data",
+        "loading video data",
+    ]
+    .iter()
+    .any(|m| t.contains(m));
+    marked && fetch_status(&t).is_some_and(|s| (400..500).contains(&s))
+}
+
+/// The first fetch status (400–599) a media error's text carries, in text
+/// order: after `http error 500:`, after `status=`, before ` client error:`,
+/// before `, message=`.
+fn fetch_status(t: &str) -> Option<u16> {
+    let three = |s: &str| -> Option<u16> {
+        (s.len() >= 3 && s.is_char_boundary(3))
+            .then(|| &s[..3])
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse().ok())
+    };
+    let mut found: Vec<(usize, u16)> = Vec::new();
+    for (at, _) in t.match_indices("http error 500:") {
+        let rest = t[at + 15..].trim_start();
+        found.extend(three(rest).map(|s| (at, s)));
+    }
+    for (at, _) in t.match_indices("status=") {
+        found.extend(three(&t[at + 7..]).map(|s| (at, s)));
+    }
+    for marker in [" client error:", ", message="] {
+        for (at, _) in t.match_indices(marker) {
+            if at >= 3 && t.is_char_boundary(at - 3) {
+                let starts_word = at == 3 || !t.as_bytes()[at - 4].is_ascii_alphanumeric();
+                if starts_word {
+                    found.extend(three(&t[at - 3..at]).map(|s| (at - 3, s)));
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+        .into_iter()
+        .map(|(_, s)| s)
+        .find(|s| (400..600).contains(s))
 }
 
 /// How a stream the client was handed ends.
@@ -296,22 +418,22 @@ impl Registry {
             status,
             done: None,
         };
-        // R6/R13: unknown or inactive ids are 404 before any provider.
+        // SPEC-parity R28: unknown or inactive ids are 400 before any
+        // provider.
         match self.catalog.get(&spec.model) {
             Some((true, _)) => {}
-            _ => return fail(404),
+            _ => return fail(400),
         }
-        let list = self.list(&spec.model);
-        if list.is_empty() {
-            return fail(404);
-        }
+        // R30: a pubkey nobody holds is 421, a model without providers
+        // included; R28: without a pubkey, no provider is 400.
         let pubkey = pubkey_of(facts, spec);
-        let mut cands = self.candidates(&spec.model, pubkey.as_deref());
-        if cands.is_empty() && pubkey.is_some() {
-            return fail(404);
+        let none = if pubkey.is_some() { 421 } else { 400 };
+        if self.list(&spec.model).is_empty() {
+            return fail(none);
         }
+        let mut cands = self.candidates(&spec.model, pubkey.as_deref());
         if cands.is_empty() {
-            return fail(503);
+            return fail(none);
         }
         // R18: capability filters, unless nobody is capable.
         if spec.stream && cands.iter().any(|p| p.streams(self.chutes_streaming)) {
@@ -347,7 +469,7 @@ impl Registry {
         let mut attempts: Vec<Step> = Vec::new();
         for round in 1..=ROUNDS {
             let mut retry: Option<bool> = None;
-            let mut best: Option<Failure> = None;
+            let mut best: Option<(Failure, bool)> = None;
             for p in &cands {
                 let upshot = self.attempt(facts, p, spec, &mut seen);
                 let failure = match upshot {
@@ -391,18 +513,19 @@ impl Registry {
                     decision,
                     backoff: None,
                 });
+                let external = !matches!(p.kind, Kind::Near { .. });
                 if matches!(failure.verdict, Verdict::Stop | Verdict::Closed) {
                     return Prediction {
                         attempts,
-                        status: failure.status,
+                        status: failure.client_status(external),
                         done: None,
                     };
                 }
-                if best.is_none_or(|b| failure.weight > b.weight) {
-                    best = Some(failure);
+                if best.is_none_or(|(b, _)| failure.weight > b.weight) {
+                    best = Some((failure, external));
                 }
             }
-            let best = best.expect("a failed round has a failure");
+            let (best, external) = best.expect("a failed round has a failure");
             match retry {
                 Some(rate_limited) if round < ROUNDS => {
                     // R20: 500 ms, 1 s, 2 s; after a 429: 1 s, 2 s, 4 s.
@@ -415,7 +538,7 @@ impl Registry {
                 _ => {
                     return Prediction {
                         attempts,
-                        status: best.status,
+                        status: best.client_status(external),
                         done: None,
                     }
                 }
@@ -478,7 +601,12 @@ impl Registry {
                 match pool.choose(evidence.as_ref(), trusted) {
                     Choice::Instance(_) => {}
                     // R39: no instance with a key and a nonce.
-                    Choice::NoneListed => return Upshot::Failed(Failure::http(503, None)),
+                    Choice::NoneListed => {
+                        return Upshot::Failed(Failure::http(
+                            503,
+                            "Chutes lists no instance with a key and a nonce",
+                        ))
+                    }
                     // §7b: fail closed, nothing sent, not retryable, no
                     // health count (the issue-15 design extends this to an
                     // instance absent from the evidence, where R39 says 503).
@@ -533,8 +661,10 @@ pub fn upstream_ended(
 /// A Chutes discovery stage (`/v1/models`, `/e2e/instances`) that failed.
 fn stage_failure(fault: Option<&Fault>) -> Option<Failure> {
     match fault? {
-        Fault::HttpStatus { status, code, .. } => Some(Failure::http(*status, code.as_deref())),
-        Fault::ModelNotFound => Some(Failure::http(404, Some("model_not_found"))),
+        Fault::HttpStatus {
+            status, message, ..
+        } => Some(Failure::http(*status, message.as_deref().unwrap_or(""))),
+        Fault::ModelNotFound => Some(Failure::model_missing()),
         Fault::ResetBeforeBody | Fault::ResetAfterChunks { .. } | Fault::CutStreamAfter { .. } => {
             Some(Failure::transport())
         }
@@ -549,19 +679,23 @@ fn near_upshot(fault: Option<&Fault>, stream: bool, serves: bool) -> Upshot {
     let ok = if serves {
         Served(StreamEnd::Done)
     } else {
-        Failed(Failure::http(404, Some("model_not_found")))
+        Failed(Failure::model_missing())
     };
     let Some(fault) = fault else { return ok };
     match fault {
-        Fault::HttpStatus { status, code, .. } => Failed(Failure::http(*status, code.as_deref())),
-        Fault::ModelNotFound => Failed(Failure::http(404, Some("model_not_found"))),
+        Fault::HttpStatus {
+            status, message, ..
+        } => Failed(Failure::http(*status, message.as_deref().unwrap_or(""))),
+        Fault::ModelNotFound => Failed(Failure::model_missing()),
         Fault::LatencyMs { ms } if *ms >= DEADLINE_MS => Failed(Failure::timeout()),
         Fault::ResetBeforeBody => Failed(Failure::transport()),
-        Fault::ResetAfterChunks { .. } | Fault::CutStreamAfter { .. } if !stream => {
-            Failed(Failure::transport())
-        }
+        Fault::ResetAfterChunks { .. } if !stream => Failed(Failure::transport()),
+        // R37: half a JSON body that ends cleanly is complete but unparseable.
+        Fault::CutStreamAfter { .. } if !stream => Failed(Failure::unparseable()),
         _ if !serves => ok,
-        Fault::ResetAfterChunks { .. } | Fault::CutStreamAfter { .. } => Served(StreamEnd::Broken),
+        Fault::ResetAfterChunks { .. }
+        | Fault::CutStreamAfter { .. }
+        | Fault::StreamErrorAfter { .. } => Served(StreamEnd::Broken),
         Fault::SlowFirstTokenMs { ms } if stream && *ms >= DEADLINE_MS => Served(StreamEnd::Broken),
         _ => ok,
     }
@@ -597,8 +731,10 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         StreamEnd::Done
     };
     match fault {
-        Fault::HttpStatus { status, code, .. } => Failed(Failure::http(*status, code.as_deref())),
-        Fault::ModelNotFound => Failed(Failure::http(404, Some("model_not_found"))),
+        Fault::HttpStatus {
+            status, message, ..
+        } => Failed(Failure::http(*status, message.as_deref().unwrap_or(""))),
+        Fault::ModelNotFound => Failed(Failure::model_missing()),
         Fault::LatencyMs { ms } if *ms >= DEADLINE_MS => Failed(Failure::timeout()),
         Fault::ResetBeforeBody => Failed(Failure::transport()),
         Fault::ResetAfterChunks { .. } | Fault::CutStreamAfter { .. } if !stream => {
@@ -615,7 +751,13 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         //
         // The instance reports an error (before or after `e2e_init`, before
         // any frame): an upstream 502, retryable.
-        Fault::E2eError | Fault::E2eErrorAfter { frames: 0 } => Failed(Failure::http(502, None)),
+        // (The gateway's texts name neither a missing model nor the
+        // client's media, so R35 leaves them an ordinary 5xx.)
+        Fault::E2eError => Failed(Failure::http(502, "instance failed to process the request")),
+        Fault::E2eErrorAfter { frames: 0 } => Failed(Failure::http(
+            502,
+            "instance failed while generating the response",
+        )),
         // After `n` frames: content was forwarded unless the inner [DONE]
         // was among them; counted like any upstream failure.
         Fault::E2eErrorAfter { frames: n } => ended_after(*n),
@@ -654,5 +796,49 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         // After `e2e_init` and frame 0: an in-stream failure.
         Fault::OversizedLine => Served(StreamEnd::Rejected),
         _ => Served(StreamEnd::Done),
+    }
+}
+
+#[cfg(test)]
+mod parity_tests {
+    use super::*;
+
+    #[test]
+    fn r36_r38_text_rules_from_the_spec_examples() {
+        assert!(says_model_missing(
+            "The model `z-ai/glm-5.1` does not exist."
+        ));
+        assert!(!says_model_missing("bad request"));
+        assert!(client_media(
+            "Error loading IMAGE data: 403 Client Error: Forbidden for url"
+        ));
+        assert!(!client_media(
+            "Error loading IMAGE data: 503 Client Error: Service Unavailable"
+        ));
+        assert!(client_media("HTTP error 500: 404, message='Not Found'"));
+        assert!(client_media("cannot identify image file"));
+        assert!(!client_media("queue full"));
+    }
+
+    #[test]
+    fn r29_r30_client_status_table() {
+        let http = |s, ext| Failure::http(s, "x").client_status(ext);
+        assert_eq!(http(503, false), 429);
+        assert_eq!(http(503, true), 429);
+        assert_eq!(http(500, false), 502);
+        assert_eq!(http(404, true), 502);
+        assert_eq!(Failure::model_missing().client_status(false), 400);
+        assert_eq!(http(403, false), 500);
+        assert_eq!(http(422, true), 400);
+        assert_eq!(http(504, false), 504);
+        assert_eq!(http(504, true), 502);
+        assert_eq!(http(409, false), 409);
+        assert_eq!(Failure::timeout().client_status(false), 504);
+        assert_eq!(Failure::refusal().client_status(true), 502);
+        assert_eq!(Failure::unparseable().verdict, Verdict::Next);
+        assert_eq!(
+            Failure::http(500, "loading image data: 403 Client Error:").client_status(false),
+            400
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
+use tiersim_engine::config::Profile;
 use toml::Spanned;
 
 use crate::fault::FaultInjection;
@@ -43,6 +44,12 @@ pub struct Scenario {
     /// How the simulated world behaves below the hosts (chunking).
     #[serde(default)]
     pub world: WorldSpec,
+    /// Oracles this scenario is expected to violate (by name, e.g.
+    /// `honest_error`): the documented departures of the `upstream`
+    /// profile. A violation not listed, or a listed one that does not
+    /// happen, fails the run.
+    #[serde(default)]
+    pub expect_violations: Vec<String>,
     /// NEAR backends: one host each.
     #[serde(default)]
     pub near: Vec<NearSpec>,
@@ -179,6 +186,14 @@ pub struct Config {
     pub trust_chutes_vendor: bool,
     /// The engine must refuse to start, with an error containing this text.
     pub expect_startup_error: Option<String>,
+    /// The semantics profile (SPEC-parity, Decisions): `"tiersim"` (the
+    /// default) or `"upstream"`, production's behaviour on the contested
+    /// points. Under `upstream` the scenario lists the oracles production
+    /// breaks in `expect_violations`.
+    #[schemars(with = "String")]
+    pub profile: Profile,
+    /// `MODEL_CONCURRENCY_LIMIT`: R28's in-flight cap per model (default 64).
+    pub model_concurrency: Option<usize>,
 }
 
 impl Default for Config {
@@ -190,6 +205,8 @@ impl Default for Config {
             refresh_interval: Dur(Duration::from_secs(60)),
             trust_chutes_vendor: true,
             expect_startup_error: None,
+            profile: Profile::Tiersim,
+            model_concurrency: None,
         }
     }
 }
@@ -448,6 +465,8 @@ pub struct Expect {
     pub not_contains: Vec<String>,
     /// Whether a stream ended with `[DONE]`.
     pub done: Option<bool>,
+    /// R54's `served_via_fallback` of the served request.
+    pub via_fallback: Option<bool>,
     /// A model's ordered provider ids (`[]` means the model is absent).
     #[serde(default)]
     pub providers: BTreeMap<String, Vec<String>>,

@@ -58,6 +58,9 @@ struct ConfigOut<'a> {
     trust_chutes_vendor: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     expect_startup_error: Option<&'a str>,
+    profile: tiersim_engine::config::Profile,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_concurrency: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -164,6 +167,8 @@ pub fn to_toml(s: &Scenario) -> Result<String, toml_edit::ser::Error> {
             refresh_interval: c.refresh_interval,
             trust_chutes_vendor: c.trust_chutes_vendor,
             expect_startup_error: c.expect_startup_error.as_deref(),
+            profile: c.profile,
+            model_concurrency: c.model_concurrency,
         },
         world: (s.world != Default::default()).then(|| WorldOut {
             chunking: s.world.chunking,

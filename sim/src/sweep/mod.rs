@@ -74,6 +74,9 @@ pub struct MenuFlags {
     pub tick: Option<Duration>,
     /// Replaces the `[sweep] chunking` dimension.
     pub chunking: Option<Vec<Chunking>>,
+    /// Runs the sweep under this semantics profile; under `upstream` its
+    /// violations are findings about production, not tiersim bugs.
+    pub profile: Option<tiersim_engine::config::Profile>,
 }
 
 const DEFAULT_STATUSES: &[u16] = &[500, 502, 503, 504, 429, 408, 400];
@@ -325,6 +328,8 @@ pub fn strip_expectations(s: &Scenario) -> Scenario {
             (!matches!(step.action(), Action::Check)).then(|| Spanned::new(st.span(), step))
         })
         .collect();
+    // A sweep's violations are findings, declared or not.
+    out.expect_violations.clear();
     out
 }
 
@@ -371,6 +376,9 @@ impl Plan {
         crate::world::engine_config(s).map_err(|e| format!("the engine refuses to start: {e}"))?;
         let menu = Menu::resolve(s, flags)?;
         let mut base = strip_expectations(s);
+        if let Some(profile) = flags.profile {
+            base.config.profile = profile;
+        }
         if let Some(t) = flags.tick {
             if t < Duration::from_millis(1) || t > Duration::from_millis(100) {
                 return Err("--tick must be between 1ms and 100ms".into());
