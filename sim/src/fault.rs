@@ -822,6 +822,10 @@ struct Board {
     fired: Vec<Fired>,
     received: Vec<Received>,
     events: Vec<HostEvent>,
+    /// `serve` keeps no record (nothing reads it, and it would grow with
+    /// every request a long-running world serves): see
+    /// [`FaultBoard::stop_recording`].
+    unrecorded: bool,
 }
 
 /// A chat request as an upstream host received it (a Chutes request once
@@ -877,12 +881,25 @@ impl FaultBoard {
     pub fn take(&self, host: &str, kind: RequestKind) -> Option<Action> {
         let mut board = self.board();
         let fault = Self::take_rule(&mut board, host, kind);
-        board.events.push(HostEvent::Request {
-            host: host.to_string(),
-            kind,
-            fault: fault.clone(),
-        });
+        if !board.unrecorded {
+            board.events.push(HostEvent::Request {
+                host: host.to_string(),
+                kind,
+                fault: fault.clone(),
+            });
+        }
         fault
+    }
+
+    /// From now on, keep no record of what hosts did (fired faults, host
+    /// events, received bodies): for `serve`, whose world runs for as long
+    /// as it is asked to and whose records nobody reads. Faults still act.
+    pub fn stop_recording(&self) {
+        let mut board = self.board();
+        board.unrecorded = true;
+        board.fired = Vec::new();
+        board.received = Vec::new();
+        board.events = Vec::new();
     }
 
     fn take_rule(board: &mut Board, host: &str, kind: RequestKind) -> Option<Action> {
@@ -898,11 +915,13 @@ impl FaultBoard {
         if rules.is_empty() {
             board.rules.remove(host);
         }
-        board.fired.push(Fired {
-            host: host.to_string(),
-            kind,
-            fault: fault.clone(),
-        });
+        if !board.unrecorded {
+            board.fired.push(Fired {
+                host: host.to_string(),
+                kind,
+                fault: fault.clone(),
+            });
+        }
         Some(fault)
     }
 
@@ -918,10 +937,13 @@ impl FaultBoard {
 
     /// Notes that `host` received the chat request `body`.
     pub fn note_received(&self, host: &str, body: &serde_json::Value) {
-        self.board().received.push(Received {
-            host: host.to_string(),
-            body: body.clone(),
-        });
+        let mut board = self.board();
+        if !board.unrecorded {
+            board.received.push(Received {
+                host: host.to_string(),
+                body: body.clone(),
+            });
+        }
     }
 
     /// How many chat requests upstream hosts have received so far.
@@ -932,7 +954,10 @@ impl FaultBoard {
     /// Records what a host did beyond the fault it consulted (the catalog's
     /// rows, a router boot), for the reference model.
     pub fn record(&self, event: HostEvent) {
-        self.board().events.push(event);
+        let mut board = self.board();
+        if !board.unrecorded {
+            board.events.push(event);
+        }
     }
 
     /// How many host events happened so far.

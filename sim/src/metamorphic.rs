@@ -73,6 +73,7 @@ pub fn variants(random_cuts: u64) -> Vec<WorldSpec> {
             chunking: Chunking::Random,
             max_chunk: (seed % 2 == 0).then(|| toml::Spanned::new(0..0, 8)),
             chunk_seed: seed,
+            ..WorldSpec::default()
         });
     }
     out
@@ -133,7 +134,11 @@ pub fn check(
 ) -> Result<usize, Divergence> {
     let run = |w: &WorldSpec| {
         let mut s = s.clone();
-        s.world = w.clone();
+        // Only the cut changes: the rest of the world stays the scenario's.
+        s.world = WorldSpec {
+            chutes_nonce_expires_in: s.world.chutes_nonce_expires_in,
+            ..w.clone()
+        };
         outcomes(&runner::run(&s, file, opts))
     };
     let Some((first, rest)) = worlds.split_first() else {

@@ -382,6 +382,12 @@ async fn start_world(
         .map(|(h, a)| (h.clone(), format!("http://{a}")))
         .collect();
     let services = world::services(&scenario, &|h: &str| urls[h].clone());
+    // Nothing here reads the hosts' records, and they would grow with
+    // every request: a served world keeps none.
+    services.board.stop_recording();
+    if let Some(chutes) = &services.chutes.handle {
+        chutes.stop_recording();
+    }
 
     let mut hosts = BTreeMap::new();
     for service in &services.hosts {

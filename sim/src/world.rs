@@ -346,6 +346,9 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
         return None;
     }
     let mut gw = ChutesGateway::new(CHUTES).world_seed(s.seed).faults(board);
+    if let Some(ttl) = &s.world.chutes_nonce_expires_in {
+        gw = gw.nonce_ttl(ttl.0);
+    }
     let mut versions = BTreeMap::new();
     for c in &s.chutes {
         gw = gw.chute(c.slug.clone(), c.instances, version(c.stream_protocol));

@@ -140,6 +140,7 @@ pub struct SweepSpec {
 /// chunking = "random"   # "writes" (default), "whole" or "random"
 /// max_chunk = 64        # random pieces of 1..=64 bytes (default: whole bodies)
 /// chunk_seed = 3        # another cut of the same world
+/// chutes_nonce_expires_in = "5s"   # the gateway's nonce lifetime (default 60s)
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -154,6 +155,11 @@ pub struct WorldSpec {
     pub max_chunk: Option<Spanned<u32>>,
     /// Mixed into the seed of the cuts: the same world, cut differently.
     pub chunk_seed: u64,
+    /// The simulated Chutes gateway's `nonce_expires_in`: how long a listed
+    /// nonce stays valid and is remembered (whole seconds, at least 1;
+    /// default 60 s). The router's instance cache follows it (R60).
+    #[schemars(with = "Option<String>")]
+    pub chutes_nonce_expires_in: Option<Dur>,
 }
 
 impl WorldSpec {

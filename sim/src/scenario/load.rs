@@ -322,6 +322,23 @@ impl<'a> Validator<'a, '_> {
                 ));
             }
         }
+        if let Some(ttl) = &s.world.chutes_nonce_expires_in {
+            let d = ttl.0;
+            if d < std::time::Duration::from_secs(1) || d.subsec_nanos() != 0 {
+                return Err((
+                    self.locate
+                        .span(&[Key("world"), Key("chutes_nonce_expires_in")]),
+                    format!(
+                        "chutes_nonce_expires_in = {:?} is not a whole number of seconds",
+                        humantime::format_duration(d).to_string()
+                    ),
+                    Some(
+                        "Chutes announces nonce lifetimes in whole seconds: use \"1s\" or more"
+                            .into(),
+                    ),
+                ));
+            }
+        }
         self.config()?;
         let near: BTreeSet<&str> = s.near.iter().map(|n| n.host.as_str()).collect();
         let mut seen = BTreeSet::new();
@@ -1099,6 +1116,7 @@ mod tests {
             ("[[chutes]]\nslug = \"s\"\nstream_protocol = 3\n", "3\n", 0, "stream_protocol = 3 does not exist"),
             ("[config]\nrefresh_interval = \"0s\"\n", "\"0s\"", 0, "whole number of seconds"),
             ("[config]\nrefresh_interval = \"1500ms\"\n", "\"1500ms\"", 0, "whole number of seconds"),
+            ("[world]\nchutes_nonce_expires_in = \"500ms\"\n", "\"500ms\"", 0, "whole number of seconds"),
             (
                 "[config]\nchutes_models = \"m=\"\n",
                 "\"m=\"",

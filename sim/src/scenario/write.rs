@@ -46,6 +46,8 @@ struct WorldOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_chunk: Option<u32>,
     chunk_seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chutes_nonce_expires_in: Option<Dur>,
 }
 
 #[derive(Serialize)]
@@ -174,6 +176,7 @@ pub fn to_toml(s: &Scenario) -> Result<String, toml_edit::ser::Error> {
             chunking: s.world.chunking,
             max_chunk: s.world.max_chunk.as_ref().map(|m| *m.get_ref()),
             chunk_seed: s.world.chunk_seed,
+            chutes_nonce_expires_in: s.world.chutes_nonce_expires_in,
         }),
         near: &s.near,
         chutes: &s.chutes,

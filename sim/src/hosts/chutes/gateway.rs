@@ -385,7 +385,7 @@ pub(super) async fn invoke(
             gw.error(kind, status, code, &message)
         }
     };
-    gw.log.log().invocations.push(record);
+    gw.log.invoked(record);
     resp
 }
 

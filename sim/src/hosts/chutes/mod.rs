@@ -317,6 +317,8 @@ struct Log {
     nonces_peak: usize,
     /// Evidence fetches answered.
     evidence_fetches: u64,
+    /// `serve` keeps no per-request log (see [`ChutesHandle::stop_recording`]).
+    unrecorded: bool,
 }
 
 /// One answer the host sent.
@@ -351,7 +353,27 @@ impl ChutesHandle {
     }
 
     fn served(&self, kind: RequestKind, status: u16, body: Bytes) {
-        self.log().served.push(Served { kind, status, body });
+        let mut log = self.log();
+        if !log.unrecorded {
+            log.served.push(Served { kind, status, body });
+        }
+    }
+
+    fn invoked(&self, record: Invocation) {
+        let mut log = self.log();
+        if !log.unrecorded {
+            log.invocations.push(record);
+        }
+    }
+
+    /// From now on, keep no per-request log (answers, invocations): for
+    /// `serve`, whose gateway serves for as long as it is asked to and
+    /// whose log nobody reads. The counters still count.
+    pub fn stop_recording(&self) {
+        let mut log = self.log();
+        log.unrecorded = true;
+        log.served = Vec::new();
+        log.invocations = Vec::new();
     }
 
     /// Every answer, in order.
