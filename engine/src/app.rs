@@ -68,24 +68,11 @@ impl App {
     /// the pinned secondary (R4), Chutes-only ids get an inactive catalog row
     /// (R6), then the first complete refresh runs.
     pub async fn start(settings: AppSettings, http: HttpClient, chutes: ChutesFactory) -> Arc<App> {
-        let registry = Arc::new(Registry::new());
-        let catalog = CatalogClient::new(http.clone(), &settings.catalog_url, settings.timeouts)
-            .expect("catalog url is valid");
-        let app = Arc::new(App {
-            router: Router::with_settings(
-                registry.clone(),
-                settings.config.profile,
-                settings.config.model_concurrency,
-            ),
-            registry,
+        let app = Arc::new(App::over_registry(
+            Arc::new(Registry::new()),
+            settings,
             http,
-            catalog,
-            timeouts: settings.timeouts,
-            near_by_url: Mutex::default(),
-            external_by_row: Mutex::default(),
-            writer: Mutex::new(()),
-            config: settings.config,
-        });
+        ));
         let entries = &app.config.chutes_models;
         app.registry
             .reserve(entries.iter().map(|e| e.canonical_id.clone()));
@@ -108,8 +95,9 @@ impl App {
     }
 
     /// An app over an already-filled registry, without bootstrap or
-    /// refresh: the HTTP surface over fake providers, for tests.
-    #[cfg(any(test, feature = "testing"))]
+    /// refresh ([`App::start`] bootstraps one over an empty registry; tests
+    /// use it for the HTTP surface over fake providers). The catalog URL is
+    /// the host's own configuration, never client input.
     pub fn over_registry(registry: Arc<Registry>, settings: AppSettings, http: HttpClient) -> App {
         let catalog = CatalogClient::new(http.clone(), &settings.catalog_url, settings.timeouts)
             .expect("catalog url is valid");

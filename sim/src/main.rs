@@ -315,23 +315,22 @@ fn dispatch(cli: Cli) -> ExitCode {
     }
 }
 
-/// `tiersim check-chunking`: the metamorphic chunking check per scenario.
-/// Exits as `run` does: 1 on a divergence or bad input (every malformed
-/// file is reported before anything runs).
-fn check_chunking(paths: Vec<PathBuf>, cuts: u64, plant: Option<PlantedBug>) -> ExitCode {
+/// Every scenario file under `paths`, loaded. Every malformed file is
+/// reported before anything runs; any error is exit 1.
+fn load_all(paths: &[PathBuf]) -> Result<Vec<(PathBuf, scenario::Scenario)>, ExitCode> {
     let mut files = Vec::new();
-    for p in &paths {
+    for p in paths {
         match scenario::files(p) {
             Ok(f) => files.extend(f),
             Err(e) => {
                 eprintln!("error: {}: {e}", p.display());
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         }
     }
     if files.is_empty() {
         eprintln!("error: no scenario files in {paths:?}");
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     }
     let mut loaded = Vec::new();
     let mut bad = false;
@@ -345,8 +344,20 @@ fn check_chunking(paths: Vec<PathBuf>, cuts: u64, plant: Option<PlantedBug>) -> 
         }
     }
     if bad {
-        return ExitCode::FAILURE;
+        Err(ExitCode::FAILURE)
+    } else {
+        Ok(loaded)
     }
+}
+
+/// `tiersim check-chunking`: the metamorphic chunking check per scenario.
+/// Exits as `run` does: 1 on a divergence or bad input (every malformed
+/// file is reported before anything runs).
+fn check_chunking(paths: Vec<PathBuf>, cuts: u64, plant: Option<PlantedBug>) -> ExitCode {
+    let loaded = match load_all(&paths) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     let opts = RunOptions {
         plant,
         ..RunOptions::default()
@@ -451,35 +462,10 @@ fn run(
     if trace {
         init_trace();
     }
-    let mut files = Vec::new();
-    for p in &paths {
-        match scenario::files(p) {
-            Ok(f) => files.extend(f),
-            Err(e) => {
-                eprintln!("error: {}: {e}", p.display());
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    if files.is_empty() {
-        eprintln!("error: no scenario files in {paths:?}");
-        return ExitCode::FAILURE;
-    }
-    // Load everything first: a malformed file fails the run before anything runs.
-    let mut loaded = Vec::new();
-    let mut bad = false;
-    for f in &files {
-        match scenario::load(f) {
-            Ok(s) => loaded.push((f.clone(), s)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                bad = true;
-            }
-        }
-    }
-    if bad {
-        return ExitCode::FAILURE;
-    }
+    let loaded = match load_all(&paths) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     if mermaid_out.is_some() && loaded.len() != 1 {
         eprintln!("error: --mermaid draws one scenario; got {}", loaded.len());
         return ExitCode::FAILURE;
