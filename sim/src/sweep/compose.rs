@@ -1,0 +1,266 @@
+//! A fault schedule merged into the base scenario's steps by time, then the
+//! liveness phase; the result is an ordinary scenario (a reproducer is this,
+//! shrunk, written back as a file).
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::{EventAction, FaultEvent, Plan};
+use crate::hosts::Chunking;
+use crate::scenario::format::{Dur, Scenario, Step};
+use crate::scenario::Action;
+
+/// Notes of the liveness phase's steps start with this.
+pub const LIVENESS_NOTE: &str = "liveness";
+/// Simulated time the liveness phase waits after healing, for restarted
+/// hosts to boot, before it asks each model once.
+const LIVENESS_SETTLE: Duration = Duration::from_secs(2);
+
+/// Where a step of a composed scenario comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    /// Step `i` (0-based) of the base scenario.
+    Base(usize),
+    /// The start of sweep fault `n`.
+    Start(usize),
+    /// The end of sweep fault `n`.
+    End(usize),
+    /// Step `i` (0-based) of the liveness phase.
+    Liveness(usize),
+}
+
+/// A base scenario with a fault schedule merged into its steps.
+#[derive(Debug, Clone)]
+pub struct Composed {
+    pub scenario: Scenario,
+    /// One per step of `scenario`.
+    pub origins: Vec<Origin>,
+    pub events: Vec<FaultEvent>,
+}
+
+impl Composed {
+    /// The composed scenario keeping only the steps `keep` accepts.
+    pub fn retain(&self, keep: impl Fn(Origin) -> bool) -> Composed {
+        let mut out = self.clone();
+        let mut steps = Vec::new();
+        let mut origins = Vec::new();
+        for (st, o) in self.scenario.steps.iter().zip(&self.origins) {
+            if keep(*o) {
+                steps.push(st.clone());
+                origins.push(*o);
+            }
+        }
+        (out.scenario.steps, out.origins) = playable(steps, origins);
+        out.events
+            .retain(|e| out.origins.contains(&Origin::Start(e.number)));
+        out
+    }
+
+    pub fn fault_count(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.scenario
+            .steps
+            .iter()
+            .filter(|s| s.get_ref().request.is_some())
+            .count()
+    }
+}
+
+pub(super) fn spanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+
+impl Plan {
+    /// The base scenario with `events` merged into its steps by time: a base
+    /// step sits at its own `at`, or at its start in the reference run; each
+    /// fault starts at its `at` and ends at its `end` (an end after the last
+    /// base step is left out: the fault simply lasts to the end). Every `at`
+    /// of the result goes forward, so it is a valid scenario file.
+    pub fn compose(&self, seed: u64, events: &[FaultEvent]) -> Composed {
+        let mut marks: Vec<(Duration, Origin, Step)> = Vec::new();
+        for e in events {
+            let (start, end) = event_steps(e);
+            marks.push((e.at, Origin::Start(e.number), start));
+            marks.push((e.end, Origin::End(e.number), end));
+        }
+        marks.sort_by_key(|(t, o, _)| (*t, *o));
+        let mut steps = Vec::new();
+        let mut origins = Vec::new();
+        let mut next = marks.into_iter().peekable();
+        for (i, st) in self.base.steps.iter().enumerate() {
+            let key = st
+                .get_ref()
+                .at
+                .as_ref()
+                .map_or(self.timeline[i], |a| a.get_ref().0);
+            while let Some((_, o, step)) = next.next_if(|(t, _, _)| *t < key) {
+                steps.push(spanned(step));
+                origins.push(o);
+            }
+            steps.push(st.clone());
+            origins.push(Origin::Base(i));
+        }
+        // After the last base step, the faults that start there, then the
+        // liveness phase: every fault still active is healed at once.
+        let mut heal = Vec::new();
+        for (_, o, mut step) in next {
+            if matches!(o, Origin::Start(_)) {
+                steps.push(spanned(step));
+                origins.push(o);
+            } else {
+                step.at = None;
+                heal.push((o, step));
+            }
+        }
+        for (o, step) in heal {
+            steps.push(spanned(step));
+            origins.push(o);
+        }
+        for (i, step) in self.liveness_steps().into_iter().enumerate() {
+            steps.push(spanned(step));
+            origins.push(Origin::Liveness(i));
+        }
+        let (steps, origins) = playable(steps, origins);
+        let mut scenario = self.base.clone();
+        scenario.seed = seed;
+        if !self.menu.chunkings.is_empty() {
+            // The chunking dimension: one per seed, cut with the seed.
+            let chunking = self.menu.chunkings[(seed % self.menu.chunkings.len() as u64) as usize];
+            if chunking != Chunking::Random {
+                scenario.world.max_chunk = None;
+            }
+            scenario.world.chunking = chunking;
+            scenario.world.chunk_seed = seed;
+        }
+        scenario.steps = steps;
+        scenario.sweep = None;
+        scenario.pins.clear();
+        scenario.findings.clear();
+        scenario.name = format!("{} (sweep seed {seed})", self.base.name);
+        scenario.description = format!(
+            "{} under the random fault schedule of sweep seed {seed}.\n",
+            self.file.display()
+        );
+        let mut events = events.to_vec();
+        events.retain(|e| origins.contains(&Origin::Start(e.number)));
+        Composed {
+            scenario,
+            origins,
+            events,
+        }
+    }
+
+    /// The liveness phase, after every fault is healed (as TigerBeetle's
+    /// VOPR does): a pause for restarted hosts to come up, then one request
+    /// per model id the scenario knows. The reference model judges each
+    /// (`liveness`): a model it says is servable must be served by its best
+    /// provider (the first of the model's order) at the first attempt.
+    fn liveness_steps(&self) -> Vec<Step> {
+        let s = &self.base;
+        let mut ids: std::collections::BTreeSet<String> =
+            s.catalog.iter().map(|r| r.id.clone()).collect();
+        if let Ok(config) = crate::world::engine_config(s) {
+            ids.extend(config.chutes_models.iter().map(|e| e.canonical_id.clone()));
+        }
+        for st in &s.steps {
+            let st = st.get_ref();
+            if let Some(rows) = &st.admin_patch {
+                ids.extend(rows.iter().map(|r| r.id.clone()));
+            }
+            if let Some(edit) = &st.catalog {
+                ids.extend(edit.upsert.iter().map(|r| r.id.clone()));
+            }
+        }
+        let mut out = vec![Step {
+            advance: Some(Dur(LIVENESS_SETTLE)),
+            note: Some(format!("{LIVENESS_NOTE}: every fault healed")),
+            ..Step::default()
+        }];
+        for id in ids {
+            out.push(Step {
+                request: Some(crate::scenario::format::RequestSpec {
+                    model: id.clone(),
+                    stream: false,
+                    prompt: None,
+                    messages: None,
+                    max_tokens: None,
+                    extra: None,
+                    pub_key_of: None,
+                    model_pub_key: None,
+                    client_pub_key: None,
+                }),
+                note: Some(format!(
+                    "{LIVENESS_NOTE}: {id} must be served by its best provider"
+                )),
+                ..Step::default()
+            });
+        }
+        out
+    }
+}
+
+/// `steps` as a script the loader accepts, running as they would: a crash
+/// of a host already down and a restart of a host already up are left out
+/// (overlapping crash windows of one host, or a shrink that removed one
+/// half of a base crash/restart pair), and an `at` the steps before already
+/// passed is raised to the time they reach (the runner would start that
+/// step at once anyway).
+fn playable(steps: Vec<Spanned<Step>>, origins: Vec<Origin>) -> (Vec<Spanned<Step>>, Vec<Origin>) {
+    let mut now = Duration::ZERO;
+    let mut down = std::collections::BTreeSet::new();
+    let mut out = (Vec::new(), Vec::new());
+    for (mut step, origin) in steps.into_iter().zip(origins) {
+        let st = step.get_mut();
+        if let Some(h) = &st.crash {
+            if !down.insert(h.get_ref().clone()) {
+                continue;
+            }
+        }
+        if let Some(h) = &st.restart {
+            if !down.remove(h.get_ref()) {
+                continue;
+            }
+        }
+        if let Some(at) = &mut st.at {
+            if at.get_ref().0 < now {
+                *at = spanned(Dur(now));
+            }
+            now = at.get_ref().0;
+        }
+        now += st.advance.map_or(Duration::ZERO, |d| d.0);
+        out.0.push(step);
+        out.1.push(origin);
+    }
+    out
+}
+
+/// The two steps of a fault: its start and its end.
+fn event_steps(e: &FaultEvent) -> (Step, Step) {
+    let at = |d: Duration| Some(spanned(Dur(d)));
+    let start_note = format!(
+        "sweep fault {} (until {})",
+        e.number,
+        humantime::format_duration(e.end)
+    );
+    let end_note = format!("sweep fault {} ends", e.number);
+    let (start_action, end_action) = match &e.action {
+        EventAction::Fault(f) => (Action::Fault(f), Action::ClearFaults(&f.host)),
+        EventAction::Partition(h) => (Action::Partition("router", h), Action::Repair("router", h)),
+        EventAction::Crash(h) => (Action::Crash(h), Action::Restart(h)),
+    };
+    let start = Step {
+        at: at(e.at),
+        note: Some(start_note),
+        ..Step::of(start_action)
+    };
+    let end = Step {
+        at: at(e.end),
+        note: Some(end_note),
+        ..Step::of(end_action)
+    };
+    (start, end)
+}
