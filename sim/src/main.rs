@@ -1,7 +1,7 @@
 //! The `tiersim` command line: a thin layer over the `tiersim` library.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tiersim::hosts::Chunking;
 use tiersim::runner::{self, RunOptions};
 use tiersim::scenario::format::{FaultKind, MAX_SIM_TIME};
-use tiersim::sweep::{self, shrink, MenuFlags, Plan};
+use tiersim::sweep::{self, plant_flag, MenuFlags, Outputs, Shard, Sweep};
 use tiersim::{junit, mermaid, record, render, rules, scenario};
 use tiersim_engine::registry::PlantedBug;
 
@@ -68,6 +68,18 @@ impl MenuArgs {
             profile: self.profile,
         }
     }
+
+    /// The sweep of `file` over `seeds` with these overrides (every shard).
+    fn sweep(&self, file: PathBuf, seeds: std::ops::RangeInclusive<u64>) -> Sweep {
+        Sweep {
+            file,
+            seeds,
+            shard: Shard::WHOLE,
+            check_determinism: false,
+            flags: self.flags(),
+            plant: self.plant,
+        }
+    }
 }
 
 fn parse_chunking(s: &str) -> Result<Chunking, String> {
@@ -96,15 +108,6 @@ fn parse_sim_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is beyond the simulated-time bound of 24h"));
     }
     Ok(d)
-}
-
-fn parse_shard(s: &str) -> Result<(u64, u64), String> {
-    let bad = || format!("{s:?}: write the shard as K/N with 1 <= K <= N");
-    let (k, n) = s.split_once('/').ok_or_else(bad)?;
-    let (k, n): (u64, u64) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
-    (n >= 1 && (1..=n).contains(&k))
-        .then_some((k, n))
-        .ok_or_else(bad)
 }
 
 fn parse_kind(s: &str) -> Result<FaultKind, String> {
@@ -167,33 +170,9 @@ enum Command {
         plant: Option<PlantedBug>,
     },
     /// Run a scenario under random fault schedules, one per seed, checking
-    /// every oracle after every step; shrink each failure to a reproducer file.
-    Sweep {
-        scenario: PathBuf,
-        /// Seeds to run: `A..B` (B excluded) or `A..=B`; never empty.
-        #[arg(long, default_value = "0..100", value_parser = sweep::parse_seeds)]
-        seeds: std::ops::RangeInclusive<u64>,
-        /// Run seeds on N OS threads, N >= 1 (the output does not depend on N).
-        #[arg(long, default_value = "1", value_parser = parse_jobs)]
-        jobs: usize,
-        /// Run only shard K of N (1-based) of the seed range.
-        #[arg(long, value_name = "K/N", value_parser = parse_shard)]
-        shard: Option<(u64, u64)>,
-        /// Run each seed twice and compare a hash of the whole run.
-        #[arg(long)]
-        check_determinism: bool,
-        /// Write a JUnit XML report (one test case per seed) to FILE.
-        #[arg(long, value_name = "FILE")]
-        junit: Option<PathBuf>,
-        /// Folder for the shrunk reproducer files.
-        #[arg(long, value_name = "DIR", default_value = "target/tiersim-sweep")]
-        out: PathBuf,
-        /// Report failures without shrinking them.
-        #[arg(long)]
-        no_shrink: bool,
-        #[command(flatten)]
-        menu: MenuArgs,
-    },
+    /// every oracle after every step; shrink each failure to a reproducer
+    /// file. `tiersim sweep merge FILES…` joins shards' outcome files.
+    Sweep(Box<SweepCmd>),
     /// Re-run one seed of a sweep (the same random fault schedule) with the
     /// trace and the snapshot printed.
     Replay {
@@ -278,27 +257,7 @@ fn dispatch(cli: Cli) -> ExitCode {
                 jobs,
             )
         }
-        Command::Sweep {
-            scenario,
-            seeds,
-            jobs,
-            shard,
-            check_determinism,
-            junit,
-            out,
-            no_shrink,
-            menu,
-        } => sweep_cmd(SweepArgs {
-            file: scenario,
-            seeds,
-            jobs,
-            shard,
-            check_determinism,
-            junit,
-            out,
-            shrink: !no_shrink,
-            menu,
-        }),
+        Command::Sweep(cmd) => sweep_cmd(*cmd),
         Command::Replay {
             scenario,
             seed,
@@ -600,67 +559,138 @@ fn rules_matrix(path: PathBuf) -> ExitCode {
     }
 }
 
-fn plant_flag(plant: Option<PlantedBug>) -> String {
-    plant.map(|b| format!(" --plant {b}")).unwrap_or_default()
+/// `tiersim sweep FILE …` or `tiersim sweep merge FILES…`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct SweepCmd {
+    #[command(subcommand)]
+    merge: Option<SweepSub>,
+    #[command(flatten)]
+    run: SweepArgs,
 }
 
-fn load_plan(file: &Path, menu: &MenuArgs) -> Result<Plan, String> {
-    let s = scenario::load(file).map_err(|e| e.to_string())?;
-    Plan::new(&s, file, &menu.flags(), menu.plant).map_err(|e| format!("{}: {e}", file.display()))
+#[derive(Subcommand)]
+enum SweepSub {
+    /// Join shards' outcome files (`--outcomes`) into the report, JUnit XML
+    /// and shrunk reproducers one machine's sweep would write; every shard
+    /// must be there once, of the same scenario and settings.
+    Merge {
+        /// The shards' outcome files, one per shard, in any order.
+        #[arg(required = true, value_name = "FILES")]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        outputs: OutputArgs,
+    },
 }
 
-struct SweepArgs {
-    file: PathBuf,
-    seeds: std::ops::RangeInclusive<u64>,
-    jobs: usize,
-    shard: Option<(u64, u64)>,
-    check_determinism: bool,
+/// Where a concluded sweep writes.
+#[derive(Args)]
+struct OutputArgs {
+    /// Write a JUnit XML report (one test case per seed) to FILE.
+    #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Also write the report (as printed, without timings) to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Folder for the shrunk reproducer files.
+    #[arg(long, value_name = "DIR", default_value = "target/tiersim-sweep")]
     out: PathBuf,
-    shrink: bool,
+    /// Report failures without shrinking them.
+    #[arg(long)]
+    no_shrink: bool,
+}
+
+impl OutputArgs {
+    fn outputs(&self) -> Outputs {
+        Outputs {
+            reproducers: (!self.no_shrink).then(|| self.out.clone()),
+            junit: self.junit.clone(),
+            report: self.report.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// The scenario file. Shards and their merge name it alike (it is
+    /// quoted in the report, JUnit and reproducers): run them from one
+    /// folder.
+    #[arg(required = true)]
+    scenario: Option<PathBuf>,
+    /// Seeds to run: `A..B` (B excluded) or `A..=B`; never empty.
+    #[arg(long, default_value = "0..100", value_parser = sweep::parse_seeds)]
+    seeds: std::ops::RangeInclusive<u64>,
+    /// Run seeds on N OS threads, N >= 1 (the output does not depend on N).
+    #[arg(long, default_value = "1", value_parser = parse_jobs)]
+    jobs: usize,
+    /// Run only shard K of N (1-based) of the seed range.
+    #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+    shard: Option<Shard>,
+    /// Run each seed twice and compare a hash of the whole run.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Write this shard's per-seed outcomes to FILE as JSON lines for
+    /// `tiersim sweep merge`, which shrinks and judges: the exit status then
+    /// only says whether the file was written.
+    #[arg(long, value_name = "FILE")]
+    outcomes: Option<PathBuf>,
+    #[command(flatten)]
+    outputs: OutputArgs,
+    #[command(flatten)]
     menu: MenuArgs,
 }
 
-fn sweep_cmd(a: SweepArgs) -> ExitCode {
-    let plan = match load_plan(&a.file, &a.menu) {
+fn sweep_cmd(cmd: SweepCmd) -> ExitCode {
+    match cmd.merge {
+        Some(SweepSub::Merge { files, outputs }) => merge_cmd(&files, &outputs),
+        None => sweep_run(cmd.run),
+    }
+}
+
+/// Prints a concluded sweep's report and any write error; `judged`: exit 1
+/// unless it passed, else only if something could not be written.
+fn print_verdict(verdict: &sweep::Verdict, judged: bool) -> ExitCode {
+    print!("{}", verdict.report);
+    for e in &verdict.write_errors {
+        eprintln!("error: {e}");
+    }
+    let ok = if judged {
+        verdict.passed()
+    } else {
+        verdict.write_errors.is_empty()
+    };
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn sweep_run(a: SweepArgs) -> ExitCode {
+    let file = a.scenario.expect("clap requires the scenario");
+    let sweep = Sweep {
+        shard: a.shard.unwrap_or(Shard::WHOLE),
+        check_determinism: a.check_determinism,
+        ..a.menu.sweep(file, a.seeds)
+    };
+    let prepared = sweep
+        .shard_seeds()
+        .and_then(|seeds| Ok((seeds, sweep.plan()?)));
+    let (seeds, plan) = match prepared {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let (k, n) = a.shard.unwrap_or((1, 1));
-    if sweep::shard_len(&a.seeds, k, n) > sweep::MAX_SEEDS {
-        eprintln!(
-            "error: --seeds {}..={} gives shard {k}/{n} more than {} seeds; split it with --shard K/N",
-            a.seeds.start(),
-            a.seeds.end(),
-            sweep::MAX_SEEDS
-        );
-        return ExitCode::FAILURE;
-    }
-    let seeds = sweep::shard(a.seeds.clone(), k, n);
-    if seeds.is_empty() {
-        eprintln!(
-            "error: shard {k}/{n} of seeds {}..={} is empty: nothing would run",
-            a.seeds.start(),
-            a.seeds.end()
-        );
-        return ExitCode::FAILURE;
-    }
     println!(
-        "sweep {}: seeds {}..={} (shard {k}/{n}: {} seeds), {} job(s){}{}",
-        a.file.display(),
-        a.seeds.start(),
-        a.seeds.end(),
+        "sweep {}: {} seeds of {}..={} (shard {}) on {} job(s)",
+        sweep.file.display(),
         seeds.len(),
-        a.jobs,
-        if a.check_determinism {
-            ", determinism check"
-        } else {
-            ""
-        },
-        plant_flag(plan.plant)
+        sweep.seeds.start(),
+        sweep.seeds.end(),
+        sweep.shard,
+        a.jobs
     );
     let bar = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(seeds.len() as u64)
@@ -675,7 +705,7 @@ fn sweep_cmd(a: SweepArgs) -> ExitCode {
     );
     let failing = std::sync::atomic::AtomicUsize::new(0);
     let wall = Instant::now();
-    let outcomes = sweep::run_seeds(&plan, &seeds, a.jobs, a.check_determinism, &|o| {
+    let outcomes = sweep.run(&plan, &seeds, a.jobs, &|o| {
         if !o.passed() {
             let f = failing.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             bar.set_message(format!("{f} failing"));
@@ -684,107 +714,61 @@ fn sweep_cmd(a: SweepArgs) -> ExitCode {
     });
     let wall = wall.elapsed();
     bar.finish_and_clear();
-
-    // With the determinism check every seed ran twice: both runs count.
+    // Timings are this machine's: printed, never part of the report.
     let runs = if a.check_determinism { 2 } else { 1 };
     let sim: Duration = outcomes.iter().map(|o| o.sim_time).sum::<Duration>() * runs;
-    let faults: usize = outcomes.iter().map(|o| o.faults).sum();
     let secs = wall.as_secs_f64().max(1e-9);
     println!(
-        "{} seeds in {:.2}s wall: {:.1} seeds/s; {} faults injected; simulated {:.1}s ({:.0}x wall)",
+        "{} seeds in {:.2}s wall: {:.1} seeds/s; simulated {:.1}s ({:.0}x wall)",
         outcomes.len(),
         wall.as_secs_f64(),
         outcomes.len() as f64 / secs,
-        faults,
         sim.as_secs_f64(),
         sim.as_secs_f64() / secs
     );
-    let checks = sweep::by_check(&outcomes);
-    let failed: Vec<&sweep::SeedOutcome> = outcomes.iter().filter(|o| !o.passed()).collect();
-    if checks.is_empty() {
-        println!("violations: none");
-    } else {
-        println!("violations:");
-        for (check, seeds) in &checks {
-            println!(
-                "  {check:<40} {} seed(s), first: seed {}",
-                seeds.len(),
-                seeds[0]
-            );
-        }
-        for o in failed.iter().filter(|o| !o.violations.is_empty()).take(20) {
-            println!("  seed {}: {}", o.seed, o.violations[0]);
-        }
-    }
-    let diverged: Vec<&&sweep::SeedOutcome> =
-        failed.iter().filter(|o| o.divergence.is_some()).collect();
-    if a.check_determinism {
-        println!(
-            "determinism: {} seeds run twice, {} diverged",
-            outcomes.len(),
-            diverged.len()
-        );
-        for o in &diverged {
-            println!(
-                "  seed {}: {}",
-                o.seed,
-                o.divergence.as_ref().expect("diverged")
-            );
-        }
-    }
-    let mut reproducers = Vec::new();
-    if a.shrink {
-        for (check, seeds) in &checks {
-            let seed = seeds[0];
-            let wall = Instant::now();
-            let Some(shrunk) = shrink::shrink(&plan, seed, check) else {
-                println!("shrink: seed {seed} no longer fails {check} (nondeterministic?)");
-                continue;
-            };
-            match shrunk.write(&plan, &a.out) {
-                Ok(path) => {
-                    println!(
-                        "shrunk seed {seed} ({check}) in {} runs, {:.2}s: {} -> {} faults, {} -> {} requests",
-                        shrunk.runs,
-                        wall.elapsed().as_secs_f64(),
-                        shrunk.faults_before,
-                        shrunk.composed.fault_count(),
-                        shrunk.requests_before,
-                        shrunk.composed.request_count(),
-                    );
-                    println!("  reproducer: {}", path.display());
-                    println!(
-                        "  replay: cargo run --release -p tiersim -- run {} --trace{}",
-                        path.display(),
-                        plant_flag(plan.plant)
-                    );
-                    reproducers.push((seed, check.clone(), path));
-                }
-                Err(e) => eprintln!("error: cannot write the reproducer: {e}"),
-            }
-        }
-    }
-    if let Some(path) = &a.junit {
-        let report = junit::sweep_report(&a.file, &outcomes, &reproducers);
-        if let Err(e) = junit::write(&report, path) {
-            eprintln!("error: cannot write {}: {e}", path.display());
+    let mut outputs = a.outputs.outputs();
+    if let Some(path) = &a.outcomes {
+        if let Err(e) = sweep::outcomes::write(&sweep, &outcomes, path) {
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
+        println!(
+            "outcomes: {} ({} seeds); `tiersim sweep merge` shrinks and judges",
+            path.display(),
+            outcomes.len()
+        );
+        outputs.reproducers = None;
+        return print_verdict(&sweep::conclude(&sweep, &plan, outcomes, &outputs), false);
     }
+    print_verdict(&sweep::conclude(&sweep, &plan, outcomes, &outputs), true)
+}
+
+fn merge_cmd(files: &[PathBuf], outputs: &OutputArgs) -> ExitCode {
+    let merged = sweep::outcomes::merge(files).and_then(|(sweep, outcomes)| {
+        let plan = sweep.plan()?;
+        Ok((sweep, outcomes, plan))
+    });
+    let (sweep, outcomes, plan) = match merged {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!(
-        "\n{} passed, {} failed",
-        outcomes.len() - failed.len(),
-        failed.len()
+        "merge: {} shard file(s), {} seeds of {}",
+        files.len(),
+        outcomes.len(),
+        sweep.file.display()
     );
-    if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    print_verdict(
+        &sweep::conclude(&sweep, &plan, outcomes, &outputs.outputs()),
+        true,
+    )
 }
 
 fn replay(file: PathBuf, seed: u64, write: Option<PathBuf>, menu: MenuArgs) -> ExitCode {
-    let plan = match load_plan(&file, &menu) {
+    let plan = match menu.sweep(file.clone(), seed..=seed).plan() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");

@@ -73,8 +73,10 @@ pub struct PatchBefore {
     pub view: RegistryView,
 }
 
-/// A failed expectation or oracle.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A failed expectation or oracle (a sweep's outcomes file carries it as
+/// JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Violation {
     /// 1-based step, 0 for the run as a whole.
     pub step: usize,

@@ -7,7 +7,8 @@ use crate::record::Report;
 use crate::render;
 
 /// Where two runs of the same seed first differ.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Divergence {
     /// The step whose record differs (0: before the first step, or in the
     /// fired-fault log after the steps).

@@ -28,7 +28,7 @@ pub struct Menu {
 }
 
 /// Command-line overrides of the `[sweep]` table.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MenuFlags {
     pub hosts: Option<Vec<String>>,
     pub kinds: Option<Vec<FaultKind>>,

@@ -16,17 +16,20 @@
 //! back as an ordinary scenario file that `tiersim run` replays without any
 //! of this machinery.
 
+mod campaign;
 mod compose;
 mod determinism;
 mod menu;
+pub mod outcomes;
 mod plan;
 mod schedule;
 mod seeds;
 pub mod shrink;
 
+pub use campaign::{conclude, plant_flag, Outputs, Shrink, Sweep, Verdict};
 pub use compose::{Composed, Origin, LIVENESS_NOTE};
 pub use determinism::{canonical, first_divergence, Divergence};
 pub use menu::{Menu, MenuFlags};
 pub use plan::{by_check, run_seeds, strip_expectations, Plan, SeedOutcome};
 pub use schedule::{EventAction, FaultEvent, Swarm};
-pub use seeds::{parse_seeds, shard, shard_len, MAX_SEEDS};
+pub use seeds::{parse_seeds, shard, shard_len, Shard, MAX_SEEDS};

@@ -46,3 +46,38 @@ pub fn shard(seeds: std::ops::RangeInclusive<u64>, k: u64, n: u64) -> Vec<u64> {
     let step = usize::try_from(n).expect("shard count fits usize");
     seeds.skip(skip).step_by(step).collect()
 }
+
+/// One shard of a seed range: the `k`-th of `n` (1-based), every `n`-th
+/// seed from the `k`-th (see [`shard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub k: u64,
+    pub n: u64,
+}
+
+impl Shard {
+    /// The whole range, as one machine sweeps it.
+    pub const WHOLE: Shard = Shard { k: 1, n: 1 };
+
+    pub fn new(k: u64, n: u64) -> Result<Shard, String> {
+        if n >= 1 && (1..=n).contains(&k) {
+            Ok(Shard { k, n })
+        } else {
+            Err(format!("shard {k}/{n}: K must be within 1..=N"))
+        }
+    }
+
+    /// `--shard K/N`.
+    pub fn parse(s: &str) -> Result<Shard, String> {
+        let bad = || format!("{s:?}: write the shard as K/N with 1 <= K <= N");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (k, n) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        Shard::new(k, n).map_err(|_| bad())
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.k, self.n)
+    }
+}
