@@ -559,6 +559,7 @@ async fn request(spec: &RequestSpec, w: &WorldHandles, id: String) -> RequestRec
 pub fn request_body(spec: &RequestSpec) -> Value {
     let messages = spec.messages.clone().unwrap_or_else(|| {
         let prompt = spec.prompt.clone().unwrap_or_else(|| "hello".into());
+        let prompt = prompt.repeat(spec.repeat.unwrap_or(1) as usize);
         vec![json!({ "role": "user", "content": prompt })]
     });
     let mut body = json!({

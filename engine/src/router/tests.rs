@@ -21,6 +21,7 @@ fn active(reg: &Registry, model: &str) {
         CatalogRow {
             active: true,
             price: 1,
+            ..Default::default()
         },
     )]);
 }
@@ -788,6 +789,7 @@ async fn r54_served_via_fallback_rules_in_order() {
         CatalogRow {
             active: true,
             price: 1,
+            ..Default::default()
         },
     )]);
     let r = router.chat(request(M), false).await;

@@ -373,7 +373,7 @@ fn r15_r16_r18_the_trace_names_why_each_provider_was_dropped() {
     // R15 case on an unprotected id instead.
     let why = |op, key: Option<&str>| {
         let mut trace = SelectTrace::default();
-        let sel = select_observed(reg.load(), M, op, key, false, &mut trace).unwrap();
+        let sel = select_observed(reg.load(), M, op, key, false, None, &mut trace).unwrap();
         let table = reg.load();
         let names: Vec<(String, Dropped)> = trace
             .dropped
@@ -408,7 +408,7 @@ fn r15_r16_r18_the_trace_names_why_each_provider_was_dropped() {
         SourceRead::Ok(External(rows(&[(P, &[&e1])]))),
     );
     let mut trace = SelectTrace::default();
-    let sel = select_observed(reg2.load(), P, PLAIN, None, false, &mut trace).unwrap();
+    let sel = select_observed(reg2.load(), P, PLAIN, None, false, None, &mut trace).unwrap();
     assert_eq!(sel.ids().map(|p| p.to_string()).collect::<Vec<_>>(), ["n1"]);
     let t = reg2.load();
     let dropped: Vec<_> = trace
@@ -432,7 +432,7 @@ fn r17_the_trace_records_the_leading_group_and_its_turn() {
     let reg = registry(&[&n1, &n2], &[&c1], &[]);
     let traced = |reg: &Registry| {
         let mut trace = SelectTrace::default();
-        let sel = select_observed(reg.load(), M, PLAIN, None, false, &mut trace).unwrap();
+        let sel = select_observed(reg.load(), M, PLAIN, None, false, None, &mut trace).unwrap();
         assert!(!sel.is_empty());
         assert_eq!(sel.len(), 3);
         let first = sel.ids().next().unwrap().to_string();
@@ -449,6 +449,6 @@ fn r17_the_trace_records_the_leading_group_and_its_turn() {
     // The untraced selection took turn 1; the traced one now takes turn 2.
     assert_eq!(traced(&reg), (Some((2, 2)), "n1".to_string()));
     let mut trace = SelectTrace::default();
-    select_observed(reg.load(), M, PLAIN, Some("k2"), false, &mut trace).unwrap();
+    select_observed(reg.load(), M, PLAIN, Some("k2"), false, None, &mut trace).unwrap();
     assert_eq!(trace.lead, None, "one provider holds k2: no rotation");
 }
