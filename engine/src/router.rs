@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use crate::config::Profile;
-use crate::context::{self, ContextRouting, TOKENIZE_PERMITS};
+use crate::context::{self, ContextRouting, TOKENIZE_PERMITS, TOKENIZE_TIMEOUT};
 use crate::provider::Operation;
 use crate::provider::{
     ChatRequest, ChatResponse, ChatStream, ProviderError, ProviderId, StreamItem,
@@ -294,9 +294,11 @@ impl Router {
             );
         };
         drop(table);
-        let exact = counter
-            .tokenize(&req.model, &context::tokenize_prompt(&req.body))
-            .await;
+        let prompt = context::tokenize_prompt(&req.body);
+        let exact = tokio::time::timeout(TOKENIZE_TIMEOUT, counter.tokenize(&req.model, &prompt))
+            .await
+            .ok()
+            .flatten();
         let estimate = Estimate {
             tokens: Some(self.context.required(&m, exact)),
             exact: Some((counter.id().clone(), exact)),
