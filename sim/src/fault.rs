@@ -971,6 +971,11 @@ impl FaultBoard {
     }
 
     /// The host events from index `from` on.
+    /// How many events are recorded so far.
+    pub fn event_count(&self) -> usize {
+        self.board().events.len()
+    }
+
     pub fn events_from(&self, from: usize) -> Vec<HostEvent> {
         let board = self.board();
         board.events[from.min(board.events.len())..].to_vec()

@@ -99,6 +99,9 @@ fn request(out: &mut String, req: &RequestRecord) {
             retry
         );
     }
+    if !req.tokenized.is_empty() {
+        let _ = writeln!(out, "tokenized on: {}", req.tokenized.join(", "));
+    }
     if let Some((p, t)) = &req.served {
         let fallback = if req.via_fallback == Some(true) {
             ", via fallback"

@@ -562,6 +562,10 @@ pub struct Expect {
     /// Exactly the chat requests upstream hosts received while the request
     /// ran, in order (a Chutes request as decrypted by the instance).
     pub upstream: Option<Vec<UpstreamExpect>>,
+    /// Exactly the NEAR hosts that served a tokenize call (SPEC-parity
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenized: Option<Vec<String>>,
     /// For a `concurrent` step: one expectation per request, in order (the
     /// request keys: status, served_by, tried, error, …).
     #[serde(default)]

@@ -888,6 +888,18 @@ impl<'a> Validator<'a, '_> {
                 ));
             }
         }
+        for (j, h) in e.tokenized.iter().flatten().enumerate() {
+            if !self.scenario.near.iter().any(|n| &n.host == h) {
+                return Err((
+                    at(&[Key("tokenized"), At(j)]),
+                    format!("{h:?} names no NEAR backend (only NEAR counts tokens)"),
+                    Some(self.listing(
+                        "NEAR hosts",
+                        self.scenario.near.iter().map(|n| n.host.as_str()),
+                    )),
+                ));
+            }
+        }
         for (j, h) in e.health.iter().enumerate() {
             if !self.provider_name(&h.provider) {
                 return Err((
