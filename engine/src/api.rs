@@ -493,14 +493,22 @@ fn stream_to_sse(
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
-/// Active catalog ids, sorted.
+/// Active catalog ids, sorted, each with its context length if declared.
 async fn models(State(api): State<Api>) -> Response {
     let view = api.app.registry().view();
     let data: Vec<Value> = view
         .catalog
         .iter()
         .filter(|(_, row)| row.active)
-        .map(|(id, _)| json!({ "id": id, "object": "model", "owned_by": "tiersim" }))
+        .map(|(id, row)| {
+            let mut entry = json!({ "id": id, "object": "model", "owned_by": "tiersim" });
+            // SPEC-parity R40: one entry per id, with the row's context
+            // length (a long-context row's long window).
+            if let Some(n) = row.context_length {
+                entry["context_length"] = n.into();
+            }
+            entry
+        })
         .collect();
     axum::Json(json!({ "object": "list", "data": data })).into_response()
 }

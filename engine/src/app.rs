@@ -55,7 +55,7 @@ pub struct App {
     timeouts: Timeouts,
     /// NEAR providers are shared per inference URL (R8's shared-provider
     /// guard relies on one provider backing several models).
-    near_by_url: Mutex<BTreeMap<String, Arc<dyn Provider>>>,
+    near_by_url: Mutex<BTreeMap<String, Arc<NearProvider>>>,
     external_by_row: Mutex<BTreeMap<(String, String), Arc<dyn Provider>>>,
     /// Serialises refreshes and admin batches so they apply in order.
     writer: Mutex<()>,
@@ -106,7 +106,8 @@ impl App {
                 registry.clone(),
                 settings.config.profile,
                 settings.config.model_concurrency,
-            ),
+            )
+            .with_context_routing(settings.config.context),
             registry,
             http,
             catalog,
@@ -171,6 +172,7 @@ impl App {
                             let row = CatalogRow {
                                 active: r.active,
                                 price: r.price,
+                                context_length: r.context_length,
                             };
                             (r.id.clone(), row)
                         })
@@ -233,7 +235,18 @@ impl App {
         validate_batch(&batch)?;
         let _w = self.writer.lock().await;
         let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
-        let touches_url: Vec<bool> = batch.iter().map(|r| r.inference_url.is_some()).collect();
+        // R13/R40: a row is re-registered from its merged catalog rows only
+        // when the patch touches what its providers are built from: the
+        // URL, `provider_config` or the context length.
+        let rebuilt: std::collections::BTreeSet<String> = batch
+            .iter()
+            .filter(|r| {
+                r.inference_url.is_some()
+                    || r.provider_config.is_some()
+                    || r.context_length.is_some()
+            })
+            .map(|r| r.id.clone())
+            .collect();
         let all = self
             .catalog
             .patch(batch)
@@ -249,19 +262,20 @@ impl App {
                 CatalogRow {
                     active: r.active,
                     price: r.price,
+                    context_length: r.context_length,
                 },
             )
         }));
-        let url_rows: Vec<WireRow> = rows
+        // Every row of a rebuilt id (one per NEAR backend serving it).
+        let url_rows: Vec<WireRow> = all
             .iter()
-            .zip(&touches_url)
-            .filter(|(_, t)| **t)
-            .map(|(r, _)| r.clone())
+            .filter(|r| rebuilt.contains(&r.id))
+            .cloned()
             .collect();
         let mut batch = self.discover(&url_rows).await;
         // A cleared URL is an empty entry: the model is rebuilt pinned-only.
-        for r in &url_rows {
-            batch.entry(r.id.clone()).or_default();
+        for id in &rebuilt {
+            batch.entry(id.clone()).or_default();
         }
         self.registry.merge_discovered(Discovered(batch));
         Ok(rows)
@@ -271,6 +285,12 @@ impl App {
     /// A backend whose attestation cannot be read is left out of this cycle
     /// (its models fall back to their pinned providers); one that was known
     /// keeps serving from the cache.
+    ///
+    /// SPEC-parity R40: each declares the row's `context_length`; a row
+    /// with a valid `provider_config.long_context` block also gets a second
+    /// NEAR provider (after the base) declaring the long window, the base
+    /// declaring the block's base window. An invalid block is ignored with
+    /// a warning. A reused provider's window is overwritten, never cleared.
     async fn discover(&self, rows: &[WireRow]) -> BTreeMap<String, Vec<Arc<dyn Provider>>> {
         let mut out: BTreeMap<String, Vec<Arc<dyn Provider>>> = BTreeMap::new();
         let mut cache = self.near_by_url.lock().await;
@@ -278,25 +298,59 @@ impl App {
             let Some(url) = &row.inference_url else {
                 continue;
             };
-            let provider = match cache.get(url) {
-                Some(p) => p.clone(),
-                None => {
-                    match NearProvider::discover_with(self.http.clone(), url, self.timeouts).await {
-                        Ok(p) => {
-                            let p: Arc<dyn Provider> = Arc::new(p);
-                            cache.insert(url.clone(), p.clone());
-                            p
-                        }
-                        Err(e) => {
-                            tracing::warn!(model = %row.id, error = %e, "NEAR backend not attested; skipped this cycle");
-                            continue;
-                        }
-                    }
+            let long = match crate::context::long_context(
+                Some(url),
+                row.context_length,
+                row.provider_config.as_ref(),
+            ) {
+                Ok(long) => long,
+                Err(why) => {
+                    tracing::warn!(model = %row.id, why, "long-context block ignored");
+                    None
                 }
             };
-            out.entry(row.id.clone()).or_default().push(provider);
+            let mut tiers = vec![(
+                url.as_str(),
+                long.as_ref()
+                    .map_or(row.context_length, |l| Some(l.base_window)),
+            )];
+            if let Some(l) = &long {
+                tiers.push((l.inference_url.as_str(), Some(l.long_window)));
+            }
+            for (url, window) in tiers {
+                let Some(provider) = self.near_provider(&mut cache, url, &row.id).await else {
+                    continue;
+                };
+                provider.declare_context_window(window);
+                out.entry(row.id.clone())
+                    .or_default()
+                    .push(provider as Arc<dyn Provider>);
+            }
         }
         out
+    }
+
+    /// The cached provider of `url`, or a freshly attested one.
+    async fn near_provider(
+        &self,
+        cache: &mut BTreeMap<String, Arc<NearProvider>>,
+        url: &str,
+        model: &str,
+    ) -> Option<Arc<NearProvider>> {
+        if let Some(p) = cache.get(url) {
+            return Some(p.clone());
+        }
+        match NearProvider::discover_with(self.http.clone(), url, self.timeouts).await {
+            Ok(p) => {
+                let p = Arc::new(p);
+                cache.insert(url.to_string(), p.clone());
+                Some(p)
+            }
+            Err(e) => {
+                tracing::warn!(model, error = %e, "NEAR backend not attested; skipped this cycle");
+                None
+            }
+        }
     }
 
     /// Refreshes every `refresh_interval` of tokio time, or at once when

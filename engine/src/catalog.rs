@@ -16,7 +16,7 @@ pub const CATALOG_PATH: &str = "/v1/catalog";
 pub const EXTERNAL_PATH: &str = "/v1/external";
 
 /// One model row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogRow {
     /// The canonical model id.
@@ -28,6 +28,17 @@ pub struct CatalogRow {
     pub active: bool,
     /// Price per million tokens in micro-dollars: an integer, so exact.
     pub price: u64,
+    /// SPEC-parity R40: the model's context window in tokens; the window
+    /// its NEAR provider declares (with a valid long-context block, the
+    /// long tier's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    /// Provider settings; R40 reads its `long_context` block
+    /// (`inference_url`, `max_context_tokens`, `base_max_context_tokens`).
+    /// Kept as JSON so an invalid block is ignored with a warning instead of
+    /// failing the whole listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_config: Option<serde_json::Value>,
 }
 
 /// One external plaintext provider row for a model.
@@ -56,6 +67,12 @@ pub struct CatalogPatchRow {
     pub active: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<u64>,
+    /// R40: a new context length (never cleared by a patch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    /// R40: replaces the row's `provider_config` (e.g. a long-context block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_config: Option<serde_json::Value>,
 }
 
 /// Distinguishes a present `null` (`Some(None)`) from an absent field (`None`).
@@ -71,6 +88,8 @@ impl CatalogPatchRow {
             inference_url: None,
             active: false,
             price: 0,
+            context_length: None,
+            provider_config: None,
         });
         if let Some(url) = &self.inference_url {
             row.inference_url = url.clone();
@@ -80,6 +99,12 @@ impl CatalogPatchRow {
         }
         if let Some(price) = self.price {
             row.price = price;
+        }
+        if let Some(n) = self.context_length {
+            row.context_length = Some(n);
+        }
+        if let Some(c) = &self.provider_config {
+            row.provider_config = Some(c.clone());
         }
         row
     }
@@ -167,6 +192,8 @@ mod tests {
             inference_url: Some("http://near-1".into()),
             active: false,
             price: 5,
+            context_length: None,
+            provider_config: None,
         };
         let row = p.apply(Some(&current));
         assert_eq!(row.inference_url.as_deref(), Some("http://near-1"));

@@ -9,6 +9,23 @@ use std::time::Duration;
 pub struct ChutesModelEntry {
     pub canonical_id: String,
     pub chute_slug: String,
+    /// SPEC-parity R41: the context window the slug's `@<n>` suffix declares
+    /// (R40); `None`: undeclared (unlimited).
+    pub context_window: Option<u32>,
+}
+
+/// R41: splits a slug's `@<n>` capacity suffix at the last `@`. The tail
+/// (trimmed) must parse as a `u32` and the head must be non-empty; anything
+/// else leaves the whole text as the slug, with no window. `@0` is accepted
+/// as a window of 0 (every request overflows), as upstream does.
+pub fn split_capacity_suffix(slug: &str) -> (&str, Option<u32>) {
+    match slug.rsplit_once('@') {
+        Some((head, tail)) if !head.trim().is_empty() => match tail.trim().parse::<u32>() {
+            Ok(n) => (head.trim(), Some(n)),
+            Err(_) => (slug, None),
+        },
+        _ => (slug, None),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,7 +75,9 @@ impl std::fmt::Debug for AdminKey {
 /// canonical == slug; whitespace is trimmed and empty entries are dropped. A
 /// repeated canonical id keeps the first entry and logs a warning naming it.
 /// An entry with an empty side or more than one `=` refuses the whole value,
-/// so nothing is half-configured.
+/// so nothing is half-configured (tiersim's hardening; upstream drops or
+/// re-splits such entries). The slug side may end in R41's `@<n>` capacity
+/// suffix; a bare entry strips it before canonical = slug.
 pub fn parse_chutes_models(raw: Option<&str>) -> Result<Vec<ChutesModelEntry>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(Vec::new());
@@ -70,10 +89,16 @@ pub fn parse_chutes_models(raw: Option<&str>) -> Result<Vec<ChutesModelEntry>, C
             entry: entry.to_string(),
             why,
         };
-        let (canonical, slug) = match entry.split_once('=') {
-            None => (entry, entry),
+        let (canonical, slug, context_window) = match entry.split_once('=') {
+            None => {
+                let (slug, window) = split_capacity_suffix(entry);
+                (slug, slug, window)
+            }
             Some((_, rest)) if rest.contains('=') => return Err(malformed("more than one `=`")),
-            Some((c, s)) => (c.trim(), s.trim()),
+            Some((c, s)) => {
+                let (slug, window) = split_capacity_suffix(s.trim());
+                (c.trim(), slug, window)
+            }
         };
         if canonical.is_empty() {
             return Err(malformed("empty canonical id"));
@@ -91,6 +116,7 @@ pub fn parse_chutes_models(raw: Option<&str>) -> Result<Vec<ChutesModelEntry>, C
         out.push(ChutesModelEntry {
             canonical_id: canonical.to_string(),
             chute_slug: slug.to_string(),
+            context_window,
         });
     }
     Ok(out)
@@ -165,6 +191,8 @@ pub struct EngineConfig {
     /// `MODEL_CONCURRENCY_LIMIT`: the in-flight cap per model (R28; the
     /// world has no organisations, so the cap is per model only).
     pub model_concurrency: usize,
+    /// `CONTEXT_ROUTE_*`: SPEC-parity R42's estimate knobs.
+    pub context: crate::context::ContextRouting,
 }
 
 impl Default for EngineConfig {
@@ -177,6 +205,7 @@ impl Default for EngineConfig {
             admin_api_key: None,
             profile: Profile::Tiersim,
             model_concurrency: DEFAULT_MODEL_CONCURRENCY,
+            context: crate::context::ContextRouting::default(),
         }
     }
 }
@@ -231,7 +260,9 @@ impl EngineConfig {
                     },
                 )?,
             };
+        let context = crate::context::ContextRouting::from_env(&get)?;
         Ok(EngineConfig {
+            context,
             chutes_models,
             chutes_api_key,
             chutes_streaming,
@@ -251,7 +282,39 @@ mod tests {
         ChutesModelEntry {
             canonical_id: c.into(),
             chute_slug: s.into(),
+            context_window: None,
         }
+    }
+
+    #[test]
+    fn r41_capacity_suffix_parsing() {
+        let got = parse_chutes_models(Some(
+            "z-ai/glm-5.2=zai-org/GLM-5.2-TEE@1048576, bare/model@131072, w=weird/slug@x, z=s@0, e=@5, t=s @ 7",
+        ))
+        .unwrap();
+        let with = |c: &str, s: &str, n: Option<u32>| ChutesModelEntry {
+            canonical_id: c.into(),
+            chute_slug: s.into(),
+            context_window: n,
+        };
+        assert_eq!(
+            got,
+            vec![
+                with("z-ai/glm-5.2", "zai-org/GLM-5.2-TEE", Some(1_048_576)),
+                with("bare/model", "bare/model", Some(131_072)),
+                with("w", "weird/slug@x", None),
+                with("z", "s", Some(0)),
+                with("e", "@5", None),
+                with("t", "s", Some(7)),
+            ]
+        );
+        // The hardenings of R2 stay.
+        assert!(parse_chutes_models(Some("a=b=c@3")).is_err());
+        assert!(parse_chutes_models(Some("a=@")).is_ok_and(|v| v[0].chute_slug == "@"));
+        assert_eq!(
+            split_capacity_suffix("s@4294967296"),
+            ("s@4294967296", None)
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod chutes;
 pub mod client_error;
 pub mod config;
+pub mod context;
 pub mod echo;
 pub mod external;
 pub mod http;

@@ -4,9 +4,12 @@
 //! carries the signing public keys that pubkey routing matches (R16). One
 //! provider per inference URL, shared by every model that URL serves.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::context::{tokenize_count, TOKENIZE_PATH, TOKENIZE_TIMEOUT};
 use crate::http::HttpClient;
 use crate::openai::{provider_error, OpenAiClient, Timeouts};
 use crate::provider::{ChatRequest, ChatResponse, ChatStream, Provider, ProviderError, ProviderId};
@@ -74,7 +77,14 @@ pub struct NearProvider {
     id: ProviderId,
     client: OpenAiClient,
     signing_keys: Vec<String>,
+    /// SPEC-parity R40: the declared window, [`NO_WINDOW`] when none. A
+    /// provider is shared per URL and reused across refreshes, so the
+    /// latest row's number wins; a row without one never clears it.
+    window: AtomicU64,
 }
+
+/// [`NearProvider`]'s window before any row declared one.
+const NO_WINDOW: u64 = u64::MAX;
 
 impl NearProvider {
     /// Fetches the backend's attestation report and builds its provider.
@@ -98,7 +108,16 @@ impl NearProvider {
             id: ProviderId::new(client.authority()),
             client,
             signing_keys,
+            window: AtomicU64::new(NO_WINDOW),
         })
+    }
+
+    /// R40: a refresh or PATCH that reuses this provider overwrites its
+    /// window with the row's number and never clears it (`None` keeps it).
+    pub fn declare_context_window(&self, window: Option<u32>) {
+        if let Some(w) = window {
+            self.window.store(u64::from(w), Ordering::Relaxed);
+        }
     }
 
     pub fn inference_url(&self) -> &str {
@@ -122,6 +141,32 @@ impl Provider for NearProvider {
 
     fn signing_keys(&self) -> &[String] {
         &self.signing_keys
+    }
+
+    fn context_window(&self) -> Option<u32> {
+        u32::try_from(self.window.load(Ordering::Relaxed)).ok()
+    }
+
+    /// R43: `POST /v1/tokenize` with `{"model", "prompt"}`, 2 s at most;
+    /// any failure or other shape is no count.
+    async fn tokenize(&self, model: &str, prompt: &str) -> Option<u64> {
+        let client = self.client.clone().with_timeouts(Timeouts {
+            request: TOKENIZE_TIMEOUT,
+            ..self.client.timeouts()
+        });
+        let body = serde_json::json!({ "model": model, "prompt": prompt });
+        let call = client.send_json::<serde_json::Value>(http::Method::POST, TOKENIZE_PATH, &body);
+        match tokio::time::timeout(TOKENIZE_TIMEOUT, call).await {
+            Ok(Ok(reply)) => tokenize_count(&reply),
+            Ok(Err(e)) => {
+                tracing::debug!(provider = %self.id, error = %e, "tokenize failed; heuristic used");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(provider = %self.id, "tokenize timed out; heuristic used");
+                None
+            }
+        }
     }
 
     async fn chat_completion(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {

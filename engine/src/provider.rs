@@ -184,6 +184,20 @@ pub trait Provider: Send + Sync + 'static {
     /// attestation report. Chutes and plaintext providers: none.
     fn signing_keys(&self) -> &[String];
 
+    /// SPEC-parity R40: the context window it declares, in tokens; `None`
+    /// is unlimited. NEAR: its catalog row's `context_length` (or a
+    /// long-context block's window); Chutes: `CHUTES_MODELS`' `@n` (R41).
+    fn context_window(&self) -> Option<u32> {
+        None
+    }
+
+    /// SPEC-parity R43: an exact token count of `prompt` for `model`, or
+    /// `None` (the provider cannot count, the call failed or timed out, the
+    /// reply had no count). Only NEAR counts.
+    async fn tokenize(&self, _model: &str, _prompt: &str) -> Option<u64> {
+        None
+    }
+
     async fn chat_completion(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError>;
 
     /// Opens a stream. `Ok` means the upstream accepted the request; errors

@@ -100,6 +100,13 @@ pub(crate) fn scan(text: &str) -> Class {
     }
 }
 
+/// SPEC-parity R45.1: a 400 whose text says the request exceeds the
+/// provider's context window.
+fn is_context_overflow(e: &ProviderError) -> bool {
+    matches!(e, ProviderError::Status { status, message }
+        if crate::context::is_context_length_exceeded(*status, message))
+}
+
 /// R38: a 400 or 404 whose text says the model is not served there (an
 /// `error.code` alone never counts: extraction drops it, R31).
 pub fn is_model_not_found(status: u16, message: &str) -> bool {
@@ -285,6 +292,11 @@ where
     F: FnMut(Arc<dyn Provider>) -> Fut,
     Fut: Future<Output = Result<T, ProviderError>>,
 {
+    // SPEC-parity R45: the largest window a candidate declares.
+    let largest_window = candidates
+        .iter()
+        .filter_map(|(p, _)| p.context_window())
+        .max();
     let mut round = 1;
     loop {
         let mut retry: Option<Backoff> = None;
@@ -310,7 +322,19 @@ where
                 }
                 Err(e) => e,
             };
-            let class = classify(&error);
+            // R45: a context-length 400 from a provider with a declared
+            // window, while a candidate declares a strictly larger one,
+            // falls through: not retryable, not counted.
+            let context_fall_through = is_context_overflow(&error)
+                && provider
+                    .context_window()
+                    .zip(largest_window)
+                    .is_some_and(|(w, largest)| largest > w);
+            let class = if context_fall_through {
+                Class::FallThrough
+            } else {
+                classify(&error)
+            };
             let decision = match class {
                 // R19/R20: a fall-through failure (408, model-not-found 404,
                 // timeout, refusal) neither makes nor unmakes the round
@@ -346,6 +370,10 @@ where
                 return Err(failure);
             }
             if rounds.last_error_decides {
+                // R45: it never replaces a recorded retryable error (R33).
+                if context_fall_through && retry.is_some() {
+                    continue;
+                }
                 retry = match class {
                     Class::Retryable(kind) => Some(kind),
                     _ => None,

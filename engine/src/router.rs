@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use crate::config::Profile;
+use crate::context::{self, ContextRouting, TOKENIZE_PERMITS, TOKENIZE_TIMEOUT};
 use crate::provider::Operation;
 use crate::provider::{
     ChatRequest, ChatResponse, ChatStream, ProviderError, ProviderId, StreamItem,
@@ -18,6 +19,7 @@ use crate::retry::{self, Attempt};
 use crate::select::{select_in, select_observed, SelectError, SelectTrace, Selection};
 use crate::tier::Tier;
 use arc_swap::Guard;
+use smallvec::SmallVec;
 
 /// Who served a request, as its usage record names it (R54).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +122,16 @@ impl RouteError {
     }
 }
 
+/// SPEC-parity R42/R43's outcome for one request.
+#[derive(Debug, Default)]
+struct Estimate {
+    /// The requirement in tokens; `None`: none (nothing overflows).
+    tokens: Option<u32>,
+    /// The provider asked for an exact count and its answer (`None`: the
+    /// heuristic was used after all); absent when no count was asked.
+    exact: Option<(ProviderId, Option<u64>)>,
+}
+
 /// The result of routing one request, with every attempt made.
 #[derive(Debug)]
 pub struct Routed {
@@ -134,6 +146,11 @@ pub struct Router {
     epoch: Instant,
     profile: Profile,
     inflight: Arc<InFlight>,
+    /// SPEC-parity R42's knobs.
+    context: ContextRouting,
+    /// SPEC-parity R43: tokenize calls in flight at once, for this router
+    /// (the process-wide permits of one router process); never waited for.
+    tokenize_permits: tokio::sync::Semaphore,
 }
 
 /// R28's per-model in-flight counts. Looked up by key only, never iterated.
@@ -202,7 +219,91 @@ impl Router {
                 limit: model_cap,
                 counts: Default::default(),
             }),
+            context: ContextRouting::default(),
+            tokenize_permits: tokio::sync::Semaphore::new(TOKENIZE_PERMITS),
         }
+    }
+
+    /// The same router with SPEC-parity R42's knobs.
+    pub fn with_context_routing(mut self, context: ContextRouting) -> Router {
+        self.context = context;
+        self
+    }
+
+    /// SPEC-parity R42/R43: the request's context requirement, in tokens,
+    /// or `None` when no provider of the model declares a window (nothing
+    /// can overflow). A single-window model uses the service hint (streamed
+    /// chat only); two or more distinct windows switch on the pool's
+    /// refinement, with an exact count from one NEAR provider when the
+    /// request lies near a window, is not encrypted and a permit is free.
+    /// The snapshot guard is not held across the tokenize call: the table
+    /// is loaded again after it.
+    async fn estimate(
+        &self,
+        table: Guard<Arc<Table>>,
+        req: &ChatRequest,
+        stream: bool,
+    ) -> (Guard<Arc<Table>>, Estimate) {
+        let Some(idx) = table.models.get(req.model.as_str()) else {
+            return (table, Estimate::default());
+        };
+        if !idx.order.any_window {
+            return (table, Estimate::default());
+        }
+        let m = context::measure(&req.body);
+        if !idx.order.refine {
+            let tokens = stream.then(|| context::service_hint(&m));
+            return (
+                table,
+                Estimate {
+                    tokens,
+                    exact: None,
+                },
+            );
+        }
+        let slots = table.model_slots(idx);
+        let encrypted = req.model_pub_key.is_some() || req.client_pub_key.is_some();
+        let windows: SmallVec<[u32; 4]> = slots.iter().filter_map(|s| s.window).collect();
+        // R43: the first NEAR with the smallest declared window, else the
+        // first NEAR (slots are sorted by tier, then window).
+        let smallest = windows.iter().copied().min();
+        let near = || slots.iter().filter(|s| s.tier == Tier::Near);
+        let counter = near()
+            .find(|s| s.window.is_some() && s.window == smallest)
+            .or_else(|| near().next())
+            .map(|s| s.provider.clone());
+        let Some(counter) =
+            counter.filter(|_| !encrypted && self.context.near_boundary(&m, &windows))
+        else {
+            return (
+                table,
+                Estimate {
+                    tokens: Some(self.context.required(&m, None)),
+                    exact: None,
+                },
+            );
+        };
+        let Ok(_permit) = self.tokenize_permits.try_acquire() else {
+            tracing::debug!(model = %req.model, "no tokenize permit free; heuristic used");
+            return (
+                table,
+                Estimate {
+                    tokens: Some(self.context.required(&m, None)),
+                    exact: None,
+                },
+            );
+        };
+        drop(table);
+        let prompt = context::tokenize_prompt(&req.body);
+        let exact = tokio::time::timeout(TOKENIZE_TIMEOUT, counter.tokenize(&req.model, &prompt))
+            .await
+            .ok()
+            .flatten();
+        let estimate = Estimate {
+            tokens: Some(self.context.required(&m, exact)),
+            exact: Some((counter.id().clone(), exact)),
+        };
+        (self.registry.load(), estimate)
     }
 
     pub fn profile(&self) -> Profile {
@@ -247,6 +348,14 @@ impl Router {
             Some(_) => {}
         }
         let op = req.operation(stream);
+        let (table, estimate) = self.estimate(table, req, stream).await;
+        tracing::debug!(
+            model,
+            estimate = ?estimate.tokens,
+            tokenized = ?estimate.exact,
+            "context requirement"
+        );
+        let estimate = estimate.tokens;
         let rounds = match self.profile {
             Profile::Tiersim => retry::Rounds::SPEC,
             Profile::Upstream => retry::Rounds::LAST_ERROR,
@@ -266,9 +375,9 @@ impl Router {
             Vec::new()
         };
         let selection = if tracing::enabled!(tracing::Level::DEBUG) {
-            traced_select(table, model, op, pubkey, e2ee)
+            traced_select(table, model, op, pubkey, e2ee, estimate)
         } else {
-            select_in(table, model, op, pubkey, e2ee)
+            select_in(table, model, op, pubkey, e2ee, estimate)
         }
         .map_err(|e| match e {
             // R30: a pubkey miss covers a model with no providers at all.
@@ -389,6 +498,7 @@ fn traced_select(
     op: Operation,
     pubkey: Option<&str>,
     e2ee: bool,
+    estimate: Option<u32>,
 ) -> Result<Selection, SelectError> {
     let listed: Vec<String> = table
         .models
@@ -402,7 +512,11 @@ fn traced_select(
                     } else {
                         ""
                     };
-                    format!("{} ({}{down})", s.provider.id(), s.tier)
+                    let window = s
+                        .window
+                        .map(|w| format!(", window {w}"))
+                        .unwrap_or_default();
+                    format!("{} ({}{down}{window})", s.provider.id(), s.tier)
                 })
                 .collect()
         })
@@ -417,7 +531,7 @@ fn traced_select(
         })
         .unwrap_or_default();
     let mut trace = SelectTrace::default();
-    let result = select_observed(table, model, op, pubkey, e2ee, &mut trace);
+    let result = select_observed(table, model, op, pubkey, e2ee, estimate, &mut trace);
     let name = |slot: u32| {
         names
             .iter()

@@ -1,4 +1,4 @@
-//! Provider selection (R15–R18): the hot path.
+//! Provider selection (R15–R18, SPEC-parity R44): the hot path.
 //!
 //! One `ArcSwap::load`, one hash lookup and a pass over the model's slots,
 //! which the snapshot keeps tier-sorted with the request-independent part of
@@ -12,7 +12,7 @@ use arc_swap::Guard;
 use smallvec::SmallVec;
 
 use crate::provider::{Operation, Provider, ProviderId};
-use crate::registry::{Health, ModelIdx, Registry, Slot, Table};
+use crate::registry::{Health, ModelIdx, Registry, Slot, Table, UNDECLARED_RANK};
 use crate::tier::{Capabilities, Tier};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -137,7 +137,22 @@ impl Registry {
         model_pub_key: Option<&str>,
         client_e2ee: bool,
     ) -> Result<Selection, SelectError> {
-        select_in(self.load(), model, op, model_pub_key, client_e2ee)
+        select_in(self.load(), model, op, model_pub_key, client_e2ee, None)
+    }
+
+    /// [`Registry::select`] for a request whose context requirement is
+    /// `estimate` tokens (SPEC-parity R42): a provider whose declared window
+    /// it exceeds sorts behind every one that fits (R44).
+    #[inline]
+    pub fn select_sized(
+        &self,
+        model: &str,
+        op: Operation,
+        model_pub_key: Option<&str>,
+        client_e2ee: bool,
+        estimate: Option<u32>,
+    ) -> Result<Selection, SelectError> {
+        select_in(self.load(), model, op, model_pub_key, client_e2ee, estimate)
     }
 }
 
@@ -148,8 +163,14 @@ pub(crate) struct StaticOrder {
     /// R15: how many leading slots may be selected. A model with any attested
     /// provider never selects a plaintext one; plaintext providers sort last.
     pub cut: u32,
-    /// R17: the size of the leading tier group among them, before demotions.
+    /// R17/R44: the size of the leading (tier, capacity rank) group among
+    /// them, before demotions and overflow.
     pub lead: u32,
+    /// R40: some provider declares a window (else no estimate can matter).
+    pub any_window: bool,
+    /// R42.2: the providers declare at least two distinct windows, so the
+    /// pool refines the estimate.
+    pub refine: bool,
     /// R18: capabilities every selectable slot has (a filter that would keep
     /// everything is skipped).
     pub all: Capabilities,
@@ -171,10 +192,14 @@ impl StaticOrder {
             tier_sorted.len()
         };
         let eligible = &tier_sorted[..eligible];
+        let static_key = |s: &Slot| (s.tier, s.capacity_rank());
         let lead = eligible
             .iter()
-            .take_while(|s| Some(s.tier) == eligible.first().map(|f| f.tier))
+            .take_while(|s| Some(static_key(s)) == eligible.first().map(static_key))
             .count();
+        let mut windows = tier_sorted.iter().filter_map(|s| s.window);
+        let first_window = windows.next();
+        let refine = first_window.is_some_and(|w| windows.any(|x| x != w));
         let all = eligible
             .iter()
             .fold(Capabilities::ALL, |a, s| Capabilities {
@@ -185,6 +210,8 @@ impl StaticOrder {
         StaticOrder {
             cut: n(eligible.len()),
             lead: n(lead),
+            any_window: first_window.is_some(),
+            refine,
             all,
             #[cfg(feature = "planted-bugs")]
             demotion_sort_one_step: false,
@@ -199,8 +226,17 @@ pub(crate) fn select_in(
     op: Operation,
     model_pub_key: Option<&str>,
     client_e2ee: bool,
+    estimate: Option<u32>,
 ) -> Result<Selection, SelectError> {
-    select_observed(table, model, op, model_pub_key, client_e2ee, &mut ())
+    select_observed(
+        table,
+        model,
+        op,
+        model_pub_key,
+        client_e2ee,
+        estimate,
+        &mut (),
+    )
 }
 
 /// [`select_in`], telling `obs` why each provider was dropped and how the
@@ -213,6 +249,7 @@ pub(crate) fn select_observed<O: SelectObserver>(
     op: Operation,
     model_pub_key: Option<&str>,
     client_e2ee: bool,
+    estimate: Option<u32>,
     obs: &mut O,
 ) -> Result<Selection, SelectError> {
     let Some(idx) = table.models.get(model) else {
@@ -222,6 +259,7 @@ pub(crate) fn select_observed<O: SelectObserver>(
         op,
         model_pub_key,
         client_e2ee,
+        estimate,
     };
     // Up to four providers are ordered in a stack buffer; more may allocate.
     let order = if idx.order.cut <= 4 {
@@ -242,6 +280,27 @@ struct Request<'a> {
     op: Operation,
     model_pub_key: Option<&'a str>,
     client_e2ee: bool,
+    /// SPEC-parity R42's requirement, in tokens; `None`: no estimate.
+    estimate: Option<u32>,
+}
+
+/// SPEC-parity R44's sort key, packed so one integer comparison orders by
+/// (overflow, hard-demoted, latency-demoted, tier, capacity rank).
+#[inline]
+fn sort_key(s: &Slot, estimate: Option<u32>, demoted: bool) -> u64 {
+    let overflow = matches!((estimate, s.window), (Some(e), Some(w)) if e > w);
+    // R44: with overflow the biggest window comes first.
+    let rank = match (overflow, s.window) {
+        (true, Some(w)) => UNDECLARED_RANK - u64::from(w),
+        _ => s.capacity_rank(),
+    };
+    // R47's slot in the key: always false until latency demotion exists.
+    let latency_demoted = false;
+    (u64::from(overflow) << 40)
+        | (u64::from(demoted) << 39)
+        | (u64::from(latency_demoted) << 38)
+        | ((s.tier as u64) << 34)
+        | rank
 }
 
 /// Writes the model's selected slot indices, best first, into `buf` (at least
@@ -263,6 +322,7 @@ fn order_into<O: SelectObserver>(
 
     let mut n = 0;
     let mut any_demoted = false;
+    let mut any_overflow = false;
     for (i, s) in eligible.iter().enumerate() {
         // R16: only providers holding the key; Chutes holds none.
         if let Some(key) = req.model_pub_key {
@@ -272,6 +332,7 @@ fn order_into<O: SelectObserver>(
             }
         }
         any_demoted |= s.health.is_demoted();
+        any_overflow |= matches!((req.estimate, s.window), (Some(e), Some(w)) if e > w);
         buf[n] = idx.start + i as u32;
         n += 1;
     }
@@ -299,18 +360,23 @@ fn order_into<O: SelectObserver>(
     }
     let order = &mut buf[..n];
 
-    // R17: order by (demoted, tier). The slots are already tier-sorted, so
-    // without demotions the order stands; otherwise a stable move of the
-    // demoted behind the healthy completes it (rare path).
-    let demoted = |o: u32| any_demoted && at(o).health.is_demoted();
-    if any_demoted {
+    // R17/R44: order by (overflow, demoted, latency-demoted, tier,
+    // capacity rank). The slots are already sorted by (tier, capacity rank),
+    // so without demotion or overflow the order stands; otherwise a stable
+    // insertion sort by the whole key completes it (rare path).
+    let key = |o: u32| {
+        let s = at(o);
+        sort_key(s, req.estimate, any_demoted && s.health.is_demoted())
+    };
+    let reorder = any_demoted || any_overflow;
+    if reorder {
         #[cfg(feature = "planted-bugs")]
         let one_step = idx.order.demotion_sort_one_step;
         #[cfg(not(feature = "planted-bugs"))]
         let one_step = false;
         for i in 1..order.len() {
             let mut j = i;
-            while j > 0 && demoted(order[j - 1]) && !demoted(order[j]) {
+            while j > 0 && key(order[j - 1]) > key(order[j]) {
                 order.swap(j - 1, j);
                 if one_step {
                     break;
@@ -319,16 +385,15 @@ fn order_into<O: SelectObserver>(
             }
         }
     }
-    // Round-robin within the leading (demoted, tier) group only, so lower
-    // groups keep their place (rotating the whole list skews the leaders).
-    let lead = if n == eligible.len() && !any_demoted {
+    // Round-robin within the leading group only (every provider whose whole
+    // key equals the first's), so lower groups keep their place (rotating
+    // the whole list skews the leaders) and two capacity tiers never share
+    // traffic.
+    let lead = if n == eligible.len() && !reorder {
         idx.order.lead as usize
     } else {
-        let (tier, down) = (at(order[0]).tier, demoted(order[0]));
-        order
-            .iter()
-            .take_while(|&&o| at(o).tier == tier && demoted(o) == down)
-            .count()
+        let first = key(order[0]);
+        order.iter().take_while(|&&o| key(o) == first).count()
     };
     if lead > 1 {
         let counter = if req.model_pub_key.is_some() {

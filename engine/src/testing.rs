@@ -31,6 +31,13 @@ pub struct FakeProvider {
     script: Mutex<VecDeque<ProviderError>>,
     calls: AtomicUsize,
     cut_streams: AtomicBool,
+    /// SPEC-parity R40: its declared window.
+    window: Option<u32>,
+    /// SPEC-parity R43: what its tokenize answers (`None`: no count), and
+    /// how long it takes.
+    token_count: Option<u64>,
+    tokenize_latency: Duration,
+    tokenize_calls: AtomicUsize,
 }
 
 impl FakeProvider {
@@ -45,7 +52,29 @@ impl FakeProvider {
             script: Mutex::new(VecDeque::new()),
             calls: AtomicUsize::new(0),
             cut_streams: AtomicBool::new(false),
+            window: None,
+            token_count: None,
+            tokenize_latency: Duration::ZERO,
+            tokenize_calls: AtomicUsize::new(0),
         }
+    }
+
+    /// Declares a context window of `tokens` (SPEC-parity R40).
+    pub fn with_context_window(mut self, tokens: u32) -> Self {
+        self.window = Some(tokens);
+        self
+    }
+
+    /// Its tokenize answers `count` after `latency` (SPEC-parity R43).
+    pub fn with_token_count(mut self, count: Option<u64>, latency: Duration) -> Self {
+        self.token_count = count;
+        self.tokenize_latency = latency;
+        self
+    }
+
+    /// How many tokenize calls it received.
+    pub fn tokenize_calls(&self) -> usize {
+        self.tokenize_calls.load(Ordering::Relaxed)
     }
 
     /// A NEAR backend: every capability.
@@ -160,6 +189,16 @@ impl Provider for FakeProvider {
     }
     fn signing_keys(&self) -> &[String] {
         &self.keys
+    }
+    fn context_window(&self) -> Option<u32> {
+        self.window
+    }
+    async fn tokenize(&self, _model: &str, _prompt: &str) -> Option<u64> {
+        self.tokenize_calls.fetch_add(1, Ordering::Relaxed);
+        if !self.tokenize_latency.is_zero() {
+            tokio::time::sleep(self.tokenize_latency).await;
+        }
+        self.token_count
     }
 
     async fn chat_completion(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {

@@ -112,3 +112,45 @@ fn r17_the_counter_sees_allocations() {
     });
     assert_eq!(count, 1);
 }
+
+#[test]
+fn r44_sized_selection_allocates_nothing_for_up_to_four_providers() {
+    // Two capacity tiers of NEAR and a Chutes with its own window: the
+    // overflow path reorders by the whole sort key.
+    let reg = Registry::new();
+    let base = FakeProvider::near("base")
+        .with_keys(["k"])
+        .with_context_window(1_000)
+        .arc();
+    let mid = FakeProvider::near("mid")
+        .with_keys(["k"])
+        .with_context_window(1_000)
+        .arc();
+    let long = FakeProvider::near("long")
+        .with_keys(["k"])
+        .with_context_window(10_000)
+        .arc();
+    reg.register_secondary(
+        M,
+        FakeProvider::chutes("chutes")
+            .with_context_window(100_000)
+            .arc(),
+    );
+    reg.refresh(
+        SourceRead::Ok(Discovered(rows(&[(M, &[&base, &mid, &long])]))),
+        SourceRead::Ok(External::default()),
+    );
+    for estimate in [None, Some(10), Some(5_000), Some(50_000), Some(500_000)] {
+        for key in [None, Some("k")] {
+            let op = Operation::ChatCompletion;
+            drop(reg.select_sized(M, op, key, false, estimate).unwrap());
+            let count = allocations(|| {
+                for _ in 0..100 {
+                    let s = reg.select_sized(M, op, key, false, estimate);
+                    std::hint::black_box(s).unwrap();
+                }
+            });
+            assert_eq!(count, 0, "estimate={estimate:?} key={key:?}");
+        }
+    }
+}

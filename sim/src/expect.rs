@@ -48,6 +48,7 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
         || !e.headers.is_empty()
         || !e.headers_absent.is_empty()
         || e.upstream.is_some()
+        || e.tokenized.is_some()
         || e.via_fallback.is_some();
     if needs_request && req.is_none() {
         out.push("request expectations on a step without a request".into());
@@ -138,6 +139,14 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
         }
         if let Some(want) = &e.upstream {
             upstream(want, &req.upstream, &mut out);
+        }
+        if let Some(want) = &e.tokenized {
+            if *want != req.tokenized {
+                out.push(format!(
+                    "tokenized: expected {want:?}, got {:?}",
+                    req.tokenized
+                ));
+            }
         }
         for name in &e.headers_absent {
             if let Some((_, v)) = req.headers.iter().find(|(k, _)| k == name) {

@@ -81,6 +81,8 @@ pub enum RequestKind {
     Instances,
     /// Chutes' `GET /chutes/{chute_id}/evidence?nonce=…` (§7b).
     Evidence,
+    /// A NEAR backend's `POST /v1/tokenize` (SPEC-parity R43).
+    Tokenize,
 }
 
 /// Which requests a fault hits.
@@ -103,6 +105,7 @@ pub enum Scope {
     Models,
     Instances,
     Evidence,
+    Tokenize,
 }
 
 impl Scope {
@@ -121,6 +124,7 @@ impl Scope {
             Scope::Models => kind == K::Models,
             Scope::Instances => kind == K::Instances,
             Scope::Evidence => kind == K::Evidence,
+            Scope::Tokenize => kind == K::Tokenize,
         }
     }
 
@@ -138,6 +142,7 @@ impl Scope {
             Scope::Models => "models",
             Scope::Instances => "instances",
             Scope::Evidence => "evidence",
+            Scope::Tokenize => "tokenize",
         }
     }
 }
@@ -966,6 +971,11 @@ impl FaultBoard {
     }
 
     /// The host events from index `from` on.
+    /// How many events are recorded so far.
+    pub fn event_count(&self) -> usize {
+        self.board().events.len()
+    }
+
     pub fn events_from(&self, from: usize) -> Vec<HostEvent> {
         let board = self.board();
         board.events[from.min(board.events.len())..].to_vec()

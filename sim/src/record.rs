@@ -31,6 +31,9 @@ pub struct RequestRecord {
     /// The chat requests upstream hosts received while this request ran,
     /// in order.
     pub upstream: Vec<Received>,
+    /// The NEAR hosts that served a `POST /v1/tokenize` while this request
+    /// ran (SPEC-parity R43's exact count), in order.
+    pub tokenized: Vec<String>,
     pub served: Option<(String, Tier)>,
     /// R54's `served_via_fallback` of a served request.
     pub via_fallback: Option<bool>,

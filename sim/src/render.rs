@@ -99,6 +99,9 @@ fn request(out: &mut String, req: &RequestRecord) {
             retry
         );
     }
+    if !req.tokenized.is_empty() {
+        let _ = writeln!(out, "tokenized on: {}", req.tokenized.join(", "));
+    }
     if let Some((p, t)) = &req.served {
         let fallback = if req.via_fallback == Some(true) {
             ", via fallback"
@@ -128,6 +131,9 @@ pub fn registry(v: &RegistryView) -> String {
             .iter()
             .map(|p| {
                 let mut s = format!("{} [{}", p.id, p.tier);
+                if let Some(w) = p.context_window {
+                    let _ = write!(s, ", window {w}");
+                }
                 if p.consecutive_failures > 0 {
                     let n = p.consecutive_failures;
                     let _ = write!(s, ", {n} failure{}", if n == 1 { "" } else { "s" });
@@ -161,7 +167,13 @@ pub fn registry(v: &RegistryView) -> String {
     let rows: Vec<String> = v
         .catalog
         .iter()
-        .map(|(m, r)| format!("{m}{}", if r.active { "" } else { " (inactive)" }))
+        .map(|(m, r)| {
+            let context = r
+                .context_length
+                .map(|n| format!(" (context {n})"))
+                .unwrap_or_default();
+            format!("{m}{context}{}", if r.active { "" } else { " (inactive)" })
+        })
         .collect();
     let _ = writeln!(out, "  catalog: [{}]", rows.join(", "));
     out

@@ -51,6 +51,12 @@ rules! {
     "R36" => "client-media short-circuit",
     "R37" => "unparseable complete body vs broken body",
     "R38" => "model-not-found fall-through on 400 and 404",
+    "R40" => "declared context windows, the long-context tier",
+    "R41" => "CHUTES_MODELS @n capacity suffix",
+    "R42" => "context requirement estimate (service hint, pool refinement)",
+    "R43" => "exact token count near a window boundary (tokenize)",
+    "R44" => "capacity-aware ordering: overflow, demoted, latency-demoted, tier, capacity",
+    "R45" => "context-length 400 falls through to a larger window",
     "R53" => "x-serving-provider on every success",
     "R54" => "usage attribution: served_via_fallback",
 }

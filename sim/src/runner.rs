@@ -10,7 +10,7 @@ use http::{Method, Request};
 use serde_json::{json, Value};
 use tiersim_engine::registry::{PlantedBug, RegistryView};
 
-use crate::fault::FaultInjection;
+use crate::fault::{FaultInjection, HostEvent, RequestKind};
 use crate::net;
 use crate::oracle;
 use crate::record::{PatchBefore, Report, RequestRecord, StepRecord, Violation};
@@ -522,6 +522,7 @@ async fn request(spec: &RequestSpec, w: &WorldHandles, id: String) -> RequestRec
     }
     headers.push(("x-request-id", id.clone()));
     let received_before = w.board.received_count();
+    let events_before = w.board.event_count();
     let (status, response_headers, body) =
         call(Method::POST, "/v1/chat/completions", body, &headers).await;
     let entry = w
@@ -543,6 +544,19 @@ async fn request(spec: &RequestSpec, w: &WorldHandles, id: String) -> RequestRec
         headers: response_headers,
         body,
         upstream: w.board.received_since(received_before),
+        tokenized: w
+            .board
+            .events_from(events_before)
+            .into_iter()
+            .filter_map(|e| match e {
+                HostEvent::Request {
+                    host,
+                    kind: RequestKind::Tokenize,
+                    ..
+                } => Some(host),
+                _ => None,
+            })
+            .collect(),
         attempts: entry
             .as_ref()
             .map(|e| e.attempts.clone())
@@ -559,6 +573,7 @@ async fn request(spec: &RequestSpec, w: &WorldHandles, id: String) -> RequestRec
 pub fn request_body(spec: &RequestSpec) -> Value {
     let messages = spec.messages.clone().unwrap_or_else(|| {
         let prompt = spec.prompt.clone().unwrap_or_else(|| "hello".into());
+        let prompt = prompt.repeat(spec.repeat.unwrap_or(1) as usize);
         vec![json!({ "role": "user", "content": prompt })]
     });
     let mut body = json!({
@@ -623,7 +638,14 @@ async fn list_models() -> Vec<String> {
         .and_then(|v| {
             v["data"].as_array().map(|a| {
                 a.iter()
-                    .filter_map(|m| m["id"].as_str().map(String::from))
+                    .filter_map(|m| {
+                        let id = m["id"].as_str()?;
+                        // SPEC-parity R40: the listed context length.
+                        Some(match m["context_length"].as_u64() {
+                            Some(n) => format!("{id} (context {n})"),
+                            None => id.to_string(),
+                        })
+                    })
                     .collect()
             })
         })

@@ -51,6 +51,12 @@ pub fn admin_patch_body(rows: &[PatchRow], url: &dyn Fn(&str) -> String) -> Stri
             if let Some(p) = r.price {
                 row["price"] = p.into();
             }
+            if let Some(n) = r.context_length {
+                row["context_length"] = n.into();
+            }
+            if let Some(l) = &r.long_context {
+                row["provider_config"] = world::long_context_config(l, url);
+            }
             row
         })
         .collect();

@@ -110,7 +110,18 @@ pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::confi
         "ADMIN_API_KEY" => Some(SIM_ADMIN_KEY.to_string()),
         "TIERSIM_PROFILE" => Some(c.profile.as_str().to_string()),
         "MODEL_CONCURRENCY_LIMIT" => c.model_concurrency.map(|n| n.to_string()),
-        _ => None,
+        _ => {
+            let knobs = c.context_route.as_ref()?;
+            match k {
+                "CONTEXT_ROUTE_SAFETY_FACTOR" => knobs.safety_factor,
+                "CONTEXT_ROUTE_EXACT_FACTOR" => knobs.exact_factor,
+                "CONTEXT_ROUTE_TOKENIZE_BAND_LOW" => knobs.tokenize_band_low,
+                "CONTEXT_ROUTE_TOKENIZE_BAND_HIGH" => knobs.tokenize_band_high,
+                "CONTEXT_ROUTE_MEDIA_PART_TOKENS" => knobs.media_part_tokens,
+                _ => None,
+            }
+            .map(|x| x.to_string())
+        }
     })
 }
 
@@ -123,6 +134,8 @@ pub fn wire_rows(r: &ScenarioRow, url: &dyn Fn(&str) -> String) -> Vec<CatalogRo
         inference_url,
         active: r.active,
         price: r.price,
+        context_length: r.context_length,
+        provider_config: r.long_context.as_ref().map(|l| long_context_config(l, url)),
     };
     match &r.inference_url {
         None => vec![row(None)],
@@ -133,6 +146,22 @@ pub fn wire_rows(r: &ScenarioRow, url: &dyn Fn(&str) -> String) -> Vec<CatalogRo
             .map(|h| row(Some(url(h))))
             .collect(),
     }
+}
+
+/// SPEC-parity R40: a scenario's long-context block as the catalog row's
+/// `provider_config`, its host named by `url`.
+pub fn long_context_config(
+    l: &crate::scenario::format::LongContext,
+    url: &dyn Fn(&str) -> String,
+) -> serde_json::Value {
+    let mut block = serde_json::json!({ "inference_url": url(l.inference_url.get_ref()) });
+    if let Some(n) = l.max_context_tokens {
+        block["max_context_tokens"] = n.into();
+    }
+    if let Some(n) = l.base_max_context_tokens {
+        block["base_max_context_tokens"] = n.into();
+    }
+    serde_json::json!({ "long_context": block })
 }
 
 /// Upstream deadlines inside the world: generous next to scripted latency,
@@ -412,6 +441,7 @@ pub fn chutes_factory(
         .models_base_url(format!("{base_url}{MODELS_PREFIX}"))
         .streaming(chutes.streaming)
         .stream_version(version)
+        .context_window(entry.context_window)
         .timeouts(TIMEOUTS);
         let config = if chutes.keyed_priming {
             config.plant_keyed_priming()

@@ -53,6 +53,7 @@ fn world(seed: u64) -> World {
             inference_url: Some(url("near-1")),
             active: true,
             price: 1_000_000,
+            ..Default::default()
         })
         .external(ExternalRow {
             model: EXT_MODEL.into(),

@@ -109,6 +109,8 @@ pub struct ChutesConfig {
     /// testbed, a real TDX quote verifier in a deployment.
     pub verifier: Arc<dyn Verifier>,
     pub timeouts: Timeouts,
+    /// SPEC-parity R40/R41: the window `CHUTES_MODELS`' `@n` declares.
+    pub context_window: Option<u32>,
     /// The planted issue-15 bug (`PlantedBug::KeyedPriming`): off unless a
     /// simulation run asks for it.
     #[cfg(feature = "planted-bugs")]
@@ -148,9 +150,16 @@ impl ChutesConfig {
             stream_version: StreamVersion::V1,
             verifier,
             timeouts: Timeouts::default(),
+            context_window: None,
             #[cfg(feature = "planted-bugs")]
             keyed_priming: false,
         }
+    }
+
+    /// R40/R41: the window it declares (the entry's `@n`), or none.
+    pub fn context_window(mut self, window: Option<u32>) -> Self {
+        self.context_window = window;
+        self
     }
 
     /// Plants `PlantedBug::KeyedPriming` in the provider built from this
@@ -223,6 +232,7 @@ impl ChutesConfig {
             rng,
             turn: AtomicUsize::new(0),
             pool: tokio::sync::Mutex::new(Pool::default()),
+            context_window: self.context_window,
             #[cfg(feature = "planted-bugs")]
             keyed_priming: self.keyed_priming,
         })
@@ -344,6 +354,8 @@ pub struct ChutesProvider {
     rng: SharedRng,
     /// R61: the candidate a request starts at (advances once per request).
     turn: AtomicUsize,
+    /// R40/R41: the declared window.
+    context_window: Option<u32>,
     #[cfg(feature = "planted-bugs")]
     keyed_priming: bool,
     /// Held across discovery so concurrent requests share one listing.
@@ -707,6 +719,10 @@ impl Provider for ChutesProvider {
 
     fn signing_keys(&self) -> &[String] {
         &[]
+    }
+
+    fn context_window(&self) -> Option<u32> {
+        self.context_window
     }
 
     async fn chat_completion(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {

@@ -19,7 +19,7 @@ use arc_swap::{ArcSwap, Guard};
 use crate::provider::Provider;
 pub use table::CatalogRow;
 use table::Sources;
-pub(crate) use table::{Health, ModelIdx, Slot, Table};
+pub(crate) use table::{Health, ModelIdx, Slot, Table, UNDECLARED_RANK};
 pub use view::{ProviderView, RegistryView};
 
 #[cfg(feature = "planted-bugs")]

@@ -266,6 +266,7 @@ impl Model {
                             let row = CatalogRow {
                                 active: *active,
                                 price: *price,
+                                ..Default::default()
                             };
                             (MODELS[*m].to_string(), row)
                         })
@@ -289,6 +290,7 @@ impl Model {
                 let row = CatalogRow {
                     active: *active,
                     price: *price,
+                    ..Default::default()
                 };
                 self.catalog.insert(MODELS[*model].to_string(), row);
             }
@@ -304,6 +306,7 @@ impl Model {
                     .or_insert(CatalogRow {
                         active: false,
                         price: 0,
+                        ..Default::default()
                     });
             }
             Op::Fail { provider, n } => {
@@ -350,6 +353,7 @@ impl Model {
                                 consecutive_failures: n,
                                 // R17/R21: 10 or more consecutive failures.
                                 demoted: n >= 10,
+                                context_window: None,
                             }
                         })
                         .collect();
@@ -398,6 +402,7 @@ fn apply(reg: &Registry, op: &Op, u: &Universe) {
                         let row = CatalogRow {
                             active: *active,
                             price: *price,
+                            ..Default::default()
                         };
                         (MODELS[*m].to_string(), row)
                     })
@@ -415,6 +420,7 @@ fn apply(reg: &Registry, op: &Op, u: &Universe) {
             CatalogRow {
                 active: *active,
                 price: *price,
+                ..Default::default()
             },
         )]),
         Op::SetActive { model, active } => {

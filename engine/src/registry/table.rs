@@ -32,6 +32,10 @@ use crate::tier::{Capabilities, Tier};
 pub struct CatalogRow {
     pub active: bool,
     pub price: u64,
+    /// SPEC-parity R40: the row's context length (a long-context row's long
+    /// window), which `/v1/models` shows; `None`: not declared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
 }
 
 pub(crate) type Providers = Vec<Arc<dyn Provider>>;
@@ -156,10 +160,26 @@ pub(crate) struct Slot {
     pub health: Arc<Health>,
     /// Signing keys usable for pubkey routing (R16); empty for anything not NEAR.
     pub keys: Arc<[Box<str>]>,
+    /// SPEC-parity R40: the declared context window, read from the provider
+    /// when the snapshot is built (`None`: unlimited).
+    pub window: Option<u32>,
     pub provider: Arc<dyn Provider>,
 }
 
-/// A model's slots: `slots[start..start + len]`, stably sorted by tier.
+impl Slot {
+    /// R44's capacity rank without overflow: the window, undeclared above
+    /// every declared one, so the smallest sufficient window sorts first.
+    #[inline]
+    pub(crate) fn capacity_rank(&self) -> u64 {
+        self.window.map_or(UNDECLARED_RANK, u64::from)
+    }
+}
+
+/// The capacity rank of an undeclared window: above any `u32` window.
+pub(crate) const UNDECLARED_RANK: u64 = 1 << 32;
+
+/// A model's slots: `slots[start..start + len]`, stably sorted by tier, then
+/// by capacity rank (R44's request-independent part).
 pub(crate) struct ModelIdx {
     pub name: Box<str>,
     pub start: u32,
@@ -247,13 +267,15 @@ impl Table {
                     caps: p.capabilities(),
                     health: h,
                     keys: k,
+                    window: p.context_window(),
                     provider: p.clone(),
                 });
             }
-            // The static half of R17's order, done once here rather than per
-            // request: a stable sort by tier. Selection only reorders by
-            // demotion and rotates the leading group.
-            slots[start..].sort_by_key(|s| s.tier);
+            // The static half of R17/R44's order, done once here rather
+            // than per request: a stable sort by (tier, capacity rank).
+            // Selection only reorders by overflow and demotion and rotates
+            // the leading group.
+            slots[start..].sort_by_key(|s| (s.tier, s.capacity_rank()));
             let rr = prev
                 .and_then(|t| t.models.get(m))
                 .map(|x| x.rr.clone())

@@ -197,7 +197,8 @@ fn r6_chutes_only_id_is_seeded_inactive_at_zero_price() {
         reg.catalog_row(M),
         Some(CatalogRow {
             active: false,
-            price: 0
+            price: 0,
+            ..Default::default()
         })
     );
     // Seeding again (every start) never touches an activated row.
@@ -212,6 +213,7 @@ fn r6_near_served_id_keeps_its_row_and_gains_chutes() {
     let row = CatalogRow {
         active: true,
         price: 1_250_000,
+        ..Default::default()
     };
     reg.set_catalog_rows([(M, row)]);
     assert!(!reg.seed_catalog_row_if_absent(M));
@@ -518,6 +520,7 @@ fn r13_deactivation_only_flips_the_catalog_row() {
         CatalogRow {
             active: true,
             price: 7,
+            ..Default::default()
         },
     )]);
     let before = reg.view();
@@ -567,6 +570,7 @@ fn r9_a_catalog_row_deleted_upstream_goes_in_the_same_swap_as_its_providers() {
     let active = CatalogRow {
         active: true,
         price: 0,
+        ..Default::default()
     };
     let catalog = |ids: &[&str]| Some(ids.iter().map(|m| (m.to_string(), active)).collect());
     reg.refresh_with_catalog(

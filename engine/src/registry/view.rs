@@ -17,13 +17,18 @@ pub struct ProviderView {
     pub tier: Tier,
     pub consecutive_failures: u32,
     pub demoted: bool,
+    /// SPEC-parity R40: its declared context window (`None`: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct RegistryView {
     /// Model id → its providers in registration order (`[NEAR…] + [pinned…]`,
-    /// then the external rows of an unprotected id), stably sorted by tier.
-    /// The per-request order (demotion, round-robin) is the selection's.
+    /// then the external rows of an unprotected id), stably sorted by tier
+    /// and capacity rank (SPEC-parity R44: smallest declared window first).
+    /// The per-request order (overflow, demotion, round-robin) is the
+    /// selection's.
     pub models: BTreeMap<String, Vec<ProviderView>>,
     /// Pinned ids → their pinned provider ids (R4).
     pub pinned: BTreeMap<String, Vec<ProviderId>>,
@@ -56,6 +61,7 @@ impl RegistryView {
                     tier: s.tier,
                     consecutive_failures: s.health.consecutive_failures(),
                     demoted: s.health.is_demoted(),
+                    context_window: s.window,
                 })
                 .collect();
             models.insert(m.to_string(), list);

@@ -21,6 +21,7 @@ fn active(reg: &Registry, model: &str) {
         CatalogRow {
             active: true,
             price: 1,
+            ..Default::default()
         },
     )]);
 }
@@ -788,6 +789,7 @@ async fn r54_served_via_fallback_rules_in_order() {
         CatalogRow {
             active: true,
             price: 1,
+            ..Default::default()
         },
     )]);
     let r = router.chat(request(M), false).await;
@@ -926,4 +928,189 @@ async fn r20_r21_r22_each_rounds_knob_reproduces_only_its_planted_bug() {
     };
     assert_eq!(reset(false).await, 0);
     assert_eq!(reset(true).await, 2);
+}
+
+// ---- SPEC-parity R42–R45: context-length tiers ----
+
+/// A request whose one user message is `bytes` letters, with `max_tokens`.
+fn long_request(bytes: usize, max_tokens: u64) -> ChatRequest {
+    let mut r = request(M);
+    r.body = serde_json::json!({
+        "model": M,
+        "messages": [{ "role": "user", "content": "a".repeat(bytes) }],
+        "max_tokens": max_tokens,
+    })
+    .as_object()
+    .unwrap()
+    .clone();
+    r
+}
+
+fn served_by(r: &Routed) -> &str {
+    r.result.as_ref().unwrap().provider().as_str()
+}
+
+/// Base NEAR (1 000) and long NEAR (10 000); base's tokenize answers `count`.
+fn two_tiers(count: Option<u64>) -> (Router, Arc<FakeProvider>, Arc<FakeProvider>) {
+    let base = FakeProvider::near("base")
+        .with_context_window(1_000)
+        .with_token_count(count, Duration::ZERO)
+        .arc();
+    let long = FakeProvider::near("long")
+        .with_context_window(10_000)
+        .with_token_count(Some(1), Duration::ZERO)
+        .arc();
+    (world(&[&base, &long], &[]), base, long)
+}
+
+#[tokio::test(start_paused = true)]
+async fn r42_refined_estimate_sends_a_long_request_to_the_long_tier() {
+    let (router, base, long) = two_tiers(None);
+    // 20 000 bytes, max_tokens 10: ceil(5 000 × 1.2) + 4 + 10 = 6 014.
+    let r = router.chat(long_request(20_000, 10), false).await;
+    assert_eq!(served_by(&r), "long");
+    assert_eq!((base.calls(), long.calls()), (0, 1));
+    assert_eq!(base.tokenize_calls(), 0, "far from every window: no count");
+    // A small request stays on the base tier.
+    let r = router.chat(long_request(400, 10), false).await;
+    assert_eq!(served_by(&r), "base");
+}
+
+#[tokio::test(start_paused = true)]
+async fn r42_single_window_model_uses_the_hint_for_streams_only() {
+    let near = FakeProvider::near("near")
+        .with_context_window(1_000)
+        .with_token_count(Some(1), Duration::ZERO)
+        .arc();
+    let chutes = FakeProvider::chutes("chutes").with_streaming(true).arc();
+    let router = world(&[&near], &[&chutes]);
+    // Not refined: non-streamed chat has no estimate, so NEAR leads.
+    let r = router.chat(long_request(20_000, 0), false).await;
+    assert_eq!(served_by(&r), "near");
+    // Streamed: the hint (5 000) overflows NEAR; the undeclared Chutes leads.
+    let r = router.chat(long_request(20_000, 0), true).await;
+    assert_eq!(served_by(&r), "chutes");
+    assert_eq!(near.tokenize_calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r43_exact_count_near_a_boundary_decides_the_tier() {
+    // 4 000 bytes, max_tokens 10: 1 000 + 4 + 10 lies in [700, 1 300].
+    for (count, want) in [(Some(100), "base"), (Some(2_000), "long"), (None, "long")] {
+        let (router, base, long) = two_tiers(count);
+        let r = router.chat(long_request(4_000, 10), false).await;
+        assert_eq!(served_by(&r), want, "count {count:?}");
+        assert_eq!(base.tokenize_calls(), 1, "one call, on the smallest window");
+        assert_eq!(long.tokenize_calls(), 0, "never on the long host");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn r43_encrypted_requests_are_never_tokenized() {
+    let (router, base, _long) = two_tiers(Some(100));
+    let mut req = long_request(4_000, 10);
+    req.client_pub_key = Some("ab".repeat(32));
+    let r = router.chat(req, false).await;
+    // The heuristic: ceil(1 000 × 1.2) + 14 = 1 214 > 1 000.
+    assert_eq!(served_by(&r), "long");
+    assert_eq!(base.tokenize_calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r43_a_slow_tokenize_times_out_after_2s_and_the_heuristic_decides() {
+    let base = FakeProvider::near("base")
+        .with_context_window(1_000)
+        .with_token_count(Some(100), Duration::from_secs(3))
+        .arc();
+    let long = FakeProvider::near("long").with_context_window(10_000).arc();
+    let router = world(&[&base, &long], &[]);
+    let r = router.chat(long_request(4_000, 10), false).await;
+    assert_eq!(served_by(&r), "long");
+    assert_eq!(r.attempts[0].at, Duration::from_secs(2), "2 s, then routed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn r43_four_permits_and_a_fifth_request_never_waits() {
+    let base = FakeProvider::near("base")
+        .with_context_window(1_000)
+        .with_token_count(Some(100), Duration::from_millis(500))
+        .arc();
+    let long = FakeProvider::near("long").with_context_window(10_000).arc();
+    let router = world(&[&base, &long], &[]);
+    let calls = (0..5).map(|_| router.chat(long_request(4_000, 10), false));
+    let routed = futures_util::future::join_all(calls).await;
+    assert_eq!(base.tokenize_calls(), 4);
+    let on_base = routed.iter().filter(|r| served_by(r) == "base").count();
+    assert_eq!(
+        on_base, 4,
+        "the counted four fit; the fifth used the heuristic"
+    );
+    let fifth = routed.iter().find(|r| served_by(r) == "long").unwrap();
+    assert_eq!(fifth.attempts[0].at, Duration::ZERO, "it did not wait");
+}
+
+fn context_400() -> ProviderError {
+    ProviderError::status(
+        400,
+        "This model's maximum context length is 1000 tokens. However, you requested 1200 tokens.",
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn r45_context_400_falls_through_to_a_larger_window_uncounted() {
+    let base = FakeProvider::near("base")
+        .with_context_window(1_000)
+        .fail(context_400(), 1)
+        .arc();
+    let long = FakeProvider::near("long").with_context_window(10_000).arc();
+    let router = world(&[&base, &long], &[]);
+    let r = router.chat(long_request(40, 0), false).await;
+    assert_eq!(served_by(&r), "long");
+    let decisions: Vec<Decision> = r.attempts.iter().map(|a| a.decision).collect();
+    assert_eq!(decisions, [Decision::FallThrough, Decision::Served]);
+    assert_eq!(failures(&router, "base"), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn r45_without_a_larger_declared_sibling_it_fast_returns() {
+    // NEAR declares a window, Chutes none: an undeclared window does not
+    // count, so the 400 is returned and Chutes is never called.
+    let near = FakeProvider::near("near")
+        .with_context_window(202_752)
+        .fail(context_400(), 1)
+        .arc();
+    let chutes = FakeProvider::chutes("chutes").arc();
+    let router = world(&[&near], &[&chutes]);
+    let r = router.chat(long_request(40, 0), false).await;
+    assert_eq!(err(&r).status(), 400);
+    assert_eq!(chutes.calls(), 0);
+    assert_eq!(r.attempts[0].decision, Decision::FastReturn);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r45_never_clobbers_a_recorded_retryable_error_in_either_profile() {
+    for profile in Profile::ALL {
+        // Oversize: long first (503 every time), base answers context 400.
+        let base = FakeProvider::near("base")
+            .with_context_window(1_000)
+            .fail(context_400(), 4)
+            .arc();
+        let long = FakeProvider::near("long")
+            .with_context_window(10_000)
+            .fail(s503(), 4)
+            .arc();
+        let reg = Registry::new();
+        reg.refresh(
+            SourceRead::Ok(Discovered(rows(&[(M, &[&base, &long])]))),
+            SourceRead::Ok(External::default()),
+        );
+        active(&reg, M);
+        let router = Router::with_settings(Arc::new(reg), profile, 64);
+        let r = router.chat(long_request(40_000, 0), false).await;
+        let order: Vec<(&str, u32, u64)> = tried(&r);
+        assert_eq!(order.len(), 8, "{profile}: 4 rounds of [long, base]");
+        assert_eq!(order[0].0, "long");
+        assert_eq!(err(&r).status(), 429, "{profile}: the 503, never the 400");
+        assert_eq!(failures(&router, "base"), Some(0), "{profile}");
+    }
 }

@@ -373,7 +373,7 @@ fn r15_r16_r18_the_trace_names_why_each_provider_was_dropped() {
     // R15 case on an unprotected id instead.
     let why = |op, key: Option<&str>| {
         let mut trace = SelectTrace::default();
-        let sel = select_observed(reg.load(), M, op, key, false, &mut trace).unwrap();
+        let sel = select_observed(reg.load(), M, op, key, false, None, &mut trace).unwrap();
         let table = reg.load();
         let names: Vec<(String, Dropped)> = trace
             .dropped
@@ -408,7 +408,7 @@ fn r15_r16_r18_the_trace_names_why_each_provider_was_dropped() {
         SourceRead::Ok(External(rows(&[(P, &[&e1])]))),
     );
     let mut trace = SelectTrace::default();
-    let sel = select_observed(reg2.load(), P, PLAIN, None, false, &mut trace).unwrap();
+    let sel = select_observed(reg2.load(), P, PLAIN, None, false, None, &mut trace).unwrap();
     assert_eq!(sel.ids().map(|p| p.to_string()).collect::<Vec<_>>(), ["n1"]);
     let t = reg2.load();
     let dropped: Vec<_> = trace
@@ -432,7 +432,7 @@ fn r17_the_trace_records_the_leading_group_and_its_turn() {
     let reg = registry(&[&n1, &n2], &[&c1], &[]);
     let traced = |reg: &Registry| {
         let mut trace = SelectTrace::default();
-        let sel = select_observed(reg.load(), M, PLAIN, None, false, &mut trace).unwrap();
+        let sel = select_observed(reg.load(), M, PLAIN, None, false, None, &mut trace).unwrap();
         assert!(!sel.is_empty());
         assert_eq!(sel.len(), 3);
         let first = sel.ids().next().unwrap().to_string();
@@ -449,6 +449,92 @@ fn r17_the_trace_records_the_leading_group_and_its_turn() {
     // The untraced selection took turn 1; the traced one now takes turn 2.
     assert_eq!(traced(&reg), (Some((2, 2)), "n1".to_string()));
     let mut trace = SelectTrace::default();
-    select_observed(reg.load(), M, PLAIN, Some("k2"), false, &mut trace).unwrap();
+    select_observed(reg.load(), M, PLAIN, Some("k2"), false, None, &mut trace).unwrap();
     assert_eq!(trace.lead, None, "one provider holds k2: no rotation");
+}
+
+// ---- SPEC-parity R44: capacity-aware ordering ----
+
+const BASE: u32 = 262_144;
+const LONG: u32 = 1_048_576;
+
+/// Base NEAR (262 144), long NEAR (1 048 576), Chutes (1 048 576).
+fn tiers() -> Registry {
+    let base = FakeProvider::near("base").with_context_window(BASE).arc();
+    let long = FakeProvider::near("long").with_context_window(LONG).arc();
+    let chutes = FakeProvider::chutes("chutes")
+        .with_context_window(LONG)
+        .arc();
+    // Registered long first: the order must come from the windows.
+    registry(&[&long, &base], &[&chutes], &[])
+}
+
+fn sized(reg: &Registry, estimate: Option<u32>) -> Vec<String> {
+    reg.select_sized(M, PLAIN, None, false, estimate)
+        .unwrap()
+        .ids()
+        .map(|p| p.to_string())
+        .collect()
+}
+
+#[test]
+fn r44_capacity_orders_best_fit_within_tier() {
+    let reg = tiers();
+    for (estimate, want) in [
+        (Some(10_000), ["base", "long", "chutes"]),
+        (Some(300_000), ["long", "chutes", "base"]),
+        (None, ["base", "long", "chutes"]),
+        (Some(2_000_000), ["long", "base", "chutes"]),
+    ] {
+        assert_eq!(sized(&reg, estimate), want, "estimate {estimate:?}");
+    }
+    // Exactly the window fits (overflow is strict).
+    assert_eq!(sized(&reg, Some(BASE)), ["base", "long", "chutes"]);
+    assert_eq!(sized(&reg, Some(BASE + 1))[0], "long");
+}
+
+#[test]
+fn r44_two_capacity_tiers_never_share_traffic_but_equal_windows_rotate() {
+    let reg = tiers();
+    for _ in 0..6 {
+        assert_eq!(
+            sized(&reg, Some(10))[0],
+            "base",
+            "the smaller tier always leads"
+        );
+    }
+    let a = FakeProvider::near("a").with_context_window(BASE).arc();
+    let b = FakeProvider::near("b").with_context_window(BASE).arc();
+    let c = FakeProvider::near("c").with_context_window(LONG).arc();
+    let reg = registry(&[&a, &b, &c], &[], &[]);
+    let leads: Vec<String> = (0..4).map(|_| sized(&reg, None)[0].clone()).collect();
+    assert_eq!(leads, ["a", "b", "a", "b"], "equal keys share the lead");
+    assert!((0..4).all(|_| sized(&reg, Some(LONG))[0] == "c"));
+}
+
+#[test]
+fn r44_every_window_exceeded_puts_undeclared_first_and_tier_outranks_capacity() {
+    let base = FakeProvider::near("base").with_context_window(1_000).arc();
+    let long = FakeProvider::near("long").with_context_window(10_000).arc();
+    let chutes = FakeProvider::chutes("chutes").arc();
+    let reg = registry(&[&base, &long], &[&chutes], &[]);
+    assert_eq!(sized(&reg, Some(50_000)), ["chutes", "long", "base"]);
+    // Undeclared never overflows and sorts after every declared window of
+    // its tier; tier comes before capacity when nothing overflows.
+    assert_eq!(sized(&reg, Some(500)), ["base", "long", "chutes"]);
+}
+
+#[test]
+fn r44_demotion_sorts_after_overflow_and_before_tier() {
+    let reg = tiers();
+    demote(&reg, "base", 10);
+    // Base fits but is demoted: behind every non-demoted fitting provider.
+    assert_eq!(sized(&reg, Some(10_000)), ["long", "chutes", "base"]);
+    // Overflow still outranks demotion: a fitting demoted provider leads
+    // an overflowing one.
+    let small = FakeProvider::near("small").with_context_window(100).arc();
+    let big = FakeProvider::near("big").with_context_window(1_000).arc();
+    let reg = registry(&[&small, &big], &[], &[]);
+    demote(&reg, "big", 10);
+    assert_eq!(sized(&reg, Some(500)), ["big", "small"]);
 }

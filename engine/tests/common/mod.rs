@@ -143,6 +143,7 @@ impl World {
             CatalogRow {
                 active: true,
                 price: 1,
+                ..Default::default()
             },
         )]);
         let config = EngineConfig {
@@ -163,6 +164,7 @@ impl World {
                 inference_url: None,
                 active: true,
                 price: 1,
+                ..Default::default()
             },
         );
         let (tx, rx) = mpsc::unbounded_channel();

@@ -18,7 +18,7 @@ pub use catalog::{Catalog, CatalogHandle};
 pub use chunking::{ChunkPlan, Chunking};
 pub use chutes::{ChutesGateway, ChutesHandle, Invocation, Served, DEFAULT_NONCES, MODELS_PREFIX};
 pub use external::ExternalBackend;
-pub use near::NearBackend;
+pub use near::{count_tokens, NearBackend};
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
@@ -311,6 +311,20 @@ fn last_user_message(body: &Value) -> String {
     }
 }
 
+/// What a backend echoes of a prompt: its first 64 bytes, then `…`, so a
+/// long request (SPEC-parity R42) keeps the answer and snapshot short.
+pub(crate) fn echo_of(prompt: &str) -> String {
+    const ECHOED: usize = 64;
+    if prompt.len() <= ECHOED {
+        return prompt.to_string();
+    }
+    let mut end = ECHOED;
+    while !prompt.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &prompt[..end])
+}
+
 fn words(s: &str) -> usize {
     s.split_whitespace().count()
 }
@@ -361,7 +375,7 @@ async fn chat(
     let id = format!("chatcmpl-{host}-{n}");
     let created = CREATED_BASE + n;
     let prompt = last_user_message(&request);
-    let content = format!("{host} says: {prompt}");
+    let content = format!("{host} says: {}", echo_of(&prompt));
     let model = backend.answer_model.clone().unwrap_or(model);
 
     if !streaming {
@@ -399,7 +413,11 @@ async fn chat(
         json!({ "role": "assistant", "content": "" }),
         Value::Null,
     )];
-    for piece in [host.to_string(), " says:".into(), format!(" {prompt}")] {
+    for piece in [
+        host.to_string(),
+        " says:".into(),
+        format!(" {}", echo_of(&prompt)),
+    ] {
         chunks.push(chunk(json!({ "content": piece }), Value::Null));
     }
     chunks.push(chunk(json!({}), json!("stop")));

@@ -6,11 +6,18 @@ use std::sync::atomic::AtomicU64;
 
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::Value;
+use tiersim_engine::context::TOKENIZE_PATH;
 use tiersim_engine::near::{AttestationReport, ATTESTATION_PATH};
 
-use super::{before_answer, chat_router, derive_seed, json_answer, ChatBackend, Service};
+use super::{
+    before_answer, chat_router, derive_seed, error_response, json_answer, model_not_found,
+    ChatBackend, Service,
+};
 use crate::fault::{FaultBoard, RequestKind};
 
 /// Builder of a NEAR backend host:
@@ -108,6 +115,15 @@ impl NearBackend {
                     .route(ATTESTATION_PATH, get(attestation_report))
                     .with_state(attestation.clone()),
             )
+            .merge(
+                Router::new()
+                    .route(TOKENIZE_PATH, post(tokenize))
+                    .with_state(Tokenizer {
+                        host: self.host.clone(),
+                        models: self.models.clone(),
+                        faults: self.faults.clone(),
+                    }),
+            )
         })
     }
 }
@@ -125,4 +141,50 @@ async fn attestation_report(State(a): State<Attestation>) -> Response {
         return resp;
     }
     json_answer(fault.as_ref(), a.report.into())
+}
+
+/// The simulated tokenizer (SPEC-parity R43): one token per
+/// whitespace-separated word of the prompt, the same count the backend's
+/// `usage.prompt_tokens` reports. Documented so a scenario can build a
+/// prompt with the count it needs (`"a "` × 2000 is 2000 tokens in 4000
+/// bytes; 100 words of 39 letters are 100 tokens).
+pub fn count_tokens(prompt: &str) -> u64 {
+    prompt.split_whitespace().count() as u64
+}
+
+#[derive(Clone)]
+struct Tokenizer {
+    host: String,
+    models: BTreeSet<String>,
+    faults: FaultBoard,
+}
+
+/// `POST /v1/tokenize` `{"model", "prompt"}` → `{"count": n}`; faultable
+/// like any request of the host (`on = "tokenize"` targets it alone).
+async fn tokenize(State(t): State<Tokenizer>, body: Bytes) -> Response {
+    let request: Option<Value> = serde_json::from_slice(&body).ok();
+    let model = request
+        .as_ref()
+        .and_then(|r| r["model"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let fault = t.faults.take(&t.host, RequestKind::Tokenize);
+    if let Some(resp) = before_answer(fault.as_ref(), &t.host, &model, false).await {
+        return resp;
+    }
+    let Some(prompt) = request.as_ref().and_then(|r| r["prompt"].as_str()) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            "tokenize: `prompt` must be a string",
+        );
+    };
+    if !t.models.contains(&model) {
+        return model_not_found(&model, &t.host);
+    }
+    let count = count_tokens(prompt);
+    json_answer(
+        fault.as_ref(),
+        serde_json::json!({ "count": count }).to_string().into(),
+    )
 }

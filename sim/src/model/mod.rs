@@ -20,6 +20,7 @@
 
 mod admission;
 mod chutes;
+mod context;
 mod registry;
 mod request;
 

@@ -20,6 +20,9 @@ pub struct Prov {
     pub id: String,
     pub tier: Tier,
     pub kind: Kind,
+    /// SPEC-parity R40: its declared context window (filled in by
+    /// [`Registry::list`] from [`Registry::windows`]).
+    pub window: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +44,11 @@ impl Prov {
     }
     pub fn client_e2ee(&self) -> bool {
         !matches!(self.kind, Kind::Chutes { .. })
+    }
+    /// SPEC-parity R44: the capacity rank without overflow (undeclared
+    /// after every declared window).
+    pub fn capacity_rank(&self) -> u64 {
+        self.window.map_or(1 << 32, u64::from)
     }
 }
 
@@ -74,6 +82,10 @@ pub struct Registry {
     /// Ids unregistered since the router booted (R14 clears their
     /// reservation).
     unregistered: BTreeSet<String>,
+    /// SPEC-parity R40: provider id → its declared window. A NEAR
+    /// provider's is the last row that named it (a row without one never
+    /// clears it); Chutes' is its `@n`. Per router boot.
+    pub windows: BTreeMap<String, u32>,
 }
 
 /// Whether the fault a host acted out kept a listing from arriving whole.
@@ -118,7 +130,12 @@ impl Registry {
                     kind: Kind::Chutes {
                         slug: e.chute_slug.clone(),
                     },
+                    window: None,
                 };
+                // R41: the slug's `@n`.
+                if let Some(w) = e.context_window {
+                    self.windows.insert(p.id.clone(), w);
+                }
                 let list = self.pinned.entry(e.canonical_id.clone()).or_default();
                 if !list.iter().any(|q| q.id == p.id) {
                     list.push(p);
@@ -168,16 +185,19 @@ impl Registry {
     }
 
     /// R7: each model's list `[NEAR…] + [pinned…] (+ external)`, duplicates
-    /// dropped (first wins), stably ordered by tier.
+    /// dropped (first wins), stably ordered by tier, then (SPEC-parity R44)
+    /// by declared window, smallest first, undeclared last.
     pub fn list(&self, model: &str) -> Vec<Prov> {
         let mut out: Vec<Prov> = Vec::new();
         let sources = [&self.near, &self.pinned, &self.external];
         for p in sources.iter().filter_map(|s| s.get(model)).flatten() {
             if !out.iter().any(|q| q.id == p.id) {
-                out.push(p.clone());
+                let mut p = p.clone();
+                p.window = self.windows.get(&p.id).copied();
+                out.push(p);
             }
         }
-        out.sort_by_key(|p| p.tier);
+        out.sort_by_key(|p| (p.tier, p.capacity_rank()));
         out
     }
 
@@ -235,40 +255,64 @@ impl Registry {
             let Some(url) = &row.inference_url else {
                 continue;
             };
-            let p = match self.attested.get(url) {
-                Some(p) => p.clone(),
-                None => {
-                    let host = Facts::host_of(url);
-                    let seen = (from..to).find(|i| {
-                        !used.contains(i)
-                            && matches!(&events[*i], HostEvent::Request { host: h, kind: RequestKind::Attestation, .. } if h == host)
-                    });
-                    let Some(i) = seen else { continue };
-                    used.insert(i);
-                    let HostEvent::Request { fault, .. } = &events[i] else {
-                        continue;
-                    };
-                    if breaks_answer(fault) {
-                        continue;
-                    }
-                    let Some(key) = facts.near_keys.get(host) else {
-                        continue;
-                    };
-                    let p = Prov {
-                        id: Facts::near_id(url),
-                        tier: Tier::Near,
-                        kind: Kind::Near {
-                            host: host.to_string(),
-                            key: key.clone(),
-                        },
-                    };
-                    self.attested.insert(url.clone(), p.clone());
-                    p
+            // SPEC-parity R40: the base URL with the row's window, or with
+            // a valid long-context block the base window, then the long
+            // URL with the long window.
+            let mut tiers = vec![(url.clone(), row.context_length)];
+            if let Some((long_url, base, long)) = long_tier(row) {
+                tiers[0].1 = Some(base);
+                tiers.push((long_url, Some(long)));
+            }
+            for (url, window) in tiers {
+                let Some(p) = self.attest(facts, &url, events, used, (from, to)) else {
+                    continue;
+                };
+                if let Some(w) = window {
+                    self.windows.insert(p.id.clone(), w);
                 }
-            };
-            out.entry(row.id.clone()).or_default().push(p);
+                out.entry(row.id.clone()).or_default().push(p);
+            }
         }
         out
+    }
+
+    /// The NEAR provider of `url`: attested once per boot, by the first
+    /// attestation request its backend served in `events[from..to]`.
+    fn attest(
+        &mut self,
+        facts: &Facts,
+        url: &String,
+        events: &[HostEvent],
+        used: &mut BTreeSet<usize>,
+        (from, to): (usize, usize),
+    ) -> Option<Prov> {
+        if let Some(p) = self.attested.get(url) {
+            return Some(p.clone());
+        }
+        let host = Facts::host_of(url);
+        let i = (from..to).find(|i| {
+            !used.contains(i)
+                && matches!(&events[*i], HostEvent::Request { host: h, kind: RequestKind::Attestation, .. } if h == host)
+        })?;
+        used.insert(i);
+        let HostEvent::Request { fault, .. } = &events[i] else {
+            return None;
+        };
+        if breaks_answer(fault) {
+            return None;
+        }
+        let key = facts.near_keys.get(host)?;
+        let p = Prov {
+            id: Facts::near_id(url),
+            tier: Tier::Near,
+            kind: Kind::Near {
+                host: host.to_string(),
+                key: key.clone(),
+            },
+            window: None,
+        };
+        self.attested.insert(url.clone(), p.clone());
+        Some(p)
     }
 
     /// Applies every refresh whose host events are complete in
@@ -410,20 +454,25 @@ impl Registry {
             return;
         };
         let mut url_rows = Vec::new();
+        let mut rebuilt = BTreeSet::new();
         for r in batch {
             let Some(row) = rows.iter().find(|x| x.id == r.id) else {
                 continue;
             };
             self.catalog.insert(r.id.clone(), (row.active, row.price));
-            if r.inference_url.is_some() {
-                url_rows.push(row.clone());
+            // SPEC-parity R40: the URL, the context length or the
+            // long-context block re-register the id from all its rows.
+            let touched =
+                r.inference_url.is_some() || r.context_length.is_some() || r.long_context.is_some();
+            if touched && rebuilt.insert(r.id.clone()) {
+                url_rows.extend(rows.iter().filter(|x| x.id == r.id).cloned());
             }
         }
         self.rebuilt();
         let mut used = BTreeSet::new();
         let mut found = self.discover(facts, &url_rows, window, &mut used, (at, window.len()));
-        for r in &url_rows {
-            found.entry(r.id.clone()).or_default();
+        for id in &rebuilt {
+            found.entry(id.clone()).or_default();
         }
         for (model, near) in found {
             if near.is_empty() {
@@ -450,6 +499,23 @@ impl Registry {
             let g = got.get(m).cloned().unwrap_or_default();
             if w != g {
                 out.push(format!("providers of {m}: model {w:?}, engine {g:?}"));
+            }
+        }
+        // SPEC-parity R40: every provider's declared window.
+        for (m, ps) in &view.models {
+            for p in ps {
+                let Some(q) = want
+                    .get(m)
+                    .and_then(|l| l.iter().find(|q| q.id == p.id.as_str()))
+                else {
+                    continue;
+                };
+                if q.window != p.context_window {
+                    out.push(format!(
+                        "window of {} (in {m}): model {:?}, engine {:?}",
+                        p.id, q.window, p.context_window
+                    ));
+                }
             }
         }
         for (m, ps) in &view.models {
@@ -532,7 +598,27 @@ fn external_providers(rows: &[ExternalRow]) -> BTreeMap<String, Vec<Prov>> {
             kind: Kind::External {
                 host: Facts::host_of(&r.base_url).to_string(),
             },
+            window: None,
         });
     }
     out
+}
+
+/// SPEC-parity R40's long-context block of a catalog row, when valid: the
+/// long URL, the base window and the long window. Invalid blocks are
+/// ignored (the base keeps the row's `context_length`).
+fn long_tier(row: &CatalogRow) -> Option<(String, u32, u32)> {
+    let block = row.provider_config.as_ref()?.get("long_context")?;
+    let url = block.get("inference_url")?.as_str()?.trim();
+    let base_url = row.inference_url.as_deref().map(str::trim);
+    if url.is_empty() || Some(url) == base_url {
+        return None;
+    }
+    let positive = |k: &str| {
+        let n = block.get(k)?.as_u64()?;
+        (n > 0).then(|| n.min(u64::from(u32::MAX)) as u32)
+    };
+    let base = positive("base_max_context_tokens")?;
+    let long = positive("max_context_tokens").or(row.context_length.filter(|n| *n > 0))?;
+    (base < long).then(|| (url.to_string(), base, long))
 }

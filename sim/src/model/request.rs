@@ -19,6 +19,8 @@ use crate::scenario::format::RequestSpec;
 /// The world's upstream deadline (`world::TIMEOUTS`): a host that holds its
 /// answer this long is a timeout.
 pub const DEADLINE_MS: u64 = 30_000;
+/// SPEC-parity R43: a tokenize answer held this long is no count.
+const TOKENIZE_DEADLINE_MS: u64 = 2_000;
 /// At most this many rounds (R20: 3 retries).
 const ROUNDS: u32 = 4;
 
@@ -57,6 +59,9 @@ struct Failure {
     verdict: Verdict,
     /// R22: how much this error tells the client (higher is better).
     weight: u8,
+    /// SPEC-parity R45.1: a 400 saying the request exceeds the context
+    /// window.
+    context_overflow: bool,
 }
 
 impl Failure {
@@ -82,6 +87,7 @@ impl Failure {
             cause,
             verdict,
             weight,
+            context_overflow: status == 400 && says_context_exceeded(text),
         }
     }
     /// What a simulated host's "model not served here" answer says.
@@ -96,6 +102,7 @@ impl Failure {
                 rate_limited: false,
             },
             weight: 4,
+            context_overflow: false,
         }
     }
     /// R37: a complete 2xx body that does not parse: not retryable.
@@ -104,6 +111,7 @@ impl Failure {
             cause: Cause::Other,
             verdict: Verdict::Next,
             weight: 2,
+            context_overflow: false,
         }
     }
     fn timeout() -> Failure {
@@ -111,6 +119,7 @@ impl Failure {
             cause: Cause::Timeout,
             verdict: Verdict::Next,
             weight: 3,
+            context_overflow: false,
         }
     }
     /// R24: a capability refusal, the least informative error of all.
@@ -119,6 +128,7 @@ impl Failure {
             cause: Cause::Other,
             verdict: Verdict::Next,
             weight: 1,
+            context_overflow: false,
         }
     }
     /// R23/§7b: authentication failed.
@@ -127,6 +137,7 @@ impl Failure {
             cause: Cause::Other,
             verdict: Verdict::Closed,
             weight: 7,
+            context_overflow: false,
         }
     }
 
@@ -150,6 +161,15 @@ impl Failure {
             },
         }
     }
+}
+
+/// SPEC-parity R45.1: the engine's wording for a request longer than its
+/// window.
+fn says_context_exceeded(text: &str) -> bool {
+    let t = text.to_lowercase();
+    t.contains("maximum context length")
+        || (t.contains("context length") && ["exceed", "longer than"].iter().any(|w| t.contains(w)))
+        || (t.contains("input length") && t.contains("exceed"))
 }
 
 /// R38: the text says the model is not served there.
@@ -442,10 +462,27 @@ impl Registry {
         if spec.client_pub_key.is_some() && cands.iter().any(|p| p.client_e2ee()) {
             cands.retain(|p| p.client_e2ee());
         }
-        // R17: (demoted, tier), stable; round-robin in the leading group.
+        let mut seen = Seen {
+            events: window,
+            next: BTreeMap::new(),
+        };
+        // SPEC-parity R42/R43: the context requirement, read from the body
+        // the client sent and, near a window, the tokenize call its host
+        // served.
+        let estimate = self.estimate(facts, spec, pubkey.is_some(), &mut seen);
+        // R17/R44: (overflow, demoted, latency-demoted, tier, capacity
+        // rank), stable; round-robin in the leading group (equal keys).
         let demoted = |p: &Prov| self.failures(&p.id) >= DEMOTED_AT;
-        cands.sort_by_key(|p| (demoted(p), p.tier));
-        let key = |p: &Prov| (demoted(p), p.tier);
+        let key = |p: &Prov| {
+            let overflow = matches!((estimate, p.window), (Some(e), Some(w)) if e > w);
+            let rank = match (overflow, p.window) {
+                (true, Some(w)) => (1u64 << 32) - u64::from(w),
+                _ => p.capacity_rank(),
+            };
+            // R47's latency demotion is not modelled yet: never demoted.
+            (overflow, demoted(p), false, p.tier, rank)
+        };
+        cands.sort_by_key(key);
         let lead = cands
             .iter()
             .take_while(|p| key(p) == key(&cands[0]))
@@ -461,11 +498,9 @@ impl Registry {
             *turn += 1;
             cands[..lead].rotate_left(k);
         }
+        // R45: the largest window a candidate declares.
+        let largest = cands.iter().filter_map(|p| p.window).max();
 
-        let mut seen = Seen {
-            events: window,
-            next: BTreeMap::new(),
-        };
         let mut attempts: Vec<Step> = Vec::new();
         for round in 1..=ROUNDS {
             let mut retry: Option<bool> = None;
@@ -496,6 +531,21 @@ impl Registry {
                         };
                     }
                     Upshot::Failed(f) => f,
+                };
+                // R45: a context-length 400 from a provider with a window,
+                // when a candidate's window is strictly larger: next
+                // provider, not counted (and, by its weight, never the
+                // error over a retryable one).
+                let failure = if failure.context_overflow
+                    && p.window.zip(largest).is_some_and(|(w, l)| l > w)
+                {
+                    Failure {
+                        verdict: Verdict::Next,
+                        weight: 2,
+                        ..failure
+                    }
+                } else {
+                    failure
                 };
                 let decision = match failure.verdict {
                     Verdict::Retry { rate_limited } => {
@@ -545,6 +595,60 @@ impl Registry {
             }
         }
         unreachable!("the last round returns")
+    }
+
+    /// SPEC-parity R42/R43: the request's requirement in tokens, `None`
+    /// when no provider of the model declares a window.
+    fn estimate(
+        &self,
+        facts: &Facts,
+        spec: &RequestSpec,
+        pinned_key: bool,
+        seen: &mut Seen,
+    ) -> Option<u32> {
+        let all = self.list(&spec.model);
+        let windows: Vec<u32> = all.iter().filter_map(|p| p.window).collect();
+        let first = *windows.first()?;
+        let body = crate::runner::request_body(spec);
+        let c = super::context::counts(&body);
+        if windows.iter().all(|w| *w == first) {
+            return spec.stream.then(|| super::context::hint(&c));
+        }
+        let knobs = super::context::Knobs::of(facts.scenario.config.context_route.as_ref());
+        let encrypted = pinned_key || spec.client_pub_key.is_some();
+        if encrypted || !knobs.near_a_window(&c, &windows) {
+            return Some(knobs.required(&c, None));
+        }
+        // R43: the first NEAR with the smallest window, else the first NEAR.
+        let smallest = windows.iter().min().copied();
+        let near = || all.iter().filter(|p| p.tier == Tier::Near);
+        let counter = near()
+            .find(|p| p.window.is_some() && p.window == smallest)
+            .or_else(|| near().next());
+        let Some(Kind::Near { host, .. }) = counter.map(|p| &p.kind) else {
+            return Some(knobs.required(&c, None));
+        };
+        // The call it served (none: no permit, or it never arrived); a
+        // fault that breaks the answer or holds it 2 s leaves no count.
+        let exact = match seen.take(host, &[RequestKind::Tokenize]) {
+            Some((_, fault)) => {
+                let broken = match &fault {
+                    Some(Fault::LatencyMs { ms }) => *ms >= TOKENIZE_DEADLINE_MS,
+                    Some(
+                        Fault::HttpStatus { .. }
+                        | Fault::ModelNotFound
+                        | Fault::ResetBeforeBody
+                        | Fault::ResetAfterChunks { .. }
+                        | Fault::CutStreamAfter { .. },
+                    ) => true,
+                    _ => false,
+                };
+                (!broken && facts.serves(host, &spec.model))
+                    .then(|| super::context::tokenizer_count(&body))
+            }
+            None => None,
+        };
+        Some(knobs.required(&c, exact))
     }
 
     /// What one attempt to `p` did, from the record of the host it reached.

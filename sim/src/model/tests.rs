@@ -35,6 +35,7 @@ fn three_near() -> (Facts, Registry) {
         inference_url: Some(format!("http://{h}")),
         active: true,
         price: 0,
+        ..Default::default()
     };
     let events = vec![
         HostEvent::RouterBoot,
@@ -67,6 +68,7 @@ fn spec() -> RequestSpec {
         model: MODEL.into(),
         stream: false,
         prompt: None,
+        repeat: None,
         messages: None,
         max_tokens: None,
         extra: None,

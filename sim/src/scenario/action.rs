@@ -143,6 +143,9 @@ impl fmt::Display for Action<'_> {
                 if let Some(m) = &r.messages {
                     write!(f, " messages={}", m.len())?;
                 }
+                if let (Some(p), Some(n)) = (&r.prompt, r.repeat) {
+                    write!(f, " prompt={} bytes", p.len() as u64 * u64::from(n))?;
+                }
                 if let Some(n) = r.max_tokens {
                     write!(f, " max_tokens={n}")?;
                 }

@@ -200,6 +200,30 @@ pub struct Config {
     pub profile: Profile,
     /// `MODEL_CONCURRENCY_LIMIT`: R28's in-flight cap per model (default 64).
     pub model_concurrency: Option<usize>,
+    /// SPEC-parity R42's `CONTEXT_ROUTE_*` knobs (each a positive finite
+    /// number; default: the engine's).
+    pub context_route: Option<ContextRoute>,
+}
+
+/// SPEC-parity R42's estimate knobs, by their `CONTEXT_ROUTE_*` names.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextRoute {
+    /// `CONTEXT_ROUTE_SAFETY_FACTOR` (1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_factor: Option<f64>,
+    /// `CONTEXT_ROUTE_EXACT_FACTOR` (1.05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_factor: Option<f64>,
+    /// `CONTEXT_ROUTE_TOKENIZE_BAND_LOW` (0.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenize_band_low: Option<f64>,
+    /// `CONTEXT_ROUTE_TOKENIZE_BAND_HIGH` (1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenize_band_high: Option<f64>,
+    /// `CONTEXT_ROUTE_MEDIA_PART_TOKENS` (1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_part_tokens: Option<f64>,
 }
 
 impl Default for Config {
@@ -213,6 +237,7 @@ impl Default for Config {
             expect_startup_error: None,
             profile: Profile::Tiersim,
             model_concurrency: None,
+            context_route: None,
         }
     }
 }
@@ -275,6 +300,30 @@ pub struct CatalogRow {
     pub active: bool,
     #[serde(default)]
     pub price: u64,
+    /// SPEC-parity R40: the row's context window in tokens (its NEAR
+    /// providers declare it; with a valid `long_context`, the long window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    /// SPEC-parity R40: the row's `provider_config.long_context` block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<LongContext>,
+}
+
+/// SPEC-parity R40's long-context block: a second NEAR provider under the
+/// same id. Valid when its host differs from the base URL,
+/// `base_max_context_tokens` is positive and below the long window
+/// (`max_context_tokens` if positive, else the row's `context_length`);
+/// the router ignores an invalid block with a warning.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LongContext {
+    /// The long tier's NEAR host.
+    #[schemars(with = "String")]
+    pub inference_url: Spanned<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_max_context_tokens: Option<i64>,
 }
 
 /// One host name or several.
@@ -381,6 +430,13 @@ pub struct PatchRow {
     pub active: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<u64>,
+    /// SPEC-parity R40: a new context length (re-registers the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    /// SPEC-parity R40: a new `provider_config.long_context` block
+    /// (re-registers the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<LongContext>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -418,6 +474,10 @@ pub struct RequestSpec {
     /// The user message (default: "hello"); or `messages`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    /// Sends `prompt` repeated this many times (a long request without a
+    /// long file, for SPEC-parity R42's context estimate; at most 2 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<u32>,
     /// The whole `messages` array instead of one user `prompt` (e.g.
     /// `[{ role = "system", content = "…" }, { role = "user", content = "…" }]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -502,6 +562,10 @@ pub struct Expect {
     /// Exactly the chat requests upstream hosts received while the request
     /// ran, in order (a Chutes request as decrypted by the instance).
     pub upstream: Option<Vec<UpstreamExpect>>,
+    /// Exactly the NEAR hosts that served a tokenize call (SPEC-parity
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenized: Option<Vec<String>>,
     /// For a `concurrent` step: one expectation per request, in order (the
     /// request keys: status, served_by, tried, error, …).
     #[serde(default)]

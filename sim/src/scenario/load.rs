@@ -175,6 +175,10 @@ pub const MAX_CHUTE_INSTANCES: u32 = 64;
 /// Most requests one `concurrent` step sends at once.
 pub const MAX_CONCURRENT: usize = 64;
 
+/// The longest prompt a request's `repeat` may build (the router reads at
+/// most 4 MiB of body).
+pub const MAX_REPEATED_PROMPT: u64 = 2 << 20;
+
 /// Faults per seed when neither the `[sweep]` table nor a flag says.
 pub const DEFAULT_MIN_FAULTS: u32 = 1;
 pub const DEFAULT_MAX_FAULTS: u32 = 3;
@@ -401,6 +405,8 @@ impl<'a> Validator<'a, '_> {
         }
         for row in &s.catalog {
             self.near_hosts(row.inference_url.as_ref(), &near)?;
+            let long = row.long_context.as_ref().map(|l| &l.inference_url);
+            self.near_host(long, &near)?;
         }
         let mut state = ScriptState::default();
         for (i, step) in s.steps.iter().enumerate() {
@@ -429,8 +435,16 @@ impl<'a> Validator<'a, '_> {
         }
         if c.expect_startup_error.is_none() {
             if let Err(e) = crate::world::engine_config(self.scenario) {
+                let key = match &e {
+                    tiersim_engine::config::ConfigError::BadValue { name, .. }
+                        if name.starts_with("CONTEXT_ROUTE_") =>
+                    {
+                        "context_route"
+                    }
+                    _ => "chutes_models",
+                };
                 return Err((
-                    self.locate.span(&[Key("config"), Key("chutes_models")]),
+                    self.locate.span(&[Key("config"), Key(key)]),
                     format!("the engine refuses this configuration: {e}"),
                     Some("write `canonical_id=chute_slug` entries separated by commas, or set `expect_startup_error` to pin the refusal".into()),
                 ));
@@ -713,11 +727,15 @@ impl<'a> Validator<'a, '_> {
                 {
                     self.near_host(row.inference_url.as_ref(), near)?;
                 }
+                let long = row.long_context.as_ref().map(|l| &l.inference_url);
+                self.near_host(long, near)?;
             }
         }
         if let Some(edit) = &st.catalog {
             for row in &edit.upsert {
                 self.near_hosts(row.inference_url.as_ref(), near)?;
+                let long = row.long_context.as_ref().map(|l| &l.inference_url);
+                self.near_host(long, near)?;
             }
             for row in &edit.external_upsert {
                 if !self
@@ -759,6 +777,16 @@ impl<'a> Validator<'a, '_> {
                 "`prompt` and `messages` both say what to send".into(),
                 Some("`prompt` is one user message; `messages` the whole list: keep one".into()),
             ));
+        }
+        if let Some(n) = req.repeat {
+            let bytes = req.prompt.as_ref().map_or(0, String::len) as u64 * u64::from(n);
+            if req.prompt.is_none() || n == 0 || bytes > MAX_REPEATED_PROMPT {
+                return Err((
+                    at_request("repeat"),
+                    format!("repeat = {n} needs a `prompt` and at most {MAX_REPEATED_PROMPT} bytes in all (this is {bytes})"),
+                    Some("repeat a non-empty `prompt` 1 or more times".into()),
+                ));
+            }
         }
         if req.messages.as_ref().is_some_and(Vec::is_empty) {
             return Err((
@@ -857,6 +885,18 @@ impl<'a> Validator<'a, '_> {
                                 .filter(|h| !["router", "catalog", "client"].contains(h)),
                         ),
                     ),
+                ));
+            }
+        }
+        for (j, h) in e.tokenized.iter().flatten().enumerate() {
+            if !self.scenario.near.iter().any(|n| &n.host == h) {
+                return Err((
+                    at(&[Key("tokenized"), At(j)]),
+                    format!("{h:?} names no NEAR backend (only NEAR counts tokens)"),
+                    Some(self.listing(
+                        "NEAR hosts",
+                        self.scenario.near.iter().map(|n| n.host.as_str()),
+                    )),
                 ));
             }
         }

@@ -63,6 +63,8 @@ struct ConfigOut<'a> {
     profile: tiersim_engine::config::Profile,
     #[serde(skip_serializing_if = "Option::is_none")]
     model_concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_route: Option<&'a crate::scenario::format::ContextRoute>,
 }
 
 #[derive(Serialize)]
@@ -171,6 +173,7 @@ pub fn to_toml(s: &Scenario) -> Result<String, toml_edit::ser::Error> {
             expect_startup_error: c.expect_startup_error.as_deref(),
             profile: c.profile,
             model_concurrency: c.model_concurrency,
+            context_route: c.context_route.as_ref(),
         },
         world: (s.world != Default::default()).then(|| WorldOut {
             chunking: s.world.chunking,

@@ -186,6 +186,7 @@ impl Plan {
                     model: id.clone(),
                     stream: false,
                     prompt: None,
+                    repeat: None,
                     messages: None,
                     max_tokens: None,
                     extra: None,

@@ -24,7 +24,7 @@ use super::gateway::Gateway;
 use super::tamper::{self, Event};
 use super::{Chute, Instance, Invocation, World};
 use crate::fault::Fault;
-use crate::hosts::{last_user_message, words, Step, CREATED_BASE};
+use crate::hosts::{echo_of, last_user_message, words, Step, CREATED_BASE};
 
 /// What every instance of `chute` attests for `nonce`: a quote over
 /// `SHA256(nonce ‖ e2e_pubkey) ‖ SHA256(SPKI(certificate))` signed by the
@@ -124,7 +124,7 @@ impl Gateway {
         let id = format!("chatcmpl-{}-{n}", self.host);
         let created = CREATED_BASE + n;
         let prompt = last_user_message(&request);
-        let content = format!("chutes says: {prompt}");
+        let content = format!("chutes says: {}", echo_of(&prompt));
         let usage = json!({
             "prompt_tokens": words(&prompt),
             "completion_tokens": words(&content),
@@ -199,7 +199,11 @@ impl Gateway {
             json!({ "role": "assistant", "content": "" }),
             Value::Null,
         )];
-        for piece in ["chutes".to_string(), " says:".into(), format!(" {prompt}")] {
+        for piece in [
+            "chutes".to_string(),
+            " says:".into(),
+            format!(" {}", echo_of(&prompt)),
+        ] {
             lines.push(line(json!({ "content": piece }), Value::Null));
         }
         lines.push(line(json!({}), json!("stop")));
