@@ -31,6 +31,9 @@ pub struct FakeProvider {
     script: Mutex<VecDeque<ProviderError>>,
     calls: AtomicUsize,
     cut_streams: AtomicBool,
+    /// Streams send a content chunk with an id and usage this long after
+    /// opening (R46's TTFT), instead of the bare chunk.
+    first_token: Option<Duration>,
 }
 
 impl FakeProvider {
@@ -45,6 +48,7 @@ impl FakeProvider {
             script: Mutex::new(VecDeque::new()),
             calls: AtomicUsize::new(0),
             cut_streams: AtomicBool::new(false),
+            first_token: None,
         }
     }
 
@@ -106,6 +110,13 @@ impl FakeProvider {
     /// Streams open, send one chunk, then break without a terminator.
     pub fn cutting_streams(self) -> Self {
         self.cut_streams.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// Streams open at once and send their first content chunk (with a chat
+    /// id and a non-zero usage record, so R46 samples it) after `ttft`.
+    pub fn with_first_token(mut self, ttft: Duration) -> Self {
+        self.first_token = Some(ttft);
         self
     }
 
@@ -175,6 +186,20 @@ impl Provider for FakeProvider {
         } else {
             Ok(StreamItem::Done)
         };
+        if let Some(ttft) = self.first_token {
+            use futures_util::StreamExt;
+            let content = serde_json::json!({
+                "id": format!("{}-{}", self.id, self.calls()),
+                "model": self.upstream_model.as_deref().unwrap_or(&req.model),
+                "choices": [{"index": 0, "delta": {"content": "hi"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            });
+            let first = futures_util::stream::once(async move {
+                tokio::time::sleep(ttft).await;
+                Ok(StreamItem::Chunk(Bytes::from(content.to_string())))
+            });
+            return Ok(Box::pin(first.chain(futures_util::stream::iter([end]))));
+        }
         let items = [Ok(StreamItem::Chunk(chunk)), end];
         Ok(Box::pin(futures_util::stream::iter(items)))
     }

@@ -51,6 +51,9 @@ rules! {
     "R36" => "client-media short-circuit",
     "R37" => "unparseable complete body vs broken body",
     "R38" => "model-not-found fall-through on 400 and 404",
+    "R46" => "TTFT samples: moving average and warm-up, streamed chat only",
+    "R47" => "latency demotion in the order",
+    "R48" => "prefix placement of streamed chat",
     "R53" => "x-serving-provider on every success",
     "R54" => "usage attribution: served_via_fallback",
 }

@@ -350,6 +350,9 @@ impl Model {
                                 consecutive_failures: n,
                                 // R17/R21: 10 or more consecutive failures.
                                 demoted: n >= 10,
+                                // No stream is served in these sequences.
+                                ttft: Default::default(),
+                                latency_demoted: false,
                             }
                         })
                         .collect();

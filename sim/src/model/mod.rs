@@ -20,6 +20,7 @@
 
 mod admission;
 mod chutes;
+mod latency;
 mod registry;
 mod request;
 
@@ -220,6 +221,13 @@ impl Model {
                 });
                 let servable = self.reg.servable(&self.facts, spec);
                 let pred = self.reg.request(&self.facts, spec, window);
+                if pred.undecided {
+                    // R47 undecidable from world-side bounds: from here on
+                    // only the world-side oracles judge the run.
+                    self.desynced = true;
+                    self.absorb(events, events.len());
+                    return oracle::check_world(&world, rec);
+                }
                 let liveness = step
                     .note
                     .as_deref()
