@@ -224,6 +224,11 @@ impl Model {
                 if pred.undecided {
                     // R47 undecidable from world-side bounds: from here on
                     // only the world-side oracles judge the run.
+                    tracing::debug!(
+                        model = %spec.model,
+                        "reference model: latency demotion undecidable from the \
+                         world's bounds; only world-side oracles judge from here"
+                    );
                     self.desynced = true;
                     self.absorb(events, events.len());
                     return oracle::check_world(&world, rec);
