@@ -8,13 +8,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::health::Health;
 use crate::provider::{Provider, ProviderError, ProviderId};
-use crate::registry::Health;
 
 /// At most this many retries, i.e. `MAX_RETRIES + 1` rounds (R20).
 pub const MAX_RETRIES: u32 = 3;
-/// Consecutive retryable failures after which a provider is demoted (R21, R17).
-pub const DEMOTE_AFTER: u32 = 10;
 
 /// Which backoff schedule a retryable failure asks for (R20).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

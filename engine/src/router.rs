@@ -9,14 +9,14 @@ use tokio::time::Instant;
 
 use crate::config::Profile;
 use crate::context::{self, ContextRouting, TOKENIZE_PERMITS, TOKENIZE_TIMEOUT};
-use crate::provider::Operation;
+use crate::health::Health;
 use crate::provider::{
     ChatRequest, ChatResponse, ChatStream, ProviderError, ProviderId, StreamItem,
 };
+use crate::registry::Registry;
 use crate::registry::Table;
-use crate::registry::{Health, Registry};
 use crate::retry::{self, Attempt};
-use crate::select::{select_in, select_observed, SelectError, SelectTrace, Selection};
+use crate::select::{select_observed, select_traced, SelectError};
 use crate::tier::Tier;
 use arc_swap::Guard;
 use smallvec::SmallVec;
@@ -332,6 +332,8 @@ impl Router {
         stream: bool,
         attempts: &mut Vec<Attempt>,
     ) -> Result<Served, RouteError> {
+        // R46: under the `upstream` profile a TTFT sample runs from here.
+        let accepted = Instant::now();
         let model = req.model.as_str();
         let table = self.registry.load();
         match table.catalog_row(model) {
@@ -374,10 +376,18 @@ impl Router {
         } else {
             Vec::new()
         };
+        let selecting = crate::select::Request {
+            op,
+            model_pub_key: pubkey,
+            client_e2ee: e2ee,
+            estimate,
+            // R48: streamed chat is placed by its first two messages.
+            prefix: stream.then(|| crate::placement::prefix_hash(&req.body)),
+        };
         let selection = if tracing::enabled!(tracing::Level::DEBUG) {
-            traced_select(table, model, op, pubkey, e2ee, estimate)
+            select_traced(table, model, selecting)
         } else {
-            select_in(table, model, op, pubkey, e2ee, estimate)
+            select_observed(table, model, selecting, &mut ())
         }
         .map_err(|e| match e {
             // R30: a pubkey miss covers a model with no providers at all.
@@ -462,9 +472,16 @@ impl Router {
             .await
             .map_err(failed)?;
             let health = candidates[i].1.clone();
+            // R46: the sample's start (SPEC-parity's Decisions): the served
+            // attempt's own start, or under `upstream` the request's.
+            let ttft_from = match self.profile {
+                Profile::Tiersim => attempts.last().map_or(accepted, |a| self.epoch + a.at),
+                Profile::Upstream => accepted,
+            };
+            let probe = TtftProbe::new(health.clone(), ttft_from);
             Ok(Served::Stream {
                 by: served(i),
-                stream: canonical_stream(stream, model, health, rounds, slot),
+                stream: canonical_stream(stream, model, health, rounds, slot, probe),
             })
         } else {
             let (i, response) = retry::run(
@@ -485,80 +502,6 @@ impl Router {
             })
         }
     }
-}
-
-/// R3: the `model` the client sees is the canonical id, never a provider's
-/// upstream name (e.g. a chute slug). Bodies already right pass through
-/// byte-for-byte; anything not a JSON object with `model` is left alone.
-/// The routing trace: why each provider of the model was kept, dropped or
-/// put first. Takes the request's own round-robin turn (no extra selection).
-fn traced_select(
-    table: Guard<Arc<Table>>,
-    model: &str,
-    op: Operation,
-    pubkey: Option<&str>,
-    e2ee: bool,
-    estimate: Option<u32>,
-) -> Result<Selection, SelectError> {
-    let listed: Vec<String> = table
-        .models
-        .get(model)
-        .map(|idx| {
-            table.slots[idx.start as usize..][..idx.len as usize]
-                .iter()
-                .map(|s| {
-                    let down = if s.health.is_demoted() {
-                        ", demoted"
-                    } else {
-                        ""
-                    };
-                    let window = s
-                        .window
-                        .map(|w| format!(", window {w}"))
-                        .unwrap_or_default();
-                    format!("{} ({}{down}{window})", s.provider.id(), s.tier)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let names: Vec<(u32, String)> = table
-        .models
-        .get(model)
-        .map(|idx| {
-            (idx.start..idx.start + idx.len)
-                .map(|i| (i, table.slots[i as usize].provider.id().to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut trace = SelectTrace::default();
-    let result = select_observed(table, model, op, pubkey, e2ee, estimate, &mut trace);
-    let name = |slot: u32| {
-        names
-            .iter()
-            .find(|(i, _)| *i == slot)
-            .map_or("?", |(_, n)| n.as_str())
-    };
-    let dropped: Vec<String> = trace
-        .dropped
-        .iter()
-        .map(|(slot, why)| format!("{} ({why:?})", name(*slot)))
-        .collect();
-    let order: Vec<String> = match &result {
-        Ok(sel) => sel.ids().map(|p| p.to_string()).collect(),
-        Err(e) => vec![format!("<{e}>")],
-    };
-    tracing::debug!(
-        model,
-        op = ?op,
-        pubkey = pubkey.is_some(),
-        client_e2ee = e2ee,
-        listed = %listed.join(", "),
-        dropped = %dropped.join(", "),
-        leading_group = ?trace.lead.map(|(len, turn)| format!("{len} providers, turn {turn}")),
-        order = %order.join(" > "),
-        "selected"
-    );
-    result
 }
 
 /// [`PlantedBug::PubkeyFallsBackToChutes`](crate::registry::PlantedBug):
@@ -582,6 +525,9 @@ fn attested_3p(
         .unwrap_or_default()
 }
 
+/// R3: the `model` the client sees is the canonical id, never a provider's
+/// upstream name (e.g. a chute slug). Bodies already right pass through
+/// byte-for-byte; anything not a JSON object with `model` is left alone.
 fn canonical_model(body: Bytes, model: &str) -> Bytes {
     crate::openai::with_model(body.clone(), model).unwrap_or(body)
 }
@@ -596,12 +542,91 @@ fn canonical_stream(
     health: Arc<Health>,
     rounds: retry::Rounds,
     slot: Slot,
+    mut probe: TtftProbe,
 ) -> ChatStream {
     let model: Arc<str> = model.into();
     Box::pin(stream.map(move |item| {
         let _held = &slot;
+        if let Ok(StreamItem::Chunk(b)) = &item {
+            probe.chunk(b);
+        }
         canonical_item(item, &model, &health, rounds)
     }))
+}
+
+/// R46: watches one served stream for a TTFT sample, and takes it once,
+/// when the client stream closes (ended, failed or dropped by the client):
+/// only if a content chunk arrived, the stream carried a chat id and a
+/// usage record with non-zero tokens, and the time is at least 1 ms.
+struct TtftProbe {
+    health: Arc<Health>,
+    from: Instant,
+    first_content: Option<Instant>,
+    chat_id: bool,
+    usage: bool,
+}
+
+impl TtftProbe {
+    fn new(health: Arc<Health>, from: Instant) -> TtftProbe {
+        TtftProbe {
+            health,
+            from,
+            first_content: None,
+            chat_id: false,
+            usage: false,
+        }
+    }
+
+    /// Reads one chunk until everything a sample needs has been seen.
+    fn chunk(&mut self, data: &[u8]) {
+        if self.first_content.is_some() && self.chat_id && self.usage {
+            return;
+        }
+        #[derive(serde::Deserialize)]
+        struct Chunk {
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default)]
+            usage: Option<serde_json::Map<String, serde_json::Value>>,
+            #[serde(default)]
+            choices: Vec<Choice>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Choice {
+            #[serde(default)]
+            delta: Option<Delta>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Delta {
+            #[serde(default)]
+            content: Option<String>,
+        }
+        let Ok(c) = serde_json::from_slice::<Chunk>(data) else {
+            return;
+        };
+        self.chat_id |= c.id.is_some_and(|id| !id.is_empty());
+        self.usage |= c
+            .usage
+            .is_some_and(|u| u.values().any(|v| v.as_f64().is_some_and(|n| n > 0.0)));
+        let content = c.choices.iter().any(|ch| {
+            ch.delta
+                .as_ref()
+                .and_then(|d| d.content.as_deref())
+                .is_some_and(|t| !t.is_empty())
+        });
+        if content && self.first_content.is_none() {
+            self.first_content = Some(Instant::now());
+        }
+    }
+}
+
+impl Drop for TtftProbe {
+    fn drop(&mut self) {
+        if let (Some(first), true, true) = (self.first_content, self.chat_id, self.usage) {
+            self.health
+                .record_ttft(first.saturating_duration_since(self.from));
+        }
+    }
 }
 
 fn canonical_item(

@@ -1,4 +1,4 @@
-//! Provider selection (R15–R18, SPEC-parity R44): the hot path.
+//! Provider selection (R15–R18, SPEC-parity R44/R47/R48): the hot path.
 //!
 //! One `ArcSwap::load`, one hash lookup and a pass over the model's slots,
 //! which the snapshot keeps tier-sorted with the request-independent part of
@@ -11,9 +11,10 @@ use std::sync::Arc;
 use arc_swap::Guard;
 use smallvec::SmallVec;
 
+use crate::health::{Health, LatencyFloor, Ttft};
 use crate::provider::{Operation, Provider, ProviderId};
-use crate::registry::{Health, ModelIdx, Registry, Slot, Table, UNDECLARED_RANK};
-use crate::tier::{Capabilities, Tier};
+use crate::registry::{ModelIdx, Registry, Slot, Table, UNDECLARED_RANK};
+use crate::tier::Tier;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
@@ -38,28 +39,75 @@ pub enum Dropped {
     NoClientE2ee,
 }
 
+/// How a request's leading group was rotated (R17, R48).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// The model's round-robin counter's turn (R17, R65).
+    RoundRobin { turn: usize },
+    /// R48: streamed chat, by the hash of its first two messages; the
+    /// counter did not move.
+    Prefix { hash: u64 },
+}
+
 /// Hears the decisions of one selection, for the routing trace. The hot path
 /// uses `()`, which compiles to nothing.
 pub(crate) trait SelectObserver {
+    /// Whether [`SelectObserver::keyed`] wants every provider's key (the
+    /// key is otherwise computed only on the rare reordering path).
+    const KEYS: bool = false;
     fn dropped(&mut self, _slot: u32, _why: Dropped) {}
-    fn leading_group(&mut self, _len: usize, _turn: usize) {}
+    /// A provider kept for the request, with its sort key and TTFT state.
+    fn keyed(&mut self, _slot: &Slot, _key: SortKey, _ttft: Ttft) {}
+    fn latency_floor(&mut self, _floor: LatencyFloor) {}
+    fn leading_group(&mut self, _len: usize, _placed: Placement) {}
 }
 
 impl SelectObserver for () {}
 
-/// A selection's decisions, by slot; see [`Dropped`].
+/// One provider of a traced selection, as the routing trace shows it.
+#[derive(Debug)]
+pub(crate) struct TracedProvider {
+    pub id: ProviderId,
+    /// SPEC-parity R40: its declared window.
+    pub window: Option<u32>,
+    pub key: SortKey,
+    pub failures: u32,
+    pub ttft: Ttft,
+}
+
+/// A selection's decisions; see [`Dropped`] and [`SortKey`].
 #[derive(Debug, Default)]
 pub(crate) struct SelectTrace {
+    /// Every provider of the model, in registration (tier-sorted) order.
+    pub listed: Vec<(ProviderId, Tier)>,
+    /// By slot index (see `first_slot`).
     pub dropped: Vec<(u32, Dropped)>,
-    pub lead: Option<(usize, usize)>,
+    pub kept: Vec<TracedProvider>,
+    pub floor: LatencyFloor,
+    pub lead: Option<(usize, Placement)>,
+    /// The slot index of `listed[0]`, for naming dropped slots.
+    first_slot: u32,
 }
 
 impl SelectObserver for SelectTrace {
+    const KEYS: bool = true;
     fn dropped(&mut self, slot: u32, why: Dropped) {
         self.dropped.push((slot, why));
     }
-    fn leading_group(&mut self, len: usize, turn: usize) {
-        self.lead = Some((len, turn));
+    fn keyed(&mut self, slot: &Slot, key: SortKey, ttft: Ttft) {
+        self.kept.push(TracedProvider {
+            id: slot.provider.id().clone(),
+            window: slot.window,
+            key,
+            failures: slot.health.consecutive_failures(),
+            ttft,
+        });
+    }
+    fn latency_floor(&mut self, floor: LatencyFloor) {
+        self.floor = floor;
+    }
+    fn leading_group(&mut self, len: usize, placed: Placement) {
+        self.lead = Some((len, placed));
     }
 }
 
@@ -128,7 +176,8 @@ impl std::fmt::Debug for Selection {
 }
 
 impl Registry {
-    /// Orders the providers of `model` for one request (R15–R18).
+    /// Orders the providers of `model` for one request (R15–R18, R47), with
+    /// round-robin in the leading group.
     #[inline]
     pub fn select(
         &self,
@@ -137,129 +186,194 @@ impl Registry {
         model_pub_key: Option<&str>,
         client_e2ee: bool,
     ) -> Result<Selection, SelectError> {
-        select_in(self.load(), model, op, model_pub_key, client_e2ee, None)
+        self.select_shaped(model, op, model_pub_key, client_e2ee, Shape::default())
     }
 
-    /// [`Registry::select`] for a request whose context requirement is
-    /// `estimate` tokens (SPEC-parity R42): a provider whose declared window
-    /// it exceeds sorts behind every one that fits (R44).
+    /// [`Registry::select`] for a request of a known [`Shape`]: its context
+    /// requirement (SPEC-parity R42; a provider whose declared window it
+    /// exceeds sorts behind every one that fits, R44) and R48's prefix hash
+    /// (streamed chat only: the leading group is rotated by the hash, and the
+    /// round-robin counter does not move).
     #[inline]
-    pub fn select_sized(
+    pub fn select_shaped(
         &self,
         model: &str,
         op: Operation,
         model_pub_key: Option<&str>,
         client_e2ee: bool,
-        estimate: Option<u32>,
+        shape: Shape,
     ) -> Result<Selection, SelectError> {
-        select_in(self.load(), model, op, model_pub_key, client_e2ee, estimate)
-    }
-}
-
-/// The request-independent part of a model's order, computed once per
-/// snapshot from its tier-sorted slots.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct StaticOrder {
-    /// R15: how many leading slots may be selected. A model with any attested
-    /// provider never selects a plaintext one; plaintext providers sort last.
-    pub cut: u32,
-    /// R17/R44: the size of the leading (tier, capacity rank) group among
-    /// them, before demotions and overflow.
-    pub lead: u32,
-    /// R40: some provider declares a window (else no estimate can matter).
-    pub any_window: bool,
-    /// R42.2: the providers declare at least two distinct windows, so the
-    /// pool refines the estimate.
-    pub refine: bool,
-    /// R18: capabilities every selectable slot has (a filter that would keep
-    /// everything is skipped).
-    pub all: Capabilities,
-    /// A planted bug (`registry/planted.rs`): the demotion sort moves each
-    /// demoted provider back one place only. Read on the rare demoted path.
-    #[cfg(feature = "planted-bugs")]
-    pub demotion_sort_one_step: bool,
-}
-
-impl StaticOrder {
-    pub(crate) fn of(tier_sorted: &[Slot]) -> StaticOrder {
-        let verifiable = tier_sorted.first().is_some_and(|s| s.tier.is_attested());
-        let eligible = if verifiable {
-            tier_sorted
-                .iter()
-                .take_while(|s| s.tier.is_attested())
-                .count()
-        } else {
-            tier_sorted.len()
+        let req = Request {
+            op,
+            model_pub_key,
+            client_e2ee,
+            estimate: shape.estimate,
+            prefix: shape.prefix,
         };
-        let eligible = &tier_sorted[..eligible];
-        let static_key = |s: &Slot| (s.tier, s.capacity_rank());
-        let lead = eligible
-            .iter()
-            .take_while(|s| Some(static_key(s)) == eligible.first().map(static_key))
-            .count();
-        let mut windows = tier_sorted.iter().filter_map(|s| s.window);
-        let first_window = windows.next();
-        let refine = first_window.is_some_and(|w| windows.any(|x| x != w));
-        let all = eligible
-            .iter()
-            .fold(Capabilities::ALL, |a, s| Capabilities {
-                streaming: a.streaming && s.caps.streaming,
-                client_e2ee: a.client_e2ee && s.caps.client_e2ee,
-            });
-        let n = |x: usize| u32::try_from(x).expect("fewer than 2^32 slots");
-        StaticOrder {
-            cut: n(eligible.len()),
-            lead: n(lead),
-            any_window: first_window.is_some(),
-            refine,
-            all,
-            #[cfg(feature = "planted-bugs")]
-            demotion_sort_one_step: false,
-        }
+        select_observed(self.load(), model, req, &mut ())
     }
 }
 
-#[inline]
-pub(crate) fn select_in(
+/// What of a request's content its order depends on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// SPEC-parity R42's requirement, in tokens; `None`: no estimate.
+    pub estimate: Option<u32>,
+    /// SPEC-parity R48's hash of the first two messages (streamed chat).
+    pub prefix: Option<u64>,
+}
+
+/// [`select_observed`] with the routing trace: logs, at debug level, every
+/// provider of the model (tier, hard demotion, TTFT state), which were
+/// dropped and why, each kept provider's sort key, the latency floor, how
+/// the leading group was placed and the final order. One selection: the
+/// round-robin turn it takes is the request's own, traced or not.
+pub(crate) fn select_traced(
     table: Guard<Arc<Table>>,
     model: &str,
-    op: Operation,
-    model_pub_key: Option<&str>,
-    client_e2ee: bool,
-    estimate: Option<u32>,
+    req: Request<'_>,
 ) -> Result<Selection, SelectError> {
-    select_observed(
-        table,
+    let mut trace = SelectTrace::default();
+    if let Some(idx) = table.models.get(model) {
+        trace.first_slot = idx.start;
+        trace.listed = table
+            .model_slots(idx)
+            .iter()
+            .map(|s| (s.provider.id().clone(), s.tier))
+            .collect();
+    }
+    let result = select_observed(table, model, req, &mut trace);
+    let listed: Vec<String> = trace
+        .listed
+        .iter()
+        .map(|(id, tier)| format!("{id} ({tier})"))
+        .collect();
+    let dropped: Vec<String> = trace
+        .dropped
+        .iter()
+        .map(|&(slot, why)| {
+            let id = slot
+                .checked_sub(trace.first_slot)
+                .and_then(|i| trace.listed.get(i as usize))
+                .map_or("?", |(id, _)| id.as_str());
+            format!("{id} ({why:?})")
+        })
+        .collect();
+    let kept: Vec<String> = trace.kept.iter().map(describe).collect();
+    let order: Vec<String> = match &result {
+        Ok(sel) => sel.ids().map(|p| p.to_string()).collect(),
+        Err(e) => vec![format!("<{e}>")],
+    };
+    let floor = trace
+        .floor
+        .min_ms()
+        .map_or_else(|| "none warmed".to_string(), |ms| format!("{ms:.1} ms"));
+    let lead = trace.lead.map(|(len, placed)| match placed {
+        Placement::RoundRobin { turn } => format!("{len} providers, round-robin turn {turn}"),
+        Placement::Prefix { hash } => {
+            format!("{len} providers, prefix hash {hash:016x} (R48, counter untouched)")
+        }
+    });
+    tracing::debug!(
         model,
-        op,
-        model_pub_key,
-        client_e2ee,
-        estimate,
-        &mut (),
-    )
+        op = ?req.op,
+        estimate = ?req.estimate,
+        pubkey = req.model_pub_key.is_some(),
+        client_e2ee = req.client_e2ee,
+        listed = %listed.join(", "),
+        dropped = %dropped.join(", "),
+        keys = %kept.join("; "),
+        fastest_warmed_ttft = %floor,
+        leading_group = ?lead,
+        order = %order.join(" > "),
+        "selected"
+    );
+    result
 }
 
-/// [`select_in`], telling `obs` why each provider was dropped and how the
-/// leading group rotated. One selection: the round-robin turn it takes is the
-/// request's own, traced or not.
+/// One kept provider for the trace: why it sorts where it does.
+fn describe(p: &TracedProvider) -> String {
+    let k = p.key;
+    let hard = if k.hard_demoted {
+        format!("demoted ({} failures)", p.failures)
+    } else {
+        format!("{} failures", p.failures)
+    };
+    let ttft = if p.ttft.samples == 0 {
+        "no TTFT sample".to_string()
+    } else {
+        format!(
+            "TTFT {:.1} ms over {} samples{}",
+            p.ttft.ema_ms,
+            p.ttft.samples,
+            if p.ttft.warmed() { "" } else { " (warming)" }
+        )
+    };
+    let slow = if k.latency_demoted {
+        ", latency-demoted"
+    } else {
+        ""
+    };
+    let window = match p.window {
+        Some(w) if k.overflow => format!(", window {w} overflowed"),
+        Some(w) => format!(", window {w}"),
+        None => String::new(),
+    };
+    format!("{} [{}{window}, {hard}, {ttft}{slow}]", p.id, k.tier)
+}
+
+/// A provider's place in a request's order (R17 amended by SPEC-parity R44
+/// and R47), compared ascending field by field; the sort is stable over the
+/// slots' (tier, capacity rank) order. Built by [`sort_key`] only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct SortKey {
+    /// R44: the request's estimate exceeds the declared window.
+    pub overflow: bool,
+    /// R17/R21: 10 or more consecutive retryable failures.
+    pub hard_demoted: bool,
+    /// R47: slow against the request's fastest warmed provider.
+    pub latency_demoted: bool,
+    pub tier: Tier,
+    /// R44: the window (undeclared last) so the smallest sufficient window
+    /// leads; with overflow, the biggest window leads.
+    pub capacity_rank: u64,
+}
+
+/// Whether `estimate` exceeds `s`'s declared window (R44).
+#[inline]
+fn overflows(s: &Slot, estimate: Option<u32>) -> bool {
+    matches!((estimate, s.window), (Some(e), Some(w)) if e > w)
+}
+
+/// The one construction of a provider's [`SortKey`] for a request.
+#[inline]
+fn sort_key(s: &Slot, estimate: Option<u32>, ttft: Ttft, floor: LatencyFloor) -> SortKey {
+    let overflow = overflows(s, estimate);
+    let capacity_rank = match (overflow, s.window) {
+        (true, Some(w)) => UNDECLARED_RANK - u64::from(w),
+        _ => s.capacity_rank(),
+    };
+    SortKey {
+        overflow,
+        hard_demoted: s.health.is_demoted(),
+        latency_demoted: floor.demotes(ttft),
+        tier: s.tier,
+        capacity_rank,
+    }
+}
+
+/// [`Registry::select`]'s body on an already loaded snapshot, telling `obs`
+/// why each provider was dropped, its sort key and how the leading group
+/// was placed.
 #[inline]
 pub(crate) fn select_observed<O: SelectObserver>(
     table: Guard<Arc<Table>>,
     model: &str,
-    op: Operation,
-    model_pub_key: Option<&str>,
-    client_e2ee: bool,
-    estimate: Option<u32>,
+    req: Request<'_>,
     obs: &mut O,
 ) -> Result<Selection, SelectError> {
     let Some(idx) = table.models.get(model) else {
         return Err(SelectError::UnknownModel);
-    };
-    let req = Request {
-        op,
-        model_pub_key,
-        client_e2ee,
-        estimate,
     };
     // Up to four providers are ordered in a stack buffer; more may allocate.
     let order = if idx.order.cut <= 4 {
@@ -275,32 +389,16 @@ pub(crate) fn select_observed<O: SelectObserver>(
     Ok(Selection { table, order })
 }
 
+/// What selection needs to know of one request.
 #[derive(Clone, Copy)]
-struct Request<'a> {
-    op: Operation,
-    model_pub_key: Option<&'a str>,
-    client_e2ee: bool,
+pub(crate) struct Request<'a> {
+    pub op: Operation,
+    pub model_pub_key: Option<&'a str>,
+    pub client_e2ee: bool,
     /// SPEC-parity R42's requirement, in tokens; `None`: no estimate.
-    estimate: Option<u32>,
-}
-
-/// SPEC-parity R44's sort key, packed so one integer comparison orders by
-/// (overflow, hard-demoted, latency-demoted, tier, capacity rank).
-#[inline]
-fn sort_key(s: &Slot, estimate: Option<u32>, demoted: bool) -> u64 {
-    let overflow = matches!((estimate, s.window), (Some(e), Some(w)) if e > w);
-    // R44: with overflow the biggest window comes first.
-    let rank = match (overflow, s.window) {
-        (true, Some(w)) => UNDECLARED_RANK - u64::from(w),
-        _ => s.capacity_rank(),
-    };
-    // R47's slot in the key: always false until latency demotion exists.
-    let latency_demoted = false;
-    (u64::from(overflow) << 40)
-        | (u64::from(demoted) << 39)
-        | (u64::from(latency_demoted) << 38)
-        | ((s.tier as u64) << 34)
-        | rank
+    pub estimate: Option<u32>,
+    /// R48's hash of the first two messages (streamed chat only).
+    pub prefix: Option<u64>,
 }
 
 /// Writes the model's selected slot indices, best first, into `buf` (at least
@@ -323,6 +421,10 @@ fn order_into<O: SelectObserver>(
     let mut n = 0;
     let mut any_demoted = false;
     let mut any_overflow = false;
+    // R47: the fastest warmed TTFT among the request's providers (after
+    // R15/R16, before the capability filters, as the candidate list is
+    // ordered before R18 filters it).
+    let mut floor = LatencyFloor::default();
     for (i, s) in eligible.iter().enumerate() {
         // R16: only providers holding the key; Chutes holds none.
         if let Some(key) = req.model_pub_key {
@@ -332,7 +434,8 @@ fn order_into<O: SelectObserver>(
             }
         }
         any_demoted |= s.health.is_demoted();
-        any_overflow |= matches!((req.estimate, s.window), (Some(e), Some(w)) if e > w);
+        any_overflow |= overflows(s, req.estimate);
+        floor = floor.with(s.health.ttft());
         buf[n] = idx.start + i as u32;
         n += 1;
     }
@@ -343,6 +446,7 @@ fn order_into<O: SelectObserver>(
             SelectError::NoProviders
         });
     }
+    obs.latency_floor(floor);
 
     if req.op.is_streaming() && !idx.order.all.streaming {
         n = keep_capable(
@@ -360,16 +464,17 @@ fn order_into<O: SelectObserver>(
     }
     let order = &mut buf[..n];
 
-    // R17/R44: order by (overflow, demoted, latency-demoted, tier,
-    // capacity rank). The slots are already sorted by (tier, capacity rank),
-    // so without demotion or overflow the order stands; otherwise a stable
-    // insertion sort by the whole key completes it (rare path).
+    // R17/R44/R47: order by the sort key. The slots are already sorted by
+    // (tier, capacity rank), so with nobody demoted (hard or by latency) and
+    // nothing overflowing the order stands; otherwise a stable insertion sort
+    // by the whole key completes it (rare path: a latency floor exists only
+    // once some provider has 8 TTFT samples).
+    let keyed = any_demoted || any_overflow || floor.min_ms().is_some();
     let key = |o: u32| {
         let s = at(o);
-        sort_key(s, req.estimate, any_demoted && s.health.is_demoted())
+        sort_key(s, req.estimate, s.health.ttft(), floor)
     };
-    let reorder = any_demoted || any_overflow;
-    if reorder {
+    if keyed {
         #[cfg(feature = "planted-bugs")]
         let one_step = idx.order.demotion_sort_one_step;
         #[cfg(not(feature = "planted-bugs"))]
@@ -385,24 +490,43 @@ fn order_into<O: SelectObserver>(
             }
         }
     }
-    // Round-robin within the leading group only (every provider whose whole
-    // key equals the first's), so lower groups keep their place (rotating
+    if O::KEYS {
+        for &o in order.iter() {
+            let s = at(o);
+            let ttft = s.health.ttft();
+            obs.keyed(s, sort_key(s, req.estimate, ttft, floor), ttft);
+        }
+    }
+    // The leading group: every provider whose whole key equals the first
+    // one's. Only it is rotated, so lower groups keep their place (rotating
     // the whole list skews the leaders) and two capacity tiers never share
     // traffic.
-    let lead = if n == eligible.len() && !reorder {
+    let lead = if n == eligible.len() && !keyed {
         idx.order.lead as usize
     } else {
         let first = key(order[0]);
         order.iter().take_while(|&&o| key(o) == first).count()
     };
     if lead > 1 {
-        let counter = if req.model_pub_key.is_some() {
-            &idx.rr.pubkey
-        } else {
-            &idx.rr.plain
+        // R48: streamed chat is placed by its prefix hash, the counter
+        // untouched; everything else takes the next round-robin turn.
+        let (turn, placed) = match req.prefix {
+            Some(hash) if req.op.is_streaming() => {
+                // The remainder is below `lead`, so it fits a usize.
+                let turn = (hash % lead as u64) as usize;
+                (turn, Placement::Prefix { hash })
+            }
+            _ => {
+                let counter = if req.model_pub_key.is_some() {
+                    &idx.rr.pubkey
+                } else {
+                    &idx.rr.plain
+                };
+                let turn = counter.fetch_add(1, Ordering::Relaxed);
+                (turn, Placement::RoundRobin { turn })
+            }
         };
-        let turn = counter.fetch_add(1, Ordering::Relaxed);
-        obs.leading_group(lead, turn);
+        obs.leading_group(lead, placed);
         rotate(&mut order[..lead], turn);
     }
     Ok(n)

@@ -38,6 +38,9 @@ pub struct FakeProvider {
     token_count: Option<u64>,
     tokenize_latency: Duration,
     tokenize_calls: AtomicUsize,
+    /// Streams send a content chunk with an id and usage this long after
+    /// opening (R46's TTFT), instead of the bare chunk.
+    first_token: Option<Duration>,
 }
 
 impl FakeProvider {
@@ -56,6 +59,7 @@ impl FakeProvider {
             token_count: None,
             tokenize_latency: Duration::ZERO,
             tokenize_calls: AtomicUsize::new(0),
+            first_token: None,
         }
     }
 
@@ -138,6 +142,13 @@ impl FakeProvider {
         self
     }
 
+    /// Streams open at once and send their first content chunk (with a chat
+    /// id and a non-zero usage record, so R46 samples it) after `ttft`.
+    pub fn with_first_token(mut self, ttft: Duration) -> Self {
+        self.first_token = Some(ttft);
+        self
+    }
+
     pub fn arc(self) -> Arc<FakeProvider> {
         Arc::new(self)
     }
@@ -214,6 +225,20 @@ impl Provider for FakeProvider {
         } else {
             Ok(StreamItem::Done)
         };
+        if let Some(ttft) = self.first_token {
+            use futures_util::StreamExt;
+            let content = serde_json::json!({
+                "id": format!("{}-{}", self.id, self.calls()),
+                "model": self.upstream_model.as_deref().unwrap_or(&req.model),
+                "choices": [{"index": 0, "delta": {"content": "hi"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            });
+            let first = futures_util::stream::once(async move {
+                tokio::time::sleep(ttft).await;
+                Ok(StreamItem::Chunk(Bytes::from(content.to_string())))
+            });
+            return Ok(Box::pin(first.chain(futures_util::stream::iter([end]))));
+        }
         let items = [Ok(StreamItem::Chunk(chunk)), end];
         Ok(Box::pin(futures_util::stream::iter(items)))
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tiersim_engine::registry::{Discovered, External, SourceRead};
 use tiersim_engine::testing::{rows, FakeProvider};
-use tiersim_engine::{Operation, Registry};
+use tiersim_engine::{Operation, Registry, Shape};
 
 /// Counts allocations made by the current thread while counting is on, so
 /// the test harness's other threads do not interfere.
@@ -143,10 +143,14 @@ fn r44_sized_selection_allocates_nothing_for_up_to_four_providers() {
     for estimate in [None, Some(10), Some(5_000), Some(50_000), Some(500_000)] {
         for key in [None, Some("k")] {
             let op = Operation::ChatCompletion;
-            drop(reg.select_sized(M, op, key, false, estimate).unwrap());
+            let shape = Shape {
+                estimate,
+                prefix: None,
+            };
+            drop(reg.select_shaped(M, op, key, false, shape).unwrap());
             let count = allocations(|| {
                 for _ in 0..100 {
-                    let s = reg.select_sized(M, op, key, false, estimate);
+                    let s = reg.select_shaped(M, op, key, false, shape);
                     std::hint::black_box(s).unwrap();
                 }
             });

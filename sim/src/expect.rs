@@ -190,6 +190,31 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
                         h.provider, h.model, !p.demoted, p.demoted
                     ));
                 }
+                if h.ttft_samples.is_some_and(|n| n != p.ttft.samples) {
+                    out.push(format!(
+                        "health: {} of {}: expected {} TTFT samples, got {}",
+                        h.provider,
+                        h.model,
+                        h.ttft_samples.unwrap_or_default(),
+                        p.ttft.samples
+                    ));
+                }
+                if let Some(b) = h.ttft_ema_ms.filter(|b| !b.holds(p.ttft.ema_ms)) {
+                    out.push(format!(
+                        "health: {} of {}: expected a TTFT average in [{}, {}] ms, got {:.1}",
+                        h.provider,
+                        h.model,
+                        b.at_least.map_or("-".into(), |x| x.to_string()),
+                        b.at_most.map_or("-".into(), |x| x.to_string()),
+                        p.ttft.ema_ms
+                    ));
+                }
+                if h.latency_demoted.is_some_and(|d| d != p.latency_demoted) {
+                    out.push(format!(
+                        "health: {} of {}: expected latency_demoted = {}, got {}",
+                        h.provider, h.model, !p.latency_demoted, p.latency_demoted
+                    ));
+                }
             }
         }
     }

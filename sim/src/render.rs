@@ -141,6 +141,13 @@ pub fn registry(v: &RegistryView) -> String {
                 if p.demoted {
                     s.push_str(", demoted");
                 }
+                if p.ttft.samples > 0 {
+                    let (ms, n) = (p.ttft.ema_ms, p.ttft.samples);
+                    let _ = write!(s, ", ttft {ms:.1} ms/{n}");
+                }
+                if p.latency_demoted {
+                    s.push_str(", latency-demoted");
+                }
                 s + "]"
             })
             .collect();

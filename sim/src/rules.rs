@@ -57,6 +57,9 @@ rules! {
     "R43" => "exact token count near a window boundary (tokenize)",
     "R44" => "capacity-aware ordering: overflow, demoted, latency-demoted, tier, capacity",
     "R45" => "context-length 400 falls through to a larger window",
+    "R46" => "TTFT samples: moving average and warm-up, streamed chat only",
+    "R47" => "latency demotion in the order",
+    "R48" => "prefix placement of streamed chat",
     "R53" => "x-serving-provider on every success",
     "R54" => "usage attribution: served_via_fallback",
 }

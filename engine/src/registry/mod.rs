@@ -19,7 +19,9 @@ use arc_swap::{ArcSwap, Guard};
 use crate::provider::Provider;
 pub use table::CatalogRow;
 use table::Sources;
-pub(crate) use table::{Health, ModelIdx, Slot, Table, UNDECLARED_RANK};
+#[cfg(feature = "planted-bugs")]
+pub(crate) use table::StaticOrder;
+pub(crate) use table::{ModelIdx, Slot, Table, UNDECLARED_RANK};
 pub use view::{ProviderView, RegistryView};
 
 #[cfg(feature = "planted-bugs")]

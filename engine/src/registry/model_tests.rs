@@ -354,6 +354,9 @@ impl Model {
                                 // R17/R21: 10 or more consecutive failures.
                                 demoted: n >= 10,
                                 context_window: None,
+                                // No stream is served in these sequences.
+                                ttft: Default::default(),
+                                latency_demoted: false,
                             }
                         })
                         .collect();

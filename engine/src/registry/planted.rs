@@ -7,7 +7,7 @@
 //! The switch is data, never a branch on the selection hot path: a planted
 //! bug lives in the table's [`Sources`] (so it is carried by every snapshot),
 //! and each one acts where it is cheap: in the table build's derived
-//! [`StaticOrder`](crate::select::StaticOrder) (computed once per snapshot),
+//! [`StaticOrder`](crate::registry::StaticOrder) (computed once per snapshot),
 //! in a writer (refresh, merge), in the retry loop's [`Rounds`] knobs, or in
 //! the router before and after selection. Unplanted, each of those paths
 //! runs exactly as specified.
@@ -172,14 +172,14 @@ impl Planted {
     /// The consecutive failures at which a provider is demoted.
     pub fn demote_after(&self) -> u32 {
         if self.has(PlantedBug::DemoteAtNine) {
-            crate::retry::DEMOTE_AFTER - 1
+            crate::health::DEMOTE_AFTER - 1
         } else {
-            crate::retry::DEMOTE_AFTER
+            crate::health::DEMOTE_AFTER
         }
     }
 
     /// The derived per-model order, bent by the selection bugs.
-    pub fn bend_order(&self, order: &mut crate::select::StaticOrder) {
+    pub fn bend_order(&self, order: &mut crate::registry::StaticOrder) {
         if self.has(PlantedBug::RefusalMasking) {
             order.all = crate::tier::Capabilities::ALL;
         }

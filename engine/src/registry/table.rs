@@ -14,16 +14,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
+use crate::health::Health;
 use crate::provider::{Provider, ProviderId};
-use crate::retry::DEMOTE_AFTER;
-use crate::select::StaticOrder;
 use crate::tier::{Capabilities, Tier};
 
 /// One model's catalog row (R6/R13): whether clients may use it, and its price
@@ -102,49 +101,6 @@ impl Sources {
     }
 }
 
-/// Consecutive retryable failures of one provider (R21), shared by every
-/// model it backs and carried across snapshots by [`ProviderId`].
-#[derive(Debug)]
-pub(crate) struct Health {
-    failures: AtomicU32,
-    /// The demotion threshold: [`DEMOTE_AFTER`] unless a planted bug moved
-    /// it (a field only in builds with planted bugs compiled in).
-    #[cfg(feature = "planted-bugs")]
-    demote_after: AtomicU32,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health {
-            failures: AtomicU32::new(0),
-            #[cfg(feature = "planted-bugs")]
-            demote_after: AtomicU32::new(DEMOTE_AFTER),
-        }
-    }
-}
-
-impl Health {
-    #[inline]
-    pub fn consecutive_failures(&self) -> u32 {
-        self.failures.load(Ordering::Relaxed)
-    }
-    /// R17: demoted below every healthy provider.
-    #[inline]
-    pub fn is_demoted(&self) -> bool {
-        #[cfg(feature = "planted-bugs")]
-        let threshold = self.demote_after.load(Ordering::Relaxed);
-        #[cfg(not(feature = "planted-bugs"))]
-        let threshold = DEMOTE_AFTER;
-        self.consecutive_failures() >= threshold
-    }
-    pub(crate) fn record_failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn record_success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-    }
-}
-
 /// Per-model round-robin counters (R17), carried across snapshots by model id.
 #[derive(Debug, Default)]
 pub(crate) struct RoundRobin {
@@ -186,6 +142,69 @@ pub(crate) struct ModelIdx {
     pub order: StaticOrder,
     pub len: u32,
     pub rr: Arc<RoundRobin>,
+}
+
+/// The request-independent part of a model's order, computed once per
+/// snapshot from its tier-sorted slots.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StaticOrder {
+    /// R15: how many leading slots may be selected. A model with any attested
+    /// provider never selects a plaintext one; plaintext providers sort last.
+    pub cut: u32,
+    /// R17/R44: the size of the leading (tier, capacity rank) group among
+    /// them, before demotions and overflow.
+    pub lead: u32,
+    /// R40: some provider declares a window (else no estimate can matter).
+    pub any_window: bool,
+    /// R42.2: the providers declare at least two distinct windows, so the
+    /// pool refines the estimate.
+    pub refine: bool,
+    /// R18: capabilities every selectable slot has (a filter that would keep
+    /// everything is skipped).
+    pub all: Capabilities,
+    /// A planted bug (`registry/planted.rs`): the demotion sort moves each
+    /// demoted provider back one place only. Read on the rare demoted path.
+    #[cfg(feature = "planted-bugs")]
+    pub demotion_sort_one_step: bool,
+}
+
+impl StaticOrder {
+    pub(crate) fn of(tier_sorted: &[Slot]) -> StaticOrder {
+        let verifiable = tier_sorted.first().is_some_and(|s| s.tier.is_attested());
+        let eligible = if verifiable {
+            tier_sorted
+                .iter()
+                .take_while(|s| s.tier.is_attested())
+                .count()
+        } else {
+            tier_sorted.len()
+        };
+        let eligible = &tier_sorted[..eligible];
+        let static_key = |s: &Slot| (s.tier, s.capacity_rank());
+        let lead = eligible
+            .iter()
+            .take_while(|s| Some(static_key(s)) == eligible.first().map(static_key))
+            .count();
+        let mut windows = tier_sorted.iter().filter_map(|s| s.window);
+        let first_window = windows.next();
+        let refine = first_window.is_some_and(|w| windows.any(|x| x != w));
+        let all = eligible
+            .iter()
+            .fold(Capabilities::ALL, |a, s| Capabilities {
+                streaming: a.streaming && s.caps.streaming,
+                client_e2ee: a.client_e2ee && s.caps.client_e2ee,
+            });
+        let n = |x: usize| u32::try_from(x).expect("fewer than 2^32 slots");
+        StaticOrder {
+            cut: n(eligible.len()),
+            lead: n(lead),
+            any_window: first_window.is_some(),
+            refine,
+            all,
+            #[cfg(feature = "planted-bugs")]
+            demotion_sort_one_step: false,
+        }
+    }
 }
 
 /// An immutable snapshot. Readers hold it through an `arc_swap` guard.
@@ -243,8 +262,10 @@ impl Table {
                     })
                     .clone();
                 #[cfg(feature = "planted-bugs")]
-                h.demote_after
-                    .store(sources.planted.demote_after(), Ordering::Relaxed);
+                h.demote_after.store(
+                    sources.planted.demote_after(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 #[cfg(feature = "planted-bugs")]
                 let forgotten = sources.planted.forgotten.contains(id);
                 #[cfg(not(feature = "planted-bugs"))]

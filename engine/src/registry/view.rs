@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::table::{CatalogRow, Table};
+use crate::health::{LatencyFloor, Ttft};
 use crate::provider::ProviderId;
 use crate::tier::Tier;
 
 /// One provider of one model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProviderView {
     pub id: ProviderId,
     pub tier: Tier,
@@ -20,9 +21,14 @@ pub struct ProviderView {
     /// SPEC-parity R40: its declared context window (`None`: unlimited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_window: Option<u32>,
+    /// R46: its TTFT moving average and sample count.
+    pub ttft: Ttft,
+    /// R47: latency-demoted among the model's providers, as a request
+    /// without a pubkey sees them.
+    pub latency_demoted: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct RegistryView {
     /// Model id → its providers in registration order (`[NEAR…] + [pinned…]`,
     /// then the external rows of an unprotected id), stably sorted by tier
@@ -54,6 +60,7 @@ impl RegistryView {
                         .insert(s.provider.id().clone());
                 }
             }
+            let floor = LatencyFloor::of(slots.iter().map(|s| s.health.ttft()));
             let list = slots
                 .iter()
                 .map(|s| ProviderView {
@@ -62,6 +69,8 @@ impl RegistryView {
                     consecutive_failures: s.health.consecutive_failures(),
                     demoted: s.health.is_demoted(),
                     context_window: s.window,
+                    ttft: s.health.ttft(),
+                    latency_demoted: floor.demotes(s.health.ttft()),
                 })
                 .collect();
             models.insert(m.to_string(), list);

@@ -1114,3 +1114,112 @@ async fn r45_never_clobbers_a_recorded_retryable_error_in_either_profile() {
         assert_eq!(failures(&router, "base"), Some(0), "{profile}");
     }
 }
+
+// ---- R46 TTFT samples ----
+
+fn ttft(router: &Router, provider: &str) -> crate::health::Ttft {
+    router
+        .registry()
+        .view()
+        .models
+        .values()
+        .flatten()
+        .find(|p| p.id.as_str() == provider)
+        .map(|p| p.ttft)
+        .unwrap()
+}
+
+/// Routes one streamed request and reads its stream to the end.
+async fn stream_to_end(router: &Router) {
+    let r = router.chat(request(M), true).await;
+    let Ok(Served::Stream { stream, .. }) = r.result else {
+        panic!("expected a stream, got {:?}", r.result);
+    };
+    let _items: Vec<_> = stream.collect().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn r46_each_streamed_request_takes_one_sample_at_close() {
+    let n1 = FakeProvider::near("n1")
+        .with_first_token(Duration::from_secs(2))
+        .arc();
+    let router = world(&[&n1], &[]);
+    for _ in 0..8 {
+        stream_to_end(&router).await;
+    }
+    let t = ttft(&router, "n1");
+    assert_eq!(t.samples, 8);
+    assert_eq!(t.ema_ms, 2000.0);
+    // A non-streamed request never samples.
+    assert!(router.chat(request(M), false).await.result.is_ok());
+    assert_eq!(ttft(&router, "n1").samples, 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r46_no_sample_without_a_content_chunk_or_before_close() {
+    // The plain fake's chunk has no content and no usage: no sample.
+    let bare = FakeProvider::near("bare").arc();
+    let router = world(&[&bare], &[]);
+    stream_to_end(&router).await;
+    assert_eq!(ttft(&router, "bare").samples, 0);
+
+    let n1 = FakeProvider::near("n1")
+        .with_first_token(Duration::from_millis(300))
+        .arc();
+    let router = world(&[&n1], &[]);
+    // Dropped by the client before its first chunk: no sample.
+    let r = router.chat(request(M), true).await;
+    drop(r);
+    assert_eq!(ttft(&router, "n1").samples, 0);
+    // Read past the first chunk but not yet closed: still none; the
+    // sample is taken once, when the stream closes.
+    let r = router.chat(request(M), true).await;
+    let Ok(Served::Stream { mut stream, .. }) = r.result else {
+        panic!("expected a stream");
+    };
+    assert!(matches!(
+        stream.next().await,
+        Some(Ok(StreamItem::Chunk(_)))
+    ));
+    assert_eq!(ttft(&router, "n1").samples, 0);
+    drop(stream);
+    assert_eq!(
+        ttft(&router, "n1"),
+        crate::health::Ttft {
+            samples: 1,
+            ema_ms: 300.0
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn r46_tiersim_times_the_served_attempt_upstream_the_whole_request() {
+    for (profile, want) in [(Profile::Tiersim, 100.0), (Profile::Upstream, 350.0)] {
+        // n1 leads, takes 250 ms to fail with a 503; Chutes then opens at
+        // once and sends its first content 100 ms later.
+        let n1 = FakeProvider::near("n1")
+            .with_latency(Duration::from_millis(250))
+            .fail(s503(), 1)
+            .arc();
+        let n2 = FakeProvider::chutes("n2")
+            .with_streaming(true)
+            .with_first_token(Duration::from_millis(100))
+            .arc();
+        let reg = Registry::new();
+        reg.register_secondary(M, Arc::clone(&n2) as Arc<dyn Provider>);
+        reg.refresh(
+            SourceRead::Ok(Discovered(rows(&[(M, &[&n1])]))),
+            SourceRead::Ok(External::default()),
+        );
+        active(&reg, M);
+        let router = Router::with_settings(Arc::new(reg), profile, 64);
+        let r = router.chat(request(M), true).await;
+        assert_eq!(r.attempts.len(), 2, "{profile:?}");
+        let Ok(Served::Stream { stream, .. }) = r.result else {
+            panic!("expected a stream");
+        };
+        let _items: Vec<_> = stream.collect().await;
+        let t = ttft(&router, "n2");
+        assert_eq!((t.samples, t.ema_ms), (1, want), "{profile:?}");
+    }
+}

@@ -52,6 +52,16 @@ fn order(reg: &Registry, op: Operation, key: Option<&str>, e2ee: bool) -> Vec<St
         .collect()
 }
 
+fn req(op: Operation, model_pub_key: Option<&str>) -> Request<'_> {
+    Request {
+        op,
+        model_pub_key,
+        client_e2ee: false,
+        estimate: None,
+        prefix: None,
+    }
+}
+
 fn demote(reg: &Registry, provider: &str, failures: u32) {
     let t = reg.load();
     for _ in 0..failures {
@@ -373,7 +383,7 @@ fn r15_r16_r18_the_trace_names_why_each_provider_was_dropped() {
     // R15 case on an unprotected id instead.
     let why = |op, key: Option<&str>| {
         let mut trace = SelectTrace::default();
-        let sel = select_observed(reg.load(), M, op, key, false, None, &mut trace).unwrap();
+        let sel = select_observed(reg.load(), M, req(op, key), &mut trace).unwrap();
         let table = reg.load();
         let names: Vec<(String, Dropped)> = trace
             .dropped
@@ -408,7 +418,7 @@ fn r15_r16_r18_the_trace_names_why_each_provider_was_dropped() {
         SourceRead::Ok(External(rows(&[(P, &[&e1])]))),
     );
     let mut trace = SelectTrace::default();
-    let sel = select_observed(reg2.load(), P, PLAIN, None, false, None, &mut trace).unwrap();
+    let sel = select_observed(reg2.load(), P, req(PLAIN, None), &mut trace).unwrap();
     assert_eq!(sel.ids().map(|p| p.to_string()).collect::<Vec<_>>(), ["n1"]);
     let t = reg2.load();
     let dropped: Vec<_> = trace
@@ -432,13 +442,19 @@ fn r17_the_trace_records_the_leading_group_and_its_turn() {
     let reg = registry(&[&n1, &n2], &[&c1], &[]);
     let traced = |reg: &Registry| {
         let mut trace = SelectTrace::default();
-        let sel = select_observed(reg.load(), M, PLAIN, None, false, None, &mut trace).unwrap();
+        let sel = select_observed(reg.load(), M, req(PLAIN, None), &mut trace).unwrap();
         assert!(!sel.is_empty());
         assert_eq!(sel.len(), 3);
         let first = sel.ids().next().unwrap().to_string();
         (trace.lead, first)
     };
-    assert_eq!(traced(&reg), (Some((2, 0)), "n1".to_string()));
+    assert_eq!(
+        traced(&reg),
+        (
+            Some((2, Placement::RoundRobin { turn: 0 })),
+            "n1".to_string()
+        )
+    );
     let sel = reg.select(M, PLAIN, None, false).unwrap();
     // Its Debug is the order, for the log.
     let shown = format!("{sel:?}");
@@ -447,10 +463,205 @@ fn r17_the_trace_records_the_leading_group_and_its_turn() {
     assert!(at("n2") < at("n1") && at("n1") < at("c1"), "{shown}");
     drop(sel);
     // The untraced selection took turn 1; the traced one now takes turn 2.
-    assert_eq!(traced(&reg), (Some((2, 2)), "n1".to_string()));
+    assert_eq!(
+        traced(&reg),
+        (
+            Some((2, Placement::RoundRobin { turn: 2 })),
+            "n1".to_string()
+        )
+    );
     let mut trace = SelectTrace::default();
-    select_observed(reg.load(), M, PLAIN, Some("k2"), false, None, &mut trace).unwrap();
+    select_observed(reg.load(), M, req(PLAIN, Some("k2")), &mut trace).unwrap();
     assert_eq!(trace.lead, None, "one provider holds k2: no rotation");
+}
+
+// ---- R47 latency demotion, R48 prefix placement ----
+
+/// Gives `provider` `n` TTFT samples of `ms` each (the average is then `ms`).
+fn samples(reg: &Registry, provider: &str, ms: u64, n: u32) {
+    let t = reg.load();
+    for _ in 0..n {
+        t.health[&ProviderId::new(provider)].record_ttft(Duration::from_millis(ms));
+    }
+}
+
+fn three_near_and_chutes() -> (Registry, [Arc<FakeProvider>; 4]) {
+    let (n1, n2, n3) = (near("n1", "k1"), near("n2", "k2"), near("n3", "k3"));
+    let c1 = FakeProvider::chutes("c1").with_streaming(true).arc();
+    let reg = registry(&[&n1, &n2], &[&c1], &[]);
+    (reg, [n1, n2, n3, c1])
+}
+
+#[test]
+fn r47_slow_warmed_near_sorts_behind_chutes() {
+    let (reg, _keep) = three_near_and_chutes();
+    samples(&reg, "n1", 2000, 8);
+    samples(&reg, "n2", 100, 8);
+    for _ in 0..4 {
+        // n2 leads alone (no rotation), Chutes next, the slow NEAR last.
+        assert_eq!(order(&reg, PLAIN, None, false), ["n2", "c1", "n1"]);
+        assert_eq!(order(&reg, STREAM, None, false), ["n2", "c1", "n1"]);
+    }
+    let view = reg.view();
+    let slow: Vec<bool> = view.models[M].iter().map(|p| p.latency_demoted).collect();
+    assert_eq!(slow, [true, false, false], "the view shows the same flag");
+}
+
+#[test]
+fn r47_no_demotion_under_twice_the_fastest_or_under_500_ms() {
+    let (reg, _keep) = three_near_and_chutes();
+    samples(&reg, "n1", 900, 8);
+    samples(&reg, "n2", 600, 8);
+    let firsts: Vec<String> = (0..4)
+        .map(|_| order(&reg, PLAIN, None, false)[0].clone())
+        .collect();
+    assert_eq!(firsts, ["n1", "n2", "n1", "n2"], "900 < 2 × 600: both lead");
+
+    let (reg, _keep) = three_near_and_chutes();
+    samples(&reg, "n1", 400, 8);
+    samples(&reg, "n2", 100, 8);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2", "c1"]);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n1", "c1"]);
+}
+
+#[test]
+fn r47_unwarmed_providers_are_never_demoted_and_never_set_the_floor() {
+    let (reg, _keep) = three_near_and_chutes();
+    // Seven samples: not warmed, so not demoted however slow.
+    samples(&reg, "n1", 5000, 7);
+    samples(&reg, "n2", 100, 8);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2", "c1"]);
+    // Eight: warmed, demoted.
+    samples(&reg, "n1", 5000, 1);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "c1", "n1"]);
+
+    // A lone warmed provider is its own floor: never demoted; a fast but
+    // unwarmed peer does not set the floor.
+    let (reg, _keep) = three_near_and_chutes();
+    samples(&reg, "n1", 5000, 20);
+    samples(&reg, "n2", 10, 7);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2", "c1"]);
+}
+
+#[test]
+fn r47_hard_demotion_outranks_latency_demotion() {
+    let (reg, _keep) = three_near_and_chutes();
+    samples(&reg, "n1", 100, 8);
+    samples(&reg, "n2", 3000, 8);
+    samples(&reg, "c1", 100, 8);
+    demote(&reg, "n1", 10);
+    // Keys: c1 (healthy, fast), n2 (latency-demoted), n1 (hard-demoted).
+    assert_eq!(order(&reg, PLAIN, None, false), ["c1", "n2", "n1"]);
+}
+
+#[test]
+fn r47_the_leading_group_leaves_a_latency_demoted_provider_out() {
+    let (n1, n2, n3) = (near("n1", "k1"), near("n2", "k2"), near("n3", "k3"));
+    let reg = registry(&[&n1, &n2, &n3], &[], &[]);
+    samples(&reg, "n1", 100, 8);
+    samples(&reg, "n2", 4000, 8);
+    samples(&reg, "n3", 120, 8);
+    let orders: Vec<Vec<String>> = (0..3).map(|_| order(&reg, PLAIN, None, false)).collect();
+    assert_eq!(
+        orders,
+        [["n1", "n3", "n2"], ["n3", "n1", "n2"], ["n1", "n3", "n2"]]
+    );
+}
+
+#[test]
+fn r47_recovery_comes_only_from_new_samples() {
+    let (reg, _keep) = three_near_and_chutes();
+    samples(&reg, "n1", 2000, 8);
+    samples(&reg, "n2", 100, 8);
+    assert_eq!(order(&reg, PLAIN, None, false)[2], "n1");
+    // Successes and failures do not touch the average (no decay, no reset).
+    let t = reg.load();
+    t.health[&ProviderId::new("n1")].record_success();
+    t.health[&ProviderId::new("n1")].record_failure();
+    t.health[&ProviderId::new("n1")].record_success();
+    assert_eq!(order(&reg, PLAIN, None, false)[2], "n1");
+    // Fast samples at α = 0.1 bring it back to 500 ms (no longer over the
+    // floor) before twice the fastest: 100 + 1900 × 0.9^k ≤ 500.
+    let mut n = 0;
+    while order(&reg, PLAIN, None, false).last().unwrap() == "n1" {
+        samples(&reg, "n1", 100, 1);
+        n += 1;
+        assert!(n < 100, "never recovered");
+    }
+    // First at k = 15.
+    assert_eq!(n, 15);
+}
+
+fn stream_req(prefix: u64) -> Request<'static> {
+    Request {
+        op: STREAM,
+        model_pub_key: None,
+        client_e2ee: false,
+        estimate: None,
+        prefix: Some(prefix),
+    }
+}
+
+#[test]
+fn r48_streamed_chat_is_placed_by_its_prefix_and_leaves_the_counter_alone() {
+    let (n1, n2, n3) = (near("n1", "k1"), near("n2", "k2"), near("n3", "k3"));
+    let reg = registry(&[&n1, &n2, &n3], &[], &[]);
+    let first = |r: Request<'_>| {
+        let sel = reg
+            .select_shaped(
+                M,
+                r.op,
+                None,
+                false,
+                Shape {
+                    estimate: None,
+                    prefix: r.prefix,
+                },
+            )
+            .unwrap();
+        let first = sel.ids().next().unwrap().to_string();
+        first
+    };
+    // The same prefix: the same leader, every time (hash 7 % 3 = 1).
+    for _ in 0..30 {
+        assert_eq!(first(stream_req(7)), "n2");
+    }
+    assert_eq!(first(stream_req(9)), "n1");
+    assert_eq!(first(stream_req(11)), "n3");
+    // The counter never moved: non-streamed traffic starts at turn 0 and
+    // splits exactly one third each.
+    let plain: Vec<String> = (0..30)
+        .map(|_| order(&reg, PLAIN, None, false)[0].clone())
+        .collect();
+    assert_eq!(&plain[..3], ["n1", "n2", "n3"]);
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(plain.iter().filter(|p| *p == n).count(), 10, "{n}");
+    }
+    // A prefix on a non-streamed operation is ignored: round-robin.
+    let sel = reg
+        .select_shaped(
+            M,
+            PLAIN,
+            None,
+            false,
+            Shape {
+                estimate: None,
+                prefix: Some(7),
+            },
+        )
+        .unwrap();
+    assert_eq!(sel.ids().next().unwrap().as_str(), "n1", "turn 30");
+}
+
+#[test]
+fn r48_the_trace_names_the_placement() {
+    let (n1, n2) = (near("n1", "k1"), near("n2", "k2"));
+    let reg = registry(&[&n1, &n2], &[], &[]);
+    let mut trace = SelectTrace::default();
+    select_observed(reg.load(), M, stream_req(5), &mut trace).unwrap();
+    assert_eq!(trace.lead, Some((2, Placement::Prefix { hash: 5 })));
+    assert_eq!(trace.kept.len(), 2);
+    assert!(trace.kept.iter().all(|p| !p.key.latency_demoted));
 }
 
 // ---- SPEC-parity R44: capacity-aware ordering ----
@@ -470,11 +681,20 @@ fn tiers() -> Registry {
 }
 
 fn sized(reg: &Registry, estimate: Option<u32>) -> Vec<String> {
-    reg.select_sized(M, PLAIN, None, false, estimate)
-        .unwrap()
-        .ids()
-        .map(|p| p.to_string())
-        .collect()
+    reg.select_shaped(
+        M,
+        PLAIN,
+        None,
+        false,
+        Shape {
+            estimate,
+            prefix: None,
+        },
+    )
+    .unwrap()
+    .ids()
+    .map(|p| p.to_string())
+    .collect()
 }
 
 #[test]

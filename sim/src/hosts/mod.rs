@@ -399,28 +399,44 @@ async fn chat(
     }
 
     // Role, three content pieces, the finish: five chunks, then [DONE].
-    let chunk = |delta: Value, finish: Value| {
+    // Each carries the usage so far, as a backend asked for per-chunk usage
+    // does (NEAR's router always asks; SPEC-parity R46 samples TTFT only
+    // from a stream that carried a non-zero usage record).
+    let prompt_tokens = words(&prompt);
+    let chunk = |delta: Value, finish: Value, completion_tokens: usize| {
         let c = json!({
             "id": id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
             "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         });
         Step::Data(format!("data: {c}\n\n").into())
     };
     let mut chunks = vec![chunk(
         json!({ "role": "assistant", "content": "" }),
         Value::Null,
+        0,
     )];
+    let mut said = String::new();
     for piece in [
         host.to_string(),
         " says:".into(),
         format!(" {}", echo_of(&prompt)),
     ] {
-        chunks.push(chunk(json!({ "content": piece }), Value::Null));
+        said.push_str(&piece);
+        chunks.push(chunk(
+            json!({ "content": piece }),
+            Value::Null,
+            words(&said),
+        ));
     }
-    chunks.push(chunk(json!({}), json!("stop")));
+    chunks.push(chunk(json!({}), json!("stop"), words(&said)));
     let done = Step::Data(Bytes::from_static(b"data: [DONE]\n\n"));
 
     let steps = match fault {

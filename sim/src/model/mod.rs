@@ -21,6 +21,7 @@
 mod admission;
 mod chutes;
 mod context;
+mod latency;
 mod registry;
 mod request;
 
@@ -221,6 +222,18 @@ impl Model {
                 });
                 let servable = self.reg.servable(&self.facts, spec);
                 let pred = self.reg.request(&self.facts, spec, window);
+                if pred.undecided {
+                    // R47 undecidable from world-side bounds: from here on
+                    // only the world-side oracles judge the run.
+                    tracing::debug!(
+                        model = %spec.model,
+                        "reference model: latency demotion undecidable from the \
+                         world's bounds; only world-side oracles judge from here"
+                    );
+                    self.desynced = true;
+                    self.absorb(events, events.len());
+                    return oracle::check_world(&world, rec);
+                }
                 let liveness = step
                     .note
                     .as_deref()

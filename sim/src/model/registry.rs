@@ -67,6 +67,8 @@ pub struct Registry {
     pub catalog: BTreeMap<String, (bool, u64)>,
     /// R21: provider id → consecutive retryable failures.
     pub health: BTreeMap<String, u32>,
+    /// R46: provider id → its TTFT state, as far as the model can tell.
+    pub ttft: BTreeMap<String, super::latency::Range>,
     /// R17: model id → (plain turn, pubkey turn).
     pub turns: BTreeMap<String, (u64, u64)>,
     /// NEAR providers already attested, by inference URL (a backend is
@@ -181,6 +183,7 @@ impl Registry {
         let lists = self.lists();
         let live: BTreeSet<String> = lists.values().flatten().map(|p| p.id.clone()).collect();
         self.health.retain(|id, _| live.contains(id));
+        self.ttft.retain(|id, _| live.contains(id));
         self.turns.retain(|m, _| lists.contains_key(m));
     }
 
@@ -520,6 +523,19 @@ impl Registry {
         }
         for (m, ps) in &view.models {
             for p in ps {
+                // R46: the sample count in the model's range, the average
+                // within its bounds (a hair of float slack).
+                let t = self.ttft.get(p.id.as_str()).copied().unwrap_or_default();
+                let (n, ema) = (p.ttft.samples, p.ttft.ema_ms);
+                let in_range = (t.samples_lo..=t.samples_hi).contains(&n)
+                    && (n == 0 || (ema >= t.ema_lo - 1e-6 && ema <= t.ema_hi + 1e-6));
+                if !in_range {
+                    out.push(format!(
+                        "TTFT of {} (in {m}): model {}..={} samples, average {:.1}..={:.1} ms; \
+                         engine {n} samples, {ema:.1} ms",
+                        p.id, t.samples_lo, t.samples_hi, t.ema_lo, t.ema_hi
+                    ));
+                }
                 let want_n = self.failures(p.id.as_str());
                 if want
                     .get(m)

@@ -10,6 +10,7 @@ use tiersim_engine::retry::Decision;
 use tiersim_engine::Tier;
 
 use super::chutes::Choice;
+use super::latency;
 use super::registry::{Kind, Prov, Registry, DEMOTED_AT};
 use super::Facts;
 use crate::fault::{Fault, HostEvent, RequestKind};
@@ -275,6 +276,9 @@ pub struct Prediction {
     pub status: u16,
     /// For a served stream: whether the client gets `[DONE]`.
     pub done: Option<bool>,
+    /// R47: the model could not tell whether a provider is latency-demoted
+    /// (see `latency.rs`), so it predicts nothing from here on.
+    pub undecided: bool,
 }
 
 impl Prediction {
@@ -347,6 +351,9 @@ fn render(steps: &[Step]) -> String {
 struct Seen<'a> {
     events: &'a [HostEvent],
     next: BTreeMap<String, usize>,
+    /// The delays faults scripted on the current attempt's way (ms), for
+    /// its TTFT sample (R46).
+    delay_ms: f64,
 }
 
 impl<'a> Seen<'a> {
@@ -362,6 +369,9 @@ impl<'a> Seen<'a> {
             {
                 if h == host && kinds.contains(kind) {
                     self.next.insert(host.to_string(), i + 1);
+                    if let Some(Fault::LatencyMs { ms } | Fault::SlowFirstTokenMs { ms }) = fault {
+                        self.delay_ms += *ms as f64;
+                    }
                     return Some((*kind, fault.clone()));
                 }
             }
@@ -437,6 +447,7 @@ impl Registry {
             attempts: Vec::new(),
             status,
             done: None,
+            undecided: false,
         };
         // SPEC-parity R28: unknown or inactive ids are 400 before any
         // provider.
@@ -455,6 +466,22 @@ impl Registry {
         if cands.is_empty() {
             return fail(none);
         }
+        // R47 among the request's providers (after R15/R16, before R18).
+        let ids: Vec<&str> = cands.iter().map(|p| p.id.as_str()).collect();
+        let judged = latency::demoted(&ids, &self.ttft);
+        if judged.iter().any(Option::is_none) {
+            return Prediction {
+                attempts: Vec::new(),
+                status: 0,
+                done: None,
+                undecided: true,
+            };
+        }
+        let slow: BTreeMap<String, bool> = ids
+            .iter()
+            .zip(&judged)
+            .map(|(id, d)| (id.to_string(), d.unwrap_or(false)))
+            .collect();
         // R18: capability filters, unless nobody is capable.
         if spec.stream && cands.iter().any(|p| p.streams(self.chutes_streaming)) {
             cands.retain(|p| p.streams(self.chutes_streaming));
@@ -465,13 +492,16 @@ impl Registry {
         let mut seen = Seen {
             events: window,
             next: BTreeMap::new(),
+            delay_ms: 0.0,
         };
         // SPEC-parity R42/R43: the context requirement, read from the body
         // the client sent and, near a window, the tokenize call its host
         // served.
         let estimate = self.estimate(facts, spec, pubkey.is_some(), &mut seen);
-        // R17/R44: (overflow, demoted, latency-demoted, tier, capacity
-        // rank), stable; round-robin in the leading group (equal keys).
+        // R17/R44/R47: (overflow, demoted, latency-demoted, tier, capacity
+        // rank), stable; then the leading group (equal keys) is rotated:
+        // streamed chat by its prefix hash (R48, no turn taken), the rest by
+        // round-robin.
         let demoted = |p: &Prov| self.failures(&p.id) >= DEMOTED_AT;
         let key = |p: &Prov| {
             let overflow = matches!((estimate, p.window), (Some(e), Some(w)) if e > w);
@@ -479,15 +509,17 @@ impl Registry {
                 (true, Some(w)) => (1u64 << 32) - u64::from(w),
                 _ => p.capacity_rank(),
             };
-            // R47's latency demotion is not modelled yet: never demoted.
-            (overflow, demoted(p), false, p.tier, rank)
+            (overflow, demoted(p), slow[&p.id], p.tier, rank)
         };
         cands.sort_by_key(key);
         let lead = cands
             .iter()
             .take_while(|p| key(p) == key(&cands[0]))
             .count();
-        if lead > 1 {
+        if lead > 1 && spec.stream {
+            let hash = latency::prefix_hash(&crate::runner::request_body(spec));
+            cands[..lead].rotate_left((hash % lead as u64) as usize);
+        } else if lead > 1 {
             let turns = self.turns.entry(spec.model.clone()).or_default();
             let turn = if pubkey.is_some() {
                 &mut turns.1
@@ -506,6 +538,7 @@ impl Registry {
             let mut retry: Option<bool> = None;
             let mut best: Option<(Failure, bool)> = None;
             for p in &cands {
+                seen.delay_ms = 0.0;
                 let upshot = self.attempt(facts, p, spec, &mut seen);
                 let failure = match upshot {
                     Upshot::Served(end) => {
@@ -524,10 +557,45 @@ impl Registry {
                             StreamEnd::Broken => *self.health.entry(p.id.clone()).or_default() += 1,
                             StreamEnd::Rejected => {}
                         }
+                        // R46: a served stream's TTFT sample, taken at close
+                        // when content arrived (surely when it ended
+                        // properly; a broken or rejected one may have
+                        // delivered its first content or not).
+                        // The simulated Chutes instance sends usage only
+                        // as the plaintext billing event after the inner
+                        // [DONE], which the router never reads: no sample.
+                        let chutes = matches!(p.kind, Kind::Chutes { .. });
+                        if spec.stream && !chutes {
+                            let (lo, hi) = latency::sample_bounds(
+                                seen.delay_ms,
+                                if facts
+                                    .scenario
+                                    .steps
+                                    .iter()
+                                    .any(|s| s.get_ref().hold.is_some())
+                                {
+                                    f64::INFINITY
+                                } else {
+                                    seen.delay_ms
+                                },
+                                facts
+                                    .scenario
+                                    .tick
+                                    .as_ref()
+                                    .map_or(Duration::from_millis(1), |t| t.get_ref().0),
+                                chutes,
+                            );
+                            self.ttft.entry(p.id.clone()).or_default().sample(
+                                lo,
+                                hi,
+                                end == StreamEnd::Done,
+                            );
+                        }
                         return Prediction {
                             attempts,
                             status: 200,
                             done: spec.stream.then_some(end == StreamEnd::Done),
+                            undecided: false,
                         };
                     }
                     Upshot::Failed(f) => f,
@@ -569,6 +637,7 @@ impl Registry {
                         attempts,
                         status: failure.client_status(external),
                         done: None,
+                        undecided: false,
                     };
                 }
                 if best.is_none_or(|(b, _)| failure.weight > b.weight) {
@@ -590,6 +659,7 @@ impl Registry {
                         attempts,
                         status: best.client_status(external),
                         done: None,
+                        undecided: false,
                     }
                 }
             }

@@ -619,6 +619,27 @@ pub struct HealthExpect {
     pub failures: Option<u32>,
     /// Whether it is demoted.
     pub demoted: Option<bool>,
+    /// R46: how many TTFT samples it has taken.
+    pub ttft_samples: Option<u32>,
+    /// R46: bounds on its TTFT moving average, in ms.
+    pub ttft_ema_ms: Option<Bounds>,
+    /// R47: whether it is latency-demoted among the model's providers.
+    pub latency_demoted: Option<bool>,
+}
+
+/// Inclusive bounds on a measured value (simulated network time makes the
+/// exact value a function of the seed).
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bounds {
+    pub at_least: Option<f64>,
+    pub at_most: Option<f64>,
+}
+
+impl Bounds {
+    pub fn holds(&self, x: f64) -> bool {
+        self.at_least.is_none_or(|lo| x >= lo) && self.at_most.is_none_or(|hi| x <= hi)
+    }
 }
 
 /// A duration written as text: `"500ms"`, `"2s"`, `"1m 30s"`.
