@@ -28,6 +28,28 @@ pub struct CatalogRow {
     pub active: bool,
     /// Price per million tokens in micro-dollars: an integer, so exact.
     pub price: u64,
+    /// What serves the row (the model database's `provider_type`).
+    #[serde(default, skip_serializing_if = "ProviderType::is_vllm")]
+    pub provider_type: ProviderType,
+}
+
+/// A catalog row's provider type: only a `vllm` row's `inference_url` is a
+/// NEAR backend to discover; an `external` row is served by external
+/// provider rows, and a URL it carries is never attested as NEAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderType {
+    /// A NEAR backend (vLLM behind an attested host): the default.
+    #[default]
+    Vllm,
+    /// An external provider.
+    External,
+}
+
+impl ProviderType {
+    pub fn is_vllm(&self) -> bool {
+        *self == ProviderType::Vllm
+    }
 }
 
 /// One external plaintext provider row for a model.
@@ -36,8 +58,23 @@ pub struct CatalogRow {
 pub struct ExternalRow {
     pub model: String,
     pub base_url: String,
-    /// Provider name; the provider id is `external:<name>`.
+    /// Provider name; the provider id is `external:<name>`. Its API key is
+    /// the router's `EXTERNAL_API_KEYS` entry of that name.
     pub name: String,
+    /// The provider's API kind; the router speaks
+    /// [`ExternalRow::OPENAI_COMPATIBLE`] only and refuses a row of any
+    /// other kind at load (the other rows still load).
+    #[serde(default = "openai_compatible")]
+    pub kind: String,
+}
+
+impl ExternalRow {
+    /// The one kind of external provider the router speaks.
+    pub const OPENAI_COMPATIBLE: &'static str = "openai_compatible";
+}
+
+fn openai_compatible() -> String {
+    ExternalRow::OPENAI_COMPATIBLE.to_string()
 }
 
 /// A partial update of one row: absent fields are kept; `inference_url:
@@ -71,6 +108,7 @@ impl CatalogPatchRow {
             inference_url: None,
             active: false,
             price: 0,
+            provider_type: ProviderType::default(),
         });
         if let Some(url) = &self.inference_url {
             row.inference_url = url.clone();
@@ -167,6 +205,7 @@ mod tests {
             inference_url: Some("http://near-1".into()),
             active: false,
             price: 5,
+            provider_type: ProviderType::Vllm,
         };
         let row = p.apply(Some(&current));
         assert_eq!(row.inference_url.as_deref(), Some("http://near-1"));

@@ -32,5 +32,5 @@ pub use provider::{
 pub use registry::{CatalogRow, Discovered, External, Registry, RegistryView, SourceRead};
 pub use retry::{Attempt, Class, Decision, Outcome};
 pub use router::{Attribution, RouteError, Routed, Router, Served};
-pub use select::{SelectError, Selection};
+pub use select::{RoundRobinView, SelectError, Selection};
 pub use tier::{Capabilities, Tier};

@@ -41,11 +41,33 @@ pub enum Dropped {
 /// Hears the decisions of one selection, for the routing trace. The hot path
 /// uses `()`, which compiles to nothing.
 pub(crate) trait SelectObserver {
+    /// Whether the selection only looks: it reads the round-robin turn
+    /// instead of taking it (R17's position, for [`Registry::round_robin`]).
+    const PEEKS: bool = false;
     fn dropped(&mut self, _slot: u32, _why: Dropped) {}
     fn leading_group(&mut self, _len: usize, _turn: usize) {}
 }
 
 impl SelectObserver for () {}
+
+/// A selection that takes no turn: the order the next request would get.
+struct Peek;
+
+impl SelectObserver for Peek {
+    const PEEKS: bool = true;
+}
+
+/// R17's round-robin position of one model, read without moving it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoundRobinView {
+    /// Turns the model's counter has taken: one per request (without
+    /// `x-model-pub-key`, which rotates on its own counter) whose leading
+    /// group had more than one provider.
+    pub turns: usize,
+    /// The order the next such request would be tried in (JSON, no key
+    /// headers): its first provider is the one it leads on.
+    pub next: Vec<ProviderId>,
+}
 
 /// A selection's decisions, by slot; see [`Dropped`].
 #[derive(Debug, Default)]
@@ -138,6 +160,27 @@ impl Registry {
         client_e2ee: bool,
     ) -> Result<Selection, SelectError> {
         select_in(self.load(), model, op, model_pub_key, client_e2ee)
+    }
+
+    /// R17's round-robin position of `model` (`None` when it is not
+    /// mapped): the turns its counter has taken and the order the next
+    /// plain request would get, computed by the selection itself without
+    /// taking a turn. An operator's read, like [`Registry::view`].
+    pub fn round_robin(&self, model: &str) -> Option<RoundRobinView> {
+        let table = self.load();
+        let turns = table.models.get(model)?.rr.plain.load(Ordering::Relaxed);
+        let next = match select_observed(
+            table,
+            model,
+            Operation::ChatCompletion,
+            None,
+            false,
+            &mut Peek,
+        ) {
+            Ok(sel) => sel.ids().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        Some(RoundRobinView { turns, next })
     }
 }
 
@@ -336,7 +379,11 @@ fn order_into<O: SelectObserver>(
         } else {
             &idx.rr.plain
         };
-        let turn = counter.fetch_add(1, Ordering::Relaxed);
+        let turn = if O::PEEKS {
+            counter.load(Ordering::Relaxed)
+        } else {
+            counter.fetch_add(1, Ordering::Relaxed)
+        };
         obs.leading_group(lead, turn);
         rotate(&mut order[..lead], turn);
     }

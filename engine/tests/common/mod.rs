@@ -163,6 +163,7 @@ impl World {
                 inference_url: None,
                 active: true,
                 price: 1,
+                provider_type: Default::default(),
             },
         );
         let (tx, rx) = mpsc::unbounded_channel();

@@ -63,6 +63,8 @@ struct ConfigOut<'a> {
     profile: tiersim_engine::config::Profile,
     #[serde(skip_serializing_if = "Option::is_none")]
     model_concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    chutes_build_fails: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -94,6 +96,8 @@ struct StepOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     restart: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<&'a RequestSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrent: Option<&'a [RequestSpec]>,
@@ -122,6 +126,7 @@ impl<'a> StepOut<'a> {
             release,
             crash,
             restart,
+            shutdown,
             request,
             concurrent,
             unregister,
@@ -141,6 +146,7 @@ impl<'a> StepOut<'a> {
             release: release.as_ref().map(|p| p.get_ref()),
             crash: crash.as_ref().map(|h| h.get_ref().as_str()),
             restart: restart.as_ref().map(|h| h.get_ref().as_str()),
+            shutdown: shutdown.as_ref().map(|h| h.get_ref().as_str()),
             request: request.as_ref(),
             concurrent: concurrent.as_deref(),
             unregister: unregister.as_deref(),
@@ -171,6 +177,11 @@ pub fn to_toml(s: &Scenario) -> Result<String, toml_edit::ser::Error> {
             expect_startup_error: c.expect_startup_error.as_deref(),
             profile: c.profile,
             model_concurrency: c.model_concurrency,
+            chutes_build_fails: c
+                .chutes_build_fails
+                .iter()
+                .map(|id| id.get_ref().as_str())
+                .collect(),
         },
         world: (s.world != Default::default()).then(|| WorldOut {
             chunking: s.world.chunking,
