@@ -543,7 +543,7 @@ fn external_providers(facts: &Facts, rows: &[ExternalRow]) -> BTreeMap<String, V
             .any(|e| e.host == name && e.api_key)
     };
     for r in rows {
-        if r.kind != "openai_compatible" || !keyed(&r.name) {
+        if r.kind != ExternalRow::OPENAI_COMPATIBLE || !keyed(&r.name) {
             continue;
         }
         out.entry(r.model.clone()).or_default().push(Prov {

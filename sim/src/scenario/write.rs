@@ -241,7 +241,8 @@ tick = "10ms"
 pins = ["R7"]
 
 [config]
-chutes_models = "a=b"
+chutes_models = "a=b,c=d"
+chutes_build_fails = ["c"]
 refresh_interval = "10m"
 
 [[near]]
@@ -255,10 +256,20 @@ slug = "b"
 host = "openrouter"
 models = ["x"]
 
+[[external]]
+host = "claude"
+models = ["y"]
+api_key = false
+kind = "anthropic"
+
 [[catalog]]
 id = "a"
 inference_url = "near-1"
 price = 3
+
+[[catalog]]
+id = "x"
+provider_type = "external"
 
 [[step]]
 refresh = {}
@@ -291,6 +302,12 @@ crash = "chutes"
 restart = "chutes"
 
 [[step]]
+shutdown = "router"
+
+[[step]]
+restart = "router"
+
+[[step]]
 clear_faults = "near-1"
 
 [[step]]
@@ -308,5 +325,14 @@ advance = "2m"
         assert!(back.steps.iter().all(|st| st.get_ref().expect.is_none()));
         assert_eq!(back.description, s.description);
         assert!(out.contains("[[step]]"), "{out}");
+        for written in [
+            "chutes_build_fails = [\"c\"]",
+            "api_key = false",
+            "kind = \"anthropic\"",
+            "provider_type = \"external\"",
+            "shutdown = \"router\"",
+        ] {
+            assert!(out.contains(written), "{written} not in {out}");
+        }
     }
 }
