@@ -117,12 +117,18 @@ pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::confi
             s.external
                 .iter()
                 .filter(|e| e.api_key)
-                .map(|e| format!("{0}=sim-{0}-key", e.host))
+                .map(|e| format!("{}={}", e.host, external_api_key(&e.host)))
                 .collect::<Vec<_>>()
                 .join(","),
         ),
         _ => None,
     })
+}
+
+/// The API key an external provider host requires, and the router holds
+/// for it when the scenario says so (`[[external]] api_key`).
+pub fn external_api_key(host: &str) -> String {
+    format!("sim-{host}-key")
 }
 
 /// The catalog row a scenario row stands for, its NEAR host named by `url`.
@@ -219,6 +225,7 @@ pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
         hosts.push(
             ExternalBackend::new(e.host.clone())
                 .serves(e.models.clone())
+                .api_key(external_api_key(&e.host))
                 .faults(&board)
                 .service(),
         );
