@@ -1280,6 +1280,18 @@ mod tests {
                 0,
                 "\"a\" is listed twice",
             ),
+            (
+                "[[catalog]]\nid = \"m\"\nprovider_type = \"chutes\"\n",
+                "\"chutes\"",
+                0,
+                "unknown variant `chutes`, expected `vllm` or `external`",
+            ),
+            (
+                "[[step]]\nconcurrent = [{ model = \"m\" }]\nexpect = { each = [{ round_robin = [{ model = \"m\" }] }] }\n",
+                "[{ model = \"m\" }] }",
+                0,
+                "`round_robin` is the model's, not one request's",
+            ),
             ("[[step]]\nshutdown = \"near-1\"\n", "\"near-1\"", 1, "only the router shuts down"),
             ("[[step]]\nshutdown = \"nowhere\"\n", "\"nowhere\"", 0, "names no host"),
             (
