@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::admin::{validate_batch, BatchError};
-use crate::catalog::{CatalogClient, CatalogPatchRow, CatalogRow as WireRow};
+use crate::catalog::{CatalogClient, CatalogPatchRow, CatalogRow as WireRow, ExternalRow};
 use crate::config::{ChutesModelEntry, EngineConfig};
 use crate::external::ExternalProvider;
 use crate::http::HttpClient;
@@ -36,6 +36,8 @@ pub struct AppSettings {
 pub struct RefreshReport {
     pub discovery: Option<String>,
     pub external: Option<String>,
+    /// External rows the load refused, each naming its row and why.
+    pub refused: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,9 @@ pub enum AdminError {
     Catalog(ProviderError),
 }
 
+/// An external provider's identity: its name, base URL and kind.
+type ExternalKey = (String, String, String);
+
 pub struct App {
     registry: Arc<Registry>,
     router: Router,
@@ -56,7 +61,10 @@ pub struct App {
     /// NEAR providers are shared per inference URL (R8's shared-provider
     /// guard relies on one provider backing several models).
     near_by_url: Mutex<BTreeMap<String, Arc<NearProvider>>>,
-    external_by_row: Mutex<BTreeMap<(String, String), Arc<dyn Provider>>>,
+    external_by_row: Mutex<BTreeMap<ExternalKey, Arc<dyn Provider>>>,
+    /// The external rows the last successful external load refused (a
+    /// missing API key, an unsupported kind): an operator's read.
+    refused_rows: std::sync::Mutex<Vec<String>>,
     /// Serialises refreshes and admin batches so they apply in order.
     writer: Mutex<()>,
     config: EngineConfig,
@@ -114,6 +122,7 @@ impl App {
             timeouts: settings.timeouts,
             near_by_url: Mutex::default(),
             external_by_row: Mutex::default(),
+            refused_rows: std::sync::Mutex::default(),
             writer: Mutex::new(()),
             config: settings.config,
         }
@@ -129,6 +138,37 @@ impl App {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The external rows the last successful external load refused, each
+    /// as `external row <model> (external:<name>): <why>`, in row order.
+    pub fn refused_rows(&self) -> Vec<String> {
+        self.refused_rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The provider of one external row: refused without a configured API
+    /// key or with a kind the router does not speak.
+    fn external_provider(&self, row: &ExternalRow) -> Result<Arc<dyn Provider>, String> {
+        if row.kind != ExternalRow::OPENAI_COMPATIBLE {
+            return Err(format!(
+                "kind {} is not supported (the router speaks {})",
+                crate::echo::echo(&row.kind),
+                ExternalRow::OPENAI_COMPATIBLE
+            ));
+        }
+        let key = self
+            .config
+            .external_api_keys
+            .get(&row.name)
+            .ok_or_else(|| "its API key is missing (no EXTERNAL_API_KEYS entry)".to_string())?;
+        let provider = ExternalProvider::new(self.http.clone(), &row.name, &row.base_url)
+            .map_err(|e| e.to_string())?
+            .with_api_key(key)
+            .with_timeouts(self.timeouts);
+        Ok(Arc::new(provider))
     }
 
     /// Whether a refresh or an admin batch is being applied right now, for
@@ -190,27 +230,33 @@ impl App {
                 let mut cache = self.external_by_row.lock().await;
                 let mut out: BTreeMap<String, Vec<Arc<dyn Provider>>> = BTreeMap::new();
                 for row in rows {
-                    let key = (row.name.clone(), row.base_url.clone());
+                    let key = (row.name.clone(), row.base_url.clone(), row.kind.clone());
                     let provider = match cache.get(&key) {
                         Some(p) => p.clone(),
-                        None => {
-                            match ExternalProvider::new(self.http.clone(), &row.name, &row.base_url)
-                            {
-                                Ok(p) => {
-                                    let p: Arc<dyn Provider> =
-                                        Arc::new(p.with_timeouts(self.timeouts));
-                                    cache.insert(key, p.clone());
-                                    p
-                                }
-                                Err(e) => {
-                                    tracing::warn!(model = %row.model, error = %e, "bad external row skipped");
-                                    continue;
-                                }
+                        None => match self.external_provider(&row) {
+                            Ok(p) => {
+                                cache.insert(key, p.clone());
+                                p
                             }
-                        }
+                            Err(why) => {
+                                // One bad row is refused; the others still load.
+                                let refused = format!(
+                                    "external row {} (external:{}): {why}",
+                                    crate::echo::echo(&row.model),
+                                    crate::echo::echo(&row.name)
+                                );
+                                tracing::warn!("{refused}");
+                                report.refused.push(refused);
+                                continue;
+                            }
+                        },
                     };
                     out.entry(row.model).or_default().push(provider);
                 }
+                *self
+                    .refused_rows
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = report.refused.clone();
                 SourceRead::Ok(External(out))
             }
             Err(e) => {
@@ -281,7 +327,8 @@ impl App {
         Ok(rows)
     }
 
-    /// NEAR providers for catalog rows with an inference URL, shared per URL.
+    /// NEAR providers for `vllm` catalog rows with an inference URL, shared
+    /// per URL (another provider type's URL is not a NEAR backend).
     /// A backend whose attestation cannot be read is left out of this cycle
     /// (its models fall back to their pinned providers); one that was known
     /// keeps serving from the cache.
@@ -295,7 +342,11 @@ impl App {
         let mut out: BTreeMap<String, Vec<Arc<dyn Provider>>> = BTreeMap::new();
         let mut cache = self.near_by_url.lock().await;
         for row in rows {
-            let Some(url) = &row.inference_url else {
+            let Some(url) = row
+                .inference_url
+                .as_ref()
+                .filter(|_| row.provider_type.is_vllm())
+            else {
                 continue;
             };
             let long = match crate::context::long_context(

@@ -39,6 +39,28 @@ pub struct CatalogRow {
     /// failing the whole listing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_config: Option<serde_json::Value>,
+    /// What serves the row (the model database's `provider_type`).
+    #[serde(default, skip_serializing_if = "ProviderType::is_vllm")]
+    pub provider_type: ProviderType,
+}
+
+/// A catalog row's provider type: only a `vllm` row's `inference_url` is a
+/// NEAR backend to discover; an `external` row is served by external
+/// provider rows, and a URL it carries is never attested as NEAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderType {
+    /// A NEAR backend (vLLM behind an attested host): the default.
+    #[default]
+    Vllm,
+    /// An external provider.
+    External,
+}
+
+impl ProviderType {
+    pub fn is_vllm(&self) -> bool {
+        *self == ProviderType::Vllm
+    }
 }
 
 /// One external plaintext provider row for a model.
@@ -47,8 +69,23 @@ pub struct CatalogRow {
 pub struct ExternalRow {
     pub model: String,
     pub base_url: String,
-    /// Provider name; the provider id is `external:<name>`.
+    /// Provider name; the provider id is `external:<name>`. Its API key is
+    /// the router's `EXTERNAL_API_KEYS` entry of that name.
     pub name: String,
+    /// The provider's API kind; the router speaks
+    /// [`ExternalRow::OPENAI_COMPATIBLE`] only and refuses a row of any
+    /// other kind at load (the other rows still load).
+    #[serde(default = "openai_compatible")]
+    pub kind: String,
+}
+
+impl ExternalRow {
+    /// The one kind of external provider the router speaks.
+    pub const OPENAI_COMPATIBLE: &'static str = "openai_compatible";
+}
+
+fn openai_compatible() -> String {
+    ExternalRow::OPENAI_COMPATIBLE.to_string()
 }
 
 /// A partial update of one row: absent fields are kept; `inference_url:
@@ -90,6 +127,7 @@ impl CatalogPatchRow {
             price: 0,
             context_length: None,
             provider_config: None,
+            provider_type: ProviderType::default(),
         });
         if let Some(url) = &self.inference_url {
             row.inference_url = url.clone();
@@ -194,6 +232,7 @@ mod tests {
             price: 5,
             context_length: None,
             provider_config: None,
+            provider_type: ProviderType::Vllm,
         };
         let row = p.apply(Some(&current));
         assert_eq!(row.inference_url.as_deref(), Some("http://near-1"));

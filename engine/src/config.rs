@@ -1,6 +1,6 @@
 //! R2: the engine's environment-style configuration.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// One `CHUTES_MODELS` entry: the public (routing, catalog) id and the chute
@@ -42,6 +42,52 @@ pub enum ConfigError {
     },
     #[error("ADMIN_API_KEY must be printable ASCII without spaces (it is sent as `Authorization: Bearer <key>`)")]
     BadAdminKey,
+    /// The entry is named by position: its text may hold a key.
+    #[error("EXTERNAL_API_KEYS entry {index} is malformed: {why} (expected `provider=key` entries separated by commas; the entry is not shown, it may hold a key)")]
+    MalformedExternalKey { index: usize, why: &'static str },
+}
+
+/// `EXTERNAL_API_KEYS`: each external provider's API key by provider name,
+/// as `name=key` entries separated by commas. An external row whose
+/// provider has no key here is refused at load (the other rows still
+/// load). `Debug` shows the provider names, never a key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ExternalKeys(BTreeMap<String, String>);
+
+impl ExternalKeys {
+    /// Parses the variable (unset or blank: no keys). A key must be
+    /// printable ASCII without spaces: it is sent as `Authorization: Bearer
+    /// <key>`. A provider named twice is an error, never a silent choice.
+    pub fn parse(raw: Option<&str>) -> Result<ExternalKeys, ConfigError> {
+        let mut keys = BTreeMap::new();
+        let entries = raw.unwrap_or_default().split(',').map(str::trim);
+        for (i, entry) in entries.filter(|e| !e.is_empty()).enumerate() {
+            let bad = |why| ConfigError::MalformedExternalKey { index: i + 1, why };
+            let (name, key) = entry.split_once('=').ok_or(bad("no `=`"))?;
+            let (name, key) = (name.trim(), key.trim());
+            if name.is_empty() || key.is_empty() {
+                return Err(bad("an empty side"));
+            }
+            if !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad("the key is not printable ASCII without spaces"));
+            }
+            if keys.insert(name.to_string(), key.to_string()).is_some() {
+                return Err(bad("a provider named twice"));
+            }
+        }
+        Ok(ExternalKeys(keys))
+    }
+
+    /// The API key of the external provider `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+impl std::fmt::Debug for ExternalKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// The admin API's bearer key (R13). Its `Debug` never shows the key.
@@ -193,6 +239,8 @@ pub struct EngineConfig {
     pub model_concurrency: usize,
     /// `CONTEXT_ROUTE_*`: SPEC-parity R42's estimate knobs.
     pub context: crate::context::ContextRouting,
+    /// `EXTERNAL_API_KEYS`: each external provider's API key.
+    pub external_api_keys: ExternalKeys,
 }
 
 impl Default for EngineConfig {
@@ -206,6 +254,7 @@ impl Default for EngineConfig {
             profile: Profile::Tiersim,
             model_concurrency: DEFAULT_MODEL_CONCURRENCY,
             context: crate::context::ContextRouting::default(),
+            external_api_keys: ExternalKeys::default(),
         }
     }
 }
@@ -261,8 +310,10 @@ impl EngineConfig {
                 )?,
             };
         let context = crate::context::ContextRouting::from_env(&get)?;
+        let external_api_keys = ExternalKeys::parse(get("EXTERNAL_API_KEYS").as_deref())?;
         Ok(EngineConfig {
             context,
+            external_api_keys,
             chutes_models,
             chutes_api_key,
             chutes_streaming,
@@ -283,6 +334,32 @@ mod tests {
             canonical_id: c.into(),
             chute_slug: s.into(),
             context_window: None,
+        }
+    }
+
+    /// External API keys: one per provider; a malformed entry is refused
+    /// by position without echoing it (it may hold a key), and `Debug`
+    /// shows names only.
+    #[test]
+    fn external_api_keys_parse_and_never_show_a_key() {
+        let keys = ExternalKeys::parse(Some(" openrouter = sk-1 ,, together=tk-2 ")).unwrap();
+        assert_eq!(keys.get("openrouter"), Some("sk-1"));
+        assert_eq!(keys.get("together"), Some("tk-2"));
+        assert_eq!(keys.get("other"), None);
+        assert_eq!(format!("{keys:?}"), r#"{"openrouter", "together"}"#);
+        assert_eq!(ExternalKeys::parse(None).unwrap(), ExternalKeys::default());
+        for (raw, why) in [
+            ("a=k,secret-without-equals", "no `=`"),
+            ("a=", "an empty side"),
+            ("a=k k", "not printable ASCII"),
+            ("a=k,a=j", "named twice"),
+        ] {
+            let e = ExternalKeys::parse(Some(raw)).unwrap_err().to_string();
+            assert!(e.contains(why), "{raw}: {e}");
+            assert!(
+                !e.contains("secret") && !e.contains("a=") && !e.contains("k k"),
+                "{e}"
+            );
         }
     }
 

@@ -55,6 +55,9 @@ pub(crate) trait SelectObserver {
     /// Whether [`SelectObserver::keyed`] wants every provider's key (the
     /// key is otherwise computed only on the rare reordering path).
     const KEYS: bool = false;
+    /// Whether the selection only looks: it reads the round-robin turn
+    /// instead of taking it (R17's position, for [`Registry::round_robin`]).
+    const PEEKS: bool = false;
     fn dropped(&mut self, _slot: u32, _why: Dropped) {}
     /// A provider kept for the request, with its sort key and TTFT state.
     fn keyed(&mut self, _slot: &Slot, _key: SortKey, _ttft: Ttft) {}
@@ -73,6 +76,25 @@ pub(crate) struct TracedProvider {
     pub key: SortKey,
     pub failures: u32,
     pub ttft: Ttft,
+}
+
+/// A selection that takes no turn: the order the next request would get.
+struct Peek;
+
+impl SelectObserver for Peek {
+    const PEEKS: bool = true;
+}
+
+/// R17's round-robin position of one model, read without moving it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoundRobinView {
+    /// Turns the model's counter has taken: one per request (without
+    /// `x-model-pub-key`, which rotates on its own counter) whose leading
+    /// group had more than one provider.
+    pub turns: usize,
+    /// The order the next such request would be tried in (JSON, no key
+    /// headers): its first provider is the one it leads on.
+    pub next: Vec<ProviderId>,
 }
 
 /// A selection's decisions; see [`Dropped`] and [`SortKey`].
@@ -187,6 +209,27 @@ impl Registry {
         client_e2ee: bool,
     ) -> Result<Selection, SelectError> {
         self.select_shaped(model, op, model_pub_key, client_e2ee, Shape::default())
+    }
+
+    /// R17's round-robin position of `model` (`None` when it is not
+    /// mapped): the turns its counter has taken and the order the next
+    /// plain request would get, computed by the selection itself without
+    /// taking a turn. An operator's read, like [`Registry::view`].
+    pub fn round_robin(&self, model: &str) -> Option<RoundRobinView> {
+        let table = self.load();
+        let turns = table.models.get(model)?.rr.plain.load(Ordering::Relaxed);
+        let plain = Request {
+            op: Operation::ChatCompletion,
+            model_pub_key: None,
+            client_e2ee: false,
+            estimate: None,
+            prefix: None,
+        };
+        let next = match select_observed(table, model, plain, &mut Peek) {
+            Ok(sel) => sel.ids().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        Some(RoundRobinView { turns, next })
     }
 
     /// [`Registry::select`] for a request of a known [`Shape`]: its context
@@ -522,7 +565,11 @@ fn order_into<O: SelectObserver>(
                 } else {
                     &idx.rr.plain
                 };
-                let turn = counter.fetch_add(1, Ordering::Relaxed);
+                let turn = if O::PEEKS {
+                    counter.load(Ordering::Relaxed)
+                } else {
+                    counter.fetch_add(1, Ordering::Relaxed)
+                };
                 (turn, Placement::RoundRobin { turn })
             }
         };

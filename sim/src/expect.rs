@@ -247,6 +247,47 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
             out.push(format!("reserved: expected {want:?}, got {got:?}"));
         }
     }
+    for want in &e.round_robin {
+        let got = rec
+            .round_robin
+            .iter()
+            .find(|(m, _)| *m == want.model)
+            .and_then(|(_, rr)| rr.as_ref());
+        let Some(got) = got else {
+            out.push(format!(
+                "round_robin: {} is not mapped (or the router is down)",
+                want.model
+            ));
+            continue;
+        };
+        if want.turns.is_some_and(|t| t != got.turns) {
+            out.push(format!(
+                "round_robin of {}: expected {} turns, got {}",
+                want.model,
+                want.turns.unwrap_or_default(),
+                got.turns
+            ));
+        }
+        if let Some(next) = &want.next {
+            let lead = got.next.first().map(|p| p.as_str());
+            if !lead.is_some_and(|p| names(next, p)) {
+                out.push(format!(
+                    "round_robin of {}: expected the next request to lead on {next}, got {lead:?}",
+                    want.model
+                ));
+            }
+        }
+    }
+    if let Some(want) = &e.refused {
+        let ok = want.len() == rec.refused.len()
+            && want
+                .iter()
+                .zip(&rec.refused)
+                .all(|(w, g)| g.contains(w.as_str()));
+        if !ok {
+            out.push(format!("refused: expected {want:?}, got {:?}", rec.refused));
+        }
+    }
     if let Some(want) = &e.listed {
         let got = rec.listed.clone().unwrap_or_default();
         if !same_set(want, &got.iter().collect::<Vec<_>>()) {

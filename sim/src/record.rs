@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tiersim_engine::registry::RegistryView;
 use tiersim_engine::retry::Attempt;
-use tiersim_engine::Tier;
+use tiersim_engine::{RoundRobinView, Tier};
 
 use crate::fault::{Fired, Received};
 
@@ -58,6 +58,13 @@ pub struct StepRecord {
     pub concurrent: Vec<RequestRecord>,
     /// `GET /v1/models`, when the step's expectations ask for it.
     pub listed: Option<Vec<String>>,
+    /// R17's round-robin position of each model the step's expectations
+    /// name, read from the router after the step (`None`: not mapped, or
+    /// the router is down).
+    pub round_robin: Vec<(String, Option<RoundRobinView>)>,
+    /// The external rows the router's last external load refused (a missing
+    /// API key, an unsupported kind), each naming its row.
+    pub refused: Vec<String>,
     /// Status and body of an admin PATCH.
     pub admin: Option<(u16, String)>,
     /// `None` while the router is down.

@@ -31,6 +31,13 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(out, "admin -> {status} {body}");
         }
         if let Some(req) = &s.request {
+            let _ = writeln!(
+                out,
+                "request (x-request-id {}): {}{}",
+                req.id,
+                req.model,
+                if req.stream { " (stream)" } else { "" }
+            );
             request(&mut out, req);
         }
         for (k, req) in s.concurrent.iter().enumerate() {
@@ -45,13 +52,34 @@ pub fn render(r: &Report) -> String {
             );
             request(&mut out, req);
         }
+        if s.concurrent.len() > 1 {
+            timeline(&mut out, &s.concurrent);
+        }
         if let Some(l) = &s.listed {
             let _ = writeln!(out, "listed: {}", l.join(", "));
         }
-        let state = match &s.state {
+        for (model, rr) in &s.round_robin {
+            let _ = match rr {
+                None => writeln!(out, "round robin {model}: not mapped"),
+                Some(rr) => {
+                    let next: Vec<&str> = rr.next.iter().map(|p| p.as_str()).collect();
+                    writeln!(
+                        out,
+                        "round robin {model}: {} turn{}, next {}",
+                        rr.turns,
+                        if rr.turns == 1 { "" } else { "s" },
+                        next.join(" > ")
+                    )
+                }
+            };
+        }
+        let mut state = match &s.state {
             None => "router: down\n".to_string(),
             Some(v) => registry(v),
         };
+        for why in &s.refused {
+            let _ = writeln!(state, "  refused: {why}");
+        }
         if last.as_deref() == Some(state.as_str()) {
             let _ = writeln!(out, "registry: unchanged");
         } else {
@@ -77,13 +105,40 @@ pub fn render(r: &Report) -> String {
     out
 }
 
+/// The attempts of a `concurrent` step's requests interleaved by simulated
+/// time (ties in script order), each with its request's `x-request-id`: how
+/// the requests overlapped, which their own lists above cannot show.
+fn timeline(out: &mut String, requests: &[RequestRecord]) {
+    let mut all: Vec<(Duration, usize, &str, &tiersim_engine::retry::Attempt)> = requests
+        .iter()
+        .enumerate()
+        .flat_map(|(k, r)| r.attempts.iter().map(move |a| (a.at, k, r.id.as_str(), a)))
+        .collect();
+    all.sort_by_key(|(at, k, _, _)| (*at, *k));
+    let _ = writeln!(out, "timeline:");
+    for (at, _, id, a) in all {
+        let _ = writeln!(
+            out,
+            "  - {} {id} round {} {}: {}",
+            ms(at),
+            a.round,
+            a.provider,
+            outcome(&a.outcome)
+        );
+    }
+}
+
+fn outcome(o: &Outcome) -> String {
+    match o {
+        Outcome::Ok => "ok".to_string(),
+        Outcome::Error { status, message } => format!("error {status}: {message}"),
+    }
+}
+
 fn request(out: &mut String, req: &RequestRecord) {
     let _ = writeln!(out, "attempts:");
     for a in &req.attempts {
-        let outcome = match &a.outcome {
-            Outcome::Ok => "ok".to_string(),
-            Outcome::Error { status, message } => format!("error {status}: {message}"),
-        };
+        let outcome = outcome(&a.outcome);
         let retry = a
             .retry_after
             .map(|d| format!(", retry after {}", ms(d)))

@@ -14,7 +14,7 @@ use crate::fault::{FaultInjection, HostEvent, RequestKind};
 use crate::net;
 use crate::oracle;
 use crate::record::{PatchBefore, Report, RequestRecord, StepRecord, Violation};
-use crate::scenario::format::{CatalogEdit, PatchRow, RequestSpec, Scenario};
+use crate::scenario::format::{CatalogEdit, ExternalSpec, PatchRow, RequestSpec, Scenario};
 use crate::scenario::Dispatcher;
 use crate::world::{self, WorldHandles};
 
@@ -296,6 +296,8 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             request: None,
             concurrent: Vec::new(),
             listed: None,
+            round_robin: Vec::new(),
+            refused: Vec::new(),
             admin: None,
             state: None,
             patch_before: None,
@@ -313,19 +315,22 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             w,
             shared,
             rec: &mut rec,
+            external: &s.external,
         }
         .dispatch(st.action())
         .await;
         if st.expect.as_ref().is_some_and(|e| e.listed.is_some()) {
             rec.listed = Some(list_models().await);
         }
-        rec.state = w
-            .router
-            .lock()
-            .unwrap()
-            .app
-            .as_ref()
-            .map(|a| a.registry().view());
+        let app = w.router.lock().unwrap().app.clone();
+        rec.state = app.as_ref().map(|a| a.registry().view());
+        rec.refused = app.as_ref().map(|a| a.refused_rows()).unwrap_or_default();
+        for want in st.expect.iter().flat_map(|e| &e.round_robin) {
+            let seen = app
+                .as_ref()
+                .and_then(|a| a.registry().round_robin(&want.model));
+            rec.round_robin.push((want.model.clone(), seen));
+        }
         if let Some((before, listings)) = quiet {
             if w.catalog.listings() == listings && rec.state.is_some() {
                 rec.patch_before = Some(before);
@@ -411,6 +416,8 @@ struct SimWorld<'a> {
     w: &'a WorldHandles,
     shared: &'a Arc<Mutex<Shared>>,
     rec: &'a mut StepRecord,
+    /// The scenario's external providers (for catalog edits).
+    external: &'a [ExternalSpec],
 }
 
 impl SimWorld<'_> {
@@ -442,7 +449,7 @@ impl Dispatcher for SimWorld<'_> {
     }
 
     async fn catalog(&mut self, edit: &CatalogEdit) {
-        crate::script::edit_catalog(edit, &self.w.catalog, &net::url);
+        crate::script::edit_catalog(edit, &self.w.catalog, self.external, &net::url);
     }
 
     async fn fault(&mut self, fault: &FaultInjection) {
@@ -478,6 +485,19 @@ impl Dispatcher for SimWorld<'_> {
         if host == "router" {
             wait_for_router(self.w).await;
         }
+    }
+
+    async fn shutdown(&mut self, host: &str) {
+        if host != world::ROUTER {
+            return;
+        }
+        // Taking the slot drops the refresh trigger (the refresh loop ends)
+        // and the app handle (the router reads as down).
+        let slot = std::mem::take(&mut *self.w.router.lock().unwrap());
+        if let Some(stop) = slot.shutdown {
+            let _ = stop.send(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 
     async fn request(&mut self, spec: &RequestSpec) {

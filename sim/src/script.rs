@@ -6,10 +6,9 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 use tiersim_engine::app::RefreshReport;
-use tiersim_engine::catalog::ExternalRow;
 
 use crate::hosts::CatalogHandle;
-use crate::scenario::format::{CatalogEdit, PatchRow};
+use crate::scenario::format::{CatalogEdit, ExternalSpec, PatchRow};
 use crate::world::{self, RouterSlot};
 
 /// Asks the router for a complete refresh now and waits until it is applied.
@@ -64,7 +63,14 @@ pub fn admin_patch_body(rows: &[PatchRow], url: &dyn Fn(&str) -> String) -> Stri
 }
 
 /// An operator's direct edit of the catalog database.
-pub fn edit_catalog(edit: &CatalogEdit, catalog: &CatalogHandle, url: &dyn Fn(&str) -> String) {
+/// `external` is the scenario's external providers (the loader checked
+/// that every external row names one).
+pub fn edit_catalog(
+    edit: &CatalogEdit,
+    catalog: &CatalogHandle,
+    external: &[ExternalSpec],
+    url: &dyn Fn(&str) -> String,
+) {
     for row in &edit.upsert {
         catalog.upsert_rows(world::wire_rows(row, url));
     }
@@ -73,11 +79,9 @@ pub fn edit_catalog(edit: &CatalogEdit, catalog: &CatalogHandle, url: &dyn Fn(&s
     }
     for row in &edit.external_upsert {
         let host = row.host.get_ref();
-        catalog.add_external(ExternalRow {
-            model: row.model.clone(),
-            base_url: url(host),
-            name: host.clone(),
-        });
+        if let Some(spec) = external.iter().find(|e| &e.host == host) {
+            catalog.add_external(spec.row(&row.model, url(host)));
+        }
     }
     for model in &edit.external_remove {
         for row in catalog.external() {

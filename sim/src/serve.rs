@@ -35,7 +35,7 @@ use tiersim_engine::http::HttpClient;
 use tiersim_engine::net::{Connector, Io, TokioConnector, TokioListener};
 use tiersim_engine::retry::{Attempt, Outcome};
 use tiersim_engine::{Attribution, RouteError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::fault::FaultInjection;
@@ -510,17 +510,34 @@ impl ServeWorld {
             let app = App::start(settings, http, factory).await;
             let (tx, rx) = mpsc::channel(4);
             let api = api::router(app.clone(), Arc::new(Printer));
+            let (stop, stopped) = oneshot::channel();
             {
                 let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
                 slot.app = Some(app.clone());
                 slot.trigger = Some(tx);
+                slot.shutdown = Some(stop);
             }
-            tokio::select! {
-                biased;
-                _ = app.run_refresh_loop(rx) => {}
-                r = tiersim_engine::http::serve(listener, api) => {
-                    if let Err(e) = r {
-                        eprintln!("[router] stopped accepting: {e}");
+            let asked = async {
+                // A dropped sender (a crash clearing the slot) is no stop.
+                if stopped.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            // The refresh loop ends when a shutdown drops its trigger; the
+            // server still finishes the requests in flight.
+            let refresh = app.run_refresh_loop(rx);
+            let serving = tiersim_engine::http::serve_until(listener, api, asked);
+            tokio::pin!(refresh, serving);
+            let mut refreshing = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut refresh, if refreshing => refreshing = false,
+                    r = &mut serving => {
+                        if let Err(e) = r {
+                            eprintln!("[router] stopped accepting: {e}");
+                        }
+                        return;
                     }
                 }
             }
@@ -651,7 +668,9 @@ impl Dispatcher for StepPlayer<'_> {
 
     async fn catalog(&mut self, edit: &CatalogEdit) {
         let w = &*self.world;
-        crate::script::edit_catalog(edit, &w.services.catalog, &|h| w.url(h));
+        crate::script::edit_catalog(edit, &w.services.catalog, &w.scenario.external, &|h| {
+            w.url(h)
+        });
     }
 
     async fn fault(&mut self, fault: &FaultInjection) {
@@ -720,6 +739,25 @@ impl Dispatcher for StepPlayer<'_> {
             h.crash();
             h.spawn(listener);
         }
+    }
+
+    /// The router stops accepting (its port closes), finishes the requests
+    /// in flight, and its task ends; `restart` rebinds the port. The other
+    /// hosts keep serving.
+    async fn shutdown(&mut self, host: &str) {
+        if host != ROUTER {
+            self.note = Some("only the router shuts down gracefully: no effect".into());
+            return;
+        }
+        let slot =
+            std::mem::take(&mut *self.world.router.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(stop) = slot.shutdown {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.world.router_task.take() {
+            let _ = task.await;
+        }
+        self.note = Some("port closed; requests in flight finished".into());
     }
 
     async fn request(&mut self, _spec: &RequestSpec) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tiersim_engine::api::{self, RouteObserver};
 use tiersim_engine::app::{App, AppSettings, ChutesFactory};
-use tiersim_engine::catalog::{CatalogRow, ExternalRow};
+use tiersim_engine::catalog::CatalogRow;
 use tiersim_engine::config::EngineConfig;
 use tiersim_engine::openai::Timeouts;
 use tiersim_engine::registry::PlantedBug;
@@ -36,6 +36,9 @@ pub type RefreshTrigger = mpsc::Sender<oneshot::Sender<tiersim_engine::app::Refr
 pub struct RouterSlot {
     pub app: Option<Arc<App>>,
     pub trigger: Option<RefreshTrigger>,
+    /// Stops the router gracefully (`shutdown`): it stops accepting and
+    /// finishes the requests in flight.
+    pub shutdown: Option<oneshot::Sender<()>>,
 }
 
 /// One routed request as the router's observer saw it.
@@ -110,6 +113,14 @@ pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::confi
         "ADMIN_API_KEY" => Some(SIM_ADMIN_KEY.to_string()),
         "TIERSIM_PROFILE" => Some(c.profile.as_str().to_string()),
         "MODEL_CONCURRENCY_LIMIT" => c.model_concurrency.map(|n| n.to_string()),
+        "EXTERNAL_API_KEYS" => Some(
+            s.external
+                .iter()
+                .filter(|e| e.api_key)
+                .map(|e| format!("{}={}", e.host, external_api_key(&e.host)))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         _ => {
             let knobs = c.context_route.as_ref()?;
             match k {
@@ -125,6 +136,12 @@ pub fn engine_config(s: &Scenario) -> Result<EngineConfig, tiersim_engine::confi
     })
 }
 
+/// The API key an external provider host requires, and the router holds
+/// for it when the scenario says so (`[[external]] api_key`).
+pub fn external_api_key(host: &str) -> String {
+    format!("sim-{host}-key")
+}
+
 /// The catalog row a scenario row stands for, its NEAR host named by `url`.
 /// The catalog rows of a scenario row: one per NEAR backend serving it (a
 /// database row each), or one without a URL.
@@ -136,6 +153,7 @@ pub fn wire_rows(r: &ScenarioRow, url: &dyn Fn(&str) -> String) -> Vec<CatalogRo
         price: r.price,
         context_length: r.context_length,
         provider_config: r.long_context.as_ref().map(|l| long_context_config(l, url)),
+        provider_type: r.provider_type,
     };
     match &r.inference_url {
         None => vec![row(None)],
@@ -216,11 +234,7 @@ pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
     }
     for ext in &s.external {
         for model in ext.rows.as_ref().unwrap_or(&ext.models) {
-            catalog = catalog.external(ExternalRow {
-                model: model.clone(),
-                base_url: url(&ext.host),
-                name: ext.host.clone(),
-            });
+            catalog = catalog.external(ext.row(model, url(&ext.host)));
         }
     }
     let catalog_handle = catalog.handle();
@@ -240,6 +254,7 @@ pub fn services(s: &Scenario, url: &dyn Fn(&str) -> String) -> Services {
         hosts.push(
             ExternalBackend::new(e.host.clone())
                 .serves(e.models.clone())
+                .api_key(external_api_key(&e.host))
                 .faults(&board)
                 .service(),
         );
@@ -325,12 +340,25 @@ pub fn build_with(
                 let (tx, rx) = mpsc::channel(4);
                 tokio::spawn(app.clone().run_refresh_loop(rx));
                 let api = api::router(app.clone(), Arc::new(journal));
+                let (stop, stopped) = oneshot::channel();
                 {
                     let mut slot = router.lock().unwrap();
                     slot.app = Some(app);
                     slot.trigger = Some(tx);
+                    slot.shutdown = Some(stop);
                 }
-                tiersim_engine::http::serve(TurmoilListener::bind(HTTP_PORT).await?, api).await?;
+                let listener = TurmoilListener::bind(HTTP_PORT).await?;
+                let asked = async {
+                    // A dropped sender (a crash clearing the slot) is no stop.
+                    if stopped.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tiersim_engine::http::serve_until(listener, api, asked).await?;
+                // The router process has ended; its machine stays up with the
+                // port closed, so a connection is refused at once (a crashed
+                // host never answers at all).
+                std::future::pending::<()>().await;
                 Ok(())
             }
         });
@@ -358,6 +386,9 @@ pub struct ChutesWorld {
     pub handle: Option<ChutesHandle>,
     /// `PlantedBug::KeyedPriming` in every Chutes provider (tests only).
     pub keyed_priming: bool,
+    /// Canonical ids whose Chutes provider fails to build
+    /// (`[config] chutes_build_fails`).
+    pub build_fails: std::collections::BTreeSet<String>,
 }
 
 fn version(v: u32) -> StreamVersion {
@@ -405,6 +436,12 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
         streaming: s.config.chutes_streaming,
         handle: Some(handle),
         keyed_priming: false,
+        build_fails: s
+            .config
+            .chutes_build_fails
+            .iter()
+            .map(|id| id.get_ref().clone())
+            .collect(),
     };
     Some((service, world))
 }
@@ -426,6 +463,12 @@ pub fn chutes_factory(
         let Some(vendor) = chutes.trusted_vendor else {
             return Err("no simulated Chutes in this world".into());
         };
+        if chutes.build_fails.contains(&entry.canonical_id) {
+            return Err(format!(
+                "the Chutes provider of {} failed to build ([config] chutes_build_fails)",
+                entry.canonical_id
+            ));
+        }
         let version = chutes
             .versions
             .get(&entry.chute_slug)

@@ -53,12 +53,14 @@ fn world(seed: u64) -> World {
             inference_url: Some(url("near-1")),
             active: true,
             price: 1_000_000,
+            provider_type: Default::default(),
             ..Default::default()
         })
         .external(ExternalRow {
             model: EXT_MODEL.into(),
             base_url: url("openrouter"),
             name: "openrouter".into(),
+            kind: ExternalRow::OPENAI_COMPATIBLE.into(),
         })
         .faults(&faults)
         .install(&mut sim);
@@ -468,6 +470,7 @@ fn catalog_get_patch_edits_and_source_failure() {
             model: "b/ext".into(),
             base_url: url("openrouter"),
             name: "openrouter".into(),
+            kind: ExternalRow::OPENAI_COMPATIBLE.into(),
         });
         assert_eq!(c.models().await.unwrap().len(), 1);
         assert_eq!(c.external().await.unwrap().len(), 2);

@@ -1,6 +1,6 @@
 //! `tiersim serve` end to end on real loopback sockets (OS-assigned ports):
 //! the interop world answers through the real engine, and the script's
-//! crash/restart steps act on real listeners.
+//! crash/restart/shutdown steps act on real listeners.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -141,6 +141,67 @@ restart = "router"
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("near-1 says: back"), "{body}");
 
+    world.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `shutdown = "router"` on real sockets: the request in flight still gets
+/// its answer, the closed port then refuses a new connection, and a
+/// restart serves on the same port again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_shutdown_finishes_the_request_in_flight_then_refuses() {
+    let dir = std::env::temp_dir().join(format!(
+        "tiersim-serve-shutdown-test-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("shutdown.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "serve shutdown"
+description = "the router shuts down while a slow request is in flight, then restarts"
+seed = 5
+[[near]]
+host = "near-1"
+models = ["zai-org/GLM-5.1-FP8"]
+[[catalog]]
+id = "zai-org/GLM-5.1-FP8"
+inference_url = "near-1"
+[[step]]
+fault = { host = "near-1", latency_ms = 1500, times = 1 }
+[[step]]
+shutdown = "router"
+[[step]]
+restart = "router"
+"#,
+    )
+    .unwrap();
+    let mut world = serve::start(&args(file)).await.unwrap();
+    let router = world.urls()["router"].clone();
+    world.play_steps(0..1).await;
+
+    let in_flight = tokio::spawn({
+        let router = router.clone();
+        async move { chat(&router, "slow", false).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    world.play_steps(1..2).await;
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("near-1 says: slow"), "{body}");
+    let req = Request::get(format!("{router}/v1/models"))
+        .body(Bytes::new())
+        .unwrap();
+    assert!(HttpClient::new(Arc::new(TokioConnector))
+        .fetch(req, Duration::from_secs(5), 1 << 20)
+        .await
+        .is_err());
+
+    world.play_steps(2..3).await;
+    let (status, body) = chat(&router, "back", false).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("near-1 says: back"), "{body}");
     world.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,4 +8,4 @@ mod server;
 
 pub use client::{BodyStream, HttpClient, HttpError, Response, DEFAULT_CONNECT_TIMEOUT};
 pub use lines::{lines, LineStream};
-pub use server::serve;
+pub use server::{serve, serve_until};

@@ -11,13 +11,33 @@ use crate::net::Listener;
 /// with HTTP/1.1. Returns only when accepting fails. The connection tasks
 /// belong to this future: dropping it (a shut-down or crashed host) closes
 /// the listener and every open connection with it.
-pub async fn serve<L: Listener>(mut listener: L, router: axum::Router) -> io::Result<()> {
+pub async fn serve<L: Listener>(listener: L, router: axum::Router) -> io::Result<()> {
+    serve_until(listener, router, std::future::pending()).await
+}
+
+/// [`serve`] until `stop` resolves, then a graceful shutdown: the listener
+/// is closed at once (a new connection is refused), each open connection
+/// finishes the request it is serving and closes (hyper's graceful
+/// shutdown: an idle keep-alive connection closes now), and the future
+/// returns when every connection has ended.
+pub async fn serve_until<L: Listener>(
+    mut listener: L,
+    router: axum::Router,
+    stop: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    tokio::pin!(stop);
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let io = listener.accept().await?;
+        let io = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            io = listener.accept() => io?,
+        };
         // Reap finished connections so the set stays as small as the load.
         while connections.try_join_next().is_some() {}
         let service = TowerToHyperService::new(router.clone());
+        let mut stopped = stopped.clone();
         connections.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 // tokio time: simulated under turmoil, so the header-read
@@ -26,13 +46,26 @@ pub async fn serve<L: Listener>(mut listener: L, router: axum::Router) -> io::Re
                 // The Date header reads the wall clock: responses must be
                 // byte-identical across runs of a seed.
                 .auto_date_header(false)
-                .serve_connection(TokioIo::new(io), service)
-                .await;
-            if let Err(e) = conn {
+                .serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                biased;
+                ended = conn.as_mut() => ended,
+                // The guard `wait_for` returns is dropped before the drain.
+                _ = async { stopped.wait_for(|stop| *stop).await.map(drop) } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "server connection ended with an error");
             }
         });
     }
+    drop(listener);
+    let _ = stopping.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 #[cfg(test)]
@@ -82,5 +115,43 @@ mod tests {
             .await;
         assert_eq!(got, [Bytes::from("a"), Bytes::from("bb")]);
         server.abort();
+    }
+
+    /// A graceful stop: the request in flight still gets its answer, the
+    /// server returns once it is done, and the closed port refuses the next
+    /// connection.
+    #[tokio::test]
+    async fn serve_until_finishes_the_request_in_flight_then_refuses() {
+        let listener = TokioListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = axum::Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "done"
+            }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_until(listener, router, async {
+            let _ = stopped.await;
+        }));
+        let client = HttpClient::new(Arc::new(TokioConnector));
+        let slow = move || {
+            http::Request::get(format!("http://{addr}/slow"))
+                .body(Bytes::new())
+                .unwrap()
+        };
+        let t = Duration::from_secs(5);
+        let in_flight = tokio::spawn({
+            let client = client.clone();
+            let req = slow();
+            async move { client.fetch(req, t, 1024).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        let (status, _, body) = in_flight.await.unwrap().unwrap();
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"done"[..]));
+        server.await.unwrap().unwrap();
+        assert!(client.fetch(slow(), t, 1024).await.is_err());
     }
 }

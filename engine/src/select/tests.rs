@@ -270,6 +270,34 @@ fn r17_two_demoted_ahead_of_a_healthy_one_sort_behind_it() {
     assert_eq!(order(&reg, PLAIN, None, false), ["c1", "n1", "n2", "n3"]);
 }
 
+/// `Registry::round_robin` reads R17's position without moving it: the
+/// order it reports is the one the next plain request gets, and reading it
+/// any number of times takes no turn (pubkey requests do not count).
+#[test]
+fn r17_round_robin_position_is_read_without_taking_a_turn() {
+    let (n1, n2, n3) = (near("n1", "k"), near("n2", "k"), near("n3", "k"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2, &n3], &[&c1], &[]);
+    let ids = |v: &RoundRobinView| v.next.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    for turn in 0..5 {
+        let seen = reg.round_robin(M).unwrap();
+        assert_eq!(seen.turns, turn);
+        assert_eq!(reg.round_robin(M).unwrap(), seen, "a read takes no turn");
+        assert_eq!(ids(&seen), order(&reg, PLAIN, None, false));
+    }
+    order(&reg, PLAIN, Some("k"), false);
+    assert_eq!(
+        reg.round_robin(M).unwrap().turns,
+        5,
+        "pubkey turns are apart"
+    );
+    demote(&reg, "n1", 10);
+    let seen = reg.round_robin(M).unwrap();
+    assert_eq!(ids(&seen).last().map(String::as_str), Some("n1"));
+    assert_eq!(ids(&seen), order(&reg, PLAIN, None, false));
+    assert_eq!(reg.round_robin("unknown"), None);
+}
+
 #[test]
 fn r17_pubkey_routed_requests_use_their_own_counter() {
     let (n1, n2) = (near("n1", "k"), near("n2", "k"));

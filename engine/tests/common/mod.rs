@@ -164,6 +164,7 @@ impl World {
                 inference_url: None,
                 active: true,
                 price: 1,
+                provider_type: Default::default(),
                 ..Default::default()
             },
         );

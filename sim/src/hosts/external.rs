@@ -13,6 +13,7 @@ pub struct ExternalBackend {
     host: String,
     models: BTreeSet<String>,
     faults: FaultBoard,
+    api_key: Option<String>,
 }
 
 impl ExternalBackend {
@@ -21,6 +22,7 @@ impl ExternalBackend {
             host: host.into(),
             models: BTreeSet::new(),
             faults: FaultBoard::new(),
+            api_key: None,
         }
     }
 
@@ -31,6 +33,13 @@ impl ExternalBackend {
         S: Into<String>,
     {
         self.models.extend(models.into_iter().map(Into::into));
+        self
+    }
+
+    /// Requires `Authorization: Bearer <key>` on every chat request (401
+    /// without it), as a real provider does.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
         self
     }
 
@@ -58,6 +67,7 @@ impl ExternalBackend {
                 signing_key: None,
                 served: AtomicU64::new(0),
                 answer_model: None,
+                api_key: self.api_key.clone(),
             })
         })
     }

@@ -284,6 +284,9 @@ struct ChatBackend {
     /// The model name the backend answers with (its own name for the
     /// model), instead of echoing the request's.
     answer_model: Option<String>,
+    /// The API key an external provider requires (`Authorization: Bearer
+    /// <key>`); a request without it is refused with 401.
+    api_key: Option<String>,
 }
 
 fn chat_router(backend: ChatBackend) -> Router {
@@ -349,6 +352,13 @@ async fn chat(
     let fault = backend.faults.take(host, kind);
     if let Some(resp) = before_answer(fault.as_ref(), host, &model, streaming).await {
         return resp;
+    }
+    if let Some(key) = &backend.api_key {
+        let sent = headers.get(http::header::AUTHORIZATION);
+        if sent.is_none_or(|v| v.as_bytes() != format!("Bearer {key}").as_bytes()) {
+            let message = format!("{host}: missing or wrong API key");
+            return error_response(StatusCode::UNAUTHORIZED, Some("invalid_api_key"), &message);
+        }
     }
     if let (Some(ours), Some(pinned)) = (&backend.signing_key, headers.get("x-model-pub-key")) {
         if !pinned.as_bytes().eq_ignore_ascii_case(ours.as_bytes()) {

@@ -109,6 +109,7 @@ impl NearBackend {
                 signing_key: Some(key.clone()),
                 served: AtomicU64::new(0),
                 answer_model: self.answer_model.clone(),
+                api_key: None,
             });
             chat.merge(
                 Router::new()

@@ -95,7 +95,7 @@ pub struct Model {
     events: Vec<HostEvent>,
     /// Host events already consumed.
     cursor: usize,
-    /// The router is down (crashed, not yet restarted).
+    /// The router is down (crashed or shut down, not yet restarted).
     down: bool,
     /// A `concurrent` step ran: the interleaving of its requests decides
     /// round-robin turns and failure counts, which the model does not
@@ -167,7 +167,7 @@ impl Model {
             hosts: crate::world::host_names(&self.facts.scenario),
             ..Default::default()
         };
-        if let Some(h) = &step.crash {
+        if let Some(h) = step.crash.as_ref().or(step.shutdown.as_ref()) {
             if h.get_ref() == crate::world::ROUTER {
                 self.down = true;
             }

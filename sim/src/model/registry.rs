@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tiersim_engine::catalog::{CatalogRow, ExternalRow};
+use tiersim_engine::catalog::{CatalogRow, ExternalRow, ProviderType};
 use tiersim_engine::config::EngineConfig;
 use tiersim_engine::registry::RegistryView;
 use tiersim_engine::Tier;
@@ -125,7 +125,11 @@ impl Registry {
         // a Chutes gateway to reach.
         let builds = facts.scenario.config.chutes_api_key && !facts.scenario.chutes.is_empty();
         if builds {
+            let fails = &facts.scenario.config.chutes_build_fails;
             for e in &config.chutes_models {
+                if fails.iter().any(|id| *id.get_ref() == e.canonical_id) {
+                    continue;
+                }
                 let p = Prov {
                     id: format!("chutes:{}", e.chute_slug),
                     tier: Tier::Attested3p,
@@ -255,7 +259,12 @@ impl Registry {
     ) -> BTreeMap<String, Vec<Prov>> {
         let mut out: BTreeMap<String, Vec<Prov>> = BTreeMap::new();
         for row in rows {
-            let Some(url) = &row.inference_url else {
+            // Only a vLLM row's URL is a NEAR backend.
+            let Some(url) = row
+                .inference_url
+                .as_ref()
+                .filter(|_| row.provider_type == ProviderType::Vllm)
+            else {
                 continue;
             };
             // SPEC-parity R40: the base URL with the row's window, or with
@@ -426,7 +435,7 @@ impl Registry {
                 .collect();
         }
         if let Some(rows) = external {
-            self.external = external_providers(&rows);
+            self.external = external_providers(facts, &rows);
         }
         self.rebuilt();
         self.seed_catalog();
@@ -604,10 +613,21 @@ impl Registry {
     }
 }
 
-/// External rows as providers (`external:<name>`), by model.
-fn external_providers(rows: &[ExternalRow]) -> BTreeMap<String, Vec<Prov>> {
+/// External rows as providers (`external:<name>`), by model: a row loads
+/// only when the router has its provider's API key and speaks its kind.
+fn external_providers(facts: &Facts, rows: &[ExternalRow]) -> BTreeMap<String, Vec<Prov>> {
     let mut out: BTreeMap<String, Vec<Prov>> = BTreeMap::new();
+    let keyed = |name: &str| {
+        facts
+            .scenario
+            .external
+            .iter()
+            .any(|e| e.host == name && e.api_key)
+    };
     for r in rows {
+        if r.kind != ExternalRow::OPENAI_COMPATIBLE || !keyed(&r.name) {
+            continue;
+        }
         out.entry(r.model.clone()).or_default().push(Prov {
             id: format!("external:{}", r.name),
             tier: Tier::NonAttested,

@@ -35,6 +35,7 @@ fn three_near() -> (Facts, Registry) {
         inference_url: Some(format!("http://{h}")),
         active: true,
         price: 0,
+        provider_type: Default::default(),
         ..Default::default()
     };
     let events = vec![

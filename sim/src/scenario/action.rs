@@ -38,6 +38,8 @@ pub enum Action<'a> {
     Release(&'a str, &'a str),
     Crash(&'a str),
     Restart(&'a str),
+    /// A graceful shutdown of a host (the router).
+    Shutdown(&'a str),
     /// A client request to the router.
     Request(&'a RequestSpec),
     /// Client requests sent at once.
@@ -64,6 +66,7 @@ impl Action<'_> {
         "release",
         "crash",
         "restart",
+        "shutdown",
         "request",
         "concurrent",
         "unregister",
@@ -84,6 +87,7 @@ impl Action<'_> {
             Action::Release(..) => "release",
             Action::Crash(_) => "crash",
             Action::Restart(_) => "restart",
+            Action::Shutdown(_) => "shutdown",
             Action::Request(_) => "request",
             Action::Concurrent(_) => "concurrent",
             Action::Unregister(_) => "unregister",
@@ -124,6 +128,7 @@ impl fmt::Display for Action<'_> {
             Action::Release(a, b) => write!(f, "release {a} | {b}"),
             Action::Crash(h) => write!(f, "crash {h}"),
             Action::Restart(h) => write!(f, "restart {h}"),
+            Action::Shutdown(h) => write!(f, "shutdown {h}"),
             Action::Request(r) => {
                 write!(
                     f,
@@ -191,6 +196,7 @@ impl Step {
             release,
             crash,
             restart,
+            shutdown,
             request,
             concurrent,
             unregister,
@@ -220,6 +226,7 @@ impl Step {
                 .map(|(a, b)| Action::Release(a, b)),
             crash.as_ref().map(|h| Action::Crash(h.get_ref())),
             restart.as_ref().map(|h| Action::Restart(h.get_ref())),
+            shutdown.as_ref().map(|h| Action::Shutdown(h.get_ref())),
             request.as_ref().map(Action::Request),
             concurrent.as_deref().map(Action::Concurrent),
             unregister.as_deref().map(Action::Unregister),
@@ -257,6 +264,7 @@ impl Step {
             }
             Action::Crash(h) => st.crash = Some(spanned(h.to_string())),
             Action::Restart(h) => st.restart = Some(spanned(h.to_string())),
+            Action::Shutdown(h) => st.shutdown = Some(spanned(h.to_string())),
             Action::Request(r) => st.request = Some(r.clone()),
             Action::Concurrent(rs) => st.concurrent = Some(rs.to_vec()),
             Action::Unregister(m) => st.unregister = Some(m.to_string()),
@@ -283,6 +291,7 @@ pub trait Dispatcher {
     async fn release(&mut self, a: &str, b: &str);
     async fn crash(&mut self, host: &str);
     async fn restart(&mut self, host: &str);
+    async fn shutdown(&mut self, host: &str);
     async fn request(&mut self, spec: &RequestSpec);
     async fn concurrent(&mut self, specs: &[RequestSpec]);
     async fn unregister(&mut self, model: &str);
@@ -302,6 +311,7 @@ pub trait Dispatcher {
             Action::Release(a, b) => self.release(a, b).await,
             Action::Crash(h) => self.crash(h).await,
             Action::Restart(h) => self.restart(h).await,
+            Action::Shutdown(h) => self.shutdown(h).await,
             Action::Request(r) => self.request(r).await,
             Action::Concurrent(rs) => self.concurrent(rs).await,
             Action::Unregister(m) => self.unregister(m).await,
@@ -342,6 +352,8 @@ mod tests {
             [[step]]
             partition = ["router", "near-1"]
             [[step]]
+            shutdown = "router"
+            [[step]]
             advance = "1m 30s"
             [[step]]
             request = { model = "m", stream = true, client_pub_key = "k" }
@@ -358,6 +370,7 @@ mod tests {
             described,
             [
                 "partition router | near-1",
+                "shutdown router",
                 "advance 1m 30s",
                 "request m (stream) x-client-pub-key=k",
                 "check"

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
+use tiersim_engine::catalog::ProviderType;
 use tiersim_engine::config::Profile;
 use toml::Spanned;
 
@@ -203,6 +204,13 @@ pub struct Config {
     /// SPEC-parity R42's `CONTEXT_ROUTE_*` knobs (each a positive finite
     /// number; default: the engine's).
     pub context_route: Option<ContextRoute>,
+    /// Canonical ids of `chutes_models` whose Chutes provider fails to
+    /// build at startup (as a constructor error would): each stays reserved
+    /// with no Chutes provider (reserved-only, SPEC §3), next to the ids
+    /// whose provider builds and is pinned.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub chutes_build_fails: Vec<Spanned<String>>,
 }
 
 /// SPEC-parity R42's estimate knobs, by their `CONTEXT_ROUTE_*` names.
@@ -238,6 +246,7 @@ impl Default for Config {
             profile: Profile::Tiersim,
             model_concurrency: None,
             context_route: None,
+            chutes_build_fails: Vec::new(),
         }
     }
 }
@@ -285,6 +294,36 @@ pub struct ExternalSpec {
     /// Model ids the catalog lists for this provider (default: `models`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<Vec<String>>,
+    /// Whether the router is configured with this provider's API key
+    /// (`EXTERNAL_API_KEYS`; default true). Without one, each of its rows
+    /// is refused at load, naming the row; the other rows still load.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub api_key: bool,
+    /// The provider's API kind on its catalog rows (default
+    /// `"openai_compatible"`, the one the router speaks; another kind's
+    /// rows are refused at load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl ExternalSpec {
+    /// The catalog's external row for `model` served by this provider at
+    /// `base_url`.
+    pub fn row(&self, model: &str, base_url: String) -> tiersim_engine::catalog::ExternalRow {
+        tiersim_engine::catalog::ExternalRow {
+            model: model.to_string(),
+            base_url,
+            name: self.host.clone(),
+            kind: self
+                .kind
+                .clone()
+                .unwrap_or_else(|| tiersim_engine::catalog::ExternalRow::OPENAI_COMPATIBLE.into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -307,6 +346,12 @@ pub struct CatalogRow {
     /// SPEC-parity R40: the row's `provider_config.long_context` block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub long_context: Option<LongContext>,
+    /// The model database's `provider_type`: `"vllm"` (the default: the
+    /// `inference_url` hosts are NEAR backends) or `"external"` (served by
+    /// external provider rows; a URL it carries is never used as NEAR).
+    #[serde(default, skip_serializing_if = "ProviderType::is_vllm")]
+    #[schemars(with = "Option<String>")]
+    pub provider_type: ProviderType,
 }
 
 /// SPEC-parity R40's long-context block: a second NEAR provider under the
@@ -392,9 +437,15 @@ pub struct Step {
     /// plays the script.
     #[schemars(with = "Option<String>")]
     pub crash: Option<Spanned<String>>,
-    /// Restart a host an earlier step crashed.
+    /// Restart a host an earlier step crashed or shut down.
     #[schemars(with = "Option<String>")]
     pub restart: Option<Spanned<String>>,
+    /// Shut a host down gracefully (only `"router"`): it stops accepting at
+    /// once, finishes the requests in flight, and its closed port then
+    /// refuses every connection (a client sees a transport error, status
+    /// 0); `restart` boots it again.
+    #[schemars(with = "Option<String>")]
+    pub shutdown: Option<Spanned<String>>,
     /// A client request to the router.
     pub request: Option<RequestSpec>,
     /// Several client requests sent at once, all in flight together (each
@@ -570,6 +621,29 @@ pub struct Expect {
     /// request keys: status, served_by, tried, error, …).
     #[serde(default)]
     pub each: Vec<Expect>,
+    /// R17's round-robin position of a model after the step, as the router
+    /// reports it (read without taking a turn): the turns its counter has
+    /// taken and the provider the next plain request leads on.
+    #[serde(default)]
+    pub round_robin: Vec<RoundRobinExpect>,
+    /// Exactly the external rows the router's last external load refused,
+    /// in row order: each entry a substring of one refusal (which names
+    /// the row and why, e.g. `"llama (external:together): its API key is
+    /// missing"`); `[]` means none.
+    pub refused: Option<Vec<String>>,
+}
+
+/// One model's round-robin position (every key but `model` optional).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoundRobinExpect {
+    pub model: String,
+    /// Turns its counter has taken: one per request without
+    /// `x-model-pub-key` whose leading group had more than one provider.
+    pub turns: Option<usize>,
+    /// The provider the next such request leads on (a provider id or its
+    /// family, as in `served_by`).
+    pub next: Option<String>,
 }
 
 /// One chat request an upstream host received.

@@ -277,7 +277,7 @@ struct ScriptState<'a> {
     /// The earliest simulated time the script can be at: the last `at`
     /// plus every `advance` since.
     now: std::time::Duration,
-    /// Hosts a step crashed and none restarted yet.
+    /// Hosts a step crashed or shut down and none restarted yet.
     down: BTreeSet<&'a str>,
 }
 
@@ -448,6 +448,37 @@ impl<'a> Validator<'a, '_> {
                     format!("the engine refuses this configuration: {e}"),
                     Some("write `canonical_id=chute_slug` entries separated by commas, or set `expect_startup_error` to pin the refusal".into()),
                 ));
+            }
+        }
+        if !c.chutes_build_fails.is_empty() {
+            let ids: Vec<String> = match crate::world::engine_config(self.scenario) {
+                Ok(config) => config
+                    .chutes_models
+                    .iter()
+                    .map(|e| e.canonical_id.clone())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            for (k, id) in c.chutes_build_fails.iter().enumerate() {
+                if !ids.contains(id.get_ref()) {
+                    return Err((
+                        self.locate
+                            .span(&[Key("config"), Key("chutes_build_fails"), At(k)]),
+                        format!("{:?} is not a canonical id of chutes_models", id.get_ref()),
+                        Some(self.listing("canonical ids", ids.iter().map(String::as_str))),
+                    ));
+                }
+                if c.chutes_build_fails[..k]
+                    .iter()
+                    .any(|o| o.get_ref() == id.get_ref())
+                {
+                    return Err((
+                        self.locate
+                            .span(&[Key("config"), Key("chutes_build_fails"), At(k)]),
+                        format!("{:?} is listed twice", id.get_ref()),
+                        None,
+                    ));
+                }
             }
         }
         Ok(())
@@ -637,7 +668,7 @@ impl<'a> Validator<'a, '_> {
             if !state.down.insert(name) {
                 return Err((
                     h.span(),
-                    format!("{name:?} is already down: an earlier step crashed it"),
+                    format!("{name:?} is already down: an earlier step stopped it"),
                     Some("restart it first".into()),
                 ));
             }
@@ -655,8 +686,28 @@ impl<'a> Validator<'a, '_> {
             if !state.down.remove(name) {
                 return Err((
                     h.span(),
-                    format!("{name:?} is running: only a host an earlier step crashed can restart"),
-                    Some("add a `crash` step before it".into()),
+                    format!("{name:?} is running: only a host an earlier step crashed or shut down can restart"),
+                    Some("add a `crash` or `shutdown` step before it".into()),
+                ));
+            }
+        }
+        if let Some(h) = &st.shutdown {
+            let name = h.get_ref().as_str();
+            self.host(h)?;
+            if name != crate::world::ROUTER {
+                return Err((
+                    h.span(),
+                    format!("only the router shuts down gracefully, not {name:?}"),
+                    Some(format!(
+                        "write `shutdown = \"router\"`, or `crash = {name:?}`"
+                    )),
+                ));
+            }
+            if !state.down.insert(name) {
+                return Err((
+                    h.span(),
+                    format!("{name:?} is already down: an earlier step stopped it"),
+                    Some("restart it first".into()),
                 ));
             }
         }
@@ -836,6 +887,13 @@ impl<'a> Validator<'a, '_> {
                     Some("check what upstream hosts received on a single `request` step".into()),
                 ));
             }
+            if !one.round_robin.is_empty() {
+                return Err((
+                    at(&[Key("each"), At(k), Key("round_robin")]),
+                    "`round_robin` is the model's, not one request's".into(),
+                    Some("put it in the step's own `expect`".into()),
+                ));
+            }
             let mut path = prefix.to_vec();
             path.extend([Key("each"), At(k)]);
             self.expect(&path, one)?;
@@ -905,6 +963,15 @@ impl<'a> Validator<'a, '_> {
                 return Err((
                     at(&[Key("health"), At(j), Key("provider")]),
                     format!("{:?} names no provider of this scenario", h.provider),
+                    Some(self.provider_listing()),
+                ));
+            }
+        }
+        for (j, rr) in e.round_robin.iter().enumerate() {
+            if let Some(p) = rr.next.as_ref().filter(|p| !self.provider_name(p)) {
+                return Err((
+                    at(&[Key("round_robin"), At(j), Key("next")]),
+                    format!("{p:?} names no provider of this scenario"),
                     Some(self.provider_listing()),
                 ));
             }
@@ -1240,6 +1307,56 @@ mod tests {
                 "\"a b\"",
                 0,
                 "model_pub_key cannot be sent as a header",
+            ),
+            (
+                "[config]\nchutes_models = \"a=s\"\nchutes_build_fails = [\"s\"]\n",
+                "\"s\"]",
+                0,
+                "\"s\" is not a canonical id of chutes_models",
+            ),
+            (
+                "[config]\nchutes_models = \"a=s\"\nchutes_build_fails = [\"a\", \"a\"]\n",
+                "\"a\"]",
+                0,
+                "\"a\" is listed twice",
+            ),
+            (
+                "[[catalog]]\nid = \"m\"\nprovider_type = \"chutes\"\n",
+                "\"chutes\"",
+                0,
+                "unknown variant `chutes`, expected `vllm` or `external`",
+            ),
+            (
+                "[[step]]\nconcurrent = [{ model = \"m\" }]\nexpect = { each = [{ round_robin = [{ model = \"m\" }] }] }\n",
+                "[{ model = \"m\" }] }",
+                0,
+                "`round_robin` is the model's, not one request's",
+            ),
+            ("[[step]]\nshutdown = \"near-1\"\n", "\"near-1\"", 1, "only the router shuts down"),
+            ("[[step]]\nshutdown = \"nowhere\"\n", "\"nowhere\"", 0, "names no host"),
+            (
+                "[[step]]\nshutdown = \"router\"\n[[step]]\ncrash = \"router\"\n",
+                "\"router\"",
+                1,
+                "already down",
+            ),
+            (
+                "[[step]]\nshutdown = \"router\"\n[[step]]\nrestart = \"router\"\n[[step]]\nrestart = \"router\"\n",
+                "\"router\"",
+                2,
+                "is running",
+            ),
+            (
+                "[[step]]\nexpect = { round_robin = [{ model = \"m\", next = \"near-4\" }] }\n",
+                "\"near-4\"",
+                0,
+                "\"near-4\" names no provider",
+            ),
+            (
+                "[[step]]\nexpect = { round_robin = [{ model = \"m\", turn = 1 }] }\n",
+                "turn",
+                0,
+                "unknown field `turn`",
             ),
             (
                 "[[step]]\nhold = [\"router\", \"router\"]\n",

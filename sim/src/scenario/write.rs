@@ -65,6 +65,8 @@ struct ConfigOut<'a> {
     model_concurrency: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     context_route: Option<&'a crate::scenario::format::ContextRoute>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    chutes_build_fails: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -96,6 +98,8 @@ struct StepOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     restart: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<&'a RequestSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrent: Option<&'a [RequestSpec]>,
@@ -124,6 +128,7 @@ impl<'a> StepOut<'a> {
             release,
             crash,
             restart,
+            shutdown,
             request,
             concurrent,
             unregister,
@@ -143,6 +148,7 @@ impl<'a> StepOut<'a> {
             release: release.as_ref().map(|p| p.get_ref()),
             crash: crash.as_ref().map(|h| h.get_ref().as_str()),
             restart: restart.as_ref().map(|h| h.get_ref().as_str()),
+            shutdown: shutdown.as_ref().map(|h| h.get_ref().as_str()),
             request: request.as_ref(),
             concurrent: concurrent.as_deref(),
             unregister: unregister.as_deref(),
@@ -174,6 +180,11 @@ pub fn to_toml(s: &Scenario) -> Result<String, toml_edit::ser::Error> {
             profile: c.profile,
             model_concurrency: c.model_concurrency,
             context_route: c.context_route.as_ref(),
+            chutes_build_fails: c
+                .chutes_build_fails
+                .iter()
+                .map(|id| id.get_ref().as_str())
+                .collect(),
         },
         world: (s.world != Default::default()).then(|| WorldOut {
             chunking: s.world.chunking,
@@ -233,7 +244,8 @@ tick = "10ms"
 pins = ["R7"]
 
 [config]
-chutes_models = "a=b"
+chutes_models = "a=b,c=d"
+chutes_build_fails = ["c"]
 refresh_interval = "10m"
 
 [[near]]
@@ -247,10 +259,20 @@ slug = "b"
 host = "openrouter"
 models = ["x"]
 
+[[external]]
+host = "claude"
+models = ["y"]
+api_key = false
+kind = "anthropic"
+
 [[catalog]]
 id = "a"
 inference_url = "near-1"
 price = 3
+
+[[catalog]]
+id = "x"
+provider_type = "external"
 
 [[step]]
 refresh = {}
@@ -283,6 +305,12 @@ crash = "chutes"
 restart = "chutes"
 
 [[step]]
+shutdown = "router"
+
+[[step]]
+restart = "router"
+
+[[step]]
 clear_faults = "near-1"
 
 [[step]]
@@ -300,5 +328,14 @@ advance = "2m"
         assert!(back.steps.iter().all(|st| st.get_ref().expect.is_none()));
         assert_eq!(back.description, s.description);
         assert!(out.contains("[[step]]"), "{out}");
+        for written in [
+            "chutes_build_fails = [\"c\"]",
+            "api_key = false",
+            "kind = \"anthropic\"",
+            "provider_type = \"external\"",
+            "shutdown = \"router\"",
+        ] {
+            assert!(out.contains(written), "{written} not in {out}");
+        }
     }
 }

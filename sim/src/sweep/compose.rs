@@ -205,7 +205,7 @@ impl Plan {
 }
 
 /// `steps` as a script the loader accepts, running as they would: a crash
-/// of a host already down and a restart of a host already up are left out
+/// (or shutdown) of a host already down and a restart of a host already up are left out
 /// (overlapping crash windows of one host, or a shrink that removed one
 /// half of a base crash/restart pair), and an `at` the steps before already
 /// passed is raised to the time they reach (the runner would start that
@@ -216,7 +216,7 @@ fn playable(steps: Vec<Spanned<Step>>, origins: Vec<Origin>) -> (Vec<Spanned<Ste
     let mut out = (Vec::new(), Vec::new());
     for (mut step, origin) in steps.into_iter().zip(origins) {
         let st = step.get_mut();
-        if let Some(h) = &st.crash {
+        if let Some(h) = st.crash.as_ref().or(st.shutdown.as_ref()) {
             if !down.insert(h.get_ref().clone()) {
                 continue;
             }
