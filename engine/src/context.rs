@@ -340,26 +340,35 @@ mod tests {
 
     #[test]
     fn r42_knobs_are_checked_and_band_needs_low_below_high() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
+        let read = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ContextRouting::from_env(&move |k: &str| {
+                pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+            })
         };
-        let got =
-            ContextRouting::from_env(&env(&[("CONTEXT_ROUTE_SAFETY_FACTOR", "1.5")])).unwrap();
+        let got = read(&[("CONTEXT_ROUTE_SAFETY_FACTOR", "1.5")]).unwrap();
         assert_eq!(got.safety_factor, 1.5);
+        assert_eq!(read(&[]).unwrap(), ContextRouting::default());
         for bad in ["0", "-1", "NaN", "inf", "x"] {
-            let pairs: &'static [(&str, &str)] =
-                Box::leak(vec![("CONTEXT_ROUTE_EXACT_FACTOR", bad)].into_boxed_slice());
-            assert!(ContextRouting::from_env(&env(pairs)).is_err(), "{bad}");
+            let got = read(&[("CONTEXT_ROUTE_EXACT_FACTOR", bad)]);
+            assert!(
+                matches!(
+                    got,
+                    Err(ConfigError::BadValue {
+                        name: "CONTEXT_ROUTE_EXACT_FACTOR",
+                        ..
+                    })
+                ),
+                "{bad}: {got:?}"
+            );
         }
-        let got = ContextRouting::from_env(&env(&[
+        let got = read(&[
             ("CONTEXT_ROUTE_TOKENIZE_BAND_LOW", "1.5"),
             ("CONTEXT_ROUTE_TOKENIZE_BAND_HIGH", "1.2"),
-        ]))
+        ])
         .unwrap();
         assert_eq!((got.band_low, got.band_high), (0.7, 1.3));
     }

@@ -167,6 +167,13 @@ struct Slot {
 }
 
 impl InFlight {
+    /// Whether `model` is at its cap right now (a new request would be
+    /// refused).
+    fn is_full(&self, model: &str) -> bool {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(model).is_some_and(|n| *n >= self.limit)
+    }
+
     fn acquire(self: &Arc<Self>, model: &str) -> Option<Slot> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let n = counts.entry(model.to_string()).or_insert(0);
@@ -272,9 +279,13 @@ impl Router {
             .find(|s| s.window.is_some() && s.window == smallest)
             .or_else(|| near().next())
             .map(|s| s.provider.clone());
-        let Some(counter) =
-            counter.filter(|_| !encrypted && self.context.near_boundary(&m, &windows))
-        else {
+        // A request R28's cap is about to refuse spends no tokenize call
+        // (production admits before the pool counts).
+        let Some(counter) = counter.filter(|_| {
+            !encrypted
+                && self.context.near_boundary(&m, &windows)
+                && !self.inflight.is_full(&req.model)
+        }) else {
             return (
                 table,
                 Estimate {

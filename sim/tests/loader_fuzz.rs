@@ -115,11 +115,19 @@ const CONFIG: &[&str] = &[
     "refresh_interval",
     "trust_chutes_vendor",
     "expect_startup_error",
+    "context_route",
 ];
 const NEAR: &[&str] = &["host", "models"];
 const CHUTES: &[&str] = &["slug", "instances", "stream_protocol"];
 const EXTERNAL: &[&str] = &["host", "models", "rows"];
-const CATALOG: &[&str] = &["id", "inference_url", "active", "price"];
+const CATALOG: &[&str] = &[
+    "id",
+    "inference_url",
+    "active",
+    "price",
+    "context_length",
+    "long_context",
+];
 const STEP: &[&str] = &[
     "at",
     "note",
@@ -150,6 +158,7 @@ const REQUEST: &[&str] = &[
     "messages",
     "max_tokens",
     "extra",
+    "repeat",
 ];
 const FAULT: &[&str] = &[
     "host",
@@ -179,6 +188,7 @@ const EXPECT: &[&str] = &[
     "headers_absent",
     "health",
     "upstream",
+    "tokenized",
     "each",
 ];
 const SWEEP: &[&str] = &[

@@ -1223,3 +1223,36 @@ async fn r46_tiersim_times_the_served_attempt_upstream_the_whole_request() {
         assert_eq!((t.samples, t.ema_ms), (1, want), "{profile:?}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn r43_a_request_over_the_in_flight_cap_spends_no_tokenize_call() {
+    let base = FakeProvider::near("base")
+        .with_context_window(1_000)
+        .with_token_count(Some(100), Duration::ZERO)
+        .arc();
+    let long = FakeProvider::near("long")
+        .with_context_window(10_000)
+        .with_latency(Duration::from_secs(1))
+        .arc();
+    let reg = Registry::new();
+    reg.refresh(
+        SourceRead::Ok(Discovered(rows(&[(M, &[&base, &long])]))),
+        SourceRead::Ok(External::default()),
+    );
+    active(&reg, M);
+    let router = Router::with_settings(Arc::new(reg), Profile::Tiersim, 1);
+    // The first (oversize, far from every window: long, 1 s) holds the
+    // only slot; the second,
+    // near the base window, is refused without a tokenize call.
+    let (first, second) = tokio::join!(
+        router.chat(long_request(60_000, 0), false),
+        router.chat(long_request(4_000, 10), false)
+    );
+    assert_eq!(served_by(&first), "long");
+    assert_eq!(err(&second).status(), 429);
+    assert_eq!(base.tokenize_calls(), 0);
+    // With the slot free again, the same request is counted.
+    let third = router.chat(long_request(4_000, 10), false).await;
+    assert_eq!(served_by(&third), "base");
+    assert_eq!(base.tokenize_calls(), 1);
+}

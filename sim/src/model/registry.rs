@@ -65,6 +65,9 @@ pub struct Registry {
     pub reserved: BTreeSet<String>,
     /// R6/R13: id → (active, price).
     pub catalog: BTreeMap<String, (bool, u64)>,
+    /// SPEC-parity R40: id → the context length its catalog row declares
+    /// (what `/v1/models` shows).
+    pub contexts: BTreeMap<String, u32>,
     /// R21: provider id → consecutive retryable failures.
     pub health: BTreeMap<String, u32>,
     /// R46: provider id → its TTFT state, as far as the model can tell.
@@ -433,6 +436,13 @@ impl Registry {
                 .iter()
                 .map(|r| (r.id.clone(), (r.active, r.price)))
                 .collect();
+            self.contexts = rows
+                .iter()
+                .map(|r| (r.id.clone(), r.context_length))
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .filter_map(|(id, n)| Some((id, n?)))
+                .collect();
         }
         if let Some(rows) = external {
             self.external = external_providers(facts, &rows);
@@ -472,6 +482,10 @@ impl Registry {
                 continue;
             };
             self.catalog.insert(r.id.clone(), (row.active, row.price));
+            match row.context_length {
+                Some(n) => self.contexts.insert(r.id.clone(), n),
+                None => self.contexts.remove(&r.id),
+            };
             // SPEC-parity R40: the URL, the context length or the
             // long-context block re-register the id from all its rows.
             let touched =
@@ -603,6 +617,17 @@ impl Registry {
             .iter()
             .map(|(m, r)| (m.clone(), (r.active, r.price)))
             .collect();
+        let vcontexts: BTreeMap<String, u32> = view
+            .catalog
+            .iter()
+            .filter_map(|(m, r)| Some((m.clone(), r.context_length?)))
+            .collect();
+        if self.contexts != vcontexts {
+            out.push(format!(
+                "catalog context lengths: model {:?}, engine {vcontexts:?}",
+                self.contexts
+            ));
+        }
         if self.catalog != vcat {
             out.push(format!(
                 "catalog: model {:?}, engine {vcat:?}",

@@ -443,10 +443,15 @@ impl<'a> Validator<'a, '_> {
                     }
                     _ => "chutes_models",
                 };
+                let hint = if key == "context_route" {
+                    "each knob is a positive finite number (SPEC-parity R42)"
+                } else {
+                    "write `canonical_id=chute_slug` entries separated by commas, or set `expect_startup_error` to pin the refusal"
+                };
                 return Err((
                     self.locate.span(&[Key("config"), Key(key)]),
                     format!("the engine refuses this configuration: {e}"),
-                    Some("write `canonical_id=chute_slug` entries separated by commas, or set `expect_startup_error` to pin the refusal".into()),
+                    Some(hint.into()),
                 ));
             }
         }
@@ -1363,6 +1368,37 @@ mod tests {
                 "[\"router\", \"router\"]",
                 0,
                 "two different hosts",
+            ),
+            // SPEC-parity R40–R43's keys.
+            (
+                "[[step]]\nrequest = { model = \"m\", repeat = 12345 }\n",
+                "12345",
+                0,
+                "needs a `prompt`",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\", prompt = \"ab\", repeat = 3000000 }\n",
+                "3000000",
+                0,
+                "at most 2097152 bytes",
+            ),
+            (
+                "[[step]]\nrequest = { model = \"m\" }\nexpect = { tokenized = [\"chutes\"] }\n",
+                "\"chutes\"",
+                0,
+                "names no NEAR backend",
+            ),
+            (
+                "[[catalog]]\nid = \"m\"\ninference_url = \"near-1\"\nlong_context = { inference_url = \"near-9\" }\n",
+                "\"near-9\"",
+                0,
+                "names no NEAR backend",
+            ),
+            (
+                "[config]\ncontext_route = { safety_factor = -1.0 }\n",
+                "{ safety_factor",
+                0,
+                "CONTEXT_ROUTE_SAFETY_FACTOR must be a positive finite number",
             ),
         ];
         for (body, marker, nth, words) in cases {
