@@ -154,6 +154,12 @@ pub enum ProviderError {
     /// The stream ended without an authenticated terminator (R23).
     #[error("stream truncated: upstream ended without an authenticated [DONE]")]
     Truncated,
+    /// An upstream failure that is passed on neither as HTTP nor with its
+    /// status (SPEC-parity R39: a Chutes 400/404/413/422 or other client
+    /// error, a model Chutes does not list): 502 generic to the client,
+    /// classified by R35.6's words.
+    #[error("{0}")]
+    Masked(String),
 }
 
 fn refusal_message(r: Refusal) -> &'static str {

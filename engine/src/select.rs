@@ -283,20 +283,6 @@ fn order_into<O: SelectObserver>(
         });
     }
 
-    if req.op.is_streaming() && !idx.order.all.streaming {
-        n = keep_capable(
-            &mut buf[..n],
-            |o| at(o).caps.streaming,
-            |o| obs.dropped(o, Dropped::CannotStream),
-        );
-    }
-    if req.client_e2ee && !idx.order.all.client_e2ee {
-        n = keep_capable(
-            &mut buf[..n],
-            |o| at(o).caps.client_e2ee,
-            |o| obs.dropped(o, Dropped::NoClientE2ee),
-        );
-    }
     let order = &mut buf[..n];
 
     // R17: order by (demoted, tier). The slots are already tier-sorted, so
@@ -336,9 +322,34 @@ fn order_into<O: SelectObserver>(
         } else {
             &idx.rr.plain
         };
-        let turn = counter.fetch_add(1, Ordering::Relaxed);
+        // R65: the value mod the group's size picks the turn; the counter
+        // then stores (value + 1) mod size, so it stays below the size of
+        // the group it last served.
+        let value = counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some((v % lead + 1) % lead)
+            })
+            .unwrap_or_else(|v| v);
+        let turn = value % lead;
         obs.leading_group(lead, turn);
         rotate(&mut order[..lead], turn);
+    }
+
+    // R18 after the rotation (R65: the counter advances even when the
+    // provider whose turn it was is then filtered out).
+    if req.op.is_streaming() && !idx.order.all.streaming {
+        n = keep_capable(
+            &mut buf[..n],
+            |o| at(o).caps.streaming,
+            |o| obs.dropped(o, Dropped::CannotStream),
+        );
+    }
+    if req.client_e2ee && !idx.order.all.client_e2ee {
+        n = keep_capable(
+            &mut buf[..n],
+            |o| at(o).caps.client_e2ee,
+            |o| obs.dropped(o, Dropped::NoClientE2ee),
+        );
     }
     Ok(n)
 }

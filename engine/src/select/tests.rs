@@ -273,6 +273,58 @@ fn r17_pubkey_routed_requests_use_their_own_counter() {
 }
 
 #[test]
+fn r65_rotation_happens_before_the_capability_filters() {
+    // n2 cannot stream: a streamed request's candidates are [n1] whoever
+    // leads, but the turn it took is spent all the same.
+    let n1 = near("n1", "k");
+    let n2 = FakeProvider::near("n2")
+        .with_keys(["k"])
+        .with_streaming(false)
+        .arc();
+    let reg = registry(&[&n1, &n2], &[], &[]);
+    assert_eq!(order(&reg, STREAM, None, false), ["n1"], "turn 0");
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n1"], "turn 1");
+    assert_eq!(
+        order(&reg, STREAM, None, false),
+        ["n1"],
+        "turn 0: n2 filtered"
+    );
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n1"], "turn 1");
+}
+
+#[test]
+fn r65_counter_stores_value_plus_one_mod_the_group_size() {
+    // Two leaders (n3 demoted): turns 0, 1, 0 store 1, 0, 1. When n3 is
+    // healthy again the group has three: the stored 1 picks n2 (a counter
+    // that only counted up, at 3, would pick n1).
+    let (n1, n2, n3) = (near("n1", "k1"), near("n2", "k2"), near("n3", "k3"));
+    let reg = registry(&[&n1, &n2, &n3], &[], &[]);
+    demote(&reg, "n3", 10);
+    let leads: Vec<String> = (0..3)
+        .map(|_| order(&reg, PLAIN, None, false)[0].clone())
+        .collect();
+    assert_eq!(leads, ["n1", "n2", "n1"]);
+    reg.load().health[&ProviderId::new("n3")].record_success();
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n3", "n1"]);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n3", "n1", "n2"]);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2", "n3"]);
+}
+
+#[test]
+fn r65_one_candidate_leaves_the_counter_alone() {
+    // n2 demoted: n1 leads alone, and takes no turn.
+    let (n1, n2) = (near("n1", "k1"), near("n2", "k2"));
+    let reg = registry(&[&n1, &n2], &[], &[]);
+    demote(&reg, "n2", 10);
+    for _ in 0..3 {
+        assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2"]);
+    }
+    reg.load().health[&ProviderId::new("n2")].record_success();
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2"], "turn 0");
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n1"], "turn 1");
+}
+
+#[test]
 fn r17_selection_never_waits_for_a_writer() {
     let n1 = near("n1", "k");
     let reg = Arc::new(registry(&[&n1], &[], &[]));
@@ -446,8 +498,9 @@ fn r17_the_trace_records_the_leading_group_and_its_turn() {
     let at = |id: &str| shown.find(id).unwrap_or_else(|| panic!("{id} in {shown}"));
     assert!(at("n2") < at("n1") && at("n1") < at("c1"), "{shown}");
     drop(sel);
-    // The untraced selection took turn 1; the traced one now takes turn 2.
-    assert_eq!(traced(&reg), (Some((2, 2)), "n1".to_string()));
+    // The untraced selection took turn 1; the counter holds (1 + 1) mod 2
+    // (R65), so the traced one takes turn 0 again.
+    assert_eq!(traced(&reg), (Some((2, 0)), "n1".to_string()));
     let mut trace = SelectTrace::default();
     select_observed(reg.load(), M, PLAIN, Some("k2"), false, &mut trace).unwrap();
     assert_eq!(trace.lead, None, "one provider holds k2: no rotation");
