@@ -667,11 +667,11 @@ fn s7_gateway_rejects_reused_unknown_and_expired_nonces() {
 }
 
 #[test]
-fn r39_gateway_restart_stale_nonce_is_a_retryable_503_then_a_fresh_listing() {
+fn r39_gateway_restart_relists_once_then_a_second_refusal_is_a_retryable_503() {
     // The gateway forgets its nonces on restart: the provider's cached one
-    // is refused (400, "nonce expired or never issued"), a stale target:
-    // a retryable 503 (R39). The refusal drops the snapshot (tiersim's
-    // departure from R60), so the next call lists afresh and is served.
+    // is refused (400, "nonce expired or never issued"), a stale target. It
+    // drops the snapshot and lists again once, transparently. A nonce
+    // refused on the fresh listing too is R39's retryable 503.
     let mut w = world(14);
     let ctx = w.ctx();
     let first_done = Arc::new(AtomicBool::new(false));
@@ -685,7 +685,22 @@ fn r39_gateway_restart_stale_nonce_is_a_retryable_503_then_a_fresh_listing() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let err = p.chat_completion(&request(CANON, "b")).await.unwrap_err();
+        let resp = p.chat_completion(&request(CANON, "b")).await.unwrap();
+        let v: Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "chutes says: b");
+        let statuses: Vec<u16> = ctx.chutes.invocations().iter().map(|i| i.status).collect();
+        assert_eq!(statuses, [200, 400, 200]);
+
+        let stale = Fault::HttpStatus {
+            status: 400,
+            code: None,
+            message: Some("nonce already used".into()),
+        };
+        ctx.faults.inject(
+            "chutes",
+            stale.rule().on(tiersim::fault::Scope::Chat).times(2),
+        );
+        let err = p.chat_completion(&request(CANON, "c")).await.unwrap_err();
         assert_eq!(
             err,
             ProviderError::status(
@@ -697,12 +712,7 @@ fn r39_gateway_restart_stale_nonce_is_a_retryable_503_then_a_fresh_listing() {
             tiersim_engine::retry::classify(&err),
             tiersim_engine::retry::Class::Retryable(_)
         ));
-        let resp = p.chat_completion(&request(CANON, "c")).await.unwrap();
-        let v: Value = serde_json::from_slice(&resp.body).unwrap();
-        assert_eq!(v["choices"][0]["message"]["content"], "chutes says: c");
-        let inv = ctx.chutes.invocations();
-        let statuses: Vec<u16> = inv.iter().map(|i| i.status).collect();
-        assert_eq!(statuses, [200, 400, 200]);
+        assert!(p.chat_completion(&request(CANON, "d")).await.is_ok());
         Ok(())
     });
     while !w.sim.step().unwrap() {

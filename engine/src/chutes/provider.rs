@@ -15,7 +15,10 @@
 //!    check is skipped; when none verifies, the attempt fails closed with
 //!    [`ProviderError::Attestation`] and nothing is sent;
 //! 4. `POST /e2e/invoke` carries the sealed request (its `model` is the
-//!    slug); the reply is opened, and its `model` becomes the canonical id.
+//!    slug, the body as SPEC-parity R56 shapes it); the reply is opened and
+//!    normalised (`model` the canonical id, R57–R59, [`super::normalize`]).
+//!
+//! Every failure of these calls is mapped by R39 (`chutes_failure`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -623,39 +626,46 @@ impl ChutesProvider {
     }
 
     /// Seals the request and `POST`s it to `/e2e/invoke`, every failure as
-    /// R39 maps it. A refused nonce (R39's stale target) or a gone chute or
-    /// instance (404) drops the snapshot, so the next attempt lists afresh:
+    /// R39 maps it. A refused nonce (R39's stale target: a restarted
+    /// gateway forgot it) proves the snapshot stale and nothing was
+    /// processed, so the snapshot is dropped and the attempt lists afresh
+    /// once, transparently; a second refusal is R39's retryable 503.
     /// tiersim's departure from R60, which keeps the snapshot until it
     /// expires and so spends one attempt per dead nonce after a gateway
-    /// restart. Returns the response key and the 200 response.
+    /// restart. A gone chute or instance (404) drops the snapshot too.
+    /// Returns the response key and the 200 response.
     async fn invoke(
         &self,
         req: &ChatRequest,
         stream: bool,
     ) -> Result<(ResponseKey, crate::http::Response), ProviderError> {
-        let stage = if stream {
-            Stage::InvokeStream
-        } else {
-            Stage::Invoke
-        };
         let body = self.upstream_body(req, stream);
-        let (status, err_body) = match self.invoke_once(&body, stream).await {
-            Ok(ok) => return Ok(ok),
-            Err(InvokeError::Other(e)) => return Err(e),
-            Err(InvokeError::Status(status, err_body)) => (status, err_body),
-        };
-        let raw = status_error(status, &err_body);
-        let stale = matches!(&raw, ProviderError::Status { status: 400, message } if is_stale_target(message));
-        let e = chutes_failure(stage, raw);
-        if stale || status == StatusCode::NOT_FOUND {
-            let mut pool = self.pool.lock().await;
-            pool.forget_instances();
-            if status == StatusCode::NOT_FOUND {
-                // The chute or instance is gone: resolve it afresh next time.
-                pool.chute_id = None;
+        let mut relisted = false;
+        loop {
+            let (status, err_body) = match self.invoke_once(&body, stream).await {
+                Ok(ok) => return Ok(ok),
+                Err(InvokeError::Other(e)) => return Err(e),
+                Err(InvokeError::Status(status, err_body)) => (status, err_body),
+            };
+            let raw = status_error(status, &err_body);
+            let stale = matches!(
+                &raw,
+                ProviderError::Status { status: 400, message } if is_stale_target(message)
+            );
+            if stale || status == StatusCode::NOT_FOUND {
+                let mut pool = self.pool.lock().await;
+                pool.forget_instances();
+                if status == StatusCode::NOT_FOUND {
+                    // The chute or instance is gone: resolve it afresh next time.
+                    pool.chute_id = None;
+                }
             }
+            if stale && !relisted {
+                relisted = true;
+                continue;
+            }
+            return Err(chutes_failure(Stage::invoke(stream), raw));
         }
-        Err(e)
     }
 
     async fn invoke_once(

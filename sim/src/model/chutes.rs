@@ -54,9 +54,10 @@ impl Pool {
         self.stale = false;
     }
 
-    /// The gateway restarted: a listing held now names forgotten nonces.
+    /// The gateway restarted: a listing with nonces left now names
+    /// forgotten ones (a drained one is listed afresh anyway).
     pub fn gateway_restarted(&mut self) {
-        self.stale = !self.nonces.is_empty();
+        self.stale = self.nonces.iter().any(|&n| n > 0);
     }
 
     /// Whether the listing names nonces the gateway forgot.

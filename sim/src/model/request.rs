@@ -629,76 +629,89 @@ impl Registry {
                     return Upshot::Failed(Failure::refusal());
                 }
                 let host = crate::world::CHUTES;
-                let pool = self.pools.entry(p.id.clone()).or_default();
-                // R60: discovery (`/v1/models`, `/e2e/instances`) when the
-                // router's snapshot could not serve; a listing is not trust.
-                let stages = [RequestKind::Models, RequestKind::Instances];
-                while seen.peek(host).is_some_and(|k| stages.contains(&k)) {
-                    let Some((kind, fault)) = seen.take(host, &stages) else {
-                        break;
+                let mut relisted = false;
+                loop {
+                    let pool = self.pools.entry(p.id.clone()).or_default();
+                    // R60: discovery (`/v1/models`, `/e2e/instances`) when the
+                    // router's snapshot could not serve; a listing is not trust.
+                    let stages = [RequestKind::Models, RequestKind::Instances];
+                    while seen.peek(host).is_some_and(|k| stages.contains(&k)) {
+                        let Some((kind, fault)) = seen.take(host, &stages) else {
+                            break;
+                        };
+                        if let Some(f) = stage_failure(fault.as_ref()) {
+                            return Upshot::Failed(f);
+                        }
+                        if kind == RequestKind::Instances {
+                            let instances = facts
+                                .scenario
+                                .chutes
+                                .iter()
+                                .find(|c| &c.slug == slug)
+                                .map_or(1, |c| c.instances.max(1) as usize);
+                            let own_keys = fault != Some(Fault::WrongKey);
+                            pool.list(instances, crate::hosts::DEFAULT_NONCES, own_keys);
+                        }
+                    }
+                    // §7b / R61: one evidence fetch per request, then the first
+                    // candidate whose evidence binds its key. Evidence signed by
+                    // a vendor the router does not trust binds nothing.
+                    let Some((_, evidence)) = seen.take(host, &[RequestKind::Evidence]) else {
+                        return Upshot::Failed(Failure::chutes_unavailable());
                     };
-                    if let Some(f) = stage_failure(fault.as_ref()) {
+                    if let Some(f) = stage_failure(evidence.as_ref()) {
                         return Upshot::Failed(f);
                     }
-                    if kind == RequestKind::Instances {
-                        let instances = facts
-                            .scenario
-                            .chutes
-                            .iter()
-                            .find(|c| &c.slug == slug)
-                            .map_or(1, |c| c.instances.max(1) as usize);
-                        let own_keys = fault != Some(Fault::WrongKey);
-                        pool.list(instances, crate::hosts::DEFAULT_NONCES, own_keys);
+                    let trusted = facts.scenario.config.trust_chutes_vendor;
+                    match pool.choose(evidence.as_ref(), trusted) {
+                        Choice::Instance(_) => {}
+                        // R39: no instance with a key and a nonce.
+                        Choice::NoneListed => return Upshot::Failed(Failure::chutes_unavailable()),
+                        // §7b: fail closed, nothing sent, not retryable, no
+                        // health count (the issue-15 design extends this to an
+                        // instance absent from the evidence, where R39 says 503).
+                        Choice::AllFailed => return Upshot::Failed(Failure::closed()),
                     }
+                    let Some((_, fault)) = seen.take(host, &chat) else {
+                        return Upshot::Failed(Failure::chutes_unavailable());
+                    };
+                    // The gateway refused the nonce (a stale target, R39):
+                    // by a `400` fault naming it, or because it restarted and
+                    // forgot the listing (unless a fault it acts out before
+                    // looking at the nonce decides the answer).
+                    let answered_first = matches!(
+                        &fault,
+                        Some(Fault::HttpStatus { .. } | Fault::ModelNotFound)
+                    ) || matches!(&fault, Some(Fault::LatencyMs { ms }) if *ms >= DEADLINE_MS);
+                    let stale = match &fault {
+                        Some(Fault::HttpStatus {
+                            status: 400,
+                            message,
+                            ..
+                        }) => stale_target(message.as_deref().unwrap_or("")),
+                        _ => pool.is_stale() && !answered_first,
+                    };
+                    // The chute or instance is gone, or the nonce was
+                    // refused: the listing is dropped.
+                    if stale
+                        || matches!(
+                            &fault,
+                            Some(Fault::ModelNotFound | Fault::HttpStatus { status: 404, .. })
+                        )
+                    {
+                        pool.forget();
+                    }
+                    // A refused nonce: the attempt lists afresh once; a
+                    // second refusal is R39's retryable 503.
+                    if stale {
+                        if relisted {
+                            return Upshot::Failed(Failure::chutes_unavailable());
+                        }
+                        relisted = true;
+                        continue;
+                    }
+                    return chutes_upshot(fault.as_ref(), spec.stream, Shape::of(facts, slug));
                 }
-                // §7b / R61: one evidence fetch per request, then the first
-                // candidate whose evidence binds its key. Evidence signed by
-                // a vendor the router does not trust binds nothing.
-                let Some((_, evidence)) = seen.take(host, &[RequestKind::Evidence]) else {
-                    return Upshot::Failed(Failure::chutes_unavailable());
-                };
-                if let Some(f) = stage_failure(evidence.as_ref()) {
-                    return Upshot::Failed(f);
-                }
-                let trusted = facts.scenario.config.trust_chutes_vendor;
-                match pool.choose(evidence.as_ref(), trusted) {
-                    Choice::Instance(_) => {}
-                    // R39: no instance with a key and a nonce.
-                    Choice::NoneListed => return Upshot::Failed(Failure::chutes_unavailable()),
-                    // §7b: fail closed, nothing sent, not retryable, no
-                    // health count (the issue-15 design extends this to an
-                    // instance absent from the evidence, where R39 says 503).
-                    Choice::AllFailed => return Upshot::Failed(Failure::closed()),
-                }
-                let Some((_, fault)) = seen.take(host, &chat) else {
-                    return Upshot::Failed(Failure::chutes_unavailable());
-                };
-                // The chute or instance is gone, or the gateway refused the
-                // nonce (a stale target, R39): the listing is dropped.
-                let stale = match &fault {
-                    Some(Fault::ModelNotFound | Fault::HttpStatus { status: 404, .. }) => true,
-                    Some(Fault::HttpStatus {
-                        status: 400,
-                        message,
-                        ..
-                    }) => stale_target(message.as_deref().unwrap_or("")),
-                    _ => false,
-                };
-                // A fault the gateway acts out before it looks at the nonce
-                // decides the answer; otherwise a nonce a restarted gateway
-                // forgot is refused: a stale target.
-                let answered_first = matches!(
-                    &fault,
-                    Some(Fault::HttpStatus { .. } | Fault::ModelNotFound)
-                ) || matches!(&fault, Some(Fault::LatencyMs { ms }) if *ms >= DEADLINE_MS);
-                if pool.is_stale() && !answered_first {
-                    pool.forget();
-                    return Upshot::Failed(Failure::chutes_unavailable());
-                }
-                if stale {
-                    pool.forget();
-                }
-                chutes_upshot(fault.as_ref(), spec.stream, Shape::of(facts, slug))
             }
         }
     }
