@@ -682,7 +682,9 @@ impl Registry {
                     let answered_first = matches!(
                         &fault,
                         Some(Fault::HttpStatus { .. } | Fault::ModelNotFound)
-                    ) || matches!(&fault, Some(Fault::LatencyMs { ms }) if *ms >= DEADLINE_MS);
+                    ) || matches!(&fault, Some(Fault::LatencyMs { ms }) if *ms >= DEADLINE_MS)
+                        || matches!(&fault, Some(Fault::SlowFirstTokenMs { ms })
+                            if !spec.stream && *ms >= DEADLINE_MS);
                     let stale = match &fault {
                         Some(Fault::HttpStatus {
                             status: 400,
@@ -874,6 +876,10 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, shape: Shape) -> Upshot {
         Fault::ResetAfterChunks { .. } if !stream => Failed(Failure::chutes_unavailable()),
         // Half a sealed body that ends cleanly does not open: fail closed.
         Fault::CutStreamAfter { .. } if !stream => Failed(Failure::closed()),
+        // A JSON answer has no first token: the whole answer is late.
+        Fault::SlowFirstTokenMs { ms } if !stream && *ms >= DEADLINE_MS => {
+            Failed(Failure::chutes_unavailable())
+        }
         // The authenticated gzip inflates past the cap: fail closed.
         Fault::GzipBomb if !stream => Failed(Failure::closed()),
         _ if !stream => Served(StreamEnd::Done),
