@@ -301,7 +301,7 @@ impl StreamNormalizer {
     fn turn_off(&mut self) -> String {
         match std::mem::replace(&mut self.think, Think::Off) {
             Think::Opening(held) => held,
-            Think::Inside(tail) => format!("{THINK_OPEN}{tail}"),
+            Think::Inside(tail) => tail,
             Think::Closed | Think::Off => String::new(),
         }
     }
@@ -598,6 +598,18 @@ mod tests {
         assert_eq!(got["choices"][0]["delta"]["content"], "<think>x");
         assert_eq!(got["choices"][0]["delta"]["reasoning_content"], "r");
         assert_eq!(n.finish(), None);
+
+        // Turned off inside a block: only the held tail comes back.
+        let mut n = StreamNormalizer::new("canon", false);
+        let first = json!({"choices": [{"index": 0, "delta": {"content": "<think>ab</th"}}]});
+        let got: Value =
+            serde_json::from_slice(&n.chunk(Bytes::from(first.to_string())).unwrap()).unwrap();
+        assert_eq!(got["choices"][0]["delta"]["reasoning_content"], "ab");
+        let native =
+            json!({"choices": [{"index": 0, "delta": {"content": "x", "reasoning": "r"}}]});
+        let got: Value =
+            serde_json::from_slice(&n.chunk(Bytes::from(native.to_string())).unwrap()).unwrap();
+        assert_eq!(got["choices"][0]["delta"]["content"], "</thx");
 
         let mut n = StreamNormalizer::new("canon", false);
         let two = json!({"choices": [{"index": 0, "delta": {"content": "<think>a"}},
