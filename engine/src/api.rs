@@ -471,7 +471,13 @@ fn stream_to_sse(
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
     futures_util::stream::unfold(Some(stream), move |state| async move {
         let mut stream = state?;
-        let error = match stream.next().await {
+        let mut next = stream.next().await;
+        // R59: what is metered only never reaches the client.
+        while let Some(Ok(StreamItem::Metered(_))) = next {
+            next = stream.next().await;
+        }
+        let error = match next {
+            Some(Ok(StreamItem::Metered(_))) => unreachable!("skipped above"),
             Some(Ok(StreamItem::Chunk(data))) => {
                 let mut out = Vec::with_capacity(data.len() + 8);
                 out.extend_from_slice(b"data: ");

@@ -102,6 +102,10 @@ pub enum StreamItem {
     /// One OpenAI SSE `data:` payload (without the `data: ` prefix), already
     /// carrying the canonical id in `model`.
     Chunk(Bytes),
+    /// An authenticated chunk for the router's own accounting only, never
+    /// sent to the client: SPEC-parity R59's final usage chunk a client did
+    /// not ask for, which billing and R46's TTFT sample still see.
+    Metered(Bytes),
     /// The authenticated end of the stream. Only this produces the client's
     /// `[DONE]`; a stream that ends without it is a truncation (R23).
     Done,
@@ -154,6 +158,12 @@ pub enum ProviderError {
     /// The stream ended without an authenticated terminator (R23).
     #[error("stream truncated: upstream ended without an authenticated [DONE]")]
     Truncated,
+    /// An upstream failure that is passed on neither as HTTP nor with its
+    /// status (SPEC-parity R39: a Chutes 400/404/413/422 or other client
+    /// error, a model Chutes does not list): 502 generic to the client,
+    /// classified by R35.6's words.
+    #[error("{0}")]
+    Masked(String),
 }
 
 fn refusal_message(r: Refusal) -> &'static str {

@@ -71,7 +71,9 @@ pub fn classify(e: &ProviderError) -> Class {
         // (afterwards it is a stream item), so it is a body broken in
         // transit.
         E::Truncated => Class::Retryable(Backoff::Standard),
-        E::Connection(_) | E::BodyDecode(_) | E::Parse(_) | E::Refused(_) => scan(&e.to_string()),
+        E::Connection(_) | E::BodyDecode(_) | E::Parse(_) | E::Refused(_) | E::Masked(_) => {
+            scan(&e.to_string())
+        }
     }
 }
 
@@ -184,7 +186,7 @@ fn informativeness(e: &ProviderError) -> u8 {
         } => 5,
         ProviderError::Connection(_) | ProviderError::BodyDecode(_) | ProviderError::Truncated => 4,
         ProviderError::Timeout => 3,
-        ProviderError::Status { .. } | ProviderError::Parse(_) => 2,
+        ProviderError::Status { .. } | ProviderError::Parse(_) | ProviderError::Masked(_) => 2,
         ProviderError::Refused(_) | ProviderError::Integrity(_) | ProviderError::Attestation(_) => {
             1
         }

@@ -558,7 +558,7 @@ fn canonical_stream(
     let model: Arc<str> = model.into();
     Box::pin(stream.map(move |item| {
         let _held = &slot;
-        if let Ok(StreamItem::Chunk(b)) = &item {
+        if let Ok(StreamItem::Chunk(b) | StreamItem::Metered(b)) = &item {
             probe.chunk(b);
         }
         canonical_item(item, &model, &health, rounds)
@@ -648,6 +648,7 @@ fn canonical_item(
 ) -> Result<StreamItem, ProviderError> {
     match item {
         Ok(StreamItem::Chunk(b)) => Ok(StreamItem::Chunk(canonical_model(b, model))),
+        Ok(StreamItem::Metered(b)) => Ok(StreamItem::Metered(b)),
         Ok(StreamItem::Done) => {
             if !rounds.keep_failures_on_success {
                 health.record_success();

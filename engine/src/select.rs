@@ -88,10 +88,11 @@ impl SelectObserver for Peek {
 /// R17's round-robin position of one model, read without moving it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RoundRobinView {
-    /// Turns the model's counter has taken: one per request (without
-    /// `x-model-pub-key`, which rotates on its own counter) whose leading
-    /// group had more than one provider.
-    pub turns: usize,
+    /// The value the model's counter holds (SPEC-parity R65): the turn the
+    /// next request (without `x-model-pub-key`, which rotates on its own
+    /// counter) whose leading group has more than one provider takes, mod
+    /// that group's size. Each such request stores (value + 1) mod size.
+    pub counter: usize,
     /// The order the next such request would be tried in (JSON, no key
     /// headers): its first provider is the one it leads on.
     pub next: Vec<ProviderId>,
@@ -217,7 +218,7 @@ impl Registry {
     /// taking a turn. An operator's read, like [`Registry::view`].
     pub fn round_robin(&self, model: &str) -> Option<RoundRobinView> {
         let table = self.load();
-        let turns = table.models.get(model)?.rr.plain.load(Ordering::Relaxed);
+        let counter = table.models.get(model)?.rr.plain.load(Ordering::Relaxed);
         let plain = Request {
             op: Operation::ChatCompletion,
             model_pub_key: None,
@@ -229,7 +230,7 @@ impl Registry {
             Ok(sel) => sel.ids().cloned().collect(),
             Err(_) => Vec::new(),
         };
-        Some(RoundRobinView { turns, next })
+        Some(RoundRobinView { counter, next })
     }
 
     /// [`Registry::select`] for a request of a known [`Shape`]: its context
@@ -491,20 +492,6 @@ fn order_into<O: SelectObserver>(
     }
     obs.latency_floor(floor);
 
-    if req.op.is_streaming() && !idx.order.all.streaming {
-        n = keep_capable(
-            &mut buf[..n],
-            |o| at(o).caps.streaming,
-            |o| obs.dropped(o, Dropped::CannotStream),
-        );
-    }
-    if req.client_e2ee && !idx.order.all.client_e2ee {
-        n = keep_capable(
-            &mut buf[..n],
-            |o| at(o).caps.client_e2ee,
-            |o| obs.dropped(o, Dropped::NoClientE2ee),
-        );
-    }
     let order = &mut buf[..n];
 
     // R17/R44/R47: order by the sort key. The slots are already sorted by
@@ -565,16 +552,41 @@ fn order_into<O: SelectObserver>(
                 } else {
                     &idx.rr.plain
                 };
-                let turn = if O::PEEKS {
+                // R65: the value mod the group's size picks the turn; the
+                // counter then stores (value + 1) mod size, so it stays
+                // below the size of the group it last served.
+                let value = if O::PEEKS {
                     counter.load(Ordering::Relaxed)
                 } else {
-                    counter.fetch_add(1, Ordering::Relaxed)
+                    counter
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                            Some((v % lead + 1) % lead)
+                        })
+                        .unwrap_or_else(|v| v)
                 };
+                let turn = value % lead;
                 (turn, Placement::RoundRobin { turn })
             }
         };
         obs.leading_group(lead, placed);
         rotate(&mut order[..lead], turn);
+    }
+
+    // R18 after the rotation (R65: the counter advances even when the
+    // provider whose turn it was is then filtered out).
+    if req.op.is_streaming() && !idx.order.all.streaming {
+        n = keep_capable(
+            &mut buf[..n],
+            |o| at(o).caps.streaming,
+            |o| obs.dropped(o, Dropped::CannotStream),
+        );
+    }
+    if req.client_e2ee && !idx.order.all.client_e2ee {
+        n = keep_capable(
+            &mut buf[..n],
+            |o| at(o).caps.client_e2ee,
+            |o| obs.dropped(o, Dropped::NoClientE2ee),
+        );
     }
     Ok(n)
 }

@@ -260,12 +260,12 @@ pub fn check(e: &Expect, rec: &StepRecord) -> Vec<String> {
             ));
             continue;
         };
-        if want.turns.is_some_and(|t| t != got.turns) {
+        if want.counter.is_some_and(|t| t != got.counter) {
             out.push(format!(
-                "round_robin of {}: expected {} turns, got {}",
+                "round_robin of {}: expected counter {}, got {}",
                 want.model,
-                want.turns.unwrap_or_default(),
-                got.turns
+                want.counter.unwrap_or_default(),
+                got.counter
             ));
         }
         if let Some(next) = &want.next {

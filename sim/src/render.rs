@@ -65,9 +65,8 @@ pub fn render(r: &Report) -> String {
                     let next: Vec<&str> = rr.next.iter().map(|p| p.as_str()).collect();
                     writeln!(
                         out,
-                        "round robin {model}: {} turn{}, next {}",
-                        rr.turns,
-                        if rr.turns == 1 { "" } else { "s" },
+                        "round robin {model}: counter {}, next {}",
+                        rr.counter,
                         next.join(" > ")
                     )
                 }

@@ -412,6 +412,17 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
     let mut versions = BTreeMap::new();
     for c in &s.chutes {
         gw = gw.chute(c.slug.clone(), c.instances, version(c.stream_protocol));
+        if !c.reply.is_empty() {
+            use crate::scenario::format::ReplyWord;
+            gw = gw.reply(
+                c.slug.clone(),
+                crate::hosts::ChuteReply {
+                    think: c.reply.contains(&ReplyWord::Think),
+                    extra_fields: c.reply.contains(&ReplyWord::ExtraFields),
+                    usage: c.reply.contains(&ReplyWord::Usage),
+                },
+            );
+        }
         versions.insert(c.slug.clone(), version(c.stream_protocol));
     }
     let trusted = gw.vendor_public_key();

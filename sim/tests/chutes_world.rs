@@ -208,7 +208,8 @@ async fn collect(
 fn chunk_json(item: &StreamItem) -> Option<Value> {
     match item {
         StreamItem::Chunk(b) => Some(serde_json::from_slice(b).unwrap()),
-        StreamItem::Done => None,
+        // Never the client's (R59).
+        StreamItem::Metered(_) | StreamItem::Done => None,
     }
 }
 
@@ -560,6 +561,50 @@ fn s7_nonces_are_single_use_and_refetched_when_exhausted_or_expired() {
     });
 }
 
+/// Instance listings the gateway served.
+fn listings(c: &ChutesHandle) -> usize {
+    c.served_log()
+        .iter()
+        .filter(|s| s.kind == RequestKind::Instances)
+        .count()
+}
+
+#[test]
+fn r60_snapshot_serves_for_nonce_expires_in_minus_5s() {
+    // nonce_expires_in 60: the snapshot serves 55 s, then is listed again.
+    let w = world_with(22, |g| {
+        g.nonces_per_instance(20).nonce_ttl(Duration::from_secs(60))
+    });
+    w.run(|ctx| async move {
+        let p = ctx.v1();
+        p.chat_completion(&request(CANON, "a")).await.unwrap();
+        assert_eq!(listings(&ctx.chutes), 1);
+        tokio::time::sleep(Duration::from_secs(54)).await;
+        p.chat_completion(&request(CANON, "b")).await.unwrap();
+        assert_eq!(listings(&ctx.chutes), 1, "54 s: the same snapshot");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        p.chat_completion(&request(CANON, "c")).await.unwrap();
+        assert_eq!(listings(&ctx.chutes), 2, "past 55 s: listed again");
+    });
+}
+
+#[test]
+fn r60_nonce_expires_in_of_5s_or_less_lists_on_every_request() {
+    let w = world_with(23, |g| g.nonce_ttl(Duration::from_secs(5)));
+    w.run(|ctx| async move {
+        let p = ctx.v1();
+        for i in 1..=3 {
+            p.chat_completion(&request(CANON, "a")).await.unwrap();
+            assert_eq!(listings(&ctx.chutes), i);
+        }
+        let inv = ctx.chutes.invocations();
+        assert!(
+            inv.iter().all(|i| i.status == 200),
+            "each used its own listing"
+        );
+    });
+}
+
 #[test]
 fn s7_gateway_rejects_reused_unknown_and_expired_nonces() {
     let w = world_with(13, |g| g.nonce_ttl(Duration::from_secs(30)));
@@ -606,26 +651,28 @@ fn s7_gateway_rejects_reused_unknown_and_expired_nonces() {
         let n0 = &inst.nonces[0];
         assert_eq!(status_of(invoke(n0, &mut rng)).await.0, 200);
         let (s, body) = status_of(invoke(n0, &mut rng)).await;
-        assert_eq!((s, body.contains("nonce_reused")), (403, true), "{body}");
+        assert_eq!((s, body.contains("nonce_reused")), (400, true), "{body}");
         let (s, body) = status_of(invoke("00ff", &mut rng)).await;
-        assert_eq!((s, body.contains("invalid_nonce")), (403, true), "{body}");
+        assert_eq!((s, body.contains("invalid_nonce")), (400, true), "{body}");
         tokio::time::sleep(Duration::from_secs(31)).await;
         let (s, body) = status_of(invoke(&inst.nonces[1], &mut rng)).await;
-        assert_eq!((s, body.contains("expired")), (403, true), "{body}");
+        assert_eq!((s, body.contains("expired")), (400, true), "{body}");
         // Without a bearer key nothing is listed.
         let get = http::Request::get(format!("{}/v1/models", url("chutes")))
             .body(Bytes::new())
             .unwrap();
         assert_eq!(status_of(get).await.0, 401);
         let statuses: Vec<u16> = ctx.chutes.invocations().iter().map(|i| i.status).collect();
-        assert_eq!(statuses, [200, 403, 403, 403]);
+        assert_eq!(statuses, [200, 400, 400, 400]);
     });
 }
 
 #[test]
-fn s7_gateway_restart_recovers_with_one_fresh_listing() {
-    // The gateway forgets its nonces on restart: the provider's cached ones
-    // are refused (403), so it lists again and retries once, transparently.
+fn r39_gateway_restart_relists_once_then_a_second_refusal_is_a_retryable_503() {
+    // The gateway forgets its nonces on restart: the provider's cached one
+    // is refused (400, "nonce expired or never issued"), a stale target. It
+    // drops the snapshot and lists again once, transparently. A nonce
+    // refused on the fresh listing too is R39's retryable 503.
     let mut w = world(14);
     let ctx = w.ctx();
     let first_done = Arc::new(AtomicBool::new(false));
@@ -642,9 +689,31 @@ fn s7_gateway_restart_recovers_with_one_fresh_listing() {
         let resp = p.chat_completion(&request(CANON, "b")).await.unwrap();
         let v: Value = serde_json::from_slice(&resp.body).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "chutes says: b");
-        let inv = ctx.chutes.invocations();
-        let statuses: Vec<u16> = inv.iter().map(|i| i.status).collect();
-        assert_eq!(statuses, [200, 403, 200]);
+        let statuses: Vec<u16> = ctx.chutes.invocations().iter().map(|i| i.status).collect();
+        assert_eq!(statuses, [200, 400, 200]);
+
+        let stale = Fault::HttpStatus {
+            status: 400,
+            code: None,
+            message: Some("nonce already used".into()),
+        };
+        ctx.faults.inject(
+            "chutes",
+            stale.rule().on(tiersim::fault::Scope::Chat).times(2),
+        );
+        let err = p.chat_completion(&request(CANON, "c")).await.unwrap_err();
+        assert_eq!(
+            err,
+            ProviderError::status(
+                503,
+                "Chutes /e2e/invoke: Chutes temporarily unavailable (stale Chutes E2E target)"
+            )
+        );
+        assert!(matches!(
+            tiersim_engine::retry::classify(&err),
+            tiersim_engine::retry::Class::Retryable(_)
+        ));
+        assert!(p.chat_completion(&request(CANON, "d")).await.is_ok());
         Ok(())
     });
     while !w.sim.step().unwrap() {
@@ -707,7 +776,7 @@ fn r25_v2_frame_tampering_is_detected() {
 // ------------------------------------------------- HTTP faults, determinism
 
 #[test]
-fn r3_http_faults_map_like_the_openai_client() {
+fn r39_http_faults_map_as_chutes_failures() {
     world(17).run(|ctx| async move {
         let p = ctx.v1();
         let req = request(CANON, "hi");
@@ -718,12 +787,13 @@ fn r3_http_faults_map_like_the_openai_client() {
         };
 
         // Discovery fails first: nothing is cached from a failed listing.
+        // R39: the status is kept, the body is not.
         ctx.faults.inject("chutes", status(503).rule().times(2));
-        for _ in 0..2 {
+        for stage in ["resolve chute_id", "resolve chute_id"] {
             let err = p.chat_completion(&req).await.unwrap_err();
-            assert!(
-                matches!(err, ProviderError::Status { status: 503, .. }),
-                "{err:?}"
+            assert_eq!(
+                err,
+                ProviderError::status(503, format!("{stage}: Chutes returned HTTP 503"))
             );
         }
         assert!(p.chat_completion(&req).await.is_ok());
@@ -736,26 +806,32 @@ fn r3_http_faults_map_like_the_openai_client() {
             "{err:?}"
         );
 
-        // An injected 403 is a client error, not a stale nonce: no retry.
+        // R39: an injected 403 is neither stale nor kept as HTTP: masked
+        // (502 generic), not retryable.
         ctx.faults.inject("chutes", status(403).rule().times(1));
         let err = p.chat_completion(&req).await.unwrap_err();
         assert!(
-            matches!(err, ProviderError::Status { status: 403, .. }),
+            matches!(&err, ProviderError::Masked(m) if m.starts_with("Chutes /e2e/invoke: Chutes returned HTTP 403")),
             "{err:?}"
+        );
+        assert_eq!(
+            tiersim_engine::retry::classify(&err),
+            tiersim_engine::retry::Class::FallThrough
         );
         assert!(p.chat_completion(&req).await.is_ok());
 
+        // R39: transport failures (a reset, the deadline) are a retryable 503.
+        let transport = ProviderError::status(
+            503,
+            "Chutes /e2e/invoke: Chutes temporarily unavailable (Chutes HTTP transport error)",
+        );
         ctx.faults
             .inject("chutes", Fault::ResetBeforeBody.rule().times(1));
-        let err = p.chat_completion(&req).await.unwrap_err();
-        assert!(matches!(err, ProviderError::Connection(_)), "{err:?}");
+        assert_eq!(p.chat_completion(&req).await.unwrap_err(), transport);
 
         ctx.faults
             .inject("chutes", Fault::LatencyMs { ms: 20_000 }.rule().times(1));
-        assert_eq!(
-            p.chat_completion(&req).await.unwrap_err(),
-            ProviderError::Timeout
-        );
+        assert_eq!(p.chat_completion(&req).await.unwrap_err(), transport);
 
         // A half ciphertext does not open.
         ctx.faults.inject(
@@ -768,21 +844,20 @@ fn r3_http_faults_map_like_the_openai_client() {
         let err = p.chat_completion(&req).await.unwrap_err();
         assert!(matches!(err, ProviderError::Integrity(_)), "{err:?}");
 
-        // A slug Chutes does not list is a "model not found" 404 (R19 falls through).
+        // A slug Chutes does not list is R39's masked error: 502 generic,
+        // falls through, not retried.
         let ghost = ctx.provider("a/ghost", "a/ghost-TEE", StreamVersion::V1, true);
         let err = ghost
             .chat_completion(&request("a/ghost", "hi"))
             .await
             .unwrap_err();
         assert!(
-            matches!(
-                &err,
-                ProviderError::Status {
-                    status: 404,
-                    message,
-                } if tiersim_engine::retry::is_model_not_found(404, message)
-            ),
+            matches!(&err, ProviderError::Masked(m) if m.contains("Chutes lists no chute")),
             "{err:?}"
+        );
+        assert_eq!(
+            tiersim_engine::retry::classify(&err),
+            tiersim_engine::retry::Class::FallThrough
         );
     });
 }
@@ -807,6 +882,7 @@ fn session(seed: u64) -> (Vec<Bytes>, Vec<Bytes>) {
             for i in items {
                 log(match i {
                     StreamItem::Chunk(b) => b,
+                    StreamItem::Metered(b) => [&b"(metered) "[..], &b].concat().into(),
                     StreamItem::Done => Bytes::from_static(b"[DONE]"),
                 });
             }

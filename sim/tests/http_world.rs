@@ -126,7 +126,7 @@ fn content_of(items: &[StreamItem]) -> String {
                     .as_str()
                     .map(str::to_string)
             }
-            StreamItem::Done => None,
+            StreamItem::Metered(_) | StreamItem::Done => None,
         })
         .collect()
 }
@@ -542,6 +542,10 @@ fn session_bytes(seed: u64) -> Vec<u8> {
                     for i in items {
                         match i {
                             StreamItem::Chunk(b) => log(&b),
+                            StreamItem::Metered(b) => {
+                                log(b"(metered) ");
+                                log(&b)
+                            }
                             StreamItem::Done => log(b"[DONE]"),
                         }
                     }

@@ -4,6 +4,7 @@
 
 pub mod attest;
 pub mod e2ee;
+pub mod normalize;
 pub mod provider;
 pub mod stream;
 pub mod wire;

@@ -15,7 +15,10 @@
 //!    check is skipped; when none verifies, the attempt fails closed with
 //!    [`ProviderError::Attestation`] and nothing is sent;
 //! 4. `POST /e2e/invoke` carries the sealed request (its `model` is the
-//!    slug); the reply is opened, and its `model` becomes the canonical id.
+//!    slug, the body as SPEC-parity R56 shapes it); the reply is opened and
+//!    normalised (`model` the canonical id, R57–R59, [`super::normalize`]).
+//!
+//! Every failure of these calls is mapped by R39 (`chutes_failure`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,15 +41,16 @@ use super::e2ee::{
     seal_request, AttestFailure, ResponseKey, StreamVersion, MLKEM_PK_LEN, RESPONSE_PK_FIELD,
     STREAM_VERSION_FIELD,
 };
+use super::normalize::{self, StreamNormalizer};
 use super::stream::{StreamDecoder, StreamError, StreamEvent};
 use super::wire::{
     evidence_path, EvidenceList, InstanceList, ModelList, CHAT_PATH, EVIDENCE_NONCE_LEN,
     HEADER_CHUTE_ID, HEADER_INSTANCE_ID, HEADER_NONCE, HEADER_PATH, HEADER_STREAM, INSTANCES_PATH,
-    INVOKE_PATH, MODELS_PATH, NONCE_REJECTED,
+    INVOKE_PATH, MODELS_PATH,
 };
 use crate::http::{BodyStream, HttpClient};
 use crate::openai::{
-    bound_message, provider_error, status_error, with_model, OpenAiClient, Timeouts, MAX_BODY,
+    bound_message, provider_error, status_error, OpenAiClient, Timeouts, MAX_BODY,
 };
 use crate::provider::{
     ChatRequest, ChatResponse, ChatStream, Provider, ProviderError, ProviderId, Refusal, StreamItem,
@@ -55,12 +59,25 @@ use crate::tier::{Capabilities, Tier};
 
 /// Largest error body read to explain a failed status.
 const MAX_ERROR_BODY: usize = 64 << 10;
-/// A listing's nonces are treated as expired this much before the gateway
-/// says, so a nonce is never sent at the very edge of its life.
-const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
-/// Upper bound on `nonce_expires_in` honoured (a day): a gateway cannot make
-/// the client keep a listing forever.
-const MAX_NONCE_TTL: f64 = 86_400.0;
+/// R60: a snapshot is kept at most this long, whatever the gateway says.
+const MAX_SNAPSHOT_TTL: f64 = 120.0;
+/// R60: the lifetime of a snapshot whose `nonce_expires_in` is not positive.
+const FALLBACK_SNAPSHOT_TTL: f64 = 30.0;
+/// R60: a snapshot expires this much before its nonces do, so a nonce is
+/// never sent at the very edge of its life.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+
+/// R60: how long a listing with `nonce_expires_in` serves: min(it, 120) s
+/// when positive, else 30 s, minus 5 s. Zero (`nonce_expires_in` <= 5):
+/// only the request that listed uses it; every request discovers again.
+fn snapshot_ttl(nonce_expires_in: f64) -> Duration {
+    let secs = if nonce_expires_in > 0.0 && nonce_expires_in.is_finite() {
+        nonce_expires_in.min(MAX_SNAPSHOT_TTL)
+    } else {
+        FALLBACK_SNAPSHOT_TTL
+    };
+    Duration::from_secs_f64(secs).saturating_sub(EXPIRY_MARGIN)
+}
 
 /// The RNG the provider draws ML-KEM keys, encapsulations and AEAD nonces
 /// from: a seeded `ChaCha20Rng` in the simulation, [`super::e2ee::os_rng`]
@@ -291,11 +308,11 @@ impl Pool {
     }
 
     /// Takes one unused nonce of instance `id`, the last listed first (R60).
-    /// A taken nonce leaves the pool for good: it is never sent twice.
+    /// A taken nonce leaves the pool for good: it is never sent twice. The
+    /// snapshot's expiry is not checked again here: the request took its
+    /// candidates from a snapshot that could serve (with a TTL of zero,
+    /// R60, only the request that listed may use it).
     fn take_nonce(&mut self, id: &HeaderValue) -> Option<HeaderValue> {
-        if self.expires.is_none_or(|at| Instant::now() >= at) {
-            return None;
-        }
         self.instances
             .iter_mut()
             .find(|i| i.id == *id)?
@@ -413,10 +430,12 @@ impl ChutesProvider {
     }
 
     /// The plaintext request the instance receives: the client's body with
-    /// the slug as `model` (R3). Client-supplied protocol fields are dropped:
-    /// the provider alone decides the response key and stream version.
+    /// the slug as `model` (R3) and R56's changes. Client-supplied protocol
+    /// fields are dropped: the provider alone decides the response key and
+    /// stream version.
     fn upstream_body(&self, req: &ChatRequest, stream: bool) -> Value {
         let mut body = req.body.clone();
+        normalize::request_body(&mut body, stream);
         body.remove(RESPONSE_PK_FIELD);
         body.remove(STREAM_VERSION_FIELD);
         body.insert("model".into(), Value::String(self.slug.clone()));
@@ -439,7 +458,8 @@ impl ChutesProvider {
         let evidence: EvidenceList = self
             .client
             .get_json(&evidence_path(&encode_segment(chute_text), &nonce_hex))
-            .await?;
+            .await
+            .map_err(|e| chutes_failure(Stage::Evidence, e))?;
         let n = candidates.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
         let mut last = None;
@@ -551,21 +571,22 @@ impl ChutesProvider {
         Ok((chute_id, candidates))
     }
 
-    /// `GET /v1/models` → the slug's `chute_id`. An unlisted slug is a
-    /// "model not found" 404, which lets the router fall through (R19).
+    /// `GET /v1/models` → the slug's `chute_id`. An unlisted slug is R39's
+    /// masked error (not HTTP: 502 generic), which falls through to the
+    /// next provider and is not retried (R35.6).
     async fn resolve_chute_id(&self) -> Result<HeaderValue, ProviderError> {
-        let list: ModelList = self.models_client.get_json(MODELS_PATH).await?;
+        let list: ModelList = self
+            .models_client
+            .get_json(MODELS_PATH)
+            .await
+            .map_err(|e| chutes_failure(Stage::Resolve, e))?;
         let entry = list.data.into_iter().find(|m| m.id == self.slug);
         let Some(chute_id) = entry.and_then(|m| m.chute_id) else {
-            // R38: the text says "model … not found", so the router falls
-            // through to the next provider.
-            return Err(ProviderError::status(
-                404,
-                format!(
-                    "model {} not found: Chutes lists no chute for it",
-                    self.canonical
-                ),
-            ));
+            return Err(ProviderError::Masked(format!(
+                "{}: model {} not found: Chutes lists no chute for it",
+                Stage::Resolve.name(),
+                self.canonical
+            )));
         };
         HeaderValue::from_str(&chute_id)
             .map_err(|_| ProviderError::BodyDecode("Chutes sent an unusable chute_id".into()))
@@ -582,15 +603,12 @@ impl ChutesProvider {
             .to_str()
             .map_err(|_| ProviderError::BodyDecode("Chutes sent an unusable chute_id".into()))?;
         let path = format!("{INSTANCES_PATH}/{}", encode_segment(chute_id));
-        let list: InstanceList = self.client.get_json(&path).await?;
-        let ttl = list.nonce_expires_in;
-        if !(ttl > 0.0 && ttl.is_finite()) {
-            return Err(ProviderError::BodyDecode(
-                "Chutes instance listing has no valid nonce_expires_in".into(),
-            ));
-        }
-        let ttl = Duration::from_secs_f64(ttl.min(MAX_NONCE_TTL));
-        let expires = Instant::now() + ttl.saturating_sub(EXPIRY_MARGIN).max(ttl / 2);
+        let list: InstanceList = self
+            .client
+            .get_json(&path)
+            .await
+            .map_err(|e| chutes_failure(Stage::Discover, e))?;
+        let expires = Instant::now() + snapshot_ttl(list.nonce_expires_in);
 
         let mut instances = Vec::with_capacity(list.instances.len());
         for info in list.instances {
@@ -619,28 +637,34 @@ impl ChutesProvider {
         Ok((instances, expires))
     }
 
-    /// Seals the request and `POST`s it to `/e2e/invoke`. When the gateway
-    /// rejects the nonce itself (a [`NONCE_REJECTED`] code: a restarted
-    /// gateway forgot it, or its clock ran ahead), the pool is stale rather
-    /// than the request wrong: one retry on a fresh listing. Any other
-    /// failure is returned as is (an injected 403 stays a 403). Returns the
-    /// response key and the 200 response.
+    /// Seals the request and `POST`s it to `/e2e/invoke`, every failure as
+    /// R39 maps it. A refused nonce (R39's stale target: a restarted
+    /// gateway forgot it) proves the snapshot stale and nothing was
+    /// processed, so the snapshot is dropped and the attempt lists afresh
+    /// once, transparently; a second refusal is R39's retryable 503.
+    /// tiersim's departure from R60, which keeps the snapshot until it
+    /// expires and so spends one attempt per dead nonce after a gateway
+    /// restart. A gone chute or instance (404) drops the snapshot too.
+    /// Returns the response key and the 200 response.
     async fn invoke(
         &self,
         req: &ChatRequest,
         stream: bool,
     ) -> Result<(ResponseKey, crate::http::Response), ProviderError> {
         let body = self.upstream_body(req, stream);
-        let mut retried = false;
+        let mut relisted = false;
         loop {
             let (status, err_body) = match self.invoke_once(&body, stream).await {
                 Ok(ok) => return Ok(ok),
                 Err(InvokeError::Other(e)) => return Err(e),
                 Err(InvokeError::Status(status, err_body)) => (status, err_body),
             };
-            let nonce_rejected = matches!(status.as_u16(), 401 | 403)
-                && error_code(&err_body).is_some_and(|c| NONCE_REJECTED.contains(&c.as_str()));
-            if nonce_rejected || status == StatusCode::NOT_FOUND {
+            let raw = status_error(status, &err_body);
+            let stale = matches!(
+                &raw,
+                ProviderError::Status { status: 400, message } if is_stale_target(message)
+            );
+            if stale || status == StatusCode::NOT_FOUND {
                 let mut pool = self.pool.lock().await;
                 pool.forget_instances();
                 if status == StatusCode::NOT_FOUND {
@@ -648,11 +672,11 @@ impl ChutesProvider {
                     pool.chute_id = None;
                 }
             }
-            if nonce_rejected && !retried {
-                retried = true;
+            if stale && !relisted {
+                relisted = true;
                 continue;
             }
-            return Err(status_error(status, &err_body));
+            return Err(chutes_failure(Stage::invoke(stream), raw));
         }
     }
 
@@ -687,7 +711,7 @@ impl ChutesProvider {
             .http
             .open(http_req, self.timeouts.request)
             .await
-            .map_err(provider_error)?;
+            .map_err(|e| chutes_failure(Stage::invoke(stream), provider_error(e)))?;
         if !resp.status.is_success() {
             let status = resp.status;
             let body = resp
@@ -730,9 +754,12 @@ impl Provider for ChutesProvider {
         let started = Instant::now();
         let (key, resp) = self.invoke(req, false).await?;
         let left = self.timeouts.request.saturating_sub(started.elapsed());
-        let blob = resp.bytes(MAX_BODY, left).await.map_err(provider_error)?;
+        let blob = resp
+            .bytes(MAX_BODY, left)
+            .await
+            .map_err(|e| chutes_failure(Stage::Invoke, provider_error(e)))?;
         let json = key.open_response(&blob)?;
-        let body = with_model(Bytes::from(json), &self.canonical)?;
+        let body = normalize::json_answer(&json, &self.canonical)?;
         Ok(ChatResponse { body })
     }
 
@@ -742,13 +769,21 @@ impl Provider for ChutesProvider {
         let mut state = Decrypting {
             body: Some(resp.into_stream(MAX_BODY, self.timeouts.stream_idle)),
             dec: StreamDecoder::new(key, self.version),
-            canonical: self.canonical.clone(),
+            norm: StreamNormalizer::new(&self.canonical, normalize::wants_usage(&req.body)),
             pending: None,
+            after_flush: None,
             ended: false,
             #[cfg(feature = "planted-bugs")]
             keyed_priming: self.keyed_priming,
         };
-        state.prime().await?;
+        // R39: a cut or stall before the first item is a transport failure
+        // of the invocation; anything else the stream said keeps its kind.
+        state.prime().await.map_err(|e| match e {
+            ProviderError::Connection(_) | ProviderError::Timeout => {
+                chutes_failure(Stage::InvokeStream, e)
+            }
+            other => other,
+        })?;
         Ok(Box::pin(futures_util::stream::unfold(
             state,
             |mut st| async move { st.next().await.map(|item| (item, st)) },
@@ -759,14 +794,16 @@ impl Provider for ChutesProvider {
 // ------------------------------------------------------------------ stream
 
 /// The encrypted SSE body turned into stream items (R23): only
-/// authenticated chunks, `model` rewritten (R3); `Done` only for the
+/// authenticated chunks, normalised (R3, R57–R59); `Done` only for the
 /// authenticated inner `[DONE]`; the first error ends it.
 struct Decrypting {
     body: Option<BodyStream>,
     dec: StreamDecoder,
-    canonical: Arc<str>,
+    norm: StreamNormalizer,
     /// An item read while priming, yielded first.
     pending: Option<Result<StreamItem, ProviderError>>,
+    /// `Done`, held back while R58's flush chunk goes first.
+    after_flush: Option<Result<StreamItem, ProviderError>>,
     ended: bool,
     /// `PlantedBug::KeyedPriming`: hand over once keyed (the old bug).
     #[cfg(feature = "planted-bugs")]
@@ -817,22 +854,33 @@ impl Decrypting {
     /// One item from the decoder's queue, or else one read from the body
     /// (`None` then).
     async fn step(&mut self) -> Option<Result<StreamItem, ProviderError>> {
+        if let Some(done) = self.after_flush.take() {
+            return Some(done);
+        }
         if self.ended {
             return None;
         }
         while let Some(ev) = self.dec.next_event() {
             match ev {
                 Ok(StreamEvent::Chunk(chunk)) => {
-                    return Some(match with_model(chunk, &self.canonical) {
-                        Ok(c) => Ok(StreamItem::Chunk(c)),
-                        Err(e) => self.end(e),
-                    });
+                    // R59: a usage chunk withheld from the client is still
+                    // the router's (billing, R46).
+                    let raw = chunk.clone();
+                    return Some(Ok(match self.norm.chunk(chunk) {
+                        Some(c) => StreamItem::Chunk(c),
+                        None => StreamItem::Metered(raw),
+                    }));
                 }
                 // Plaintext billing: unauthenticated, never content.
                 Ok(StreamEvent::Usage(_)) => {}
                 Ok(StreamEvent::Done) => {
                     self.ended = true;
                     self.body = None;
+                    // R58: what the think transform held goes out first.
+                    if let Some(flush) = self.norm.finish() {
+                        self.after_flush = Some(Ok(StreamItem::Done));
+                        return Some(Ok(StreamItem::Chunk(flush)));
+                    }
                     return Some(Ok(StreamItem::Done));
                 }
                 Err(e) => return Some(self.end(stream_error(e))),
@@ -874,10 +922,82 @@ fn stream_error(e: StreamError) -> ProviderError {
     }
 }
 
-/// `error.code` of an OpenAI-style error body.
-fn error_code(body: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    v.get("error")?.get("code")?.as_str().map(str::to_owned)
+/// A Chutes call, as R39's messages name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Resolve,
+    Discover,
+    Evidence,
+    Invoke,
+    InvokeStream,
+}
+
+impl Stage {
+    fn invoke(stream: bool) -> Stage {
+        if stream {
+            Stage::InvokeStream
+        } else {
+            Stage::Invoke
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Resolve => "resolve chute_id",
+            Stage::Discover => "discover instances",
+            Stage::Evidence => "fetch evidence",
+            Stage::Invoke => "Chutes /e2e/invoke",
+            Stage::InvokeStream => "Chutes /e2e/invoke (stream)",
+        }
+    }
+}
+
+/// R39: a Chutes HTTP call's failure as the router classifies it. A stale
+/// invoke target (a 400 about the nonce or instance) and any transport
+/// failure (connect, reset, a deadline) are a retryable 503; 408, 429 and
+/// 5xx keep their status but not the body (so it cannot trip R36 or R38);
+/// every other status is masked: 502 generic, judged by its words (R35.6).
+fn chutes_failure(stage: Stage, e: ProviderError) -> ProviderError {
+    let invoke = matches!(stage, Stage::Invoke | Stage::InvokeStream);
+    let stage = stage.name();
+    let unavailable = |why: &str| {
+        ProviderError::status(
+            503,
+            format!("{stage}: Chutes temporarily unavailable ({why})"),
+        )
+    };
+    match e {
+        ProviderError::Status { status, message } => match status {
+            400 if invoke && is_stale_target(&message) => unavailable("stale Chutes E2E target"),
+            408 | 429 | 500..=599 => {
+                ProviderError::status(status, format!("{stage}: Chutes returned HTTP {status}"))
+            }
+            _ => {
+                ProviderError::Masked(format!("{stage}: Chutes returned HTTP {status}: {message}"))
+            }
+        },
+        ProviderError::Connection(_) | ProviderError::Timeout => {
+            unavailable("Chutes HTTP transport error")
+        }
+        other => other,
+    }
+}
+
+/// R39: an invoke 400 whose text says the nonce or instance it named is no
+/// longer good: the client's snapshot is stale, not its request wrong.
+fn is_stale_target(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    (m.contains("nonce") || m.contains("instance"))
+        && [
+            "expired",
+            "stale",
+            "already used",
+            "consumed",
+            "not found",
+            "invalid",
+        ]
+        .iter()
+        .any(|w| m.contains(w))
 }
 
 /// Percent-encodes a path segment (ids are opaque to the client).
@@ -970,6 +1090,137 @@ mod tests {
             cfg("http://x", "a\nb").build(http, rng()).unwrap_err(),
             BuildError::InvalidApiKey
         );
+    }
+
+    #[test]
+    fn r39_stale_invoke_target_is_a_retryable_503() {
+        use crate::retry::{classify, Class};
+        for text in [
+            "nonce expired or never issued",
+            "nonce already used",
+            "invalid nonce: issued for another instance",
+            "Instance not found",
+            "nonce token expired",
+        ] {
+            for stage in [Stage::Invoke, Stage::InvokeStream] {
+                let e = chutes_failure(stage, ProviderError::status(400, text));
+                let ProviderError::Status {
+                    status: 503,
+                    message,
+                } = &e
+                else {
+                    panic!("{text}: {e:?}");
+                };
+                assert!(message.ends_with("(stale Chutes E2E target)"), "{message}");
+                assert!(matches!(classify(&e), Class::Retryable(_)), "{text}");
+            }
+            // Only the invocation names a target; a discovery 400 is masked.
+            let e = chutes_failure(Stage::Discover, ProviderError::status(400, text));
+            assert!(matches!(e, ProviderError::Masked(_)), "{e:?}");
+        }
+        // A 400 that is not about the nonce or instance is masked (502
+        // generic), falls through, is not retried.
+        let e = chutes_failure(
+            Stage::Invoke,
+            ProviderError::status(400, "malformed payload"),
+        );
+        assert_eq!(
+            e,
+            ProviderError::Masked(
+                "Chutes /e2e/invoke: Chutes returned HTTP 400: malformed payload".into()
+            )
+        );
+        assert_eq!(classify(&e), Class::FallThrough);
+    }
+
+    #[test]
+    fn r39_statuses_keep_their_code_not_their_body() {
+        use crate::retry::{classify, Class};
+        // A body that would trip R36's client-media rule or R38's
+        // model-not-found is dropped, so neither can.
+        let media = "Error loading image data: 403 Client Error: Forbidden";
+        for (status, stage, want) in [
+            (
+                500,
+                Stage::Invoke,
+                "Chutes /e2e/invoke: Chutes returned HTTP 500",
+            ),
+            (
+                429,
+                Stage::Discover,
+                "discover instances: Chutes returned HTTP 429",
+            ),
+            (
+                408,
+                Stage::Evidence,
+                "fetch evidence: Chutes returned HTTP 408",
+            ),
+            (
+                503,
+                Stage::Resolve,
+                "resolve chute_id: Chutes returned HTTP 503",
+            ),
+        ] {
+            let e = chutes_failure(stage, ProviderError::status(status, media));
+            assert_eq!(e, ProviderError::status(status, want));
+            assert_ne!(classify(&e), Class::FastReturn, "{want}");
+        }
+        for status in [401, 403, 404, 409, 413, 422] {
+            let e = chutes_failure(Stage::Invoke, ProviderError::status(status, "nope"));
+            assert!(matches!(e, ProviderError::Masked(_)), "{status}: {e:?}");
+            assert_eq!(classify(&e), Class::FallThrough, "{status}");
+        }
+        // R35.6 still reads a masked error's words.
+        let e = chutes_failure(
+            Stage::Invoke,
+            ProviderError::status(400, "upstream connection dropped"),
+        );
+        assert!(matches!(classify(&e), Class::Retryable(_)), "{e:?}");
+    }
+
+    #[test]
+    fn r39_transport_failures_are_a_retryable_503() {
+        use crate::retry::{classify, Class};
+        for (stage, e) in [
+            (Stage::Discover, ProviderError::Connection("reset".into())),
+            (Stage::Invoke, ProviderError::Timeout),
+            (Stage::InvokeStream, ProviderError::Timeout),
+        ] {
+            let got = chutes_failure(stage, e);
+            assert_eq!(
+                got,
+                ProviderError::status(
+                    503,
+                    format!(
+                        "{}: Chutes temporarily unavailable (Chutes HTTP transport error)",
+                        stage.name()
+                    )
+                )
+            );
+            assert!(matches!(classify(&got), Class::Retryable(_)));
+        }
+        // Not transport, not HTTP: left as they are.
+        for e in [
+            ProviderError::Integrity("x".into()),
+            ProviderError::Attestation("x".into()),
+            ProviderError::BodyDecode("x".into()),
+        ] {
+            assert_eq!(chutes_failure(Stage::Invoke, e.clone()), e);
+        }
+    }
+
+    #[test]
+    fn r60_snapshot_ttl_is_min_120_else_30_minus_5() {
+        let s = Duration::from_secs;
+        assert_eq!(snapshot_ttl(60.0), s(55));
+        assert_eq!(snapshot_ttl(55.0), s(50));
+        assert_eq!(snapshot_ttl(600.0), s(115));
+        assert_eq!(snapshot_ttl(0.0), s(25));
+        assert_eq!(snapshot_ttl(-3.0), s(25));
+        assert_eq!(snapshot_ttl(f64::NAN), s(25));
+        // <= 5 s: every request discovers again.
+        assert_eq!(snapshot_ttl(5.0), Duration::ZERO);
+        assert_eq!(snapshot_ttl(2.0), Duration::ZERO);
     }
 
     #[test]

@@ -25,10 +25,6 @@ pub const HEADER_NONCE: &str = "x-e2e-nonce";
 pub const HEADER_STREAM: &str = "x-e2e-stream";
 pub const HEADER_PATH: &str = "x-e2e-path";
 
-/// `error.code`s of a 401/403 from `/e2e/invoke` saying the nonce was
-/// refused (unknown, expired or already used): the client's listing is stale.
-pub const NONCE_REJECTED: &[&str] = &["invalid_nonce", "nonce_reused"];
-
 /// `nonce_expires_in` of a listing that does not say (Chutes' published
 /// client, `chutes-e2ee` 0.1.0, assumes 55 s).
 pub const DEFAULT_NONCE_EXPIRES_IN: f64 = 55.0;

@@ -101,7 +101,13 @@ impl Sources {
     }
 }
 
-/// Per-model round-robin counters (R17), carried across snapshots by model id.
+/// Per-model round-robin counters (R17, SPEC-parity R65), carried across
+/// snapshots by model id and dropped with the model. Each holds a value
+/// below the size of the leading group it last rotated. Production keys
+/// the pubkey counter by the key (`pubkey:<key>`), shared across models;
+/// here it is per model, which differs only if one signing key backed
+/// several models' providers at once (never in the simulated world, where
+/// each NEAR backend has its own key).
 #[derive(Debug, Default)]
 pub(crate) struct RoundRobin {
     pub plain: AtomicUsize,

@@ -302,6 +302,50 @@ fn r7_discovery_never_drops_or_overwrites_the_pinned_provider() {
     }
 }
 
+// ---- SPEC-parity R62, R63 ----
+
+#[test]
+fn r62_demotion_survives_refresh_for_reused_and_pinned_providers() {
+    // n1 (NEAR, reused by the refresh: same id) and c1 (pinned) keep their
+    // counts; only a success resets one: there is no recovery probe.
+    let (reg, n1, n2, _c1) = two_models();
+    fail(&reg, "n1", 10);
+    fail(&reg, "c1", 3);
+    assert_eq!(leader(&reg, M), "c1", "demoted n1 sorts behind Chutes");
+    reg.refresh(disc(&[(M, &[&n1]), (N, &[&n2])]), no_ext());
+    let v = reg.view();
+    assert_eq!(v.failures("n1"), Some(10));
+    assert_eq!(v.failures("c1"), Some(3));
+    for _ in 0..3 {
+        assert_eq!(leader(&reg, M), "c1", "still demoted after the refresh");
+    }
+    reg.load().health[&ProviderId::new("n1")].record_success();
+    assert_eq!(leader(&reg, M), "n1", "a success is the only way back");
+}
+
+#[test]
+fn r63_admin_batch_keeps_untouched_providers_and_a_new_url_starts_fresh() {
+    let (reg, n1, _n2, _c1) = two_models();
+    fail(&reg, "n1", 5);
+    fail(&reg, "n2", 2);
+    // A batch naming only N's new provider leaves M's n1 and its count.
+    let n3 = near("n3", "k3");
+    reg.merge_discovered(Discovered(rows(&[(N, &[&n3])])));
+    let v = reg.view();
+    assert_eq!(v.provider_ids(M), ["n1", "c1"]);
+    assert_eq!(v.failures("n1"), Some(5));
+    assert_eq!(v.provider_ids(N), ["n3"]);
+    assert_eq!(v.failures("n3"), Some(0), "a new URL is a fresh provider");
+    assert_eq!(
+        v.failures("n2"),
+        None,
+        "replaced and backing nothing: dropped"
+    );
+    // Listing n1 again reuses it, count and all.
+    reg.merge_discovered(Discovered(rows(&[(M, &[&n1])])));
+    assert_eq!(reg.view().failures("n1"), Some(5));
+}
+
 // ---- R8 ----
 
 #[test]

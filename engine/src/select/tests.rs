@@ -281,14 +281,15 @@ fn r17_round_robin_position_is_read_without_taking_a_turn() {
     let ids = |v: &RoundRobinView| v.next.iter().map(|p| p.to_string()).collect::<Vec<_>>();
     for turn in 0..5 {
         let seen = reg.round_robin(M).unwrap();
-        assert_eq!(seen.turns, turn);
+        // R65: the counter wraps at the leading group's size (3).
+        assert_eq!(seen.counter, turn % 3);
         assert_eq!(reg.round_robin(M).unwrap(), seen, "a read takes no turn");
         assert_eq!(ids(&seen), order(&reg, PLAIN, None, false));
     }
     order(&reg, PLAIN, Some("k"), false);
     assert_eq!(
-        reg.round_robin(M).unwrap().turns,
-        5,
+        reg.round_robin(M).unwrap().counter,
+        2,
         "pubkey turns are apart"
     );
     demote(&reg, "n1", 10);
@@ -308,6 +309,58 @@ fn r17_pubkey_routed_requests_use_their_own_counter() {
     assert_eq!(lead(Some("k")), "n2");
     assert_eq!(lead(None), "n2");
     assert_eq!(lead(None), "n1");
+}
+
+#[test]
+fn r65_rotation_happens_before_the_capability_filters() {
+    // n2 cannot stream: a streamed request's candidates are [n1] whoever
+    // leads, but the turn it took is spent all the same.
+    let n1 = near("n1", "k");
+    let n2 = FakeProvider::near("n2")
+        .with_keys(["k"])
+        .with_streaming(false)
+        .arc();
+    let reg = registry(&[&n1, &n2], &[], &[]);
+    assert_eq!(order(&reg, STREAM, None, false), ["n1"], "turn 0");
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n1"], "turn 1");
+    assert_eq!(
+        order(&reg, STREAM, None, false),
+        ["n1"],
+        "turn 0: n2 filtered"
+    );
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n1"], "turn 1");
+}
+
+#[test]
+fn r65_counter_stores_value_plus_one_mod_the_group_size() {
+    // Two leaders (n3 demoted): turns 0, 1, 0 store 1, 0, 1. When n3 is
+    // healthy again the group has three: the stored 1 picks n2 (a counter
+    // that only counted up, at 3, would pick n1).
+    let (n1, n2, n3) = (near("n1", "k1"), near("n2", "k2"), near("n3", "k3"));
+    let reg = registry(&[&n1, &n2, &n3], &[], &[]);
+    demote(&reg, "n3", 10);
+    let leads: Vec<String> = (0..3)
+        .map(|_| order(&reg, PLAIN, None, false)[0].clone())
+        .collect();
+    assert_eq!(leads, ["n1", "n2", "n1"]);
+    reg.load().health[&ProviderId::new("n3")].record_success();
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n3", "n1"]);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n3", "n1", "n2"]);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2", "n3"]);
+}
+
+#[test]
+fn r65_one_candidate_leaves_the_counter_alone() {
+    // n2 demoted: n1 leads alone, and takes no turn.
+    let (n1, n2) = (near("n1", "k1"), near("n2", "k2"));
+    let reg = registry(&[&n1, &n2], &[], &[]);
+    demote(&reg, "n2", 10);
+    for _ in 0..3 {
+        assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2"]);
+    }
+    reg.load().health[&ProviderId::new("n2")].record_success();
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2"], "turn 0");
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n1"], "turn 1");
 }
 
 #[test]
@@ -490,11 +543,12 @@ fn r17_the_trace_records_the_leading_group_and_its_turn() {
     let at = |id: &str| shown.find(id).unwrap_or_else(|| panic!("{id} in {shown}"));
     assert!(at("n2") < at("n1") && at("n1") < at("c1"), "{shown}");
     drop(sel);
-    // The untraced selection took turn 1; the traced one now takes turn 2.
+    // The untraced selection took turn 1; the counter holds (1 + 1) mod 2
+    // (R65), so the traced one takes turn 0 again.
     assert_eq!(
         traced(&reg),
         (
-            Some((2, Placement::RoundRobin { turn: 2 })),
+            Some((2, Placement::RoundRobin { turn: 0 })),
             "n1".to_string()
         )
     );

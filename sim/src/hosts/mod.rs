@@ -16,7 +16,10 @@ mod near;
 
 pub use catalog::{Catalog, CatalogHandle};
 pub use chunking::{ChunkPlan, Chunking};
-pub use chutes::{ChutesGateway, ChutesHandle, Invocation, Served, DEFAULT_NONCES, MODELS_PREFIX};
+pub use chutes::{
+    ChutesGateway, ChutesHandle, Invocation, Reply as ChuteReply, Served, DEFAULT_NONCES,
+    MODELS_PREFIX,
+};
 pub use external::ExternalBackend;
 pub use near::{count_tokens, NearBackend};
 

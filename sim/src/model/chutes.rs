@@ -23,6 +23,9 @@ pub struct Pool {
     /// R61 says one process-wide counter across all chutes; issue 15 keeps
     /// one per provider (per chute), and the model follows that design.
     turn: u64,
+    /// The gateway restarted since this listing: it forgot the listing's
+    /// nonces, so the next invocation is refused as a stale target (R39).
+    stale: bool,
 }
 
 /// How the instance choice of one request ended.
@@ -41,11 +44,25 @@ impl Pool {
     pub fn list(&mut self, instances: usize, nonces: usize, own_keys: bool) {
         self.nonces = vec![nonces; instances];
         self.own_keys = own_keys;
+        self.stale = false;
     }
 
-    /// Drops the listing (an instance gone, or no listed key proven).
+    /// Drops the listing (an instance gone, a nonce refused, or no listed
+    /// key proven).
     pub fn forget(&mut self) {
         self.nonces.clear();
+        self.stale = false;
+    }
+
+    /// The gateway restarted: a listing with nonces left now names
+    /// forgotten ones (a drained one is listed afresh anyway).
+    pub fn gateway_restarted(&mut self) {
+        self.stale = self.nonces.iter().any(|&n| n > 0);
+    }
+
+    /// Whether the listing names nonces the gateway forgot.
+    pub fn is_stale(&self) -> bool {
+        self.stale
     }
 
     /// §7b / R61: the instance one request uses, given the evidence fault

@@ -176,6 +176,12 @@ impl Model {
             if h.get_ref() == crate::world::ROUTER {
                 self.down = false;
             }
+            // A restarted gateway forgot every nonce it listed (R39, R60).
+            if h.get_ref() == crate::world::CHUTES {
+                for pool in self.reg.pools.values_mut() {
+                    pool.gateway_restarted();
+                }
+            }
         } else if let Some(rows) = &step.admin_patch {
             self.reg.admin_patch(&self.facts, rows, window);
         } else if let Some(m) = &step.unregister {

@@ -132,6 +132,27 @@ impl Failure {
             context_overflow: false,
         }
     }
+    /// SPEC-parity R39: Chutes unreachable, timed out, drained or handed a
+    /// stale target: an external 503 (retryable; the client gets 429).
+    fn chutes_unavailable() -> Failure {
+        Failure::http(503, "")
+    }
+    /// R39: a Chutes HTTP failure. `invoke`: the invocation (where a 400
+    /// about the nonce or instance is a stale target), else a discovery or
+    /// evidence stage. 408, 429 and 5xx keep their status without their
+    /// text; any other status is masked: not HTTP, judged by its words.
+    fn chutes_status(status: u16, text: &str, invoke: bool) -> Failure {
+        match status {
+            400 if invoke && stale_target(text) => Failure::chutes_unavailable(),
+            408 | 429 | 500.. => Failure::http(status, ""),
+            _ => Failure {
+                cause: Cause::Other,
+                verdict: words(text),
+                weight: 2,
+                context_overflow: false,
+            },
+        }
+    }
     /// R23/§7b: authentication failed.
     fn closed() -> Failure {
         Failure {
@@ -171,6 +192,47 @@ fn says_context_exceeded(text: &str) -> bool {
     t.contains("maximum context length")
         || (t.contains("context length") && ["exceed", "longer than"].iter().any(|w| t.contains(w)))
         || (t.contains("input length") && t.contains("exceed"))
+}
+
+/// R35.6: what the words of an error that is not HTTP say.
+fn words(text: &str) -> Verdict {
+    let t = text.to_lowercase();
+    if (t.contains("operation timed out") || t.contains("timed out after"))
+        && !t.contains("connect")
+    {
+        return Verdict::Next;
+    }
+    let transient = [
+        "connection",
+        "connect",
+        "reset",
+        "broken pipe",
+        "decoding response body",
+        "body error",
+    ];
+    if transient.iter().any(|w| t.contains(w)) {
+        Verdict::Retry {
+            rate_limited: false,
+        }
+    } else {
+        Verdict::Next
+    }
+}
+
+/// R39: an invocation 400 saying its nonce or instance is no longer good.
+fn stale_target(text: &str) -> bool {
+    let t = text.to_lowercase();
+    (t.contains("nonce") || t.contains("instance"))
+        && [
+            "expired",
+            "stale",
+            "already used",
+            "consumed",
+            "not found",
+            "invalid",
+        ]
+        .iter()
+        .any(|w| t.contains(w))
 }
 
 /// R38: the text says the model is not served there.
@@ -482,13 +544,6 @@ impl Registry {
             .zip(&judged)
             .map(|(id, d)| (id.to_string(), d.unwrap_or(false)))
             .collect();
-        // R18: capability filters, unless nobody is capable.
-        if spec.stream && cands.iter().any(|p| p.streams(self.chutes_streaming)) {
-            cands.retain(|p| p.streams(self.chutes_streaming));
-        }
-        if spec.client_pub_key.is_some() && cands.iter().any(|p| p.client_e2ee()) {
-            cands.retain(|p| p.client_e2ee());
-        }
         let mut seen = Seen {
             events: window,
             next: BTreeMap::new(),
@@ -526,9 +581,18 @@ impl Registry {
             } else {
                 &mut turns.0
             };
-            let k = (*turn % lead as u64) as usize;
-            *turn += 1;
-            cands[..lead].rotate_left(k);
+            // SPEC-parity R65: value mod size, then (value + 1) mod size.
+            let k = *turn % lead as u64;
+            *turn = (k + 1) % lead as u64;
+            cands[..lead].rotate_left(k as usize);
+        }
+        // R18 (R65: after the rotation): capability filters, unless nobody
+        // is capable.
+        if spec.stream && cands.iter().any(|p| p.streams(self.chutes_streaming)) {
+            cands.retain(|p| p.streams(self.chutes_streaming));
+        }
+        if spec.client_pub_key.is_some() && cands.iter().any(|p| p.client_e2ee()) {
+            cands.retain(|p| p.client_e2ee());
         }
         // R45: the largest window a candidate declares.
         let largest = cands.iter().filter_map(|p| p.window).max();
@@ -561,11 +625,22 @@ impl Registry {
                         // when content arrived (surely when it ended
                         // properly; a broken or rejected one may have
                         // delivered its first content or not).
-                        // The simulated Chutes instance sends usage only
-                        // as the plaintext billing event after the inner
-                        // [DONE], which the router never reads: no sample.
-                        let chutes = matches!(p.kind, Kind::Chutes { .. });
-                        if spec.stream && !chutes {
+                        // The simulated Chutes instance sends usage in its
+                        // chunks only for `reply = ["usage"]` (otherwise as
+                        // the plaintext billing event after the inner
+                        // [DONE], which the router never reads: no sample).
+                        let (chutes, samples) = match &p.kind {
+                            Kind::Chutes { slug } => (
+                                true,
+                                facts.scenario.chutes.iter().any(|c| {
+                                    c.slug == *slug
+                                        && c.reply
+                                            .contains(&crate::scenario::format::ReplyWord::Usage)
+                                }),
+                            ),
+                            _ => (false, true),
+                        };
+                        if spec.stream && samples {
                             let (lo, hi) = latency::sample_bounds(
                                 seen.delay_ms,
                                 if facts
@@ -740,68 +815,91 @@ impl Registry {
                     return Upshot::Failed(Failure::refusal());
                 }
                 let host = crate::world::CHUTES;
-                let pool = self.pools.entry(p.id.clone()).or_default();
-                // R60: discovery (`/v1/models`, `/e2e/instances`) when the
-                // router's snapshot could not serve; a listing is not trust.
-                let stages = [RequestKind::Models, RequestKind::Instances];
-                while seen.peek(host).is_some_and(|k| stages.contains(&k)) {
-                    let Some((kind, fault)) = seen.take(host, &stages) else {
-                        break;
+                let mut relisted = false;
+                loop {
+                    let pool = self.pools.entry(p.id.clone()).or_default();
+                    // R60: discovery (`/v1/models`, `/e2e/instances`) when the
+                    // router's snapshot could not serve; a listing is not trust.
+                    let stages = [RequestKind::Models, RequestKind::Instances];
+                    while seen.peek(host).is_some_and(|k| stages.contains(&k)) {
+                        let Some((kind, fault)) = seen.take(host, &stages) else {
+                            break;
+                        };
+                        if let Some(f) = stage_failure(fault.as_ref()) {
+                            return Upshot::Failed(f);
+                        }
+                        if kind == RequestKind::Instances {
+                            let instances = facts
+                                .scenario
+                                .chutes
+                                .iter()
+                                .find(|c| &c.slug == slug)
+                                .map_or(1, |c| c.instances.max(1) as usize);
+                            let own_keys = fault != Some(Fault::WrongKey);
+                            pool.list(instances, crate::hosts::DEFAULT_NONCES, own_keys);
+                        }
+                    }
+                    // §7b / R61: one evidence fetch per request, then the first
+                    // candidate whose evidence binds its key. Evidence signed by
+                    // a vendor the router does not trust binds nothing.
+                    let Some((_, evidence)) = seen.take(host, &[RequestKind::Evidence]) else {
+                        return Upshot::Failed(Failure::chutes_unavailable());
                     };
-                    if let Some(f) = stage_failure(fault.as_ref()) {
+                    if let Some(f) = stage_failure(evidence.as_ref()) {
                         return Upshot::Failed(f);
                     }
-                    if kind == RequestKind::Instances {
-                        let instances = facts
-                            .scenario
-                            .chutes
-                            .iter()
-                            .find(|c| &c.slug == slug)
-                            .map_or(1, |c| c.instances.max(1) as usize);
-                        let own_keys = fault != Some(Fault::WrongKey);
-                        pool.list(instances, crate::hosts::DEFAULT_NONCES, own_keys);
+                    let trusted = facts.scenario.config.trust_chutes_vendor;
+                    match pool.choose(evidence.as_ref(), trusted) {
+                        Choice::Instance(_) => {}
+                        // R39: no instance with a key and a nonce.
+                        Choice::NoneListed => return Upshot::Failed(Failure::chutes_unavailable()),
+                        // §7b: fail closed, nothing sent, not retryable, no
+                        // health count (the issue-15 design extends this to an
+                        // instance absent from the evidence, where R39 says 503).
+                        Choice::AllFailed => return Upshot::Failed(Failure::closed()),
                     }
-                }
-                // §7b / R61: one evidence fetch per request, then the first
-                // candidate whose evidence binds its key. Evidence signed by
-                // a vendor the router does not trust binds nothing.
-                let Some((_, evidence)) = seen.take(host, &[RequestKind::Evidence]) else {
-                    return Upshot::Failed(Failure::transport());
-                };
-                if let Some(f) = stage_failure(evidence.as_ref()) {
-                    return Upshot::Failed(f);
-                }
-                let trusted = facts.scenario.config.trust_chutes_vendor;
-                match pool.choose(evidence.as_ref(), trusted) {
-                    Choice::Instance(_) => {}
-                    // R39: no instance with a key and a nonce.
-                    Choice::NoneListed => {
-                        return Upshot::Failed(Failure::http(
-                            503,
-                            "Chutes lists no instance with a key and a nonce",
-                        ))
+                    let Some((_, fault)) = seen.take(host, &chat) else {
+                        return Upshot::Failed(Failure::chutes_unavailable());
+                    };
+                    // The gateway refused the nonce (a stale target, R39):
+                    // by a `400` fault naming it, or because it restarted and
+                    // forgot the listing (unless a fault it acts out before
+                    // looking at the nonce decides the answer).
+                    let answered_first = matches!(
+                        &fault,
+                        Some(Fault::HttpStatus { .. } | Fault::ModelNotFound)
+                    ) || matches!(&fault, Some(Fault::LatencyMs { ms }) if *ms >= DEADLINE_MS)
+                        || matches!(&fault, Some(Fault::SlowFirstTokenMs { ms })
+                            if !spec.stream && *ms >= DEADLINE_MS);
+                    let stale = match &fault {
+                        Some(Fault::HttpStatus {
+                            status: 400,
+                            message,
+                            ..
+                        }) => stale_target(message.as_deref().unwrap_or("")),
+                        _ => pool.is_stale() && !answered_first,
+                    };
+                    // The chute or instance is gone, or the nonce was
+                    // refused: the listing is dropped.
+                    if stale
+                        || matches!(
+                            &fault,
+                            Some(Fault::ModelNotFound | Fault::HttpStatus { status: 404, .. })
+                        )
+                    {
+                        pool.forget();
                     }
-                    // §7b: fail closed, nothing sent, not retryable, no
-                    // health count (the issue-15 design extends this to an
-                    // instance absent from the evidence, where R39 says 503).
-                    Choice::AllFailed => return Upshot::Failed(Failure::closed()),
+                    // A refused nonce: the attempt lists afresh once; a
+                    // second refusal is R39's retryable 503.
+                    if stale {
+                        if relisted {
+                            return Upshot::Failed(Failure::chutes_unavailable());
+                        }
+                        relisted = true;
+                        continue;
+                    }
+                    return chutes_upshot(fault.as_ref(), spec.stream, Shape::of(facts, slug));
                 }
-                let Some((_, fault)) = seen.take(host, &chat) else {
-                    return Upshot::Failed(Failure::transport());
-                };
-                // The chute or instance is gone: the listing is dropped.
-                if matches!(
-                    fault,
-                    Some(Fault::ModelNotFound | Fault::HttpStatus { status: 404, .. })
-                ) {
-                    pool.forget();
-                }
-                let v2 = facts
-                    .scenario
-                    .chutes
-                    .iter()
-                    .any(|c| &c.slug == slug && c.stream_protocol == 2);
-                chutes_upshot(fault.as_ref(), spec.stream, v2)
             }
         }
     }
@@ -817,15 +915,15 @@ pub fn upstream_ended(
     model: &str,
 ) -> bool {
     let upshot = if host == crate::world::CHUTES {
-        let v2 = reg.list(model).iter().any(|p| match &p.kind {
-            Kind::Chutes { slug } => facts
-                .scenario
-                .chutes
-                .iter()
-                .any(|c| &c.slug == slug && c.stream_protocol == 2),
-            _ => false,
-        });
-        chutes_upshot(fault, true, v2)
+        let shape = reg
+            .list(model)
+            .iter()
+            .find_map(|p| match &p.kind {
+                Kind::Chutes { slug } => Some(Shape::of(facts, slug)),
+                _ => None,
+            })
+            .unwrap_or_default();
+        chutes_upshot(fault, true, shape)
     } else {
         near_upshot(fault, true, facts.serves(host, model))
     };
@@ -833,16 +931,24 @@ pub fn upstream_ended(
 }
 
 /// A Chutes discovery stage (`/v1/models`, `/e2e/instances`) that failed.
+/// R39: every failure of it is a Chutes failure.
 fn stage_failure(fault: Option<&Fault>) -> Option<Failure> {
     match fault? {
         Fault::HttpStatus {
             status, message, ..
-        } => Some(Failure::http(*status, message.as_deref().unwrap_or(""))),
-        Fault::ModelNotFound => Some(Failure::model_missing()),
-        Fault::ResetBeforeBody | Fault::ResetAfterChunks { .. } | Fault::CutStreamAfter { .. } => {
-            Some(Failure::transport())
+        } => Some(Failure::chutes_status(
+            *status,
+            message.as_deref().unwrap_or(""),
+            false,
+        )),
+        Fault::ModelNotFound => Some(Failure::chutes_status(404, "", false)),
+        Fault::ResetBeforeBody | Fault::ResetAfterChunks { .. } => {
+            Some(Failure::chutes_unavailable())
         }
-        Fault::LatencyMs { ms } if *ms >= DEADLINE_MS => Some(Failure::timeout()),
+        // Half a JSON body that ends cleanly: a decode error, broken in
+        // transit by R35.6's words.
+        Fault::CutStreamAfter { .. } => Some(Failure::transport()),
+        Fault::LatencyMs { ms } if *ms >= DEADLINE_MS => Some(Failure::chutes_unavailable()),
         _ => None,
     }
 }
@@ -875,16 +981,52 @@ fn near_upshot(fault: Option<&Fault>, stream: bool, serves: bool) -> Upshot {
     }
 }
 
-/// Encrypted frames of a Chutes stream: five content frames, then the inner
-/// `[DONE]` (the gateway's script).
+/// Encrypted frames of a plain Chutes stream: five content frames, then
+/// the inner `[DONE]` (the gateway's script).
 const CHUTES_FRAMES: u32 = 6;
-/// The index of the inner `[DONE]` frame.
-const INNER_DONE: u32 = CHUTES_FRAMES - 1;
+
+/// What the model needs to know of a chute's stream.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// Protocol v2 (R25).
+    v2: bool,
+    /// Encrypted frames, the inner `[DONE]` last.
+    frames: u32,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            v2: false,
+            frames: CHUTES_FRAMES,
+        }
+    }
+}
+
+impl Shape {
+    fn of(facts: &Facts, slug: &str) -> Shape {
+        let Some(c) = facts.scenario.chutes.iter().find(|c| c.slug == slug) else {
+            return Shape::default();
+        };
+        // `reply = ["usage"]` adds a final usage chunk, which the instance
+        // sends because the router always asks for it (R56).
+        let usage = c.reply.contains(&crate::scenario::format::ReplyWord::Usage);
+        Shape {
+            v2: c.stream_protocol == 2,
+            frames: CHUTES_FRAMES + u32::from(usage),
+        }
+    }
+
+    /// The index of the inner `[DONE]` frame.
+    fn inner_done(self) -> u32 {
+        self.frames - 1
+    }
+}
 
 /// A stream whose upstream stopped after `n` frames (`n` > 0): it ended
 /// properly only if the inner `[DONE]` was among them, else it is broken.
-fn ended_after(n: u32) -> Upshot {
-    if n >= CHUTES_FRAMES {
+fn ended_after(n: u32, shape: Shape) -> Upshot {
+    if n >= shape.frames {
         Upshot::Served(StreamEnd::Done)
     } else {
         Upshot::Served(StreamEnd::Broken)
@@ -892,7 +1034,8 @@ fn ended_after(n: u32) -> Upshot {
 }
 
 /// A Chutes invocation, from the fault the gateway acted out.
-fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
+fn chutes_upshot(fault: Option<&Fault>, stream: bool, shape: Shape) -> Upshot {
+    let v2 = shape.v2;
     use Upshot::{Failed, Served};
     let Some(fault) = fault else {
         return Served(StreamEnd::Done);
@@ -905,14 +1048,23 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         StreamEnd::Done
     };
     match fault {
+        // R39: statuses, resets and deadlines as Chutes failures.
         Fault::HttpStatus {
             status, message, ..
-        } => Failed(Failure::http(*status, message.as_deref().unwrap_or(""))),
-        Fault::ModelNotFound => Failed(Failure::model_missing()),
-        Fault::LatencyMs { ms } if *ms >= DEADLINE_MS => Failed(Failure::timeout()),
-        Fault::ResetBeforeBody => Failed(Failure::transport()),
-        Fault::ResetAfterChunks { .. } | Fault::CutStreamAfter { .. } if !stream => {
-            Failed(Failure::transport())
+        } => Failed(Failure::chutes_status(
+            *status,
+            message.as_deref().unwrap_or(""),
+            true,
+        )),
+        Fault::ModelNotFound => Failed(Failure::chutes_status(404, "", true)),
+        Fault::LatencyMs { ms } if *ms >= DEADLINE_MS => Failed(Failure::chutes_unavailable()),
+        Fault::ResetBeforeBody => Failed(Failure::chutes_unavailable()),
+        Fault::ResetAfterChunks { .. } if !stream => Failed(Failure::chutes_unavailable()),
+        // Half a sealed body that ends cleanly does not open: fail closed.
+        Fault::CutStreamAfter { .. } if !stream => Failed(Failure::closed()),
+        // A JSON answer has no first token: the whole answer is late.
+        Fault::SlowFirstTokenMs { ms } if !stream && *ms >= DEADLINE_MS => {
+            Failed(Failure::chutes_unavailable())
         }
         // The authenticated gzip inflates past the cap: fail closed.
         Fault::GzipBomb if !stream => Failed(Failure::closed()),
@@ -934,7 +1086,7 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
         )),
         // After `n` frames: content was forwarded unless the inner [DONE]
         // was among them; counted like any upstream failure.
-        Fault::E2eErrorAfter { frames: n } => ended_after(*n),
+        Fault::E2eErrorAfter { frames: n } => ended_after(*n, shape),
         // Nothing authenticates before the first frame: fatal, fail closed.
         Fault::FrameBeforeInit | Fault::StreamWrongKey => Failed(Failure::closed()),
         Fault::CorruptFrame { index: 0 } | Fault::BadBase64Frame { index: 0 } => {
@@ -946,24 +1098,30 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, v2: bool) -> Upshot {
             Failed(Failure::closed())
         }
         // R23: only the inner [DONE] ends a stream. Cut, reset or a forged
-        // outer [DONE] before frame 0: a truncated open, retryable; after
-        // `n` frames, a broken stream unless the inner [DONE] was sent.
-        Fault::ResetAfterChunks { after_chunks: 0 }
-        | Fault::CutStreamAfter { after_chunks: 0 }
-        | Fault::ForgedOuterDone { after_frames: 0 } => Failed(Failure::transport()),
+        // outer [DONE] before frame 0: a failed open, retryable (a reset is
+        // R39's transport failure, a clean end a truncation); after `n`
+        // frames, a broken stream unless the inner [DONE] was sent.
+        Fault::ResetAfterChunks { after_chunks: 0 } => Failed(Failure::chutes_unavailable()),
+        Fault::CutStreamAfter { after_chunks: 0 } | Fault::ForgedOuterDone { after_frames: 0 } => {
+            Failed(Failure::transport())
+        }
         Fault::ResetAfterChunks { after_chunks: n }
         | Fault::CutStreamAfter { after_chunks: n }
-        | Fault::ForgedOuterDone { after_frames: n } => ended_after(*n),
-        // The first frame never comes within the idle limit: a timeout of
-        // the open.
-        Fault::SlowFirstTokenMs { ms } if *ms >= DEADLINE_MS => Failed(Failure::timeout()),
-        Fault::DropFrame { index } if *index == INNER_DONE => Served(StreamEnd::Broken),
-        Fault::DropFrame { index } | Fault::ReplayFrame { index } if *index < INNER_DONE => {
+        | Fault::ForgedOuterDone { after_frames: n } => ended_after(*n, shape),
+        // The first frame never comes within the idle limit: R39's
+        // transport failure of the open.
+        Fault::SlowFirstTokenMs { ms } if *ms >= DEADLINE_MS => {
+            Failed(Failure::chutes_unavailable())
+        }
+        Fault::DropFrame { index } if *index == shape.inner_done() => Served(StreamEnd::Broken),
+        Fault::DropFrame { index } | Fault::ReplayFrame { index }
+            if *index < shape.inner_done() =>
+        {
             Served(tampered)
         }
-        Fault::ReorderFrame { index } if *index < INNER_DONE => Served(tampered),
+        Fault::ReorderFrame { index } if *index < shape.inner_done() => Served(tampered),
         Fault::CorruptFrame { index } | Fault::BadBase64Frame { index }
-            if *index < CHUTES_FRAMES =>
+            if *index < shape.frames =>
         {
             Served(StreamEnd::Rejected)
         }

@@ -277,6 +277,32 @@ pub struct ChuteSpec {
     /// Encrypted stream protocol: 1 (Chutes' v1, the default) or 2 (hardened).
     #[serde(default = "one")]
     pub stream_protocol: u32,
+    /// What the instances put in their answers beyond the plain reply, for
+    /// the router's normalisation to act on (SPEC-parity R57–R59):
+    /// `think`, `extra_fields`, `usage`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reply: Vec<ReplyWord>,
+}
+
+/// One trait of a chute's answers (`[[chutes]] reply`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyWord {
+    /// The content opens with a reasoning block:
+    /// `"\n<think>chutes plans</think>\n\nchutes says: …"` (JSON), and
+    /// streamed as `<thi` + `nk>chutes plans</thi` + `nk>\n\nchutes says: …`,
+    /// both tags split across chunks (R58).
+    Think,
+    /// Fields no client should see: `prompt_sha256`, `metadata`,
+    /// `choices[].matched_stop`, `prompt_token_ids`, `delta.token_ids`, and
+    /// the allowed `chutes_verification` (R57).
+    ExtraFields,
+    /// Streamed: every content chunk carries `usage`, and a request asking
+    /// `stream_options.include_usage` gets a final `"choices": []` chunk
+    /// with the usage before the inner `[DONE]` (one frame more; R59).
+    Usage,
 }
 
 fn one() -> u32 {
@@ -638,9 +664,11 @@ pub struct Expect {
 #[serde(deny_unknown_fields)]
 pub struct RoundRobinExpect {
     pub model: String,
-    /// Turns its counter has taken: one per request without
-    /// `x-model-pub-key` whose leading group had more than one provider.
-    pub turns: Option<usize>,
+    /// The value its round-robin counter holds (SPEC-parity R65): the turn
+    /// the next request without `x-model-pub-key` whose leading group has
+    /// more than one provider takes; each such request stores
+    /// (value + 1) mod the group's size.
+    pub counter: Option<usize>,
     /// The provider the next such request leads on (a provider id or its
     /// family, as in `served_by`).
     pub next: Option<String>,

@@ -75,27 +75,29 @@ impl Gateway {
         boot.nonces.prune(tokio::time::Instant::now());
         let live = boot.nonces.len();
         self.record_nonces(live);
+        // A refused nonce is a 400 whose text names the nonce and why, as
+        // Chutes answers it: the router reads it as a stale target (R39).
         match boot.nonces.get_mut(&record.nonce) {
             // Never issued, or expired (and so forgotten).
             None => {
                 return Err((
-                    StatusCode::FORBIDDEN,
+                    StatusCode::BAD_REQUEST,
                     "invalid_nonce",
-                    "unknown or expired nonce".into(),
+                    "nonce expired or never issued".into(),
                 ))
             }
             Some(n) if n.used => {
                 return Err((
-                    StatusCode::FORBIDDEN,
+                    StatusCode::BAD_REQUEST,
                     "nonce_reused",
                     "nonce already used".into(),
                 ))
             }
             Some(n) if n.chute_id != record.chute_id || n.instance_id != record.instance_id => {
                 return Err((
-                    StatusCode::FORBIDDEN,
+                    StatusCode::BAD_REQUEST,
                     "invalid_nonce",
-                    "nonce issued for another instance".into(),
+                    "invalid nonce: issued for another instance".into(),
                 ))
             }
             Some(n) => n.used = true,
@@ -125,6 +127,7 @@ impl Gateway {
         let created = CREATED_BASE + n;
         let prompt = last_user_message(&request);
         let content = format!("chutes says: {}", echo_of(&prompt));
+        let reply = chute.reply;
         let usage = json!({
             "prompt_tokens": words(&prompt),
             "completion_tokens": words(&content),
@@ -133,18 +136,26 @@ impl Gateway {
         let rng = &mut boot.rng;
 
         if !record.stream {
-            let body = json!({
+            let text = if reply.think {
+                format!("\n<think>{THOUGHT}</think>\n\n{content}")
+            } else {
+                content.clone()
+            };
+            let mut body = json!({
                 "id": id,
                 "object": "chat.completion",
                 "created": created,
                 "model": chute.slug,
                 "choices": [{
                     "index": 0,
-                    "message": { "role": "assistant", "content": content },
+                    "message": { "role": "assistant", "content": text },
                     "finish_reason": "stop",
                 }],
                 "usage": usage,
             });
+            if reply.extra_fields {
+                add_extra_fields(&mut body, "message");
+            }
             let sealed = match fault {
                 Some(Fault::GzipBomb) => seal_response_raw(rng, &response_pk, gzip_bomb()),
                 _ => seal_response(rng, &response_pk, body.to_string().as_bytes()),
@@ -184,29 +195,54 @@ impl Gateway {
             return Ok(("text/event-stream", events.map(tamper::data).into()));
         }
 
-        // Role, three content pieces, the finish: five raw SSE lines.
-        let line = |delta: Value, finish: Value| {
-            let c = json!({
+        // Role, three content pieces, the finish: five raw SSE lines (and
+        // a final usage chunk under `reply = ["usage"]`, when asked).
+        let chunk = |delta: Value, finish: Value| {
+            json!({
                 "id": id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": chute.slug,
                 "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
-            });
-            format!("data: {c}")
+            })
         };
-        let mut lines = vec![line(
+        let mut chunks = vec![chunk(
             json!({ "role": "assistant", "content": "" }),
             Value::Null,
         )];
-        for piece in [
-            "chutes".to_string(),
-            " says:".into(),
-            format!(" {}", echo_of(&prompt)),
-        ] {
-            lines.push(line(json!({ "content": piece }), Value::Null));
+        let pieces = if reply.think {
+            // Both tags split across chunks (R58).
+            [
+                "<thi".to_string(),
+                format!("nk>{THOUGHT}</thi"),
+                format!("nk>\n\n{content}"),
+            ]
+        } else {
+            [
+                "chutes".to_string(),
+                " says:".into(),
+                format!(" {}", echo_of(&prompt)),
+            ]
+        };
+        for piece in pieces {
+            let mut c = chunk(json!({ "content": piece }), Value::Null);
+            if reply.usage {
+                c["usage"] = usage.clone();
+            }
+            if reply.extra_fields {
+                add_extra_fields(&mut c, "delta");
+            }
+            chunks.push(c);
         }
-        lines.push(line(json!({}), json!("stop")));
+        chunks.push(chunk(json!({}), json!("stop")));
+        let asks_usage = request["stream_options"]["include_usage"] == json!(true);
+        if reply.usage && asks_usage {
+            let mut last = chunk(Value::Null, Value::Null);
+            last["choices"] = json!([]);
+            last["usage"] = usage.clone();
+            chunks.push(last);
+        }
+        let lines: Vec<String> = chunks.iter().map(|c| format!("data: {c}")).collect();
 
         // stream_wrong_key: the stream is keyed to a key the client does
         // not hold (its first frame cannot authenticate).
@@ -238,6 +274,22 @@ impl Gateway {
 
         Ok(("text/event-stream", tamper::stream(fault, events)))
     }
+}
+
+/// The reasoning a `reply = ["think"]` chute's answer opens with.
+const THOUGHT: &str = "chutes plans";
+
+/// `reply = ["extra_fields"]`: fields outside R57's allowlist at the top,
+/// in the choice and in its `message`/`delta` (`inner`), and the allowed
+/// `chutes_verification`.
+fn add_extra_fields(body: &mut Value, inner: &str) {
+    body["prompt_sha256"] = json!("0f".repeat(32));
+    body["metadata"] = json!({ "instance": "simulated" });
+    body["prompt_token_ids"] = json!([1, 2, 3]);
+    body["chutes_verification"] = json!({ "simulated": true });
+    let choice = &mut body["choices"][0];
+    choice["matched_stop"] = json!(7);
+    choice[inner]["token_ids"] = json!([4]);
 }
 
 /// An authenticated gzip stream that inflates to 64 MiB + 1 KiB of zeros

@@ -62,12 +62,29 @@ pub const DEFAULT_NONCES: usize = 4;
 /// `nonce_expires_in` of a listing.
 const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(60);
 
+/// What a chute's instances put in their answers beyond the plain reply
+/// (the scenario's `[[chutes]] reply` words), for the router's
+/// normalisation to act on (SPEC-parity R57–R59).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// A leading `<think>` block in the content, its tags split across
+    /// chunks when streamed (R58).
+    pub think: bool,
+    /// Fields outside R57's allowlist (and the allowed
+    /// `chutes_verification`).
+    pub extra_fields: bool,
+    /// Streamed: `usage` on every content chunk, and a final choice-less
+    /// usage chunk when the request asks `include_usage` (R59).
+    pub usage: bool,
+}
+
 /// Builder of the Chutes host:
 /// `ChutesGateway::new("chutes").chute(slug, 2, StreamVersion::V1).vendor_seed(s).world_seed(7).faults(&board).install(&mut sim)`.
 #[derive(Debug, Clone)]
 pub struct ChutesGateway {
     host: String,
     chutes: Vec<(String, u32, StreamVersion)>,
+    replies: BTreeMap<String, Reply>,
     vendor_seed: Option<[u8; 32]>,
     world_seed: u64,
     faults: FaultBoard,
@@ -81,6 +98,7 @@ impl ChutesGateway {
         ChutesGateway {
             host: host.into(),
             chutes: Vec::new(),
+            replies: BTreeMap::new(),
             vendor_seed: None,
             world_seed: 0,
             faults: FaultBoard::new(),
@@ -100,6 +118,12 @@ impl ChutesGateway {
         version: StreamVersion,
     ) -> Self {
         self.chutes.push((slug.into(), instances.max(1), version));
+        self
+    }
+
+    /// What the instances of chute `slug` add to their answers.
+    pub fn reply(mut self, slug: impl Into<String>, reply: Reply) -> Self {
+        self.replies.insert(slug.into(), reply);
         self
     }
 
@@ -240,6 +264,7 @@ impl ChutesGateway {
             let chute = Chute {
                 slug: slug.clone(),
                 version: *version,
+                reply: self.replies.get(slug).copied().unwrap_or_default(),
                 instances,
             };
             chutes.insert(chute_id, chute);
@@ -289,6 +314,7 @@ pub(super) struct World {
 pub(super) struct Chute {
     pub(super) slug: String,
     pub(super) version: StreamVersion,
+    pub(super) reply: Reply,
     pub(super) instances: Vec<Instance>,
 }
 
