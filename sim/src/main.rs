@@ -740,7 +740,16 @@ fn sweep_run(a: SweepArgs) -> ExitCode {
         outputs.reproducers = None;
         return print_verdict(&sweep::conclude(&sweep, &plan, outcomes, &outputs), false);
     }
+    announce_shrinking(&outcomes, &outputs);
     print_verdict(&sweep::conclude(&sweep, &plan, outcomes, &outputs), true)
+}
+
+/// Shrinking can take a while: say so before it starts.
+fn announce_shrinking(outcomes: &[sweep::SeedOutcome], outputs: &Outputs) {
+    let checks = sweep::by_check(outcomes).len();
+    if checks > 0 && outputs.reproducers.is_some() {
+        println!("shrinking the lowest failing seed of {checks} check(s)…");
+    }
 }
 
 fn merge_cmd(files: &[PathBuf], outputs: &OutputArgs) -> ExitCode {
@@ -761,10 +770,9 @@ fn merge_cmd(files: &[PathBuf], outputs: &OutputArgs) -> ExitCode {
         outcomes.len(),
         sweep.file.display()
     );
-    print_verdict(
-        &sweep::conclude(&sweep, &plan, outcomes, &outputs.outputs()),
-        true,
-    )
+    let outputs = outputs.outputs();
+    announce_shrinking(&outcomes, &outputs);
+    print_verdict(&sweep::conclude(&sweep, &plan, outcomes, &outputs), true)
 }
 
 fn replay(file: PathBuf, seed: u64, write: Option<PathBuf>, menu: MenuArgs) -> ExitCode {

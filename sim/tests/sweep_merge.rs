@@ -10,7 +10,7 @@ use std::time::Duration;
 use tiersim::hosts::Chunking;
 use tiersim::record::Violation;
 use tiersim::scenario::format::FaultKind;
-use tiersim::sweep::{self, outcomes, MenuFlags, Outputs, SeedOutcome, Shard, Sweep};
+use tiersim::sweep::{self, outcomes, Divergence, MenuFlags, Outputs, SeedOutcome, Shard, Sweep};
 use tiersim_engine::config::Profile;
 use tiersim_engine::registry::PlantedBug;
 
@@ -152,7 +152,12 @@ fn outcome(seed: u64, fail: bool) -> SeedOutcome {
         },
         sim_time: Duration::from_nanos(1_234_567_891 + seed),
         hash: [seed as u8; 32],
-        divergence: None,
+        divergence: seed.is_multiple_of(5).then(|| Divergence {
+            step: 3,
+            line: 41,
+            first: "- near-1 503".into(),
+            second: "<end>".into(),
+        }),
     }
 }
 

@@ -10,6 +10,8 @@
 //! run_seeds ─ N threads, one turmoil sim per seed, sorted by seed
 //! shrink::shrink ─ on a violation: greedy removal while the same check fails
 //!             ─▶ scenario::write::to_toml ─▶ a standalone reproducer file
+//! Sweep::run, conclude ─ the whole sweep as library calls (campaign.rs);
+//! outcomes ─ a shard's per-seed outcomes as JSON lines, and their merge
 //! ```
 //!
 //! A schedule is ordinary scenario steps, so a (shrunk) schedule is written

@@ -71,8 +71,7 @@ impl Shrunk {
         let path = dir.join(format!("{stem}-seed{}-{oracle}.toml", self.seed));
         let text = crate::scenario::write::to_toml(&self.scenario(plan))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(&path, text)?;
+        super::campaign::write_file(&path, &text)?;
         Ok(path)
     }
 }
