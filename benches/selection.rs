@@ -32,6 +32,23 @@ struct Case {
     /// Providers beyond the model's own that also hold `KEY`.
     key_sharers: usize,
     pubkey: bool,
+    /// The model's providers' R46 TTFT state (R47 orders by it). Declared
+    /// context windows (R44) are the other per-provider input of the sort
+    /// key; a case field for them goes next to this one.
+    latency: Latency,
+}
+
+/// TTFT state given to the model's NEAR providers before timing (Chutes
+/// stays unwarmed, as it is in the simulation).
+#[derive(Clone, Copy, PartialEq)]
+enum Latency {
+    /// No samples: the order's fast path (no key computed).
+    None,
+    /// Every NEAR warmed at 40–60 ms: a latency floor exists, so the whole
+    /// key is computed and compared, but nobody is demoted.
+    Warm,
+    /// As `Warm`, but near-0 at 3 s: latency-demoted behind Chutes.
+    SlowFirst,
 }
 
 const CASES: &[Case] = &[
@@ -41,6 +58,7 @@ const CASES: &[Case] = &[
         other_models: 1_000,
         key_sharers: 0,
         pubkey: false,
+        latency: Latency::None,
     },
     Case {
         id: "4p",
@@ -48,6 +66,7 @@ const CASES: &[Case] = &[
         other_models: 1_000,
         key_sharers: 0,
         pubkey: false,
+        latency: Latency::None,
     },
     Case {
         id: "4p_pubkey",
@@ -55,6 +74,7 @@ const CASES: &[Case] = &[
         other_models: 1_000,
         key_sharers: 0,
         pubkey: true,
+        latency: Latency::None,
     },
     Case {
         id: "4p_pubkey_shared2000",
@@ -62,6 +82,7 @@ const CASES: &[Case] = &[
         other_models: 1_000,
         key_sharers: 2_000 - 3,
         pubkey: true,
+        latency: Latency::None,
     },
     Case {
         id: "2p_models_100000",
@@ -69,6 +90,7 @@ const CASES: &[Case] = &[
         other_models: 100_000,
         key_sharers: 0,
         pubkey: false,
+        latency: Latency::None,
     },
     Case {
         id: "16p",
@@ -76,6 +98,23 @@ const CASES: &[Case] = &[
         other_models: 1_000,
         key_sharers: 0,
         pubkey: false,
+        latency: Latency::None,
+    },
+    Case {
+        id: "4p_latency",
+        near: 3,
+        other_models: 1_000,
+        key_sharers: 0,
+        pubkey: false,
+        latency: Latency::Warm,
+    },
+    Case {
+        id: "4p_latency_demoted",
+        near: 3,
+        other_models: 1_000,
+        key_sharers: 0,
+        pubkey: false,
+        latency: Latency::SlowFirst,
     },
     Case {
         id: "64p",
@@ -83,6 +122,7 @@ const CASES: &[Case] = &[
         other_models: 1_000,
         key_sharers: 0,
         pubkey: false,
+        latency: Latency::None,
     },
 ];
 
@@ -129,6 +169,17 @@ fn world(c: &Case) -> (Registry, baseline::Pool) {
     reg.reserve([MODEL]);
     reg.register_secondary(MODEL, chutes);
     reg.refresh(SourceRead::Ok(set), SourceRead::Ok(External::default()));
+    if c.latency != Latency::None {
+        for i in 0..c.near {
+            let ms = match (c.latency, i) {
+                (Latency::SlowFirst, 0) => 3_000,
+                _ => 40 + 10 * (i as u64 % 3),
+            };
+            for _ in 0..8 {
+                assert!(reg.record_ttft(&format!("near-{i}"), Duration::from_millis(ms)));
+            }
+        }
+    }
     (reg, pool)
 }
 

@@ -4,6 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tiersim_engine::registry::{Discovered, External, SourceRead};
 use tiersim_engine::testing::{rows, FakeProvider};
@@ -100,6 +101,48 @@ fn r17_select_allocates_nothing_for_up_to_four_providers() {
             });
             assert!(len >= 1);
             assert_eq!(count, 0, "n={n} op={op:?} key={key:?} e2ee={e2ee}");
+        }
+    }
+}
+
+/// R47's keyed path (a latency floor, a latency-demoted leader, the sort by
+/// the whole key and the leading group by key) and R48's prefix placement
+/// allocate nothing either.
+#[test]
+fn r47_r48_latency_state_and_placement_allocate_nothing() {
+    for n in 2..=4 {
+        let reg = registry(n);
+        for i in 0..n - 1 {
+            // near-0 slow, the rest fast: near-0 is latency-demoted when a
+            // fast peer is warmed too.
+            let ms = if i == 0 { 3000 } else { 40 + i as u64 };
+            for _ in 0..8 {
+                assert!(reg.record_ttft(&format!("near-{i}"), Duration::from_millis(ms)));
+            }
+        }
+        for (op, prefix) in [
+            (Operation::ChatCompletion, None),
+            (Operation::ChatCompletionStream, Some(0x9e37_79b9_7f4a_7c15)),
+        ] {
+            let shape = Shape {
+                estimate: None,
+                prefix,
+            };
+            drop(reg.select_shaped(M, op, None, false, shape).unwrap());
+            let mut first = String::new();
+            let count = allocations(|| {
+                for _ in 0..100 {
+                    let s =
+                        std::hint::black_box(reg.select_shaped(M, op, None, false, shape)).unwrap();
+                    assert!(!s.is_empty());
+                }
+            });
+            assert_eq!(count, 0, "n={n} op={op:?}");
+            let s = reg.select_shaped(M, op, None, false, shape).unwrap();
+            first.push_str(s.ids().next().unwrap().as_str());
+            if n > 2 {
+                assert_ne!(first, "near-0", "the slow NEAR never leads (n={n})");
+            }
         }
     }
 }

@@ -277,6 +277,21 @@ impl Registry {
         RegistryView::of(&self.load())
     }
 
+    /// Gives `provider` one R46 TTFT sample, as a served stream would: for
+    /// tests and the selection benchmark (feature `testing`), which set up
+    /// latency state without streaming. Returns false when no model has it.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn record_ttft(&self, provider: &str, ttft: std::time::Duration) -> bool {
+        let t = self.load();
+        match t.health.get(&crate::provider::ProviderId::new(provider)) {
+            Some(h) => {
+                h.record_ttft(ttft);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Switches a review bug of the seed PR back on, for this registry only.
     #[cfg(feature = "planted-bugs")]
     pub fn plant(&self, bug: PlantedBug) {

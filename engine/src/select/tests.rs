@@ -840,3 +840,29 @@ fn r44_demotion_sorts_after_overflow_and_before_tier() {
     demote(&reg, "big", 10);
     assert_eq!(sized(&reg, Some(500)), ["big", "small"]);
 }
+
+/// The routing trace says why each provider sorted where it did: its
+/// failures, TTFT state and latency demotion, and the floor it was judged by.
+#[test]
+fn r47_the_trace_shows_each_providers_latency_state() {
+    let (reg, _keep) = three_near_and_chutes();
+    samples(&reg, "n1", 2000, 8);
+    samples(&reg, "n2", 100, 3);
+    samples(&reg, "n2", 100, 5);
+    let mut trace = SelectTrace::default();
+    select_observed(reg.load(), M, req(PLAIN, None), &mut trace).unwrap();
+    assert_eq!(trace.floor.min_ms(), Some(100.0));
+    let shown: Vec<String> = trace.kept.iter().map(describe).collect();
+    assert_eq!(
+        shown,
+        [
+            "n2 [near, 0 failures, TTFT 100.0 ms over 8 samples]",
+            "c1 [attested3p, 0 failures, no TTFT sample]",
+            "n1 [near, 0 failures, TTFT 2000.0 ms over 8 samples, latency-demoted]",
+        ]
+    );
+    samples(&reg, "c1", 50, 2);
+    let mut trace = SelectTrace::default();
+    select_observed(reg.load(), M, req(PLAIN, None), &mut trace).unwrap();
+    assert!(describe(&trace.kept[1]).contains("TTFT 50.0 ms over 2 samples (warming)"));
+}

@@ -154,10 +154,17 @@ impl Model {
             self.desynced = true;
         }
         if self.desynced {
+            // World-side facts only, the stream's upstream end included (it
+            // reads the hosts' records, not a prediction).
+            let upstream_ended = step
+                .request
+                .as_ref()
+                .and_then(|spec| self.upstream_ended(&events[before..], &spec.model));
             self.absorb(events, events.len());
             let world = oracle::WorldSide {
                 hosts: crate::world::host_names(&self.facts.scenario),
                 reserved: self.reg.configured(),
+                upstream_ended,
                 ..Default::default()
             };
             return oracle::check_world(&world, rec);
@@ -212,20 +219,7 @@ impl Model {
                 }
             } else if !self.down {
                 world.eligible = self.reg.eligible(&self.facts, spec);
-                world.upstream_ended = window.iter().rev().find_map(|e| match e {
-                    HostEvent::Request {
-                        host,
-                        kind: RequestKind::ChatStream,
-                        fault,
-                    } => Some(request::upstream_ended(
-                        &self.facts,
-                        &self.reg,
-                        host,
-                        fault.as_ref(),
-                        &spec.model,
-                    )),
-                    _ => None,
-                });
+                world.upstream_ended = self.upstream_ended(window, &spec.model);
                 let servable = self.reg.servable(&self.facts, spec);
                 let pred = self.reg.request(&self.facts, spec, window);
                 if pred.undecided {
@@ -278,6 +272,25 @@ impl Model {
         let mut judged = oracle::check_world(&world, rec);
         judged.extend(out);
         judged
+    }
+
+    /// Whether the last upstream stream of `window` really ended (SPEC
+    /// R23/R25), from the host's record; `None` when no host streamed.
+    fn upstream_ended(&self, window: &[HostEvent], model: &str) -> Option<bool> {
+        window.iter().rev().find_map(|e| match e {
+            HostEvent::Request {
+                host,
+                kind: RequestKind::ChatStream,
+                fault,
+            } => Some(request::upstream_ended(
+                &self.facts,
+                &self.reg,
+                host,
+                fault.as_ref(),
+                model,
+            )),
+            _ => None,
+        })
     }
 
     /// Applies every router boot and complete refresh in
