@@ -20,7 +20,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tiersim_engine::registry::{Discovered, External, SourceRead};
 use tiersim_engine::testing::FakeProvider;
-use tiersim_engine::{Operation, Provider, Registry};
+use tiersim_engine::{Operation, Provider, Registry, Shape};
 
 const MODEL: &str = "zai-org/GLM-5.1-FP8";
 const KEY: &str = "4f1c2a9e7b3d5f60a8e2c4b6d8f0a1c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d3f5";
@@ -32,10 +32,47 @@ struct Case {
     /// Providers beyond the model's own that also hold `KEY`.
     key_sharers: usize,
     pubkey: bool,
-    /// The model's providers' R46 TTFT state (R47 orders by it). Declared
-    /// context windows (R44) are the other per-provider input of the sort
-    /// key; a case field for them goes next to this one.
+    /// The model's providers' R46 TTFT state (R47 orders by it).
     latency: Latency,
+    /// Declared context windows and the request's estimate (R42/R44), the
+    /// other per-provider input of the sort key.
+    capacity: Capacity,
+}
+
+/// Context windows given to the model's providers, and the estimate each
+/// timed request carries (`Registry::select_shaped`).
+#[derive(Clone, Copy, PartialEq)]
+enum Capacity {
+    /// No window declared, no estimate: `Registry::select`.
+    None,
+    /// near-0 and near-1 declare 262 144, the rest and Chutes 1 048 576;
+    /// a 10 000-token request fits the smaller tier, which leads alone
+    /// (two capacity tiers never share traffic).
+    Fits,
+    /// The same windows and a 300 000-token request: the smaller tier
+    /// overflows and sorts last, so the whole key is computed and compared.
+    Overflows,
+}
+
+impl Capacity {
+    const SMALL: u32 = 262_144;
+    const LARGE: u32 = 1_048_576;
+
+    fn window(self, near: usize) -> Option<u32> {
+        match self {
+            Capacity::None => None,
+            _ if near < 2 => Some(Self::SMALL),
+            _ => Some(Self::LARGE),
+        }
+    }
+
+    fn estimate(self) -> Option<u32> {
+        match self {
+            Capacity::None => None,
+            Capacity::Fits => Some(10_000),
+            Capacity::Overflows => Some(300_000),
+        }
+    }
 }
 
 /// TTFT state given to the model's NEAR providers before timing (Chutes
@@ -59,6 +96,7 @@ const CASES: &[Case] = &[
         key_sharers: 0,
         pubkey: false,
         latency: Latency::None,
+        capacity: Capacity::None,
     },
     Case {
         id: "4p",
@@ -67,6 +105,7 @@ const CASES: &[Case] = &[
         key_sharers: 0,
         pubkey: false,
         latency: Latency::None,
+        capacity: Capacity::None,
     },
     Case {
         id: "4p_pubkey",
@@ -75,6 +114,7 @@ const CASES: &[Case] = &[
         key_sharers: 0,
         pubkey: true,
         latency: Latency::None,
+        capacity: Capacity::None,
     },
     Case {
         id: "4p_pubkey_shared2000",
@@ -83,6 +123,7 @@ const CASES: &[Case] = &[
         key_sharers: 2_000 - 3,
         pubkey: true,
         latency: Latency::None,
+        capacity: Capacity::None,
     },
     Case {
         id: "2p_models_100000",
@@ -91,6 +132,7 @@ const CASES: &[Case] = &[
         key_sharers: 0,
         pubkey: false,
         latency: Latency::None,
+        capacity: Capacity::None,
     },
     Case {
         id: "16p",
@@ -99,6 +141,7 @@ const CASES: &[Case] = &[
         key_sharers: 0,
         pubkey: false,
         latency: Latency::None,
+        capacity: Capacity::None,
     },
     Case {
         id: "4p_latency",
@@ -107,6 +150,7 @@ const CASES: &[Case] = &[
         key_sharers: 0,
         pubkey: false,
         latency: Latency::Warm,
+        capacity: Capacity::None,
     },
     Case {
         id: "4p_latency_demoted",
@@ -115,6 +159,34 @@ const CASES: &[Case] = &[
         key_sharers: 0,
         pubkey: false,
         latency: Latency::SlowFirst,
+        capacity: Capacity::None,
+    },
+    Case {
+        id: "4p_capacity",
+        near: 3,
+        other_models: 1_000,
+        key_sharers: 0,
+        pubkey: false,
+        latency: Latency::None,
+        capacity: Capacity::Fits,
+    },
+    Case {
+        id: "4p_capacity_latency",
+        near: 3,
+        other_models: 1_000,
+        key_sharers: 0,
+        pubkey: false,
+        latency: Latency::Warm,
+        capacity: Capacity::Fits,
+    },
+    Case {
+        id: "4p_capacity_overflow_latency",
+        near: 3,
+        other_models: 1_000,
+        key_sharers: 0,
+        pubkey: false,
+        latency: Latency::Warm,
+        capacity: Capacity::Overflows,
     },
     Case {
         id: "64p",
@@ -123,6 +195,7 @@ const CASES: &[Case] = &[
         key_sharers: 0,
         pubkey: false,
         latency: Latency::None,
+        capacity: Capacity::None,
     },
 ];
 
@@ -140,9 +213,19 @@ const CONTENDED: &[&str] = &["4p"];
 /// which `key_sharers` also hold `KEY` (spread over the other models).
 fn world(c: &Case) -> (Registry, baseline::Pool) {
     let p = |f: FakeProvider| -> Arc<dyn Provider> { Arc::new(f) };
-    let chutes = p(FakeProvider::chutes("chutes:zai-org/GLM-5.1-TEE"));
+    let windowed = |f: FakeProvider, w: Option<u32>| match w {
+        Some(w) => f.with_context_window(w),
+        None => f,
+    };
+    let chutes = p(windowed(
+        FakeProvider::chutes("chutes:zai-org/GLM-5.1-TEE"),
+        c.capacity.window(usize::MAX),
+    ));
     let mut model: Vec<_> = (0..c.near)
-        .map(|i| p(FakeProvider::near(&format!("near-{i}")).with_keys([KEY])))
+        .map(|i| {
+            let near = FakeProvider::near(&format!("near-{i}")).with_keys([KEY]);
+            p(windowed(near, c.capacity.window(i)))
+        })
         .collect();
     let mut set = Discovered::default();
     let mut pool = baseline::Pool::default();
@@ -226,8 +309,12 @@ fn bench(c: &mut Criterion) {
         } else {
             case.near + 1
         };
+        let shape = Shape {
+            estimate: case.capacity.estimate(),
+            prefix: None,
+        };
         let got = reg
-            .select(MODEL, Operation::ChatCompletion, key, false)
+            .select_shaped(MODEL, Operation::ChatCompletion, key, false, shape)
             .unwrap();
         assert_eq!(got.len(), want, "{}", case.id);
         drop(got);
@@ -244,11 +331,14 @@ fn bench(c: &mut Criterion) {
         let engine = |iters: u64, owned: bool| {
             let start = thread_cpu_time();
             for _ in 0..iters {
-                let s = reg.select(
+                // `select` is `select_shaped` with no estimate: the same
+                // path, so every case times the one the router takes.
+                let s = reg.select_shaped(
                     black_box(MODEL),
                     black_box(Operation::ChatCompletion),
                     black_box(key),
                     black_box(false),
+                    black_box(shape),
                 );
                 if owned {
                     let _ = black_box(s.map(|s| s.to_owned_candidates()));
@@ -260,7 +350,13 @@ fn bench(c: &mut Criterion) {
         };
         let engine_rival = |stop: &AtomicBool| {
             while !stop.load(Ordering::Relaxed) {
-                let _ = black_box(reg.select(MODEL, Operation::ChatCompletion, key, false));
+                let _ = black_box(reg.select_shaped(
+                    MODEL,
+                    Operation::ChatCompletion,
+                    key,
+                    false,
+                    shape,
+                ));
             }
         };
         // The baseline's lock is async: one current-thread `block_on` around
