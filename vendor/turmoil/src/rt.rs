@@ -201,16 +201,41 @@ impl<'a> Rt<'a> {
     }
 
     /// tiersim patch (see `vendor/README.md`): `ticks` idle ticks of
-    /// `span / ticks` each, as one: the clock moves over `span` in one
-    /// `block_on`, and the runtime's and the local set's tick counters and
-    /// the runtime's seed generator advance as `ticks` calls of
-    /// [`Rt::tick`] would have advanced them. Only for a host that
-    /// [`Rt::idle_for`] says has nothing to do over `span`.
-    pub(crate) fn tick_idle(&mut self, span: Duration, ticks: u64) -> Result<bool> {
+    /// `tick` each, as one: the clock moves over them in one [`Rt::tick`]
+    /// (nothing runs in it), then what stepping would have moved besides
+    /// the clock is set to where `ticks` separate ticks leave it: the local
+    /// set's tick (one per tick: `run_until` polls the empty set once), the
+    /// seed generator (one seed per `block_on`), and the scheduler's tick
+    /// (which also counts the wheel cascades each tick's sleep passes
+    /// through, so tokio computes it). Only for a host that
+    /// [`Rt::idle_for`] says has nothing to do over the span.
+    pub(crate) fn tick_idle(&mut self, tick: Duration, ticks: u64) -> Result<bool> {
+        let span = tick * ticks as u32;
+        let stepped_scheduler_ticks = self
+            .tokio
+            .sim_idle_scheduler_ticks(self.now(), tick, ticks)
+            .expect("a turmoil host runs a paused current-thread runtime");
+        let (scheduler_before, _) = self.tokio.sim_counters();
+        let local_before = self.local.sim_tick();
         let finished = self.tick(span)?;
-        self.tokio.sim_account_idle_block_ons(ticks - 1);
-        self.local.sim_account_idle_ticks(ticks - 1);
+        let (scheduler_after, _) = self.tokio.sim_counters();
+        let scheduler_moved = scheduler_after.wrapping_sub(scheduler_before);
+        self.tokio.sim_account_idle_block_ons(
+            ticks - 1,
+            (stepped_scheduler_ticks as u32).wrapping_sub(scheduler_moved),
+        );
+        let local_moved = self.local.sim_tick().wrapping_sub(local_before);
+        self.local
+            .sim_account_idle_ticks((ticks as u8).wrapping_sub(local_moved));
         Ok(finished)
+    }
+
+    /// tiersim patch (see `vendor/README.md`): what stepping moves besides
+    /// clocks (the scheduler's tick, the seed generator's state, the local
+    /// set's tick), for tests that compare a skipped run with a stepped one.
+    pub(crate) fn counters(&self) -> (u32, u64, u8) {
+        let (tick, seeds) = self.tokio.sim_counters();
+        (tick, seeds, self.local.sim_tick())
     }
 
     pub(crate) fn crash(&mut self) {

@@ -445,6 +445,22 @@ impl<'a> Sim<'a> {
         by_timers.min(to_failure - 1).min(u128::from(u32::MAX)) as u64
     }
 
+    /// tiersim patch (see `vendor/README.md`): per running host, its name
+    /// and what stepping moves besides clocks (the runtime's scheduler tick
+    /// and seed-generator state, the local set's tick). A run that elides
+    /// idle ticks must end with the same values as one that steps them.
+    #[doc(hidden)]
+    pub fn idle_skip_counters(&self) -> Vec<(String, u32, u64, u8)> {
+        self.rts
+            .values()
+            .filter(|rt| rt.is_software_running())
+            .map(|rt| {
+                let (tick, seeds, local) = rt.counters();
+                (rt.nodename.to_string(), tick, seeds, local)
+            })
+            .collect()
+    }
+
     /// tiersim patch (see `vendor/README.md`): elides the idle ticks ahead
     /// (at least two, else stepping them costs no more), moving every clock
     /// over them at once; see [`Rt::tick_idle`].
@@ -454,7 +470,7 @@ impl<'a> Sim<'a> {
             return Ok(());
         }
         let span = self.config.tick * ticks as u32;
-        self.world.borrow_mut().topology.tick_idle(span, ticks);
+        self.world.borrow_mut().topology.tick_idle(self.config.tick, ticks);
         for (&addr, rt) in self.rts.iter_mut() {
             if rt.is_software_running() {
                 {
@@ -462,7 +478,7 @@ impl<'a> Sim<'a> {
                     world.current = Some(addr);
                     world.current_host_mut().timer.now(rt.now());
                 }
-                let finished = World::enter(&self.world, || rt.tick_idle(span, ticks))?;
+                let finished = World::enter(&self.world, || rt.tick_idle(self.config.tick, ticks))?;
                 debug_assert!(!finished || !rt.is_client(), "an idle host cannot finish");
                 self.world.borrow_mut().current = None;
             }

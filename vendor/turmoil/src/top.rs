@@ -304,8 +304,8 @@ impl Topology {
 
     /// tiersim patch (see `vendor/README.md`): [`Topology::tick_by`] over
     /// `ticks` idle ticks at once.
-    pub(crate) fn tick_idle(&mut self, span: Duration, ticks: u64) {
-        let _ = self.rt.tick_idle(span, ticks);
+    pub(crate) fn tick_idle(&mut self, tick: Duration, ticks: u64) {
+        let _ = self.rt.tick_idle(tick, ticks);
         for link in self.links.values_mut() {
             link.tick(self.rt.now());
         }

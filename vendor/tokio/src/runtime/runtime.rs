@@ -129,12 +129,11 @@ pub(super) enum Scheduler {
 }
 
 impl Runtime {
-    /// tiersim patch (see `vendor/README.md`): for a paused current-thread runtime
-    /// with no thread inside `block_on`, `Some(next)` when nothing is
-    /// runnable and its driver was not woken since it last parked, where
-    /// `next` is the earliest instant its timer wheel has work (`None`: no
-    /// timer at all); `None` when something may run now (or the runtime is
-    /// not a current-thread one).
+    /// tiersim patch (see `vendor/README.md`): for a paused current-thread
+    /// runtime with no thread inside `block_on`, `Some(next)` when nothing
+    /// is runnable, where `next` is the earliest instant its timer wheel has
+    /// work (`None`: no timer at all); `None` when something may run now
+    /// (or the runtime is not a current-thread one).
     #[doc(hidden)]
     #[cfg(feature = "test-util")]
     pub fn sim_idle_until(&self) -> Option<Option<crate::time::Instant>> {
@@ -144,21 +143,55 @@ impl Runtime {
         if !exec.sim_is_idle(&self.handle.inner) {
             return None;
         }
-        let (next, did_wake) = self.handle.inner.driver().time().sim_peek()?;
-        (!did_wake).then_some(next)
+        self.handle.inner.driver().time().sim_next_work()
     }
 
-    /// tiersim patch (see `vendor/README.md`): accounts `n` `block_on` calls that
-    /// were elided because each would only have advanced the paused clock:
-    /// the scheduler tick and the seed generator (one seed per `block_on`)
-    /// advance as those calls would have advanced them.
+    /// tiersim patch (see `vendor/README.md`): the state elided `block_on`
+    /// calls would have moved: the scheduler's tick (it decides when the
+    /// remote queue is looked at first) and the seed generator's state (each
+    /// `block_on` draws one seed for the thread's RNG). Reads only.
     #[doc(hidden)]
     #[cfg(feature = "test-util")]
-    pub fn sim_account_idle_block_ons(&self, n: u64) {
+    pub fn sim_counters(&self) -> (u32, u64) {
+        let tick = match &self.scheduler {
+            Scheduler::CurrentThread(exec) => exec.sim_tick(),
+            #[cfg(feature = "rt-multi-thread")]
+            _ => 0,
+        };
+        (tick, self.handle.inner.seed_generator().sim_state())
+    }
+
+    /// tiersim patch (see `vendor/README.md`): how far the scheduler's tick
+    /// moves over `ticks` idle `block_on(sleep(tick))` calls in a row from
+    /// `from` (`tick` a whole number of milliseconds), each started right
+    /// after the previous one ended on its sleep. `None` if not a paused
+    /// current-thread runtime with the usual timer.
+    #[doc(hidden)]
+    #[cfg(feature = "test-util")]
+    pub fn sim_idle_scheduler_ticks(
+        &self,
+        from: crate::time::Instant,
+        tick: std::time::Duration,
+        ticks: u64,
+    ) -> Option<u64> {
+        let Scheduler::CurrentThread(_) = &self.scheduler else {
+            return None;
+        };
+        let time = self.handle.inner.driver().time();
+        time.sim_next_work()?;
+        Some(time.sim_idle_turns(from, tick.as_millis() as u64, ticks))
+    }
+
+    /// tiersim patch (see `vendor/README.md`): moves the scheduler's tick
+    /// by `scheduler_ticks` (wrapping, as the scheduler does) and draws
+    /// `seeds` seeds from the seed generator (one per elided `block_on`).
+    #[doc(hidden)]
+    #[cfg(feature = "test-util")]
+    pub fn sim_account_idle_block_ons(&self, seeds: u64, scheduler_ticks: u32) {
         if let Scheduler::CurrentThread(exec) = &self.scheduler {
-            exec.sim_account_idle(n);
+            exec.sim_account_idle(scheduler_ticks);
         }
-        self.handle.inner.seed_generator().skip_seeds(n);
+        self.handle.inner.seed_generator().skip_seeds(seeds);
     }
 
     pub(super) fn from_parts(

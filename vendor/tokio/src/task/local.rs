@@ -520,13 +520,20 @@ impl LocalSet {
         local_empty && remote_empty
     }
 
-    /// tiersim patch (see `vendor/README.md`): accounts `n` elided `run_until`
-    /// polls that found no task: the set's tick advances once per such poll
-    /// (it decides when the remote queue is checked first).
+    /// tiersim patch (see `vendor/README.md`): the set's tick (it decides
+    /// when the remote queue is checked first).
     #[doc(hidden)]
     #[cfg(feature = "test-util")]
-    pub fn sim_account_idle_ticks(&self, n: u64) {
-        self.tick.set(self.tick.get().wrapping_add(n as u8));
+    pub fn sim_tick(&self) -> u8 {
+        self.tick.get()
+    }
+
+    /// tiersim patch (see `vendor/README.md`): advances the set's tick by
+    /// `n` (wrapping, as the set does).
+    #[doc(hidden)]
+    #[cfg(feature = "test-util")]
+    pub fn sim_account_idle_ticks(&self, n: u8) {
+        self.tick.set(self.tick.get().wrapping_add(n));
     }
 
     /// Returns a new local task set.

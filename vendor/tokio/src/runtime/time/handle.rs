@@ -10,21 +10,50 @@ pub(crate) struct Handle {
 impl Handle {
     /// tiersim patch (see `vendor/README.md`): the earliest instant at which the
     /// timer wheel has work (a timer or a wheel cascade; never later than
-    /// the earliest timer), and whether the driver was unparked since its
-    /// last park. Reads only; changes nothing.
+    /// the earliest timer). `None` for the alternative timer. Reads only.
     #[cfg(feature = "test-util")]
-    pub(crate) fn sim_peek(&self) -> Option<(Option<crate::time::Instant>, bool)> {
+    pub(crate) fn sim_next_work(&self) -> Option<Option<crate::time::Instant>> {
         match &self.inner {
-            super::Inner::Traditional { state, did_wake, .. } => {
+            super::Inner::Traditional { state, .. } => {
                 let next = state.lock().wheel.next_expiration_time();
-                let next = next.map(|ms| {
+                Some(next.map(|ms| {
                     self.time_source.start_instant() + std::time::Duration::from_millis(ms)
-                });
-                Some((next, did_wake.load(std::sync::atomic::Ordering::SeqCst)))
+                }))
             }
             #[cfg(all(tokio_unstable, feature = "rt-multi-thread"))]
             super::Inner::Alternative { .. } => None,
         }
+    }
+
+    /// tiersim patch (see `vendor/README.md`): how many times the scheduler
+    /// loop turns (its tick advancing each time) over `ticks` consecutive
+    /// idle `block_on(sleep(tick))` calls starting at `from`, each started
+    /// with the driver's wake flag set (as a `block_on` that ended on its
+    /// sleep leaves it). Each call turns once for the park that only clears
+    /// that flag, once per wheel cascade its sleep passes through before
+    /// its deadline, and once for the park that reaches the deadline. The
+    /// sleep, inserted at `e` for `w = e + tick` (in wheel milliseconds),
+    /// sits at the level where `e` and `w` first differ and cascades at each
+    /// distinct slot start `w & !(64^L - 1)` strictly between `e` and `w`.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn sim_idle_turns(&self, from: crate::time::Instant, tick_ms: u64, ticks: u64) -> u64 {
+        const LEVELS: u32 = 6;
+        let mut e = self.time_source.instant_to_tick(from);
+        let mut turns = 0u64;
+        for _ in 0..ticks {
+            let w = e + tick_ms;
+            turns += 2;
+            let mut last = None;
+            for level in (1..LEVELS).rev() {
+                let slot_start = w & !(64u64.pow(level) - 1);
+                if slot_start > e && slot_start < w && last != Some(slot_start) {
+                    turns += 1;
+                    last = Some(slot_start);
+                }
+            }
+            e = w;
+        }
+        turns
     }
 
     /// Returns the time source associated with this handle.

@@ -49,6 +49,16 @@ impl RngSeedGenerator {
         rng.jump(n, 2);
     }
 
+    /// tiersim patch (see `vendor/README.md`): the generator's state.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn sim_state(&self) -> u64 {
+        let rng = self
+            .state
+            .lock()
+            .expect("RNG seed generator is internally corrupt");
+        u64::from(rng.one) | (u64::from(rng.two) << 32)
+    }
+
     /// Directly creates a generator using the next seed.
     pub(crate) fn next_generator(&self) -> Self {
         RngSeedGenerator::new(self.next_seed())

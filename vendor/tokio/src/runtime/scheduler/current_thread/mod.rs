@@ -150,13 +150,24 @@ impl CurrentThread {
         idle && handle.shared.inject.sim_is_empty() && !handle.shared.woken.load(Acquire)
     }
 
-    /// tiersim patch (see `vendor/README.md`): accounts `n` elided `block_on` calls
-    /// that each found nothing to run: the scheduler tick advances once per
-    /// such call (it decides when the remote queue is checked first).
+    /// tiersim patch (see `vendor/README.md`): the scheduler's tick, read
+    /// while no thread is inside `block_on`.
     #[cfg(feature = "test-util")]
-    pub(crate) fn sim_account_idle(&self, n: u64) {
+    pub(crate) fn sim_tick(&self) -> u32 {
+        let Some(core) = self.core.take() else {
+            return 0;
+        };
+        let tick = core.tick;
+        self.core.set(core);
+        tick
+    }
+
+    /// tiersim patch (see `vendor/README.md`): advances the scheduler's tick
+    /// by `n` (wrapping, as the scheduler does).
+    #[cfg(feature = "test-util")]
+    pub(crate) fn sim_account_idle(&self, n: u32) {
         if let Some(mut core) = self.core.take() {
-            core.tick = core.tick.wrapping_add(n as u32);
+            core.tick = core.tick.wrapping_add(n);
             self.core.set(core);
         }
     }
