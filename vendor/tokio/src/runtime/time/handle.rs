@@ -38,6 +38,10 @@ impl Handle {
     #[cfg(feature = "test-util")]
     pub(crate) fn sim_idle_turns(&self, from: crate::time::Instant, tick_ms: u64, ticks: u64) -> u64 {
         const LEVELS: u32 = 6;
+        if tick_ms == 1 {
+            // No slot start lies strictly between `e` and `e + 1`.
+            return ticks.saturating_mul(2);
+        }
         let mut e = self.time_source.instant_to_tick(from);
         let mut turns = 0u64;
         for _ in 0..ticks {
