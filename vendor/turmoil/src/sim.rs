@@ -403,17 +403,20 @@ impl<'a> Sim<'a> {
 
     /// tiersim patch (see `vendor/README.md`): how many of the next ticks
     /// are idle: no host can run anything in them (no task runnable, no
-    /// timer wheel work up to and including the tick's end), nothing is on
-    /// the network, and the duration check does not fail in them.
+    /// timer wheel work up to and including the tick's end), no message is
+    /// delivered at their start, and the duration check does not fail in
+    /// them.
     fn idle_ticks_ahead(&self) -> u64 {
         let tick = self.config.tick;
         if self.config.random_node_order
             || tick.is_zero()
             || tick.subsec_nanos() % 1_000_000 != 0
-            || !self.world.borrow().topology.is_quiet()
         {
             return 0;
         }
+        let Some(next_delivery) = self.world.borrow().topology.next_delivery() else {
+            return 0;
+        };
         // The soonest any host's timer wheel has work.
         let mut soonest: Option<Duration> = None;
         for rt in self.rts.values() {
@@ -435,6 +438,13 @@ impl<'a> Sim<'a> {
             Some(wait) if wait <= Duration::from_millis(1) => 0,
             Some(wait) => (wait - Duration::from_millis(1)).as_nanos().saturating_sub(1) / tick_ns,
         };
+        // A message due `wait` from now is delivered at the start of the
+        // first step whose tick takes the network's clock to it: tick `i`
+        // is idle while `i * tick < wait`.
+        let by_network = match next_delivery {
+            None => u128::MAX,
+            Some(wait) => wait.as_nanos().saturating_sub(1) / tick_ns,
+        };
         // Stepping fails the run at the first step after which `elapsed`
         // exceeds the duration: that step is never elided.
         let to_failure = if self.elapsed > self.config.duration {
@@ -442,7 +452,10 @@ impl<'a> Sim<'a> {
         } else {
             (self.config.duration - self.elapsed).as_nanos() / tick_ns + 1
         };
-        by_timers.min(to_failure - 1).min(u128::from(u32::MAX)) as u64
+        by_timers
+            .min(by_network)
+            .min(to_failure - 1)
+            .min(u128::from(u32::MAX)) as u64
     }
 
     /// tiersim patch (see `vendor/README.md`): per running host, its name

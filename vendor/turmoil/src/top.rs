@@ -290,16 +290,25 @@ impl Topology {
         }
     }
 
-    /// tiersim patch (see `vendor/README.md`): whether no message is due
-    /// for delivery, now or later (held messages move only when released).
-    pub(crate) fn is_quiet(&self) -> bool {
-        self.links.values().all(|link| {
-            link.deliverable.values().all(VecDeque::is_empty)
-                && link
-                    .sent
-                    .iter()
-                    .all(|sent| matches!(sent.status, DeliveryStatus::Hold))
-        })
+    /// tiersim patch (see `vendor/README.md`): `None` when a message waits
+    /// to be handed to its host; otherwise how long until the next message
+    /// in flight is due (`Some(None)`: none is; held messages move only
+    /// when released).
+    pub(crate) fn next_delivery(&self) -> Option<Option<Duration>> {
+        let now = self.rt.now();
+        let mut soonest: Option<Duration> = None;
+        for link in self.links.values() {
+            if !link.deliverable.values().all(VecDeque::is_empty) {
+                return None;
+            }
+            for sent in &link.sent {
+                if let DeliveryStatus::DeliverAfter(at) = sent.status {
+                    let wait = at.saturating_duration_since(now);
+                    soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                }
+            }
+        }
+        Some(soonest)
     }
 
     /// tiersim patch (see `vendor/README.md`): [`Topology::tick_by`] over
