@@ -66,6 +66,10 @@ pub struct Rt<'a> {
 
     /// Runtime configuration.
     config: Config,
+
+    /// tiersim patch (see `vendor/README.md`): idle ticks this host's
+    /// runtime has not been driven through yet ([`Rt::catch_up`]).
+    lag: u64,
 }
 
 impl<'a> Rt<'a> {
@@ -84,6 +88,7 @@ impl<'a> Rt<'a> {
             nodename,
             handle: Some(handle),
             config,
+            lag: 0,
         }
     }
 
@@ -104,6 +109,7 @@ impl<'a> Rt<'a> {
             nodename,
             handle: Some(handle),
             config,
+            lag: 0,
         }
     }
 
@@ -118,6 +124,7 @@ impl<'a> Rt<'a> {
             nodename: String::new().into(),
             handle: None,
             config,
+            lag: 0,
         }
     }
 
@@ -200,6 +207,42 @@ impl<'a> Rt<'a> {
         Some(next.map(|at| at.saturating_duration_since(now)))
     }
 
+    /// tiersim patch (see `vendor/README.md`): how many idle ticks this
+    /// host's runtime is behind the world.
+    pub(crate) fn lag(&self) -> u64 {
+        self.lag
+    }
+
+    /// tiersim patch (see `vendor/README.md`): `ticks` more idle ticks this
+    /// host's runtime owes; only for a host that [`Rt::idle_for`] says has
+    /// nothing to do over them (and nothing is delivered to it).
+    pub(crate) fn defer_idle(&mut self, ticks: u64) {
+        self.lag += ticks;
+    }
+
+    /// tiersim patch (see `vendor/README.md`): drives the runtime through
+    /// the idle ticks it owes, exactly as stepping them would leave it: the
+    /// clock moves over them without polling anything (nothing can run in
+    /// them), then what each idle tick moves besides the clock is moved as
+    /// many times: the local set's tick (one per tick: `run_until` polls
+    /// the empty set once), the seed generator (one seed per `block_on`)
+    /// and the scheduler's tick (which also counts the wheel cascades each
+    /// tick's sleep passes through, so tokio computes it).
+    pub(crate) fn catch_up(&mut self, tick: Duration) {
+        let ticks = std::mem::take(&mut self.lag);
+        if ticks == 0 {
+            return;
+        }
+        let turns = self
+            .tokio
+            .sim_idle_scheduler_ticks(self.now(), tick, ticks)
+            .expect("a turmoil host runs a paused current-thread runtime");
+        let span = Duration::from_nanos((tick.as_nanos() * u128::from(ticks)) as u64);
+        assert!(self.tokio.sim_advance_idle(span), "a turmoil runtime is paused");
+        self.tokio.sim_account_idle_block_ons(ticks, turns as u32);
+        self.local.sim_account_idle_ticks(ticks as u8);
+    }
+
     /// tiersim patch (see `vendor/README.md`): `ticks` idle ticks of
     /// `tick` each, as one: the clock moves over them in one [`Rt::tick`]
     /// (nothing runs in it), then what stepping would have moved besides
@@ -273,6 +316,7 @@ impl<'a> Rt<'a> {
     /// Both the [`Runtime`] and [`LocalSet`] are replaced with new instances.
     fn cancel_tasks(&mut self) {
         let (tokio, local) = init(&mut self.config);
+        self.lag = 0;
 
         _ = mem::replace(&mut self.tokio, tokio);
         drop(mem::replace(&mut self.local, local));

@@ -167,7 +167,9 @@ impl<'a> Sim<'a> {
 
             self.world.borrow_mut().current = Some(h);
 
+            let tick = self.config.tick;
             World::enter(&self.world, || {
+                catch_up_before_drop(rt, tick);
                 rt.crash();
 
                 // Discard pending filesystem operations
@@ -188,7 +190,9 @@ impl<'a> Sim<'a> {
 
     /// Bounces the resolved hosts. The software is restarted.
     pub fn bounce(&mut self, addrs: impl ToIpAddrs) {
+        let tick = self.config.tick;
         self.run_with_hosts(addrs, |addr, rt| {
+            catch_up_before_drop(rt, tick);
             rt.bounce();
 
             tracing::trace!(target: TRACING_TARGET, addr = ?addr, "Bounce");
@@ -401,6 +405,17 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// tiersim patch (see `vendor/README.md`): whether idle ticks may be
+    /// elided at all: asked for, a tick of whole milliseconds (the timer
+    /// wheel's unit) and hosts stepped in a fixed order.
+    fn may_skip_idle(&self) -> bool {
+        let tick = self.config.tick;
+        self.config.skip_idle
+            && !self.config.random_node_order
+            && !tick.is_zero()
+            && tick.subsec_nanos() % 1_000_000 == 0
+    }
+
     /// tiersim patch (see `vendor/README.md`): how many of the next ticks
     /// are idle: no host can run anything in them (no task runnable, no
     /// timer wheel work up to and including the tick's end), no message is
@@ -408,10 +423,7 @@ impl<'a> Sim<'a> {
     /// them.
     fn idle_ticks_ahead(&self) -> u64 {
         let tick = self.config.tick;
-        if self.config.random_node_order
-            || tick.is_zero()
-            || tick.subsec_nanos() % 1_000_000 != 0
-        {
+        if !self.may_skip_idle() {
             return 0;
         }
         let Some(next_delivery) = self.world.borrow().topology.next_delivery() else {
@@ -426,7 +438,14 @@ impl<'a> Sim<'a> {
             match rt.idle_for() {
                 None => return 0,
                 Some(None) => {}
-                Some(Some(wait)) => soonest = Some(soonest.map_or(wait, |s| s.min(wait))),
+                Some(Some(wait)) => {
+                    // The host's runtime may lag the world by idle ticks.
+                    let behind = Duration::from_nanos(
+                        (tick.as_nanos() * u128::from(rt.lag())) as u64,
+                    );
+                    let wait = wait.saturating_sub(behind);
+                    soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                }
             }
         }
         let tick_ns = tick.as_nanos();
@@ -463,7 +482,11 @@ impl<'a> Sim<'a> {
     /// and seed-generator state, the local set's tick). A run that elides
     /// idle ticks must end with the same values as one that steps them.
     #[doc(hidden)]
-    pub fn idle_skip_counters(&self) -> Vec<(String, u32, u64, u8)> {
+    pub fn idle_skip_counters(&mut self) -> Vec<(String, u32, u64, u8)> {
+        let tick = self.config.tick;
+        for rt in self.rts.values_mut() {
+            rt.catch_up(tick);
+        }
         self.rts
             .values()
             .filter(|rt| rt.is_software_running())
@@ -475,8 +498,9 @@ impl<'a> Sim<'a> {
     }
 
     /// tiersim patch (see `vendor/README.md`): elides the idle ticks ahead
-    /// (at least two, else stepping them costs no more), moving every clock
-    /// over them at once; see [`Rt::tick_idle`].
+    /// (at least two, else stepping them costs no more): the network's and
+    /// turmoil's clocks move over them at once, and each host's runtime
+    /// owes them ([`Rt::catch_up`]).
     fn skip_idle_ticks(&mut self) -> Result {
         let ticks = self.idle_ticks_ahead();
         if ticks < 2 {
@@ -486,14 +510,7 @@ impl<'a> Sim<'a> {
         self.world.borrow_mut().topology.tick_idle(self.config.tick, ticks);
         for (&addr, rt) in self.rts.iter_mut() {
             if rt.is_software_running() {
-                {
-                    let mut world = self.world.borrow_mut();
-                    world.current = Some(addr);
-                    world.current_host_mut().timer.now(rt.now());
-                }
-                let finished = World::enter(&self.world, || rt.tick_idle(self.config.tick, ticks))?;
-                debug_assert!(!finished || !rt.is_client(), "an idle host cannot finish");
-                self.world.borrow_mut().current = None;
+                rt.defer_idle(ticks);
             }
             self.world.borrow_mut().tick(addr, span);
         }
@@ -530,6 +547,7 @@ impl<'a> Sim<'a> {
         // completes, extract the result and return early if an error is
         // encountered.
 
+        let may_skip_idle = self.may_skip_idle();
         let (mut running, stopped): (Vec<_>, Vec<_>) = self
             .rts
             .iter_mut()
@@ -539,6 +557,21 @@ impl<'a> Sim<'a> {
         }
 
         for (&addr, rt) in running {
+            // tiersim patch (see `vendor/README.md`): a host that can do
+            // nothing this tick is not driven through it; its runtime
+            // catches up, exactly, before it next is.
+            if may_skip_idle {
+                if idle_this_tick(&self.world, tick, addr, rt) {
+                    rt.defer_idle(1);
+                    // A running client that does nothing has not finished.
+                    if rt.is_client() {
+                        is_finished = false;
+                    }
+                    self.world.borrow_mut().tick(addr, tick);
+                    continue;
+                }
+                rt.catch_up(tick);
+            }
             let _span_guard = tracing::span!(Level::INFO, "node", name = &*rt.nodename,).entered();
             {
                 let mut world = self.world.borrow_mut();
@@ -589,6 +622,41 @@ impl<'a> Sim<'a> {
         }
 
         Ok(is_finished)
+    }
+}
+
+/// tiersim patch (see `vendor/README.md`): before a host's runtime is
+/// dropped (crash, bounce), its tasks' destructors must see the clock and
+/// host timer stepping would have left: the runtime catches up on the idle
+/// ticks it owes, and the host timer's instant is the start of the last
+/// tick, as stepping sets it. Called with the host current in the world.
+fn catch_up_before_drop(rt: &mut Rt<'_>, tick: Duration) {
+    if rt.lag() == 0 {
+        return;
+    }
+    rt.catch_up(tick);
+    let last_tick_start = rt.now() - tick;
+    World::current(|world| world.current_host_mut().timer.now(last_tick_start));
+}
+
+/// tiersim patch (see `vendor/README.md`): whether the running host at
+/// `addr` can do nothing in the tick about to be stepped: no message is
+/// handed to it, no task of it is runnable, and its timer wheel has no work
+/// up to the tick's end (with a millisecond to spare for the wheel's
+/// rounding up to whole milliseconds). Its runtime may lag the world by
+/// idle ticks already owed.
+fn idle_this_tick(world: &RefCell<World>, tick: Duration, addr: IpAddr, rt: &Rt<'_>) -> bool {
+    if world.borrow().topology.has_deliverable(addr) {
+        return false;
+    }
+    match rt.idle_for() {
+        None => false,
+        Some(None) => true,
+        Some(Some(wait)) => {
+            let tick_end =
+                Duration::from_nanos((tick.as_nanos() * u128::from(rt.lag() + 1)) as u64);
+            wait > tick_end + Duration::from_millis(1)
+        }
     }
 }
 

@@ -311,6 +311,15 @@ impl Topology {
         Some(soonest)
     }
 
+    /// tiersim patch (see `vendor/README.md`): whether a message is ready to
+    /// be handed to the host at `addr` (at this step's start).
+    pub(crate) fn has_deliverable(&self, addr: IpAddr) -> bool {
+        self.links.iter().any(|(pair, link)| {
+            (pair.0 == addr || pair.1 == addr)
+                && link.deliverable.get(&addr).is_some_and(|q| !q.is_empty())
+        })
+    }
+
     /// tiersim patch (see `vendor/README.md`): [`Topology::tick_by`] over
     /// `ticks` idle ticks at once.
     pub(crate) fn tick_idle(&mut self, tick: Duration, ticks: u64) {

@@ -182,6 +182,21 @@ impl Runtime {
         Some(time.sim_idle_turns(from, tick.as_millis() as u64, ticks))
     }
 
+    /// tiersim patch (see `vendor/README.md`): moves the paused clock of an
+    /// idle runtime forward by `by` and brings its timer wheel up to it,
+    /// without polling anything (the caller knows no timer is due before
+    /// then). `false` if the clock is not paused.
+    #[doc(hidden)]
+    #[cfg(feature = "test-util")]
+    pub fn sim_advance_idle(&self, by: std::time::Duration) -> bool {
+        let driver = self.handle.inner.driver();
+        if driver.clock().advance(by).is_err() {
+            return false;
+        }
+        driver.time().sim_process(driver.clock());
+        true
+    }
+
     /// tiersim patch (see `vendor/README.md`): moves the scheduler's tick
     /// by `scheduler_ticks` (wrapping, as the scheduler does) and draws
     /// `seeds` seeds from the seed generator (one per elided `block_on`).

@@ -287,6 +287,13 @@ impl Driver {
 }
 
 impl Handle {
+    /// tiersim patch (see `vendor/README.md`): [`Handle::process`] for the
+    /// runtime's own code.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn sim_process(&self, clock: &Clock) {
+        self.process(clock);
+    }
+
     pub(self) fn process(&self, clock: &Clock) {
         let now = self.time_source().now(clock);
 
