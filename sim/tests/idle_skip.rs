@@ -204,3 +204,122 @@ fn idle_skip_gives_steppings_exact_run_at_coarser_ticks() {
         assert!(skipped.steps * 10 < stepped.steps, "tick {ms} ms");
     }
 }
+
+/// Logs turmoil's time when dropped by a crash (`crashing`). (Dropped with
+/// the world after the run, it logs nothing: no host is current then. It
+/// reads no tokio clock: a runtime being dropped has left its context, so
+/// tokio would read the wall clock, upstream as here.)
+struct DropProbe {
+    log: Log,
+    crashing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        if self.crashing.load(std::sync::atomic::Ordering::SeqCst) {
+            note(&self.log, "server dropped".into());
+        }
+    }
+}
+
+fn crash_world(skip: bool) -> Outcome {
+    let log: Log = Arc::default();
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(3)
+        .tick_duration(Duration::from_millis(10))
+        .simulation_duration(Duration::from_secs(600))
+        .skip_idle_time(skip)
+        .build();
+    let crashing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let server_log = log.clone();
+    let server_crashing = crashing.clone();
+    sim.host("server", move || {
+        let log = server_log.clone();
+        let crashing = server_crashing.clone();
+        async move {
+            let probe = DropProbe {
+                log: log.clone(),
+                crashing,
+            };
+            note(&log, format!("server up {}", picks().await));
+            let listener = TcpListener::bind(("0.0.0.0", 1)).await?;
+            loop {
+                let (stream, _) = listener.accept().await?;
+                note(&log, format!("server accepted {}", picks().await));
+                drop(stream);
+                let _ = &probe;
+            }
+        }
+    });
+    // The client asks for the crash and the restart, as tiersim's script
+    // does: the harness acts on them between steps.
+    let control: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let client_log = log.clone();
+    let client_control = control.clone();
+    sim.client("client", async move {
+        let log = client_log;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let _ = TcpStream::connect("server:1").await?;
+        note(&log, "client connected".into());
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        client_control.lock().unwrap().push("crash");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        client_control.lock().unwrap().push("bounce");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let _ = TcpStream::connect("server:1").await?;
+        note(&log, format!("client connected again {}", picks().await));
+        Ok(())
+    });
+    let mut steps = 0;
+    let mut longest_step = Duration::ZERO;
+    let result = loop {
+        let before = sim.elapsed();
+        let step = sim.step();
+        steps += 1;
+        longest_step = longest_step.max(sim.elapsed() - before);
+        match step {
+            Ok(true) => break Ok(()),
+            Ok(false) => {}
+            Err(e) => break Err(e.to_string()),
+        }
+        for action in std::mem::take(&mut *control.lock().unwrap()) {
+            match action {
+                "crash" => {
+                    crashing.store(true, std::sync::atomic::Ordering::SeqCst);
+                    sim.crash("server");
+                    crashing.store(false, std::sync::atomic::Ordering::SeqCst);
+                }
+                _ => sim.bounce("server"),
+            }
+        }
+    };
+    let log = log.lock().unwrap().clone();
+    Outcome {
+        log,
+        result,
+        elapsed: sim.elapsed(),
+        counters: sim.idle_skip_counters(),
+        steps,
+        longest_step,
+    }
+}
+
+#[test]
+fn idle_skip_crash_and_bounce_of_a_lagging_host_match_stepping() {
+    // The server idles for 45 s before it is crashed and for a minute
+    // before it boots again: eliding ticks leaves its runtime behind, which
+    // catches up before its tasks are dropped; then it boots on a fresh
+    // runtime, serves, and every count matches stepping's.
+    let stepped = crash_world(false);
+    let skipped = crash_world(true);
+    assert_eq!(stepped.result, Ok(()));
+    assert!(
+        stepped.log.iter().any(|l| l.contains("server dropped")),
+        "{:#?}",
+        stepped.log
+    );
+    assert_eq!(skipped.log, stepped.log);
+    assert_eq!(skipped.elapsed, stepped.elapsed);
+    assert_eq!(skipped.counters, stepped.counters);
+    assert!(skipped.steps * 10 < stepped.steps);
+}
