@@ -238,7 +238,10 @@ impl<'a> Rt<'a> {
             .sim_idle_scheduler_ticks(self.now(), tick, ticks)
             .expect("a turmoil host runs a paused current-thread runtime");
         let span = Duration::from_nanos((tick.as_nanos() * u128::from(ticks)) as u64);
-        assert!(self.tokio.sim_advance_idle(span), "a turmoil runtime is paused");
+        assert!(
+            self.tokio.sim_advance_idle(span),
+            "a turmoil runtime is paused"
+        );
         self.tokio.sim_account_idle_block_ons(ticks, turns as u32);
         self.local.sim_account_idle_ticks(ticks as u8);
     }

@@ -440,9 +440,8 @@ impl<'a> Sim<'a> {
                 Some(None) => {}
                 Some(Some(wait)) => {
                     // The host's runtime may lag the world by idle ticks.
-                    let behind = Duration::from_nanos(
-                        (tick.as_nanos() * u128::from(rt.lag())) as u64,
-                    );
+                    let behind =
+                        Duration::from_nanos((tick.as_nanos() * u128::from(rt.lag())) as u64);
                     let wait = wait.saturating_sub(behind);
                     soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
                 }
@@ -455,7 +454,12 @@ impl<'a> Sim<'a> {
         let by_timers = match soonest {
             None => u128::MAX,
             Some(wait) if wait <= Duration::from_millis(1) => 0,
-            Some(wait) => (wait - Duration::from_millis(1)).as_nanos().saturating_sub(1) / tick_ns,
+            Some(wait) => {
+                (wait - Duration::from_millis(1))
+                    .as_nanos()
+                    .saturating_sub(1)
+                    / tick_ns
+            }
         };
         // A message due `wait` from now is delivered at the start of the
         // first step whose tick takes the network's clock to it: tick `i`
@@ -507,7 +511,10 @@ impl<'a> Sim<'a> {
             return Ok(());
         }
         let span = self.config.tick * ticks as u32;
-        self.world.borrow_mut().topology.tick_idle(self.config.tick, ticks);
+        self.world
+            .borrow_mut()
+            .topology
+            .tick_idle(self.config.tick, ticks);
         for (&addr, rt) in self.rts.iter_mut() {
             if rt.is_software_running() {
                 rt.defer_idle(ticks);

@@ -36,7 +36,12 @@ impl Handle {
     /// sits at the level where `e` and `w` first differ and cascades at each
     /// distinct slot start `w & !(64^L - 1)` strictly between `e` and `w`.
     #[cfg(feature = "test-util")]
-    pub(crate) fn sim_idle_turns(&self, from: crate::time::Instant, tick_ms: u64, ticks: u64) -> u64 {
+    pub(crate) fn sim_idle_turns(
+        &self,
+        from: crate::time::Instant,
+        tick_ms: u64,
+        ticks: u64,
+    ) -> u64 {
         const LEVELS: u32 = 6;
         if tick_ms == 1 {
             // No slot start lies strictly between `e` and `e + 1`.

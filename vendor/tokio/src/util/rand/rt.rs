@@ -90,7 +90,10 @@ impl FastRand {
             out
         }
         fn step(v: u64) -> u64 {
-            let mut r = FastRand { one: v as u32, two: (v >> 32) as u32 };
+            let mut r = FastRand {
+                one: v as u32,
+                two: (v >> 32) as u32,
+            };
             r.fastrand();
             u64::from(r.one) | (u64::from(r.two) << 32)
         }
