@@ -47,7 +47,37 @@ impl Handle {
             // No slot start lies strictly between `e` and `e + 1`.
             return ticks.saturating_mul(2);
         }
-        let mut e = self.time_source.instant_to_tick(from);
+        let e0 = self.time_source.instant_to_tick(from);
+        if tick_ms < 64 && ticks > 0 {
+            // A tick shorter than a level-1 slot holds at most one multiple
+            // of 64 inside it, and then every higher level's slot start
+            // inside it is that same point: it turns once more exactly when
+            // a multiple of 64 lies strictly inside it. Those are the
+            // multiples of 64 strictly inside the whole span that are not
+            // tick boundaries `e0 + j * tick_ms` (0 < j < ticks).
+            let end = e0 + ticks * tick_ms;
+            let inside = (end - 1) / 64 - e0 / 64;
+            // Boundaries on a multiple of 64: j * tick_ms = -e0 (mod 64).
+            let g = 64 / (64 >> tick_ms.trailing_zeros().min(6));
+            let want = (64 - e0 % 64) % 64;
+            let on_boundaries = if want % g != 0 || ticks < 2 {
+                0
+            } else {
+                let n = 64 / g;
+                let step = (tick_ms / g) % n;
+                let target = (want / g) % n;
+                // `step` is odd (or `n` is 1), so it has an inverse mod `n`.
+                let first = (0..n).find(|j| (j * step) % n == target).unwrap_or(0);
+                let first = if first == 0 { n } else { first };
+                if first > ticks - 1 {
+                    0
+                } else {
+                    (ticks - 1 - first) / n + 1
+                }
+            };
+            return 2 * ticks + inside - on_boundaries;
+        }
+        let mut e = e0;
         let mut turns = 0u64;
         for _ in 0..ticks {
             let w = e + tick_ms;
