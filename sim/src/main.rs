@@ -159,8 +159,9 @@ enum Command {
         /// (testing the runner's isolation only).
         #[arg(long, hide = true, value_name = "STEM")]
         panic_in: Option<String>,
-        /// Step every tick, even those in which no host can run anything
-        /// (by default they are elided; the results are the same bytes).
+        /// Drive every host through every tick, even one in which it can do
+        /// nothing (by default those are elided; the results are the same
+        /// bytes).
         #[arg(long)]
         step_every_tick: bool,
     },

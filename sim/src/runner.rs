@@ -33,10 +33,11 @@ pub struct RunOptions {
     /// Make the world panic as its script starts (the CLI's hidden
     /// `--panic-in`: testing the runner's isolation only).
     pub planted_panic: bool,
-    /// Step every tick, even those in which no host can run anything
-    /// (`--step-every-tick`). Off by default: such ticks are elided (the
-    /// patched turmoil's `skip_idle_time`), and the run's bytes are the same
-    /// either way (`sim/tests/idle_skip.rs`).
+    /// Drive every host through every tick, even one in which it can do
+    /// nothing (`--step-every-tick`). Off by default: such ticks are elided
+    /// per host, and for the whole world when no host can do anything (the
+    /// patched turmoil's `skip_idle_time`); the run's bytes are the same
+    /// either way (`sim/tests/scenarios.rs`, `sim/tests/idle_skip.rs`).
     pub step_every_tick: bool,
 }
 
