@@ -53,6 +53,10 @@ struct MenuArgs {
     /// Plant a review bug of the seed PR (testing the testbed only).
     #[arg(long, hide = true, value_parser = parse_plant)]
     plant: Option<PlantedBug>,
+    /// Step every tick, idle or not (measuring the idle skip only; the
+    /// outcomes are the same).
+    #[arg(long, hide = true)]
+    step_every_tick: bool,
 }
 
 impl MenuArgs {
@@ -66,6 +70,7 @@ impl MenuArgs {
             tick: self.tick,
             chunking: self.chunking.clone(),
             profile: self.profile,
+            step_every_tick: self.step_every_tick,
         }
     }
 
@@ -154,6 +159,11 @@ enum Command {
         /// (testing the runner's isolation only).
         #[arg(long, hide = true, value_name = "STEM")]
         panic_in: Option<String>,
+        /// Drive every host through every tick, even one in which it can do
+        /// nothing (by default those are elided; the results are the same
+        /// bytes).
+        #[arg(long)]
+        step_every_tick: bool,
     },
     /// Run each scenario under several chunkings of its hosts' bytes (whole,
     /// as written, seeded random cuts) and require the same client outcome
@@ -237,6 +247,7 @@ fn dispatch(cli: Cli) -> ExitCode {
             jobs,
             plant,
             panic_in,
+            step_every_tick,
         } => {
             let jobs = if trace {
                 1
@@ -248,6 +259,7 @@ fn dispatch(cli: Cli) -> ExitCode {
                 RunOptions {
                     seed,
                     plant,
+                    step_every_tick,
                     ..RunOptions::default()
                 },
                 panic_in,

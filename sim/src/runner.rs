@@ -33,6 +33,12 @@ pub struct RunOptions {
     /// Make the world panic as its script starts (the CLI's hidden
     /// `--panic-in`: testing the runner's isolation only).
     pub planted_panic: bool,
+    /// Drive every host through every tick, even one in which it can do
+    /// nothing (`--step-every-tick`). Off by default: such ticks are elided
+    /// per host, and for the whole world when no host can do anything (the
+    /// patched turmoil's `skip_idle_time`); the run's bytes are the same
+    /// either way (`sim/tests/scenarios.rs`, `sim/tests/idle_skip.rs`).
+    pub step_every_tick: bool,
 }
 
 enum Control {
@@ -116,7 +122,8 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
     let mut builder = turmoil::Builder::new();
     builder
         .rng_seed(seed)
-        .simulation_duration(simulation_duration(&scenario));
+        .simulation_duration(simulation_duration(&scenario))
+        .skip_idle_time(!opts.step_every_tick);
     if let Some(tick) = &scenario.tick {
         builder.tick_duration(tick.get_ref().0);
     }

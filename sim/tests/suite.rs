@@ -64,6 +64,7 @@ fn r33_r34_upstream_profile_expect_violations_are_exact() {
         seed: None,
         plant: None,
         planted_panic: false,
+        step_every_tick: false,
     };
     let report = run(&declared, &file, &opts);
     assert!(report.passed(), "{:?}", report.violations);

@@ -294,6 +294,7 @@ fn schedules_come_from_the_seed_and_the_menu() {
         tick: None,
         chunking: None,
         profile: None,
+        step_every_tick: false,
     };
     let p2 = Plan::new(&s, &file, &flags, None).unwrap();
     for seed in 0..10 {

@@ -201,6 +201,7 @@ fn outcome_lines_round_trip_every_setting_and_field() {
             tick: Some(Duration::from_millis(10)),
             chunking: Some(vec![Chunking::Random, Chunking::Writes]),
             profile: Some(Profile::Upstream),
+            step_every_tick: false,
         },
         ..sweep_of("sweep_mixed_traffic.toml", 5..=16)
     };

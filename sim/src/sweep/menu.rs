@@ -43,6 +43,9 @@ pub struct MenuFlags {
     /// Runs the sweep under this semantics profile; under `upstream` its
     /// violations are findings about production, not tiersim bugs.
     pub profile: Option<tiersim_engine::config::Profile>,
+    /// Steps every tick instead of eliding idle ones (`--step-every-tick`,
+    /// hidden: for measuring; the outcomes are the same either way).
+    pub step_every_tick: bool,
 }
 
 const DEFAULT_STATUSES: &[u16] = &[500, 502, 503, 504, 429, 408, 400];

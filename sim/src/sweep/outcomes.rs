@@ -208,6 +208,8 @@ impl Header {
                 .as_deref()
                 .map(|p| Profile::parse(p).ok_or_else(|| format!("menu.profile: unknown {p:?}")))
                 .transpose()?,
+            // Not recorded: stepping every tick gives the same outcomes.
+            step_every_tick: false,
         };
         let plant = self
             .plant

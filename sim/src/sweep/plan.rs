@@ -28,6 +28,8 @@ pub struct Plan {
     pub file: PathBuf,
     pub menu: Menu,
     pub plant: Option<PlantedBug>,
+    /// [`RunOptions::step_every_tick`] for every run of the plan.
+    pub step_every_tick: bool,
     /// Start of each base step in the reference run.
     pub timeline: Vec<Duration>,
     /// End of the reference run.
@@ -84,6 +86,7 @@ impl Plan {
             &RunOptions {
                 seed: None,
                 plant,
+                step_every_tick: flags.step_every_tick,
                 ..RunOptions::default()
             },
         );
@@ -95,6 +98,7 @@ impl Plan {
             file: file.to_path_buf(),
             menu,
             plant,
+            step_every_tick: flags.step_every_tick,
             timeline,
             horizon: reference.sim_time,
         })
@@ -108,6 +112,7 @@ impl Plan {
             &RunOptions {
                 seed: Some(composed.scenario.seed),
                 plant: self.plant,
+                step_every_tick: self.step_every_tick,
                 ..RunOptions::default()
             },
         )
