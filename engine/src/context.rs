@@ -479,7 +479,14 @@ mod tests {
     fn r40_a_zero_context_length_is_no_long_window() {
         let block = json!({"long_context": {"inference_url": "http://near-long",
                                             "base_max_context_tokens": 1000}});
-        assert!(long_context(Some("http://near-1"), Some(0), Some(&block)).is_err());
-        assert!(long_context(Some("http://near-1"), None, Some(&block)).is_err());
+        // The warning names the missing long window, not a comparison
+        // with a window of 0.
+        for context_length in [Some(0), None] {
+            assert_eq!(
+                long_context(Some("http://near-1"), context_length, Some(&block)),
+                Err("long_context has no long window (max_context_tokens or context_length)"),
+                "{context_length:?}"
+            );
+        }
     }
 }
