@@ -462,4 +462,31 @@ mod tests {
             Ok(None)
         );
     }
+
+    #[test]
+    fn r43_band_edge_counts_the_uncounted_parts_and_the_reserve() {
+        // 2,760 bytes → 690, one message → +4, reserve +10: 704, just above
+        // 0.7 × 1,000 = 700 and just below 0.7 × 1,006 = 704.2.
+        let cfg = ContextRouting::default();
+        let b =
+            body(json!({"messages":[{"role":"user","content":"a".repeat(2_760)}],"max_tokens":10}));
+        let m = measure(&b);
+        assert!(cfg.near_boundary(&m, &[1_000]));
+        assert!(!cfg.near_boundary(&m, &[1_006]));
+    }
+
+    #[test]
+    fn r40_a_zero_context_length_is_no_long_window() {
+        let block = json!({"long_context": {"inference_url": "http://near-long",
+                                            "base_max_context_tokens": 1000}});
+        // The warning names the missing long window, not a comparison
+        // with a window of 0.
+        for context_length in [Some(0), None] {
+            assert_eq!(
+                long_context(Some("http://near-1"), context_length, Some(&block)),
+                Err("long_context has no long window (max_context_tokens or context_length)"),
+                "{context_length:?}"
+            );
+        }
+    }
 }

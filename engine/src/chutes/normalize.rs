@@ -650,4 +650,42 @@ mod tests {
             assert_eq!(n.chunk(Bytes::from(bare.to_string())).is_some(), wants);
         }
     }
+
+    #[test]
+    fn r57_model_is_rewritten_never_added() {
+        // A chunk or answer without `model` gets none: R3 rewrites the
+        // slug the chute sent, it does not invent the field.
+        let mut n = StreamNormalizer::new("canon", false);
+        let chunk = json!({"id": "c1", "choices": [{"index": 0, "delta": {"role": "assistant"}}]});
+        let got: Value =
+            serde_json::from_slice(&n.chunk(Bytes::from(chunk.to_string())).unwrap()).unwrap();
+        assert_eq!(got, chunk);
+        let body = json!({"id": "x", "choices": []});
+        let out: Value =
+            serde_json::from_slice(&json_answer(body.to_string().as_bytes(), "canon").unwrap())
+                .unwrap();
+        assert_eq!(out, body);
+    }
+
+    #[test]
+    fn r58_flush_sends_nothing_when_nothing_is_held() {
+        // No content at all (a tool-call stream): the transform never
+        // started, so no synthetic chunk.
+        let mut n = StreamNormalizer::new("canon", false);
+        let call = json!({"id": "c1", "choices": [{"index": 0,
+            "delta": {"tool_calls": [{"index": 0, "function": {"name": "f"}}]}}]});
+        let got: Value =
+            serde_json::from_slice(&n.chunk(Bytes::from(call.to_string())).unwrap()).unwrap();
+        assert_eq!(got, call);
+        assert_eq!(n.finish(), None);
+        // An unclosed block whose reasoning all went out already: no tail.
+        let (out, flushed) = stream(&["<think>plan"]);
+        assert_eq!(out, [("".into(), Some("plan".into()))]);
+        assert_eq!(flushed, None);
+        // A chunk that is exactly the opening tag: the tag is consumed, not
+        // held, so it is neither re-sent as content nor flushed.
+        let (out, flushed) = stream(&["<think>"]);
+        assert_eq!(out, [("".into(), None)]);
+        assert_eq!(flushed, None);
+    }
 }
