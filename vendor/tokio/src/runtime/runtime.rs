@@ -137,6 +137,7 @@ impl Runtime {
     #[doc(hidden)]
     #[cfg(feature = "test-util")]
     pub fn sim_idle_until(&self) -> Option<Option<crate::time::Instant>> {
+        #[allow(irrefutable_let_patterns)] // tiersim patch: one variant without rt-multi-thread
         let Scheduler::CurrentThread(exec) = &self.scheduler else {
             return None;
         };
@@ -174,6 +175,7 @@ impl Runtime {
         tick: std::time::Duration,
         ticks: u64,
     ) -> Option<u64> {
+        #[allow(irrefutable_let_patterns)] // tiersim patch: one variant without rt-multi-thread
         let Scheduler::CurrentThread(_) = &self.scheduler else {
             return None;
         };
@@ -203,6 +205,7 @@ impl Runtime {
     #[doc(hidden)]
     #[cfg(feature = "test-util")]
     pub fn sim_account_idle_block_ons(&self, seeds: u64, scheduler_ticks: u32) {
+        #[allow(irrefutable_let_patterns)] // tiersim patch: one variant without rt-multi-thread
         if let Scheduler::CurrentThread(exec) = &self.scheduler {
             exec.sim_account_idle(scheduler_ticks);
         }
