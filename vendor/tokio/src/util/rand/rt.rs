@@ -71,6 +71,15 @@ impl FastRand {
     /// GF(2), so `n` steps are its matrix power, taken by squaring.
     #[cfg(feature = "test-util")]
     pub(crate) fn jump(&mut self, n: u64, per_call: u64) {
+        // A short jump is cheaper stepped than squared: building the matrix
+        // alone costs thousands of XORs, one step a few instructions.
+        const STEP_BELOW: u64 = 4096;
+        if let Some(steps) = n.checked_mul(per_call).filter(|&s| s < STEP_BELOW) {
+            for _ in 0..steps {
+                self.fastrand();
+            }
+            return;
+        }
         type Matrix = [u64; 64]; // column i: the image of basis vector i
         fn apply(m: &Matrix, v: u64) -> u64 {
             let mut out = 0;
