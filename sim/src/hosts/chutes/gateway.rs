@@ -21,7 +21,7 @@ use tiersim_engine::chutes::wire::{
 use tiersim_engine::openai::MAX_SSE_LINE;
 use tokio::time::Instant;
 
-use super::{instance, tamper, ChutesHandle, Invocation, World};
+use super::{instance, tamper, Chute, ChutesHandle, Invocation, World};
 use crate::fault::{Fault, FaultBoard, RequestKind};
 use crate::hosts::{before_answer, body_answer, error_response, json_answer, scripted, Step};
 
@@ -147,6 +147,26 @@ impl Gateway {
         Ok(fault)
     }
 
+    /// [`Gateway::admit`] for a route under one chute, then the chute
+    /// itself: an unknown id is a 404 `chute_not_found`.
+    async fn admit_chute(
+        &self,
+        kind: RequestKind,
+        headers: &HeaderMap,
+        chute_id: &str,
+    ) -> Result<(Option<Fault>, &Chute), Response> {
+        let fault = self.admit(kind, headers, "", false).await?;
+        match self.world.chutes.get(chute_id) {
+            Some(chute) => Ok((fault, chute)),
+            None => Err(self.error(
+                kind,
+                StatusCode::NOT_FOUND,
+                "chute_not_found",
+                "no such chute",
+            )),
+        }
+    }
+
     /// An error answer, logged.
     pub(super) fn error(
         &self,
@@ -191,17 +211,9 @@ pub(super) async fn instances(
     headers: HeaderMap,
 ) -> Response {
     let kind = RequestKind::Instances;
-    let fault = match gw.admit(kind, &headers, "", false).await {
-        Ok(fault) => fault,
+    let (fault, chute) = match gw.admit_chute(kind, &headers, &chute_id).await {
+        Ok(admitted) => admitted,
         Err(resp) => return resp,
-    };
-    let Some(chute) = gw.world.chutes.get(&chute_id) else {
-        return gw.error(
-            kind,
-            StatusCode::NOT_FOUND,
-            "chute_not_found",
-            "no such chute",
-        );
     };
     let substitute = matches!(fault, Some(Fault::WrongKey));
     let list = {
@@ -260,17 +272,9 @@ pub(super) async fn evidence(
     headers: HeaderMap,
 ) -> Response {
     let kind = RequestKind::Evidence;
-    let fault = match gw.admit(kind, &headers, "", false).await {
-        Ok(fault) => fault,
+    let (fault, chute) = match gw.admit_chute(kind, &headers, &chute_id).await {
+        Ok(admitted) => admitted,
         Err(resp) => return resp,
-    };
-    let Some(chute) = gw.world.chutes.get(&chute_id) else {
-        return gw.error(
-            kind,
-            StatusCode::NOT_FOUND,
-            "chute_not_found",
-            "no such chute",
-        );
     };
     let nonce = query
         .as_deref()
