@@ -242,9 +242,9 @@ pub(super) async fn instances(
                 // wrong_key: the gateway lists its own key; the evidence
                 // still binds the real one.
                 e2e_pubkey: if substitute {
-                    gw.world.mitm_pubkey_b64.clone()
+                    gw.world.mitm.public_key_b64().to_owned()
                 } else {
-                    inst.pubkey_b64.clone()
+                    inst.key.public_key_b64().to_owned()
                 },
                 nonces,
             });

@@ -34,7 +34,7 @@ pub(super) fn evidence(world: &World, chute: &Chute, nonce: &str) -> EvidenceLis
         evidence: chute
             .instances
             .iter()
-            .map(|inst| entry(world, inst, nonce, &inst.pubkey_b64))
+            .map(|inst| entry(world, inst, nonce, inst.key.public_key_b64()))
             .collect(),
         failed_instance_ids: Vec::new(),
     }
@@ -50,7 +50,7 @@ pub(super) fn entry(
     let report = expected_report_data(nonce, pubkey_b64, &inst.certificate);
     EvidenceEntry {
         instance_id: inst.id.clone(),
-        quote: Some(B64.encode(world.vendor.quote(&report))),
+        quote: Some(B64.encode(world.vendor().quote(&report))),
         gpu_evidence: Some(json!({ "simulated": true })),
         certificate: Some(B64.encode(&inst.certificate)),
     }
@@ -103,7 +103,7 @@ impl Gateway {
             Some(n) => n.used = true,
         }
 
-        let (request, response_pk) = instance.key.open_request(blob).map_err(|e| {
+        let (request, response_pk) = instance.key.keypair().open_request(blob).map_err(|e| {
             (
                 StatusCode::BAD_REQUEST,
                 "e2e_decrypt_failed",
@@ -247,8 +247,8 @@ impl Gateway {
         // stream_wrong_key: the stream is keyed to a key the client does
         // not hold (its first frame cannot authenticate).
         let stream_pk = match fault {
-            Some(Fault::StreamWrongKey) => &self.world.mitm_pubkey,
-            _ => &response_pk,
+            Some(Fault::StreamWrongKey) => self.world.mitm.public_key(),
+            _ => &response_pk[..],
         };
         let (init, mut sealer) = StreamSealer::new(rng, stream_pk, version).map_err(|e| {
             (

@@ -29,7 +29,7 @@ mod tamper;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use axum::routing::{get, post};
@@ -172,9 +172,10 @@ impl ChutesGateway {
             .unwrap_or_else(|| derive_seed(self.world_seed, "chutes/vendor"))
     }
 
-    /// The vendor key the router must trust (§7b).
+    /// The vendor key the router must trust (§7b). Read from the memoised
+    /// vendor key itself, so a world derives that ed25519 key once.
     pub fn vendor_public_key(&self) -> [u8; 32] {
-        keys::ed25519_public(self.vendor_key_seed())
+        keys::vendor_key(self.vendor_key_seed()).public_key()
     }
 
     /// The `chute_id` the gateway lists for `slug`.
@@ -240,24 +241,17 @@ impl ChutesGateway {
     }
 
     fn world(&self) -> World {
-        let vendor = keys::vendor_key(self.vendor_key_seed());
-        let mitm = keys::instance_keypair(seed64(
-            self.world_seed,
-            &format!("chutes/{}/gateway-key", self.host),
-        ));
         let mut chutes = BTreeMap::new();
         for (slug, n, version) in &self.chutes {
             let chute_id = self.chute_id(slug);
             let instances = (0..*n)
                 .map(|i| {
                     let label = format!("chutes/{slug}/instance-{i}");
-                    let key = keys::instance_keypair(seed64(self.world_seed, &label));
                     let tls = derive_seed(self.world_seed, &format!("{label}/tls"));
                     Instance {
                         id: uuid(&derive_seed(self.world_seed, &format!("{label}/id"))),
-                        pubkey_b64: B64.encode(key.public_key_bytes()),
+                        key: LazyKeypair::new(seed64(self.world_seed, &label)),
                         certificate: simulated_certificate(&tls),
-                        key,
                     }
                 })
                 .collect();
@@ -271,9 +265,12 @@ impl ChutesGateway {
         }
         World {
             chutes,
-            vendor,
-            mitm_pubkey: mitm.public_key_bytes().to_vec(),
-            mitm_pubkey_b64: B64.encode(mitm.public_key_bytes()),
+            vendor_seed: self.vendor_key_seed(),
+            vendor: OnceLock::new(),
+            mitm: LazyKeypair::new(seed64(
+                self.world_seed,
+                &format!("chutes/{}/gateway-key", self.host),
+            )),
         }
     }
 }
@@ -300,15 +297,28 @@ fn uuid(bytes: &[u8]) -> String {
 }
 
 /// What the host knows for its whole life (all boots).
+///
+/// Its ML-KEM keypairs and the vendor key are derived on first use, not
+/// when the world is built: a seed that never lists a chute (most seeds of a
+/// sweep list only the Chutes-only model's) never pays for its key, and a
+/// world without an evidence fetch never derives the vendor's. Each is a
+/// pure function of its seed, so when it is derived changes no byte.
 pub(super) struct World {
     /// By chute id. BTreeMap: listings come out in a stable order.
     pub(super) chutes: BTreeMap<String, Chute>,
-    /// Signs evidence (§7b).
-    pub(super) vendor: Arc<VendorKey>,
+    vendor_seed: [u8; 32],
+    vendor: OnceLock<Arc<VendorKey>>,
     /// The gateway's own ML-KEM key: listed by `wrong_key`, bound by
     /// `evidence = "other_key"`, keyed to by `stream_wrong_key`.
-    pub(super) mitm_pubkey: Vec<u8>,
-    pub(super) mitm_pubkey_b64: String,
+    pub(super) mitm: LazyKeypair,
+}
+
+impl World {
+    /// Signs evidence (§7b).
+    pub(super) fn vendor(&self) -> &VendorKey {
+        self.vendor
+            .get_or_init(|| keys::vendor_key(self.vendor_seed))
+    }
 }
 
 pub(super) struct Chute {
@@ -320,10 +330,47 @@ pub(super) struct Chute {
 
 pub(super) struct Instance {
     pub(super) id: String,
-    pub(super) key: Arc<InstanceKeypair>,
-    pub(super) pubkey_b64: String,
+    pub(super) key: LazyKeypair,
     /// Its simulated certificate (an ed25519 SPKI in DER), bound by evidence.
     pub(super) certificate: Vec<u8>,
+}
+
+/// An ML-KEM-768 keypair derived from its 64-byte seed when first asked for
+/// (through the process-wide memo, [`keys::instance_keypair`]).
+pub(super) struct LazyKeypair {
+    seed: [u8; 64],
+    derived: OnceLock<(Arc<InstanceKeypair>, String)>,
+}
+
+impl LazyKeypair {
+    fn new(seed: [u8; 64]) -> Self {
+        LazyKeypair {
+            seed,
+            derived: OnceLock::new(),
+        }
+    }
+
+    fn derived(&self) -> &(Arc<InstanceKeypair>, String) {
+        self.derived.get_or_init(|| {
+            let key = keys::instance_keypair(self.seed);
+            let b64 = B64.encode(key.public_key_bytes());
+            (key, b64)
+        })
+    }
+
+    pub(super) fn keypair(&self) -> &InstanceKeypair {
+        &self.derived().0
+    }
+
+    /// The public key's bytes (1184).
+    pub(super) fn public_key(&self) -> &[u8] {
+        self.keypair().public_key_bytes()
+    }
+
+    /// The public key in base64, as a listing and evidence carry it.
+    pub(super) fn public_key_b64(&self) -> &str {
+        &self.derived().1
+    }
 }
 
 // ------------------------------------------------------------------ handle

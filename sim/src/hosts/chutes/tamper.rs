@@ -49,10 +49,10 @@ pub(super) fn evidence(
         EvidenceFlaw::OtherNonce => {
             // A quote from another fetch, replayed.
             let stale = if nonce.starts_with('0') { "1" } else { "0" }.repeat(nonce.len());
-            honest.evidence[at] = entry(world, inst, &stale, &inst.pubkey_b64);
+            honest.evidence[at] = entry(world, inst, &stale, inst.key.public_key_b64());
         }
         EvidenceFlaw::OtherKey => {
-            honest.evidence[at] = entry(world, inst, nonce, &world.mitm_pubkey_b64);
+            honest.evidence[at] = entry(world, inst, nonce, world.mitm.public_key_b64());
         }
         EvidenceFlaw::BadSignature => {
             let e = &mut honest.evidence[at];
