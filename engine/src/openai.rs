@@ -294,6 +294,13 @@ pub fn bound_message(raw: &str) -> String {
 /// A complete body that is not a JSON object is R37's unparseable answer
 /// ([`ProviderError::Parse`]), not a broken one.
 pub fn with_model(body: Bytes, canonical: &str) -> Result<Bytes, ProviderError> {
+    // The common case (every body and chunk the router passes on, a NEAR
+    // answer naming its model) needs no rewrite: one validating pass that
+    // builds nothing. Anything else takes the full parse below, which also
+    // gives the exact error.
+    if model_scan::is_canonical_object(&body, canonical) {
+        return Ok(body);
+    }
     let mut value: Value =
         serde_json::from_slice(&body).map_err(|e| ProviderError::Parse(e.to_string()))?;
     let obj = value
@@ -307,6 +314,160 @@ pub fn with_model(body: Bytes, canonical: &str) -> Result<Bytes, ProviderError> 
             serde_json::to_vec(&value)
                 .map(Bytes::from)
                 .map_err(|e| ProviderError::BodyDecode(e.to_string()))
+        }
+    }
+}
+
+/// [`with_model`]'s fast path: whether bytes are a JSON object whose
+/// `model` is `canonical` or absent, decided without building a
+/// `serde_json::Value`.
+///
+/// It accepts exactly what `serde_json::from_slice::<Value>` accepts: every
+/// value goes through the same `Deserializer::deserialize_any` (numbers
+/// range-checked, strings UTF-8- and escape-checked, the same depth limit)
+/// and every key through `deserialize_str`, as `Value`'s own visitor does;
+/// a repeated `model` counts by its last occurrence, as in a `Value` map.
+mod model_scan {
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    pub(super) fn is_canonical_object(body: &[u8], canonical: &str) -> bool {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        matches!(Object(canonical).deserialize(&mut de), Ok(true)) && de.end().is_ok()
+    }
+
+    /// The top level: a map whose last `model` is `canonical` (or absent).
+    struct Object<'c>(&'c str);
+
+    impl<'de> DeserializeSeed<'de> for Object<'_> {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Object<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut canonical = true;
+            while let Some(is_model) = map.next_key_seed(Key)? {
+                if is_model {
+                    canonical = map.next_value_seed(Equals(self.0))?;
+                } else {
+                    map.next_value_seed(Skip)?;
+                }
+            }
+            Ok(canonical)
+        }
+    }
+
+    /// A key, validated; `true` when it is `model`.
+    struct Key;
+
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Key {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string key")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+            Ok(v == "model")
+        }
+    }
+
+    /// Any value, validated; `true` when it is the string given.
+    struct Equals<'c>(&'c str);
+
+    impl<'de> DeserializeSeed<'de> for Equals<'_> {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Equals<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+            Ok(v == self.0)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
+            Skip.visit_seq(seq).map(|()| false)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
+            Skip.visit_map(map).map(|()| false)
+        }
+    }
+
+    /// Any value, validated and dropped.
+    struct Skip;
+
+    impl<'de> DeserializeSeed<'de> for Skip {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Skip {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Skip)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map.next_key_seed(Key)?.is_some() {
+                map.next_value_seed(Skip)?;
+            }
+            Ok(())
         }
     }
 }
@@ -444,6 +605,61 @@ mod tests {
             with_model(Bytes::from_static(b"nope"), "m"),
             Err(ProviderError::Parse(_))
         ));
+    }
+
+    /// The fast path takes exactly the bodies the full parse would pass
+    /// through untouched, and leaves everything else (rewrites, errors) to it.
+    #[test]
+    fn r3_model_scan_agrees_with_the_full_parse() {
+        let slow = |body: &[u8], canonical: &str| -> bool {
+            let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+                return false;
+            };
+            match obj.get("model") {
+                None => true,
+                Some(Value::String(m)) => m == canonical,
+                Some(_) => false,
+            }
+        };
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        let cases: Vec<&[u8]> = vec![
+            br#"{"model":"m"}"#,
+            br#"{"model":"m","x":[1,-2,3.5e3,true,false,null,{"model":"z"}],"y":{"k":"v"}}"#,
+            br#" {"x":1} "#,
+            br#"{}"#,
+            br#"{"model":"slug"}"#,
+            br#"{"model":"slug","model":"m"}"#,
+            br#"{"model":"m","model":"slug"}"#,
+            br#"{"model":"\u006d"}"#,
+            br#"{"mo\u0064el":"m"}"#,
+            br#"{"model":null}"#,
+            br#"{"model":["m"]}"#,
+            br#"{"model":{"m":1}}"#,
+            br#"{"model":7}"#,
+            br#"["m"]"#,
+            br#""m""#,
+            br#"null"#,
+            br#"{"model":"m"} x"#,
+            br#"{"model":"m","#,
+            br#"{"model":"m","x":1e400}"#,
+            br#"{"model":"m","x":"\ud800"}"#,
+            br#"{"model":"m","x":"\q"}"#,
+            b"{\"model\":\"m\",\"x\":\"\xff\"}",
+            b"{\"model\":\"m\",\"x\":\"a\nb\"}",
+            br#"{"model":"m",}"#,
+            br#"{"model":"m" "x":1}"#,
+            br#"{1:"m"}"#,
+            deep.as_bytes(),
+            b"",
+        ];
+        for body in cases {
+            assert_eq!(
+                model_scan::is_canonical_object(body, "m"),
+                slow(body, "m"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     fn sse(chunks: &[&'static str], max_line: usize) -> ChatStream {

@@ -421,15 +421,47 @@ impl ResponseKey {
     }
 }
 
+/// An instance's listed ML-KEM-768 encapsulation key, parsed once: FIPS
+/// 203's input check (decode, re-encode, compare) and the key's hash are done
+/// when it is listed, not again for every request sealed to it. A key that
+/// fails the check keeps its error, reported when a request is sealed to it.
+pub struct SealingKey(Result<EncapsulationKey, E2eeError>);
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_ok() {
+            "SealingKey(..)"
+        } else {
+            "SealingKey(invalid)"
+        })
+    }
+}
+
+impl SealingKey {
+    /// Parses `instance_pubkey` (1184 bytes).
+    pub fn new(instance_pubkey: &[u8]) -> Self {
+        SealingKey(parse_encapsulation_key(instance_pubkey))
+    }
+}
+
 /// Client: seals a request to an instance (1184-byte ML-KEM-768 key). Adds
 /// `e2e_response_pk` (base64 of a fresh per-request ML-KEM-768 key) to the
 /// JSON object, gzips it, and returns the blob and the key that opens the reply.
 pub fn seal_request<R: CryptoRng + ?Sized>(
     rng: &mut R,
     instance_pubkey: &[u8],
+    request_json: serde_json::Value,
+) -> Result<(Vec<u8>, ResponseKey), E2eeError> {
+    seal_request_to(rng, &SealingKey::new(instance_pubkey), request_json)
+}
+
+/// [`seal_request`] to an already parsed instance key.
+pub fn seal_request_to<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    instance: &SealingKey,
     mut request_json: serde_json::Value,
 ) -> Result<(Vec<u8>, ResponseKey), E2eeError> {
-    let instance = parse_encapsulation_key(instance_pubkey)?;
+    let instance = instance.0.as_ref().map_err(Clone::clone)?;
     let obj = request_json
         .as_object_mut()
         .ok_or_else(|| E2eeError::Json("request must be a JSON object".into()))?;
@@ -438,7 +470,7 @@ pub fn seal_request<R: CryptoRng + ?Sized>(
         RESPONSE_PK_FIELD.to_owned(),
         serde_json::Value::String(B64.encode(response_key.public_key_bytes())),
     );
-    let blob = seal_blob(rng, &instance, INFO_REQ, 2048, |blob| {
+    let blob = seal_blob(rng, instance, INFO_REQ, 2048, |blob| {
         gzip_into(blob, |enc| {
             serde_json::to_writer(enc, &request_json).map_err(std::io::Error::other)
         })

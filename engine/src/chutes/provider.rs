@@ -38,8 +38,8 @@ use tokio::time::Instant;
 
 use super::attest::{check_instance, Verifier};
 use super::e2ee::{
-    seal_request, AttestFailure, ResponseKey, StreamVersion, MLKEM_PK_LEN, RESPONSE_PK_FIELD,
-    STREAM_VERSION_FIELD,
+    seal_request_to, AttestFailure, ResponseKey, SealingKey, StreamVersion, MLKEM_PK_LEN,
+    RESPONSE_PK_FIELD, STREAM_VERSION_FIELD,
 };
 use super::normalize::{self, StreamNormalizer};
 use super::stream::{StreamDecoder, StreamError, StreamEvent};
@@ -266,8 +266,9 @@ struct PoolInstance {
     id_text: String,
     /// The key as listed (base64): what the report data binds.
     pubkey_b64: String,
-    /// The decoded key; `None` when it is not a base64 ML-KEM-768 key.
-    pubkey: Option<Arc<[u8]>>,
+    /// The decoded key, parsed once per listing; `None` when it is not a
+    /// base64 ML-KEM-768 key.
+    pubkey: Option<Arc<SealingKey>>,
     nonces: VecDeque<HeaderValue>,
 }
 
@@ -331,7 +332,7 @@ struct Candidate {
     id: HeaderValue,
     id_text: String,
     pubkey_b64: String,
-    pubkey: Option<Arc<[u8]>>,
+    pubkey: Option<Arc<SealingKey>>,
 }
 
 /// Why a candidate was skipped (R61 step 4).
@@ -345,7 +346,7 @@ enum Skipped {
 struct Slot {
     chute_id: HeaderValue,
     instance_id: HeaderValue,
-    pubkey: Arc<[u8]>,
+    pubkey: Arc<SealingKey>,
     nonce: HeaderValue,
 }
 
@@ -616,7 +617,7 @@ impl ChutesProvider {
                 .decode(&info.e2e_pubkey)
                 .ok()
                 .filter(|k| k.len() == MLKEM_PK_LEN)
-                .map(Arc::from);
+                .map(|k| Arc::new(SealingKey::new(&k)));
             let id = HeaderValue::from_str(&info.instance_id).map_err(|_| {
                 ProviderError::BodyDecode("Chutes sent an unusable instance_id".into())
             })?;
@@ -689,7 +690,7 @@ impl ChutesProvider {
         let (blob, key) = {
             // Sync lock, never held across an await.
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            seal_request(&mut *rng, &slot.pubkey, body.clone()).map_err(ProviderError::from)?
+            seal_request_to(&mut *rng, &slot.pubkey, body.clone()).map_err(ProviderError::from)?
         };
         let mut builder = Request::builder()
             .method(Method::POST)
