@@ -24,7 +24,7 @@ use tiersim_engine::config::ChutesModelEntry;
 use tiersim_engine::http::HttpClient;
 
 use crate::fault::FaultBoard;
-use crate::hosts::{derive_seed, ChutesGateway, ChutesHandle, Service, MODELS_PREFIX};
+use crate::hosts::{derive_seed, keys, ChutesGateway, ChutesHandle, Service, MODELS_PREFIX};
 use crate::hosts::{Catalog, CatalogHandle, ExternalBackend, NearBackend};
 use crate::net::{self, TurmoilListener, HTTP_PORT};
 use crate::scenario::format::{CatalogRow as ScenarioRow, Scenario};
@@ -405,7 +405,10 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
     if s.chutes.is_empty() {
         return None;
     }
-    let mut gw = ChutesGateway::new(CHUTES).world_seed(s.seed).faults(board);
+    let mut gw = ChutesGateway::new(CHUTES)
+        .world_seed(s.seed)
+        .key_seed(keys::IDENTITY_SEED)
+        .faults(board);
     if let Some(ttl) = &s.world.chutes_nonce_expires_in {
         gw = gw.nonce_ttl(ttl.0);
     }
@@ -437,7 +440,7 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
             Some(trusted)
         } else {
             // A key the simulated vendor never signs with.
-            Some(crate::hosts::keys::ed25519_public(derive_seed(
+            Some(keys::ed25519_public(derive_seed(
                 s.seed,
                 "untrusted-vendor",
             )))

@@ -1,17 +1,20 @@
-//! Key material derived from a world's seed, derived once per identity.
+//! A simulated world's key material, derived once per identity.
 //!
 //! Every key of a simulated world (a NEAR backend's ed25519 signing key, the
 //! Chutes vendor key, each instance's ML-KEM-768 keypair) is a pure function
-//! of seed bytes derived from the world's seed
-//! ([`derive_seed`](super::derive_seed)). Deriving one costs tens of
-//! microseconds, and the same world is built again and again: the suite runs
-//! each scenario twice, `sweep --check-determinism` runs each seed twice,
-//! shrinking reruns one seed dozens of times, and a builder may ask for the
-//! same public key more than once. So each derivation is memoised
-//! process-wide, keyed by exactly the seed bytes it derives from: a hit
-//! returns what a miss computes, so no result can depend on the memo (which
-//! run came first, which thread). Each memo is a bounded LRU, so a sweep of
-//! a million seeds keeps a flat memory footprint.
+//! of seed bytes ([`derive_seed`](super::derive_seed)). The Chutes side's
+//! keys derive from [`IDENTITY_SEED`] and their label, the same in every
+//! world, so a sweep's thousands of seeds share them; a NEAR backend's key
+//! derives from the world seed (its public key is observable: the
+//! registry's pubkey map shows and orders by it). Deriving one costs tens
+//! of microseconds (an ML-KEM-768 key generation, an ed25519 base-point
+//! multiplication), and worlds are built again and again: every seed of a
+//! sweep, the suite's double run, `sweep --check-determinism`, shrinking.
+//! So each derivation is memoised process-wide, keyed by exactly the seed
+//! bytes it derives from: a hit returns what a miss computes, so no result
+//! can depend on the memo (which run came first, which thread). Each memo
+//! is a bounded LRU, so a sweep of a million seeds keeps a flat memory
+//! footprint.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -19,6 +22,22 @@ use std::sync::{Arc, LazyLock, Mutex};
 use lru::LruCache;
 use tiersim_engine::chutes::attest::VendorKey;
 use tiersim_engine::chutes::e2ee::InstanceKeypair;
+
+/// The seed the simulated Chutes' identity keys derive from, with each
+/// one's label (`chutes/vendor`, `chutes/{slug}/instance-{i}` and its
+/// certificate key, the gateway's own key): the same in every world,
+/// whatever its seed (`world::chutes_service` sets it as the gateway's
+/// `key_seed`).
+///
+/// These keys never reach anything a run records: the router sees them only
+/// through equality (a substituted listing) and hashes (§7b evidence binds
+/// the listed key and the certificate), and no decision depends on their
+/// value, only on which key is which. The world seed still drives every
+/// random byte of the protocol (the per-request ML-KEM response keys and
+/// encapsulations, AEAD and evidence nonces) and every id, so real
+/// encryption runs unchanged; a sweep just derives each Chutes key once per
+/// process instead of once per seed.
+pub const IDENTITY_SEED: u64 = 0;
 
 /// Entries per memo: several worlds' worth (a world has a handful of keys
 /// of each kind), so a seed's second run and a shrink's reruns hit.
@@ -99,6 +118,32 @@ mod tests {
                 VendorKey::from_seed(vendor_seed).quote(&report)
             );
         }
+    }
+
+    /// The simulated Chutes' identity keys follow the key seed, not the
+    /// world seed; its ids still follow the world seed.
+    #[test]
+    fn r7b_chutes_identity_keys_are_the_same_in_every_world() {
+        use crate::hosts::ChutesGateway;
+        let gateway = |world| {
+            ChutesGateway::new("chutes")
+                .world_seed(world)
+                .key_seed(IDENTITY_SEED)
+        };
+        assert_eq!(
+            gateway(1).vendor_public_key(),
+            gateway(2).vendor_public_key()
+        );
+        assert_ne!(gateway(1).chute_id("s"), gateway(2).chute_id("s"));
+        // Without a key seed, the keys follow the world seed.
+        assert_ne!(
+            ChutesGateway::new("chutes")
+                .world_seed(1)
+                .vendor_public_key(),
+            ChutesGateway::new("chutes")
+                .world_seed(2)
+                .vendor_public_key()
+        );
     }
 
     #[test]

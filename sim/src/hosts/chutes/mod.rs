@@ -87,6 +87,7 @@ pub struct ChutesGateway {
     replies: BTreeMap<String, Reply>,
     vendor_seed: Option<[u8; 32]>,
     world_seed: u64,
+    key_seed: Option<u64>,
     faults: FaultBoard,
     nonces_per_instance: usize,
     nonce_ttl: Duration,
@@ -101,6 +102,7 @@ impl ChutesGateway {
             replies: BTreeMap::new(),
             vendor_seed: None,
             world_seed: 0,
+            key_seed: None,
             faults: FaultBoard::new(),
             nonces_per_instance: DEFAULT_NONCES,
             nonce_ttl: DEFAULT_NONCE_TTL,
@@ -133,10 +135,25 @@ impl ChutesGateway {
         self
     }
 
-    /// The seed every key, id and random byte of this host derives from.
+    /// The seed every key, id and random byte of this host derives from
+    /// (keys: unless [`key_seed`](Self::key_seed) is set).
     pub fn world_seed(mut self, seed: u64) -> Self {
         self.world_seed = seed;
         self
+    }
+
+    /// The seed its identity keys derive from instead of the world seed:
+    /// the vendor key (unless [`vendor_seed`](Self::vendor_seed) is set),
+    /// each instance's ML-KEM keypair and certificate key, and the
+    /// gateway's own ML-KEM keypair. Ids, nonces
+    /// and every other random byte still come from the world seed.
+    pub fn key_seed(mut self, seed: u64) -> Self {
+        self.key_seed = Some(seed);
+        self
+    }
+
+    fn identity_seed(&self) -> u64 {
+        self.key_seed.unwrap_or(self.world_seed)
     }
 
     pub fn faults(mut self, board: &FaultBoard) -> Self {
@@ -166,10 +183,10 @@ impl ChutesGateway {
         &self.host
     }
 
-    /// The vendor key's seed: the one set, else derived from the world seed.
+    /// The vendor key's seed: the one set, else derived from the key seed.
     fn vendor_key_seed(&self) -> [u8; 32] {
         self.vendor_seed
-            .unwrap_or_else(|| derive_seed(self.world_seed, "chutes/vendor"))
+            .unwrap_or_else(|| derive_seed(self.identity_seed(), "chutes/vendor"))
     }
 
     /// The vendor key the router must trust (§7b). Read from the memoised
@@ -247,10 +264,10 @@ impl ChutesGateway {
             let instances = (0..*n)
                 .map(|i| {
                     let label = format!("chutes/{slug}/instance-{i}");
-                    let tls = derive_seed(self.world_seed, &format!("{label}/tls"));
+                    let tls = derive_seed(self.identity_seed(), &format!("{label}/tls"));
                     Instance {
                         id: uuid(&derive_seed(self.world_seed, &format!("{label}/id"))),
-                        key: LazyKeypair::new(seed64(self.world_seed, &label)),
+                        key: LazyKeypair::new(seed64(self.identity_seed(), &label)),
                         certificate: simulated_certificate(&tls),
                     }
                 })
@@ -268,7 +285,7 @@ impl ChutesGateway {
             vendor_seed: self.vendor_key_seed(),
             vendor: OnceLock::new(),
             mitm: LazyKeypair::new(seed64(
-                self.world_seed,
+                self.identity_seed(),
                 &format!("chutes/{}/gateway-key", self.host),
             )),
         }
