@@ -141,8 +141,9 @@ impl<'a> Rt<'a> {
     }
 
     pub(crate) fn now(&self) -> Instant {
-        let _guard = self.tokio.enter();
-        Instant::now()
+        // tiersim patch (see `vendor/README.md`): the same paused clock
+        // `Instant::now()` reads inside the runtime, without entering it.
+        self.tokio.sim_now()
     }
 
     // This method is called by [`Sim::run`], which iterates through all the

@@ -3,7 +3,7 @@ use crate::host::Host;
 use crate::rt::Rt;
 use crate::{config, TRACING_TARGET};
 
-use indexmap::IndexMap;
+use crate::FxIndexMap;
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, Exp};
 use std::collections::VecDeque;
@@ -17,7 +17,7 @@ pub(crate) struct Topology {
     config: config::Link,
 
     /// Specific configuration overrides between specific hosts.
-    links: IndexMap<Pair, Link>,
+    links: FxIndexMap<Pair, Link>,
 
     /// We don't use a Rt for async. Right now, we just use it to tick time
     /// forward in the same way we do it elsewhere. We'd like to represent
@@ -150,7 +150,7 @@ struct Link {
     sent: VecDeque<Sent>,
 
     /// Messages that are ready to be delivered.
-    deliverable: IndexMap<IpAddr, VecDeque<Envelope>>,
+    deliverable: FxIndexMap<IpAddr, VecDeque<Envelope>>,
 
     /// The current network time, moved forward with [`Link::tick`].
     now: Instant,
@@ -176,7 +176,7 @@ impl Topology {
     pub(crate) fn new(config: config::Link) -> Topology {
         Topology {
             config,
-            links: IndexMap::new(),
+            links: FxIndexMap::default(),
             rt: Rt::no_software(),
         }
     }
@@ -285,8 +285,11 @@ impl Topology {
 
     pub(crate) fn tick_by(&mut self, duration: Duration) {
         let _ = self.rt.tick(duration);
+        // tiersim patch (see `vendor/README.md`): the clock is read once,
+        // not once per link (nothing moves it in between).
+        let now = self.rt.now();
         for link in self.links.values_mut() {
-            link.tick(self.rt.now());
+            link.tick(now);
         }
     }
 
@@ -324,8 +327,9 @@ impl Topology {
     /// `ticks` idle ticks at once.
     pub(crate) fn tick_idle(&mut self, tick: Duration, ticks: u64) {
         let _ = self.rt.tick_idle(tick, ticks);
+        let now = self.rt.now();
         for link in self.links.values_mut() {
-            link.tick(self.rt.now());
+            link.tick(now);
         }
     }
 
@@ -369,7 +373,7 @@ impl Link {
             state_b_a: State::Healthy,
             config: config::Link::default(),
             sent: VecDeque::new(),
-            deliverable: IndexMap::new(),
+            deliverable: FxIndexMap::default(),
             now,
         }
     }
@@ -485,17 +489,25 @@ impl Link {
         rand: &mut dyn RngCore,
         host: &mut Host,
     ) {
-        let deliverable = self
-            .deliverable
-            .entry(host.addr)
-            .or_default()
-            .drain(..)
-            .collect::<Vec<Envelope>>();
+        // tiersim patch (see `vendor/README.md`): the queue is taken whole
+        // instead of drained into a new `Vec` on every step; what arrives in
+        // it meanwhile (a refusal's reply can move due messages) stays, and
+        // an emptied queue keeps its buffer for the next step.
+        let queue = self.deliverable.entry(host.addr).or_default();
+        if queue.is_empty() {
+            return;
+        }
+        let mut deliverable = std::mem::take(queue);
 
-        for message in deliverable {
+        for message in deliverable.drain(..) {
             let (src, dst) = (message.src, message.dst);
             if let Err(message) = host.receive_from_network(message) {
                 let _ = self.enqueue_message(global_config, rand, dst, src, message);
+            }
+        }
+        if let Some(queue) = self.deliverable.get_mut(&host.addr) {
+            if queue.is_empty() {
+                *queue = deliverable;
             }
         }
     }
