@@ -19,6 +19,11 @@ pub(crate) struct Topology {
     /// Specific configuration overrides between specific hosts.
     links: FxIndexMap<Pair, Link>,
 
+    /// tiersim patch (see `vendor/README.md`): per host, the indices in
+    /// `links` of the links it is an end of, in `links` order (links are
+    /// only ever added), so a host's links are found without scanning all.
+    by_host: FxIndexMap<IpAddr, Vec<usize>>,
+
     /// We don't use a Rt for async. Right now, we just use it to tick time
     /// forward in the same way we do it elsewhere. We'd like to represent
     /// network state with async in the future.
@@ -177,6 +182,7 @@ impl Topology {
         Topology {
             config,
             links: FxIndexMap::default(),
+            by_host: FxIndexMap::default(),
             rt: Rt::no_software(),
         }
     }
@@ -184,7 +190,10 @@ impl Topology {
     /// Register a link between two hosts
     pub(crate) fn register(&mut self, a: IpAddr, b: IpAddr) {
         let pair = Pair::new(a, b);
+        let index = self.links.len();
         assert!(self.links.insert(pair, Link::new(self.rt.now())).is_none());
+        self.by_host.entry(a).or_default().push(index);
+        self.by_host.entry(b).or_default().push(index);
     }
 
     pub(crate) fn set_max_message_latency(&mut self, value: Duration) {
@@ -250,10 +259,14 @@ impl Topology {
 
     // Move messages from any network links to the `dst` host.
     pub(crate) fn deliver_messages(&mut self, rand: &mut dyn RngCore, dst: &mut Host) {
-        for (pair, link) in &mut self.links {
-            if pair.0 == dst.addr || pair.1 == dst.addr {
-                link.deliver_messages(&self.config, rand, dst);
-            }
+        // tiersim patch (see `vendor/README.md`): the host's own links, in
+        // `links` order, instead of every link filtered by its ends.
+        let Some(indices) = self.by_host.get(&dst.addr) else {
+            return;
+        };
+        for &index in indices {
+            let (_, link) = self.links.get_index_mut(index).expect("indexed link");
+            link.deliver_messages(&self.config, rand, dst);
         }
     }
 
@@ -317,9 +330,16 @@ impl Topology {
     /// tiersim patch (see `vendor/README.md`): whether a message is ready to
     /// be handed to the host at `addr` (at this step's start).
     pub(crate) fn has_deliverable(&self, addr: IpAddr) -> bool {
-        self.links.iter().any(|(pair, link)| {
-            (pair.0 == addr || pair.1 == addr)
-                && link.deliverable.get(&addr).is_some_and(|q| !q.is_empty())
+        // The host's own links; a link's ready queues are keyed by its two
+        // ends, so scanning them costs less than hashing `addr` again.
+        let Some(indices) = self.by_host.get(&addr) else {
+            return false;
+        };
+        indices.iter().any(|&index| {
+            self.links[index]
+                .deliverable
+                .iter()
+                .any(|(to, q)| *to == addr && !q.is_empty())
         })
     }
 
