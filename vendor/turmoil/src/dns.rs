@@ -1,4 +1,4 @@
-use crate::FxIndexMap;
+use crate::FxIndexMap; // tiersim patch: SipHash -> FxHash (see `lib.rs`)
 #[cfg(feature = "regex")]
 use regex::Regex;
 use std::io;

@@ -6,7 +6,7 @@ use crate::net::{SocketPair, TcpListener, UdpSocket};
 use crate::{Envelope, TRACING_TARGET};
 
 use bytes::Bytes;
-use crate::FxIndexMap;
+use crate::FxIndexMap; // tiersim patch: SipHash -> FxHash (see `lib.rs`)
 use std::collections::VecDeque;
 use std::fmt::Display;
 use std::io;

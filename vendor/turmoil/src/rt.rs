@@ -185,7 +185,7 @@ impl<'a> Rt<'a> {
     // that caused failure. Subsequent calls do not return the error as it is
     // expected to fail the simulation.
     pub(crate) fn tick(&mut self, duration: Duration) -> Result<bool> {
-        self.now.set(None);
+        self.now.set(None); // tiersim patch: the clock moves below
         self.tokio.block_on(async {
             self.local
                 .run_until(async {
@@ -321,7 +321,7 @@ impl<'a> Rt<'a> {
         }
 
         self.cancel_tasks();
-        self.now.set(None);
+        self.now.set(None); // tiersim patch: a new runtime, a new clock
 
         if let Kind::Host { software } = &self.kind {
             let handle = with(&self.tokio, &self.local, || {
@@ -342,7 +342,7 @@ impl<'a> Rt<'a> {
     fn cancel_tasks(&mut self) {
         let (tokio, local) = init(&mut self.config);
         self.lag = 0;
-        self.now.set(None);
+        self.now.set(None); // tiersim patch: a new runtime, a new clock
 
         _ = mem::replace(&mut self.tokio, tokio);
         drop(mem::replace(&mut self.local, local));

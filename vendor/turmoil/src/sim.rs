@@ -6,7 +6,7 @@ use std::ops::DerefMut;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use crate::FxIndexMap;
+use crate::FxIndexMap; // tiersim patch: SipHash -> FxHash (see `lib.rs`)
 use tokio::time::Duration;
 use tracing::Level;
 

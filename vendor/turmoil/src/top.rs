@@ -3,7 +3,7 @@ use crate::host::Host;
 use crate::rt::Rt;
 use crate::{config, TRACING_TARGET};
 
-use crate::FxIndexMap;
+use crate::FxIndexMap; // tiersim patch: SipHash -> FxHash (see `lib.rs`)
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, Exp};
 use std::collections::VecDeque;

@@ -8,7 +8,7 @@ use crate::{
     TRACING_TARGET,
 };
 
-use crate::FxIndexMap;
+use crate::FxIndexMap; // tiersim patch: SipHash -> FxHash (see `lib.rs`)
 use rand::RngCore;
 use scoped_tls::scoped_thread_local;
 use std::cell::RefCell;
