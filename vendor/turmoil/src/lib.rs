@@ -225,6 +225,12 @@ pub use top::{LinkIter, LinksIter, SentRef};
 mod world;
 use world::World;
 
+/// tiersim patch (see `vendor/README.md`): turmoil's maps with a fixed,
+/// cheap hasher instead of SipHash. An `IndexMap` iterates in insertion
+/// order whatever its hasher, so nothing observable depends on it; the
+/// keys are addresses, ports and sequence numbers turmoil itself assigns.
+pub(crate) type FxIndexMap<K, V> = indexmap::IndexMap<K, V, rustc_hash::FxBuildHasher>;
+
 const TRACING_TARGET: &str = "turmoil";
 
 /// Utility method for performing a function on all hosts in `a` against all

@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::cell::Cell;
 use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -70,6 +71,12 @@ pub struct Rt<'a> {
     /// tiersim patch (see `vendor/README.md`): idle ticks this host's
     /// runtime has not been driven through yet ([`Rt::catch_up`]).
     lag: u64,
+
+    /// tiersim patch (see `vendor/README.md`): the runtime's clock as last
+    /// read. Only driving the runtime moves its paused clock, and every
+    /// method that does takes `&mut self` and clears this, so an idle host
+    /// asked every step reads its clock once.
+    now: Cell<Option<Instant>>,
 }
 
 impl<'a> Rt<'a> {
@@ -89,6 +96,7 @@ impl<'a> Rt<'a> {
             handle: Some(handle),
             config,
             lag: 0,
+            now: Cell::new(None),
         }
     }
 
@@ -110,6 +118,7 @@ impl<'a> Rt<'a> {
             handle: Some(handle),
             config,
             lag: 0,
+            now: Cell::new(None),
         }
     }
 
@@ -125,6 +134,7 @@ impl<'a> Rt<'a> {
             handle: None,
             config,
             lag: 0,
+            now: Cell::new(None),
         }
     }
 
@@ -141,8 +151,15 @@ impl<'a> Rt<'a> {
     }
 
     pub(crate) fn now(&self) -> Instant {
-        let _guard = self.tokio.enter();
-        Instant::now()
+        // tiersim patch (see `vendor/README.md`): the same paused clock
+        // `Instant::now()` reads inside the runtime, without entering it,
+        // and read again only after the runtime was driven.
+        if let Some(now) = self.now.get() {
+            return now;
+        }
+        let now = self.tokio.sim_now();
+        self.now.set(Some(now));
+        now
     }
 
     // This method is called by [`Sim::run`], which iterates through all the
@@ -168,6 +185,7 @@ impl<'a> Rt<'a> {
     // that caused failure. Subsequent calls do not return the error as it is
     // expected to fail the simulation.
     pub(crate) fn tick(&mut self, duration: Duration) -> Result<bool> {
+        self.now.set(None); // tiersim patch: the clock moves below
         self.tokio.block_on(async {
             self.local
                 .run_until(async {
@@ -233,9 +251,12 @@ impl<'a> Rt<'a> {
         if ticks == 0 {
             return;
         }
+        // The clock moves below.
+        let from = self.now();
+        self.now.set(None);
         let turns = self
             .tokio
-            .sim_idle_scheduler_ticks(self.now(), tick, ticks)
+            .sim_idle_scheduler_ticks(from, tick, ticks)
             .expect("a turmoil host runs a paused current-thread runtime");
         let span = Duration::from_nanos((tick.as_nanos() * u128::from(ticks)) as u64);
         assert!(
@@ -300,6 +321,7 @@ impl<'a> Rt<'a> {
         }
 
         self.cancel_tasks();
+        self.now.set(None); // tiersim patch: a new runtime, a new clock
 
         if let Kind::Host { software } = &self.kind {
             let handle = with(&self.tokio, &self.local, || {
@@ -320,6 +342,7 @@ impl<'a> Rt<'a> {
     fn cancel_tasks(&mut self) {
         let (tokio, local) = init(&mut self.config);
         self.lag = 0;
+        self.now.set(None); // tiersim patch: a new runtime, a new clock
 
         _ = mem::replace(&mut self.tokio, tokio);
         drop(mem::replace(&mut self.local, local));

@@ -6,7 +6,7 @@ use std::ops::DerefMut;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use indexmap::IndexMap;
+use crate::FxIndexMap; // tiersim patch: SipHash -> FxHash (see `lib.rs`)
 use tokio::time::Duration;
 use tracing::Level;
 
@@ -26,7 +26,7 @@ pub struct Sim<'a> {
     world: RefCell<World>,
 
     /// Per simulated host runtimes
-    rts: IndexMap<IpAddr, Rt<'a>>,
+    rts: FxIndexMap<IpAddr, Rt<'a>>,
 
     /// Simulation duration since unix epoch. Set when the simulation is
     /// created.
@@ -36,6 +36,11 @@ pub struct Sim<'a> {
     elapsed: Duration,
 
     steps: usize,
+
+    /// tiersim patch (see `vendor/README.md`): per-step lists of running
+    /// and stopped hosts (indices into `rts`), reused across steps.
+    running: Vec<usize>,
+    stopped: Vec<usize>,
 }
 
 impl<'a> Sim<'a> {
@@ -48,10 +53,12 @@ impl<'a> Sim<'a> {
         Self {
             config,
             world: RefCell::new(world),
-            rts: IndexMap::new(),
+            rts: FxIndexMap::default(),
             since_epoch,
             elapsed: Duration::ZERO,
             steps: 1, // bumped after each step
+            running: Vec::new(),
+            stopped: Vec::new(),
         }
     }
 
@@ -555,15 +562,27 @@ impl<'a> Sim<'a> {
         // encountered.
 
         let may_skip_idle = self.may_skip_idle();
-        let (mut running, stopped): (Vec<_>, Vec<_>) = self
-            .rts
-            .iter_mut()
-            .partition(|(_, rt)| rt.is_software_running());
+        // tiersim patch (see `vendor/README.md`): the running and stopped
+        // hosts are listed by index in buffers kept across steps, not
+        // collected into two new `Vec`s per step. A shuffle draws from the
+        // RNG by the list's length alone, so the order is upstream's.
+        let mut running = std::mem::take(&mut self.running);
+        let mut stopped = std::mem::take(&mut self.stopped);
+        running.clear();
+        stopped.clear();
+        for (index, rt) in self.rts.values().enumerate() {
+            if rt.is_software_running() {
+                running.push(index);
+            } else {
+                stopped.push(index);
+            }
+        }
         if self.config.random_node_order {
             running.shuffle(&mut self.world.borrow_mut().rng);
         }
 
-        for (&addr, rt) in running {
+        for &index in &running {
+            let (&addr, rt) = self.rts.get_index_mut(index).expect("listed host");
             // tiersim patch (see `vendor/README.md`): a host that can do
             // nothing this tick is not driven through it; its runtime
             // catches up, exactly, before it next is.
@@ -613,10 +632,13 @@ impl<'a> Sim<'a> {
 
         // Tick the nodes that are not actively running (i.e., crashed) to ensure their clock keeps up
         // with the rest of the simulation when they are restarted (bounced).
-        for (&addr, _rt) in stopped {
+        for &index in &stopped {
+            let (&addr, _rt) = self.rts.get_index(index).expect("listed host");
             let mut world = self.world.borrow_mut();
             world.tick(addr, tick);
         }
+        self.running = running;
+        self.stopped = stopped;
 
         self.elapsed += tick;
         self.steps += 1;

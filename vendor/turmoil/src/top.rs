@@ -3,7 +3,7 @@ use crate::host::Host;
 use crate::rt::Rt;
 use crate::{config, TRACING_TARGET};
 
-use indexmap::IndexMap;
+use crate::FxIndexMap; // tiersim patch: SipHash -> FxHash (see `lib.rs`)
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, Exp};
 use std::collections::VecDeque;
@@ -17,7 +17,12 @@ pub(crate) struct Topology {
     config: config::Link,
 
     /// Specific configuration overrides between specific hosts.
-    links: IndexMap<Pair, Link>,
+    links: FxIndexMap<Pair, Link>,
+
+    /// tiersim patch (see `vendor/README.md`): per host, the indices in
+    /// `links` of the links it is an end of, in `links` order (links are
+    /// only ever added), so a host's links are found without scanning all.
+    by_host: FxIndexMap<IpAddr, Vec<usize>>,
 
     /// We don't use a Rt for async. Right now, we just use it to tick time
     /// forward in the same way we do it elsewhere. We'd like to represent
@@ -150,7 +155,7 @@ struct Link {
     sent: VecDeque<Sent>,
 
     /// Messages that are ready to be delivered.
-    deliverable: IndexMap<IpAddr, VecDeque<Envelope>>,
+    deliverable: FxIndexMap<IpAddr, VecDeque<Envelope>>,
 
     /// The current network time, moved forward with [`Link::tick`].
     now: Instant,
@@ -176,7 +181,8 @@ impl Topology {
     pub(crate) fn new(config: config::Link) -> Topology {
         Topology {
             config,
-            links: IndexMap::new(),
+            links: FxIndexMap::default(),
+            by_host: FxIndexMap::default(),
             rt: Rt::no_software(),
         }
     }
@@ -184,7 +190,10 @@ impl Topology {
     /// Register a link between two hosts
     pub(crate) fn register(&mut self, a: IpAddr, b: IpAddr) {
         let pair = Pair::new(a, b);
+        let index = self.links.len();
         assert!(self.links.insert(pair, Link::new(self.rt.now())).is_none());
+        self.by_host.entry(a).or_default().push(index);
+        self.by_host.entry(b).or_default().push(index);
     }
 
     pub(crate) fn set_max_message_latency(&mut self, value: Duration) {
@@ -250,10 +259,14 @@ impl Topology {
 
     // Move messages from any network links to the `dst` host.
     pub(crate) fn deliver_messages(&mut self, rand: &mut dyn RngCore, dst: &mut Host) {
-        for (pair, link) in &mut self.links {
-            if pair.0 == dst.addr || pair.1 == dst.addr {
-                link.deliver_messages(&self.config, rand, dst);
-            }
+        // tiersim patch (see `vendor/README.md`): the host's own links, in
+        // `links` order, instead of every link filtered by its ends.
+        let Some(indices) = self.by_host.get(&dst.addr) else {
+            return;
+        };
+        for &index in indices {
+            let (_, link) = self.links.get_index_mut(index).expect("indexed link");
+            link.deliver_messages(&self.config, rand, dst);
         }
     }
 
@@ -285,8 +298,11 @@ impl Topology {
 
     pub(crate) fn tick_by(&mut self, duration: Duration) {
         let _ = self.rt.tick(duration);
+        // tiersim patch (see `vendor/README.md`): the clock is read once,
+        // not once per link (nothing moves it in between).
+        let now = self.rt.now();
         for link in self.links.values_mut() {
-            link.tick(self.rt.now());
+            link.tick(now);
         }
     }
 
@@ -314,9 +330,16 @@ impl Topology {
     /// tiersim patch (see `vendor/README.md`): whether a message is ready to
     /// be handed to the host at `addr` (at this step's start).
     pub(crate) fn has_deliverable(&self, addr: IpAddr) -> bool {
-        self.links.iter().any(|(pair, link)| {
-            (pair.0 == addr || pair.1 == addr)
-                && link.deliverable.get(&addr).is_some_and(|q| !q.is_empty())
+        // The host's own links; a link's ready queues are keyed by its two
+        // ends, so scanning them costs less than hashing `addr` again.
+        let Some(indices) = self.by_host.get(&addr) else {
+            return false;
+        };
+        indices.iter().any(|&index| {
+            self.links[index]
+                .deliverable
+                .iter()
+                .any(|(to, q)| *to == addr && !q.is_empty())
         })
     }
 
@@ -324,8 +347,9 @@ impl Topology {
     /// `ticks` idle ticks at once.
     pub(crate) fn tick_idle(&mut self, tick: Duration, ticks: u64) {
         let _ = self.rt.tick_idle(tick, ticks);
+        let now = self.rt.now();
         for link in self.links.values_mut() {
-            link.tick(self.rt.now());
+            link.tick(now);
         }
     }
 
@@ -369,7 +393,7 @@ impl Link {
             state_b_a: State::Healthy,
             config: config::Link::default(),
             sent: VecDeque::new(),
-            deliverable: IndexMap::new(),
+            deliverable: FxIndexMap::default(),
             now,
         }
     }
@@ -485,17 +509,25 @@ impl Link {
         rand: &mut dyn RngCore,
         host: &mut Host,
     ) {
-        let deliverable = self
-            .deliverable
-            .entry(host.addr)
-            .or_default()
-            .drain(..)
-            .collect::<Vec<Envelope>>();
+        // tiersim patch (see `vendor/README.md`): the queue is taken whole
+        // instead of drained into a new `Vec` on every step; what arrives in
+        // it meanwhile (a refusal's reply can move due messages) stays, and
+        // an emptied queue keeps its buffer for the next step.
+        let queue = self.deliverable.entry(host.addr).or_default();
+        if queue.is_empty() {
+            return;
+        }
+        let mut deliverable = std::mem::take(queue);
 
-        for message in deliverable {
+        for message in deliverable.drain(..) {
             let (src, dst) = (message.src, message.dst);
             if let Err(message) = host.receive_from_network(message) {
                 let _ = self.enqueue_message(global_config, rand, dst, src, message);
+            }
+        }
+        if let Some(queue) = self.deliverable.get_mut(&host.addr) {
+            if queue.is_empty() {
+                *queue = deliverable;
             }
         }
     }

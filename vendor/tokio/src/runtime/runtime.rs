@@ -129,6 +129,17 @@ pub(super) enum Scheduler {
 }
 
 impl Runtime {
+    /// tiersim patch (see `vendor/README.md`): the runtime's clock, read
+    /// without entering the runtime: the value `Instant::now()` returns
+    /// inside it once a clock was paused (`DID_PAUSE_CLOCK`), as turmoil's
+    /// runtimes all start paused. Entering costs a thread-local context
+    /// swap and a handle clone, for every clock read turmoil makes.
+    #[doc(hidden)]
+    #[cfg(feature = "test-util")]
+    pub fn sim_now(&self) -> crate::time::Instant {
+        self.handle.inner.driver().clock().now()
+    }
+
     /// tiersim patch (see `vendor/README.md`): for a paused current-thread
     /// runtime with no thread inside `block_on`, `Some(next)` when nothing
     /// is runnable, where `next` is the earliest instant its timer wheel has

@@ -367,6 +367,12 @@ cfg_test_util! {
             Ok(())
         }
 
+        /// tiersim patch (see `vendor/README.md`): whether the clock is
+        /// paused (read once, when a runtime is built).
+        pub(crate) fn sim_is_paused(&self) -> bool {
+            self.inner.lock().unfrozen.is_none()
+        }
+
         pub(crate) fn now(&self) -> Instant {
             let inner = self.inner.lock();
 

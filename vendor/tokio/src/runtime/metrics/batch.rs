@@ -15,6 +15,11 @@ pub(crate) struct MetricsBatch {
     /// Instant at which work last resumed (continued after park).
     processing_scheduled_tasks_started_at: Option<Instant>,
 
+    /// tiersim patch (see `vendor/README.md`): whether busy time is
+    /// measured (two real clock reads per scheduler turn); off for a runtime
+    /// built with its clock paused ([`MetricsBatch::sim_skip_busy_time`]).
+    sim_measure_busy_time: bool,
+
     /// Number of times the worker parked.
     park_count: u64,
 
@@ -82,6 +87,7 @@ impl MetricsBatch {
                 MetricsBatch {
                     busy_duration_total: 0,
                     processing_scheduled_tasks_started_at: maybe_now,
+                    sim_measure_busy_time: true,
                     park_count: 0,
                     park_unpark_count: 0,
                 }
@@ -119,6 +125,7 @@ impl MetricsBatch {
                     overflow_count: 0,
                     busy_duration_total: 0,
                     processing_scheduled_tasks_started_at: maybe_now,
+                    sim_measure_busy_time: true,
                     poll_timer,
                     #[cfg(all(tokio_unstable, feature = "schedule-latency"))]
                     schedule_latencies,
@@ -208,8 +215,21 @@ impl MetricsBatch {
         self.park_unpark_count += 1;
     }
 
+    /// tiersim patch (see `vendor/README.md`): stops measuring busy time,
+    /// a metric of real time. Called for a runtime whose clock starts
+    /// paused (a simulation's): there the wall-clock reads are pure cost,
+    /// nothing schedules by them, and the metric stays 0.
+    #[cfg(all(feature = "time", feature = "test-util"))]
+    pub(crate) fn sim_skip_busy_time(&mut self) {
+        self.sim_measure_busy_time = false;
+        self.processing_scheduled_tasks_started_at = None;
+    }
+
     /// Start processing a batch of tasks
     pub(crate) fn start_processing_scheduled_tasks(&mut self) {
+        if !self.sim_measure_busy_time {
+            return;
+        }
         self.processing_scheduled_tasks_started_at = now();
     }
 

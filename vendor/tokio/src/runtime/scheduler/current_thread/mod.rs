@@ -216,11 +216,20 @@ impl CurrentThread {
             local_tid,
         });
 
+        #[allow(unused_mut)] // tiersim patch: mutated only with a pausable clock
+        let mut metrics = MetricsBatch::new(&handle.shared.worker_metrics);
+        // tiersim patch (see `vendor/README.md`): no wall-clock busy time
+        // for a runtime whose clock starts paused.
+        #[cfg(all(feature = "time", feature = "test-util"))]
+        if handle.driver.clock.sim_is_paused() {
+            metrics.sim_skip_busy_time();
+        }
+
         let core = AtomicCell::new(Some(Box::new(Core {
             tasks: VecDeque::with_capacity(INITIAL_CAPACITY),
             tick: 0,
             driver: Some(driver),
-            metrics: MetricsBatch::new(&handle.shared.worker_metrics),
+            metrics,
             global_queue_interval,
             unhandled_panic: false,
         })));
