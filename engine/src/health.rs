@@ -80,6 +80,18 @@ impl Health {
         }
     }
 
+    /// R47: the TTFT average when it is warmed (as [`Ttft::warmed`] says of
+    /// [`Health::ttft`]), reading the average only then: the latency floor's
+    /// pass over every provider of a request.
+    #[inline]
+    pub fn warmed_ttft_ms(&self) -> Option<f64> {
+        if self.ttft_samples.load(Ordering::Relaxed) < TTFT_WARM_SAMPLES {
+            return None;
+        }
+        let ms = f64::from_bits(self.ttft_ema_bits.load(Ordering::Relaxed));
+        (ms > 0.0).then_some(ms)
+    }
+
     /// R46: takes one TTFT sample. Samples under 1 ms are not taken (the
     /// caller has already checked the stream qualifies).
     pub(crate) fn record_ttft(&self, ttft: Duration) {
@@ -145,10 +157,18 @@ impl LatencyFloor {
     /// The floor with one more provider's state taken into account.
     #[inline]
     pub fn with(self, t: Ttft) -> LatencyFloor {
-        if !t.warmed() {
-            return self;
+        self.with_warmed(t.warmed().then_some(t.ema_ms))
+    }
+
+    /// The floor with one more provider's warmed average (if it has one,
+    /// [`Health::warmed_ttft_ms`]) taken into account.
+    #[inline]
+    pub(crate) fn with_warmed(self, warmed_ms: Option<f64>) -> LatencyFloor {
+        match (self.0, warmed_ms) {
+            (_, None) => self,
+            (None, Some(ms)) => LatencyFloor(Some(ms)),
+            (Some(m), Some(ms)) => LatencyFloor(Some(m.min(ms))),
         }
-        LatencyFloor(Some(self.0.map_or(t.ema_ms, |m| m.min(t.ema_ms))))
     }
 
     /// The fastest warmed average, if any provider is warmed.

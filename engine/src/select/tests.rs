@@ -377,6 +377,102 @@ fn r17_selection_never_waits_for_a_writer() {
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
 }
 
+fn lent(reg: &Registry, op: Operation, key: Option<&str>) -> Vec<String> {
+    reg.with_selection(M, op, key, false, Shape::default(), |sel| {
+        sel.ids().map(|p| p.to_string()).collect()
+    })
+    .unwrap()
+}
+
+#[test]
+fn r17_lent_and_owned_selections_are_one_selection_on_one_counter() {
+    // `with_selection` and `select` take turns from the same counter: the
+    // rotation goes on whichever is called.
+    let (n1, n2, n3) = (near("n1", "k"), near("n2", "k"), near("n3", "k"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2, &n3], &[&c1], &[]);
+    let got: Vec<Vec<String>> = (0..6)
+        .map(|i| {
+            if i % 2 == 0 {
+                lent(&reg, PLAIN, None)
+            } else {
+                order(&reg, PLAIN, None, false)
+            }
+        })
+        .collect();
+    let want: Vec<Vec<String>> = (0..6)
+        .map(|t| {
+            let mut o: Vec<String> = (0..3).map(|i| format!("n{}", (t + i) % 3 + 1)).collect();
+            o.push("c1".into());
+            o
+        })
+        .collect();
+    assert_eq!(got, want);
+    let err = reg
+        .with_selection(M, PLAIN, Some("nobody"), false, Shape::default(), |_| ())
+        .unwrap_err();
+    assert_eq!(err, SelectError::NoProviderForPubKey);
+    let unknown = reg
+        .with_selection(
+            "no/such-model",
+            PLAIN,
+            None,
+            false,
+            Shape::default(),
+            |_| (),
+        )
+        .unwrap_err();
+    assert_eq!(unknown, SelectError::UnknownModel);
+}
+
+#[test]
+fn r17_lent_selection_sees_every_write_at_once_through_the_thread_cache() {
+    // The thread's cached snapshot is revalidated on every call: a write
+    // (here a refresh dropping n2 and a demotion) shows in the very next
+    // selection on the same thread.
+    let (n1, n2) = (near("n1", "k"), near("n2", "k"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2], &[&c1], &[]);
+    assert_eq!(lent(&reg, PLAIN, None), ["n1", "n2", "c1"]);
+    reg.refresh(
+        SourceRead::Ok(Discovered(rows(&[(M, &[&n1])]))),
+        SourceRead::Ok(External::default()),
+    );
+    assert_eq!(lent(&reg, PLAIN, None), ["n1", "c1"]);
+    demote(&reg, "n1", 10);
+    assert_eq!(lent(&reg, PLAIN, None), ["c1", "n1"]);
+}
+
+#[test]
+fn r17_lent_selections_of_two_registries_on_one_thread_stay_apart() {
+    // One thread alternating between registries (and nesting one selection
+    // inside another's closure) always reads the registry it asked.
+    let (a1, b1) = (near("a1", "k"), near("b1", "k"));
+    let a = registry(&[&a1], &[], &[]);
+    let b = registry(&[&b1], &[], &[]);
+    for _ in 0..3 {
+        assert_eq!(lent(&a, PLAIN, None), ["a1"]);
+        assert_eq!(lent(&b, PLAIN, None), ["b1"]);
+    }
+    let nested = a
+        .with_selection(M, PLAIN, None, false, Shape::default(), |outer| {
+            let inner = lent(&b, PLAIN, None);
+            let again = lent(&a, PLAIN, None);
+            (outer.provider(0).id().to_string(), inner, again)
+        })
+        .unwrap();
+    assert_eq!(
+        nested,
+        (
+            "a1".to_string(),
+            vec!["b1".to_string()],
+            vec!["a1".to_string()]
+        )
+    );
+    assert_eq!(lent(&a, PLAIN, None), ["a1"]);
+    assert_eq!(lent(&b, PLAIN, None), ["b1"]);
+}
+
 // ---- R18 ----
 
 #[test]
