@@ -332,7 +332,10 @@ impl Registry {
             estimate: shape.estimate,
             prefix: shape.prefix,
         };
-        self.with_snapshot(|table| with_order(table, model, req, &mut (), f))
+        self.with_snapshot(
+            #[inline(always)]
+            |table| with_order(table, model, req, &mut (), f),
+        )
     }
 }
 

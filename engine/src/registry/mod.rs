@@ -92,7 +92,7 @@ impl Registry {
     /// call loads its own, and `f` sees exactly the snapshot current when
     /// it was called, as with [`Registry::load`]. Synchronous only: the
     /// snapshot cannot be held across an await.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn with_snapshot<R>(&self, f: impl FnOnce(&Table) -> R) -> R {
         type Snapshot = Cache<Arc<ArcSwap<Table>>, Arc<Table>>;
         thread_local! {
