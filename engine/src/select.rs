@@ -520,17 +520,25 @@ pub(crate) fn with_order<O: SelectObserver, R>(
     let Some(idx) = table.models.get(model) else {
         return Err(SelectError::UnknownModel);
     };
-    // Up to four providers are ordered in a stack buffer; more allocate.
+    // Up to 64 providers are ordered in a stack buffer (the usual two to
+    // four in a small one); more allocate.
     if idx.order.cut <= 4 {
         let mut buf = [0u32; 4];
-        let n = order_into(&table.slots, idx, &mut buf, req, obs)?;
+        let n = order_into(table, idx, &mut buf, req, obs)?;
+        Ok(f(Selected {
+            table,
+            order: &buf[..n],
+        }))
+    } else if idx.order.cut <= 64 {
+        let mut buf = [0u32; 64];
+        let n = order_into(table, idx, &mut buf, req, obs)?;
         Ok(f(Selected {
             table,
             order: &buf[..n],
         }))
     } else {
         let mut buf = vec![0u32; idx.order.cut as usize];
-        let n = order_into(&table.slots, idx, &mut buf, req, obs)?;
+        let n = order_into(table, idx, &mut buf, req, obs)?;
         Ok(f(Selected {
             table,
             order: &buf[..n],
@@ -554,12 +562,13 @@ pub(crate) struct Request<'a> {
 /// as long as the model's list) and returns how many there are.
 #[inline(always)]
 fn order_into<O: SelectObserver>(
-    all: &[Slot],
+    table: &Table,
     idx: &ModelIdx,
     buf: &mut [u32],
     req: Request<'_>,
     obs: &mut O,
 ) -> Result<usize, SelectError> {
+    let all = &table.slots[..];
     // R15, precomputed in `StaticOrder`: plaintext providers are cut off.
     let eligible = &all[idx.start as usize..][..idx.order.cut as usize];
     let at = |o: u32| &all[o as usize];
@@ -574,6 +583,9 @@ fn order_into<O: SelectObserver>(
     // R15/R16, before the capability filters, as the candidate list is
     // ordered before R18 filters it).
     let mut floor = LatencyFloor::default();
+    // With no provider of the registry failing or warmed, no health can
+    // change the order: none is read.
+    let weigh_health = !table.notable.none();
     for (i, s) in eligible.iter().enumerate() {
         // R16: only providers holding the key; Chutes holds none.
         if let Some(key) = req.model_pub_key {
@@ -582,9 +594,11 @@ fn order_into<O: SelectObserver>(
                 continue;
             }
         }
-        any_demoted |= s.health.is_demoted();
         any_overflow |= overflows(s, req.estimate);
-        floor = floor.with_warmed(s.health.warmed_ttft_ms());
+        if weigh_health {
+            any_demoted |= s.health.is_demoted();
+            floor = floor.with_warmed(s.health.warmed_ttft_ms());
+        }
         buf[n] = idx.start + i as u32;
         n += 1;
     }

@@ -473,6 +473,43 @@ fn r17_lent_selections_of_two_registries_on_one_thread_stay_apart() {
     assert_eq!(lent(&b, PLAIN, None), ["b1"]);
 }
 
+#[test]
+fn r17_r47_health_is_weighed_whenever_any_provider_fails_or_is_warmed() {
+    // Selection skips reading health only while the registry's `Notable`
+    // count is zero; it follows failures, samples, rebuilds and removals.
+    let (n1, n2) = (near("n1", "k"), near("n2", "k"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2], &[&c1], &[]);
+    let none = |reg: &Registry| reg.load().notable.none();
+    assert!(none(&reg));
+    demote(&reg, "n1", 10);
+    assert!(!none(&reg));
+    for _ in 0..3 {
+        assert_eq!(lent(&reg, PLAIN, None), ["n2", "c1", "n1"]);
+    }
+    // A rebuild carries the count with the health.
+    reg.refresh(
+        SourceRead::Ok(Discovered(rows(&[(M, &[&n1, &n2])]))),
+        SourceRead::Ok(External::default()),
+    );
+    assert_eq!(lent(&reg, PLAIN, None), ["n2", "c1", "n1"]);
+    reg.load().health[&ProviderId::new("n1")].record_success();
+    assert!(none(&reg));
+    // R47: warmed providers are weighed too (n2 slow against n1).
+    samples(&reg, "n1", 50, 8);
+    samples(&reg, "n2", 3_000, 8);
+    assert!(!none(&reg));
+    assert_eq!(lent(&reg, PLAIN, None), ["n1", "c1", "n2"]);
+    // A provider dropped from every model takes its terms back once no
+    // snapshot holds it.
+    reg.refresh(
+        SourceRead::Ok(Discovered(BTreeMap::new())),
+        SourceRead::Ok(External::default()),
+    );
+    assert_eq!(lent(&reg, PLAIN, None), ["c1"]);
+    assert!(none(&reg));
+}
+
 // ---- R18 ----
 
 #[test]
