@@ -1,9 +1,12 @@
 //! Provider selection (R15–R18, SPEC-parity R44/R47/R48): the hot path.
 //!
-//! One `ArcSwap::load`, one hash lookup and a pass over the model's slots,
-//! which the snapshot keeps sorted by (tier, capacity rank) with the
-//! request-independent part of the order precomputed (`StaticOrder`): no lock, and no heap allocation
-//! for up to four providers (`engine/tests/select_alloc.rs`).
+//! One snapshot (the caller's, or the thread's cached handle:
+//! [`Registry::with_selection`]), one hash lookup and a pass over the
+//! model's slots, which the snapshot keeps sorted by (tier, capacity rank)
+//! with the request-independent part of the order precomputed
+//! (`StaticOrder`): no lock, no provider's health read while none in the
+//! registry is notable (`health::Notable`), and no heap allocation for up to
+//! four providers (`engine/tests/select_alloc.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
