@@ -474,6 +474,30 @@ fn r17_lent_selections_of_two_registries_on_one_thread_stay_apart() {
 }
 
 #[test]
+fn r17_every_order_buffer_rotates_the_leading_group_alike() {
+    // 4 (small stack buffer), 5 and 64 (the larger stack buffer) and 65
+    // (heap) providers: each NEAR leads in turn, Chutes last, lent or owned.
+    for k in [3, 4, 63, 64] {
+        let nears: Vec<_> = (0..k).map(|i| near(&format!("n{i}"), "k")).collect();
+        let refs: Vec<_> = nears.iter().collect();
+        let c1 = FakeProvider::chutes("c1").arc();
+        let reg = registry(&refs, &[&c1], &[]);
+        for turn in 0..k + 2 {
+            let o = if turn % 2 == 0 {
+                lent(&reg, PLAIN, None)
+            } else {
+                order(&reg, PLAIN, None, false)
+            };
+            let want: Vec<String> = (0..k)
+                .map(|i| format!("n{}", (turn + i) % k))
+                .chain(["c1".to_string()])
+                .collect();
+            assert_eq!(o, want, "k={k} turn={turn}");
+        }
+    }
+}
+
+#[test]
 fn r17_r47_health_is_weighed_whenever_any_provider_fails_or_is_warmed() {
     // Selection skips reading health only while the registry's `Notable`
     // count is zero; it follows failures, samples, rebuilds and removals.
