@@ -203,6 +203,11 @@ const CASES: &[Case] = &[
 /// list `router.rs` builds from it (what a request really pays).
 const OWNED: &[&str] = &["2p", "4p", "64p"];
 
+/// Cases also measured as `engine_select`: `Registry::select_shaped`, the
+/// owned `Selection` (a snapshot `Guard` and the order copied out), for
+/// callers that keep the selection rather than borrow it.
+const GUARDED: &[&str] = &["2p", "4p", "64p"];
+
 /// Cases also measured with a second thread selecting the same model at once
 /// (`<id>_2threads`): the seed's global round-robin write lock against the
 /// engine's atomics. Only the measuring thread's CPU time counts.
@@ -432,6 +437,23 @@ fn bench(c: &mut Criterion) {
         if OWNED.contains(&case.id) {
             group.bench_function(BenchmarkId::new("engine_owned", case.id), |b| {
                 b.iter_custom(engine_owned)
+            });
+        }
+        if GUARDED.contains(&case.id) {
+            group.bench_function(BenchmarkId::new("engine_select", case.id), |b| {
+                b.iter_custom(|iters| {
+                    let start = thread_cpu_time();
+                    for _ in 0..iters {
+                        let _ = black_box(reg.select_shaped(
+                            black_box(MODEL),
+                            black_box(Operation::ChatCompletion),
+                            black_box(key),
+                            black_box(false),
+                            black_box(shape),
+                        ));
+                    }
+                    thread_cpu_time() - start
+                })
             });
         }
         if CONTENDED.contains(&case.id) {
