@@ -203,6 +203,11 @@ const CASES: &[Case] = &[
 /// list `router.rs` builds from it (what a request really pays).
 const OWNED: &[&str] = &["2p", "4p", "64p"];
 
+/// Cases also measured as `engine_select`: `Registry::select_shaped`, the
+/// owned `Selection` (a snapshot `Guard` and the order copied out), for
+/// callers that keep the selection rather than borrow it.
+const GUARDED: &[&str] = &["2p", "4p", "64p"];
+
 /// Cases also measured with a second thread selecting the same model at once
 /// (`<id>_2threads`): the seed's global round-robin write lock against the
 /// engine's atomics. Only the measuring thread's CPU time counts.
@@ -317,6 +322,12 @@ fn bench(c: &mut Criterion) {
             .select_shaped(MODEL, Operation::ChatCompletion, key, false, shape)
             .unwrap();
         assert_eq!(got.len(), want, "{}", case.id);
+        let lent = reg
+            .with_selection(MODEL, Operation::ChatCompletion, key, false, shape, |sel| {
+                sel.len()
+            })
+            .unwrap();
+        assert_eq!(lent, want, "{}", case.id);
         drop(got);
         let base = rt
             .block_on(pool.get_providers_with_fallback(
@@ -328,34 +339,54 @@ fn bench(c: &mut Criterion) {
             .unwrap();
         assert_eq!(base.len(), want, "{}", case.id);
 
-        let engine = |iters: u64, owned: bool| {
+        // `Registry::with_selection`: the snapshot through the thread's
+        // cached handle, the order lent to the closure. With no estimate it
+        // is `select`'s path, so every case times the one selection.
+        let engine = |iters: u64| {
             let start = thread_cpu_time();
             for _ in 0..iters {
-                // `select` is `select_shaped` with no estimate: the same
-                // path, so every case times the one the router takes.
-                let s = reg.select_shaped(
+                let s = reg.with_selection(
                     black_box(MODEL),
                     black_box(Operation::ChatCompletion),
                     black_box(key),
                     black_box(false),
                     black_box(shape),
+                    |sel| {
+                        black_box(sel);
+                    },
                 );
-                if owned {
-                    let _ = black_box(s.map(|s| s.to_owned_candidates()));
-                } else {
-                    let _ = black_box(s);
-                }
+                let _ = black_box(s);
+            }
+            thread_cpu_time() - start
+        };
+        // `engine` plus the owned candidate list the router builds from the
+        // order (`to_candidates`).
+        let engine_owned = |iters: u64| {
+            let start = thread_cpu_time();
+            for _ in 0..iters {
+                let s = reg.with_selection(
+                    black_box(MODEL),
+                    black_box(Operation::ChatCompletion),
+                    black_box(key),
+                    black_box(false),
+                    black_box(shape),
+                    |sel| sel.to_owned_candidates(),
+                );
+                let _ = black_box(s);
             }
             thread_cpu_time() - start
         };
         let engine_rival = |stop: &AtomicBool| {
             while !stop.load(Ordering::Relaxed) {
-                let _ = black_box(reg.select_shaped(
+                let _ = black_box(reg.with_selection(
                     MODEL,
                     Operation::ChatCompletion,
                     key,
                     false,
                     shape,
+                    |sel| {
+                        black_box(sel);
+                    },
                 ));
             }
         };
@@ -398,20 +429,37 @@ fn bench(c: &mut Criterion) {
         };
 
         group.bench_function(BenchmarkId::new("engine", case.id), |b| {
-            b.iter_custom(|iters| engine(iters, false))
+            b.iter_custom(engine)
         });
         group.bench_function(BenchmarkId::new("baseline", case.id), |b| {
             b.iter_custom(|iters| baseline(&rt, iters))
         });
         if OWNED.contains(&case.id) {
             group.bench_function(BenchmarkId::new("engine_owned", case.id), |b| {
-                b.iter_custom(|iters| engine(iters, true))
+                b.iter_custom(engine_owned)
+            });
+        }
+        if GUARDED.contains(&case.id) {
+            group.bench_function(BenchmarkId::new("engine_select", case.id), |b| {
+                b.iter_custom(|iters| {
+                    let start = thread_cpu_time();
+                    for _ in 0..iters {
+                        let _ = black_box(reg.select_shaped(
+                            black_box(MODEL),
+                            black_box(Operation::ChatCompletion),
+                            black_box(key),
+                            black_box(false),
+                            black_box(shape),
+                        ));
+                    }
+                    thread_cpu_time() - start
+                })
             });
         }
         if CONTENDED.contains(&case.id) {
             let id = format!("{}_2threads", case.id);
             group.bench_function(BenchmarkId::new("engine", &id), |b| {
-                b.iter_custom(|iters| with_rival(Some(&engine_rival), || engine(iters, false)))
+                b.iter_custom(|iters| with_rival(Some(&engine_rival), || engine(iters)))
             });
             group.bench_function(BenchmarkId::new("baseline", &id), |b| {
                 b.iter_custom(|iters| with_rival(Some(&baseline_rival), || baseline(&rt, iters)))

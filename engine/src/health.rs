@@ -12,7 +12,8 @@
 //! Writers are the retry loop (failures) and the router's stream wrapper
 //! (successes, TTFT samples); the selection hot path only reads atomics.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Consecutive retryable failures after which a provider is demoted (R21, R17).
@@ -25,9 +26,32 @@ pub const TTFT_DEMOTE_FLOOR_MS: f64 = 500.0;
 /// R47: demoted only when slower than this many times the fastest warmed one.
 pub const TTFT_DEMOTE_RATIO: f64 = 2.0;
 
+/// What of one registry's provider health selection must weigh: how many
+/// providers have a consecutive failure (any, so whatever the demotion
+/// threshold) plus how many have at least [`TTFT_WARM_SAMPLES`] TTFT
+/// samples. Each term moves only where one atomic read-modify-write of the
+/// provider's own state decides the crossing (the failure count leaving or
+/// returning to zero, the sample count reaching the threshold), and a
+/// dropped [`Health`] takes its terms back, so the sum is exact. At zero no
+/// provider is demoted (R17/R21) and none is warmed (R47: no latency
+/// floor), and selection reads no provider's health at all.
+#[derive(Debug, Default)]
+pub(crate) struct Notable(AtomicUsize);
+
+impl Notable {
+    /// Whether no provider has a failure or a warmed TTFT.
+    #[inline]
+    pub fn none(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == 0
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Health {
     failures: AtomicU32,
+    /// The registry's count this provider is in while it has a failure or
+    /// a warmed TTFT.
+    notable: Arc<Notable>,
     /// The demotion threshold: [`DEMOTE_AFTER`] unless a planted bug moved
     /// it (a field only in builds with planted bugs compiled in).
     #[cfg(feature = "planted-bugs")]
@@ -39,18 +63,37 @@ pub(crate) struct Health {
 }
 
 impl Default for Health {
+    /// A provider counted in a [`Notable`] of its own.
     fn default() -> Self {
+        Health::counted_in(Arc::default())
+    }
+}
+
+impl Drop for Health {
+    fn drop(&mut self) {
+        let failing = usize::from(self.consecutive_failures() > 0);
+        let warmed = usize::from(*self.ttft_samples.get_mut() >= TTFT_WARM_SAMPLES);
+        if failing + warmed > 0 {
+            self.notable
+                .0
+                .fetch_sub(failing + warmed, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Health {
+    /// A fresh provider's health, counted in `notable` (its registry's).
+    pub(crate) fn counted_in(notable: Arc<Notable>) -> Self {
         Health {
             failures: AtomicU32::new(0),
+            notable,
             #[cfg(feature = "planted-bugs")]
             demote_after: AtomicU32::new(DEMOTE_AFTER),
             ttft_ema_bits: AtomicU64::new(0f64.to_bits()),
             ttft_samples: AtomicU32::new(0),
         }
     }
-}
 
-impl Health {
     #[inline]
     pub fn consecutive_failures(&self) -> u32 {
         self.failures.load(Ordering::Relaxed)
@@ -65,10 +108,17 @@ impl Health {
         self.consecutive_failures() >= threshold
     }
     pub(crate) fn record_failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+        if self.failures.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.notable.0.fetch_add(1, Ordering::Relaxed);
+        }
     }
     pub(crate) fn record_success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
+        // The swap decides the crossing; the plain read first keeps the
+        // usual success (nothing to reset) free of a locked instruction.
+        if self.failures.load(Ordering::Relaxed) > 0 && self.failures.swap(0, Ordering::Relaxed) > 0
+        {
+            self.notable.0.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// R46: the TTFT average (ms) and how many samples made it.
@@ -78,6 +128,18 @@ impl Health {
             samples: self.ttft_samples.load(Ordering::Relaxed),
             ema_ms: f64::from_bits(self.ttft_ema_bits.load(Ordering::Relaxed)),
         }
+    }
+
+    /// R47: the TTFT average when it is warmed (as [`Ttft::warmed`] says of
+    /// [`Health::ttft`]), reading the average only then: the latency floor's
+    /// pass over every provider of a request.
+    #[inline]
+    pub fn warmed_ttft_ms(&self) -> Option<f64> {
+        if self.ttft_samples.load(Ordering::Relaxed) < TTFT_WARM_SAMPLES {
+            return None;
+        }
+        let ms = f64::from_bits(self.ttft_ema_bits.load(Ordering::Relaxed));
+        (ms > 0.0).then_some(ms)
     }
 
     /// R46: takes one TTFT sample. Samples under 1 ms are not taken (the
@@ -94,6 +156,9 @@ impl Health {
             })
             .unwrap_or_else(|n| n)
             .saturating_add(1);
+        if n == TTFT_WARM_SAMPLES {
+            self.notable.0.fetch_add(1, Ordering::Relaxed);
+        }
         let _ = self
             .ttft_ema_bits
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
@@ -145,10 +210,18 @@ impl LatencyFloor {
     /// The floor with one more provider's state taken into account.
     #[inline]
     pub fn with(self, t: Ttft) -> LatencyFloor {
-        if !t.warmed() {
-            return self;
+        self.with_warmed(t.warmed().then_some(t.ema_ms))
+    }
+
+    /// The floor with one more provider's warmed average (if it has one,
+    /// [`Health::warmed_ttft_ms`]) taken into account.
+    #[inline]
+    pub(crate) fn with_warmed(self, warmed_ms: Option<f64>) -> LatencyFloor {
+        match (self.0, warmed_ms) {
+            (_, None) => self,
+            (None, Some(ms)) => LatencyFloor(Some(ms)),
+            (Some(m), Some(ms)) => LatencyFloor(Some(m.min(ms))),
         }
-        LatencyFloor(Some(self.0.map_or(t.ema_ms, |m| m.min(t.ema_ms))))
     }
 
     /// The fastest warmed average, if any provider is warmed.
@@ -232,6 +305,35 @@ mod tests {
                 ema_ms: 1.0
             }
         );
+    }
+
+    #[test]
+    fn r21_r47_notable_counts_failing_and_warmed_providers_exactly() {
+        let notable = Arc::new(Notable::default());
+        let count = || notable.0.load(Ordering::Relaxed);
+        let a = Health::counted_in(notable.clone());
+        let b = Health::counted_in(notable.clone());
+        assert!(notable.none());
+        a.record_success();
+        assert_eq!(count(), 0, "a success with nothing to reset moves nothing");
+        a.record_failure();
+        a.record_failure();
+        assert_eq!(count(), 1, "a failing provider counts once");
+        a.record_success();
+        assert_eq!(count(), 0, "a success takes it back");
+        for i in 1..=TTFT_WARM_SAMPLES + 2 {
+            b.record_ttft(Duration::from_millis(50));
+            let want = usize::from(i >= TTFT_WARM_SAMPLES);
+            assert_eq!(count(), want, "sample {i}");
+        }
+        b.record_failure();
+        assert_eq!(count(), 2, "warmed and failing: two terms");
+        a.record_failure();
+        assert_eq!(count(), 3);
+        drop(b);
+        assert_eq!(count(), 1, "a dropped provider takes its terms back");
+        drop(a);
+        assert!(notable.none());
     }
 
     #[test]

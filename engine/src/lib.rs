@@ -35,5 +35,5 @@ pub use provider::{
 pub use registry::{CatalogRow, Discovered, External, Registry, RegistryView, SourceRead};
 pub use retry::{Attempt, Class, Decision, Outcome};
 pub use router::{Attribution, RouteError, Routed, Router, Served};
-pub use select::{RoundRobinView, SelectError, Selection, Shape};
+pub use select::{RoundRobinView, SelectError, Selected, Selection, Shape};
 pub use tier::{Capabilities, Tier};

@@ -16,7 +16,7 @@ use crate::provider::{
 use crate::registry::Registry;
 use crate::registry::Table;
 use crate::retry::{self, Attempt};
-use crate::select::{select_observed, select_traced, SelectError};
+use crate::select::{select_traced, with_order, SelectError};
 use crate::tier::Tier;
 use arc_swap::Guard;
 use smallvec::SmallVec;
@@ -395,12 +395,15 @@ impl Router {
             // R48: streamed chat is placed by its first two messages.
             prefix: stream.then(|| crate::placement::prefix_hash(&req.body)),
         };
-        let selection = if tracing::enabled!(tracing::Level::DEBUG) {
-            select_traced(table, model, selecting)
+        // Owned candidates, built on the snapshot the catalog gate read: the
+        // snapshot guard is not held across awaits.
+        let candidates = if tracing::enabled!(tracing::Level::DEBUG) {
+            select_traced(&table, model, selecting, |sel| sel.to_candidates())
         } else {
-            select_observed(table, model, selecting, &mut ())
-        }
-        .map_err(|e| match e {
+            with_order(&table, model, selecting, &mut (), |sel| sel.to_candidates())
+        };
+        drop(table);
+        let candidates = candidates.map_err(|e| match e {
             // R30: a pubkey miss covers a model with no providers at all.
             _ if pubkey.is_some() => RouteError::NoProviderForPubKey {
                 model: model.into(),
@@ -414,15 +417,14 @@ impl Router {
             },
         });
         #[cfg(feature = "planted-bugs")]
-        let selection = match selection {
-            Err(RouteError::NoProviderForPubKey { .. }) if !chutes_fallback.is_empty() => None,
-            other => Some(other?),
+        let candidates = match candidates {
+            Err(RouteError::NoProviderForPubKey { .. }) if !chutes_fallback.is_empty() => {
+                Ok(Vec::new())
+            }
+            other => other,
         };
-        #[cfg(not(feature = "planted-bugs"))]
-        let selection = Some(selection?);
-        // Owned copies: the snapshot guard is not held across awaits.
         #[allow(unused_mut)]
-        let mut candidates = selection.map(|s| s.to_candidates()).unwrap_or_default();
+        let mut candidates = candidates?;
         #[cfg(feature = "planted-bugs")]
         for c in chutes_fallback {
             if candidates.iter().all(|(p, _)| p.id() != c.0.id()) {

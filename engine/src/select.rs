@@ -1,9 +1,12 @@
 //! Provider selection (R15–R18, SPEC-parity R44/R47/R48): the hot path.
 //!
-//! One `ArcSwap::load`, one hash lookup and a pass over the model's slots,
-//! which the snapshot keeps sorted by (tier, capacity rank) with the
-//! request-independent part of the order precomputed (`StaticOrder`): no lock, and no heap allocation
-//! for up to four providers (`engine/tests/select_alloc.rs`).
+//! One snapshot (the caller's, or the thread's cached handle:
+//! [`Registry::with_selection`]), one hash lookup and a pass over the
+//! model's slots, which the snapshot keeps sorted by (tier, capacity rank)
+//! with the request-independent part of the order precomputed
+//! (`StaticOrder`): no lock, no provider's health read while none in the
+//! registry is notable (`health::Notable`), and no heap allocation for up to
+//! four providers (`engine/tests/select_alloc.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -134,14 +137,16 @@ impl SelectObserver for SelectTrace {
     }
 }
 
-/// The providers to try for one request, best first. Holds the snapshot it
-/// was selected from, so the order stays valid whatever writers do meanwhile.
-pub struct Selection {
-    table: Guard<Arc<Table>>,
-    order: SmallVec<[u32; 4]>,
+/// The providers to try for one request, best first, as a view of the
+/// snapshot it was selected from: what [`Registry::with_selection`] lends its
+/// closure (nothing owned, nothing to drop), and what a [`Selection`] shows.
+#[derive(Clone, Copy)]
+pub struct Selected<'a> {
+    table: &'a Table,
+    order: &'a [u32],
 }
 
-impl Selection {
+impl<'a> Selected<'a> {
     pub fn len(&self) -> usize {
         self.order.len()
     }
@@ -150,11 +155,11 @@ impl Selection {
         self.order.is_empty()
     }
 
-    fn slot(&self, i: usize) -> &Slot {
+    fn slot(&self, i: usize) -> &'a Slot {
         &self.table.slots[self.order[i] as usize]
     }
 
-    pub fn provider(&self, i: usize) -> &Arc<dyn Provider> {
+    pub fn provider(&self, i: usize) -> &'a Arc<dyn Provider> {
         &self.slot(i).provider
     }
 
@@ -162,20 +167,78 @@ impl Selection {
         self.slot(i).tier
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = &ProviderId> + '_ {
+    pub fn ids(&self) -> impl Iterator<Item = &'a ProviderId> + 'a {
+        let slots = &self.table.slots;
         self.order
             .iter()
-            .map(|&s| self.table.slots[s as usize].provider.id())
+            .map(move |&s| slots[s as usize].provider.id())
     }
 
-    /// Owned candidates for the retry loop, which outlives the snapshot guard.
-    pub(crate) fn to_candidates(&self) -> Vec<(Arc<dyn Provider>, Arc<Health>)> {
+    /// Owned candidates for the retry loop, which outlives the snapshot.
+    pub(crate) fn to_candidates(self) -> Vec<(Arc<dyn Provider>, Arc<Health>)> {
         (0..self.len())
             .map(|i| {
                 let s = self.slot(i);
                 (s.provider.clone(), s.health.clone())
             })
             .collect()
+    }
+
+    /// What `router.rs` does after selecting: `to_candidates` (for the
+    /// selection benchmark's `engine_owned` case).
+    #[cfg(feature = "testing")]
+    pub fn to_owned_candidates(self) -> OwnedCandidates {
+        OwnedCandidates(self.to_candidates())
+    }
+}
+
+impl std::fmt::Debug for Selected<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.ids()).finish()
+    }
+}
+
+/// A [`Selected`] that owns its snapshot guard, so it can be returned and
+/// kept (tests, operators' reads). The hot path lends a [`Selected`]
+/// instead ([`Registry::with_selection`]).
+pub struct Selection {
+    table: Guard<Arc<Table>>,
+    order: SmallVec<[u32; 4]>,
+}
+
+impl Selection {
+    /// The order as a borrowed view.
+    pub fn view(&self) -> Selected<'_> {
+        Selected {
+            table: &self.table,
+            order: &self.order,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    pub fn provider(&self, i: usize) -> &Arc<dyn Provider> {
+        self.view().provider(i)
+    }
+
+    pub fn tier(&self, i: usize) -> Tier {
+        self.view().tier(i)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &ProviderId> + '_ {
+        self.view().ids()
+    }
+
+    /// What `router.rs` does after selecting: `to_candidates`.
+    #[cfg(feature = "testing")]
+    pub fn to_owned_candidates(&self) -> OwnedCandidates {
+        self.view().to_owned_candidates()
     }
 }
 
@@ -184,17 +247,9 @@ impl Selection {
 #[cfg(feature = "testing")]
 pub struct OwnedCandidates(#[allow(dead_code)] Vec<(Arc<dyn Provider>, Arc<Health>)>);
 
-#[cfg(feature = "testing")]
-impl Selection {
-    /// What `router.rs` does after selecting: `to_candidates`.
-    pub fn to_owned_candidates(&self) -> OwnedCandidates {
-        OwnedCandidates(self.to_candidates())
-    }
-}
-
 impl std::fmt::Debug for Selection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.ids()).finish()
+        self.view().fmt(f)
     }
 }
 
@@ -226,10 +281,10 @@ impl Registry {
             estimate: None,
             prefix: None,
         };
-        let next = match select_observed(table, model, plain, &mut Peek) {
-            Ok(sel) => sel.ids().cloned().collect(),
-            Err(_) => Vec::new(),
-        };
+        let next = with_order(&table, model, plain, &mut Peek, |sel| {
+            sel.ids().cloned().collect()
+        })
+        .unwrap_or_default();
         Some(RoundRobinView { counter, next })
     }
 
@@ -256,6 +311,35 @@ impl Registry {
         };
         select_observed(self.load(), model, req, &mut ())
     }
+
+    /// [`Registry::select_shaped`] without an owned result: `f` gets the
+    /// order as a [`Selected`] borrowed from the snapshot, read through this
+    /// thread's cached snapshot handle ([`Registry::with_snapshot`]: one
+    /// atomic load when nothing changed, no reference count touched) and the
+    /// order kept on the stack. The cheapest way to select; zero heap
+    /// allocations for up to four providers.
+    #[inline]
+    pub fn with_selection<R>(
+        &self,
+        model: &str,
+        op: Operation,
+        model_pub_key: Option<&str>,
+        client_e2ee: bool,
+        shape: Shape,
+        f: impl FnOnce(Selected<'_>) -> R,
+    ) -> Result<R, SelectError> {
+        let req = Request {
+            op,
+            model_pub_key,
+            client_e2ee,
+            estimate: shape.estimate,
+            prefix: shape.prefix,
+        };
+        self.with_snapshot(
+            #[inline(always)]
+            |table| with_order(table, model, req, &mut (), f),
+        )
+    }
 }
 
 /// What of a request's content its order depends on.
@@ -272,11 +356,12 @@ pub struct Shape {
 /// dropped and why, each kept provider's sort key, the latency floor, how
 /// the leading group was placed and the final order. One selection: the
 /// round-robin turn it takes is the request's own, traced or not.
-pub(crate) fn select_traced(
-    table: Guard<Arc<Table>>,
+pub(crate) fn select_traced<R>(
+    table: &Table,
     model: &str,
     req: Request<'_>,
-) -> Result<Selection, SelectError> {
+    f: impl FnOnce(Selected<'_>) -> R,
+) -> Result<R, SelectError> {
     let mut trace = SelectTrace::default();
     if let Some(idx) = table.models.get(model) {
         trace.first_slot = idx.start;
@@ -286,7 +371,10 @@ pub(crate) fn select_traced(
             .map(|s| (s.provider.id().clone(), s.tier))
             .collect();
     }
-    let result = select_observed(table, model, req, &mut trace);
+    let result = with_order(table, model, req, &mut trace, |sel| {
+        let order: Vec<String> = sel.ids().map(|p| p.to_string()).collect();
+        (f(sel), order)
+    });
     let listed: Vec<String> = trace
         .listed
         .iter()
@@ -304,9 +392,9 @@ pub(crate) fn select_traced(
         })
         .collect();
     let kept: Vec<String> = trace.kept.iter().map(describe).collect();
-    let order: Vec<String> = match &result {
-        Ok(sel) => sel.ids().map(|p| p.to_string()).collect(),
-        Err(e) => vec![format!("<{e}>")],
+    let (result, order) = match result {
+        Ok((out, order)) => (Ok(out), order),
+        Err(e) => (Err(e), vec![format!("<{e}>")]),
     };
     let floor = trace
         .floor
@@ -406,9 +494,8 @@ fn sort_key(s: &Slot, estimate: Option<u32>, ttft: Ttft, floor: LatencyFloor) ->
     }
 }
 
-/// [`Registry::select`]'s body on an already loaded snapshot, telling `obs`
-/// why each provider was dropped, its sort key and how the leading group
-/// was placed.
+/// [`Registry::select`]'s body on an already loaded snapshot, owning it in
+/// the result ([`with_order`] with the order copied out).
 #[inline]
 pub(crate) fn select_observed<O: SelectObserver>(
     table: Guard<Arc<Table>>,
@@ -416,21 +503,50 @@ pub(crate) fn select_observed<O: SelectObserver>(
     req: Request<'_>,
     obs: &mut O,
 ) -> Result<Selection, SelectError> {
+    let order = with_order(&table, model, req, obs, |sel| {
+        SmallVec::from_slice(sel.order)
+    })?;
+    Ok(Selection { table, order })
+}
+
+/// The one selection: orders `model`'s providers for `req` on `table`,
+/// telling `obs` why each provider was dropped, its sort key and how the
+/// leading group was placed, and lends the order to `f`.
+#[inline(always)]
+pub(crate) fn with_order<O: SelectObserver, R>(
+    table: &Table,
+    model: &str,
+    req: Request<'_>,
+    obs: &mut O,
+    f: impl FnOnce(Selected<'_>) -> R,
+) -> Result<R, SelectError> {
     let Some(idx) = table.models.get(model) else {
         return Err(SelectError::UnknownModel);
     };
-    // Up to four providers are ordered in a stack buffer; more may allocate.
-    let order = if idx.order.cut <= 4 {
+    // Up to 64 providers are ordered in a stack buffer (the usual two to
+    // four in a small one); more allocate.
+    if idx.order.cut <= 4 {
         let mut buf = [0u32; 4];
-        let n = order_into(&table.slots, idx, &mut buf, req, obs)?;
-        SmallVec::from_buf_and_len(buf, n)
+        let n = order_into(table, idx, &mut buf, req, obs)?;
+        Ok(f(Selected {
+            table,
+            order: &buf[..n],
+        }))
+    } else if idx.order.cut <= 64 {
+        let mut buf = [0u32; 64];
+        let n = order_into(table, idx, &mut buf, req, obs)?;
+        Ok(f(Selected {
+            table,
+            order: &buf[..n],
+        }))
     } else {
         let mut buf = vec![0u32; idx.order.cut as usize];
-        let n = order_into(&table.slots, idx, &mut buf, req, obs)?;
-        buf.truncate(n);
-        SmallVec::from_vec(buf)
-    };
-    Ok(Selection { table, order })
+        let n = order_into(table, idx, &mut buf, req, obs)?;
+        Ok(f(Selected {
+            table,
+            order: &buf[..n],
+        }))
+    }
 }
 
 /// What selection needs to know of one request.
@@ -449,12 +565,13 @@ pub(crate) struct Request<'a> {
 /// as long as the model's list) and returns how many there are.
 #[inline(always)]
 fn order_into<O: SelectObserver>(
-    all: &[Slot],
+    table: &Table,
     idx: &ModelIdx,
     buf: &mut [u32],
     req: Request<'_>,
     obs: &mut O,
 ) -> Result<usize, SelectError> {
+    let all = &table.slots[..];
     // R15, precomputed in `StaticOrder`: plaintext providers are cut off.
     let eligible = &all[idx.start as usize..][..idx.order.cut as usize];
     let at = |o: u32| &all[o as usize];
@@ -469,6 +586,9 @@ fn order_into<O: SelectObserver>(
     // R15/R16, before the capability filters, as the candidate list is
     // ordered before R18 filters it).
     let mut floor = LatencyFloor::default();
+    // With no provider of the registry failing or warmed, no health can
+    // change the order: none is read.
+    let weigh_health = !table.notable.none();
     for (i, s) in eligible.iter().enumerate() {
         // R16: only providers holding the key; Chutes holds none.
         if let Some(key) = req.model_pub_key {
@@ -477,9 +597,11 @@ fn order_into<O: SelectObserver>(
                 continue;
             }
         }
-        any_demoted |= s.health.is_demoted();
         any_overflow |= overflows(s, req.estimate);
-        floor = floor.with(s.health.ttft());
+        if weigh_health {
+            any_demoted |= s.health.is_demoted();
+            floor = floor.with_warmed(s.health.warmed_ttft_ms());
+        }
         buf[n] = idx.start + i as u32;
         n += 1;
     }
@@ -560,11 +682,12 @@ fn order_into<O: SelectObserver>(
                 } else {
                     counter
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                            Some((v % lead + 1) % lead)
+                            let next = modulo(v, lead) + 1;
+                            Some(if next == lead { 0 } else { next })
                         })
                         .unwrap_or_else(|v| v)
                 };
-                let turn = value % lead;
+                let turn = modulo(value, lead);
                 (turn, Placement::RoundRobin { turn })
             }
         };
@@ -589,6 +712,18 @@ fn order_into<O: SelectObserver>(
         );
     }
     Ok(n)
+}
+
+/// `v % n`, without the division when `v` is already below `n` (R65: the
+/// counter holds a value below the size of the group it last served, so
+/// it is whenever the group's size has not shrunk).
+#[inline(always)]
+fn modulo(v: usize, n: usize) -> usize {
+    if v < n {
+        v
+    } else {
+        v % n
+    }
 }
 
 /// `group.rotate_left(k % group.len())`, without a division or a call for the

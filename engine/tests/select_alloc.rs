@@ -1,5 +1,6 @@
-//! `Registry::select` allocates nothing for up to four providers, on the plain,
-//! pubkey and capability-filtered paths alike.
+//! `Registry::select` and `Registry::with_selection` allocate nothing for up
+//! to four providers, on the plain, pubkey and capability-filtered paths
+//! alike.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -97,6 +98,35 @@ fn r17_select_allocates_nothing_for_up_to_four_providers() {
                 for _ in 0..100 {
                     let s = std::hint::black_box(reg.select(M, op, key, e2ee)).unwrap();
                     len = s.len();
+                }
+            });
+            assert!(len >= 1);
+            assert_eq!(count, 0, "n={n} op={op:?} key={key:?} e2ee={e2ee}");
+        }
+    }
+}
+
+#[test]
+fn r17_lent_selection_allocates_nothing_for_up_to_four_providers() {
+    // `with_selection`: the thread's snapshot cache and the order on the
+    // stack; only the cache's first fill (per thread) may allocate.
+    let cases = [
+        (Operation::ChatCompletion, None, false),
+        (Operation::ChatCompletion, Some("k"), false),
+        (Operation::ChatCompletionStream, None, true),
+    ];
+    for n in 1..=4 {
+        let reg = registry(n);
+        for (op, key, e2ee) in cases {
+            let select = || {
+                reg.with_selection(M, op, key, e2ee, Shape::default(), |sel| sel.len())
+                    .unwrap()
+            };
+            select();
+            let mut len = 0;
+            let count = allocations(|| {
+                for _ in 0..100 {
+                    len = std::hint::black_box(select());
                 }
             });
             assert!(len >= 1);

@@ -21,7 +21,7 @@ use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
-use crate::health::Health;
+use crate::health::{Health, Notable};
 use crate::provider::{Provider, ProviderId};
 use crate::tier::{Capabilities, Tier};
 
@@ -219,6 +219,10 @@ pub(crate) struct Table {
     pub(crate) slots: Vec<Slot>,
     pub(crate) models: ModelIndex,
     pub(crate) health: BTreeMap<ProviderId, Arc<Health>>,
+    /// The registry's one count of providers with a failure or a warmed
+    /// TTFT (every `Health` above is counted in it), carried from table to
+    /// table: at zero selection reads no provider's health.
+    pub(crate) notable: Arc<Notable>,
 }
 
 impl Table {
@@ -242,6 +246,7 @@ impl Table {
         let mut slots = Vec::new();
         let mut models = ModelIndex::with_capacity(ids.len());
         let mut health: BTreeMap<ProviderId, Arc<Health>> = BTreeMap::new();
+        let notable = prev.map_or_else(Arc::default, |t| t.notable.clone());
         let mut keys: BTreeMap<ProviderId, Arc<[Box<str>]>> = BTreeMap::new();
         for m in ids {
             #[cfg(feature = "planted-bugs")]
@@ -264,7 +269,7 @@ impl Table {
                     .entry(id.clone())
                     .or_insert_with(|| {
                         prev.and_then(|t| t.health.get(id).cloned())
-                            .unwrap_or_default()
+                            .unwrap_or_else(|| Arc::new(Health::counted_in(notable.clone())))
                     })
                     .clone();
                 #[cfg(feature = "planted-bugs")]
@@ -325,6 +330,7 @@ impl Table {
             slots,
             models,
             health,
+            notable,
         }
     }
 

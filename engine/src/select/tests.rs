@@ -377,6 +377,163 @@ fn r17_selection_never_waits_for_a_writer() {
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
 }
 
+fn lent(reg: &Registry, op: Operation, key: Option<&str>) -> Vec<String> {
+    reg.with_selection(M, op, key, false, Shape::default(), |sel| {
+        sel.ids().map(|p| p.to_string()).collect()
+    })
+    .unwrap()
+}
+
+#[test]
+fn r17_lent_and_owned_selections_are_one_selection_on_one_counter() {
+    // `with_selection` and `select` take turns from the same counter: the
+    // rotation goes on whichever is called.
+    let (n1, n2, n3) = (near("n1", "k"), near("n2", "k"), near("n3", "k"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2, &n3], &[&c1], &[]);
+    let got: Vec<Vec<String>> = (0..6)
+        .map(|i| {
+            if i % 2 == 0 {
+                lent(&reg, PLAIN, None)
+            } else {
+                order(&reg, PLAIN, None, false)
+            }
+        })
+        .collect();
+    let want: Vec<Vec<String>> = (0..6)
+        .map(|t| {
+            let mut o: Vec<String> = (0..3).map(|i| format!("n{}", (t + i) % 3 + 1)).collect();
+            o.push("c1".into());
+            o
+        })
+        .collect();
+    assert_eq!(got, want);
+    let err = reg
+        .with_selection(M, PLAIN, Some("nobody"), false, Shape::default(), |_| ())
+        .unwrap_err();
+    assert_eq!(err, SelectError::NoProviderForPubKey);
+    let unknown = reg
+        .with_selection(
+            "no/such-model",
+            PLAIN,
+            None,
+            false,
+            Shape::default(),
+            |_| (),
+        )
+        .unwrap_err();
+    assert_eq!(unknown, SelectError::UnknownModel);
+}
+
+#[test]
+fn r17_lent_selection_sees_every_write_at_once_through_the_thread_cache() {
+    // The thread's cached snapshot is revalidated on every call: a write
+    // (here a refresh dropping n2 and a demotion) shows in the very next
+    // selection on the same thread.
+    let (n1, n2) = (near("n1", "k"), near("n2", "k"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2], &[&c1], &[]);
+    assert_eq!(lent(&reg, PLAIN, None), ["n1", "n2", "c1"]);
+    reg.refresh(
+        SourceRead::Ok(Discovered(rows(&[(M, &[&n1])]))),
+        SourceRead::Ok(External::default()),
+    );
+    assert_eq!(lent(&reg, PLAIN, None), ["n1", "c1"]);
+    demote(&reg, "n1", 10);
+    assert_eq!(lent(&reg, PLAIN, None), ["c1", "n1"]);
+}
+
+#[test]
+fn r17_lent_selections_of_two_registries_on_one_thread_stay_apart() {
+    // One thread alternating between registries (and nesting one selection
+    // inside another's closure) always reads the registry it asked.
+    let (a1, b1) = (near("a1", "k"), near("b1", "k"));
+    let a = registry(&[&a1], &[], &[]);
+    let b = registry(&[&b1], &[], &[]);
+    for _ in 0..3 {
+        assert_eq!(lent(&a, PLAIN, None), ["a1"]);
+        assert_eq!(lent(&b, PLAIN, None), ["b1"]);
+    }
+    let nested = a
+        .with_selection(M, PLAIN, None, false, Shape::default(), |outer| {
+            let inner = lent(&b, PLAIN, None);
+            let again = lent(&a, PLAIN, None);
+            (outer.provider(0).id().to_string(), inner, again)
+        })
+        .unwrap();
+    assert_eq!(
+        nested,
+        (
+            "a1".to_string(),
+            vec!["b1".to_string()],
+            vec!["a1".to_string()]
+        )
+    );
+    assert_eq!(lent(&a, PLAIN, None), ["a1"]);
+    assert_eq!(lent(&b, PLAIN, None), ["b1"]);
+}
+
+#[test]
+fn r17_every_order_buffer_rotates_the_leading_group_alike() {
+    // 4 (small stack buffer), 5 and 64 (the larger stack buffer) and 65
+    // (heap) providers: each NEAR leads in turn, Chutes last, lent or owned.
+    for k in [3, 4, 63, 64] {
+        let nears: Vec<_> = (0..k).map(|i| near(&format!("n{i}"), "k")).collect();
+        let refs: Vec<_> = nears.iter().collect();
+        let c1 = FakeProvider::chutes("c1").arc();
+        let reg = registry(&refs, &[&c1], &[]);
+        for turn in 0..k + 2 {
+            let o = if turn % 2 == 0 {
+                lent(&reg, PLAIN, None)
+            } else {
+                order(&reg, PLAIN, None, false)
+            };
+            let want: Vec<String> = (0..k)
+                .map(|i| format!("n{}", (turn + i) % k))
+                .chain(["c1".to_string()])
+                .collect();
+            assert_eq!(o, want, "k={k} turn={turn}");
+        }
+    }
+}
+
+#[test]
+fn r17_r47_health_is_weighed_whenever_any_provider_fails_or_is_warmed() {
+    // Selection skips reading health only while the registry's `Notable`
+    // count is zero; it follows failures, samples, rebuilds and removals.
+    let (n1, n2) = (near("n1", "k"), near("n2", "k"));
+    let c1 = FakeProvider::chutes("c1").arc();
+    let reg = registry(&[&n1, &n2], &[&c1], &[]);
+    let none = |reg: &Registry| reg.load().notable.none();
+    assert!(none(&reg));
+    demote(&reg, "n1", 10);
+    assert!(!none(&reg));
+    for _ in 0..3 {
+        assert_eq!(lent(&reg, PLAIN, None), ["n2", "c1", "n1"]);
+    }
+    // A rebuild carries the count with the health.
+    reg.refresh(
+        SourceRead::Ok(Discovered(rows(&[(M, &[&n1, &n2])]))),
+        SourceRead::Ok(External::default()),
+    );
+    assert_eq!(lent(&reg, PLAIN, None), ["n2", "c1", "n1"]);
+    reg.load().health[&ProviderId::new("n1")].record_success();
+    assert!(none(&reg));
+    // R47: warmed providers are weighed too (n2 slow against n1).
+    samples(&reg, "n1", 50, 8);
+    samples(&reg, "n2", 3_000, 8);
+    assert!(!none(&reg));
+    assert_eq!(lent(&reg, PLAIN, None), ["n1", "c1", "n2"]);
+    // A provider dropped from every model takes its terms back once no
+    // snapshot holds it.
+    reg.refresh(
+        SourceRead::Ok(Discovered(BTreeMap::new())),
+        SourceRead::Ok(External::default()),
+    );
+    assert_eq!(lent(&reg, PLAIN, None), ["c1"]);
+    assert!(none(&reg));
+}
+
 // ---- R18 ----
 
 #[test]
