@@ -302,13 +302,7 @@ impl Registry {
         client_e2ee: bool,
         shape: Shape,
     ) -> Result<Selection, SelectError> {
-        let req = Request {
-            op,
-            model_pub_key,
-            client_e2ee,
-            estimate: shape.estimate,
-            prefix: shape.prefix,
-        };
+        let req = Request::shaped(op, model_pub_key, client_e2ee, shape);
         select_observed(self.load(), model, req, &mut ())
     }
 
@@ -328,13 +322,7 @@ impl Registry {
         shape: Shape,
         f: impl FnOnce(Selected<'_>) -> R,
     ) -> Result<R, SelectError> {
-        let req = Request {
-            op,
-            model_pub_key,
-            client_e2ee,
-            estimate: shape.estimate,
-            prefix: shape.prefix,
-        };
+        let req = Request::shaped(op, model_pub_key, client_e2ee, shape);
         self.with_snapshot(
             #[inline(always)]
             |table| with_order(table, model, req, &mut (), f),
@@ -559,6 +547,25 @@ pub(crate) struct Request<'a> {
     pub estimate: Option<u32>,
     /// R48's hash of the first two messages (streamed chat only).
     pub prefix: Option<u64>,
+}
+
+impl<'a> Request<'a> {
+    /// A request of a known [`Shape`], as the public selection calls see it.
+    #[inline(always)]
+    fn shaped(
+        op: Operation,
+        model_pub_key: Option<&'a str>,
+        client_e2ee: bool,
+        shape: Shape,
+    ) -> Self {
+        Request {
+            op,
+            model_pub_key,
+            client_e2ee,
+            estimate: shape.estimate,
+            prefix: shape.prefix,
+        }
+    }
 }
 
 /// Writes the model's selected slot indices, best first, into `buf` (at least
