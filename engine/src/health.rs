@@ -355,4 +355,39 @@ mod tests {
         assert!(!floor.demotes(t(400.0, 8)), "not over 500 ms");
         assert!(!LatencyFloor::default().demotes(t(9000.0, 50)));
     }
+
+    #[test]
+    fn r47_exactly_at_the_floor_or_the_ratio_is_not_demoted() {
+        let t = |ms: f64| Ttft {
+            samples: TTFT_WARM_SAMPLES,
+            ema_ms: ms,
+        };
+        // "Slower than" both: equal to either bound keeps the provider.
+        let floor = LatencyFloor::of([t(200.0)]);
+        assert!(!floor.demotes(t(TTFT_DEMOTE_FLOOR_MS)), "exactly 500 ms");
+        assert!(floor.demotes(t(TTFT_DEMOTE_FLOOR_MS + 0.5)));
+        let floor = LatencyFloor::of([t(300.0)]);
+        assert!(!floor.demotes(t(600.0)), "exactly twice the fastest");
+        assert!(floor.demotes(t(600.5)));
+    }
+
+    #[test]
+    fn r46_r47_a_zero_average_is_never_warmed() {
+        let zero = Ttft {
+            samples: TTFT_WARM_SAMPLES,
+            ema_ms: 0.0,
+        };
+        assert!(!zero.warmed());
+        let h = Health::default();
+        assert_eq!(h.warmed_ttft_ms(), None);
+        // Enough samples but a zero average (not reachable through
+        // `record_ttft`, which drops sub-millisecond samples): still cold.
+        h.ttft_samples.store(TTFT_WARM_SAMPLES, Ordering::Relaxed);
+        assert_eq!(h.warmed_ttft_ms(), None);
+        h.ttft_samples.store(0, Ordering::Relaxed);
+        for _ in 0..TTFT_WARM_SAMPLES {
+            h.record_ttft(Duration::from_millis(40));
+        }
+        assert_eq!(h.warmed_ttft_ms(), Some(40.0));
+    }
 }
