@@ -157,6 +157,11 @@ struct Link {
     /// Messages that are ready to be delivered.
     deliverable: FxIndexMap<IpAddr, VecDeque<Envelope>>,
 
+    /// tiersim patch (see `vendor/README.md`): how many messages
+    /// `deliverable` holds (all ends), kept as they move in and out, so a
+    /// link with none is passed over without scanning its queues.
+    ready: usize,
+
     /// The current network time, moved forward with [`Link::tick`].
     now: Instant,
 }
@@ -314,7 +319,7 @@ impl Topology {
         let now = self.rt.now();
         let mut soonest: Option<Duration> = None;
         for link in self.links.values() {
-            if !link.deliverable.values().all(VecDeque::is_empty) {
+            if link.ready != 0 {
                 return None;
             }
             for sent in &link.sent {
@@ -336,10 +341,12 @@ impl Topology {
             return false;
         };
         indices.iter().any(|&index| {
-            self.links[index]
-                .deliverable
-                .iter()
-                .any(|(to, q)| *to == addr && !q.is_empty())
+            let link = &self.links[index];
+            link.ready != 0
+                && link
+                    .deliverable
+                    .iter()
+                    .any(|(to, q)| *to == addr && !q.is_empty())
         })
     }
 
@@ -394,6 +401,7 @@ impl Link {
             config: config::Link::default(),
             sent: VecDeque::new(),
             deliverable: FxIndexMap::default(),
+            ready: 0,
             now,
         }
     }
@@ -494,6 +502,7 @@ impl Link {
                         .entry(sent.dst.ip())
                         .or_default()
                         .push_back(envelope);
+                    self.ready += 1; // tiersim patch
                     deliverable += 1;
                 }
             }
@@ -518,6 +527,7 @@ impl Link {
             return;
         }
         let mut deliverable = std::mem::take(queue);
+        self.ready -= deliverable.len();
 
         for message in deliverable.drain(..) {
             let (src, dst) = (message.src, message.dst);
