@@ -534,12 +534,14 @@ impl<'a> Sim<'a> {
             .borrow_mut()
             .topology
             .tick_idle(self.config.tick, ticks);
-        for (&addr, rt) in self.rts.iter_mut() {
+        let mut world = self.world.borrow_mut();
+        for (index, (&addr, rt)) in self.rts.iter_mut().enumerate() {
             if rt.is_software_running() {
                 rt.defer_idle(ticks);
             }
-            self.world.borrow_mut().tick(addr, span);
+            world.tick_at(index, addr, span);
         }
+        drop(world);
         self.elapsed += span;
         self.steps += ticks as usize;
         Ok(())
@@ -616,7 +618,7 @@ impl<'a> Sim<'a> {
                     if rt.is_client() {
                         is_finished = false;
                     }
-                    self.world.borrow_mut().tick(addr, tick);
+                    self.world.borrow_mut().tick_at(index, addr, tick);
                     continue;
                 }
                 rt.catch_up(tick);
@@ -651,7 +653,7 @@ impl<'a> Sim<'a> {
             let mut world = self.world.borrow_mut();
             world.current = None;
 
-            world.tick(addr, tick);
+            world.tick_at(index, addr, tick);
         }
 
         // Tick the nodes that are not actively running (i.e., crashed) to ensure their clock keeps up
@@ -659,7 +661,7 @@ impl<'a> Sim<'a> {
         for &index in &stopped {
             let (&addr, _rt) = self.rts.get_index(index).expect("listed host");
             let mut world = self.world.borrow_mut();
-            world.tick(addr, tick);
+            world.tick_at(index, addr, tick);
         }
         self.running = running;
         self.stopped = stopped;
