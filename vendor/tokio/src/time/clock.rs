@@ -76,6 +76,11 @@ cfg_test_util! {
         /// `base` or `unfrozen` changes, so `now` reads a frozen clock
         /// without the lock.
         sim_frozen_at: crate::loom::sync::atomic::AtomicU64,
+
+        /// tiersim patch (see `vendor/README.md`): `auto_advance_inhibit_count`,
+        /// stored with `inner` locked wherever it changes, so
+        /// `can_auto_advance` reads a frozen clock without the lock.
+        sim_inhibit_count: crate::loom::sync::atomic::AtomicUsize,
     }
 
     /// tiersim patch (see `vendor/README.md`): `Clock::sim_frozen_at` of a
@@ -327,6 +332,7 @@ cfg_test_util! {
                 }),
                 sim_origin: now,
                 sim_frozen_at: crate::loom::sync::atomic::AtomicU64::new(SIM_NOT_FROZEN),
+                sim_inhibit_count: crate::loom::sync::atomic::AtomicUsize::new(0),
             };
 
             if start_paused {
@@ -364,14 +370,23 @@ cfg_test_util! {
         pub(crate) fn inhibit_auto_advance(&self) {
             let mut inner = self.inner.lock();
             inner.auto_advance_inhibit_count += 1;
+            self.sim_inhibit_count
+                .store(inner.auto_advance_inhibit_count, Ordering::Release); // tiersim patch
         }
 
         pub(crate) fn allow_auto_advance(&self) {
             let mut inner = self.inner.lock();
             inner.auto_advance_inhibit_count -= 1;
+            self.sim_inhibit_count
+                .store(inner.auto_advance_inhibit_count, Ordering::Release); // tiersim patch
         }
 
         pub(crate) fn can_auto_advance(&self) -> bool {
+            // tiersim patch (see `vendor/README.md`): a clock known frozen
+            // (`sim_frozen_at`) answers from the inhibit count's copy.
+            if self.sim_frozen_at.load(Ordering::Acquire) != SIM_NOT_FROZEN {
+                return self.sim_inhibit_count.load(Ordering::Acquire) == 0;
+            }
             let inner = self.inner.lock();
             inner.unfrozen.is_none() && inner.auto_advance_inhibit_count == 0
         }

@@ -477,7 +477,11 @@ impl Handle {
     cfg_test_util! {
         pub(super) fn did_wake(&self) -> bool {
             match &self.inner {
-                Inner::Traditional { did_wake, .. } => did_wake.swap(false, Ordering::SeqCst),
+                // tiersim patch (see `vendor/README.md`): a flag already
+                // clear is read, not swapped (the swap would leave it so).
+                Inner::Traditional { did_wake, .. } => {
+                    did_wake.load(Ordering::SeqCst) && did_wake.swap(false, Ordering::SeqCst)
+                }
                 #[cfg(all(tokio_unstable, feature = "rt-multi-thread"))]
                 Inner::Alternative { did_wake, .. } => did_wake.swap(false, Ordering::SeqCst),
             }
