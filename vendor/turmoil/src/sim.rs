@@ -41,6 +41,13 @@ pub struct Sim<'a> {
     /// and stopped hosts (indices into `rts`), reused across steps.
     running: Vec<usize>,
     stopped: Vec<usize>,
+
+    /// tiersim patch (see `vendor/README.md`): per host (index into `rts`),
+    /// the step (`probe_step`) in which `idle_ticks_ahead` asked its
+    /// runtime `Rt::idle_for`, and the answer. It holds in that step until
+    /// any host is driven: nothing else moves a runtime meanwhile.
+    idle_probes: Vec<(u64, Option<Option<Duration>>)>,
+    probe_step: u64,
 }
 
 impl<'a> Sim<'a> {
@@ -59,6 +66,8 @@ impl<'a> Sim<'a> {
             steps: 1, // bumped after each step
             running: Vec::new(),
             stopped: Vec::new(),
+            idle_probes: Vec::new(),
+            probe_step: 0,
         }
     }
 
@@ -428,7 +437,7 @@ impl<'a> Sim<'a> {
     /// timer wheel work up to and including the tick's end), no message is
     /// delivered at their start, and the duration check does not fail in
     /// them.
-    fn idle_ticks_ahead(&self) -> u64 {
+    fn idle_ticks_ahead(&mut self) -> u64 {
         let tick = self.config.tick;
         if !self.may_skip_idle() {
             return 0;
@@ -438,11 +447,14 @@ impl<'a> Sim<'a> {
         };
         // The soonest any host's timer wheel has work.
         let mut soonest: Option<Duration> = None;
-        for rt in self.rts.values() {
+        self.idle_probes.resize(self.rts.len(), (0, None));
+        for (index, rt) in self.rts.values().enumerate() {
             if !rt.is_software_running() {
                 continue;
             }
-            match rt.idle_for() {
+            let idle_for = rt.idle_for();
+            self.idle_probes[index] = (self.probe_step, idle_for);
+            match idle_for {
                 None => return 0,
                 Some(None) => {}
                 Some(Some(wait)) => {
@@ -522,12 +534,14 @@ impl<'a> Sim<'a> {
             .borrow_mut()
             .topology
             .tick_idle(self.config.tick, ticks);
-        for (&addr, rt) in self.rts.iter_mut() {
+        let mut world = self.world.borrow_mut();
+        for (index, (&addr, rt)) in self.rts.iter_mut().enumerate() {
             if rt.is_software_running() {
                 rt.defer_idle(ticks);
             }
-            self.world.borrow_mut().tick(addr, span);
+            world.tick_at(index, addr, span);
         }
+        drop(world);
         self.elapsed += span;
         self.steps += ticks as usize;
         Ok(())
@@ -544,6 +558,10 @@ impl<'a> Sim<'a> {
     /// Returns whether or not all clients have completed.
     pub fn step(&mut self) -> Result<bool> {
         tracing::trace!(target: TRACING_TARGET, "step {}", self.steps);
+
+        // tiersim patch: probes recorded from here on are this step's.
+        self.probe_step += 1;
+        let probe_step = self.probe_step;
 
         if self.config.skip_idle {
             self.skip_idle_ticks()?;
@@ -581,23 +599,31 @@ impl<'a> Sim<'a> {
             running.shuffle(&mut self.world.borrow_mut().rng);
         }
 
+        // tiersim patch: whether no host was driven yet in this step, so
+        // `idle_probes` of this step still hold.
+        let mut probes_hold = true;
         for &index in &running {
             let (&addr, rt) = self.rts.get_index_mut(index).expect("listed host");
             // tiersim patch (see `vendor/README.md`): a host that can do
             // nothing this tick is not driven through it; its runtime
             // catches up, exactly, before it next is.
             if may_skip_idle {
-                if idle_this_tick(&self.world, tick, addr, rt) {
+                let probed = match self.idle_probes.get(index) {
+                    Some(&(step, idle_for)) if probes_hold && step == probe_step => Some(idle_for),
+                    _ => None,
+                };
+                if idle_this_tick(&self.world, tick, addr, rt, probed) {
                     rt.defer_idle(1);
                     // A running client that does nothing has not finished.
                     if rt.is_client() {
                         is_finished = false;
                     }
-                    self.world.borrow_mut().tick(addr, tick);
+                    self.world.borrow_mut().tick_at(index, addr, tick);
                     continue;
                 }
                 rt.catch_up(tick);
             }
+            probes_hold = false;
             let _span_guard = tracing::span!(Level::INFO, "node", name = &*rt.nodename,).entered();
             {
                 let mut world = self.world.borrow_mut();
@@ -627,7 +653,7 @@ impl<'a> Sim<'a> {
             let mut world = self.world.borrow_mut();
             world.current = None;
 
-            world.tick(addr, tick);
+            world.tick_at(index, addr, tick);
         }
 
         // Tick the nodes that are not actively running (i.e., crashed) to ensure their clock keeps up
@@ -635,7 +661,7 @@ impl<'a> Sim<'a> {
         for &index in &stopped {
             let (&addr, _rt) = self.rts.get_index(index).expect("listed host");
             let mut world = self.world.borrow_mut();
-            world.tick(addr, tick);
+            world.tick_at(index, addr, tick);
         }
         self.running = running;
         self.stopped = stopped;
@@ -674,11 +700,20 @@ fn catch_up_before_drop(rt: &mut Rt<'_>, tick: Duration) {
 /// up to the tick's end (with a millisecond to spare for the wheel's
 /// rounding up to whole milliseconds). Its runtime may lag the world by
 /// idle ticks already owed.
-fn idle_this_tick(world: &RefCell<World>, tick: Duration, addr: IpAddr, rt: &Rt<'_>) -> bool {
+///
+/// `probed`: `rt.idle_for()` if already asked in this step with nothing
+/// driven since (the same answer).
+fn idle_this_tick(
+    world: &RefCell<World>,
+    tick: Duration,
+    addr: IpAddr,
+    rt: &Rt<'_>,
+    probed: Option<Option<Option<Duration>>>,
+) -> bool {
     if world.borrow().topology.has_deliverable(addr) {
         return false;
     }
-    match rt.idle_for() {
+    match probed.unwrap_or_else(|| rt.idle_for()) {
         None => false,
         Some(None) => true,
         Some(Some(wait)) => {

@@ -24,6 +24,11 @@ pub(crate) struct Topology {
     /// only ever added), so a host's links are found without scanning all.
     by_host: FxIndexMap<IpAddr, Vec<usize>>,
 
+    /// tiersim patch (see `vendor/README.md`): the sum of every link's
+    /// `Link::ready`, moved by each call that can change one, so a step in
+    /// which no message waits anywhere asks no link.
+    ready: usize,
+
     /// We don't use a Rt for async. Right now, we just use it to tick time
     /// forward in the same way we do it elsewhere. We'd like to represent
     /// network state with async in the future.
@@ -157,6 +162,11 @@ struct Link {
     /// Messages that are ready to be delivered.
     deliverable: FxIndexMap<IpAddr, VecDeque<Envelope>>,
 
+    /// tiersim patch (see `vendor/README.md`): how many messages
+    /// `deliverable` holds (all ends), kept as they move in and out, so a
+    /// link with none is passed over without scanning its queues.
+    ready: usize,
+
     /// The current network time, moved forward with [`Link::tick`].
     now: Instant,
 }
@@ -183,6 +193,7 @@ impl Topology {
             config,
             links: FxIndexMap::default(),
             by_host: FxIndexMap::default(),
+            ready: 0,
             rt: Rt::no_software(),
         }
     }
@@ -248,7 +259,11 @@ impl Topology {
         message: Protocol,
     ) -> Result<()> {
         if let Some(link) = self.links.get_mut(&Pair::new(src.ip(), dst.ip())) {
-            link.enqueue_message(&self.config, rand, src, dst, message)
+            // tiersim patch: the link's ready count may move.
+            let before = link.ready;
+            let result = link.enqueue_message(&self.config, rand, src, dst, message);
+            self.ready = self.ready - before + link.ready;
+            result
         } else {
             Err(Error::new(
                 ErrorKind::ConnectionRefused,
@@ -266,7 +281,9 @@ impl Topology {
         };
         for &index in indices {
             let (_, link) = self.links.get_index_mut(index).expect("indexed link");
+            let before = link.ready;
             link.deliver_messages(&self.config, rand, dst);
+            self.ready = self.ready - before + link.ready;
         }
     }
 
@@ -302,7 +319,9 @@ impl Topology {
         // not once per link (nothing moves it in between).
         let now = self.rt.now();
         for link in self.links.values_mut() {
+            let before = link.ready;
             link.tick(now);
+            self.ready = self.ready - before + link.ready;
         }
     }
 
@@ -311,12 +330,12 @@ impl Topology {
     /// in flight is due (`Some(None)`: none is; held messages move only
     /// when released).
     pub(crate) fn next_delivery(&self) -> Option<Option<Duration>> {
+        if self.ready != 0 {
+            return None;
+        }
         let now = self.rt.now();
         let mut soonest: Option<Duration> = None;
         for link in self.links.values() {
-            if !link.deliverable.values().all(VecDeque::is_empty) {
-                return None;
-            }
             for sent in &link.sent {
                 if let DeliveryStatus::DeliverAfter(at) = sent.status {
                     let wait = at.saturating_duration_since(now);
@@ -332,14 +351,19 @@ impl Topology {
     pub(crate) fn has_deliverable(&self, addr: IpAddr) -> bool {
         // The host's own links; a link's ready queues are keyed by its two
         // ends, so scanning them costs less than hashing `addr` again.
+        if self.ready == 0 {
+            return false;
+        }
         let Some(indices) = self.by_host.get(&addr) else {
             return false;
         };
         indices.iter().any(|&index| {
-            self.links[index]
-                .deliverable
-                .iter()
-                .any(|(to, q)| *to == addr && !q.is_empty())
+            let link = &self.links[index];
+            link.ready != 0
+                && link
+                    .deliverable
+                    .iter()
+                    .any(|(to, q)| *to == addr && !q.is_empty())
         })
     }
 
@@ -349,7 +373,9 @@ impl Topology {
         let _ = self.rt.tick_idle(tick, ticks);
         let now = self.rt.now();
         for link in self.links.values_mut() {
+            let before = link.ready;
             link.tick(now);
+            self.ready = self.ready - before + link.ready;
         }
     }
 
@@ -394,6 +420,7 @@ impl Link {
             config: config::Link::default(),
             sent: VecDeque::new(),
             deliverable: FxIndexMap::default(),
+            ready: 0,
             now,
         }
     }
@@ -478,6 +505,11 @@ impl Link {
     fn process_deliverables(&mut self) {
         // TODO: `drain_filter` is not yet stable, and so we have a low quality
         // implementation here that avoids clones.
+        // tiersim patch (see `vendor/README.md`): nothing in flight, nothing
+        // to move (the loop below would not run).
+        if self.sent.is_empty() {
+            return;
+        }
         let mut deliverable = 0;
         for i in 0..self.sent.len() {
             let index = i - deliverable;
@@ -494,6 +526,7 @@ impl Link {
                         .entry(sent.dst.ip())
                         .or_default()
                         .push_back(envelope);
+                    self.ready += 1; // tiersim patch
                     deliverable += 1;
                 }
             }
@@ -518,6 +551,7 @@ impl Link {
             return;
         }
         let mut deliverable = std::mem::take(queue);
+        self.ready -= deliverable.len();
 
         for message in deliverable.drain(..) {
             let (src, dst) = (message.src, message.dst);

@@ -278,4 +278,15 @@ impl World {
             .timer
             .tick(duration);
     }
+
+    /// tiersim patch (see `vendor/README.md`): [`World::tick`] for the host
+    /// at `index` in `hosts` (hosts and the simulation's runtimes are
+    /// registered together, so a runtime's index is its host's); the key is
+    /// checked, and looked up by address if it differs.
+    pub(crate) fn tick_at(&mut self, index: usize, addr: IpAddr, duration: Duration) {
+        match self.hosts.get_index_mut(index) {
+            Some((&at, host)) if at == addr => host.timer.tick(duration),
+            _ => self.tick(addr, duration),
+        }
+    }
 }

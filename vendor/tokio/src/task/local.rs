@@ -254,6 +254,12 @@ struct Shared {
     /// Remote run queue sender.
     queue: Mutex<Option<VecDeque<task::Notified<Arc<Shared>>>>>,
 
+    /// tiersim patch (see `vendor/README.md`): the remote queue's length
+    /// (0 once it is gone), stored with `queue` locked wherever it changes,
+    /// so `LocalSet::sim_is_idle` reads it without the lock.
+    #[cfg(feature = "test-util")]
+    sim_remote_len: crate::loom::sync::atomic::AtomicUsize,
+
     /// Wake the `LocalSet` task.
     waker: AtomicWaker,
 
@@ -510,13 +516,13 @@ impl LocalSet {
             .local_state
             .local_queue
             .with(|ptr| unsafe { (*ptr).is_empty() });
+        // The remote queue's length as last left, read without its lock.
         let remote_empty = self
             .context
             .shared
-            .queue
-            .lock()
-            .as_ref()
-            .is_none_or(VecDeque::is_empty);
+            .sim_remote_len
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 0;
         local_empty && remote_empty
     }
 
@@ -550,6 +556,8 @@ impl LocalSet {
                         local_queue: UnsafeCell::new(VecDeque::with_capacity(INITIAL_CAPACITY)),
                     },
                     queue: Mutex::new(Some(VecDeque::with_capacity(INITIAL_CAPACITY))),
+                    #[cfg(feature = "test-util")]
+                    sim_remote_len: crate::loom::sync::atomic::AtomicUsize::new(0),
                     waker: AtomicWaker::new(),
                     #[cfg(tokio_unstable)]
                     unhandled_panic: crate::runtime::UnhandledPanic::Ignore,
@@ -814,27 +822,33 @@ impl LocalSet {
         true
     }
 
+    /// The next task of the remote queue (tiersim patch: its length kept
+    /// in `Shared::sim_remote_len`).
+    fn pop_remote(&self) -> Option<task::Notified<Arc<Shared>>> {
+        let shared = &self.context.shared;
+        // An empty remote queue (its length is stored under its lock at
+        // every change) is passed over without the lock.
+        #[cfg(feature = "test-util")]
+        if shared.sim_remote_len.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut lock = shared.queue.lock();
+        let queue = lock.as_mut()?;
+        let task = queue.pop_front();
+        if task.is_some() {
+            shared.sim_remote_len_is(queue.len());
+        }
+        task
+    }
+
     fn next_task(&self) -> Option<task::LocalNotified<Arc<Shared>>> {
         let tick = self.tick.get();
         self.tick.set(tick.wrapping_add(1));
 
         let task = if tick % REMOTE_FIRST_INTERVAL == 0 {
-            self.context
-                .shared
-                .queue
-                .lock()
-                .as_mut()
-                .and_then(|queue| queue.pop_front())
-                .or_else(|| self.pop_local())
+            self.pop_remote().or_else(|| self.pop_local())
         } else {
-            self.pop_local().or_else(|| {
-                self.context
-                    .shared
-                    .queue
-                    .lock()
-                    .as_mut()
-                    .and_then(VecDeque::pop_front)
-            })
+            self.pop_local().or_else(|| self.pop_remote())
         };
 
         task.map(|task| unsafe {
@@ -1046,7 +1060,11 @@ impl Drop for LocalSet {
 
             // Take the queue from the Shared object to prevent pushing
             // notifications to it in the future.
-            let queue = self.context.shared.queue.lock().take().unwrap();
+            let queue = {
+                let mut lock = self.context.shared.queue.lock();
+                self.context.shared.sim_remote_len_is(0); // tiersim patch
+                lock.take().unwrap()
+            };
             for task in queue {
                 drop(task);
             }
@@ -1158,12 +1176,22 @@ impl Shared {
 
                     if let Some(queue) = lock.as_mut() {
                         queue.push_back(task);
+                        self.sim_remote_len_is(queue.len()); // tiersim patch
                         drop(lock);
                         self.waker.wake();
                     }
                 }
             }
         });
+    }
+
+    /// tiersim patch (see `vendor/README.md`): records the remote queue's
+    /// length; called with `queue` locked.
+    #[inline]
+    fn sim_remote_len_is(&self, _len: usize) {
+        #[cfg(feature = "test-util")]
+        self.sim_remote_len
+            .store(_len, std::sync::atomic::Ordering::Release);
     }
 
     fn ptr_eq(&self, other: &Shared) -> bool {

@@ -65,7 +65,28 @@ cfg_test_util! {
     #[derive(Debug)]
     pub(crate) struct Clock {
         inner: Mutex<Inner>,
+
+        /// tiersim patch (see `vendor/README.md`): the instant the clock
+        /// was built at (its first `base`).
+        sim_origin: std::time::Instant,
+
+        /// tiersim patch (see `vendor/README.md`): while the clock is
+        /// frozen, `base - sim_origin` in nanoseconds, else
+        /// `SIM_NOT_FROZEN`. Written only with `inner` locked, wherever
+        /// `base` or `unfrozen` changes, so `now` reads a frozen clock
+        /// without the lock.
+        sim_frozen_at: crate::loom::sync::atomic::AtomicU64,
+
+        /// tiersim patch (see `vendor/README.md`): `auto_advance_inhibit_count`,
+        /// stored with `inner` locked wherever it changes, so
+        /// `can_auto_advance` reads a frozen clock without the lock.
+        sim_inhibit_count: crate::loom::sync::atomic::AtomicUsize,
     }
+
+    /// tiersim patch (see `vendor/README.md`): `Clock::sim_frozen_at` of a
+    /// running clock (or one frozen more than 584 years past its origin,
+    /// which `now` reads under the lock).
+    const SIM_NOT_FROZEN: u64 = u64::MAX;
 
     // Used to track if the clock was ever paused. This is an optimization to
     // avoid touching the mutex if `test-util` was accidentally enabled in
@@ -191,6 +212,7 @@ cfg_test_util! {
             }
 
             inner.unfrozen = Some(std::time::Instant::now());
+            clock.sim_frozen_at.store(SIM_NOT_FROZEN, Ordering::Release); // tiersim patch
             Ok(())
         });
     }
@@ -308,6 +330,9 @@ cfg_test_util! {
                     unfrozen: Some(now),
                     auto_advance_inhibit_count: 0,
                 }),
+                sim_origin: now,
+                sim_frozen_at: crate::loom::sync::atomic::AtomicU64::new(SIM_NOT_FROZEN),
+                sim_inhibit_count: crate::loom::sync::atomic::AtomicUsize::new(0),
             };
 
             if start_paused {
@@ -336,6 +361,7 @@ cfg_test_util! {
             };
             inner.base += elapsed;
             inner.unfrozen = None;
+            self.sim_set_frozen_at(inner.base); // tiersim patch
 
             Ok(())
         }
@@ -344,14 +370,23 @@ cfg_test_util! {
         pub(crate) fn inhibit_auto_advance(&self) {
             let mut inner = self.inner.lock();
             inner.auto_advance_inhibit_count += 1;
+            self.sim_inhibit_count
+                .store(inner.auto_advance_inhibit_count, Ordering::Release); // tiersim patch
         }
 
         pub(crate) fn allow_auto_advance(&self) {
             let mut inner = self.inner.lock();
             inner.auto_advance_inhibit_count -= 1;
+            self.sim_inhibit_count
+                .store(inner.auto_advance_inhibit_count, Ordering::Release); // tiersim patch
         }
 
         pub(crate) fn can_auto_advance(&self) -> bool {
+            // tiersim patch (see `vendor/README.md`): a clock known frozen
+            // (`sim_frozen_at`) answers from the inhibit count's copy.
+            if self.sim_frozen_at.load(Ordering::Acquire) != SIM_NOT_FROZEN {
+                return self.sim_inhibit_count.load(Ordering::Acquire) == 0;
+            }
             let inner = self.inner.lock();
             inner.unfrozen.is_none() && inner.auto_advance_inhibit_count == 0
         }
@@ -364,7 +399,16 @@ cfg_test_util! {
             }
 
             inner.base += duration;
+            self.sim_set_frozen_at(inner.base); // tiersim patch
             Ok(())
+        }
+
+        /// tiersim patch (see `vendor/README.md`): records a frozen clock's
+        /// `base` for `now`; called with `inner` locked.
+        fn sim_set_frozen_at(&self, base: std::time::Instant) {
+            let nanos = u64::try_from(base.duration_since(self.sim_origin).as_nanos())
+                .unwrap_or(SIM_NOT_FROZEN);
+            self.sim_frozen_at.store(nanos, Ordering::Release);
         }
 
         /// tiersim patch (see `vendor/README.md`): whether the clock is
@@ -374,6 +418,14 @@ cfg_test_util! {
         }
 
         pub(crate) fn now(&self) -> Instant {
+            // tiersim patch (see `vendor/README.md`): a frozen clock's
+            // `base`, rebuilt exactly from its offset (integer timespec
+            // arithmetic), without the lock.
+            let frozen_at = self.sim_frozen_at.load(Ordering::Acquire);
+            if frozen_at != SIM_NOT_FROZEN {
+                return Instant::from_std(self.sim_origin + Duration::from_nanos(frozen_at));
+            }
+
             let inner = self.inner.lock();
 
             let mut ret = inner.base;

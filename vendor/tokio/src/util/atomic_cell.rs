@@ -29,6 +29,13 @@ impl<T> AtomicCell<T> {
     pub(crate) fn take(&self) -> Option<Box<T>> {
         self.swap(None)
     }
+
+    /// tiersim patch (see `vendor/README.md`): whether a value is in the
+    /// cell, read without taking it.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn sim_is_some(&self) -> bool {
+        !self.data.load(std::sync::atomic::Ordering::Acquire).is_null()
+    }
 }
 
 fn to_raw<T>(data: Option<Box<T>>) -> *mut T {

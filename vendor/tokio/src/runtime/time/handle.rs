@@ -14,8 +14,33 @@ impl Handle {
     #[cfg(feature = "test-util")]
     pub(crate) fn sim_next_work(&self) -> Option<Option<crate::time::Instant>> {
         match &self.inner {
-            super::Inner::Traditional { state, .. } => {
-                let next = state.lock().wheel.next_expiration_time();
+            super::Inner::Traditional {
+                state,
+                sim_next_work,
+                ..
+            } => {
+                // The answer cached since the wheel last changed, else
+                // computed (and cached) under the lock.
+                let next = match sim_next_work.load(std::sync::atomic::Ordering::Acquire) {
+                    super::SIM_UNKNOWN => {
+                        let lock = state.lock();
+                        let next = lock.wheel.next_expiration_time();
+                        // A deadline that would read as a marker (none
+                        // can: the wheel spans 2^36 ms) is not cached.
+                        let code = match next {
+                            None => Some(super::SIM_NO_TIMER),
+                            Some(ms) if ms < super::SIM_NO_TIMER => Some(ms),
+                            Some(_) => None,
+                        };
+                        if let Some(code) = code {
+                            sim_next_work.store(code, std::sync::atomic::Ordering::Release);
+                        }
+                        drop(lock);
+                        next
+                    }
+                    super::SIM_NO_TIMER => None,
+                    ms => Some(ms),
+                };
                 Some(next.map(|ms| {
                     self.time_source.start_instant() + std::time::Duration::from_millis(ms)
                 }))

@@ -108,6 +108,15 @@ enum Inner {
         // and pausing the clock is restricted to a single-threaded runtime.
         #[cfg(feature = "test-util")]
         did_wake: AtomicBool,
+
+        /// tiersim patch (see `vendor/README.md`): the wheel's
+        /// `next_expiration_time` as last computed (`SIM_NO_TIMER`: none),
+        /// or `SIM_UNKNOWN`. Written only with `state` locked: computed
+        /// there, and set back to `SIM_UNKNOWN` wherever the wheel changes
+        /// (an entry inserted or removed, time processed), so a value read
+        /// is what the wheel would answer now, without the lock.
+        #[cfg(feature = "test-util")]
+        sim_next_work: crate::loom::sync::atomic::AtomicU64,
     },
 
     #[cfg(all(tokio_unstable, feature = "rt-multi-thread"))]
@@ -156,6 +165,9 @@ impl Driver {
 
                 #[cfg(feature = "test-util")]
                 did_wake: AtomicBool::new(false),
+
+                #[cfg(feature = "test-util")]
+                sim_next_work: crate::loom::sync::atomic::AtomicU64::new(SIM_UNKNOWN),
             },
         };
 
@@ -323,6 +335,7 @@ impl Handle {
                 waker_list.push(waker);
 
                 if !waker_list.can_push() {
+                    self.inner.sim_wheel_changed(); // tiersim patch: polled
                     // Wake a batch of wakers. To avoid deadlock, we must do this with the lock temporarily dropped.
                     drop(lock);
 
@@ -333,6 +346,7 @@ impl Handle {
             }
         }
 
+        self.inner.sim_wheel_changed(); // tiersim patch: polled up to `now`
         lock.next_wake = lock
             .wheel
             .poll_at()
@@ -390,6 +404,7 @@ impl Handle {
 
             if entry.as_ref().might_be_registered() {
                 lock.wheel.remove(entry);
+                self.inner.sim_wheel_changed(); // tiersim patch
             }
 
             let waker = entry.as_ref().handle().fire(Ok(()));
@@ -418,6 +433,7 @@ impl Handle {
             if unsafe { entry.as_ref().might_be_registered() } {
                 lock.wheel.remove(entry);
             }
+            self.inner.sim_wheel_changed(); // tiersim patch: removed, inserted below
 
             // Now that we have exclusive control of this entry, mint a handle to reinsert it.
             let entry = entry.as_ref().handle();
@@ -461,7 +477,11 @@ impl Handle {
     cfg_test_util! {
         pub(super) fn did_wake(&self) -> bool {
             match &self.inner {
-                Inner::Traditional { did_wake, .. } => did_wake.swap(false, Ordering::SeqCst),
+                // tiersim patch (see `vendor/README.md`): a flag already
+                // clear is read, not swapped (the swap would leave it so).
+                Inner::Traditional { did_wake, .. } => {
+                    did_wake.load(Ordering::SeqCst) && did_wake.swap(false, Ordering::SeqCst)
+                }
                 #[cfg(all(tokio_unstable, feature = "rt-multi-thread"))]
                 Inner::Alternative { did_wake, .. } => did_wake.swap(false, Ordering::SeqCst),
             }
@@ -469,9 +489,30 @@ impl Handle {
     }
 }
 
+/// tiersim patch (see `vendor/README.md`): `Inner::sim_next_work` when no
+/// answer is cached.
+#[cfg(feature = "test-util")]
+pub(super) const SIM_UNKNOWN: u64 = u64::MAX;
+
+/// tiersim patch (see `vendor/README.md`): `Inner::sim_next_work` for a
+/// wheel with no timer.
+#[cfg(feature = "test-util")]
+pub(super) const SIM_NO_TIMER: u64 = u64::MAX - 1;
+
 // ===== impl Inner =====
 
 impl Inner {
+    /// tiersim patch (see `vendor/README.md`): forgets the cached
+    /// `next_expiration_time`; called with `state` locked after any change
+    /// to the wheel.
+    #[inline]
+    pub(super) fn sim_wheel_changed(&self) {
+        #[cfg(feature = "test-util")]
+        if let Inner::Traditional { sim_next_work, .. } = self {
+            sim_next_work.store(SIM_UNKNOWN, Ordering::Release);
+        }
+    }
+
     /// Locks the driver's inner structure
     pub(super) fn lock(&self) -> crate::loom::sync::MutexGuard<'_, InnerState> {
         match self {

@@ -186,6 +186,30 @@ impl AtomicWaker {
             .unwrap_or_else(|x| x)
         {
             WAITING => {
+                // tiersim patch (see `vendor/README.md`): a stored waker that
+                // wakes the same task is kept, not replaced by a clone of the
+                // new one (an equivalent waker, without the reference-count
+                // round trip); the registration lock is released as below.
+                let same = self.waker.with(|t| unsafe {
+                    (*t).as_ref()
+                        .is_some_and(|old| old.will_wake(waker.as_waker()))
+                });
+                if same {
+                    let res = self
+                        .state
+                        .compare_exchange(REGISTERING, WAITING, AcqRel, Acquire);
+                    if let Err(actual) = res {
+                        // A concurrent `wake`: wake the stored waker, as
+                        // the path below wakes the one it stored.
+                        debug_assert_eq!(actual, REGISTERING | WAKING);
+                        let stored = unsafe { self.waker.with_mut(|t| (*t).take()) };
+                        self.state.swap(WAITING, AcqRel);
+                        if let Some(stored) = stored {
+                            stored.wake();
+                        }
+                    }
+                    return;
+                }
                 unsafe {
                     // If `into_waker` panics (because it's code outside of
                     // AtomicWaker) we need to prime a guard that is called on
@@ -360,11 +384,17 @@ unsafe impl Sync for AtomicWaker {}
 trait WakerRef {
     fn wake(self);
     fn into_waker(self) -> Waker;
+    /// tiersim patch: the waker, borrowed.
+    fn as_waker(&self) -> &Waker;
 }
 
 impl WakerRef for Waker {
     fn wake(self) {
         self.wake();
+    }
+
+    fn as_waker(&self) -> &Waker {
+        self
     }
 
     fn into_waker(self) -> Waker {
@@ -379,5 +409,9 @@ impl WakerRef for &Waker {
 
     fn into_waker(self) -> Waker {
         self.clone()
+    }
+
+    fn as_waker(&self) -> &Waker {
+        self
     }
 }

@@ -71,58 +71,25 @@ impl FastRand {
     /// GF(2), so `n` steps are its matrix power, taken by squaring.
     #[cfg(feature = "test-util")]
     pub(crate) fn jump(&mut self, n: u64, per_call: u64) {
-        // A short jump is cheaper stepped than squared: building the matrix
-        // alone costs thousands of XORs, one step a few instructions.
-        const STEP_BELOW: u64 = 4096;
+        // A short jump is cheaper stepped than through the matrices.
+        const STEP_BELOW: u64 = 64;
         if let Some(steps) = n.checked_mul(per_call).filter(|&s| s < STEP_BELOW) {
             for _ in 0..steps {
                 self.fastrand();
             }
             return;
         }
-        type Matrix = [u64; 64]; // column i: the image of basis vector i
-        fn apply(m: &Matrix, v: u64) -> u64 {
-            let mut out = 0;
-            let mut bits = v;
+        // `per_call` steps per call, then `n` calls: (M^n)^per_call, each
+        // M^n the product of the precomputed M^(2^i) for the bits of `n`.
+        let powers = step_powers();
+        let mut state = u64::from(self.one) | (u64::from(self.two) << 32);
+        for _ in 0..per_call {
+            let mut bits = n;
             while bits != 0 {
                 let i = bits.trailing_zeros() as usize;
-                out ^= m[i];
+                state = apply(&powers[i], state);
                 bits &= bits - 1;
             }
-            out
-        }
-        fn compose(a: &Matrix, b: &Matrix) -> Matrix {
-            let mut out = [0u64; 64];
-            for (i, col) in b.iter().enumerate() {
-                out[i] = apply(a, *col);
-            }
-            out
-        }
-        fn step(v: u64) -> u64 {
-            let mut r = FastRand {
-                one: v as u32,
-                two: (v >> 32) as u32,
-            };
-            r.fastrand();
-            u64::from(r.one) | (u64::from(r.two) << 32)
-        }
-        let mut one_step = [0u64; 64];
-        for (i, col) in one_step.iter_mut().enumerate() {
-            *col = step(1u64 << i);
-        }
-        // `per_call` steps per call, then `n` calls: (M^per_call)^n.
-        let mut base = one_step;
-        for _ in 1..per_call {
-            base = compose(&one_step, &base);
-        }
-        let mut state = u64::from(self.one) | (u64::from(self.two) << 32);
-        let mut e = n;
-        while e != 0 {
-            if e & 1 == 1 {
-                state = apply(&base, state);
-            }
-            base = compose(&base, &base);
-            e >>= 1;
         }
         self.one = state as u32;
         self.two = (state >> 32) as u32;
@@ -141,4 +108,51 @@ impl FastRand {
 
         old_seed
     }
+}
+
+/// tiersim patch (see `vendor/README.md`): a linear map of the 64-bit
+/// `FastRand` state over GF(2); column `i` is the image of basis vector `i`.
+#[cfg(feature = "test-util")]
+type StepMatrix = [u64; 64];
+
+/// tiersim patch: the map applied to a state.
+#[cfg(feature = "test-util")]
+fn apply(m: &StepMatrix, v: u64) -> u64 {
+    let mut out = 0;
+    let mut bits = v;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        out ^= m[i];
+        bits &= bits - 1;
+    }
+    out
+}
+
+/// tiersim patch (see `vendor/README.md`): `M^(2^i)` for `i` in 0..64,
+/// `M` one `fastrand` step, built once per process (64 squarings), so a
+/// jump is at most 64 matrix-vector products per call stepped over.
+#[cfg(feature = "test-util")]
+fn step_powers() -> &'static [StepMatrix; 64] {
+    static POWERS: std::sync::OnceLock<Box<[StepMatrix; 64]>> = std::sync::OnceLock::new();
+    POWERS.get_or_init(|| {
+        fn step(v: u64) -> u64 {
+            let mut r = FastRand {
+                one: v as u32,
+                two: (v >> 32) as u32,
+            };
+            r.fastrand();
+            u64::from(r.one) | (u64::from(r.two) << 32)
+        }
+        let mut powers = Box::new([[0u64; 64]; 64]);
+        for (i, col) in powers[0].iter_mut().enumerate() {
+            *col = step(1u64 << i);
+        }
+        for k in 1..64 {
+            let prev = powers[k - 1];
+            for i in 0..64 {
+                powers[k][i] = apply(&prev, prev[i]);
+            }
+        }
+        powers
+    })
 }

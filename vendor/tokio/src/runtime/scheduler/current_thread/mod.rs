@@ -142,12 +142,18 @@ impl CurrentThread {
     #[cfg(feature = "test-util")]
     pub(crate) fn sim_is_idle(&self, handle: &scheduler::Handle) -> bool {
         let handle = handle.as_current_thread();
-        let Some(core) = self.core.take() else {
-            return false;
-        };
-        let idle = core.tasks.is_empty();
-        self.core.set(core);
-        idle && handle.shared.inject.sim_is_empty() && !handle.shared.woken.load(Acquire)
+        // The core is here (no thread inside `block_on`), and its run queue
+        // is empty: `queue_depth` is stored with its length at every push
+        // and pop, so neither is taken out of its cell.
+        self.core.sim_is_some()
+            && handle
+                .shared
+                .worker_metrics
+                .queue_depth
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            && handle.shared.inject.sim_is_empty()
+            && !handle.shared.woken.load(Acquire)
     }
 
     /// tiersim patch (see `vendor/README.md`): the scheduler's tick, read
