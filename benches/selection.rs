@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use tiersim_benches::thread_cpu_time;
 use tiersim_engine::registry::{Discovered, External, SourceRead};
 use tiersim_engine::testing::FakeProvider;
 use tiersim_engine::{Operation, Provider, Registry, Shape};
@@ -269,18 +270,6 @@ fn world(c: &Case) -> (Registry, baseline::Pool) {
         }
     }
     (reg, pool)
-}
-
-/// CPU time consumed by the calling thread.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Runs `measure` (which returns the CPU time it spent on this thread),
