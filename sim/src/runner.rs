@@ -408,13 +408,26 @@ async fn quiet_view(w: &WorldHandles) -> Option<(RegistryView, u64)> {
     None
 }
 
+/// The longest the driver waits for the router to boot before playing its
+/// steps anyway (they then find it down).
+const ROUTER_BOOT_WAIT: Duration = Duration::from_secs(600);
+
 async fn wait_for_router(w: &WorldHandles) {
-    for _ in 0..600_000 {
-        if w.router.lock().unwrap().app.is_some() {
-            return;
+    let booted = async {
+        loop {
+            // Registered before the slot is read, so a boot between the
+            // read and the wait is not missed.
+            let notified = w.router_booted.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if w.router.lock().unwrap().app.is_some() {
+                return;
+            }
+            notified.await;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    };
+    // A router that never boots is the steps' finding, not a hung run.
+    let _ = tokio::time::timeout(ROUTER_BOOT_WAIT, booted).await;
 }
 
 /// The simulated world as a [`Dispatcher`]: what a step does here, and

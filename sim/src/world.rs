@@ -13,7 +13,7 @@ use tiersim_engine::openai::Timeouts;
 use tiersim_engine::registry::PlantedBug;
 use tiersim_engine::retry::Attempt;
 use tiersim_engine::{Attribution, RouteError, Tier};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -91,6 +91,11 @@ pub struct WorldHandles {
     pub board: FaultBoard,
     pub catalog: CatalogHandle,
     pub router: Arc<Mutex<RouterSlot>>,
+    /// Notified each time the router host publishes a booted app in
+    /// `router`, so the driver waits for a boot without polling the slot
+    /// (a poll each simulated millisecond kept the driver, and so the
+    /// whole world, from ever being idle while the router boots).
+    pub router_booted: Arc<Notify>,
     pub journal: Journal,
     /// NEAR host → its signing key (hex), for `pub_key_of`.
     pub near_keys: BTreeMap<String, String>,
@@ -304,9 +309,11 @@ pub fn build_with(
     }
 
     let router = Arc::new(Mutex::new(RouterSlot::default()));
+    let router_booted = Arc::new(Notify::new());
     let journal = Journal::default();
     {
         let router = router.clone();
+        let router_booted = router_booted.clone();
         let journal = journal.clone();
         let seed = s.seed;
         let boots = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -314,6 +321,7 @@ pub fn build_with(
         sim.host(ROUTER, move || {
             board.record(crate::fault::HostEvent::RouterBoot);
             let router = router.clone();
+            let router_booted = router_booted.clone();
             let journal = journal.clone();
             let config = config.clone();
             let boot = boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -347,6 +355,7 @@ pub fn build_with(
                     slot.trigger = Some(tx);
                     slot.shutdown = Some(stop);
                 }
+                router_booted.notify_waiters();
                 let listener = TurmoilListener::bind(HTTP_PORT).await?;
                 let asked = async {
                     // A dropped sender (a crash clearing the slot) is no stop.
@@ -367,6 +376,7 @@ pub fn build_with(
         board,
         catalog,
         router,
+        router_booted,
         journal,
         near_keys,
     }
