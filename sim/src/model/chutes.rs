@@ -17,7 +17,8 @@ pub struct Pool {
     /// nothing is listed (never listed, or dropped).
     nonces: Vec<usize>,
     /// The listing carried the instances' own keys (a `wrong_key` listing
-    /// names the gateway's, which no evidence binds).
+    /// names the gateway's, which only evidence spoilt to bind the
+    /// gateway's key, `other_key`, binds).
     own_keys: bool,
     /// R61's counter: advanced once per request whose evidence arrived.
     /// R61 says one process-wide counter across all chutes; issue 15 keeps
@@ -65,6 +66,20 @@ impl Pool {
         self.stale
     }
 
+    /// Whether the pool holds a listing of substituted keys with nonces
+    /// left: once the evidence is honest again nothing binds them, so the
+    /// next request fails closed (§7b) and drops the listing.
+    pub fn holds_unprovable_listing(&self) -> bool {
+        !self.own_keys && self.nonces.iter().any(|&n| n > 0)
+    }
+
+    /// Whether the listing carried the instances' own keys: a request
+    /// sealed to a substituted (gateway's) key is one the chosen instance
+    /// cannot open.
+    pub fn listed_own_keys(&self) -> bool {
+        self.own_keys
+    }
+
     /// §7b / R61: the instance one request uses, given the evidence fault
     /// the gateway acted out and whether the router trusts its vendor key.
     pub fn choose(&mut self, evidence: Option<&Fault>, trusted: bool) -> Choice {
@@ -79,7 +94,7 @@ impl Pool {
         self.turn += 1;
         for k in 0..n {
             let i = candidates[(start + k) % n];
-            if self.own_keys && trusted && !spoilt(evidence, i) {
+            if trusted && binds_listed_key(evidence, i, self.own_keys) {
                 self.nonces[i] -= 1;
                 return Choice::Instance(i);
             }
@@ -89,17 +104,21 @@ impl Pool {
     }
 }
 
-/// Whether the evidence fault leaves instance `i` without evidence that
-/// binds this fetch's nonce and its key under the vendor's signature.
-/// Every flaw does: absent, another nonce (a replay), another key, a bad
-/// signature, listed as failed; `null` lists read as no evidence at all.
-fn spoilt(evidence: Option<&Fault>, i: usize) -> bool {
+/// Whether instance `i`'s evidence binds this fetch's nonce and the key
+/// the listing gave it (its own, or with `own_keys` false the gateway's),
+/// under the vendor's signature. Honest evidence binds the instance's own
+/// key; `other_key` binds the gateway's instead; every other flaw (absent,
+/// another nonce, a bad signature, listed as failed) binds nothing, and
+/// `null` lists read as no evidence at all.
+fn binds_listed_key(evidence: Option<&Fault>, i: usize, own_keys: bool) -> bool {
     match evidence {
         Some(Fault::Evidence {
             flaw: EvidenceFlaw::NullLists,
             ..
-        }) => true,
-        Some(Fault::Evidence { instance, .. }) => *instance as usize == i,
-        _ => false,
+        }) => false,
+        Some(Fault::Evidence { flaw, instance }) if *instance as usize == i => {
+            !own_keys && *flaw == EvidenceFlaw::OtherKey
+        }
+        _ => own_keys,
     }
 }

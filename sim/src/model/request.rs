@@ -477,12 +477,21 @@ impl Registry {
     }
 
     /// Whether a request can be served at all: an active catalog row and a
-    /// provider it may use.
+    /// provider it may use, none of them a Chutes provider still holding a
+    /// listing of substituted keys (whichever provider leads, the liveness
+    /// check is skipped then: if it is that one, §7b fails the request
+    /// closed once, whatever else has healed).
     pub fn servable(&self, facts: &Facts, spec: &RequestSpec) -> bool {
+        let cands = self.candidates(&spec.model, pubkey_of(facts, spec).as_deref());
         matches!(self.catalog.get(&spec.model), Some((true, _)))
-            && !self
-                .candidates(&spec.model, pubkey_of(facts, spec).as_deref())
-                .is_empty()
+            && !cands.is_empty()
+            && !cands.iter().any(|p| {
+                matches!(p.kind, Kind::Chutes { .. })
+                    && self
+                        .pools
+                        .get(&p.id)
+                        .is_some_and(|pool| pool.holds_unprovable_listing())
+            })
     }
 
     /// What the request's eligible providers can do: `(id, streams,
@@ -897,6 +906,17 @@ impl Registry {
                         }
                         relisted = true;
                         continue;
+                    }
+                    // §7b: evidence that binds a substituted listing key
+                    // lets the request be sealed to the gateway's key, which
+                    // the instance cannot open: its 400 (not a stale
+                    // target) is an ordinary Chutes failure.
+                    if !pool.listed_own_keys() && !answered_first {
+                        return Upshot::Failed(Failure::chutes_status(
+                            400,
+                            "could not open the request",
+                            true,
+                        ));
                     }
                     return chutes_upshot(fault.as_ref(), spec.stream, Shape::of(facts, slug));
                 }

@@ -334,6 +334,100 @@ fn r7b_untrusted_vendor_or_substituted_listing_key_binds_nothing() {
 }
 
 #[test]
+fn r7b_evidence_binding_the_substituted_listing_key_verifies_that_instance_alone() {
+    use super::chutes::{Choice, Pool};
+    use crate::fault::EvidenceFlaw;
+    let other_key = |instance| Fault::Evidence {
+        flaw: EvidenceFlaw::OtherKey,
+        instance,
+    };
+    // The listing names the gateway's key; the quote for instance 1 binds
+    // that same key, so instance 1's listed key is attested.
+    let mut pool = Pool::default();
+    pool.list(2, 4, false);
+    assert!(!pool.listed_own_keys());
+    assert_eq!(pool.choose(Some(&other_key(1)), true), Choice::Instance(1));
+    // Only under the trusted vendor's signature.
+    assert_eq!(pool.choose(Some(&other_key(1)), false), Choice::AllFailed);
+    // With the instances' own keys listed, `other_key` spoils its instance.
+    let mut pool = Pool::default();
+    pool.list(1, 4, true);
+    assert!(pool.listed_own_keys());
+    assert_eq!(pool.choose(Some(&other_key(0)), true), Choice::AllFailed);
+    // Any other flaw binds nothing, whatever the listing named.
+    for flaw in [EvidenceFlaw::Missing, EvidenceFlaw::BadSignature] {
+        let mut pool = Pool::default();
+        pool.list(1, 4, false);
+        let evidence = Fault::Evidence { flaw, instance: 0 };
+        assert_eq!(
+            pool.choose(Some(&evidence), true),
+            Choice::AllFailed,
+            "{flaw:?}"
+        );
+    }
+}
+
+#[test]
+fn r7b_a_request_sealed_to_an_attested_substituted_key_is_an_ordinary_chutes_failure() {
+    // Found by `tiersim sweep scenarios/sweep_mixed_traffic.toml --seeds
+    // 5000..5600 --chunking random,writes --max-faults 6` (seed 5572): a
+    // `wrong_key` listing and `other_key` evidence agree on the gateway's
+    // key, so attestation passes and the router seals to it; the instance
+    // cannot open the request and answers 400 (no stale target): the
+    // attempt falls through (R19: not counted) instead of failing closed.
+    let (facts, mut reg) = chutes_world();
+    let listing = |fault| {
+        vec![
+            chutes(RequestKind::Models, None),
+            chutes(RequestKind::Instances, fault),
+        ]
+    };
+    let mut events = listing(Some(Fault::WrongKey));
+    events.extend(chutes_attempt(
+        false,
+        Some(Fault::Evidence {
+            flaw: crate::fault::EvidenceFlaw::OtherKey,
+            instance: 0,
+        }),
+        Some(None),
+    ));
+    let p = reg.request(&facts, &kimi(true), &events);
+    assert_eq!(p.status, 502);
+    assert_eq!(decisions(&p), [Decision::FallThrough]);
+    assert_eq!(reg.failures(KIMI_ID), 0, "a fall-through is not counted");
+    // Healed, the listing of the gateway's key stays: honest evidence binds
+    // none of it, so the next request fails closed and drops it. Liveness
+    // is not asked of that request; it is again of the one after.
+    assert!(!reg.servable(&facts, &kimi(false)));
+    let p = reg.request(&facts, &kimi(false), &chutes_attempt(false, None, None));
+    assert_eq!((p.status, decisions(&p)), (502, vec![Decision::FailClosed]));
+    assert!(reg.servable(&facts, &kimi(false)));
+    let p = reg.request(
+        &facts,
+        &kimi(false),
+        &chutes_attempt(true, None, Some(None)),
+    );
+    assert_eq!((p.status, decisions(&p)), (200, vec![Decision::Served]));
+    // An answer the gateway acts out before opening decides instead.
+    let (facts, mut reg) = chutes_world();
+    let mut events = listing(Some(Fault::WrongKey));
+    events.extend(chutes_attempt(
+        false,
+        Some(Fault::Evidence {
+            flaw: crate::fault::EvidenceFlaw::OtherKey,
+            instance: 0,
+        }),
+        Some(Some(Fault::HttpStatus {
+            status: 503,
+            code: None,
+            message: None,
+        })),
+    ));
+    let p = reg.request(&facts, &kimi(true), &events);
+    assert_eq!(p.attempts[0].decision, Decision::Retryable);
+}
+
+#[test]
 fn r61_a_spoilt_instance_is_skipped_and_the_next_serves() {
     let (facts, mut reg) = chutes_world();
     let glm = spec();
