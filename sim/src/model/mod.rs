@@ -223,12 +223,13 @@ impl Model {
                 let servable = self.reg.servable(&self.facts, spec);
                 let pred = self.reg.request(&self.facts, spec, window);
                 if pred.undecided {
-                    // R47 undecidable from world-side bounds: from here on
-                    // only the world-side oracles judge the run.
+                    // Undecidable from the world's timing bounds (R47's
+                    // latency demotion, R43's tokenize deadline): from here
+                    // on only the world-side oracles judge the run.
                     tracing::debug!(
                         model = %spec.model,
-                        "reference model: latency demotion undecidable from the \
-                         world's bounds; only world-side oracles judge from here"
+                        "reference model: outcome undecidable from the world's \
+                         timing bounds; only world-side oracles judge from here"
                     );
                     self.desynced = true;
                     self.absorb(events, events.len());

@@ -20,8 +20,40 @@ use crate::scenario::format::RequestSpec;
 /// The world's upstream deadline (`world::TIMEOUTS`): a host that holds its
 /// answer this long is a timeout.
 pub const DEADLINE_MS: u64 = 30_000;
-/// SPEC-parity R43: a tokenize answer held this long is no count.
-const TOKENIZE_DEADLINE_MS: u64 = 2_000;
+/// SPEC-parity R43: a tokenize answer that takes this long is no count.
+const TOKENIZE_DEADLINE_MS: f64 = 2_000.0;
+
+/// An outcome the world's timing bounds cannot decide: the model stops
+/// judging the run rather than risk a false violation.
+#[derive(Debug, Clone, Copy)]
+pub struct Undecidable;
+
+/// Whether a tokenize call whose host held its answer `held_ms` misses
+/// R43's deadline: the call also crosses the network (at least a tick, at
+/// most [`latency::hops`] crossings of the slowest link), so near the
+/// deadline the answer is `Undecidable`.
+fn tokenize_late(facts: &Facts, held_ms: u64) -> Result<bool, Undecidable> {
+    let held = held_ms as f64;
+    let holds = facts
+        .scenario
+        .steps
+        .iter()
+        .any(|s| s.get_ref().hold.is_some());
+    let tick = facts
+        .scenario
+        .tick
+        .as_ref()
+        .map_or(Duration::from_millis(1), |t| t.get_ref().0);
+    let (lo, hi) =
+        latency::sample_bounds(held, if holds { f64::INFINITY } else { held }, tick, false);
+    if lo >= TOKENIZE_DEADLINE_MS {
+        Ok(true)
+    } else if hi < TOKENIZE_DEADLINE_MS {
+        Ok(false)
+    } else {
+        Err(Undecidable)
+    }
+}
 /// At most this many rounds (R20: 3 retries).
 const ROUNDS: u32 = 4;
 
@@ -338,8 +370,10 @@ pub struct Prediction {
     pub status: u16,
     /// For a served stream: whether the client gets `[DONE]`.
     pub done: Option<bool>,
-    /// R47: the model could not tell whether a provider is latency-demoted
-    /// (see `latency.rs`), so it predicts nothing from here on.
+    /// The world's timing bounds could not decide the request (whether a
+    /// provider is latency-demoted, R47, see `latency.rs`; whether a
+    /// tokenize answer beat its deadline, R43), so the model predicts
+    /// nothing from here on.
     pub undecided: bool,
 }
 
@@ -561,7 +595,14 @@ impl Registry {
         // SPEC-parity R42/R43: the context requirement, read from the body
         // the client sent and, near a window, the tokenize call its host
         // served.
-        let estimate = self.estimate(facts, spec, pubkey.is_some(), &mut seen);
+        let Ok(estimate) = self.estimate(facts, spec, pubkey.is_some(), &mut seen) else {
+            return Prediction {
+                attempts: Vec::new(),
+                status: 0,
+                done: None,
+                undecided: true,
+            };
+        };
         // R17/R44/R47: (overflow, demoted, latency-demoted, tier, capacity
         // rank), stable; then the leading group (equal keys) is rotated:
         // streamed chat by its prefix hash (R48, no turn taken), the rest by
@@ -759,19 +800,21 @@ impl Registry {
         spec: &RequestSpec,
         pinned_key: bool,
         seen: &mut Seen,
-    ) -> Option<u32> {
+    ) -> Result<Option<u32>, Undecidable> {
         let all = self.list(&spec.model);
         let windows: Vec<u32> = all.iter().filter_map(|p| p.window).collect();
-        let first = *windows.first()?;
+        let Some(&first) = windows.first() else {
+            return Ok(None);
+        };
         let body = crate::runner::request_body(spec);
         let c = super::context::counts(&body);
         if windows.iter().all(|w| *w == first) {
-            return spec.stream.then(|| super::context::hint(&c));
+            return Ok(spec.stream.then(|| super::context::hint(&c)));
         }
         let knobs = super::context::Knobs::of(facts.scenario.config.context_route.as_ref());
         let encrypted = pinned_key || spec.client_pub_key.is_some();
         if encrypted || !knobs.near_a_window(&c, &windows) {
-            return Some(knobs.required(&c, None));
+            return Ok(Some(knobs.required(&c, None)));
         }
         // R43: the first NEAR with the smallest window, else the first NEAR.
         let smallest = windows.iter().min().copied();
@@ -780,14 +823,15 @@ impl Registry {
             .find(|p| p.window.is_some() && p.window == smallest)
             .or_else(|| near().next());
         let Some(Kind::Near { host, .. }) = counter.map(|p| &p.kind) else {
-            return Some(knobs.required(&c, None));
+            return Ok(Some(knobs.required(&c, None)));
         };
         // The call it served (none: no permit, or it never arrived); a
-        // fault that breaks the answer or holds it 2 s leaves no count.
+        // fault that breaks the answer, or an answer that arrives after the
+        // 2 s deadline, leaves no count.
         let exact = match seen.take(host, &[RequestKind::Tokenize]) {
             Some((_, fault)) => {
                 let broken = match &fault {
-                    Some(Fault::LatencyMs { ms }) => *ms >= TOKENIZE_DEADLINE_MS,
+                    Some(Fault::LatencyMs { ms }) => tokenize_late(facts, *ms)?,
                     Some(
                         Fault::HttpStatus { .. }
                         | Fault::ModelNotFound
@@ -795,14 +839,14 @@ impl Registry {
                         | Fault::ResetAfterChunks { .. }
                         | Fault::CutStreamAfter { .. },
                     ) => true,
-                    _ => false,
+                    _ => tokenize_late(facts, 0)?,
                 };
                 (!broken && facts.serves(host, &spec.model))
                     .then(|| super::context::tokenizer_count(&body))
             }
             None => None,
         };
-        Some(knobs.required(&c, exact))
+        Ok(Some(knobs.required(&c, exact)))
     }
 
     /// What one attempt to `p` did, from the record of the host it reached.
@@ -1154,6 +1198,40 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, shape: Shape) -> Upshot {
 #[cfg(test)]
 mod parity_tests {
     use super::*;
+
+    fn facts(tick: Option<&str>) -> Facts {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scenarios/context_exact_count_tokenize.toml");
+        let mut text = std::fs::read_to_string(&path).expect("readable");
+        if let Some(tick) = tick {
+            text = text.replacen("seed = ", &format!("tick = \"{tick}\"\nseed = "), 1);
+        }
+        let scenario = crate::scenario::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        Facts {
+            scenario,
+            near_keys: Default::default(),
+        }
+    }
+
+    #[test]
+    fn r43_a_tokenize_answer_is_late_on_time_or_undecidable_by_the_network_bounds() {
+        // 1 ms tick: at least one tick in transit, at most four crossings
+        // of a 100 ms link plus a tick each and four ticks (408 ms).
+        let f = facts(None);
+        assert!(matches!(tokenize_late(&f, 0), Ok(false)));
+        assert!(matches!(tokenize_late(&f, 1591), Ok(false)));
+        assert!(tokenize_late(&f, 1592).is_err(), "1592 + 408 reaches 2 s");
+        assert!(tokenize_late(&f, 1900).is_err());
+        assert!(tokenize_late(&f, 1998).is_err());
+        assert!(matches!(tokenize_late(&f, 1999), Ok(true)), "1999 + a tick");
+        assert!(matches!(tokenize_late(&f, 3000), Ok(true)));
+        // A coarser tick widens the band on both sides.
+        let f = facts(Some("10ms"));
+        assert!(matches!(tokenize_late(&f, 1519), Ok(false)));
+        assert!(tokenize_late(&f, 1520).is_err());
+        assert!(tokenize_late(&f, 1989).is_err());
+        assert!(matches!(tokenize_late(&f, 1990), Ok(true)));
+    }
 
     #[test]
     fn r36_r38_text_rules_from_the_spec_examples() {
