@@ -5,6 +5,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use bytes::Bytes;
 use http::{Method, Request};
 use serde_json::{json, Value};
@@ -51,6 +53,8 @@ struct Shared {
     steps: Vec<StepRecord>,
     violations: Vec<Violation>,
     control: Vec<Control>,
+    /// Notified when the stepping loop has applied `control`.
+    applied: Arc<Notify>,
 }
 
 /// Simulated time long enough for every step: scripted times, waits, and a
@@ -155,7 +159,13 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
                 break;
             }
         }
-        let control: Vec<Control> = std::mem::take(&mut shared.lock().unwrap().control);
+        let (control, applied) = {
+            let mut shared = shared.lock().unwrap();
+            (std::mem::take(&mut shared.control), shared.applied.clone())
+        };
+        if control.is_empty() {
+            continue;
+        }
         for c in control {
             match c {
                 Control::Crash(h) => {
@@ -167,6 +177,7 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
                 Control::Restart(h) => sim.bounce(h.as_str()),
             }
         }
+        applied.notify_waiters();
     }
     report.sim_time = sim.elapsed();
     report.fired = handles.board.fired();
@@ -442,10 +453,19 @@ struct SimWorld<'a> {
 
 impl SimWorld<'_> {
     /// Asks the stepping loop to crash or restart a host (turmoil does both
-    /// between steps of the simulation), and lets it.
+    /// between steps of the simulation) and waits until it has: the next
+    /// step of the script sees the host down or booting, whatever the tick
+    /// (a fixed 1 ms wait let a coarser tick's script run on first).
     async fn control(&mut self, c: Control) {
-        self.shared.lock().unwrap().control.push(c);
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        let applied = {
+            let mut shared = self.shared.lock().unwrap();
+            shared.control.push(c);
+            shared.applied.clone()
+        };
+        let notified = applied.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        notified.await;
     }
 }
 
