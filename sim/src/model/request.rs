@@ -25,14 +25,14 @@ const TOKENIZE_DEADLINE_MS: f64 = 2_000.0;
 
 /// An outcome the world's timing bounds cannot decide: the model stops
 /// judging the run rather than risk a false violation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Undecidable;
 
-/// Whether a tokenize call whose host held its answer `held_ms` misses
-/// R43's deadline: the call also crosses the network (at least a tick, at
-/// most [`latency::hops`] crossings of the slowest link), so near the
-/// deadline the answer is `Undecidable`.
-fn tokenize_late(facts: &Facts, held_ms: u64) -> Result<bool, Undecidable> {
+/// Whether a call whose host held its answer `held_ms` misses a deadline
+/// of `deadline_ms`: the call also crosses the network (at least a tick,
+/// at most [`latency::hops`] crossings of the slowest link and a tick
+/// each), so near the deadline the answer is `Undecidable`.
+fn past_deadline(facts: &Facts, held_ms: u64, deadline_ms: f64) -> Result<bool, Undecidable> {
     let held = held_ms as f64;
     let holds = facts
         .scenario
@@ -46,14 +46,34 @@ fn tokenize_late(facts: &Facts, held_ms: u64) -> Result<bool, Undecidable> {
         .map_or(Duration::from_millis(1), |t| t.get_ref().0);
     let (lo, hi) =
         latency::sample_bounds(held, if holds { f64::INFINITY } else { held }, tick, false);
-    if lo >= TOKENIZE_DEADLINE_MS {
+    if lo >= deadline_ms {
         Ok(true)
-    } else if hi < TOKENIZE_DEADLINE_MS {
+    } else if hi < deadline_ms {
         Ok(false)
     } else {
         Err(Undecidable)
     }
 }
+
+/// R43: whether a tokenize answer held `held_ms` misses its 2 s deadline.
+fn tokenize_late(facts: &Facts, held_ms: u64) -> Result<bool, Undecidable> {
+    past_deadline(facts, held_ms, TOKENIZE_DEADLINE_MS)
+}
+
+/// Whether `fault` holds a chat or Chutes call's answer (or its first
+/// token) near the world's upstream deadline ([`DEADLINE_MS`]): under it,
+/// yet maybe not once the network's crossings are added. The upshot
+/// functions read a hold under the deadline as in time and one at or past
+/// it as a timeout, so the whole band under it is undecided.
+fn near_deadline(facts: &Facts, fault: Option<&Fault>) -> bool {
+    match fault {
+        Some(Fault::LatencyMs { ms } | Fault::SlowFirstTokenMs { ms }) => {
+            *ms < DEADLINE_MS && past_deadline(facts, *ms, DEADLINE_MS as f64) != Ok(false)
+        }
+        _ => false,
+    }
+}
+
 /// At most this many rounds (R20: 3 retries).
 const ROUNDS: u32 = 4;
 
@@ -346,12 +366,19 @@ enum StreamEnd {
     Broken,
     /// Failed authentication mid-stream: no `[DONE]`, not counted.
     Rejected,
+    /// Silent past the stream's idle limit before any content: no
+    /// `[DONE]`, not counted (R19: an inference timeout is not
+    /// retryable), and no TTFT sample.
+    TimedOut,
 }
 
 /// What an attempt did, as the model reads the host's record.
 enum Upshot {
     Served(StreamEnd),
     Failed(Failure),
+    /// The host held its answer so close to the upstream deadline that the
+    /// network's bounds cannot tell whether it beat it.
+    Undecided,
 }
 
 /// One predicted attempt.
@@ -669,7 +696,7 @@ impl Registry {
                                 self.health.insert(p.id.clone(), 0);
                             }
                             StreamEnd::Broken => *self.health.entry(p.id.clone()).or_default() += 1,
-                            StreamEnd::Rejected => {}
+                            StreamEnd::Rejected | StreamEnd::TimedOut => {}
                         }
                         // R46: a served stream's TTFT sample, taken at close
                         // when content arrived (surely when it ended
@@ -690,7 +717,7 @@ impl Registry {
                             ),
                             _ => (false, true),
                         };
-                        if spec.stream && samples {
+                        if spec.stream && samples && end != StreamEnd::TimedOut {
                             let (lo, hi) = latency::sample_bounds(
                                 seen.delay_ms,
                                 if facts
@@ -724,6 +751,14 @@ impl Registry {
                         };
                     }
                     Upshot::Failed(f) => f,
+                    Upshot::Undecided => {
+                        return Prediction {
+                            attempts: Vec::new(),
+                            status: 0,
+                            done: None,
+                            undecided: true,
+                        }
+                    }
                 };
                 // R45: a context-length 400 from a provider with a window,
                 // when a candidate's window is strictly larger: next
@@ -857,6 +892,9 @@ impl Registry {
                 let Some((_, fault)) = seen.take(host, &chat) else {
                     return Upshot::Failed(Failure::transport());
                 };
+                if near_deadline(facts, fault.as_ref()) {
+                    return Upshot::Undecided;
+                }
                 near_upshot(fault.as_ref(), spec.stream, facts.serves(host, &spec.model))
             }
             Kind::Chutes { slug } => {
@@ -878,6 +916,9 @@ impl Registry {
                         let Some((kind, fault)) = seen.take(host, &stages) else {
                             break;
                         };
+                        if near_deadline(facts, fault.as_ref()) {
+                            return Upshot::Undecided;
+                        }
                         if let Some(f) = stage_failure(fault.as_ref()) {
                             return Upshot::Failed(f);
                         }
@@ -898,6 +939,9 @@ impl Registry {
                     let Some((_, evidence)) = seen.take(host, &[RequestKind::Evidence]) else {
                         return Upshot::Failed(Failure::chutes_unavailable());
                     };
+                    if near_deadline(facts, evidence.as_ref()) {
+                        return Upshot::Undecided;
+                    }
                     if let Some(f) = stage_failure(evidence.as_ref()) {
                         return Upshot::Failed(f);
                     }
@@ -914,6 +958,9 @@ impl Registry {
                     let Some((_, fault)) = seen.take(host, &chat) else {
                         return Upshot::Failed(Failure::chutes_unavailable());
                     };
+                    if near_deadline(facts, fault.as_ref()) {
+                        return Upshot::Undecided;
+                    }
                     // The gateway refused the nonce (a stale target, R39):
                     // by a `400` fault naming it, or because it restarted and
                     // forgot the listing (unless a fault it acts out before
@@ -1040,7 +1087,9 @@ fn near_upshot(fault: Option<&Fault>, stream: bool, serves: bool) -> Upshot {
         Fault::ResetAfterChunks { .. }
         | Fault::CutStreamAfter { .. }
         | Fault::StreamErrorAfter { .. } => Served(StreamEnd::Broken),
-        Fault::SlowFirstTokenMs { ms } if stream && *ms >= DEADLINE_MS => Served(StreamEnd::Broken),
+        Fault::SlowFirstTokenMs { ms } if stream && *ms >= DEADLINE_MS => {
+            Served(StreamEnd::TimedOut)
+        }
         _ => ok,
     }
 }

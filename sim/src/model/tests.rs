@@ -106,6 +106,66 @@ fn r7_model_lists_near_then_pinned_chutes() {
 }
 
 #[test]
+fn r19_an_answer_held_near_the_upstream_deadline_leaves_the_run_undecided() {
+    // The world's deadline is 30 s; at the R17 scenario's 1 ms tick a call
+    // crosses the network in at most 408 ms.
+    for (ms, undecided, status) in [
+        (29_000, false, 200),
+        (29_592, true, 0),
+        (29_999, true, 0),
+        (30_000, false, 200),
+    ] {
+        let (facts, mut reg) = three_near();
+        let fault = Some(Fault::LatencyMs { ms });
+        let p = reg.request(&facts, &spec(), &window("near-1", fault));
+        assert_eq!(p.undecided, undecided, "held {ms} ms");
+        assert_eq!(p.status, status, "held {ms} ms");
+        if ms == 30_000 {
+            // Surely a timeout: retried on the next NEAR.
+            assert_eq!(p.attempts[0].decision, Decision::FallThrough);
+        }
+    }
+}
+
+#[test]
+fn r19_r21_a_stream_silent_past_its_idle_limit_is_not_counted() {
+    // The leader (R48 places a stream by its prefix hash) holds its first
+    // token past the 30 s idle limit: the stream was handed over and ends
+    // without [DONE] on a timeout, which R19 makes non-retryable, so R21
+    // does not count it (a cut is counted).
+    let stream = RequestSpec {
+        stream: true,
+        ..spec()
+    };
+    let every = |fault: Fault| -> Vec<HostEvent> {
+        ["near-1", "near-2", "near-3"]
+            .iter()
+            .map(|h| HostEvent::Request {
+                host: h.to_string(),
+                kind: RequestKind::ChatStream,
+                fault: Some(fault.clone()),
+            })
+            .collect()
+    };
+    let (facts, mut reg) = three_near();
+    let p = reg.request(
+        &facts,
+        &stream,
+        &every(Fault::SlowFirstTokenMs { ms: 31_000 }),
+    );
+    assert_eq!((p.status, p.done), (200, Some(false)));
+    assert_eq!(decisions(&p), [Decision::Served]);
+    let leader = p.attempts[0].provider.clone();
+    assert_eq!(reg.failures(&leader), 0);
+    let (facts, mut reg) = three_near();
+    let cut = Fault::ResetAfterChunks { after_chunks: 1 };
+    let p = reg.request(&facts, &stream, &every(cut));
+    assert_eq!((p.status, p.done), (200, Some(false)));
+    assert_eq!(p.attempts[0].provider, leader);
+    assert_eq!(reg.failures(&leader), 1);
+}
+
+#[test]
 fn r17_model_rotates_the_leading_group_only() {
     let (facts, mut reg) = three_near();
     let leaders: Vec<String> = (0..6)
