@@ -685,6 +685,26 @@ mod tests {
         }
     }
 
+    /// R3's fast path reads a repeated `model` by its last occurrence, as a
+    /// `Value` map does, whatever value came earlier (a non-empty array or
+    /// object included): such a body is taken as canonical in the one pass,
+    /// its bytes untouched.
+    #[test]
+    fn r3_model_scan_reads_a_repeated_model_past_any_earlier_value() {
+        for body in [
+            r#"{"model":[1,[2]],"model":"m"}"#,
+            r#"{"model":{"a":{"b":1}},"model":"m"}"#,
+            r#"{"model":true,"model":-1.5,"model":"m"}"#,
+        ] {
+            assert!(
+                model_scan::is_canonical_object(body.as_bytes(), "m"),
+                "{body}"
+            );
+            let bytes = Bytes::from_static(body.as_bytes());
+            assert_eq!(with_model(bytes.clone(), "m").unwrap(), bytes, "{body}");
+        }
+    }
+
     /// R31: a message longer than the bound is cut at the last character
     /// boundary at or before [`MAX_MESSAGE`] bytes, then marked; one of
     /// exactly the bound is kept whole.
