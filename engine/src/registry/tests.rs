@@ -651,3 +651,28 @@ fn r4_debug_of_the_registry_shows_its_view() {
         assert!(text.contains(part), "{part} missing from {text}");
     }
 }
+
+/// R54.3: the registry remembers a model only once a snapshot published it
+/// with a NEAR and an attested third-party provider at the same time; a
+/// NEAR-only model, a Chutes-only one, and one that had each but never both
+/// at once are not remembered.
+#[test]
+fn r54_only_near_and_attested_published_together_are_remembered() {
+    let reg = Registry::new();
+    let (n1, n2) = (near("n1", "k1"), near("n2", "k2"));
+    reg.refresh(disc(&[(M, &[&n1]), (N, &[&n2])]), no_ext());
+    assert!(!reg.ever_near_and_attested(M), "NEAR only");
+    assert!(!reg.ever_near_and_attested(N), "NEAR only");
+    // M's NEAR leaves, then Chutes arrives: each alone, never both.
+    reg.refresh(disc(&[(N, &[&n2])]), no_ext());
+    reg.register_secondary(M, chutes("c1"));
+    assert_eq!(ids(&reg, M), ["c1"]);
+    assert!(!reg.ever_near_and_attested(M), "never both at once");
+    // N gains Chutes beside its NEAR: remembered, and kept after NEAR leaves.
+    reg.register_secondary(N, chutes("c2"));
+    assert!(reg.ever_near_and_attested(N));
+    reg.refresh(disc(&[]), no_ext());
+    assert_eq!(ids(&reg, N), ["c2"]);
+    assert!(reg.ever_near_and_attested(N));
+    assert!(!reg.ever_near_and_attested(M));
+}
