@@ -676,3 +676,16 @@ fn r54_only_near_and_attested_published_together_are_remembered() {
     assert!(reg.ever_near_and_attested(N));
     assert!(!reg.ever_near_and_attested(M));
 }
+
+/// R46's test hook: `record_ttft` gives the sample to the provider's shared
+/// health and says so; a provider no model has gets nothing and is told.
+#[test]
+fn r46_record_ttft_reaches_only_a_provider_the_registry_has() {
+    let reg = Registry::new();
+    reg.refresh(disc(&[(M, &[&near("n1", "k1")])]), no_ext());
+    assert!(reg.record_ttft("n1", std::time::Duration::from_millis(40)));
+    let t = reg.load();
+    assert_eq!(t.health[&ProviderId::new("n1")].ttft().samples, 1);
+    assert!(!reg.record_ttft("nobody", std::time::Duration::from_millis(40)));
+    assert!(!t.health.contains_key(&ProviderId::new("nobody")));
+}
