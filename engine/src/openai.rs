@@ -662,6 +662,63 @@ mod tests {
         }
     }
 
+    /// R3: a `model` that is not a string (a boolean, a negative or
+    /// fractional number, an empty array or object) is not the canonical id:
+    /// it is rewritten, never passed through.
+    #[test]
+    fn r3_a_model_of_any_other_json_type_is_rewritten() {
+        for body in [
+            r#"{"model":true}"#,
+            r#"{"model":false}"#,
+            r#"{"model":-1}"#,
+            r#"{"model":1.5}"#,
+            r#"{"model":[]}"#,
+            r#"{"model":{}}"#,
+            r#"{"model":null}"#,
+            r#"{"model":7}"#,
+        ] {
+            assert_eq!(
+                &with_model(Bytes::from_static(body.as_bytes()), "m").unwrap()[..],
+                br#"{"model":"m"}"#,
+                "{body}"
+            );
+        }
+    }
+
+    /// R3's fast path reads a repeated `model` by its last occurrence, as a
+    /// `Value` map does, whatever value came earlier (a non-empty array or
+    /// object included): such a body is taken as canonical in the one pass,
+    /// its bytes untouched.
+    #[test]
+    fn r3_model_scan_reads_a_repeated_model_past_any_earlier_value() {
+        for body in [
+            r#"{"model":[1,[2]],"model":"m"}"#,
+            r#"{"model":{"a":{"b":1}},"model":"m"}"#,
+            r#"{"model":true,"model":-1.5,"model":"m"}"#,
+        ] {
+            assert!(
+                model_scan::is_canonical_object(body.as_bytes(), "m"),
+                "{body}"
+            );
+            let bytes = Bytes::from_static(body.as_bytes());
+            assert_eq!(with_model(bytes.clone(), "m").unwrap(), bytes, "{body}");
+        }
+    }
+
+    /// R31: a message longer than the bound is cut at the last character
+    /// boundary at or before [`MAX_MESSAGE`] bytes, then marked; one of
+    /// exactly the bound is kept whole.
+    #[test]
+    fn r31_messages_are_cut_at_a_character_boundary_within_the_bound() {
+        let exact = "a".repeat(MAX_MESSAGE);
+        assert_eq!(bound_message(&exact), exact);
+        // 'a' then 2-byte characters: byte MAX_MESSAGE falls inside one.
+        let odd = format!("a{}", "é".repeat(400));
+        let cut = bound_message(&odd);
+        assert_eq!(cut, format!("a{}…", "é".repeat((MAX_MESSAGE - 1) / 2)));
+        assert_eq!(cut.len(), MAX_MESSAGE - 1 + '…'.len_utf8());
+    }
+
     fn sse(chunks: &[&'static str], max_line: usize) -> ChatStream {
         let body: Vec<Result<Bytes, HttpError>> = chunks
             .iter()

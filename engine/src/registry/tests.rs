@@ -651,3 +651,41 @@ fn r4_debug_of_the_registry_shows_its_view() {
         assert!(text.contains(part), "{part} missing from {text}");
     }
 }
+
+/// R54.3: the registry remembers a model only once a snapshot published it
+/// with a NEAR and an attested third-party provider at the same time; a
+/// NEAR-only model, a Chutes-only one, and one that had each but never both
+/// at once are not remembered.
+#[test]
+fn r54_only_near_and_attested_published_together_are_remembered() {
+    let reg = Registry::new();
+    let (n1, n2) = (near("n1", "k1"), near("n2", "k2"));
+    reg.refresh(disc(&[(M, &[&n1]), (N, &[&n2])]), no_ext());
+    assert!(!reg.ever_near_and_attested(M), "NEAR only");
+    assert!(!reg.ever_near_and_attested(N), "NEAR only");
+    // M's NEAR leaves, then Chutes arrives: each alone, never both.
+    reg.refresh(disc(&[(N, &[&n2])]), no_ext());
+    reg.register_secondary(M, chutes("c1"));
+    assert_eq!(ids(&reg, M), ["c1"]);
+    assert!(!reg.ever_near_and_attested(M), "never both at once");
+    // N gains Chutes beside its NEAR: remembered, and kept after NEAR leaves.
+    reg.register_secondary(N, chutes("c2"));
+    assert!(reg.ever_near_and_attested(N));
+    reg.refresh(disc(&[]), no_ext());
+    assert_eq!(ids(&reg, N), ["c2"]);
+    assert!(reg.ever_near_and_attested(N));
+    assert!(!reg.ever_near_and_attested(M));
+}
+
+/// R46's test hook: `record_ttft` gives the sample to the provider's shared
+/// health and says so; a provider no model has gets nothing and is told.
+#[test]
+fn r46_record_ttft_reaches_only_a_provider_the_registry_has() {
+    let reg = Registry::new();
+    reg.refresh(disc(&[(M, &[&near("n1", "k1")])]), no_ext());
+    assert!(reg.record_ttft("n1", std::time::Duration::from_millis(40)));
+    let t = reg.load();
+    assert_eq!(t.health[&ProviderId::new("n1")].ttft().samples, 1);
+    assert!(!reg.record_ttft("nobody", std::time::Duration::from_millis(40)));
+    assert!(!t.health.contains_key(&ProviderId::new("nobody")));
+}

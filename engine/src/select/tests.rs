@@ -1023,3 +1023,120 @@ fn r47_the_trace_shows_each_providers_latency_state() {
     select_observed(reg.load(), M, req(PLAIN, None), &mut trace).unwrap();
     assert!(describe(&trace.kept[1]).contains("TTFT 50.0 ms over 2 samples (warming)"));
 }
+
+// ---- Gaps found by cargo mutants (README's "cargo-mutants") ----
+
+/// A lent selection has at least one provider: no provider is an error,
+/// and the capability filters never empty it (R18 keeps a lone incapable
+/// provider for its refusal).
+#[test]
+fn r17_a_lent_selection_is_never_empty() {
+    let n1 = FakeProvider::near("n1")
+        .with_keys(["k"])
+        .with_streaming(false)
+        .arc();
+    let reg = registry(&[&n1], &[], &[]);
+    for op in [PLAIN, STREAM] {
+        let (empty, len) = reg
+            .with_selection(M, op, None, false, Shape::default(), |sel| {
+                (sel.is_empty(), sel.len())
+            })
+            .unwrap();
+        assert!(!empty, "{op:?}");
+        assert_eq!(len, 1, "{op:?}");
+    }
+}
+
+/// R65: a counter holding a value at or above the size of a leading group
+/// that has since shrunk picks the turn value mod the new size, and stores
+/// (value + 1) mod the new size, not value + 1.
+#[test]
+fn r65_a_counter_above_a_shrunken_group_wraps_into_it() {
+    // Four leaders; three turns leave the counter at 3. Two demoted: the
+    // group is [n1, n2], turn 3 mod 2 = 1 (n2 leads), stored (3 + 1) mod 2.
+    let nears: Vec<_> = (1..=4).map(|i| near(&format!("n{i}"), "k")).collect();
+    let refs: Vec<_> = nears.iter().collect();
+    let reg = registry(&refs, &[], &[]);
+    for _ in 0..3 {
+        order(&reg, PLAIN, None, false);
+    }
+    assert_eq!(reg.round_robin(M).unwrap().counter, 3);
+    demote(&reg, "n3", 10);
+    demote(&reg, "n4", 10);
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n1", "n3", "n4"]);
+    assert_eq!(reg.round_robin(M).unwrap().counter, 0, "(3 + 1) mod 2");
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2", "n3", "n4"]);
+
+    // Value equal to the new size: three leaders leave the counter at 2;
+    // with one demoted, turn 2 mod 2 = 0 (n1 leads), stored (2 + 1) mod 2.
+    let (n1, n2, n3) = (near("n1", "k"), near("n2", "k"), near("n3", "k"));
+    let reg = registry(&[&n1, &n2, &n3], &[], &[]);
+    for _ in 0..2 {
+        order(&reg, PLAIN, None, false);
+    }
+    assert_eq!(reg.round_robin(M).unwrap().counter, 2);
+    demote(&reg, "n3", 10);
+    let next = reg.round_robin(M).unwrap().next;
+    assert_eq!(
+        next.iter().map(ProviderId::as_str).collect::<Vec<_>>(),
+        ["n1", "n2", "n3"]
+    );
+    assert_eq!(order(&reg, PLAIN, None, false), ["n1", "n2", "n3"]);
+    assert_eq!(reg.round_robin(M).unwrap().counter, 1, "(2 + 1) mod 2");
+    assert_eq!(order(&reg, PLAIN, None, false), ["n2", "n1", "n3"]);
+}
+
+/// R48: the leading group is rotated left by hash mod its size for every
+/// 64-bit hash, the largest included.
+#[test]
+fn r48_every_prefix_hash_places_by_hash_mod_the_group_size() {
+    let (n1, n2, n3) = (near("n1", "k1"), near("n2", "k2"), near("n3", "k3"));
+    let reg = registry(&[&n1, &n2, &n3], &[], &[]);
+    let group = ["n1", "n2", "n3"];
+    for hash in [0, 1, 2, u64::MAX - 2, u64::MAX - 1, u64::MAX] {
+        let sel = select_observed(reg.load(), M, stream_req(hash), &mut ()).unwrap();
+        let want = group[usize::try_from(hash % 3).unwrap()];
+        assert_eq!(sel.ids().next().unwrap().as_str(), want, "hash {hash}");
+    }
+}
+
+/// R44: with every window exceeded the biggest window leads, alone, even
+/// when two windows are close (their ranks must stay distinct).
+#[test]
+fn r44_every_window_exceeded_the_bigger_of_two_close_windows_leads_alone() {
+    let small = FakeProvider::near("small")
+        .with_context_window(2_000_000)
+        .arc();
+    let big = FakeProvider::near("big")
+        .with_context_window(2_000_400)
+        .arc();
+    let reg = registry(&[&small, &big], &[], &[]);
+    for _ in 0..4 {
+        assert_eq!(sized(&reg, Some(3_000_000)), ["big", "small"]);
+    }
+    let mut trace = SelectTrace::default();
+    let mut r = req(PLAIN, None);
+    r.estimate = Some(3_000_000);
+    select_observed(reg.load(), M, r, &mut trace).unwrap();
+    assert_eq!(trace.lead, None, "one leader: no rotation");
+}
+
+/// R44 in the routing trace: a provider's declared window, and whether the
+/// request's estimate overflowed it.
+#[test]
+fn r44_the_trace_names_each_window_and_whether_it_overflowed() {
+    let reg = tiers();
+    let mut trace = SelectTrace::default();
+    let mut r = req(PLAIN, None);
+    r.estimate = Some(BASE + 1);
+    select_observed(reg.load(), M, r, &mut trace).unwrap();
+    let shown: Vec<String> = trace.kept.iter().map(describe).collect();
+    assert_eq!(
+        shown,
+        [
+            format!("long [near, window {LONG}, 0 failures, no TTFT sample]"),
+            format!("chutes [attested3p, window {LONG}, 0 failures, no TTFT sample]"),
+            format!("base [near, window {BASE} overflowed, 0 failures, no TTFT sample]"),
+        ]
+    );
+}
