@@ -435,22 +435,22 @@ fn r7b_a_request_sealed_to_an_attested_substituted_key_is_an_ordinary_chutes_fai
     // key, so attestation passes and the router seals to it; the instance
     // cannot open the request and answers 400 (no stale target): the
     // attempt falls through (R19: not counted) instead of failing closed.
-    let (facts, mut reg) = chutes_world();
-    let listing = |fault| {
-        vec![
+    // A `wrong_key` listing, then `other_key` evidence and `invoke` at the
+    // invocation.
+    let substituted = |invoke| {
+        let mut events = vec![
             chutes(RequestKind::Models, None),
-            chutes(RequestKind::Instances, fault),
-        ]
-    };
-    let mut events = listing(Some(Fault::WrongKey));
-    events.extend(chutes_attempt(
-        false,
-        Some(Fault::Evidence {
+            chutes(RequestKind::Instances, Some(Fault::WrongKey)),
+        ];
+        let evidence = Fault::Evidence {
             flaw: crate::fault::EvidenceFlaw::OtherKey,
             instance: 0,
-        }),
-        Some(None),
-    ));
+        };
+        events.extend(chutes_attempt(false, Some(evidence), Some(invoke)));
+        events
+    };
+    let (facts, mut reg) = chutes_world();
+    let events = substituted(None);
     let p = reg.request(&facts, &kimi(true), &events);
     assert_eq!(p.status, 502);
     assert_eq!(decisions(&p), [Decision::FallThrough]);
@@ -470,19 +470,11 @@ fn r7b_a_request_sealed_to_an_attested_substituted_key_is_an_ordinary_chutes_fai
     assert_eq!((p.status, decisions(&p)), (200, vec![Decision::Served]));
     // An answer the gateway acts out before opening decides instead.
     let (facts, mut reg) = chutes_world();
-    let mut events = listing(Some(Fault::WrongKey));
-    events.extend(chutes_attempt(
-        false,
-        Some(Fault::Evidence {
-            flaw: crate::fault::EvidenceFlaw::OtherKey,
-            instance: 0,
-        }),
-        Some(Some(Fault::HttpStatus {
-            status: 503,
-            code: None,
-            message: None,
-        })),
-    ));
+    let events = substituted(Some(Fault::HttpStatus {
+        status: 503,
+        code: None,
+        message: None,
+    }));
     let p = reg.request(&facts, &kimi(true), &events);
     assert_eq!(p.attempts[0].decision, Decision::Retryable);
 }
