@@ -719,6 +719,109 @@ mod tests {
         assert_eq!(cut.len(), MAX_MESSAGE - 1 + '…'.len_utf8());
     }
 
+    /// R3 and R31 through the client itself, on real loopback sockets: the
+    /// upstream is asked for its own model id with the key and `stream`
+    /// flag, a JSON answer and each stream chunk come back under the
+    /// canonical id, and a failed status (JSON or stream) carries its error
+    /// body's message. The client keeps its base URL (no trailing slash),
+    /// its authority and its deadlines.
+    #[tokio::test]
+    async fn r3_r31_the_client_rewrites_answers_and_reads_failed_statuses() {
+        use std::sync::Arc;
+
+        use crate::http::serve;
+        use crate::net::{TokioConnector, TokioListener};
+
+        let listener = TokioListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(
+                |headers: http::HeaderMap, axum::Json(body): axum::Json<Value>| async move {
+                    if body["model"] == "fail" {
+                        let error = r#"{"error":{"message":"queue full"}}"#;
+                        return (StatusCode::SERVICE_UNAVAILABLE, error.to_string());
+                    }
+                    let auth = headers
+                        .get(AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let answer = serde_json::json!({
+                        "model": "served-slug",
+                        "asked": body["model"],
+                        "stream": body["stream"],
+                        "auth": auth,
+                    });
+                    if body["stream"] == true {
+                        (
+                            StatusCode::OK,
+                            format!("data: {answer}\n\ndata: [DONE]\n\n"),
+                        )
+                    } else {
+                        (StatusCode::OK, answer.to_string())
+                    }
+                },
+            ),
+        );
+        let server = tokio::spawn(serve(listener, upstream));
+        let timeouts = Timeouts {
+            request: Duration::from_secs(5),
+            stream_idle: Duration::from_secs(4),
+        };
+        let client = OpenAiClient::new(
+            HttpClient::new(Arc::new(TokioConnector)),
+            &format!("http://{addr}/"),
+        )
+        .unwrap()
+        .with_api_key("k")
+        .with_timeouts(timeouts);
+        assert_eq!(client.base_url(), format!("http://{addr}"));
+        assert_eq!(client.authority(), addr.to_string());
+        assert_eq!(client.timeouts(), timeouts);
+
+        let req = ChatRequest {
+            model: "m".into(),
+            body: Map::new(),
+            model_pub_key: None,
+            client_pub_key: None,
+        };
+        let json = client.chat_completion(&req, "up-slug").await.unwrap();
+        let want = |stream: bool| {
+            serde_json::json!({
+                "model": "m", "asked": "up-slug", "stream": stream, "auth": "Bearer k",
+            })
+        };
+        let got: Value = serde_json::from_slice(&json.body).unwrap();
+        assert_eq!(got, want(false));
+        let items: Vec<_> = client
+            .chat_completion_stream(&req, "up-slug")
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(items.len(), 2, "{items:?}");
+        let Ok(StreamItem::Chunk(chunk)) = &items[0] else {
+            panic!("{items:?}");
+        };
+        assert_eq!(serde_json::from_slice::<Value>(chunk).unwrap(), want(true));
+        assert_eq!(items[1], Ok(StreamItem::Done));
+
+        let failed = ProviderError::status(503, "queue full");
+        assert_eq!(
+            client.chat_completion(&req, "fail").await.unwrap_err(),
+            failed
+        );
+        assert_eq!(
+            client
+                .chat_completion_stream(&req, "fail")
+                .await
+                .err()
+                .unwrap(),
+            failed
+        );
+        server.abort();
+    }
+
     fn sse(chunks: &[&'static str], max_line: usize) -> ChatStream {
         let body: Vec<Result<Bytes, HttpError>> = chunks
             .iter()
