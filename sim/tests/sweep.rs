@@ -662,3 +662,32 @@ fn liveness_phase_heals_every_fault_then_asks_every_model() {
         assert!(report.passed(), "seed {seed}: {:?}", report.violations);
     }
 }
+
+/// The liveness phase heals what the base script itself leaves broken (a
+/// scripted fault still armed at its end): sweeping an ordinary scenario
+/// asked every model to be served at once while its own last fault was
+/// pending, a false liveness violation (found sweeping
+/// `chutes_fallback_canonical_model`, seed 12). A script that clears its
+/// own faults gets no extra step, so sweep scenarios keep their bytes.
+#[test]
+fn liveness_heals_the_faults_the_base_script_leaves_armed() {
+    let heals = |name: &str| -> Vec<String> {
+        let plan = plan(name, None);
+        plan.compose(0, &[])
+            .scenario
+            .steps
+            .iter()
+            .map(|s| s.get_ref())
+            .filter(|s| {
+                s.note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(sweep::LIVENESS_NOTE))
+            })
+            .filter_map(|s| s.clear_faults.as_ref().map(|h| h.get_ref().clone()))
+            .collect()
+    };
+    assert_eq!(heals("chutes_fallback_canonical_model.toml"), ["near-1"]);
+    assert!(heals("sweep_demotion.toml").is_empty());
+    let outcome = plan("chutes_fallback_canonical_model.toml", None).run_seed(12, false);
+    assert!(outcome.passed(), "{:?}", outcome.violations);
+}

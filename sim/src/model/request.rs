@@ -362,6 +362,10 @@ fn fetch_status(t: &str) -> Option<u16> {
 enum StreamEnd {
     /// The authenticated end: `[DONE]`, and R21 success.
     Done,
+    /// The authenticated end of a v1 stream that lost, repeated or
+    /// reordered frames unnoticed (R25): `[DONE]` and R21 success, but the
+    /// frame lost may be the one whose content gives R46's TTFT sample.
+    DoneAltered,
     /// Cut, reset or truncated: no `[DONE]`, counted as a retryable failure.
     Broken,
     /// Failed authentication mid-stream: no `[DONE]`, not counted.
@@ -538,20 +542,24 @@ impl Registry {
     }
 
     /// Whether a request can be served at all: an active catalog row and a
-    /// provider it may use, none of them a Chutes provider still holding a
-    /// listing of substituted keys (whichever provider leads, the liveness
-    /// check is skipped then: if it is that one, §7b fails the request
-    /// closed once, whatever else has healed).
+    /// provider it may use, none of them a Chutes provider that cannot
+    /// attest now: one whose vendor the router does not trust (§7b fails
+    /// every request to it closed) or that still holds a listing of
+    /// substituted keys (its next request fails closed once, whatever else
+    /// has healed). Whichever provider leads, the liveness check is
+    /// skipped then.
     pub fn servable(&self, facts: &Facts, spec: &RequestSpec) -> bool {
         let cands = self.candidates(&spec.model, pubkey_of(facts, spec).as_deref());
+        let trusted = facts.scenario.config.trust_chutes_vendor;
         matches!(self.catalog.get(&spec.model), Some((true, _)))
             && !cands.is_empty()
             && !cands.iter().any(|p| {
                 matches!(p.kind, Kind::Chutes { .. })
-                    && self
-                        .pools
-                        .get(&p.id)
-                        .is_some_and(|pool| pool.holds_unprovable_listing())
+                    && (!trusted
+                        || self
+                            .pools
+                            .get(&p.id)
+                            .is_some_and(|pool| pool.holds_unprovable_listing()))
             })
     }
 
@@ -692,7 +700,7 @@ impl Registry {
                         // R21: success resets; a stream succeeds only at its
                         // authenticated end (R23).
                         match end {
-                            StreamEnd::Done => {
+                            StreamEnd::Done | StreamEnd::DoneAltered => {
                                 self.health.insert(p.id.clone(), 0);
                             }
                             StreamEnd::Broken => *self.health.entry(p.id.clone()).or_default() += 1,
@@ -746,7 +754,9 @@ impl Registry {
                         return Prediction {
                             attempts,
                             status: 200,
-                            done: spec.stream.then_some(end == StreamEnd::Done),
+                            done: spec
+                                .stream
+                                .then_some(matches!(end, StreamEnd::Done | StreamEnd::DoneAltered)),
                             undecided: false,
                         };
                     }
@@ -1038,7 +1048,10 @@ pub fn upstream_ended(
     } else {
         near_upshot(fault, true, facts.serves(host, model))
     };
-    matches!(upshot, Upshot::Served(StreamEnd::Done))
+    matches!(
+        upshot,
+        Upshot::Served(StreamEnd::Done | StreamEnd::DoneAltered)
+    )
 }
 
 /// A Chutes discovery stage (`/v1/models`, `/e2e/instances`) that failed.
@@ -1158,7 +1171,7 @@ fn chutes_upshot(fault: Option<&Fault>, stream: bool, shape: Shape) -> Upshot {
     let tampered = if v2 {
         StreamEnd::Rejected
     } else {
-        StreamEnd::Done
+        StreamEnd::DoneAltered
     };
     match fault {
         // R39: statuses, resets and deadlines as Chutes failures.

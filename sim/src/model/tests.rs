@@ -480,6 +480,46 @@ fn r7b_a_request_sealed_to_an_attested_substituted_key_is_an_ordinary_chutes_fai
 }
 
 #[test]
+fn r7b_an_untrusted_vendor_leaves_chutes_unservable_for_liveness() {
+    // §7b fails every request to its instances closed, healed or not.
+    let (mut facts, reg) = chutes_world();
+    assert!(reg.servable(&facts, &kimi(false)));
+    facts.scenario.config.trust_chutes_vendor = false;
+    assert!(!reg.servable(&facts, &kimi(false)));
+}
+
+#[test]
+fn r25_r46_an_unnoticed_v1_frame_loss_ends_cleanly_but_may_cost_the_ttft_sample() {
+    // Found sweeping parity_chutes_normalisation (seed 23): a v1 stream
+    // cannot tell a dropped frame (R25), so it ends with [DONE] and counts
+    // as a success, but the dropped frame may be the one whose content
+    // gives R46's sample.
+    let (mut facts, mut reg) = chutes_world();
+    for c in &mut facts.scenario.chutes {
+        c.reply.push(crate::scenario::format::ReplyWord::Usage);
+    }
+    let dropped = Some(Fault::DropFrame { index: 2 });
+    let p = reg.request(
+        &facts,
+        &kimi(true),
+        &chutes_attempt(true, None, Some(dropped)),
+    );
+    assert_eq!((p.status, p.done), (200, Some(true)));
+    assert_eq!(reg.failures(KIMI_ID), 0);
+    let t = &reg.ttft[KIMI_ID];
+    assert_eq!((t.samples_lo, t.samples_hi), (0, 1));
+    // Untouched, the sample is sure.
+    let p = reg.request(
+        &facts,
+        &kimi(true),
+        &chutes_attempt(false, None, Some(None)),
+    );
+    assert_eq!(p.done, Some(true));
+    let t = &reg.ttft[KIMI_ID];
+    assert_eq!((t.samples_lo, t.samples_hi), (1, 2));
+}
+
+#[test]
 fn r61_a_spoilt_instance_is_skipped_and_the_next_serves() {
     let (facts, mut reg) = chutes_world();
     let glm = spec();

@@ -175,11 +175,21 @@ impl Plan {
                 ids.extend(edit.upsert.iter().map(|r| r.id.clone()));
             }
         }
-        let mut out = vec![Step {
+        // What the base script itself leaves broken is healed too: its own
+        // faults, crashes, partitions and holds with no later step undoing
+        // them (the sweep's own are healed by their end steps).
+        let mut out: Vec<Step> = base_leftovers(s)
+            .iter()
+            .map(|a| Step {
+                note: Some(format!("{LIVENESS_NOTE}: heal what the script left")),
+                ..Step::of(a.as_action())
+            })
+            .collect();
+        out.push(Step {
             advance: Some(Dur(LIVENESS_SETTLE)),
             note: Some(format!("{LIVENESS_NOTE}: every fault healed")),
             ..Step::default()
-        }];
+        });
         for id in ids {
             out.push(Step {
                 request: Some(crate::scenario::format::RequestSpec {
@@ -202,6 +212,68 @@ impl Plan {
         }
         out
     }
+}
+
+/// What undoes one thing a script leaves broken at its end.
+enum Undo {
+    ClearFaults(String),
+    Restart(String),
+    Repair(String, String),
+    Release(String, String),
+}
+
+impl Undo {
+    fn as_action(&self) -> Action<'_> {
+        match self {
+            Undo::ClearFaults(h) => Action::ClearFaults(h),
+            Undo::Restart(h) => Action::Restart(h),
+            Undo::Repair(a, b) => Action::Repair(a, b),
+            Undo::Release(a, b) => Action::Release(a, b),
+        }
+    }
+}
+
+/// The undoing steps for what `s`'s own steps leave broken at their end,
+/// in a fixed order: fault boards, then down hosts, partitions, holds.
+fn base_leftovers(s: &Scenario) -> Vec<Undo> {
+    use std::collections::BTreeSet;
+    let (mut faulted, mut down) = (BTreeSet::new(), BTreeSet::new());
+    let (mut parted, mut held) = (BTreeSet::new(), BTreeSet::new());
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    for st in &s.steps {
+        match st.get_ref().action() {
+            Action::Fault(f) => {
+                faulted.insert(f.host.clone());
+            }
+            Action::ClearFaults(h) => {
+                faulted.remove(h);
+            }
+            Action::Crash(h) | Action::Shutdown(h) => {
+                down.insert(h.to_string());
+            }
+            Action::Restart(h) => {
+                down.remove(h);
+            }
+            Action::Partition(a, b) => {
+                parted.insert(pair(a, b));
+            }
+            Action::Repair(a, b) => {
+                parted.remove(&pair(a, b));
+            }
+            Action::Hold(a, b) => {
+                held.insert(pair(a, b));
+            }
+            Action::Release(a, b) => {
+                held.remove(&pair(a, b));
+            }
+            _ => {}
+        }
+    }
+    let faulted = faulted.into_iter().map(Undo::ClearFaults);
+    let down = down.into_iter().map(Undo::Restart);
+    let parted = parted.into_iter().map(|(a, b)| Undo::Repair(a, b));
+    let held = held.into_iter().map(|(a, b)| Undo::Release(a, b));
+    faulted.chain(down).chain(parted).chain(held).collect()
 }
 
 /// `steps` as a script the loader accepts, running as they would: a crash
