@@ -33,19 +33,7 @@ pub struct Undecidable;
 /// at most [`latency::hops`] crossings of the slowest link and a tick
 /// each), so near the deadline the answer is `Undecidable`.
 fn past_deadline(facts: &Facts, held_ms: u64, deadline_ms: f64) -> Result<bool, Undecidable> {
-    let held = held_ms as f64;
-    let holds = facts
-        .scenario
-        .steps
-        .iter()
-        .any(|s| s.get_ref().hold.is_some());
-    let tick = facts
-        .scenario
-        .tick
-        .as_ref()
-        .map_or(Duration::from_millis(1), |t| t.get_ref().0);
-    let (lo, hi) =
-        latency::sample_bounds(held, if holds { f64::INFINITY } else { held }, tick, false);
+    let (lo, hi) = time_bounds(facts, held_ms as f64, false);
     if lo >= deadline_ms {
         Ok(true)
     } else if hi < deadline_ms {
@@ -53,6 +41,26 @@ fn past_deadline(facts: &Facts, held_ms: u64, deadline_ms: f64) -> Result<bool, 
     } else {
         Err(Undecidable)
     }
+}
+
+/// The bounds (ms) of a call's time when faults on its way held it
+/// `delay_ms` ([`latency::sample_bounds`] in this world): a script that
+/// holds links makes the upper bound infinite. One reading of the world's
+/// timing for R43's deadline, the upstream deadline and R46's samples.
+fn time_bounds(facts: &Facts, delay_ms: f64, chutes: bool) -> (f64, f64) {
+    let holds = facts
+        .scenario
+        .steps
+        .iter()
+        .any(|s| s.get_ref().hold.is_some());
+    // turmoil's default step unless the scenario sets one.
+    let tick = facts
+        .scenario
+        .tick
+        .as_ref()
+        .map_or(Duration::from_millis(1), |t| t.get_ref().0);
+    let hi = if holds { f64::INFINITY } else { delay_ms };
+    latency::sample_bounds(delay_ms, hi, tick, chutes)
 }
 
 /// R43: whether a tokenize answer held `held_ms` misses its 2 s deadline.
@@ -726,25 +734,7 @@ impl Registry {
                             _ => (false, true),
                         };
                         if spec.stream && samples && end != StreamEnd::TimedOut {
-                            let (lo, hi) = latency::sample_bounds(
-                                seen.delay_ms,
-                                if facts
-                                    .scenario
-                                    .steps
-                                    .iter()
-                                    .any(|s| s.get_ref().hold.is_some())
-                                {
-                                    f64::INFINITY
-                                } else {
-                                    seen.delay_ms
-                                },
-                                facts
-                                    .scenario
-                                    .tick
-                                    .as_ref()
-                                    .map_or(Duration::from_millis(1), |t| t.get_ref().0),
-                                chutes,
-                            );
+                            let (lo, hi) = time_bounds(facts, seen.delay_ms, chutes);
                             self.ttft.entry(p.id.clone()).or_default().sample(
                                 lo,
                                 hi,
