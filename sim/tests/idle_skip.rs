@@ -48,6 +48,8 @@ struct Outcome {
     counters: Vec<(String, u32, u64, u8)>,
     steps: u64,
     longest_step: Duration,
+    /// Steps taken while a host was crashed (`crash_world` only).
+    steps_while_down: u64,
 }
 
 fn run(skip: bool, tick: Duration, duration: Duration, client_waits_us: &'static [u64]) -> Outcome {
@@ -137,6 +139,7 @@ fn run(skip: bool, tick: Duration, duration: Duration, client_waits_us: &'static
         counters: sim.idle_skip_counters(),
         steps,
         longest_step,
+        steps_while_down: 0,
     }
 }
 
@@ -222,7 +225,10 @@ impl Drop for DropProbe {
     }
 }
 
-fn crash_world(skip: bool) -> Outcome {
+/// `write_while_down`: the client keeps its first connection and writes on
+/// it while the server is crashed, so a message waits in the crashed host's
+/// ready queue until the restart.
+fn crash_world(skip: bool, write_while_down: bool) -> Outcome {
     let log: Log = Arc::default();
     let mut sim = turmoil::Builder::new()
         .rng_seed(3)
@@ -259,11 +265,21 @@ fn crash_world(skip: bool) -> Outcome {
     sim.client("client", async move {
         let log = client_log;
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let _ = TcpStream::connect("server:1").await?;
+        let mut first = Some(TcpStream::connect("server:1").await?);
         note(&log, "client connected".into());
+        if !write_while_down {
+            first = None;
+        }
         tokio::time::sleep(Duration::from_secs(45)).await;
         client_control.lock().unwrap().push("crash");
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        if let Some(stream) = first.as_mut() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let wrote = stream.write_all(b"anyone there?\n").await;
+            note(&log, format!("client wrote while down: {wrote:?}"));
+            tokio::time::sleep(Duration::from_secs(55)).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
         client_control.lock().unwrap().push("bounce");
         tokio::time::sleep(Duration::from_secs(20)).await;
         let _ = TcpStream::connect("server:1").await?;
@@ -271,6 +287,8 @@ fn crash_world(skip: bool) -> Outcome {
         Ok(())
     });
     let mut steps = 0;
+    let mut steps_while_down = 0;
+    let mut down = false;
     let mut longest_step = Duration::ZERO;
     let result = loop {
         let before = sim.elapsed();
@@ -282,14 +300,21 @@ fn crash_world(skip: bool) -> Outcome {
             Ok(false) => {}
             Err(e) => break Err(e.to_string()),
         }
+        if down {
+            steps_while_down += 1;
+        }
         for action in std::mem::take(&mut *control.lock().unwrap()) {
             match action {
                 "crash" => {
                     crashing.store(true, std::sync::atomic::Ordering::SeqCst);
                     sim.crash("server");
                     crashing.store(false, std::sync::atomic::Ordering::SeqCst);
+                    down = true;
                 }
-                _ => sim.bounce("server"),
+                _ => {
+                    sim.bounce("server");
+                    down = false;
+                }
             }
         }
     };
@@ -301,6 +326,7 @@ fn crash_world(skip: bool) -> Outcome {
         counters: sim.idle_skip_counters(),
         steps,
         longest_step,
+        steps_while_down,
     }
 }
 
@@ -310,8 +336,8 @@ fn idle_skip_crash_and_bounce_of_a_lagging_host_match_stepping() {
     // before it boots again: eliding ticks leaves its runtime behind, which
     // catches up before its tasks are dropped; then it boots on a fresh
     // runtime, serves, and every count matches stepping's.
-    let stepped = crash_world(false);
-    let skipped = crash_world(true);
+    let stepped = crash_world(false, false);
+    let skipped = crash_world(true, false);
     assert_eq!(stepped.result, Ok(()));
     assert!(
         stepped.log.iter().any(|l| l.contains("server dropped")),
@@ -322,4 +348,32 @@ fn idle_skip_crash_and_bounce_of_a_lagging_host_match_stepping() {
     assert_eq!(skipped.elapsed, stepped.elapsed);
     assert_eq!(skipped.counters, stepped.counters);
     assert!(skipped.steps * 10 < stepped.steps);
+}
+
+#[test]
+fn idle_skip_passes_over_a_message_waiting_for_a_crashed_host() {
+    // The client writes to the crashed server: the segment waits in the
+    // server's ready queue, untouched by stepping, until the restart. The
+    // minute of downtime is still skipped, and the run is stepping's.
+    let stepped = crash_world(false, true);
+    let skipped = crash_world(true, true);
+    assert_eq!(stepped.result, Ok(()));
+    assert!(
+        stepped
+            .log
+            .iter()
+            .any(|l| l.contains("client wrote while down: Ok")),
+        "{:#?}",
+        stepped.log
+    );
+    assert_eq!(skipped.log, stepped.log);
+    assert_eq!(skipped.elapsed, stepped.elapsed);
+    assert_eq!(skipped.counters, stepped.counters);
+    assert!(stepped.steps_while_down > 5_000);
+    assert!(
+        skipped.steps_while_down * 100 < stepped.steps_while_down,
+        "{} steps while down, stepping takes {}",
+        skipped.steps_while_down,
+        stepped.steps_while_down
+    );
 }

@@ -442,8 +442,22 @@ impl<'a> Sim<'a> {
         if !self.may_skip_idle() {
             return 0;
         }
-        let Some(next_delivery) = self.world.borrow().topology.next_delivery() else {
-            return 0;
+        let next_delivery = {
+            let world = self.world.borrow();
+            let topology = &world.topology;
+            // A message ready for a running host is work for this step. One
+            // ready for a crashed host stays in its queue, untouched by
+            // stepping, until the host restarts (between steps), so it does
+            // not keep the world from skipping.
+            if topology.has_ready()
+                && self
+                    .rts
+                    .iter()
+                    .any(|(&addr, rt)| rt.is_software_running() && topology.has_deliverable(addr))
+            {
+                return 0;
+            }
+            topology.next_delivery()
         };
         // The soonest any host's timer wheel has work.
         let mut soonest: Option<Duration> = None;

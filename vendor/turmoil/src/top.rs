@@ -325,14 +325,17 @@ impl Topology {
         }
     }
 
-    /// tiersim patch (see `vendor/README.md`): `None` when a message waits
-    /// to be handed to its host; otherwise how long until the next message
-    /// in flight is due (`Some(None)`: none is; held messages move only
-    /// when released).
-    pub(crate) fn next_delivery(&self) -> Option<Option<Duration>> {
-        if self.ready != 0 {
-            return None;
-        }
+    /// tiersim patch (see `vendor/README.md`): whether any message waits in
+    /// a ready queue, for whichever host.
+    pub(crate) fn has_ready(&self) -> bool {
+        self.ready != 0
+    }
+
+    /// tiersim patch (see `vendor/README.md`): how long until the next
+    /// message in flight is due (`None`: none is; held messages move only
+    /// when released). Messages already in a ready queue are not counted:
+    /// see [`Topology::has_deliverable`].
+    pub(crate) fn next_delivery(&self) -> Option<Duration> {
         let now = self.rt.now();
         let mut soonest: Option<Duration> = None;
         for link in self.links.values() {
@@ -343,7 +346,7 @@ impl Topology {
                 }
             }
         }
-        Some(soonest)
+        soonest
     }
 
     /// tiersim patch (see `vendor/README.md`): whether a message is ready to
