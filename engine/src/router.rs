@@ -397,10 +397,17 @@ impl Router {
         };
         // Owned candidates, built on the snapshot the catalog gate read: the
         // snapshot guard is not held across awaits.
-        let candidates = if tracing::enabled!(tracing::Level::DEBUG) {
-            select_traced(&table, model, selecting, |sel| sel.to_candidates())
-        } else {
-            with_order(&table, model, selecting, &mut (), |sel| sel.to_candidates())
+        #[cfg(feature = "planted-bugs")]
+        let turn_taken_late = !stream && planted.has(crate::registry::PlantedBug::TurnTakenLate);
+        #[cfg(not(feature = "planted-bugs"))]
+        let turn_taken_late = false;
+        let candidates = match () {
+            #[cfg(feature = "planted-bugs")]
+            _ if turn_taken_late => crate::select::candidates_peeking(&table, model, selecting),
+            _ if tracing::enabled!(tracing::Level::DEBUG) => {
+                select_traced(&table, model, selecting, |sel| sel.to_candidates())
+            }
+            _ => with_order(&table, model, selecting, &mut (), |sel| sel.to_candidates()),
         };
         drop(table);
         let candidates = candidates.map_err(|e| match e {
@@ -497,7 +504,7 @@ impl Router {
                 stream: canonical_stream(stream, model, health, rounds, slot, probe),
             })
         } else {
-            let (i, response) = retry::run(
+            let outcome = retry::run(
                 &candidates,
                 self.epoch,
                 attempts,
@@ -505,8 +512,12 @@ impl Router {
                 rounds,
                 |p| async move { p.chat_completion(req).await },
             )
-            .await
-            .map_err(failed)?;
+            .await;
+            if turn_taken_late {
+                // The turn the selection only read, taken now.
+                let _ = with_order(&self.registry.load(), model, selecting, &mut (), |_| ());
+            }
+            let (i, response) = outcome.map_err(failed)?;
             Ok(Served::Json {
                 by: served(i),
                 response: ChatResponse {

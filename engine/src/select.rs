@@ -84,6 +84,20 @@ pub(crate) struct TracedProvider {
 /// A selection that takes no turn: the order the next request would get.
 struct Peek;
 
+/// [`PlantedBug::TurnTakenLate`](crate::registry::PlantedBug): the
+/// candidates, reading the round-robin turn instead of taking it.
+#[cfg(feature = "planted-bugs")]
+pub(crate) fn candidates_peeking(
+    table: &Table,
+    model: &str,
+    req: Request<'_>,
+) -> Result<Candidates, SelectError> {
+    with_order(table, model, req, &mut Peek, |sel| sel.to_candidates())
+}
+
+/// The providers a request will try, in order, each with its health.
+pub(crate) type Candidates = Vec<(Arc<dyn Provider>, Arc<Health>)>;
+
 impl SelectObserver for Peek {
     const PEEKS: bool = true;
 }
@@ -175,7 +189,7 @@ impl<'a> Selected<'a> {
     }
 
     /// Owned candidates for the retry loop, which outlives the snapshot.
-    pub(crate) fn to_candidates(self) -> Vec<(Arc<dyn Provider>, Arc<Health>)> {
+    pub(crate) fn to_candidates(self) -> Candidates {
         (0..self.len())
             .map(|i| {
                 let s = self.slot(i);

@@ -43,6 +43,12 @@ pub fn run_report(runs: &[(Report, Option<Duration>)]) -> JReport {
         };
         let mut case = TestCase::new(stem(&r.file), status);
         case.set_classname("scenarios");
+        if let Some(a) = r.model_abstained {
+            case.add_property(quick_junit::Property::new(
+                "reference_model_stopped",
+                format!("step {}: {}", a.step, a.why.describe()),
+            ));
+        }
         if let Some(w) = wall {
             case.set_time(*w);
         }
@@ -91,6 +97,12 @@ pub fn sweep_report(
         let mut case = TestCase::new(format!("seed {}", o.seed), status);
         case.set_classname(stem(scenario));
         case.add_property(quick_junit::Property::new("faults", o.faults.to_string()));
+        if let Some(a) = o.abstained {
+            case.add_property(quick_junit::Property::new(
+                "reference_model_stopped",
+                format!("step {}: {}", a.step, a.why.describe()),
+            ));
+        }
         suite.add_test_case(case);
     }
     let mut report = JReport::new("tiersim");

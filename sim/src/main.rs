@@ -57,6 +57,10 @@ struct MenuArgs {
     /// behaviour; violations are then findings about production).
     #[arg(long, value_parser = parse_profile)]
     profile: Option<tiersim_engine::config::Profile>,
+    /// Send a seed-drawn half of the script's unstreamed requests as N
+    /// requests at once (a `concurrent` step; 2 to 64).
+    #[arg(long, value_name = "N")]
+    concurrent: Option<usize>,
     /// Plant a review bug of the seed PR (testing the testbed only).
     #[arg(long, hide = true, value_parser = parse_plant)]
     plant: Option<PlantedBug>,
@@ -77,6 +81,7 @@ impl MenuArgs {
             tick: self.tick,
             chunking: self.chunking.clone(),
             profile: self.profile,
+            concurrent: self.concurrent,
             step_every_tick: self.step_every_tick,
         }
     }
@@ -482,6 +487,14 @@ fn run(
                 report.sim_time.as_secs_f64(),
                 wall.as_secs_f64()
             );
+            if let Some(a) = report.model_abstained {
+                out += &format!(
+                    "      reference model: stopped predicting at step {} ({}); \
+                     the expectations and world-side oracles judged the rest\n",
+                    a.step,
+                    a.why.describe()
+                );
+            }
             if trace {
                 out += &format!("{}\n", render::render(&report));
             }

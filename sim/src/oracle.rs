@@ -365,3 +365,412 @@ fn admin_batch_leaves_others(rec: &StepRecord) -> Vec<String> {
         })
         .collect()
 }
+
+/// Each oracle fed a hand-built record that breaks its rule, and one that
+/// keeps it: a judge that can no longer fail is caught here, not by a
+/// scenario (a passing scenario cannot tell a blind oracle from a clean run).
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tiersim_engine::health::Ttft;
+    use tiersim_engine::provider::ProviderId;
+    use tiersim_engine::registry::ProviderView;
+    use tiersim_engine::retry::{Attempt, Outcome};
+
+    use super::*;
+    use crate::record::PatchBefore;
+
+    const M: &str = "zai-org/GLM-5.1-FP8";
+
+    fn provider(id: &str, tier: Tier) -> ProviderView {
+        ProviderView {
+            id: ProviderId::new(id),
+            tier,
+            consecutive_failures: 0,
+            demoted: false,
+            context_window: None,
+            ttft: Ttft::default(),
+            latency_demoted: false,
+        }
+    }
+
+    fn view(models: &[(&str, &[(&str, Tier)])]) -> RegistryView {
+        RegistryView {
+            models: models
+                .iter()
+                .map(|(m, ps)| {
+                    let list = ps.iter().map(|(id, t)| provider(id, *t)).collect();
+                    (m.to_string(), list)
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn attempt(provider: &str, decision: Decision) -> Attempt {
+        Attempt {
+            provider: ProviderId::new(provider),
+            round: 1,
+            at: Duration::ZERO,
+            outcome: if decision == Decision::Served {
+                Outcome::Ok
+            } else {
+                Outcome::Error {
+                    status: 503,
+                    message: "upstream failed".into(),
+                }
+            },
+            decision,
+            retry_after: None,
+        }
+    }
+
+    fn request(
+        stream: bool,
+        status: u16,
+        body: &str,
+        attempts: &[(&str, Decision)],
+    ) -> RequestRecord {
+        RequestRecord {
+            id: "step1".into(),
+            model: M.into(),
+            stream,
+            client_e2ee: false,
+            status,
+            headers: Vec::new(),
+            body: Bytes::from(body.to_string()),
+            attempts: attempts.iter().map(|(p, d)| attempt(p, *d)).collect(),
+            upstream: Vec::new(),
+            tokenized: Vec::new(),
+            served: None,
+            via_fallback: None,
+            error: None,
+        }
+    }
+
+    fn step(request: Option<RequestRecord>, state: Option<RegistryView>) -> StepRecord {
+        StepRecord {
+            request,
+            state,
+            ..StepRecord::new(0, Duration::ZERO, "request")
+        }
+    }
+
+    /// A stream's body: each event as an SSE `data:` line.
+    fn sse(events: &[&str]) -> String {
+        events.iter().map(|e| format!("data: {e}\n\n")).collect()
+    }
+
+    const CHUNK: &str = r#"{"model":"zai-org/GLM-5.1-FP8","choices":[]}"#;
+    const ERROR_EVENT: &str = r#"{"error":{"message":"upstream failed"}}"#;
+
+    #[test]
+    fn r5_r12_a_reserved_id_holding_a_plaintext_provider_is_flagged() {
+        let world = WorldSide {
+            reserved: [M.to_string()].into(),
+            ..Default::default()
+        };
+        let state = view(&[
+            (
+                M,
+                &[("near-1", Tier::Near), ("external:or", Tier::NonAttested)],
+            ),
+            ("other", &[("external:or", Tier::NonAttested)]),
+        ]);
+        let rec = step(None, Some(state));
+        assert_eq!(
+            reserved_never_plaintext(&world, &rec),
+            [format!(
+                "reserved id {M} holds plaintext provider external:or"
+            )]
+        );
+        let clean = step(None, Some(view(&[(M, &[("near-1", Tier::Near)])])));
+        assert!(reserved_never_plaintext(&world, &clean).is_empty());
+    }
+
+    #[test]
+    fn r23_done_without_an_upstream_end_is_flagged() {
+        let done = sse(&[CHUNK, "[DONE]"]);
+        let rec = step(Some(request(true, 200, &done, &[])), None);
+        let ended = |e| WorldSide {
+            upstream_ended: e,
+            ..Default::default()
+        };
+        assert_eq!(
+            stream_done_only_if_upstream_ended(&ended(Some(false)), &rec),
+            ["the client got [DONE] but the upstream that served it never ended its stream"]
+        );
+        assert_eq!(
+            stream_done_only_if_upstream_ended(&ended(None), &rec),
+            ["the client got [DONE] but no upstream streamed anything"]
+        );
+        assert!(stream_done_only_if_upstream_ended(&ended(Some(true)), &rec).is_empty());
+        // A stream cut before [DONE] claims nothing, whatever the upstream did.
+        let cut = step(Some(request(true, 200, &sse(&[CHUNK]), &[])), None);
+        assert!(stream_done_only_if_upstream_ended(&ended(Some(false)), &cut).is_empty());
+        assert!(stream_done_only_if_upstream_ended(&ended(None), &cut).is_empty());
+    }
+
+    fn capable_world() -> WorldSide {
+        WorldSide {
+            eligible: vec![
+                ("near-1".into(), false, false),
+                ("chutes:glm".into(), true, true),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn r18_a_stream_tried_on_a_provider_that_cannot_stream_is_flagged() {
+        let tried = [
+            ("near-1", Decision::Retryable),
+            ("chutes:glm", Decision::Served),
+        ];
+        let rec = step(Some(request(true, 200, "", &tried)), None);
+        assert_eq!(
+            streaming_filter(&capable_world(), &rec),
+            ["near-1 was tried although it cannot stream and a capable provider is listed"]
+        );
+        // Only the capable provider tried: nothing to flag.
+        let ok = step(
+            Some(request(true, 200, "", &[("chutes:glm", Decision::Served)])),
+            None,
+        );
+        assert!(streaming_filter(&capable_world(), &ok).is_empty());
+        // No capable provider eligible: the incapable one is the only choice.
+        let none_capable = WorldSide {
+            eligible: vec![("near-1".into(), false, false)],
+            ..Default::default()
+        };
+        let alone = step(
+            Some(request(true, 200, "", &[("near-1", Decision::Served)])),
+            None,
+        );
+        assert!(streaming_filter(&none_capable, &alone).is_empty());
+        // A request that does not stream asks for no streaming.
+        let plain = step(Some(request(false, 200, "", &tried)), None);
+        assert!(streaming_filter(&capable_world(), &plain).is_empty());
+    }
+
+    #[test]
+    fn r18_a_client_e2ee_request_tried_on_a_provider_without_it_is_flagged() {
+        let tried = [
+            ("near-1", Decision::Retryable),
+            ("chutes:glm", Decision::Served),
+        ];
+        let mut req = request(false, 200, "", &tried);
+        req.client_e2ee = true;
+        assert_eq!(
+            client_e2ee_filter(&capable_world(), &step(Some(req.clone()), None)),
+            ["near-1 was tried although it has no client E2EE and a capable provider is listed"]
+        );
+        req.client_e2ee = false;
+        assert!(client_e2ee_filter(&capable_world(), &step(Some(req), None)).is_empty());
+    }
+
+    #[test]
+    fn r22_an_internal_url_reaching_the_client_is_flagged() {
+        let world = WorldSide {
+            hosts: vec!["near-1".into(), "near-2".into()],
+            ..Default::default()
+        };
+        let body =
+            r#"{"error":{"message":"error sending request for url (http://near-1:8000/v1)"}}"#;
+        let rec = step(Some(request(false, 502, body, &[])), None);
+        assert_eq!(
+            no_internal_url_to_client(&world, &rec),
+            ["the client saw an internal URL of near-1"]
+        );
+        let redacted = step(Some(request(false, 502, r#"{"error":{}}"#, &[])), None);
+        assert!(no_internal_url_to_client(&world, &redacted).is_empty());
+    }
+
+    #[test]
+    fn r15_a_verifiable_model_tried_on_a_plaintext_provider_is_flagged() {
+        let state = view(&[(
+            M,
+            &[("near-1", Tier::Near), ("external:or", Tier::NonAttested)],
+        )]);
+        let tried = [
+            ("near-1", Decision::Retryable),
+            ("external:or", Decision::Served),
+        ];
+        let rec = step(Some(request(false, 200, "", &tried)), Some(state));
+        assert_eq!(
+            verifiable_never_plaintext(&rec),
+            [format!(
+                "{M} is verifiable but plaintext provider external:or was tried"
+            )]
+        );
+        // A model with no attested provider may be served in plaintext.
+        let plain = view(&[(M, &[("external:or", Tier::NonAttested)])]);
+        let rec = step(
+            Some(request(
+                false,
+                200,
+                "",
+                &[("external:or", Decision::Served)],
+            )),
+            Some(plain),
+        );
+        assert!(verifiable_never_plaintext(&rec).is_empty());
+    }
+
+    #[test]
+    fn r4_a_pinned_provider_missing_from_its_list_is_flagged() {
+        let mut state = view(&[(M, &[("near-1", Tier::Near)])]);
+        state
+            .pinned
+            .insert(M.into(), vec![ProviderId::new("chutes:glm")]);
+        assert_eq!(
+            pinned_never_dropped(&step(None, Some(state.clone()))),
+            [format!(
+                "pinned provider chutes:glm of {M} is missing from its list [\"near-1\"]"
+            )]
+        );
+        state
+            .models
+            .get_mut(M)
+            .unwrap()
+            .push(provider("chutes:glm", Tier::Attested3p));
+        assert!(pinned_never_dropped(&step(None, Some(state))).is_empty());
+    }
+
+    #[test]
+    fn r3_a_non_canonical_model_in_a_reply_or_a_chunk_is_flagged() {
+        let own = r#"{"model":"near-1/zai-org/GLM-5.1-FP8","choices":[]}"#;
+        let want = [format!(
+            "client asked for {M} but saw model \"near-1/zai-org/GLM-5.1-FP8\""
+        )];
+        let json = step(Some(request(false, 200, own, &[])), None);
+        assert_eq!(canonical_model(&json), want);
+        let stream = step(
+            Some(request(true, 200, &sse(&[CHUNK, own, "[DONE]"]), &[])),
+            None,
+        );
+        assert_eq!(canonical_model(&stream), want);
+        let fine = step(
+            Some(request(true, 200, &sse(&[CHUNK, "[DONE]"]), &[])),
+            None,
+        );
+        assert!(canonical_model(&fine).is_empty());
+        let fine = step(Some(request(false, 200, CHUNK, &[])), None);
+        assert!(canonical_model(&fine).is_empty());
+    }
+
+    #[test]
+    fn r8_r9_a_pubkey_naming_a_provider_that_backs_nothing_is_flagged() {
+        let mut state = view(&[(M, &[("near-1", Tier::Near), ("near-2", Tier::Near)])]);
+        state
+            .pubkeys
+            .insert("key-1".into(), vec![ProviderId::new("near-1")]);
+        state
+            .pubkeys
+            .insert("key-3".into(), vec![ProviderId::new("near-3")]);
+        assert_eq!(
+            no_orphan_pubkey(&step(None, Some(state))),
+            ["pubkey key-3 points at near-3, which backs no model"]
+        );
+    }
+
+    #[test]
+    fn r23_a_stream_ending_with_done_after_a_failure_is_flagged() {
+        let judge = |events: &[&str]| {
+            no_fake_success_stream(&step(Some(request(true, 200, &sse(events), &[])), None))
+        };
+        assert!(judge(&[CHUNK, "[DONE]"]).is_empty());
+        // Cut before [DONE]: no success claimed.
+        assert!(judge(&[CHUNK]).is_empty());
+        assert!(judge(&[CHUNK, ERROR_EVENT]).is_empty());
+        assert_eq!(judge(&[CHUNK, "[DONE]", "[DONE]"]), ["2 [DONE] events"]);
+        assert_eq!(
+            judge(&[CHUNK, "[DONE]", "[DONE]", "[DONE]"]),
+            ["3 [DONE] events"]
+        );
+        assert_eq!(judge(&["[DONE]", CHUNK]), ["events after [DONE]"]);
+        assert_eq!(
+            judge(&[CHUNK, ERROR_EVENT, "[DONE]"]),
+            ["[DONE] after an error event"]
+        );
+    }
+
+    #[test]
+    fn r18_r22_a_refusal_ending_a_request_with_a_retryable_failure_is_flagged() {
+        let tried = [
+            ("near-1", Decision::FallThrough),
+            ("near-2", Decision::Retryable),
+        ];
+        let mut req = request(true, 503, "", &tried);
+        req.error = Some("streaming is disabled for chutes:glm".into());
+        assert_eq!(
+            refusal_never_masks_retryable(&step(Some(req.clone()), None)),
+            ["the client saw a capability refusal although near-2 failed retryably"]
+        );
+        // The same refusal with no retryable failure before it is honest.
+        req.attempts = vec![attempt("near-1", Decision::FallThrough)];
+        assert!(refusal_never_masks_retryable(&step(Some(req), None)).is_empty());
+    }
+
+    #[test]
+    fn r7_r13_an_admin_patch_changing_an_unnamed_model_is_flagged() {
+        let before = view(&[
+            (M, &[("near-1", Tier::Near)]),
+            ("other", &[("near-2", Tier::Near)]),
+        ]);
+        let mut rec = step(None, None);
+        rec.patch_before = Some(PatchBefore {
+            ids: vec![M.into()],
+            view: before.clone(),
+        });
+        // The named model may change; the other one is left as it was.
+        rec.state = Some(view(&[
+            (M, &[("near-3", Tier::Near)]),
+            ("other", &[("near-2", Tier::Near)]),
+        ]));
+        assert!(admin_batch_leaves_others(&rec).is_empty());
+        rec.state = Some(view(&[
+            (M, &[("near-3", Tier::Near)]),
+            ("other", &[("near-2", Tier::Near), ("near-3", Tier::Near)]),
+        ]));
+        assert_eq!(
+            admin_batch_leaves_others(&rec),
+            [format!(
+                "an admin PATCH of [\"{M}\"] changed unrelated model other: \
+                 [\"near-2\"] -> [\"near-2\", \"near-3\"]"
+            )]
+        );
+    }
+
+    #[test]
+    fn every_oracle_reports_under_its_own_name() {
+        let mut state = view(&[(M, &[("near-1", Tier::Near)])]);
+        state
+            .pinned
+            .insert(M.into(), vec![ProviderId::new("chutes:glm")]);
+        let rec = step(None, Some(state.clone()));
+        let got = check(&rec);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "pinned_never_dropped");
+
+        state
+            .models
+            .get_mut(M)
+            .unwrap()
+            .push(provider("external:or", Tier::NonAttested));
+        let world = WorldSide {
+            reserved: [M.to_string()].into(),
+            ..Default::default()
+        };
+        let got = check_world(&world, &step(None, Some(state)));
+        assert_eq!(
+            got,
+            [(
+                "reserved_never_plaintext",
+                format!("reserved id {M} holds plaintext provider external:or")
+            )]
+        );
+    }
+}

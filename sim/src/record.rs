@@ -74,6 +74,27 @@ pub struct StepRecord {
     pub patch_before: Option<PatchBefore>,
 }
 
+impl StepRecord {
+    /// The record of step `index` (1-based), begun at `at`, before its
+    /// action has done anything.
+    pub fn new(index: usize, at: Duration, action: impl Into<String>) -> StepRecord {
+        StepRecord {
+            index,
+            at,
+            action: action.into(),
+            note: None,
+            request: None,
+            concurrent: Vec::new(),
+            listed: None,
+            round_robin: Vec::new(),
+            refused: Vec::new(),
+            admin: None,
+            state: None,
+            patch_before: None,
+        }
+    }
+}
+
 /// The registry right before an admin PATCH, for the oracle that the batch
 /// leaves every other model alone.
 #[derive(Debug, Clone)]
@@ -114,6 +135,9 @@ pub struct Report {
     pub startup_error: Option<String>,
     /// Every fault that fired, in order (part of the determinism hash).
     pub fired: Vec<Fired>,
+    /// Where and why the reference model stopped predicting the run (the
+    /// world-side oracles and the expectations judged it to the end).
+    pub model_abstained: Option<crate::model::Abstention>,
 }
 
 impl Report {

@@ -55,6 +55,8 @@ struct Shared {
     control: Vec<Control>,
     /// Notified when the stepping loop has applied `control`.
     applied: Arc<Notify>,
+    /// The reference model's abstention, as the driver last saw it.
+    model_abstained: Option<crate::model::Abstention>,
 }
 
 /// Simulated time long enough for every step: scripted times, waits, and a
@@ -91,6 +93,7 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
         sim_time: Duration::ZERO,
         startup_error: None,
         fired: Vec::new(),
+        model_abstained: None,
     };
     let expected_startup = scenario.config.expect_startup_error.as_deref();
     let config = match world::engine_config(scenario) {
@@ -183,6 +186,7 @@ pub fn run(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Report {
     report.fired = handles.board.fired();
     let mut shared = shared.lock().unwrap();
     report.steps = std::mem::take(&mut shared.steps);
+    report.model_abstained = shared.model_abstained;
     report
         .violations
         .extend(std::mem::take(&mut shared.violations));
@@ -251,6 +255,7 @@ pub fn run_isolated(scenario: &Scenario, file: &Path, opts: &RunOptions) -> Repo
         sim_time: Duration::ZERO,
         startup_error: None,
         fired: Vec::new(),
+        model_abstained: None,
     }
 }
 
@@ -307,18 +312,8 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
             tokio::time::sleep_until(start + at.get_ref().0).await;
         }
         let mut rec = StepRecord {
-            index,
-            at: start.elapsed(),
-            action: st.action().to_string(),
             note: st.note.clone(),
-            request: None,
-            concurrent: Vec::new(),
-            listed: None,
-            round_robin: Vec::new(),
-            refused: Vec::new(),
-            admin: None,
-            state: None,
-            patch_before: None,
+            ..StepRecord::new(index, start.elapsed(), st.action().to_string())
         };
         let quiet = match &st.admin_patch {
             Some(rows) => quiet_view(w).await.map(|(view, listings)| {
@@ -403,6 +398,7 @@ async fn drive(s: &Scenario, w: &WorldHandles, shared: &Arc<Mutex<Shared>>) {
         let mut sh = shared.lock().unwrap();
         sh.violations.extend(found);
         sh.steps.push(rec);
+        sh.model_abstained = model.abstained();
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tiersim::model::{Abstain, Abstention};
 use tiersim::runner::{self, RunOptions};
 use tiersim::scenario::format::{FaultKind, Step};
 use tiersim::sweep::{self, shrink, EventAction, MenuFlags, Origin, Plan};
@@ -50,6 +51,9 @@ const PARTIAL: &str = "chutes_partial_admin_batch.toml";
 const STREAMING_OFF: &str = "sweep_streaming_off.toml";
 const SHARED_NEAR: &str = "sweep_shared_near.toml";
 const DEMOTION: &str = "sweep_demotion.toml";
+/// Two requests in flight together (R17 under load): the model judges the
+/// concurrent step where the interleaving cannot change it.
+const CONCURRENT: &str = "concurrent_requests_round_robin.toml";
 const PINNED: &str = "oracle:pinned_never_dropped";
 const RESERVED: &str = "oracle:reserved_never_plaintext";
 
@@ -142,6 +146,12 @@ const PLANTED: &[PlantedCase] = &[
         seeds: 2,
         check: MODEL,
     },
+    PlantedCase {
+        bug: PlantedBug::TurnTakenLate,
+        scenario: CONCURRENT,
+        seeds: 1,
+        check: MODEL,
+    },
 ];
 
 fn case(bug: PlantedBug) -> &'static PlantedCase {
@@ -222,6 +232,7 @@ planted_sweep_tests! {
     r17_sweep_finds_and_shrinks_round_robin_over_the_whole_list => RoundRobinWholeList,
     r16_sweep_finds_and_shrinks_a_pubkey_walk_falling_back_to_chutes => PubkeyFallsBackToChutes,
     r18_sweep_finds_and_shrinks_a_missing_streaming_filter => StreamingFilterMissing,
+    r17_sweep_finds_and_shrinks_a_turn_taken_after_the_reply => TurnTakenLate,
 }
 
 /// Every planted bug is proved findable by a sweep (the two first ones by
@@ -294,6 +305,7 @@ fn schedules_come_from_the_seed_and_the_menu() {
         tick: None,
         chunking: None,
         profile: None,
+        concurrent: None,
         step_every_tick: false,
     };
     let p2 = Plan::new(&s, &file, &flags, None).unwrap();
@@ -690,4 +702,210 @@ fn liveness_heals_the_faults_the_base_script_leaves_armed() {
     assert!(heals("sweep_demotion.toml").is_empty());
     let outcome = plan("chutes_fallback_canonical_model.toml", None).run_seed(12, false);
     assert!(outcome.passed(), "{:?}", outcome.violations);
+}
+
+#[test]
+fn the_run_and_the_sweep_report_where_and_why_the_reference_model_stopped_predicting() {
+    // A concurrent step whose outcome the interleaving decides (R28: a cap
+    // of 1 admits whichever request arrives first) stops the model there;
+    // so does an R43 tokenize answer held into the deadline's undecidable
+    // band; one it cannot change (two requests, two turns, both served) is
+    // judged like the rest, and so is a plain scenario.
+    for (name, want) in [
+        (
+            "parity_model_concurrency_cap.toml",
+            Some(Abstention {
+                step: 3,
+                why: Abstain::Concurrent,
+            }),
+        ),
+        (CONCURRENT, None),
+        (
+            "context_tokenize_near_deadline.toml",
+            Some(Abstention {
+                step: 5,
+                why: Abstain::Timing,
+            }),
+        ),
+        ("pubkey_routing.toml", None),
+    ] {
+        let file = root().join("scenarios").join(name);
+        let s = scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let report = runner::run(&s, &file, &RunOptions::default());
+        assert!(report.passed(), "{name}: {:?}", report.violations);
+        assert_eq!(report.model_abstained, want, "{name}");
+        // JUnit carries it as a property of the scenario's test case.
+        let xml = junit::run_report(&[(report, None)]).to_string().unwrap();
+        let property = want.map(|a| {
+            format!(
+                "<property name=\"reference_model_stopped\" value=\"step {}: {}\"/>",
+                a.step,
+                a.why.describe()
+            )
+        });
+        match property {
+            Some(p) => assert!(xml.contains(&p), "{name}: {xml}"),
+            None => assert!(!xml.contains("reference_model_stopped"), "{name}: {xml}"),
+        }
+    }
+
+    // The sweep counts such seeds by reason, naming the first.
+    let sweep = |name: &str| {
+        let whole = sweep::Sweep {
+            file: root().join("scenarios").join(name),
+            seeds: 0..=3,
+            shard: sweep::Shard::WHOLE,
+            check_determinism: false,
+            flags: MenuFlags::default(),
+            plant: None,
+        };
+        let plan = whole.plan().unwrap();
+        let outcomes = sweep::run_seeds(&plan, &[0, 1, 2, 3], 2, false, &|_| {});
+        let xml = junit::sweep_report(&whole.file, &outcomes, &[])
+            .to_string()
+            .unwrap();
+        let stopped = outcomes.iter().filter(|o| o.abstained.is_some()).count();
+        assert_eq!(
+            xml.matches("<property name=\"reference_model_stopped\" value=\"step ")
+                .count(),
+            stopped,
+            "{xml}"
+        );
+        sweep::conclude(&whole, &plan, outcomes, &sweep::Outputs::default()).report
+    };
+    let concurrent = sweep("parity_model_concurrency_cap.toml");
+    assert!(
+        concurrent.contains(
+            "reference model: stopped predicting in 4 of 4 seeds \
+             (world-side oracles only from that step on):\n  at a concurrent step: 4 seed(s), \
+             first: seed 0 at step "
+        ),
+        "{concurrent}"
+    );
+    let plain = sweep("sweep_mixed_traffic.toml");
+    assert!(
+        plain.contains("\nreference model: judged every step of every seed\n"),
+        "{plain}"
+    );
+}
+
+fn plan_with(name: &str, flags: &MenuFlags, plant: Option<PlantedBug>) -> Plan {
+    let file = root().join("scenarios").join(name);
+    let s = scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    Plan::new(&s, &file, flags, plant).unwrap()
+}
+
+#[test]
+fn concurrent_flag_sends_a_drawn_half_of_the_unstreamed_requests_at_once() {
+    let flags = MenuFlags {
+        concurrent: Some(3),
+        ..MenuFlags::default()
+    };
+    let p = plan_with(MIXED, &flags, None);
+    let plain = plan(MIXED, None);
+    let mut doubled = 0;
+    let mut kept = 0;
+    for seed in 0..20 {
+        let events = p.schedule(seed);
+        assert_eq!(events, plain.schedule(seed), "the faults do not move");
+        let c = p.compose(seed, &events);
+        let base = plain.compose(seed, &events);
+        assert_eq!(
+            c.origins, base.origins,
+            "the same steps, in the same places"
+        );
+        for (st, was) in c.scenario.steps.iter().zip(&base.scenario.steps) {
+            let (st, was) = (st.get_ref(), was.get_ref());
+            match (&was.request, &st.concurrent) {
+                (Some(spec), Some(sent)) => {
+                    assert!(!spec.stream, "a streamed request is never sent at once");
+                    assert_eq!(sent.len(), 3);
+                    assert!(sent.iter().all(|r| r.model == spec.model));
+                    assert!(st.request.is_none());
+                    doubled += 1;
+                }
+                (Some(spec), None) if !spec.stream => kept += 1,
+                _ => assert_eq!(format!("{st:?}"), format!("{was:?}")),
+            }
+        }
+        // A function of the seed: composed again, the same script.
+        let again = p.compose(seed, &events);
+        assert_eq!(
+            format!("{:?}", again.scenario.steps),
+            format!("{:?}", c.scenario.steps)
+        );
+    }
+    assert!(
+        doubled > 10 && kept > 10,
+        "{doubled} sent at once, {kept} kept"
+    );
+
+    // Out of range: a clear error, not a silent clamp.
+    let file = root().join("scenarios").join(MIXED);
+    let s = scenario::load(&file).unwrap();
+    for n in [0, 1, 65] {
+        let bad = MenuFlags {
+            concurrent: Some(n),
+            ..MenuFlags::default()
+        };
+        let err = Plan::new(&s, &file, &bad, None).unwrap_err();
+        assert!(err.contains(&format!("--concurrent {n}")), "{err}");
+    }
+}
+
+#[test]
+fn r17_sweep_with_concurrent_requests_finds_and_shrinks_a_turn_taken_after_the_reply() {
+    // Sent one at a time, the race hides (only demotion reshuffles show it);
+    // two at a time, the concurrent judge sees both lead on one backend.
+    let bug = PlantedBug::TurnTakenLate;
+    let flags = MenuFlags {
+        concurrent: Some(2),
+        ..MenuFlags::default()
+    };
+    let p = plan_with(SHARED_NEAR, &flags, Some(bug));
+    let seed = first_finding_seed(&p, MODEL).expect("found");
+    assert!(seed < 4, "first found at seed {seed}");
+    let shrunk = shrink::shrink(&p, seed, MODEL).expect("still fails");
+    assert!(shrunk.composed.fault_count() <= 3);
+    assert!(
+        shrunk
+            .composed
+            .scenario
+            .steps
+            .iter()
+            .any(|st| st.get_ref().concurrent.is_some()),
+        "the reproducer keeps its concurrent step"
+    );
+    let dir = std::env::temp_dir().join(format!("tiersim-concurrent-{}", std::process::id()));
+    let path = shrunk.write(&p, &dir).unwrap();
+    assert_reproduces_only_with(&path, bug, MODEL);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Without the bug, the same sweep is clean.
+    let clean = plan_with(SHARED_NEAR, &flags, None);
+    let seeds: Vec<u64> = (0..24).collect();
+    let outcomes = sweep::run_seeds(&clean, &seeds, 2, false, &|_| {});
+    let bad: Vec<_> = outcomes.iter().flat_map(|o| &o.violations).collect();
+    assert!(bad.is_empty(), "{bad:?}");
+}
+
+#[test]
+fn r14_after_the_model_stops_predicting_the_reserved_ids_still_follow_unregister() {
+    // A concurrent step before the operator unregisters a reserved id: the
+    // model stops predicting there, but the world-side oracle that no
+    // reserved id holds a plaintext provider must see the unregister (R14),
+    // or the external row the next refresh may load is a false alarm.
+    let flags = MenuFlags {
+        concurrent: Some(2),
+        ..MenuFlags::default()
+    };
+    let p = plan_with("unregister_clears_reservation.toml", &flags, None);
+    let seeds: Vec<u64> = (70_000..70_012).collect();
+    let outcomes = sweep::run_seeds(&p, &seeds, 2, false, &|_| {});
+    assert!(
+        outcomes.iter().any(|o| o.abstained.is_some()),
+        "some seed stops the model before the unregister"
+    );
+    let bad: Vec<_> = outcomes.iter().flat_map(|o| &o.violations).collect();
+    assert!(bad.is_empty(), "{bad:?}");
 }

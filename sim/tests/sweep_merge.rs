@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tiersim::hosts::Chunking;
+use tiersim::model::{Abstain, Abstention};
 use tiersim::record::Violation;
 use tiersim::scenario::format::FaultKind;
 use tiersim::sweep::{self, outcomes, Divergence, MenuFlags, Outputs, SeedOutcome, Shard, Sweep};
@@ -158,6 +159,17 @@ fn outcome(seed: u64, fail: bool) -> SeedOutcome {
             first: "- near-1 503".into(),
             second: "<end>".into(),
         }),
+        abstained: match seed % 3 {
+            0 => Some(Abstention {
+                step: 4,
+                why: Abstain::Concurrent,
+            }),
+            1 => Some(Abstention {
+                step: 7,
+                why: Abstain::Timing,
+            }),
+            _ => None,
+        },
     }
 }
 
@@ -201,6 +213,7 @@ fn outcome_lines_round_trip_every_setting_and_field() {
             tick: Some(Duration::from_millis(10)),
             chunking: Some(vec![Chunking::Random, Chunking::Writes]),
             profile: Some(Profile::Upstream),
+            concurrent: Some(3),
             step_every_tick: false,
         },
         ..sweep_of("sweep_mixed_traffic.toml", 5..=16)
@@ -208,7 +221,7 @@ fn outcome_lines_round_trip_every_setting_and_field() {
     let dir = scratch("merge-round-trip");
     let texts: Vec<String> = (1..=3).map(|k| shard_text(&sweep, k, 3)).collect();
     // Stable field order, one line per seed after the header.
-    assert!(texts[0].starts_with("{\"format\":\"tiersim-sweep-outcomes/1\",\"scenario\":"));
+    assert!(texts[0].starts_with("{\"format\":\"tiersim-sweep-outcomes/2\",\"scenario\":"));
     assert!(texts[0].lines().nth(1).unwrap().starts_with(
         "{\"seed\":5,\"faults\":3,\"requests\":4,\"sim_time_ns\":1234567896,\"hash\":\"0505"
     ));

@@ -78,6 +78,10 @@ pub enum PlantedBug {
     /// next. It lives in the Chutes provider (`ChutesConfig::plant_keyed_priming`);
     /// the registry only carries the name.
     KeyedPriming,
+    /// R17 under load: the round-robin turn is taken once the JSON reply is
+    /// in, not at selection, so requests in flight together read the same
+    /// turn and lead on the same provider (one at a time, nothing shows).
+    TurnTakenLate,
 }
 
 impl PlantedBug {
@@ -97,6 +101,7 @@ impl PlantedBug {
         PlantedBug::ExternalIgnoresReserved,
         PlantedBug::ErrorTieGoesLast,
         PlantedBug::KeyedPriming,
+        PlantedBug::TurnTakenLate,
     ];
 
     /// The bug's command-line name.
@@ -117,6 +122,7 @@ impl PlantedBug {
             PlantedBug::ExternalIgnoresReserved => "external-ignores-reserved",
             PlantedBug::ErrorTieGoesLast => "error-tie-goes-last",
             PlantedBug::KeyedPriming => "keyed-priming",
+            PlantedBug::TurnTakenLate => "turn-taken-late",
         }
     }
 

@@ -3,9 +3,9 @@
 //!
 //! The model cannot know a sample's exact value: it is simulated network
 //! time (turmoil draws each message's latency from the seed). It knows
-//! bounds: a sample is at least one tick (a message crosses at a tick
-//! boundary, and the answer needs a second crossing) plus the delay a
-//! fault scripted, and at most [`hops`] crossings of at most the link's
+//! bounds: a sample is at least the delay a fault scripted rounded up to
+//! whole ticks, and at least one tick (messages cross at tick boundaries,
+//! and an answer sent at once leaves at the next one), and at most [`hops`] crossings of at most the link's
 //! maximum latency and a tick each, plus every delay scripted on the way.
 //! So each provider's average is tracked as an interval (the update is
 //! monotone in the old average and the sample), and its sample count as a
@@ -49,8 +49,15 @@ pub fn sample_bounds(
 ) -> (f64, f64) {
     let tick_ms = tick.as_secs_f64() * 1000.0;
     let hops = f64::from(hops(chutes));
+    // Messages move at tick boundaries: the request lands on one, and the
+    // answer, sent the scripted delay later, leaves on the next boundary at
+    // or after it, and never in the step it was sent in when it was sent
+    // at once. So at least the delay rounded up to whole ticks, and at
+    // least a tick (not the delay plus a tick: a delay that ends mid-tick
+    // waits only for that tick's end).
+    let lo = ((delay_lo_ms / tick_ms).ceil() * tick_ms).max(tick_ms);
     (
-        delay_lo_ms + tick_ms,
+        lo,
         delay_hi_ms + hops * (MAX_LINK_MS + tick_ms) + 4.0 * tick_ms,
     )
 }
@@ -191,6 +198,22 @@ pub fn prefix_hash(body: &Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r46_a_sample_is_at_least_the_delay_rounded_up_to_whole_ticks() {
+        let ms = Duration::from_millis;
+        // Seen at a 13 ms tick: a 1244 ms delay gave a 1255 ms sample, under
+        // the delay plus a tick (1257).
+        let (lo, hi) = sample_bounds(1244.0, 1244.0, ms(13), false);
+        assert_eq!(lo, 1248.0);
+        assert!(lo <= 1255.0 && 1255.0 <= hi);
+        // No delay: the answer leaves at the next boundary, a tick later.
+        assert_eq!(sample_bounds(0.0, 0.0, ms(13), false).0, 13.0);
+        assert_eq!(sample_bounds(0.0, 0.0, ms(1), false).0, 1.0);
+        // A delay of whole ticks can land on the boundary it ends on.
+        assert_eq!(sample_bounds(130.0, 130.0, ms(13), false).0, 130.0);
+        assert_eq!(sample_bounds(700.0, 700.0, ms(1), true).0, 700.0);
+    }
 
     #[test]
     fn r46_model_interval_holds_the_exact_average() {

@@ -20,6 +20,7 @@
 
 mod admission;
 mod chutes;
+mod concurrent;
 mod context;
 mod latency;
 mod registry;
@@ -27,6 +28,7 @@ mod request;
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use tiersim_engine::registry::RegistryView;
 
 use crate::fault::{FaultBoard, HostEvent, RequestKind};
@@ -87,6 +89,38 @@ impl Facts {
     }
 }
 
+/// Why the model stopped predicting a run. From that step on only the
+/// world-side oracles (and the scenario's own expectations) judge it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Abstain {
+    /// A `concurrent` step whose outcome the interleaving of its requests
+    /// decides (`model/concurrent.rs` judges the ones it cannot change).
+    Concurrent,
+    /// A request whose outcome the world's timing bounds cannot decide
+    /// (R43's tokenize deadline, the upstream deadline, R47's latency
+    /// demotion).
+    Timing,
+}
+
+impl Abstain {
+    /// How a report names the reason.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Abstain::Concurrent => "a concurrent step",
+            Abstain::Timing => "an outcome the timing bounds cannot decide",
+        }
+    }
+}
+
+/// Where (the 1-based step index) and why the model stopped predicting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Abstention {
+    pub step: usize,
+    pub why: Abstain,
+}
+
 /// The model of one run: the registry as it should be, fed step by step.
 pub struct Model {
     facts: Facts,
@@ -97,10 +131,14 @@ pub struct Model {
     cursor: usize,
     /// The router is down (crashed or shut down, not yet restarted).
     down: bool,
-    /// A `concurrent` step ran: the interleaving of its requests decides
-    /// round-robin turns and failure counts, which the model does not
-    /// predict, so from then on only the world-side oracles judge the run.
-    desynced: bool,
+    /// Set at the first step the model cannot predict; from then on only
+    /// the world-side oracles judge the run.
+    abstained: Option<Abstention>,
+    /// While a refresh waits for the catalog's answer, the catalog went down
+    /// or was cut off from the router: the read may have failed (and the
+    /// router applied the refresh without it) at a time the model cannot
+    /// place.
+    catalog_lost: bool,
 }
 
 impl Model {
@@ -114,7 +152,8 @@ impl Model {
             events: Vec::new(),
             cursor: 0,
             down: false,
-            desynced: false,
+            abstained: None,
+            catalog_lost: false,
         }
     }
 
@@ -150,30 +189,40 @@ impl Model {
         let before = before.max(self.cursor).min(events.len());
         self.absorb(events, before);
         let mut out = Vec::new();
-        if step.concurrent.is_some() {
-            self.desynced = true;
+        if self.reg.pending && cuts_off_catalog(step) {
+            self.catalog_lost = true;
         }
-        if self.desynced {
-            // World-side facts only, the stream's upstream end included (it
-            // reads the hosts' records, not a prediction).
-            let upstream_ended = step
-                .request
-                .as_ref()
-                .and_then(|spec| self.upstream_ended(&events[before..], &spec.model));
-            self.absorb(events, events.len());
-            let world = oracle::WorldSide {
-                hosts: crate::world::host_names(&self.facts.scenario),
-                reserved: self.reg.configured(),
-                upstream_ended,
-                ..Default::default()
+        let sends = step.request.is_some() || step.concurrent.is_some();
+        if sends && self.reg.pending && self.catalog_lost && !self.down {
+            self.abstain(rec.index, Abstain::Timing);
+        }
+        if let (Some(specs), None) = (&step.concurrent, self.abstained) {
+            let verdict = if self.down || writing || self.reg.pending {
+                concurrent::Verdict::Undecided(Vec::new())
+            } else {
+                concurrent::judge(
+                    &self.facts,
+                    &self.reg,
+                    specs,
+                    &rec.concurrent,
+                    &events[before..],
+                )
             };
-            return oracle::check_world(&world, rec);
+            match verdict {
+                concurrent::Verdict::Judged(diffs, after) => {
+                    out.extend(diffs.into_iter().map(|m| (ORACLE, m)));
+                    self.reg = *after;
+                }
+                concurrent::Verdict::Undecided(diffs) => {
+                    out.extend(diffs.into_iter().map(|m| (ORACLE, m)));
+                    self.abstain(rec.index, Abstain::Concurrent);
+                }
+            }
         }
-        let window = &events[before..];
-        let mut world = oracle::WorldSide {
-            hosts: crate::world::host_names(&self.facts.scenario),
-            ..Default::default()
-        };
+        // What the script does to the router and the gateway, and what the
+        // operator unregisters: facts of the world, kept whether or not the
+        // model still predicts (the world-side oracles read the reserved
+        // ids).
         if let Some(h) = step.crash.as_ref().or(step.shutdown.as_ref()) {
             if h.get_ref() == crate::world::ROUTER {
                 self.down = true;
@@ -189,12 +238,36 @@ impl Model {
                     pool.gateway_restarted();
                 }
             }
-        } else if let Some(rows) = &step.admin_patch {
-            self.reg.admin_patch(&self.facts, rows, window);
         } else if let Some(m) = &step.unregister {
             if !self.down {
                 self.reg.unregister(m);
             }
+        }
+        if self.abstained.is_some() {
+            // World-side facts only, the stream's upstream end included (it
+            // reads the hosts' records, not a prediction).
+            let upstream_ended = step
+                .request
+                .as_ref()
+                .and_then(|spec| self.upstream_ended(&events[before..], &spec.model));
+            self.absorb(events, events.len());
+            let world = oracle::WorldSide {
+                hosts: crate::world::host_names(&self.facts.scenario),
+                reserved: self.reg.configured(),
+                upstream_ended,
+                ..Default::default()
+            };
+            let mut judged = oracle::check_world(&world, rec);
+            judged.extend(out);
+            return judged;
+        }
+        let window = &events[before..];
+        let mut world = oracle::WorldSide {
+            hosts: crate::world::host_names(&self.facts.scenario),
+            ..Default::default()
+        };
+        if let Some(rows) = &step.admin_patch {
+            self.reg.admin_patch(&self.facts, rows, window);
         } else if let Some(spec) = &step.request {
             let refused = if self.down {
                 None
@@ -231,7 +304,7 @@ impl Model {
                         "reference model: outcome undecidable from the world's \
                          timing bounds; only world-side oracles judge from here"
                     );
-                    self.desynced = true;
+                    self.abstain(rec.index, Abstain::Timing);
                     self.absorb(events, events.len());
                     return oracle::check_world(&world, rec);
                 }
@@ -259,6 +332,9 @@ impl Model {
             }
         }
         self.absorb(events, events.len());
+        if !self.reg.pending {
+            self.catalog_lost = false;
+        }
         if !self.down && !writing && !self.reg.pending {
             if let Some(view) = &rec.state {
                 out.extend(
@@ -273,6 +349,24 @@ impl Model {
         let mut judged = oracle::check_world(&world, rec);
         judged.extend(out);
         judged
+    }
+
+    /// Stops predicting at `step` (the first reason is kept).
+    fn abstain(&mut self, step: usize, why: Abstain) {
+        if self.abstained.is_none() {
+            tracing::info!(
+                step,
+                "reference model: stops predicting here ({}); the world-side oracles \
+                 judge the rest",
+                why.describe()
+            );
+            self.abstained = Some(Abstention { step, why });
+        }
+    }
+
+    /// Where and why the model stopped predicting, if it did.
+    pub fn abstained(&self) -> Option<Abstention> {
+        self.abstained
     }
 
     /// Whether the last upstream stream of `window` really ended (SPEC
@@ -304,6 +398,25 @@ impl Model {
     pub fn registry(&self) -> &Registry {
         &self.reg
     }
+}
+
+/// Whether `step` takes the catalog down or cuts (or holds) its link to the
+/// router.
+fn cuts_off_catalog(step: &Step) -> bool {
+    use crate::world::{CATALOG, ROUTER};
+    let down = step
+        .crash
+        .as_ref()
+        .or(step.shutdown.as_ref())
+        .is_some_and(|h| h.get_ref() == CATALOG);
+    let link = [&step.partition, &step.hold]
+        .into_iter()
+        .flatten()
+        .any(|pair| {
+            let [a, b] = pair.get_ref();
+            (a == ROUTER && b == CATALOG) || (a == CATALOG && b == ROUTER)
+        });
+    down || link
 }
 
 /// Renders a view's model lists for a diff line.

@@ -106,6 +106,31 @@ fn breaks_answer(fault: &Option<Fault>) -> bool {
     }
 }
 
+/// Whether the external read at `at` is still waiting for its answer: the
+/// catalog records a listing when it builds the answer, after any delay a
+/// fault scripted, and the router applies the refresh only once the answer
+/// is in. Not pending once the listing is recorded, once a fault broke the
+/// read, or once a later catalog read or router boot shows the read ended
+/// without an answer (the catalog went down meanwhile).
+fn answer_pending(events: &[HostEvent], at: usize, upto: usize) -> bool {
+    let HostEvent::Request { fault, .. } = &events[at] else {
+        return false;
+    };
+    !breaks_answer(fault)
+        && !events[at + 1..upto].iter().any(|e| match e {
+            HostEvent::Listing {
+                kind: RequestKind::External,
+                ..
+            }
+            | HostEvent::RouterBoot => true,
+            HostEvent::Request { host, kind, .. } => {
+                host == crate::world::CATALOG
+                    && matches!(kind, RequestKind::External | RequestKind::Catalog)
+            }
+            _ => false,
+        })
+}
+
 impl Registry {
     /// R5 then R4 then R6: what a router holds after booting, before its first
     /// refresh (the refresh itself comes from the host events).
@@ -348,10 +373,31 @@ impl Registry {
                 i += 1;
                 continue;
             }
-            let is_listing = matches!(&events[i], HostEvent::Request { kind: RequestKind::Catalog, host, .. } if host == crate::world::CATALOG);
-            if !is_listing {
-                i += 1;
-                continue;
+            let catalog_read = match &events[i] {
+                HostEvent::Request { kind, host, .. } if host == crate::world::CATALOG => {
+                    Some(*kind)
+                }
+                _ => None,
+            };
+            match catalog_read {
+                Some(RequestKind::Catalog) => {}
+                Some(RequestKind::External) => {
+                    // An external read with no catalog read before it: the
+                    // refresh's catalog read never reached the catalog (down,
+                    // partitioned). R10 keeps the catalog's mappings; the
+                    // external rows still apply.
+                    if answer_pending(events, i, upto) {
+                        self.pending = true;
+                        return i;
+                    }
+                    self.refresh(facts, events, None, Some(i), upto);
+                    i += 1;
+                    continue;
+                }
+                _ => {
+                    i += 1;
+                    continue;
+                }
             }
             // The refresh ends with the external listing request. A router
             // boot first: it died mid-refresh (nothing applied). Another
@@ -378,25 +424,30 @@ impl Registry {
                     kind: RequestKind::Catalog,
                     ..
                 } => {
-                    self.refresh(facts, events, i, None, end);
+                    self.refresh(facts, events, Some(i), None, end);
                     i = end;
                     continue;
                 }
                 _ => {}
             }
-            self.refresh(facts, events, i, Some(end), upto);
+            if answer_pending(events, end, upto) {
+                self.pending = true;
+                return i;
+            }
+            self.refresh(facts, events, Some(i), Some(end), upto);
             i = end + 1;
         }
         upto
     }
 
-    /// R7–R12: one complete refresh, its catalog request at `start` and its
-    /// external request at `external` (`None`: the read never arrived).
+    /// R7–R12: one complete refresh, its catalog request at `catalog` and
+    /// its external request at `external` (`None`: that read never reached
+    /// the catalog).
     fn refresh(
         &mut self,
         facts: &Facts,
         events: &[HostEvent],
-        start: usize,
+        catalog: Option<usize>,
         external: Option<usize>,
         upto: usize,
     ) {
@@ -412,13 +463,14 @@ impl Registry {
                 .find(|j| matches!(&events[*j], HostEvent::Listing { kind: k, .. } if *k == kind))
         };
         let mut used = BTreeSet::new();
-        let discovered = listing(start, RequestKind::Catalog, end).map(|j| {
+        let discovered = catalog.and_then(|start| {
+            let j = listing(start, RequestKind::Catalog, end)?;
             let HostEvent::Listing { models, .. } = &events[j] else {
                 unreachable!("found a listing")
             };
             let rows = models.clone();
             let near = self.discover(facts, &rows, events, &mut used, (start, end));
-            (rows, near)
+            Some((rows, near))
         });
         let external = external
             .and_then(|at| listing(at, RequestKind::External, upto))

@@ -83,7 +83,7 @@ fn near_deadline(facts: &Facts, fault: Option<&Fault>) -> bool {
 }
 
 /// At most this many rounds (R20: 3 retries).
-const ROUNDS: u32 = 4;
+pub(super) const ROUNDS: u32 = 4;
 
 /// R19: what one failed attempt means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,6 +402,14 @@ pub struct Step {
     pub backoff: Option<Duration>,
 }
 
+/// A request's candidates in attempt order, before any attempt.
+pub(super) struct Ordered {
+    pub cands: Vec<Prov>,
+    /// The leading group (R17: equal sort keys), rotated, before R18's
+    /// capability filters.
+    pub group: Vec<Prov>,
+}
+
 /// What the model predicts for one request.
 #[derive(Debug, Clone)]
 pub struct Prediction {
@@ -483,7 +491,7 @@ fn render(steps: &[Step]) -> String {
 }
 
 /// The window's host requests, consumed host by host.
-struct Seen<'a> {
+pub(super) struct Seen<'a> {
     events: &'a [HostEvent],
     next: BTreeMap<String, usize>,
     /// The delays faults scripted on the current attempt's way (ms), for
@@ -492,6 +500,15 @@ struct Seen<'a> {
 }
 
 impl<'a> Seen<'a> {
+    /// Nothing of `window` consumed yet.
+    pub(super) fn over(events: &'a [HostEvent]) -> Seen<'a> {
+        Seen {
+            events,
+            next: BTreeMap::new(),
+            delay_ms: 0.0,
+        }
+    }
+
     /// The next request `host` served (of the kinds `kinds`), consumed.
     fn take(&mut self, host: &str, kinds: &[RequestKind]) -> Option<(RequestKind, Option<Fault>)> {
         let from = self.next.get(host).copied().unwrap_or(0);
@@ -585,12 +602,16 @@ impl Registry {
 
     /// Predicts one request and applies its effect on health and the
     /// round-robin counters.
-    pub fn request(
+    /// R15–R18, R44, R47, R65 for one request, before any attempt: its
+    /// candidates in attempt order (the leading group rotated, the turn
+    /// taken), or the prediction that ends it first (a refusal, a decision
+    /// the timing bounds leave open). Reads a tokenize answer from `seen`.
+    pub(super) fn order(
         &mut self,
         facts: &Facts,
         spec: &RequestSpec,
-        window: &[HostEvent],
-    ) -> Prediction {
+        seen: &mut Seen,
+    ) -> Result<Ordered, Prediction> {
         let fail = |status| Prediction {
             attempts: Vec::new(),
             status,
@@ -601,50 +622,45 @@ impl Registry {
         // provider.
         match self.catalog.get(&spec.model) {
             Some((true, _)) => {}
-            _ => return fail(400),
+            _ => return Err(fail(400)),
         }
         // R30: a pubkey nobody holds is 421, a model without providers
         // included; R28: without a pubkey, no provider is 400.
         let pubkey = pubkey_of(facts, spec);
         let none = if pubkey.is_some() { 421 } else { 400 };
         if self.list(&spec.model).is_empty() {
-            return fail(none);
+            return Err(fail(none));
         }
         let mut cands = self.candidates(&spec.model, pubkey.as_deref());
         if cands.is_empty() {
-            return fail(none);
+            return Err(fail(none));
         }
         // R47 among the request's providers (after R15/R16, before R18).
         let ids: Vec<&str> = cands.iter().map(|p| p.id.as_str()).collect();
         let judged = latency::demoted(&ids, &self.ttft);
         if judged.iter().any(Option::is_none) {
-            return Prediction {
+            return Err(Prediction {
                 attempts: Vec::new(),
                 status: 0,
                 done: None,
                 undecided: true,
-            };
+            });
         }
         let slow: BTreeMap<String, bool> = ids
             .iter()
             .zip(&judged)
             .map(|(id, d)| (id.to_string(), d.unwrap_or(false)))
             .collect();
-        let mut seen = Seen {
-            events: window,
-            next: BTreeMap::new(),
-            delay_ms: 0.0,
-        };
         // SPEC-parity R42/R43: the context requirement, read from the body
         // the client sent and, near a window, the tokenize call its host
         // served.
-        let Ok(estimate) = self.estimate(facts, spec, pubkey.is_some(), &mut seen) else {
-            return Prediction {
+        let Ok(estimate) = self.estimate(facts, spec, pubkey.is_some(), seen) else {
+            return Err(Prediction {
                 attempts: Vec::new(),
                 status: 0,
                 done: None,
                 undecided: true,
-            };
+            });
         };
         // R17/R44/R47: (overflow, demoted, latency-demoted, tier, capacity
         // rank), stable; then the leading group (equal keys) is rotated:
@@ -679,6 +695,7 @@ impl Registry {
             *turn = (k + 1) % lead as u64;
             cands[..lead].rotate_left(k as usize);
         }
+        let group = cands[..lead].to_vec();
         // R18 (R65: after the rotation): capability filters, unless nobody
         // is capable.
         if spec.stream && cands.iter().any(|p| p.streams(self.chutes_streaming)) {
@@ -687,6 +704,30 @@ impl Registry {
         if spec.client_pub_key.is_some() && cands.iter().any(|p| p.client_e2ee()) {
             cands.retain(|p| p.client_e2ee());
         }
+        Ok(Ordered { cands, group })
+    }
+
+    pub fn request(
+        &mut self,
+        facts: &Facts,
+        spec: &RequestSpec,
+        window: &[HostEvent],
+    ) -> Prediction {
+        self.request_seen(facts, spec, &mut Seen::over(window))
+    }
+
+    /// [`Registry::request`], reading host events from `seen` (shared by
+    /// requests whose events interleave in one window).
+    pub(super) fn request_seen(
+        &mut self,
+        facts: &Facts,
+        spec: &RequestSpec,
+        seen: &mut Seen,
+    ) -> Prediction {
+        let cands = match self.order(facts, spec, seen) {
+            Ok(ordered) => ordered.cands,
+            Err(ends) => return ends,
+        };
         // R45: the largest window a candidate declares.
         let largest = cands.iter().filter_map(|p| p.window).max();
 
@@ -696,7 +737,7 @@ impl Registry {
             let mut best: Option<(Failure, bool)> = None;
             for p in &cands {
                 seen.delay_ms = 0.0;
-                let upshot = self.attempt(facts, p, spec, &mut seen);
+                let upshot = self.attempt(facts, p, spec, seen);
                 let failure = match upshot {
                     Upshot::Served(end) => {
                         attempts.push(Step {
@@ -1267,22 +1308,31 @@ mod parity_tests {
 
     #[test]
     fn r43_a_tokenize_answer_is_late_on_time_or_undecidable_by_the_network_bounds() {
-        // 1 ms tick: at least one tick in transit, at most four crossings
-        // of a 100 ms link plus a tick each and four ticks (408 ms).
+        // 1 ms tick: in transit at least the hold rounded up to whole ticks
+        // (and more: the call went out before the tick it landed on), at
+        // most four crossings of a 100 ms link plus a tick each and four
+        // ticks (408 ms).
         let f = facts(None);
         assert!(matches!(tokenize_late(&f, 0), Ok(false)));
         assert!(matches!(tokenize_late(&f, 1591), Ok(false)));
         assert!(tokenize_late(&f, 1592).is_err(), "1592 + 408 reaches 2 s");
         assert!(tokenize_late(&f, 1900).is_err());
-        assert!(tokenize_late(&f, 1998).is_err());
-        assert!(matches!(tokenize_late(&f, 1999), Ok(true)), "1999 + a tick");
+        assert!(
+            tokenize_late(&f, 1999).is_err(),
+            "an answer sent on a tick boundary can land the same instant"
+        );
+        assert!(matches!(tokenize_late(&f, 2000), Ok(true)));
         assert!(matches!(tokenize_late(&f, 3000), Ok(true)));
-        // A coarser tick widens the band on both sides.
+        // A coarser tick widens the band on both sides: a hold ending
+        // mid-tick leaves at that tick's end.
         let f = facts(Some("10ms"));
         assert!(matches!(tokenize_late(&f, 1519), Ok(false)));
         assert!(tokenize_late(&f, 1520).is_err());
-        assert!(tokenize_late(&f, 1989).is_err());
-        assert!(matches!(tokenize_late(&f, 1990), Ok(true)));
+        assert!(tokenize_late(&f, 1990).is_err());
+        assert!(
+            matches!(tokenize_late(&f, 1991), Ok(true)),
+            "1991 leaves at 2000"
+        );
     }
 
     #[test]

@@ -1,13 +1,23 @@
 //! The model on its own: fed hand-written world events, it predicts what
 //! SPEC says, whatever any engine does.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
+use bytes::Bytes;
 use tiersim_engine::catalog::CatalogRow;
-use tiersim_engine::retry::Decision;
+use tiersim_engine::health::Ttft;
+use tiersim_engine::provider::ProviderId;
+use tiersim_engine::registry::{ProviderView, RegistryView};
+use tiersim_engine::retry::{Attempt, Decision, Outcome};
 
-use super::{Facts, Registry};
+use super::latency::Range;
+use super::registry::{Kind, DEMOTED_AT};
+use super::request::Step;
+use super::{Facts, Prediction, Registry};
 use crate::fault::{Fault, HostEvent, RequestKind};
+use crate::record::{RequestRecord, StepRecord};
 use crate::scenario::format::RequestSpec;
 
 /// The three-NEAR + Chutes world of the R17 scenario, its registry after one
@@ -634,4 +644,1042 @@ fn r23_after_content_the_stream_is_the_clients_and_ends_without_done() {
     let events = chutes_attempt(true, None, Some(Some(Fault::E2eErrorAfter { frames: 6 })));
     let p = reg.request(&facts, &kimi(true), &events);
     assert_eq!((p.status, p.done), (200, Some(true)));
+}
+
+// ------------------------------------------------ the judge's comparisons
+
+/// What an engine that agrees with the model in every compared field
+/// shows: each model's list in the model's order, with the model's
+/// windows, failure counts and demotions, the lowest TTFT the model
+/// allows; the pinned, reserved and pubkey maps; the catalog.
+fn faithful_view(reg: &Registry) -> RegistryView {
+    let mut view = RegistryView::default();
+    let mut pubkeys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (m, list) in reg.lists() {
+        let ps = list
+            .iter()
+            .map(|p| {
+                if let Kind::Near { key, .. } = &p.kind {
+                    pubkeys.entry(key.clone()).or_default().insert(p.id.clone());
+                }
+                let n = reg.failures(&p.id);
+                let t = reg.ttft.get(&p.id).copied().unwrap_or_default();
+                ProviderView {
+                    id: ProviderId::new(&p.id),
+                    tier: p.tier,
+                    consecutive_failures: n,
+                    demoted: n >= DEMOTED_AT,
+                    context_window: p.window,
+                    ttft: Ttft {
+                        samples: t.samples_lo,
+                        ema_ms: t.ema_lo,
+                    },
+                    latency_demoted: false,
+                }
+            })
+            .collect();
+        view.models.insert(m, ps);
+    }
+    view.pinned = reg
+        .pinned
+        .iter()
+        .map(|(m, ps)| {
+            (
+                m.clone(),
+                ps.iter().map(|p| ProviderId::new(&p.id)).collect(),
+            )
+        })
+        .collect();
+    view.reserved = reg.reserved.clone();
+    view.pubkeys = pubkeys
+        .into_iter()
+        .map(|(k, ids)| (k, ids.iter().map(ProviderId::new).collect()))
+        .collect();
+    view.catalog = reg
+        .catalog
+        .iter()
+        .map(|(m, &(active, price))| {
+            let row = tiersim_engine::registry::CatalogRow {
+                active,
+                price,
+                context_length: reg.contexts.get(m).copied(),
+            };
+            (m.clone(), row)
+        })
+        .collect();
+    view
+}
+
+/// The R17 world with every compared field away from its default: near-1
+/// declares a window (and so leads), near-2 has 3 failures, near-3 is
+/// demoted, near-1 has a TTFT range, the catalog declares a context length.
+fn busy_registry() -> (Facts, Registry) {
+    let (facts, mut reg) = three_near();
+    reg.windows.insert("near-1".into(), 8000);
+    reg.contexts.insert(MODEL.into(), 8000);
+    reg.health.insert("near-2".into(), 3);
+    reg.health.insert("near-3".into(), DEMOTED_AT);
+    reg.ttft.insert(
+        "near-1".into(),
+        Range {
+            samples_lo: 1,
+            samples_hi: 2,
+            ema_lo: 100.0,
+            ema_hi: 200.0,
+        },
+    );
+    (facts, reg)
+}
+
+fn provider_mut<'a>(view: &'a mut RegistryView, id: &str) -> &'a mut ProviderView {
+    view.models
+        .get_mut(MODEL)
+        .and_then(|l| l.iter_mut().find(|p| p.id.as_str() == id))
+        .unwrap_or_else(|| panic!("{id} is not in {MODEL}'s list"))
+}
+
+#[test]
+fn r4_r21_r40_the_registry_diff_is_silent_on_a_view_that_agrees() {
+    let (facts, reg) = busy_registry();
+    let view = faithful_view(&reg);
+    assert_eq!(
+        view.provider_ids(MODEL),
+        ["near-1", "near-2", "near-3", GLM_ID]
+    );
+    assert!(view.models[MODEL][2].demoted);
+    assert_eq!(reg.diff(&facts, &view), Vec::<String>::new());
+}
+
+#[test]
+fn r7_the_registry_diff_flags_a_list_differing_in_members_or_order() {
+    let (facts, reg) = busy_registry();
+    let mut view = faithful_view(&reg);
+    view.models.get_mut(MODEL).unwrap().swap(0, 1);
+    let model = format!("[\"near-1\", \"near-2\", \"near-3\", \"{GLM_ID}\"]");
+    assert_eq!(
+        reg.diff(&facts, &view),
+        [format!(
+            "providers of {MODEL}: model {model}, engine [\"near-2\", \"near-1\", \"near-3\", \"{GLM_ID}\"]"
+        )]
+    );
+    // An extra provider is one list difference: the model knows nothing of
+    // its health, so that is not compared.
+    let mut view = faithful_view(&reg);
+    let mut extra = view.models[MODEL][1].clone();
+    extra.id = ProviderId::new("near-9");
+    extra.consecutive_failures = 2;
+    view.models.get_mut(MODEL).unwrap().push(extra);
+    assert_eq!(
+        reg.diff(&facts, &view),
+        [format!(
+            "providers of {MODEL}: model {model}, engine [\"near-1\", \"near-2\", \"near-3\", \"{GLM_ID}\", \"near-9\"]"
+        )]
+    );
+}
+
+#[test]
+fn r40_the_registry_diff_flags_a_declared_window_that_differs() {
+    let (facts, reg) = busy_registry();
+    let mut view = faithful_view(&reg);
+    provider_mut(&mut view, "near-1").context_window = None;
+    assert_eq!(
+        reg.diff(&facts, &view),
+        [format!(
+            "window of near-1 (in {MODEL}): model Some(8000), engine None"
+        )]
+    );
+}
+
+#[test]
+fn r46_the_registry_diff_flags_a_ttft_outside_the_models_bounds() {
+    let (facts, reg) = busy_registry();
+    let judge = |samples: u32, ema_ms: f64| {
+        let mut view = faithful_view(&reg);
+        provider_mut(&mut view, "near-1").ttft = Ttft { samples, ema_ms };
+        reg.diff(&facts, &view)
+    };
+    let flagged = |samples: u32, ema_ms: f64| {
+        [format!(
+            "TTFT of near-1 (in {MODEL}): model 1..=2 samples, average 100.0..=200.0 ms; \
+             engine {samples} samples, {ema_ms:.1} ms"
+        )]
+    };
+    // Both ends of the range hold (the bounds are inclusive).
+    for (n, ema) in [(1, 100.0), (2, 200.0), (2, 150.0)] {
+        assert_eq!(judge(n, ema), Vec::<String>::new(), "{n} samples, {ema} ms");
+    }
+    for (n, ema) in [(1, 99.0), (2, 201.0), (3, 150.0), (0, 150.0)] {
+        assert_eq!(judge(n, ema), flagged(n, ema), "{n} samples, {ema} ms");
+    }
+}
+
+#[test]
+fn r21_the_registry_diff_flags_a_failure_count_or_demotion_that_differs() {
+    let (facts, reg) = busy_registry();
+    let mut view = faithful_view(&reg);
+    provider_mut(&mut view, "near-2").consecutive_failures = 4;
+    provider_mut(&mut view, "near-3").demoted = false;
+    assert_eq!(
+        reg.diff(&facts, &view),
+        [
+            format!("health of near-2 (in {MODEL}): model 3 failures, engine 4"),
+            format!("health of near-3 (in {MODEL}): model 10 failures (demoted), engine 10"),
+        ]
+    );
+}
+
+#[test]
+fn r4_r5_r16_r40_the_registry_diff_flags_pinned_reserved_pubkeys_and_catalog() {
+    let (facts, reg) = busy_registry();
+    let judge = |edit: &dyn Fn(&mut RegistryView)| {
+        let mut view = faithful_view(&reg);
+        edit(&mut view);
+        reg.diff(&facts, &view)
+    };
+    assert_eq!(
+        judge(&|v| v.pinned.clear()),
+        [format!(
+            "pinned: model {{\"{MODEL}\": [\"{GLM_ID}\"]}}, engine {{}}"
+        )]
+    );
+    assert_eq!(
+        judge(&|v| v.reserved.clear()),
+        [format!("reserved: model {{\"{MODEL}\"}}, engine {{}}")]
+    );
+    let keys = faithful_view(&reg).pubkeys.len();
+    assert_eq!(keys, 3, "one signing key per NEAR backend");
+    let pubkeys = judge(&|v| {
+        v.pubkeys.pop_last();
+    });
+    assert_eq!(pubkeys.len(), 1);
+    assert!(pubkeys[0].starts_with("pubkey map: model {"), "{pubkeys:?}");
+    assert_eq!(
+        judge(&|v| v.catalog.get_mut(MODEL).unwrap().active = false),
+        [format!(
+            "catalog: model {{\"{MODEL}\": (true, 0)}}, engine {{\"{MODEL}\": (false, 0)}}"
+        )]
+    );
+    assert_eq!(
+        judge(&|v| v.catalog.get_mut(MODEL).unwrap().context_length = Some(4096)),
+        [format!(
+            "catalog context lengths: model {{\"{MODEL}\": 8000}}, engine {{\"{MODEL}\": 4096}}"
+        )]
+    );
+}
+
+fn got(stream: bool, status: u16, body: &str, attempts: &[Step]) -> RequestRecord {
+    RequestRecord {
+        id: "step1".into(),
+        model: MODEL.into(),
+        stream,
+        client_e2ee: false,
+        status,
+        headers: Vec::new(),
+        body: Bytes::from(body.to_string()),
+        attempts: attempts
+            .iter()
+            .map(|s| Attempt {
+                provider: ProviderId::new(&s.provider),
+                round: s.round,
+                at: Duration::ZERO,
+                outcome: Outcome::Ok,
+                decision: s.decision,
+                retry_after: s.backoff,
+            })
+            .collect(),
+        upstream: Vec::new(),
+        tokenized: Vec::new(),
+        served: None,
+        via_fallback: None,
+        error: None,
+    }
+}
+
+fn attempt_step(provider: &str, decision: Decision) -> Step {
+    Step {
+        provider: provider.into(),
+        round: 1,
+        decision,
+        backoff: None,
+    }
+}
+
+#[test]
+fn r20_the_request_diff_flags_attempts_and_status_that_differ() {
+    let predicted = Prediction {
+        attempts: vec![
+            attempt_step("near-1", Decision::Retryable),
+            attempt_step("near-2", Decision::Served),
+        ],
+        status: 200,
+        done: None,
+        undecided: false,
+    };
+    let same = got(false, 200, "{}", &predicted.attempts);
+    assert_eq!(predicted.diff(&same), Vec::<String>::new());
+    let other = got(false, 502, "{}", &predicted.attempts[..1]);
+    assert_eq!(
+        predicted.diff(&other),
+        [
+            format!(
+                "request {MODEL}: attempts differ\n    model:  near-1#1 Retryable, near-2#1 Served\n    \
+                 engine: near-1#1 Retryable"
+            ),
+            format!("request {MODEL}: status: model 200, engine 502"),
+        ]
+    );
+}
+
+#[test]
+fn r23_the_request_diff_flags_a_done_the_upstream_did_not_earn_and_one_missing() {
+    let served = [attempt_step("near-1", Decision::Served)];
+    let predict = |done| Prediction {
+        attempts: served.to_vec(),
+        status: 200,
+        done: Some(done),
+        undecided: false,
+    };
+    let with_done = "data: {\"choices\":[]}\n\ndata: [DONE]\n\n";
+    let cut = "data: {\"choices\":[]}\n\n";
+    let judge = |done, body| predict(done).diff(&got(true, 200, body, &served));
+    assert_eq!(judge(true, with_done), Vec::<String>::new());
+    assert_eq!(judge(false, cut), Vec::<String>::new());
+    assert_eq!(
+        judge(false, with_done),
+        [format!(
+            "request {MODEL} (stream): the upstream never ended it properly but the client got [DONE]"
+        )]
+    );
+    assert_eq!(
+        judge(true, cut),
+        [format!(
+            "request {MODEL} (stream): the upstream ended it properly but the client did not get [DONE]"
+        )]
+    );
+}
+
+// ------------------------------------------------ the per-step judge
+
+/// The R17 world's model, booted and refreshed, judging from here.
+fn judging() -> super::Model {
+    let (facts, reg) = three_near();
+    let mut model = super::Model::new(facts);
+    model.reg = reg;
+    model
+}
+
+fn step_of(toml: &str) -> crate::scenario::format::Step {
+    toml::from_str(toml).unwrap_or_else(|e| panic!("{toml}: {e}"))
+}
+
+fn asking(spec: RequestSpec) -> crate::scenario::format::Step {
+    crate::scenario::format::Step {
+        request: Some(spec),
+        ..Default::default()
+    }
+}
+
+fn recorded(request: Option<RequestRecord>, state: Option<RegistryView>) -> StepRecord {
+    StepRecord {
+        request,
+        state,
+        ..StepRecord::new(1, Duration::ZERO, "step")
+    }
+}
+
+fn named<'a>(judged: &'a [(&'static str, String)], oracle: &str) -> Vec<&'a str> {
+    judged
+        .iter()
+        .filter(|(n, _)| *n == oracle)
+        .map(|(_, m)| m.as_str())
+        .collect()
+}
+
+/// near-1 serves the request at the first attempt.
+fn served_by_near_1() -> [Step; 1] {
+    [attempt_step("near-1", Decision::Served)]
+}
+
+#[test]
+fn r9_liveness_flags_a_servable_model_not_served_at_the_first_attempt() {
+    let mut s = asking(spec());
+    s.note = Some(format!("{}: ask each model", crate::sweep::LIVENESS_NOTE));
+    let events = window("", None);
+    let judge = |got: RequestRecord| {
+        let mut model = judging();
+        model.judge(&s, &recorded(Some(got), None), &events, 0, false)
+    };
+    assert_eq!(
+        judge(got(false, 200, "{}", &served_by_near_1())),
+        Vec::<(&str, String)>::new()
+    );
+    let second = [
+        attempt_step("near-1", Decision::Retryable),
+        attempt_step("near-2", Decision::Served),
+    ];
+    let judged = judge(got(false, 200, "{}", &second));
+    assert_eq!(
+        named(&judged, super::LIVENESS),
+        [format!(
+            "after every fault healed, {MODEL} was not served by its best provider at the \
+             first attempt: status 200, 2 attempt(s)"
+        )]
+    );
+    let judged = judge(got(false, 502, "{}", &[]));
+    assert_eq!(
+        named(&judged, super::LIVENESS),
+        [format!(
+            "after every fault healed, {MODEL} was not served by its best provider at the \
+             first attempt: status 502, 0 attempt(s)"
+        )]
+    );
+    // Outside the liveness phase the same request is judged by the model
+    // alone (it predicted near-1 serving at once).
+    let mut model = judging();
+    let plain = asking(spec());
+    let judged = model.judge(
+        &plain,
+        &recorded(Some(got(false, 502, "{}", &[])), None),
+        &events,
+        0,
+        false,
+    );
+    assert!(named(&judged, super::LIVENESS).is_empty());
+    assert_eq!(
+        named(&judged, super::ORACLE),
+        [
+            format!(
+                "request {MODEL}: attempts differ\n    model:  near-1#1 Served\n    engine: (none)"
+            ),
+            format!("request {MODEL}: status: model 200, engine 502"),
+        ]
+    );
+}
+
+#[test]
+fn r27_a_request_the_router_must_refuse_is_flagged_unless_a_400_with_no_attempt() {
+    let s = asking(RequestSpec {
+        max_tokens: Some(0),
+        ..spec()
+    });
+    let judge = |got: RequestRecord| {
+        let mut model = judging();
+        model.judge(&s, &recorded(Some(got), None), &[], 0, false)
+    };
+    assert_eq!(
+        judge(got(false, 400, "{}", &[])),
+        Vec::<(&str, String)>::new()
+    );
+    let refused = |status, n| {
+        [format!(
+            "request {MODEL}: the router must refuse it before routing (max_tokens must be at \
+             least 1): model 400 with no attempt, engine {status} with {n} attempt(s)"
+        )]
+    };
+    let fast = [attempt_step("near-1", Decision::FastReturn)];
+    assert_eq!(
+        named(&judge(got(false, 400, "{}", &fast)), super::ORACLE),
+        refused(400, 1)
+    );
+    assert_eq!(
+        named(
+            &judge(got(false, 200, "{}", &served_by_near_1())),
+            super::ORACLE
+        ),
+        refused(200, 1)
+    );
+}
+
+#[test]
+fn r9_a_request_to_a_crashed_router_is_not_judged_until_it_restarts() {
+    let mut model = judging();
+    let unanswered = || recorded(Some(got(false, 0, "", &[])), None);
+    let none = Vec::<(&str, String)>::new();
+    assert_eq!(
+        model.judge(
+            &step_of("crash = \"router\""),
+            &recorded(None, None),
+            &[],
+            0,
+            false
+        ),
+        none
+    );
+    assert_eq!(
+        model.judge(&asking(spec()), &unanswered(), &[], 0, false),
+        none
+    );
+    // A crashed backend leaves the router up: its request is judged.
+    let mut up = judging();
+    up.judge(
+        &step_of("crash = \"near-1\""),
+        &recorded(None, None),
+        &[],
+        0,
+        false,
+    );
+    assert!(!named(
+        &up.judge(&asking(spec()), &unanswered(), &[], 0, false),
+        super::ORACLE
+    )
+    .is_empty());
+    // Restarted: judged again (its boot event brings the fresh registry;
+    // here none arrived, so the registry is the one it had).
+    model.judge(
+        &step_of("restart = \"router\""),
+        &recorded(None, None),
+        &[],
+        0,
+        false,
+    );
+    let events = window("", None);
+    let judged = model.judge(&asking(spec()), &unanswered(), &events, 0, false);
+    assert_eq!(
+        named(&judged, super::ORACLE),
+        [
+            format!(
+                "request {MODEL}: attempts differ\n    model:  near-1#1 Served\n    engine: (none)"
+            ),
+            format!("request {MODEL}: status: model 200, engine 0"),
+        ]
+    );
+}
+
+#[test]
+fn r14_an_unregister_is_predicted_while_the_router_is_up() {
+    let mut model = judging();
+    let mut after = model.reg.clone();
+    after.unregister(MODEL);
+    let view = faithful_view(&after);
+    assert!(view.models.is_empty());
+    let judged = model.judge(
+        &step_of(&format!("unregister = \"{MODEL}\"")),
+        &recorded(None, Some(view)),
+        &[],
+        0,
+        false,
+    );
+    assert_eq!(judged, Vec::<(&str, String)>::new());
+}
+
+#[test]
+fn r7_the_registry_is_compared_after_a_step_unless_a_refresh_is_being_applied() {
+    let advance = step_of("advance = \"1s\"");
+    let mut view = faithful_view(&judging().reg);
+    view.models.get_mut(MODEL).unwrap().pop();
+    let differs = format!(
+        "providers of {MODEL}: model [\"near-1\", \"near-2\", \"near-3\", \"{GLM_ID}\"], \
+         engine [\"near-1\", \"near-2\", \"near-3\"]"
+    );
+    // A refresh has listed the catalog but not yet the external rows.
+    let listing = [HostEvent::Request {
+        host: crate::world::CATALOG.into(),
+        kind: RequestKind::Catalog,
+        fault: None,
+    }];
+    let judge = |writing: bool, pending: bool| {
+        let mut model = judging();
+        let events: &[HostEvent] = if pending { &listing } else { &[] };
+        let judged = model.judge(
+            &advance,
+            &recorded(None, Some(view.clone())),
+            events,
+            0,
+            writing,
+        );
+        assert_eq!(model.reg.pending, pending);
+        judged
+    };
+    assert_eq!(
+        named(&judge(false, false), super::ORACLE),
+        [differs.as_str()]
+    );
+    assert!(named(&judge(true, false), super::ORACLE).is_empty());
+    assert!(named(&judge(false, true), super::ORACLE).is_empty());
+}
+
+#[test]
+fn r5_r22_r23_the_world_side_oracles_judge_every_step_and_after_a_desync() {
+    let leak = r#"{"error":{"message":"error sending request for url (http://near-1:8000/v1)"}}"#;
+    let mut plaintext = faithful_view(&judging().reg);
+    plaintext.models.get_mut(MODEL).unwrap().push(ProviderView {
+        id: ProviderId::new("external:or"),
+        tier: tiersim_engine::Tier::NonAttested,
+        consecutive_failures: 0,
+        demoted: false,
+        context_window: None,
+        ttft: Ttft::default(),
+        latency_demoted: false,
+    });
+    let cut = vec![HostEvent::Request {
+        host: "near-1".into(),
+        kind: RequestKind::ChatStream,
+        fault: Some(Fault::CutStreamAfter { after_chunks: 1 }),
+    }];
+    let stream = RequestSpec {
+        stream: true,
+        ..spec()
+    };
+    let done = "data: {\"choices\":[]}\n\ndata: [DONE]\n\n";
+    let check = |model: &mut super::Model| {
+        let judged = model.judge(
+            &asking(spec()),
+            &recorded(Some(got(false, 502, leak, &[])), Some(plaintext.clone())),
+            &[],
+            0,
+            false,
+        );
+        assert_eq!(
+            named(&judged, "no_internal_url_to_client"),
+            ["the client saw an internal URL of near-1"]
+        );
+        assert_eq!(
+            named(&judged, "reserved_never_plaintext"),
+            [format!(
+                "reserved id {MODEL} holds plaintext provider external:or"
+            )]
+        );
+        let judged = model.judge(
+            &asking(stream.clone()),
+            &recorded(Some(got(true, 200, done, &served_by_near_1())), None),
+            &cut,
+            0,
+            false,
+        );
+        assert_eq!(
+            named(&judged, "stream_done_only_if_upstream_ended"),
+            ["the client got [DONE] but the upstream that served it never ended its stream"]
+        );
+    };
+    check(&mut judging());
+    // After a concurrent step the model no longer predicts, but the world's
+    // side still judges.
+    let mut model = judging();
+    let concurrent = crate::scenario::format::Step {
+        concurrent: Some(vec![spec(), spec()]),
+        ..Default::default()
+    };
+    model.judge(&concurrent, &recorded(None, None), &[], 0, false);
+    assert!(model.abstained().is_some());
+    check(&mut model);
+}
+
+#[test]
+fn r39_r60_a_restarted_gateway_leaves_the_listing_stale_and_no_other_restart_does() {
+    let listed = || {
+        let (facts, mut reg) = chutes_world();
+        let p = reg.request(&facts, &kimi(true), &chutes_attempt(true, None, Some(None)));
+        assert_eq!(p.status, 200);
+        assert!(!reg.pools[KIMI_ID].is_stale());
+        let mut model = super::Model::new(facts);
+        model.reg = reg;
+        model
+    };
+    let restart = |model: &mut super::Model, host: &str| {
+        let step = step_of(&format!("restart = \"{host}\""));
+        model.judge(&step, &recorded(None, None), &[], 0, false)
+    };
+    let mut model = listed();
+    restart(&mut model, crate::world::CATALOG);
+    assert!(
+        !model.reg.pools[KIMI_ID].is_stale(),
+        "the catalog restarted"
+    );
+    let mut model = listed();
+    restart(&mut model, crate::world::CHUTES);
+    assert!(
+        model.reg.pools[KIMI_ID].is_stale(),
+        "the gateway forgot the nonces it listed: the next invocation is refused"
+    );
+}
+
+/// A request record as the runner keeps one: `attempts` as (provider,
+/// decision), the last one served with `status`.
+fn concurrent_record(attempts: &[(&str, Decision)], status: u16) -> crate::record::RequestRecord {
+    use tiersim_engine::provider::ProviderId;
+    use tiersim_engine::retry::{Attempt, Outcome};
+    crate::record::RequestRecord {
+        id: "step1.1".into(),
+        model: MODEL.into(),
+        stream: false,
+        client_e2ee: false,
+        status,
+        headers: Vec::new(),
+        body: bytes::Bytes::new(),
+        attempts: attempts
+            .iter()
+            .map(|(p, decision)| Attempt {
+                provider: ProviderId::new(p),
+                round: 1,
+                at: std::time::Duration::ZERO,
+                outcome: if *decision == Decision::Served {
+                    Outcome::Ok
+                } else {
+                    Outcome::Error {
+                        status: 503,
+                        message: "down".into(),
+                    }
+                },
+                decision: *decision,
+                retry_after: None,
+            })
+            .collect(),
+        upstream: Vec::new(),
+        tokenized: Vec::new(),
+        served: None,
+        via_fallback: None,
+        error: None,
+    }
+}
+
+fn chat_served(host: &str) -> HostEvent {
+    HostEvent::Request {
+        host: host.into(),
+        kind: RequestKind::Chat,
+        fault: None,
+    }
+}
+
+#[test]
+fn r17_requests_in_flight_together_each_take_their_own_turn() {
+    use super::concurrent::{judge, Verdict};
+    let (facts, reg) = three_near();
+    let specs = [spec(), spec()];
+    let window = [chat_served("near-1"), chat_served("near-2")];
+    let served = |p| concurrent_record(&[(p, Decision::Served)], 200);
+
+    // Both served at their first attempt, one per turn, in either order of
+    // arrival: judged, and the model goes on two turns later.
+    for got in [
+        [served("near-1"), served("near-2")],
+        [served("near-2"), served("near-1")],
+    ] {
+        let Verdict::Judged(diffs, after) = judge(&facts, &reg, &specs, &got, &window) else {
+            panic!("a quiet concurrent step is judged");
+        };
+        assert!(diffs.is_empty(), "{diffs:?}");
+        let mut serial = reg.clone();
+        serial.request(&facts, &spec(), &[chat_served("near-1")]);
+        serial.request(&facts, &spec(), &[chat_served("near-2")]);
+        assert_eq!(after.turns, serial.turns);
+    }
+
+    // Two requests on one turn (a turn read but not taken): a violation,
+    // whichever order, and the model stops predicting.
+    let Verdict::Undecided(diffs) = judge(
+        &facts,
+        &reg,
+        &specs,
+        &[served("near-1"), served("near-1")],
+        &[chat_served("near-1"), chat_served("near-1")],
+    ) else {
+        panic!("a doubled turn is not judged quiet");
+    };
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert!(
+        diffs[0].contains(
+            "first attempts go to near-1, near-2 (in some order); engine: near-1, near-1"
+        ),
+        "{diffs:?}"
+    );
+
+    // Turns right, but a request the world served answered 502: judged
+    // against the prediction that shares its lead.
+    let Verdict::Judged(diffs, _) = judge(
+        &facts,
+        &reg,
+        &specs,
+        &[
+            served("near-1"),
+            concurrent_record(&[("near-2", Decision::Served)], 502),
+        ],
+        &window,
+    ) else {
+        panic!("judged");
+    };
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert!(
+        diffs[0].contains("status: model 200, engine 502"),
+        "{diffs:?}"
+    );
+
+    // A failure on the way (near-2 answered 503): the interleaving decides
+    // retries and counts, so no verdict and no violation.
+    let failing = [
+        chat_served("near-1"),
+        HostEvent::Request {
+            host: "near-2".into(),
+            kind: RequestKind::Chat,
+            fault: Some(Fault::HttpStatus {
+                status: 503,
+                code: None,
+                message: None,
+            }),
+        },
+    ];
+    let got = [
+        served("near-1"),
+        concurrent_record(
+            &[
+                ("near-2", Decision::Retryable),
+                ("near-3", Decision::Served),
+            ],
+            200,
+        ),
+    ];
+    assert!(matches!(
+        judge(&facts, &reg, &specs, &got, &failing),
+        Verdict::Undecided(d) if d.is_empty()
+    ));
+
+    // Streamed requests are placed by their prefix (R48), not turned: left
+    // to the interleaving.
+    let streamed = RequestSpec {
+        stream: true,
+        ..spec()
+    };
+    assert!(matches!(
+        judge(&facts, &reg, &[streamed.clone(), streamed], &[served("near-1"), served("near-2")], &window),
+        Verdict::Undecided(d) if d.is_empty()
+    ));
+}
+
+/// The world of `catalog_back_between_refresh_reads`: an external host
+/// serving a plain model, and the rows it lists.
+fn external_world() -> (Facts, Vec<tiersim_engine::catalog::ExternalRow>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/catalog_back_between_refresh_reads.toml");
+    let scenario = crate::scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let rows = vec![tiersim_engine::catalog::ExternalRow {
+        model: LLAMA.into(),
+        base_url: "http://openrouter".into(),
+        name: "openrouter".into(),
+        kind: tiersim_engine::catalog::ExternalRow::OPENAI_COMPATIBLE.into(),
+    }];
+    (
+        Facts {
+            scenario,
+            near_keys: Default::default(),
+        },
+        rows,
+    )
+}
+
+const LLAMA: &str = "meta-llama/Llama-3.3-70B-Instruct";
+
+fn catalog_read(kind: RequestKind, fault: Option<Fault>) -> HostEvent {
+    HostEvent::Request {
+        host: "catalog".into(),
+        kind,
+        fault,
+    }
+}
+
+fn external_listing(rows: &[tiersim_engine::catalog::ExternalRow]) -> HostEvent {
+    HostEvent::Listing {
+        kind: RequestKind::External,
+        models: Vec::new(),
+        external: rows.to_vec(),
+    }
+}
+
+#[test]
+fn r10_a_refresh_applies_once_the_catalogs_answer_is_in() {
+    let (facts, rows) = external_world();
+    let served = |reg: &Registry| {
+        reg.list(LLAMA)
+            .iter()
+            .map(|p| p.id.clone())
+            .collect::<Vec<_>>()
+    };
+    let delayed = Some(Fault::LatencyMs { ms: 1119 });
+
+    // The external read arrived, its answer is still held by a scripted
+    // delay (the catalog records the listing when it answers): pending.
+    let mut events = vec![
+        HostEvent::RouterBoot,
+        catalog_read(RequestKind::Catalog, None),
+        HostEvent::Listing {
+            kind: RequestKind::Catalog,
+            models: Vec::new(),
+            external: Vec::new(),
+        },
+        catalog_read(RequestKind::External, delayed.clone()),
+    ];
+    let mut reg = Registry::boot(&facts);
+    let cursor = reg.absorb(&facts, &events, 0, events.len());
+    assert!(reg.pending, "waiting for the external answer");
+    assert!(served(&reg).is_empty());
+    // The answer: applied.
+    events.push(external_listing(&rows));
+    reg.absorb(&facts, &events, cursor, events.len());
+    assert!(!reg.pending);
+    assert_eq!(served(&reg), ["external:openrouter"]);
+
+    // The catalog read never reached the catalog (it was down), the
+    // external read did: R10 keeps the catalog's side, the rows apply.
+    let events = vec![
+        HostEvent::RouterBoot,
+        catalog_read(RequestKind::External, None),
+        external_listing(&rows),
+    ];
+    let mut reg = Registry::boot(&facts);
+    reg.absorb(&facts, &events, 0, events.len());
+    assert!(!reg.pending);
+    assert_eq!(served(&reg), ["external:openrouter"]);
+
+    // An external read whose answer never came (the next refresh's catalog
+    // read shows it ended): applied without it; the next one is pending.
+    let events = vec![
+        HostEvent::RouterBoot,
+        catalog_read(RequestKind::Catalog, None),
+        catalog_read(RequestKind::External, delayed),
+        catalog_read(RequestKind::Catalog, None),
+    ];
+    let mut reg = Registry::boot(&facts);
+    let cursor = reg.absorb(&facts, &events, 0, events.len());
+    assert_eq!(cursor, 3, "the next refresh is the one in progress");
+    assert!(reg.pending);
+    assert!(served(&reg).is_empty());
+}
+
+#[test]
+fn r10_a_request_while_the_catalogs_answer_may_be_lost_is_undecidable() {
+    let record = |index| StepRecord::new(index, Duration::ZERO, "step");
+    let ask = crate::scenario::format::Step {
+        request: Some(RequestSpec {
+            model: LLAMA.into(),
+            ..spec()
+        }),
+        ..Default::default()
+    };
+    let crash = crate::scenario::format::Step {
+        crash: Some(toml::Spanned::new(0..0, "catalog".to_string())),
+        ..Default::default()
+    };
+    // A refresh waiting for the external answer, held by a scripted delay.
+    let events = vec![
+        HostEvent::RouterBoot,
+        catalog_read(RequestKind::Catalog, None),
+        catalog_read(RequestKind::External, Some(Fault::LatencyMs { ms: 1119 })),
+    ];
+    // Still on its way: the router has not applied it, nor has the model.
+    let mut waiting = super::Model::new(external_world().0);
+    waiting.judge(&ask, &record(1), &events, events.len(), false);
+    assert_eq!(waiting.abstained(), None);
+    // The catalog crashes meanwhile: the read may have failed and the
+    // refresh been applied without it, when the model cannot tell.
+    let mut lost = super::Model::new(external_world().0);
+    lost.judge(&crash, &record(1), &events, events.len(), false);
+    assert_eq!(lost.abstained(), None, "no request yet");
+    lost.judge(&ask, &record(2), &events, events.len(), false);
+    assert_eq!(
+        lost.abstained(),
+        Some(super::Abstention {
+            step: 2,
+            why: super::Abstain::Timing
+        })
+    );
+}
+
+#[test]
+fn r17_a_concurrent_step_is_judged_only_where_its_interleaving_cannot_change_it() {
+    use super::concurrent::{judge, Verdict};
+    let (facts, reg) = three_near();
+    let window = [chat_served("near-1"), chat_served("near-2")];
+    let served = |p| concurrent_record(&[(p, Decision::Served)], 200);
+    let got = [served("near-1"), served("near-2")];
+    let judged = |facts: &Facts, reg: &Registry, specs: &[RequestSpec], window: &[HostEvent]| {
+        matches!(
+            judge(facts, reg, specs, &got, window),
+            Verdict::Judged(ref d, _) if d.is_empty()
+        )
+    };
+    let specs = [spec(), spec()];
+    assert!(
+        judged(&facts, &reg, &specs, &window),
+        "the baseline is judged"
+    );
+
+    // Requests that do not route alike: each field that routes.
+    let unlike = [
+        RequestSpec {
+            model: "openai/gpt-oss-120b".into(),
+            ..spec()
+        },
+        RequestSpec {
+            max_tokens: Some(5),
+            ..spec()
+        },
+        RequestSpec {
+            extra: Some(serde_json::Map::from_iter([(
+                "temperature".to_string(),
+                serde_json::json!(0.5),
+            )])),
+            ..spec()
+        },
+        RequestSpec {
+            pub_key_of: Some(toml::Spanned::new(0..0, "near-1".into())),
+            ..spec()
+        },
+        RequestSpec {
+            model_pub_key: Some("ab".into()),
+            ..spec()
+        },
+        RequestSpec {
+            client_pub_key: Some("cd".into()),
+            ..spec()
+        },
+    ];
+    for other in unlike {
+        assert!(
+            !judged(&facts, &reg, &[spec(), other.clone()], &window),
+            "{other:?}"
+        );
+    }
+    // A different message text routes alike (no window makes it matter).
+    let worded = RequestSpec {
+        prompt: Some("second".into()),
+        ..spec()
+    };
+    assert!(judged(&facts, &reg, &[spec(), worded], &window));
+
+    // A record missing: nothing to compare.
+    assert!(matches!(
+        judge(&facts, &reg, &specs, &got[..1], &window),
+        Verdict::Undecided(d) if d.is_empty()
+    ));
+
+    // A refresh or a boot during the step may change the group.
+    for e in [
+        HostEvent::RouterBoot,
+        HostEvent::Listing {
+            kind: RequestKind::Catalog,
+            models: Vec::new(),
+            external: Vec::new(),
+        },
+    ] {
+        let mut w = window.to_vec();
+        w.push(e);
+        assert!(!judged(&facts, &reg, &specs, &w));
+    }
+
+    // A cap under the step's size: whoever arrives second may get a 429.
+    let mut capped = three_near().0;
+    capped.scenario.config.model_concurrency = Some(1);
+    assert!(!judged(&capped, &reg, &specs, &window));
+    capped.scenario.config.model_concurrency = Some(2);
+    assert!(judged(&capped, &reg, &specs, &window));
+
+    // A NEAR provider the step's failures could demote (2 requests, 4
+    // rounds: 8 failures at most), or one already demoted.
+    for (failures, ok) in [(1, true), (2, false), (DEMOTED_AT, false)] {
+        let mut near_limit = reg.clone();
+        near_limit.health.insert("near-3".into(), failures);
+        assert_eq!(
+            judged(&facts, &near_limit, &specs, &window),
+            ok,
+            "{failures} failures"
+        );
+    }
 }

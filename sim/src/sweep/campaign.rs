@@ -20,6 +20,7 @@ use tiersim_engine::registry::PlantedBug;
 
 use super::{by_check, shard, shard_len, shrink, MenuFlags, Plan, SeedOutcome, Shard, MAX_SEEDS};
 use crate::junit;
+use crate::model::Abstain;
 use crate::scenario;
 
 /// What decides a sweep's outcomes: the scenario, the seeds, the menu
@@ -237,6 +238,39 @@ fn shrink_one(plan: &Plan, seed: u64, check: &str, dir: &Path) -> Shrink {
     }
 }
 
+/// How much of the sweep the reference model judged: a seed whose run it
+/// stopped predicting (a concurrent step, an outcome the timing bounds
+/// cannot decide) was judged from there by the world-side oracles only, and
+/// a pass there is a weaker pass.
+fn judged(r: &mut String, outcomes: &[SeedOutcome]) {
+    let mut by_reason: BTreeMap<Abstain, Vec<(u64, usize)>> = BTreeMap::new();
+    for o in outcomes {
+        if let Some(a) = o.abstained {
+            by_reason.entry(a.why).or_default().push((o.seed, a.step));
+        }
+    }
+    if by_reason.is_empty() {
+        let _ = writeln!(r, "reference model: judged every step of every seed");
+        return;
+    }
+    let stopped: usize = by_reason.values().map(Vec::len).sum();
+    let _ = writeln!(
+        r,
+        "reference model: stopped predicting in {stopped} of {} seeds \
+         (world-side oracles only from that step on):",
+        outcomes.len()
+    );
+    for (why, seeds) in &by_reason {
+        let (seed, step) = seeds[0];
+        let _ = writeln!(
+            r,
+            "  at {}: {} seed(s), first: seed {seed} at step {step}",
+            why.describe(),
+            seeds.len()
+        );
+    }
+}
+
 fn xml(report: &JReport) -> String {
     report
         .to_string()
@@ -277,6 +311,7 @@ fn report(
         outcomes.len(),
         sim.as_secs_f64()
     );
+    judged(&mut r, outcomes);
     if checks.is_empty() {
         let _ = writeln!(r, "violations: none");
     } else {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::schedule::Draw;
 use super::{EventAction, FaultEvent, Plan};
+use crate::fault::Dice;
 use crate::hosts::Chunking;
 use crate::scenario::format::{Dur, Scenario, Step};
 use crate::scenario::Action;
@@ -65,8 +67,32 @@ impl Composed {
         self.scenario
             .steps
             .iter()
-            .filter(|s| s.get_ref().request.is_some())
+            .filter(|s| sends_requests(s.get_ref()))
             .count()
+    }
+}
+
+/// Whether `step` sends client requests (one, or several at once).
+pub(super) fn sends_requests(step: &Step) -> bool {
+    step.request.is_some() || step.concurrent.is_some()
+}
+
+/// `--concurrent n`: an unstreamed request step, by a draw, as `n` copies
+/// of its request sent at once. Every such step draws (taken or not), in
+/// script order, so the choice is a function of the seed and the script.
+fn sent_at_once(st: &Spanned<Step>, n: usize, draw: &mut Draw) -> Spanned<Step> {
+    let step = st.get_ref();
+    match &step.request {
+        Some(spec) if !spec.stream && draw.below(2) == 0 => {
+            let mut step = step.clone();
+            step.request = None;
+            step.concurrent = Some(vec![spec.clone(); n]);
+            if step.note.is_none() {
+                step.note = Some(format!("sweep: sent {n} at once"));
+            }
+            spanned(step)
+        }
+        _ => st.clone(),
     }
 }
 
@@ -91,6 +117,10 @@ impl Plan {
         let mut steps = Vec::new();
         let mut origins = Vec::new();
         let mut next = marks.into_iter().peekable();
+        let mut at_once = self
+            .menu
+            .concurrent
+            .map(|n| (n, Draw::of(seed, "sweep/concurrent")));
         for (i, st) in self.base.steps.iter().enumerate() {
             let key = st
                 .get_ref()
@@ -101,7 +131,10 @@ impl Plan {
                 steps.push(spanned(step));
                 origins.push(o);
             }
-            steps.push(st.clone());
+            steps.push(match &mut at_once {
+                Some((n, draw)) => sent_at_once(st, *n, draw),
+                None => st.clone(),
+            });
             origins.push(Origin::Base(i));
         }
         // After the last base step, the faults that start there, then the

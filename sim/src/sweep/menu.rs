@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::hosts::Chunking;
 use crate::scenario::format::{FaultKind, Scenario};
-use crate::scenario::load::{fault_counts, host_names};
+use crate::scenario::load::{fault_counts, host_names, MAX_CONCURRENT};
 
 /// The fault menu a seed's schedule is drawn from: the scenario's `[sweep]`
 /// table with the defaults filled in and the flags applied.
@@ -25,6 +25,9 @@ pub struct Menu {
     pub max_latency: Duration,
     /// Chunkings a seed draws from (empty: the scenario's own).
     pub chunkings: Vec<Chunking>,
+    /// `--concurrent N`: each unstreamed request step of the base script
+    /// is, by a draw of the seed, sent as `N` requests at once.
+    pub concurrent: Option<usize>,
 }
 
 /// Command-line overrides of the `[sweep]` table.
@@ -40,6 +43,9 @@ pub struct MenuFlags {
     pub tick: Option<Duration>,
     /// Replaces the `[sweep] chunking` dimension.
     pub chunking: Option<Vec<Chunking>>,
+    /// Sends a drawn half of the base script's unstreamed requests as this
+    /// many requests at once (`concurrent` steps).
+    pub concurrent: Option<usize>,
     /// Runs the sweep under this semantics profile; under `upstream` its
     /// violations are findings about production, not tiersim bugs.
     pub profile: Option<tiersim_engine::config::Profile>,
@@ -130,6 +136,14 @@ impl Menu {
                 (Some(c), _) => c.clone(),
                 (None, Some(c)) => c.get_ref().clone(),
                 (None, None) => Vec::new(),
+            },
+            concurrent: match flags.concurrent {
+                Some(n) if !(2..=MAX_CONCURRENT).contains(&n) => {
+                    return Err(format!(
+                        "--concurrent {n}: send 2 to {MAX_CONCURRENT} requests at once"
+                    ))
+                }
+                n => n,
             },
         })
     }

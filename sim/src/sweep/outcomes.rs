@@ -23,11 +23,12 @@ use tiersim_engine::registry::PlantedBug;
 
 use super::{shard, shard_len, Divergence, MenuFlags, SeedOutcome, Shard, Sweep, MAX_SEEDS};
 use crate::hosts::Chunking;
+use crate::model::Abstention;
 use crate::record::Violation;
 use crate::scenario::format::{FaultKind, MAX_SIM_TIME};
 
 /// The header's `format`: a reader refuses any other.
-pub const FORMAT: &str = "tiersim-sweep-outcomes/1";
+pub const FORMAT: &str = "tiersim-sweep-outcomes/2";
 
 /// A file's first line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +72,7 @@ pub struct MenuRecord {
     pub tick: Option<String>,
     pub chunking: Option<Vec<String>>,
     pub profile: Option<String>,
+    pub concurrent: Option<usize>,
 }
 
 /// One seed's outcome.
@@ -86,6 +88,8 @@ pub struct Line {
     pub hash: String,
     pub violations: Vec<Violation>,
     pub divergence: Option<Divergence>,
+    /// Where and why the reference model stopped predicting the run.
+    pub abstained: Option<Abstention>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -146,6 +150,7 @@ impl Header {
                     .as_ref()
                     .map(|c| c.iter().map(|c| c.name().to_string()).collect()),
                 profile: f.profile.map(|p| p.as_str().to_string()),
+                concurrent: f.concurrent,
             },
         })
     }
@@ -208,6 +213,7 @@ impl Header {
                 .as_deref()
                 .map(|p| Profile::parse(p).ok_or_else(|| format!("menu.profile: unknown {p:?}")))
                 .transpose()?,
+            concurrent: m.concurrent,
             // Not recorded: stepping every tick gives the same outcomes.
             step_every_tick: false,
         };
@@ -237,6 +243,7 @@ impl Line {
             hash: hex(&o.hash),
             violations: o.violations.clone(),
             divergence: o.divergence.clone(),
+            abstained: o.abstained,
         }
     }
 
@@ -251,6 +258,7 @@ impl Line {
             sim_time: Duration::from_nanos(self.sim_time_ns),
             hash,
             divergence: self.divergence,
+            abstained: self.abstained,
         })
     }
 }

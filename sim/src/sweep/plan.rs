@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use super::compose::spanned;
 use super::{canonical, first_divergence, Composed, Divergence, Menu, MenuFlags};
+use crate::model::Abstention;
 use crate::record::{Report, Violation};
 use crate::runner::{self, RunOptions};
 use crate::scenario::format::{Dur, Scenario};
@@ -139,6 +140,7 @@ impl Plan {
             sim_time: report.sim_time,
             hash,
             divergence,
+            abstained: report.model_abstained,
         }
     }
 }
@@ -155,6 +157,8 @@ pub struct SeedOutcome {
     pub hash: [u8; 32],
     /// With `--check-determinism`: where a second run first differed.
     pub divergence: Option<Divergence>,
+    /// Where and why the reference model stopped predicting this seed's run.
+    pub abstained: Option<Abstention>,
 }
 
 impl SeedOutcome {

@@ -93,7 +93,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Deterministic draws from a ChaCha20 stream.
-struct Draw(ChaCha20Rng);
+pub(super) struct Draw(ChaCha20Rng);
 
 impl Dice for Draw {
     fn below(&mut self, n: u64) -> u64 {
@@ -106,6 +106,12 @@ impl Dice for Draw {
 }
 
 impl Draw {
+    /// The stream of `label` for `seed` (its own, so draws for one purpose
+    /// never shift another's).
+    pub(super) fn of(seed: u64, label: &str) -> Draw {
+        Draw(ChaCha20Rng::from_seed(derive_seed(seed, label)))
+    }
+
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
@@ -117,7 +123,7 @@ impl Plan {
     /// (one kind alone, at a high rate) get explored. A function of the seed
     /// and the menu only (its own ChaCha20 stream).
     pub fn swarm(&self, seed: u64) -> Swarm {
-        let mut rng = Draw(ChaCha20Rng::from_seed(derive_seed(seed, "sweep/swarm")));
+        let mut rng = Draw::of(seed, "sweep/swarm");
         let mut kinds: Vec<(FaultKind, u32)> = self
             .menu
             .kinds
@@ -142,7 +148,7 @@ impl Plan {
     /// and the reference run only (ChaCha20, never OS randomness).
     pub fn schedule(&self, seed: u64) -> Vec<FaultEvent> {
         let m = &self.menu;
-        let mut rng = Draw(ChaCha20Rng::from_seed(derive_seed(seed, "sweep/schedule")));
+        let mut rng = Draw::of(seed, "sweep/schedule");
         let swarm = self.swarm(seed);
         let targets: Vec<(FaultKind, u32, Vec<&String>)> = swarm
             .kinds

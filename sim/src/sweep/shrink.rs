@@ -146,7 +146,7 @@ fn base_units(c: &Composed, requests: bool) -> Vec<Vec<Origin>> {
         .zip(&c.origins)
         .filter(|(st, o)| {
             matches!(o, Origin::Base(_) | Origin::Liveness(_))
-                && st.get_ref().request.is_some() == requests
+                && super::compose::sends_requests(st.get_ref()) == requests
         })
         .map(|(_, o)| vec![*o])
         .collect()

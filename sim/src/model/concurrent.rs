@@ -1,0 +1,179 @@
+//! A `concurrent` step (R17 under load), judged where the interleaving of
+//! its requests cannot change what they do.
+//!
+//! The model predicts requests one at a time; requests in flight together
+//! are ordered by the network, which the model does not know. Two facts
+//! hold whatever that order, under conditions the model can check before
+//! the step from its own state and the world's record:
+//!
+//! - **Turns.** Requests that route alike (one model, not streamed, the same
+//!   headers) each take the next round-robin turn of one leading group as
+//!   they arrive (R17, R65; a group of one takes none, so all lead on it;
+//!   a group smaller than the step wraps). Nothing that happens during the
+//!   step can
+//!   change that group if its members are NEAR providers (a Chutes
+//!   provider's pool and nonces are per-request state of their own), no
+//!   NEAR provider of the model is demoted (a success would promote it), no
+//!   member can reach the demotion threshold from the failures the step can
+//!   add, no declared window makes the body's size matter (R44), the
+//!   router is neither refreshing nor restarted, and the per-model cap
+//!   (SPEC-parity R28) admits them all. Then their first attempts go to the
+//!   providers of the next `k` turns, one each: as a multiset, whichever
+//!   request arrived first. A difference is a violation.
+//! - **Quiet steps.** If, besides, every request predicted in turn order is
+//!   served at its first attempt (its provider's host answered it; a
+//!   scripted delay is still an answer), what the step changes (turns, the
+//!   served providers' counts reset) is the serial order's, whichever
+//!   request met which answer: each request is judged against a prediction
+//!   with its lead, and the model goes on from the serial state.
+//!
+//! Anything else (a failure, a retry, a 429 from the cap, Chutes, streams)
+//! is left to the interleaving: the model stops predicting the run there.
+
+use super::registry::{Kind, Registry, DEMOTED_AT};
+use super::request::{Prediction, Seen, ROUNDS};
+use super::Facts;
+use crate::fault::HostEvent;
+use crate::record::RequestRecord;
+use crate::scenario::format::RequestSpec;
+use tiersim_engine::retry::Decision;
+
+/// What the model can say about one `concurrent` step.
+pub(super) enum Verdict {
+    /// Every request judged: the differences, and the registry after it.
+    Judged(Vec<String>, Box<Registry>),
+    /// The interleaving decides the rest: the differences found before
+    /// that (the turns), if any.
+    Undecided(Vec<String>),
+}
+
+/// Judges the `concurrent` step of `specs`, whose records (in the same
+/// order) are `got`, from `reg` (the registry before it) and `window` (the
+/// host events during it).
+pub(super) fn judge(
+    facts: &Facts,
+    reg: &Registry,
+    specs: &[RequestSpec],
+    got: &[RequestRecord],
+    window: &[HostEvent],
+) -> Verdict {
+    let undecided = || Verdict::Undecided(Vec::new());
+    let Some(first) = specs.first() else {
+        return undecided();
+    };
+    let k = specs.len();
+    let cap_admits = facts
+        .scenario
+        .config
+        .model_concurrency
+        .unwrap_or(tiersim_engine::config::DEFAULT_MODEL_CONCURRENCY)
+        >= k;
+    let registry_still = !window
+        .iter()
+        .any(|e| matches!(e, HostEvent::RouterBoot | HostEvent::Listing { .. }));
+    let list = reg.list(&first.model);
+    // A NEAR provider the step's failures could demote, or one demoted
+    // that a success would promote, could change the group mid-step; a
+    // declared window makes each body's size matter (R44).
+    let group_may_change = list.iter().any(|p| {
+        matches!(p.kind, Kind::Near { .. })
+            && reg.failures(&p.id) + (k as u32) * ROUNDS >= DEMOTED_AT
+    });
+    if k < 2
+        || got.len() != k
+        || first.stream
+        || !specs.iter().all(|s| routes_alike(first, s))
+        || specs.iter().any(|s| super::admission::refusal(s).is_some())
+        || !cap_admits
+        || !registry_still
+        || group_may_change
+        || list.iter().any(|p| p.window.is_some())
+    {
+        return undecided();
+    }
+
+    // The turns, taken one per request on a copy of the registry.
+    let mut turns = reg.clone();
+    let mut leads: Vec<String> = Vec::with_capacity(k);
+    for spec in specs {
+        let Ok(ordered) = turns.order(facts, spec, &mut Seen::over(&[])) else {
+            return undecided();
+        };
+        let stable = ordered
+            .group
+            .iter()
+            .all(|p| matches!(p.kind, Kind::Near { .. }))
+            && ordered.cands.first().map(|p| &p.id) == ordered.group.first().map(|p| &p.id);
+        if !stable {
+            return undecided();
+        }
+        leads.push(ordered.group[0].id.clone());
+    }
+
+    // Whatever the order of arrival, one request per turn.
+    let mut engine: Vec<&str> = Vec::with_capacity(k);
+    for r in got {
+        match r.attempts.first() {
+            Some(a) => engine.push(a.provider.as_str()),
+            // Never reached the router's providers (a refused connection):
+            // the turns say nothing.
+            None => return undecided(),
+        }
+    }
+    let mut want: Vec<&str> = leads.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    engine.sort_unstable();
+    if want != engine {
+        return Verdict::Undecided(vec![format!(
+            "concurrent requests for {}: each takes its own round-robin turn (R17), so their first \
+             attempts go to {} (in some order); engine: {}",
+            first.model,
+            want.join(", "),
+            engine.join(", ")
+        )]);
+    }
+
+    // Quiet: each served at its first attempt, as predicted in turn order.
+    // Requests on one provider (a group smaller than the step) read its
+    // host's answers in turn order; any answer that breaks one makes the
+    // step not quiet, so which request met which answer cannot matter.
+    let mut after = reg.clone();
+    let mut seen = Seen::over(window);
+    let mut predictions = Vec::with_capacity(k);
+    for (spec, lead) in specs.iter().zip(&leads) {
+        let p = after.request_seen(facts, spec, &mut seen);
+        let quiet = !p.undecided
+            && p.status == 200
+            && p.attempts.len() == 1
+            && p.attempts[0].decision == Decision::Served
+            && p.attempts[0].provider == *lead;
+        if !quiet {
+            return undecided();
+        }
+        predictions.push(p);
+    }
+    let mut out = Vec::new();
+    let mut unmatched: Vec<&Prediction> = predictions.iter().collect();
+    for r in got {
+        let lead = r.attempts[0].provider.as_str();
+        if let Some(i) = unmatched
+            .iter()
+            .position(|p| p.attempts[0].provider == lead)
+        {
+            out.extend(unmatched.swap_remove(i).diff(r));
+        }
+    }
+    Verdict::Judged(out, Box::new(after))
+}
+
+/// Whether two requests route alike: everything but the message text (no
+/// window makes its size matter, and unstreamed chat is not placed by it).
+fn routes_alike(a: &RequestSpec, b: &RequestSpec) -> bool {
+    a.model == b.model
+        && a.stream == b.stream
+        && a.max_tokens == b.max_tokens
+        && a.extra == b.extra
+        && a.pub_key_of.as_ref().map(|k| k.get_ref()) == b.pub_key_of.as_ref().map(|k| k.get_ref())
+        && a.model_pub_key == b.model_pub_key
+        && a.client_pub_key == b.client_pub_key
+}
