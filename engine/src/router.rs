@@ -275,10 +275,22 @@ impl Router {
         // first NEAR (slots are sorted by tier, then window).
         let smallest = windows.iter().copied().min();
         let near = || slots.iter().filter(|s| s.tier == Tier::Near);
-        let counter = near()
-            .find(|s| s.window.is_some() && s.window == smallest)
-            .or_else(|| near().next())
-            .map(|s| s.provider.clone());
+        #[cfg(feature = "planted-bugs")]
+        let on_long_tier = table
+            .sources
+            .planted
+            .has(crate::registry::PlantedBug::TokenizeOnLongTier);
+        #[cfg(not(feature = "planted-bugs"))]
+        let on_long_tier = false;
+        let counter = if on_long_tier {
+            near()
+                .filter(|s| s.window.is_some())
+                .max_by_key(|s| s.window)
+        } else {
+            near().find(|s| s.window.is_some() && s.window == smallest)
+        }
+        .or_else(|| near().next())
+        .map(|s| s.provider.clone());
         // A request R28's cap is about to refuse spends no tokenize call
         // (production admits before the pool counts).
         let Some(counter) = counter.filter(|_| {

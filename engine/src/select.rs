@@ -480,11 +480,18 @@ fn overflows(s: &Slot, estimate: Option<u32>) -> bool {
 }
 
 /// The one construction of a provider's [`SortKey`] for a request.
+/// `overflow_smallest_first` is a planted bug (always false unplanted).
 #[inline]
-fn sort_key(s: &Slot, estimate: Option<u32>, ttft: Ttft, floor: LatencyFloor) -> SortKey {
+fn sort_key(
+    s: &Slot,
+    estimate: Option<u32>,
+    ttft: Ttft,
+    floor: LatencyFloor,
+    overflow_smallest_first: bool,
+) -> SortKey {
     let overflow = overflows(s, estimate);
     let capacity_rank = match (overflow, s.window) {
-        (true, Some(w)) => UNDECLARED_RANK - u64::from(w),
+        (true, Some(w)) if !overflow_smallest_first => UNDECLARED_RANK - u64::from(w),
         _ => s.capacity_rank(),
     };
     SortKey {
@@ -643,9 +650,13 @@ fn order_into<O: SelectObserver>(
     // by the whole key completes it (rare path: a latency floor exists only
     // once some provider has 8 TTFT samples).
     let keyed = any_demoted || any_overflow || floor.min_ms().is_some();
+    #[cfg(feature = "planted-bugs")]
+    let smallest_first = idx.order.overflow_smallest_first;
+    #[cfg(not(feature = "planted-bugs"))]
+    let smallest_first = false;
     let key = |o: u32| {
         let s = at(o);
-        sort_key(s, req.estimate, s.health.ttft(), floor)
+        sort_key(s, req.estimate, s.health.ttft(), floor, smallest_first)
     };
     if keyed {
         #[cfg(feature = "planted-bugs")]
@@ -667,7 +678,11 @@ fn order_into<O: SelectObserver>(
         for &o in order.iter() {
             let s = at(o);
             let ttft = s.health.ttft();
-            obs.keyed(s, sort_key(s, req.estimate, ttft, floor), ttft);
+            obs.keyed(
+                s,
+                sort_key(s, req.estimate, ttft, floor, smallest_first),
+                ttft,
+            );
         }
     }
     // The leading group: every provider whose whole key equals the first
@@ -683,32 +698,39 @@ fn order_into<O: SelectObserver>(
     if lead > 1 {
         // R48: streamed chat is placed by its prefix hash, the counter
         // untouched; everything else takes the next round-robin turn.
+        let take_turn = || {
+            let counter = if req.model_pub_key.is_some() {
+                &idx.rr.pubkey
+            } else {
+                &idx.rr.plain
+            };
+            // R65: the value mod the group's size picks the turn; the
+            // counter then stores (value + 1) mod size, so it stays below
+            // the size of the group it last served.
+            let value = if O::PEEKS {
+                counter.load(Ordering::Relaxed)
+            } else {
+                counter
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        let next = modulo(v, lead) + 1;
+                        Some(if next == lead { 0 } else { next })
+                    })
+                    .unwrap_or_else(|v| v)
+            };
+            modulo(value, lead)
+        };
         let (turn, placed) = match req.prefix {
             Some(hash) if req.op.is_streaming() => {
+                #[cfg(feature = "planted-bugs")]
+                if idx.order.prefix_moves_turn {
+                    take_turn();
+                }
                 // The remainder is below `lead`, so it fits a usize.
                 let turn = (hash % lead as u64) as usize;
                 (turn, Placement::Prefix { hash })
             }
             _ => {
-                let counter = if req.model_pub_key.is_some() {
-                    &idx.rr.pubkey
-                } else {
-                    &idx.rr.plain
-                };
-                // R65: the value mod the group's size picks the turn; the
-                // counter then stores (value + 1) mod size, so it stays
-                // below the size of the group it last served.
-                let value = if O::PEEKS {
-                    counter.load(Ordering::Relaxed)
-                } else {
-                    counter
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                            let next = modulo(v, lead) + 1;
-                            Some(if next == lead { 0 } else { next })
-                        })
-                        .unwrap_or_else(|v| v)
-                };
-                let turn = modulo(value, lead);
+                let turn = take_turn();
                 (turn, Placement::RoundRobin { turn })
             }
         };

@@ -54,6 +54,8 @@ const DEMOTION: &str = "sweep_demotion.toml";
 /// Two requests in flight together (R17 under load): the model judges the
 /// concurrent step where the interleaving cannot change it.
 const CONCURRENT: &str = "concurrent_requests_round_robin.toml";
+/// SPEC-parity §C: base, long and Chutes tiers with requests of every size.
+const CONTEXT_TIERS: &str = "sweep_context_tiers.toml";
 const PINNED: &str = "oracle:pinned_never_dropped";
 const RESERVED: &str = "oracle:reserved_never_plaintext";
 
@@ -152,6 +154,26 @@ const PLANTED: &[PlantedCase] = &[
         seeds: 1,
         check: MODEL,
     },
+    PlantedCase {
+        bug: PlantedBug::TokenizeOnLongTier,
+        scenario: CONTEXT_TIERS,
+        seeds: 1,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::OverflowSmallestFirst,
+        scenario: CONTEXT_TIERS,
+        // Seen only when Chutes fails the counted 15 000-word stream (both
+        // NEAR tiers overflow it): the first finding seed is 22.
+        seeds: 23,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::PrefixMovesTurn,
+        scenario: SHARED_NEAR,
+        seeds: 1,
+        check: MODEL,
+    },
 ];
 
 fn case(bug: PlantedBug) -> &'static PlantedCase {
@@ -233,6 +255,9 @@ planted_sweep_tests! {
     r16_sweep_finds_and_shrinks_a_pubkey_walk_falling_back_to_chutes => PubkeyFallsBackToChutes,
     r18_sweep_finds_and_shrinks_a_missing_streaming_filter => StreamingFilterMissing,
     r17_sweep_finds_and_shrinks_a_turn_taken_after_the_reply => TurnTakenLate,
+    r43_sweep_finds_and_shrinks_a_tokenize_call_on_the_long_tier => TokenizeOnLongTier,
+    r44_sweep_finds_and_shrinks_an_overflow_order_smallest_window_first => OverflowSmallestFirst,
+    r48_sweep_finds_and_shrinks_prefix_placement_taking_a_turn => PrefixMovesTurn,
 }
 
 /// Every planted bug is proved findable by a sweep (the two first ones by

@@ -82,6 +82,19 @@ pub enum PlantedBug {
     /// in, not at selection, so requests in flight together read the same
     /// turn and lead on the same provider (one at a time, nothing shows).
     TurnTakenLate,
+    /// SPEC-parity R43: the exact count is asked of the NEAR provider with
+    /// the largest declared window (the long tier) instead of the first one
+    /// with the smallest window, so a request near the base window is
+    /// counted by the wrong host.
+    TokenizeOnLongTier,
+    /// SPEC-parity R44: with overflow the capacity rank stays the window, so
+    /// among the providers a request overflows the smallest window leads
+    /// (the biggest should: it is the likeliest to take the request).
+    OverflowSmallestFirst,
+    /// SPEC-parity R48: a streamed request placed by its prefix hash also
+    /// takes a round-robin turn, so the next non-streamed request of the
+    /// model leads on a provider one turn further along.
+    PrefixMovesTurn,
 }
 
 impl PlantedBug {
@@ -102,6 +115,9 @@ impl PlantedBug {
         PlantedBug::ErrorTieGoesLast,
         PlantedBug::KeyedPriming,
         PlantedBug::TurnTakenLate,
+        PlantedBug::TokenizeOnLongTier,
+        PlantedBug::OverflowSmallestFirst,
+        PlantedBug::PrefixMovesTurn,
     ];
 
     /// The bug's command-line name.
@@ -123,6 +139,9 @@ impl PlantedBug {
             PlantedBug::ErrorTieGoesLast => "error-tie-goes-last",
             PlantedBug::KeyedPriming => "keyed-priming",
             PlantedBug::TurnTakenLate => "turn-taken-late",
+            PlantedBug::TokenizeOnLongTier => "tokenize-on-long-tier",
+            PlantedBug::OverflowSmallestFirst => "overflow-smallest-first",
+            PlantedBug::PrefixMovesTurn => "prefix-moves-turn",
         }
     }
 
@@ -196,6 +215,8 @@ impl Planted {
             order.lead = order.cut;
         }
         order.demotion_sort_one_step = self.has(PlantedBug::DemotionSortOneStep);
+        order.overflow_smallest_first = self.has(PlantedBug::OverflowSmallestFirst);
+        order.prefix_moves_turn = self.has(PlantedBug::PrefixMovesTurn);
     }
 
     /// Whether a model's slots are left out of the table (R9's exception

@@ -172,6 +172,13 @@ pub(crate) struct StaticOrder {
     /// demoted provider back one place only. Read on the rare demoted path.
     #[cfg(feature = "planted-bugs")]
     pub demotion_sort_one_step: bool,
+    /// A planted bug: with overflow the smallest window leads (R44's rank
+    /// not inverted). Read on the rare overflow path.
+    #[cfg(feature = "planted-bugs")]
+    pub overflow_smallest_first: bool,
+    /// A planted bug: prefix placement (R48) also takes a round-robin turn.
+    #[cfg(feature = "planted-bugs")]
+    pub prefix_moves_turn: bool,
 }
 
 impl StaticOrder {
@@ -209,6 +216,10 @@ impl StaticOrder {
             all,
             #[cfg(feature = "planted-bugs")]
             demotion_sort_one_step: false,
+            #[cfg(feature = "planted-bugs")]
+            overflow_smallest_first: false,
+            #[cfg(feature = "planted-bugs")]
+            prefix_moves_turn: false,
         }
     }
 }
