@@ -650,13 +650,14 @@ fn order_into<O: SelectObserver>(
     // by the whole key completes it (rare path: a latency floor exists only
     // once some provider has 8 TTFT samples).
     let keyed = any_demoted || any_overflow || floor.min_ms().is_some();
+    // A planted bug's flag, read only where a sort key is built.
     #[cfg(feature = "planted-bugs")]
-    let smallest_first = idx.order.overflow_smallest_first;
+    let smallest_first = || idx.order.overflow_smallest_first;
     #[cfg(not(feature = "planted-bugs"))]
-    let smallest_first = false;
+    let smallest_first = || false;
     let key = |o: u32| {
         let s = at(o);
-        sort_key(s, req.estimate, s.health.ttft(), floor, smallest_first)
+        sort_key(s, req.estimate, s.health.ttft(), floor, smallest_first())
     };
     if keyed {
         #[cfg(feature = "planted-bugs")]
@@ -680,7 +681,7 @@ fn order_into<O: SelectObserver>(
             let ttft = s.health.ttft();
             obs.keyed(
                 s,
-                sort_key(s, req.estimate, ttft, floor, smallest_first),
+                sort_key(s, req.estimate, ttft, floor, smallest_first()),
                 ttft,
             );
         }

@@ -169,6 +169,12 @@ const PLANTED: &[PlantedCase] = &[
         check: MODEL,
     },
     PlantedCase {
+        bug: PlantedBug::RefineSingleWindow,
+        scenario: CONTEXT_TIERS,
+        seeds: 1,
+        check: MODEL,
+    },
+    PlantedCase {
         bug: PlantedBug::PrefixMovesTurn,
         scenario: SHARED_NEAR,
         seeds: 1,
@@ -255,6 +261,7 @@ planted_sweep_tests! {
     r16_sweep_finds_and_shrinks_a_pubkey_walk_falling_back_to_chutes => PubkeyFallsBackToChutes,
     r18_sweep_finds_and_shrinks_a_missing_streaming_filter => StreamingFilterMissing,
     r17_sweep_finds_and_shrinks_a_turn_taken_after_the_reply => TurnTakenLate,
+    r42_sweep_finds_and_shrinks_a_refinement_on_a_single_window => RefineSingleWindow,
     r43_sweep_finds_and_shrinks_a_tokenize_call_on_the_long_tier => TokenizeOnLongTier,
     r44_sweep_finds_and_shrinks_an_overflow_order_smallest_window_first => OverflowSmallestFirst,
     r48_sweep_finds_and_shrinks_prefix_placement_taking_a_turn => PrefixMovesTurn,

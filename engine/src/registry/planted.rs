@@ -1,6 +1,7 @@
-//! Review bugs of the seed PR and classic routing mistakes, re-introduced on
-//! demand (feature `planted-bugs`) so the simulation can prove that its seed
-//! sweeps find and shrink them. Every [`Registry`](super::Registry) starts
+//! Review bugs of the seed PR, classic routing mistakes and slips in
+//! implementing SPEC-parity, re-introduced on demand (feature
+//! `planted-bugs`) so the simulation can prove that its seed sweeps find and
+//! shrink them. Every [`Registry`](super::Registry) starts
 //! with none planted; only [`Registry::plant`](super::Registry::plant)
 //! switches one on.
 //!
@@ -95,6 +96,11 @@ pub enum PlantedBug {
     /// takes a round-robin turn, so the next non-streamed request of the
     /// model leads on a provider one turn further along.
     PrefixMovesTurn,
+    /// SPEC-parity R42.2: the pool's refinement runs as soon as one provider
+    /// declares a window instead of at two distinct windows, so a
+    /// single-window model's non-streamed request (no hint: no estimate)
+    /// gets a requirement and can overflow its NEAR.
+    RefineSingleWindow,
 }
 
 impl PlantedBug {
@@ -118,6 +124,7 @@ impl PlantedBug {
         PlantedBug::TokenizeOnLongTier,
         PlantedBug::OverflowSmallestFirst,
         PlantedBug::PrefixMovesTurn,
+        PlantedBug::RefineSingleWindow,
     ];
 
     /// The bug's command-line name.
@@ -142,6 +149,7 @@ impl PlantedBug {
             PlantedBug::TokenizeOnLongTier => "tokenize-on-long-tier",
             PlantedBug::OverflowSmallestFirst => "overflow-smallest-first",
             PlantedBug::PrefixMovesTurn => "prefix-moves-turn",
+            PlantedBug::RefineSingleWindow => "refine-single-window",
         }
     }
 
@@ -213,6 +221,9 @@ impl Planted {
         }
         if self.has(PlantedBug::RoundRobinWholeList) {
             order.lead = order.cut;
+        }
+        if self.has(PlantedBug::RefineSingleWindow) {
+            order.refine = order.any_window;
         }
         order.demotion_sort_one_step = self.has(PlantedBug::DemotionSortOneStep);
         order.overflow_smallest_first = self.has(PlantedBug::OverflowSmallestFirst);
