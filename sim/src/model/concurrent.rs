@@ -10,12 +10,12 @@
 //!   headers) each take the next round-robin turn of one leading group as
 //!   they arrive (R17, R65; a group of one takes none, so all lead on it;
 //!   a group smaller than the step wraps). Nothing that happens during the
-//!   step can
-//!   change that group if its members are NEAR providers (a Chutes
-//!   provider's pool and nonces are per-request state of their own), no
-//!   NEAR provider of the model is demoted (a success would promote it), no
-//!   member can reach the demotion threshold from the failures the step can
-//!   add, no declared window makes the body's size matter (R44), the
+//!   step can change that group if its members are NEAR or external
+//!   providers (a Chutes provider's pool and nonces are per-request state
+//!   of their own), none of the model's is demoted (a success would
+//!   promote it), none can reach the demotion threshold from the failures
+//!   the step's other requests can add before a first attempt (`k - 1`
+//!   requests, four rounds each), no declared window makes the body's size matter (R44), the
 //!   router is neither refreshing nor restarted, and the per-model cap
 //!   (SPEC-parity R28) admits them all. Then their first attempts go to the
 //!   providers of the next `k` turns, one each: as a multiset, whichever
@@ -72,13 +72,14 @@ pub(super) fn judge(
         .iter()
         .any(|e| matches!(e, HostEvent::RouterBoot | HostEvent::Listing { .. }));
     let list = reg.list(&first.model);
-    // A NEAR provider the step's failures could demote, or one demoted
-    // that a success would promote, could change the group mid-step; a
-    // declared window makes each body's size matter (R44).
-    let group_may_change = list.iter().any(|p| {
-        matches!(p.kind, Kind::Near { .. })
-            && reg.failures(&p.id) + (k as u32) * ROUNDS >= DEMOTED_AT
-    });
+    // A provider the step's failures could demote, or one demoted that a
+    // success would promote, could change the group mid-step; a declared
+    // window makes each body's size matter (R44). Before a request's first
+    // attempt only the other `k - 1` requests can have failed, each at most
+    // once per round on any one provider (R20); a quiet step fails nowhere.
+    let group_may_change = list
+        .iter()
+        .any(|p| plain(&p.kind) && reg.failures(&p.id) + (k as u32 - 1) * ROUNDS >= DEMOTED_AT);
     if k < 2
         || got.len() != k
         || first.stream
@@ -99,10 +100,7 @@ pub(super) fn judge(
         let Ok(ordered) = turns.order(facts, spec, &mut Seen::over(&[])) else {
             return undecided();
         };
-        let stable = ordered
-            .group
-            .iter()
-            .all(|p| matches!(p.kind, Kind::Near { .. }))
+        let stable = ordered.group.iter().all(|p| plain(&p.kind))
             && ordered.cands.first().map(|p| &p.id) == ordered.group.first().map(|p| &p.id);
         if !stable {
             return undecided();
@@ -176,4 +174,11 @@ fn routes_alike(a: &RequestSpec, b: &RequestSpec) -> bool {
         && a.pub_key_of.as_ref().map(|k| k.get_ref()) == b.pub_key_of.as_ref().map(|k| k.get_ref())
         && a.model_pub_key == b.model_pub_key
         && a.client_pub_key == b.client_pub_key
+}
+
+/// Whether a provider keeps no per-request state of its own: a NEAR or
+/// external (plaintext) backend, whose only state is R21's count. A Chutes
+/// provider's pool and nonces are per-request state (R60, R61).
+fn plain(kind: &Kind) -> bool {
+    matches!(kind, Kind::Near { .. } | Kind::External { .. })
 }

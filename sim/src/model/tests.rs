@@ -1671,9 +1671,10 @@ fn r17_a_concurrent_step_is_judged_only_where_its_interleaving_cannot_change_it(
     capped.scenario.config.model_concurrency = Some(2);
     assert!(judged(&capped, &reg, &specs, &window));
 
-    // A NEAR provider the step's failures could demote (2 requests, 4
-    // rounds: 8 failures at most), or one already demoted.
-    for (failures, ok) in [(1, true), (2, false), (DEMOTED_AT, false)] {
+    // A NEAR provider the step's failures could demote before a first
+    // attempt (2 requests: the other one's 4 rounds, 4 failures at most),
+    // or one already demoted.
+    for (failures, ok) in [(5, true), (6, false), (DEMOTED_AT, false)] {
         let mut near_limit = reg.clone();
         near_limit.health.insert("near-3".into(), failures);
         assert_eq!(
@@ -1682,4 +1683,110 @@ fn r17_a_concurrent_step_is_judged_only_where_its_interleaving_cannot_change_it(
             "{failures} failures"
         );
     }
+    // Three requests: the other two's 8 failures at most.
+    let three = [spec(), spec(), spec()];
+    let window3 = [
+        chat_served("near-1"),
+        chat_served("near-2"),
+        chat_served("near-3"),
+    ];
+    let got3 = [served("near-1"), served("near-2"), served("near-3")];
+    for (failures, ok) in [(1, true), (2, false)] {
+        let mut near_limit = reg.clone();
+        near_limit.health.insert("near-1".into(), failures);
+        assert_eq!(
+            matches!(
+                judge(&facts, &near_limit, &three, &got3, &window3),
+                Verdict::Judged(ref d, _) if d.is_empty()
+            ),
+            ok,
+            "{failures} failures, three requests"
+        );
+    }
+}
+
+/// The world of `round_robin_within_leading_group`: Llama on three external
+/// providers, after a complete refresh.
+fn three_external() -> (Facts, Registry) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/round_robin_within_leading_group.toml");
+    let scenario = crate::scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let facts = Facts {
+        scenario,
+        near_keys: Default::default(),
+    };
+    let rows: Vec<_> = ["ext-a", "ext-b", "ext-c"]
+        .iter()
+        .map(|h| tiersim_engine::catalog::ExternalRow {
+            model: LLAMA.into(),
+            base_url: format!("http://{h}"),
+            name: h.to_string(),
+            kind: tiersim_engine::catalog::ExternalRow::OPENAI_COMPATIBLE.into(),
+        })
+        .collect();
+    let mut reg = Registry::boot(&facts);
+    let events = [
+        HostEvent::RouterBoot,
+        catalog_read(RequestKind::Catalog, None),
+        HostEvent::Listing {
+            kind: RequestKind::Catalog,
+            models: vec![CatalogRow {
+                id: LLAMA.into(),
+                active: true,
+                ..Default::default()
+            }],
+            external: Vec::new(),
+        },
+        catalog_read(RequestKind::External, None),
+        external_listing(&rows),
+    ];
+    let end = reg.absorb(&facts, &events, 0, events.len());
+    assert_eq!(end, events.len());
+    (facts, reg)
+}
+
+#[test]
+fn r17_concurrent_requests_on_external_providers_each_take_their_own_turn() {
+    use super::concurrent::{judge, Verdict};
+    let (facts, reg) = three_external();
+    let ids: Vec<String> = reg.list(LLAMA).iter().map(|p| p.id.clone()).collect();
+    assert_eq!(ids, ["external:ext-a", "external:ext-b", "external:ext-c"]);
+    let llama = RequestSpec {
+        model: LLAMA.into(),
+        ..spec()
+    };
+    let specs = [llama.clone(), llama.clone(), llama];
+    let window = [
+        chat_served("ext-a"),
+        chat_served("ext-b"),
+        chat_served("ext-c"),
+    ];
+    let served = |p: &str| crate::record::RequestRecord {
+        model: LLAMA.into(),
+        ..concurrent_record(&[(p, Decision::Served)], 200)
+    };
+
+    // A plaintext provider keeps no per-request state: the group cannot
+    // change, each request takes its own turn and a quiet step is judged.
+    let got = [
+        served("external:ext-c"),
+        served("external:ext-a"),
+        served("external:ext-b"),
+    ];
+    let Verdict::Judged(diffs, after) = judge(&facts, &reg, &specs, &got, &window) else {
+        panic!("a quiet step on external providers is judged");
+    };
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_ne!(after.turns, reg.turns, "three turns taken");
+
+    // Two on one turn: a violation.
+    let doubled = [
+        served("external:ext-a"),
+        served("external:ext-a"),
+        served("external:ext-b"),
+    ];
+    let Verdict::Undecided(diffs) = judge(&facts, &reg, &specs, &doubled, &window) else {
+        panic!("a doubled turn is not judged quiet");
+    };
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
 }
