@@ -962,7 +962,11 @@ fn r23_the_request_diff_flags_a_done_the_upstream_did_not_earn_and_one_missing()
 
 /// The R17 world's model, booted and refreshed, judging from here.
 fn judging() -> super::Model {
-    let (facts, reg) = three_near();
+    judging_in(three_near())
+}
+
+/// The model of `world`, judging from its registry.
+fn judging_in((facts, reg): (Facts, Registry)) -> super::Model {
     let mut model = super::Model::new(facts);
     model.reg = reg;
     model
@@ -1682,4 +1686,150 @@ fn r17_a_concurrent_step_is_judged_only_where_its_interleaving_cannot_change_it(
             "{failures} failures"
         );
     }
+}
+
+/// `model` judges a `concurrent` step of `specs` (step 1) whose records are
+/// `got`, `events` its host events: the reference model's differences.
+fn judge_concurrent(
+    model: &mut super::Model,
+    specs: Vec<RequestSpec>,
+    got: Vec<RequestRecord>,
+    events: &[HostEvent],
+) -> Vec<String> {
+    let step = crate::scenario::format::Step {
+        concurrent: Some(specs),
+        ..Default::default()
+    };
+    let rec = StepRecord {
+        concurrent: got,
+        ..recorded(None, None)
+    };
+    let judged = model.judge(&step, &rec, events, 0, false);
+    named(&judged, super::ORACLE)
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+const STOPPED_AT_CONCURRENT: Option<super::Abstention> = Some(super::Abstention {
+    step: 1,
+    why: super::Abstain::Concurrent,
+});
+
+#[test]
+fn r17_r21_three_requests_in_flight_could_demote_a_provider_so_the_model_stops() {
+    // Three quiet requests on three turns. Each could fail on a NEAR
+    // provider in every one of its 4 rounds: 12 failures reach R21's
+    // threshold of 10 from a clean count, and a demotion mid-step changes
+    // the group the later arrivals turn. The interleaving decides.
+    const { assert!(3 * super::request::ROUNDS >= DEMOTED_AT) };
+    let hosts = ["near-1", "near-2", "near-3"];
+    let events: Vec<HostEvent> = hosts.iter().map(|h| chat_served(h)).collect();
+    let got = || {
+        hosts
+            .iter()
+            .map(|h| concurrent_record(&[(h, Decision::Served)], 200))
+            .collect::<Vec<_>>()
+    };
+    // Served in turn order one at a time, so only the step's size stops it.
+    let (facts, mut serial) = three_near();
+    for h in hosts {
+        let p = serial.request(&facts, &spec(), &[chat_served(h)]);
+        assert_eq!((p.status, p.attempts[0].provider.as_str()), (200, h));
+    }
+    let mut model = judging();
+    assert!(model
+        .reg
+        .list(MODEL)
+        .iter()
+        .all(|p| model.reg.failures(&p.id) == 0));
+    let diffs = judge_concurrent(&mut model, vec![spec(); 3], got(), &events);
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
+    // Two of them (8 failures at most) are judged from the same state.
+    let mut model = judging();
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![spec(); 2],
+        got()[..2].to_vec(),
+        &events[..2],
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), None);
+}
+
+#[test]
+fn r17_a_concurrent_step_of_one_request_is_not_judged_as_requests_in_flight_together() {
+    // Only requests in flight together take turns "whichever arrived
+    // first"; a step of one is left to the interleaving like any other the
+    // concurrent judge does not cover.
+    let mut model = judging();
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![spec()],
+        vec![concurrent_record(&[("near-1", Decision::Served)], 200)],
+        &[chat_served("near-1")],
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
+}
+
+#[test]
+fn r17_r60_a_chutes_led_concurrent_step_is_left_to_the_interleaving() {
+    // Kimi's only provider is Chutes: its pool and nonces are per-request
+    // state (R60, R61), so which request met which listing, evidence and
+    // invocation is the interleaving's, even when both are served.
+    let events: Vec<HostEvent> = [
+        chutes_attempt(true, None, Some(None)),
+        chutes_attempt(false, None, Some(None)),
+    ]
+    .concat();
+    let (facts, mut serial) = chutes_world();
+    let mut seen = super::request::Seen::over(&events);
+    for _ in 0..2 {
+        let p = serial.request_seen(&facts, &kimi(false), &mut seen);
+        assert_eq!((p.status, decisions(&p)), (200, vec![Decision::Served]));
+        assert_eq!(p.attempts[0].provider, KIMI_ID);
+    }
+    let served = || {
+        let mut r = concurrent_record(&[(KIMI_ID, Decision::Served)], 200);
+        r.model = KIMI.into();
+        r
+    };
+    let mut model = judging_in(chutes_world());
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![kimi(false), kimi(false)],
+        vec![served(), served()],
+        &events,
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
+}
+
+#[test]
+fn r17_r19_a_concurrent_request_held_near_the_upstream_deadline_stops_the_model() {
+    // The turns agree, but near-1's answer is held 29.999 s, within a
+    // network crossing of the 30 s deadline: whether it timed out (and was
+    // retried) is the timing's. Not quiet, so the step is not judged.
+    let held = HostEvent::Request {
+        host: "near-1".into(),
+        kind: RequestKind::Chat,
+        fault: Some(Fault::LatencyMs { ms: 29_999 }),
+    };
+    let events = [held, chat_served("near-2")];
+    let (facts, mut serial) = three_near();
+    assert!(serial.request(&facts, &spec(), &events[..1]).undecided);
+    let mut model = judging();
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![spec(), spec()],
+        vec![
+            concurrent_record(&[("near-1", Decision::Served)], 200),
+            concurrent_record(&[("near-2", Decision::Served)], 200),
+        ],
+        &events,
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
 }
