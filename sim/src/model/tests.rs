@@ -292,21 +292,21 @@ fn r45_a_context_400_falls_through_only_where_a_window_is_strictly_larger() {
 #[test]
 fn r22_r45_every_round_failing_the_earlier_of_the_most_informative_errors_ends_it() {
     // Each round: near-1's context 400 falls through (R45: never over a
-    // retryable error), near-2 answers 503 and near-3 500 (equally
-    // informative: the earlier wins), Chutes is unreachable (less so).
-    // R29: near-2's 503 is the client's 429.
+    // retryable error), near-2 answers 500, near-3 503 and Chutes cannot
+    // be reached (none more informative: the earliest wins). R29: near-2's
+    // 500 is the client's 502 (a 503 would be its 429).
     let (facts, mut reg) = windowed();
     let round = || {
         [
             ("near-1", too_long()),
-            ("near-2", http_fault(503, "busy")),
-            ("near-3", http_fault(500, "oops")),
+            ("near-2", http_fault(500, "oops")),
+            ("near-3", http_fault(503, "busy")),
         ]
     };
     let events = chats((0..super::request::ROUNDS).flat_map(|_| round()));
     let p = reg.request(&facts, &spec(), &events);
     assert_eq!(p.attempts.len(), 16, "four rounds of four");
-    assert_eq!(p.status, 429);
+    assert_eq!(p.status, 502);
     assert_eq!(reg.failures("near-1"), 0);
 }
 
