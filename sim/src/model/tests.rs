@@ -192,6 +192,185 @@ fn r17_model_rotates_the_leading_group_only() {
 }
 
 #[test]
+fn r65_the_counter_is_read_modulo_the_current_group_and_one_candidate_leaves_it() {
+    let (facts, mut reg) = three_near();
+    let lead = |reg: &mut Registry, demoted: &[&str]| {
+        for h in ["near-1", "near-2", "near-3"] {
+            let n = if demoted.contains(&h) { DEMOTED_AT } else { 0 };
+            reg.health.insert(h.into(), n);
+        }
+        let p = reg.request(&facts, &spec(), &window("", None));
+        assert_eq!(p.status, 200);
+        p.attempts[0].provider.clone()
+    };
+    assert_eq!(lead(&mut reg, &[]), "near-1");
+    assert_eq!(lead(&mut reg, &[]), "near-2");
+    // The counter holds 2; a group of two reads 2 mod 2 and stores 1.
+    assert_eq!(lead(&mut reg, &["near-3"]), "near-1");
+    assert_eq!(reg.turns[MODEL], (1, 0));
+    // A group of one leaves it at 1, read mod 3 once all are back.
+    assert_eq!(lead(&mut reg, &["near-2", "near-3"]), "near-1");
+    assert_eq!(reg.turns[MODEL], (1, 0));
+    assert_eq!(lead(&mut reg, &[]), "near-2");
+}
+
+/// The R17 world where near-1 declares 1 000 tokens, near-2 and near-3
+/// 2 000: near-1 leads a short request (smallest window first), then
+/// near-2, near-3, then Chutes.
+fn windowed() -> (Facts, Registry) {
+    let (facts, mut reg) = three_near();
+    reg.windows.insert("near-1".into(), 1000);
+    reg.windows.insert("near-2".into(), 2000);
+    reg.windows.insert("near-3".into(), 2000);
+    (facts, reg)
+}
+
+fn http_fault(status: u16, message: &str) -> Option<Fault> {
+    Some(Fault::HttpStatus {
+        status,
+        code: None,
+        message: Some(message.into()),
+    })
+}
+
+fn too_long() -> Option<Fault> {
+    http_fault(400, "This model's maximum context length is 1000 tokens")
+}
+
+/// One chat answer per (host, fault), in order.
+fn chats(answers: impl IntoIterator<Item = (&'static str, Option<Fault>)>) -> Vec<HostEvent> {
+    answers
+        .into_iter()
+        .map(|(h, fault)| HostEvent::Request {
+            host: h.into(),
+            kind: RequestKind::Chat,
+            fault,
+        })
+        .collect()
+}
+
+#[test]
+fn r45_a_context_400_falls_through_only_where_a_window_is_strictly_larger() {
+    let cases = [
+        // A larger window is left: next provider, not counted.
+        (
+            [too_long(), None],
+            vec![Decision::FallThrough, Decision::Served],
+            200,
+            0,
+        ),
+        // near-2's is the largest: its context 400 is the client's.
+        (
+            [too_long(), too_long()],
+            vec![Decision::FallThrough, Decision::FastReturn],
+            400,
+            0,
+        ),
+        // Any other failure is what it always is (a 503: counted, next).
+        (
+            [http_fault(503, "busy"), None],
+            vec![Decision::Retryable, Decision::Served],
+            200,
+            1,
+        ),
+    ];
+    for (faults, want, want_status, near_1_failures) in cases {
+        let (facts, mut reg) = windowed();
+        let [near_1, near_2] = faults;
+        let p = reg.request(
+            &facts,
+            &spec(),
+            &chats([("near-1", near_1), ("near-2", near_2)]),
+        );
+        assert_eq!(decisions(&p), want);
+        assert_eq!(p.attempts[0].provider, "near-1");
+        assert_eq!(p.status, want_status);
+        assert_eq!(reg.failures("near-1"), near_1_failures);
+    }
+}
+
+#[test]
+fn r22_r45_every_round_failing_the_earlier_of_the_most_informative_errors_ends_it() {
+    // Each round: near-1's context 400 falls through (R45: never over a
+    // retryable error), near-2 answers 500, near-3 503 and Chutes cannot
+    // be reached (none more informative: the earliest wins). R29: near-2's
+    // 500 is the client's 502 (a 503 would be its 429).
+    let (facts, mut reg) = windowed();
+    let round = || {
+        [
+            ("near-1", too_long()),
+            ("near-2", http_fault(500, "oops")),
+            ("near-3", http_fault(503, "busy")),
+        ]
+    };
+    let events = chats((0..super::request::ROUNDS).flat_map(|_| round()));
+    let p = reg.request(&facts, &spec(), &events);
+    assert_eq!(p.attempts.len(), 16, "four rounds of four");
+    assert_eq!(p.status, 502);
+    assert_eq!(reg.failures("near-1"), 0);
+}
+
+#[test]
+fn r29_a_near_providers_404_reaches_the_client_as_400() {
+    // A 404 that does not say the model is missing stops the request
+    // (R35); from NEAR's fleet the client gets 400 (R29).
+    let (facts, mut reg) = three_near();
+    let not_found = Some(Fault::HttpStatus {
+        status: 404,
+        code: None,
+        message: Some("no such route".into()),
+    });
+    let p = reg.request(&facts, &spec(), &window("near-1", not_found));
+    assert_eq!(decisions(&p), [Decision::FastReturn]);
+    assert_eq!(p.status, 400);
+}
+
+#[test]
+fn r48_a_streamed_request_is_placed_by_its_prefix_and_takes_no_turn() {
+    let (facts, mut reg) = three_near();
+    let streamed = RequestSpec {
+        stream: true,
+        ..spec()
+    };
+    let mut seen = super::request::Seen::over(&[]);
+    let leads: Vec<String> = (0..3)
+        .map(|_| {
+            let ordered = reg
+                .order(&facts, &streamed, &mut seen)
+                .unwrap_or_else(|_| panic!("ordered"));
+            assert_eq!(ordered.group.len(), 3);
+            ordered.group[0].id.clone()
+        })
+        .collect();
+    // One prefix, one place, whoever asked before.
+    assert!(leads.iter().all(|l| *l == leads[0]), "{leads:?}");
+    assert!(reg.turns.get(MODEL).is_none_or(|t| *t == (0, 0)));
+    // The unstreamed request after them takes the first turn.
+    let p = reg.request(&facts, &spec(), &window("", None));
+    assert_eq!(p.attempts[0].provider, "near-1");
+}
+
+#[test]
+fn r44_every_window_exceeded_the_bigger_is_tried_first() {
+    // near-1 declares 100 000 tokens, near-2 one more; near-3 none. A body
+    // of ~250 000 tokens (far from both, so no tokenize call) overflows
+    // both: near-3 and Chutes (no window) first, then the bigger window,
+    // however close the two are.
+    let (facts, mut reg) = three_near();
+    reg.windows.insert("near-1".into(), 100_000);
+    reg.windows.insert("near-2".into(), 100_001);
+    let long = RequestSpec {
+        prompt: Some("x".repeat(1_000_000)),
+        ..spec()
+    };
+    let ordered = reg
+        .order(&facts, &long, &mut super::request::Seen::over(&[]))
+        .unwrap_or_else(|_| panic!("ordered"));
+    let ids: Vec<&str> = ordered.cands.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["near-3", GLM_ID, "near-2", "near-1"]);
+}
+
+#[test]
 fn r21_model_demotes_at_ten_failures_and_a_success_resets() {
     let (facts, mut reg) = three_near();
     // near-2 leads every third request; each time it fails with a reset
@@ -527,6 +706,41 @@ fn r25_r46_an_unnoticed_v1_frame_loss_ends_cleanly_but_may_cost_the_ttft_sample(
     assert_eq!(p.done, Some(true));
     let t = &reg.ttft[KIMI_ID];
     assert_eq!((t.samples_lo, t.samples_hi), (1, 2));
+}
+
+#[test]
+fn r46_a_sample_comes_from_a_served_stream_and_from_chutes_only_with_usage_chunks() {
+    // NEAR: a served unstreamed reply gives no sample, a served stream one.
+    let (facts, mut reg) = three_near();
+    let p = reg.request(&facts, &spec(), &window("", None));
+    assert_eq!(p.status, 200);
+    assert!(reg.ttft.is_empty(), "{:?}", reg.ttft);
+    let streamed = RequestSpec {
+        stream: true,
+        ..spec()
+    };
+    let p = reg.request(&facts, &streamed, &window("", None));
+    assert_eq!((p.status, p.done), (200, Some(true)));
+    let near = reg.ttft[&p.attempts[0].provider];
+    assert_eq!((near.samples_lo, near.samples_hi), (1, 1));
+    // Chutes: only a deployment whose chunks carry usage; its bound covers
+    // discovery and evidence crossings, above a NEAR call's.
+    let usage = crate::scenario::format::ReplyWord::Usage;
+    for (with_usage, sampled) in [("zai-org/GLM-5.1-TEE", false), (KIMI, true)] {
+        let (mut facts, mut reg) = chutes_world();
+        for c in &mut facts.scenario.chutes {
+            if c.slug == with_usage {
+                c.reply.push(usage);
+            }
+        }
+        let p = reg.request(&facts, &kimi(true), &chutes_attempt(true, None, Some(None)));
+        assert_eq!((p.status, p.done), (200, Some(true)), "{with_usage}");
+        assert_eq!(reg.ttft.contains_key(KIMI_ID), sampled, "{with_usage}");
+        if let Some(t) = reg.ttft.get(KIMI_ID) {
+            assert_eq!((t.samples_lo, t.samples_hi), (1, 1));
+            assert!(t.ema_hi > near.ema_hi, "{t:?} {near:?}");
+        }
+    }
 }
 
 #[test]
@@ -962,7 +1176,11 @@ fn r23_the_request_diff_flags_a_done_the_upstream_did_not_earn_and_one_missing()
 
 /// The R17 world's model, booted and refreshed, judging from here.
 fn judging() -> super::Model {
-    let (facts, reg) = three_near();
+    judging_in(three_near())
+}
+
+/// The model of `world`, judging from its registry.
+fn judging_in((facts, reg): (Facts, Registry)) -> super::Model {
     let mut model = super::Model::new(facts);
     model.reg = reg;
     model
@@ -1789,4 +2007,150 @@ fn r17_concurrent_requests_on_external_providers_each_take_their_own_turn() {
         panic!("a doubled turn is not judged quiet");
     };
     assert_eq!(diffs.len(), 1, "{diffs:?}");
+}
+
+/// `model` judges a `concurrent` step of `specs` (step 1) whose records are
+/// `got`, `events` its host events: the reference model's differences.
+fn judge_concurrent(
+    model: &mut super::Model,
+    specs: Vec<RequestSpec>,
+    got: Vec<RequestRecord>,
+    events: &[HostEvent],
+) -> Vec<String> {
+    let step = crate::scenario::format::Step {
+        concurrent: Some(specs),
+        ..Default::default()
+    };
+    let rec = StepRecord {
+        concurrent: got,
+        ..recorded(None, None)
+    };
+    let judged = model.judge(&step, &rec, events, 0, false);
+    named(&judged, super::ORACLE)
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+const STOPPED_AT_CONCURRENT: Option<super::Abstention> = Some(super::Abstention {
+    step: 1,
+    why: super::Abstain::Concurrent,
+});
+
+#[test]
+fn r17_r21_three_requests_in_flight_could_demote_a_provider_so_the_model_stops() {
+    // Three quiet requests on three turns. Each could fail on a NEAR
+    // provider in every one of its 4 rounds: 12 failures reach R21's
+    // threshold of 10 from a clean count, and a demotion mid-step changes
+    // the group the later arrivals turn. The interleaving decides.
+    const { assert!(3 * super::request::ROUNDS >= DEMOTED_AT) };
+    let hosts = ["near-1", "near-2", "near-3"];
+    let events: Vec<HostEvent> = hosts.iter().map(|h| chat_served(h)).collect();
+    let got = || {
+        hosts
+            .iter()
+            .map(|h| concurrent_record(&[(h, Decision::Served)], 200))
+            .collect::<Vec<_>>()
+    };
+    // Served in turn order one at a time, so only the step's size stops it.
+    let (facts, mut serial) = three_near();
+    for h in hosts {
+        let p = serial.request(&facts, &spec(), &[chat_served(h)]);
+        assert_eq!((p.status, p.attempts[0].provider.as_str()), (200, h));
+    }
+    let mut model = judging();
+    assert!(model
+        .reg
+        .list(MODEL)
+        .iter()
+        .all(|p| model.reg.failures(&p.id) == 0));
+    let diffs = judge_concurrent(&mut model, vec![spec(); 3], got(), &events);
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
+    // Two of them (8 failures at most) are judged from the same state.
+    let mut model = judging();
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![spec(); 2],
+        got()[..2].to_vec(),
+        &events[..2],
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), None);
+}
+
+#[test]
+fn r17_a_concurrent_step_of_one_request_is_not_judged_as_requests_in_flight_together() {
+    // Only requests in flight together take turns "whichever arrived
+    // first"; a step of one is left to the interleaving like any other the
+    // concurrent judge does not cover.
+    let mut model = judging();
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![spec()],
+        vec![concurrent_record(&[("near-1", Decision::Served)], 200)],
+        &[chat_served("near-1")],
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
+}
+
+#[test]
+fn r17_r60_a_chutes_led_concurrent_step_is_left_to_the_interleaving() {
+    // Kimi's only provider is Chutes: its pool and nonces are per-request
+    // state (R60, R61), so which request met which listing, evidence and
+    // invocation is the interleaving's, even when both are served.
+    let events: Vec<HostEvent> = [
+        chutes_attempt(true, None, Some(None)),
+        chutes_attempt(false, None, Some(None)),
+    ]
+    .concat();
+    let (facts, mut serial) = chutes_world();
+    let mut seen = super::request::Seen::over(&events);
+    for _ in 0..2 {
+        let p = serial.request_seen(&facts, &kimi(false), &mut seen);
+        assert_eq!((p.status, decisions(&p)), (200, vec![Decision::Served]));
+        assert_eq!(p.attempts[0].provider, KIMI_ID);
+    }
+    let served = || {
+        let mut r = concurrent_record(&[(KIMI_ID, Decision::Served)], 200);
+        r.model = KIMI.into();
+        r
+    };
+    let mut model = judging_in(chutes_world());
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![kimi(false), kimi(false)],
+        vec![served(), served()],
+        &events,
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
+}
+
+#[test]
+fn r17_r19_a_concurrent_request_held_near_the_upstream_deadline_stops_the_model() {
+    // The turns agree, but near-1's answer is held 29.999 s, within a
+    // network crossing of the 30 s deadline: whether it timed out (and was
+    // retried) is the timing's. Not quiet, so the step is not judged.
+    let held = HostEvent::Request {
+        host: "near-1".into(),
+        kind: RequestKind::Chat,
+        fault: Some(Fault::LatencyMs { ms: 29_999 }),
+    };
+    let events = [held, chat_served("near-2")];
+    let (facts, mut serial) = three_near();
+    assert!(serial.request(&facts, &spec(), &events[..1]).undecided);
+    let mut model = judging();
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![spec(), spec()],
+        vec![
+            concurrent_record(&[("near-1", Decision::Served)], 200),
+            concurrent_record(&[("near-2", Decision::Served)], 200),
+        ],
+        &events,
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
 }

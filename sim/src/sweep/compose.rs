@@ -370,3 +370,55 @@ fn event_steps(e: &FaultEvent) -> (Step, Step) {
     };
     (start, end)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asking(stream: bool) -> Spanned<Step> {
+        let toml = format!("request = {{ model = \"m\", stream = {stream} }}");
+        spanned(toml::from_str(&toml).unwrap_or_else(|e| panic!("{toml}: {e}")))
+    }
+
+    fn shown(step: &Spanned<Step>) -> String {
+        format!("{:?}", step.get_ref())
+    }
+
+    #[test]
+    fn r17_concurrent_sends_an_unstreamed_request_n_times_at_once_by_a_draw() {
+        let unstreamed = asking(false);
+        let streamed = asking(true);
+        let refresh = spanned(Step {
+            refresh: Some(Default::default()),
+            ..Default::default()
+        });
+        let mut taken = [0; 2];
+        for seed in 0..16 {
+            let mut draw = Draw::of(seed, "sweep/concurrent");
+            // The same stream of draws, read by hand: one per unstreamed
+            // request step, none for any other step.
+            let mut twin = Draw::of(seed, "sweep/concurrent");
+            for _ in 0..2 {
+                for other in [&streamed, &refresh] {
+                    let same = sent_at_once(other, 3, &mut draw);
+                    assert_eq!(shown(&same), shown(other));
+                }
+                let got = sent_at_once(&unstreamed, 3, &mut draw);
+                let step = got.get_ref();
+                if twin.below(2) == 0 {
+                    taken[0] += 1;
+                    let spec = format!("{:?}", unstreamed.get_ref().request.as_ref().unwrap());
+                    assert!(step.request.is_none());
+                    let sent = step.concurrent.as_deref().unwrap_or_default();
+                    assert_eq!(sent.len(), 3);
+                    assert!(sent.iter().all(|s| format!("{s:?}") == spec));
+                    assert_eq!(step.note.as_deref(), Some("sweep: sent 3 at once"));
+                } else {
+                    taken[1] += 1;
+                    assert_eq!(shown(&got), shown(&unstreamed));
+                }
+            }
+        }
+        assert!(taken.iter().all(|n| *n > 0), "both ways: {taken:?}");
+    }
+}
