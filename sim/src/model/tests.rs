@@ -2038,13 +2038,15 @@ const STOPPED_AT_CONCURRENT: Option<super::Abstention> = Some(super::Abstention 
 });
 
 #[test]
-fn r17_r21_three_requests_in_flight_could_demote_a_provider_so_the_model_stops() {
-    // Three quiet requests on three turns. Each could fail on a NEAR
-    // provider in every one of its 4 rounds: 12 failures reach R21's
+fn r17_r21_four_requests_in_flight_could_demote_a_provider_so_the_model_stops() {
+    // Four quiet requests on three turns (the group wraps). Before the last
+    // one's first attempt, the other three could each have failed on a NEAR
+    // provider in every one of their 4 rounds: 12 failures reach R21's
     // threshold of 10 from a clean count, and a demotion mid-step changes
     // the group the later arrivals turn. The interleaving decides.
     const { assert!(3 * super::request::ROUNDS >= DEMOTED_AT) };
-    let hosts = ["near-1", "near-2", "near-3"];
+    const { assert!(2 * super::request::ROUNDS < DEMOTED_AT) };
+    let hosts = ["near-1", "near-2", "near-3", "near-1"];
     let events: Vec<HostEvent> = hosts.iter().map(|h| chat_served(h)).collect();
     let got = || {
         hosts
@@ -2064,16 +2066,17 @@ fn r17_r21_three_requests_in_flight_could_demote_a_provider_so_the_model_stops()
         .list(MODEL)
         .iter()
         .all(|p| model.reg.failures(&p.id) == 0));
-    let diffs = judge_concurrent(&mut model, vec![spec(); 3], got(), &events);
+    let diffs = judge_concurrent(&mut model, vec![spec(); 4], got(), &events);
     assert!(diffs.is_empty(), "{diffs:?}");
     assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
-    // Two of them (8 failures at most) are judged from the same state.
+    // Three of them (the other two's 8 failures at most) are judged from
+    // the same state.
     let mut model = judging();
     let diffs = judge_concurrent(
         &mut model,
-        vec![spec(); 2],
-        got()[..2].to_vec(),
-        &events[..2],
+        vec![spec(); 3],
+        got()[..3].to_vec(),
+        &events[..3],
     );
     assert!(diffs.is_empty(), "{diffs:?}");
     assert_eq!(model.abstained(), None);
