@@ -941,3 +941,31 @@ fn r14_after_the_model_stops_predicting_the_reserved_ids_still_follow_unregister
     let bad: Vec<_> = outcomes.iter().flat_map(|o| &o.violations).collect();
     assert!(bad.is_empty(), "{bad:?}");
 }
+
+/// R43 asks the first NEAR with the smallest window for the exact count.
+/// With the long tier asked instead, the reference model names the host
+/// the router asked, not only the order that count changed; run as
+/// written, the scenario passes.
+#[test]
+fn r43_the_reference_model_names_a_token_count_asked_of_the_wrong_host() {
+    let path = root().join("scenarios/context_exact_count_tokenize.toml");
+    let s = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let planted = RunOptions {
+        plant: Some(PlantedBug::TokenizeOnLongTier),
+        ..RunOptions::default()
+    };
+    let report = runner::run(&s, &path, &planted);
+    let named: Vec<_> = report
+        .violations
+        .iter()
+        .filter(|v| v.check == MODEL && v.message.contains("for a token count"))
+        .collect();
+    assert!(!named.is_empty(), "{:?}", report.violations);
+    assert!(
+        named.iter().all(|v| v
+            .message
+            .ends_with("the router asked near-long for a token count; R43 asks near-1")),
+        "{named:?}"
+    );
+    assert!(runner::run(&s, &path, &RunOptions::default()).passed());
+}

@@ -3,7 +3,7 @@
 //! client sees (R22, SPEC-parity R28–R30) and how a stream ends (R23/R24),
 //! read against what each simulated host served.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tiersim_engine::retry::Decision;
@@ -48,11 +48,7 @@ fn past_deadline(facts: &Facts, held_ms: u64, deadline_ms: f64) -> Result<bool, 
 /// holds links makes the upper bound infinite. One reading of the world's
 /// timing for R43's deadline, the upstream deadline and R46's samples.
 fn time_bounds(facts: &Facts, delay_ms: f64, chutes: bool) -> (f64, f64) {
-    let holds = facts
-        .scenario
-        .steps
-        .iter()
-        .any(|s| s.get_ref().hold.is_some());
+    let holds = holds_links(facts);
     // turmoil's default step unless the scenario sets one.
     let tick = facts
         .scenario
@@ -61,6 +57,16 @@ fn time_bounds(facts: &Facts, delay_ms: f64, chutes: bool) -> (f64, f64) {
         .map_or(Duration::from_millis(1), |t| t.get_ref().0);
     let hi = if holds { f64::INFINITY } else { delay_ms };
     latency::sample_bounds(delay_ms, hi, tick, chutes)
+}
+
+/// Whether the script holds links: a held call may arrive at any later
+/// time, even after the request that sent it ended.
+fn holds_links(facts: &Facts) -> bool {
+    facts
+        .scenario
+        .steps
+        .iter()
+        .any(|s| s.get_ref().hold.is_some())
 }
 
 /// R43: whether a tokenize answer held `held_ms` misses its 2 s deadline.
@@ -410,8 +416,22 @@ pub(super) struct Ordered {
     pub group: Vec<Prov>,
 }
 
+/// Which NEAR host SPEC-parity R43 may ask for a request's exact count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Asks {
+    /// Not judged: the request ended before its estimate, or a held link
+    /// may bring an earlier request's call into this one's window.
+    #[default]
+    Unjudged,
+    /// No tokenize call (no window near, encrypted, one window, no NEAR).
+    Nobody,
+    /// At most this host: the first NEAR with the smallest window, else
+    /// the first NEAR (a free permit decides whether it is asked at all).
+    Only(String),
+}
+
 /// What the model predicts for one request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Prediction {
     pub attempts: Vec<Step>,
     pub status: u16,
@@ -422,6 +442,8 @@ pub struct Prediction {
     /// tokenize answer beat its deadline, R43), so the model predicts
     /// nothing from here on.
     pub undecided: bool,
+    /// R43: the host a tokenize call may go to.
+    pub tokenize: Asks,
 }
 
 impl Prediction {
@@ -451,6 +473,26 @@ impl Prediction {
             out.push(format!(
                 "request {}: status: model {}, engine {}",
                 got.model, self.status, got.status
+            ));
+        }
+        let asked_elsewhere: BTreeSet<&str> = match &self.tokenize {
+            Asks::Unjudged => BTreeSet::new(),
+            Asks::Nobody => got.tokenized.iter().map(String::as_str).collect(),
+            Asks::Only(host) => got
+                .tokenized
+                .iter()
+                .map(String::as_str)
+                .filter(|h| h != host)
+                .collect(),
+        };
+        for h in asked_elsewhere {
+            out.push(format!(
+                "request {}: the router asked {h} for a token count; R43 asks {}",
+                got.model,
+                match &self.tokenize {
+                    Asks::Only(host) => host.as_str(),
+                    _ => "none",
+                }
             ));
         }
         if let (Some(done), true) = (self.done, got.status == 200) {
@@ -497,6 +539,8 @@ pub(super) struct Seen<'a> {
     /// The delays faults scripted on the current attempt's way (ms), for
     /// its TTFT sample (R46).
     delay_ms: f64,
+    /// R43: where the request being predicted may ask for its count.
+    asks: Asks,
 }
 
 impl<'a> Seen<'a> {
@@ -506,6 +550,7 @@ impl<'a> Seen<'a> {
             events,
             next: BTreeMap::new(),
             delay_ms: 0.0,
+            asks: Asks::Unjudged,
         }
     }
 
@@ -617,6 +662,7 @@ impl Registry {
             status,
             done: None,
             undecided: false,
+            ..Prediction::default()
         };
         // SPEC-parity R28: unknown or inactive ids are 400 before any
         // provider.
@@ -644,6 +690,7 @@ impl Registry {
                 status: 0,
                 done: None,
                 undecided: true,
+                ..Prediction::default()
             });
         }
         let slow: BTreeMap<String, bool> = ids
@@ -660,6 +707,7 @@ impl Registry {
                 status: 0,
                 done: None,
                 undecided: true,
+                ..Prediction::default()
             });
         };
         // R17/R44/R47: (overflow, demoted, latency-demoted, tier, capacity
@@ -724,6 +772,16 @@ impl Registry {
         spec: &RequestSpec,
         seen: &mut Seen,
     ) -> Prediction {
+        seen.asks = Asks::Unjudged;
+        let p = self.predict(facts, spec, seen);
+        Prediction {
+            tokenize: std::mem::take(&mut seen.asks),
+            ..p
+        }
+    }
+
+    /// The attempts and the client's status of one request.
+    fn predict(&mut self, facts: &Facts, spec: &RequestSpec, seen: &mut Seen) -> Prediction {
         let cands = match self.order(facts, spec, seen) {
             Ok(ordered) => ordered.cands,
             Err(ends) => return ends,
@@ -789,6 +847,7 @@ impl Registry {
                                 .stream
                                 .then_some(matches!(end, StreamEnd::Done | StreamEnd::DoneAltered)),
                             undecided: false,
+                            ..Prediction::default()
                         };
                     }
                     Upshot::Failed(f) => f,
@@ -798,6 +857,7 @@ impl Registry {
                             status: 0,
                             done: None,
                             undecided: true,
+                            ..Prediction::default()
                         }
                     }
                 };
@@ -839,6 +899,7 @@ impl Registry {
                         status: failure.client_status(external),
                         done: None,
                         undecided: false,
+                        ..Prediction::default()
                     };
                 }
                 if best.is_none_or(|(b, _)| failure.weight > b.weight) {
@@ -861,6 +922,7 @@ impl Registry {
                         status: best.client_status(external),
                         done: None,
                         undecided: false,
+                        ..Prediction::default()
                     }
                 }
             }
@@ -877,6 +939,9 @@ impl Registry {
         pinned_key: bool,
         seen: &mut Seen,
     ) -> Result<Option<u32>, Undecidable> {
+        if !holds_links(facts) {
+            seen.asks = Asks::Nobody;
+        }
         let all = self.list(&spec.model);
         let windows: Vec<u32> = all.iter().filter_map(|p| p.window).collect();
         let Some(&first) = windows.first() else {
@@ -901,6 +966,9 @@ impl Registry {
         let Some(Kind::Near { host, .. }) = counter.map(|p| &p.kind) else {
             return Ok(Some(knobs.required(&c, None)));
         };
+        if seen.asks == Asks::Nobody {
+            seen.asks = Asks::Only(host.clone());
+        }
         // The call it served (none: no permit, or it never arrived); a
         // fault that breaks the answer, or an answer that arrives after the
         // 2 s deadline, leaves no count.

@@ -14,7 +14,7 @@ use tiersim_engine::retry::{Attempt, Decision, Outcome};
 
 use super::latency::Range;
 use super::registry::{Kind, DEMOTED_AT};
-use super::request::Step;
+use super::request::{Asks, Step};
 use super::{Facts, Prediction, Registry};
 use crate::fault::{Fault, HostEvent, RequestKind};
 use crate::record::{RequestRecord, StepRecord};
@@ -1128,6 +1128,7 @@ fn r20_the_request_diff_flags_attempts_and_status_that_differ() {
         status: 200,
         done: None,
         undecided: false,
+        ..Prediction::default()
     };
     let same = got(false, 200, "{}", &predicted.attempts);
     assert_eq!(predicted.diff(&same), Vec::<String>::new());
@@ -1145,6 +1146,47 @@ fn r20_the_request_diff_flags_attempts_and_status_that_differ() {
 }
 
 #[test]
+fn r43_the_request_diff_flags_a_token_count_asked_of_a_host_r43_does_not_ask() {
+    let served = [attempt_step("near-1", Decision::Served)];
+    let predict = |tokenize| Prediction {
+        attempts: served.to_vec(),
+        status: 200,
+        tokenize,
+        ..Prediction::default()
+    };
+    let asked = |hosts: &[&str]| RequestRecord {
+        tokenized: hosts.iter().map(|h| h.to_string()).collect(),
+        ..got(false, 200, "{}", &served)
+    };
+    let only = || Asks::Only("near-1".into());
+    // The counter asked (once, or by several requests of a concurrent
+    // step), or not at all (no free permit): as R43 says.
+    for hosts in [&[][..], &["near-1"], &["near-1", "near-1"]] {
+        assert_eq!(predict(only()).diff(&asked(hosts)), Vec::<String>::new());
+    }
+    // The long tier asked although a smaller-window NEAR exists, once per
+    // host however often.
+    assert_eq!(
+        predict(only()).diff(&asked(&["near-1", "near-long", "near-long"])),
+        [format!(
+            "request {MODEL}: the router asked near-long for a token count; R43 asks near-1"
+        )]
+    );
+    // No count is asked for this request at all (encrypted, one window…).
+    assert_eq!(
+        predict(Asks::Nobody).diff(&asked(&["near-1"])),
+        [format!(
+            "request {MODEL}: the router asked near-1 for a token count; R43 asks none"
+        )]
+    );
+    // Not judged (a held link may bring an earlier request's call).
+    assert_eq!(
+        predict(Asks::Unjudged).diff(&asked(&["near-long"])),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
 fn r23_the_request_diff_flags_a_done_the_upstream_did_not_earn_and_one_missing() {
     let served = [attempt_step("near-1", Decision::Served)];
     let predict = |done| Prediction {
@@ -1152,6 +1194,7 @@ fn r23_the_request_diff_flags_a_done_the_upstream_did_not_earn_and_one_missing()
         status: 200,
         done: Some(done),
         undecided: false,
+        ..Prediction::default()
     };
     let with_done = "data: {\"choices\":[]}\n\ndata: [DONE]\n\n";
     let cut = "data: {\"choices\":[]}\n\n";
