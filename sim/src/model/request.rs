@@ -485,6 +485,15 @@ impl Prediction {
                 .filter(|h| h != host)
                 .collect(),
         };
+        // A concurrent step is never judged where a window exists, so
+        // each record's calls are its own request's.
+        if self.tokenize != Asks::Unjudged && got.tokenized.len() > 1 {
+            out.push(format!(
+                "request {}: the router asked for a token count {} times; R43 asks at most once",
+                got.model,
+                got.tokenized.len()
+            ));
+        }
         for h in asked_elsewhere {
             out.push(format!(
                 "request {}: the router asked {h} for a token count; R43 asks {}",
@@ -1401,6 +1410,27 @@ mod parity_tests {
             matches!(tokenize_late(&f, 1991), Ok(true)),
             "1991 leaves at 2000"
         );
+    }
+
+    #[test]
+    fn r43_r46_a_script_that_holds_links_leaves_a_calls_time_unbounded() {
+        // Without holds a call takes at most its scripted delay plus the
+        // network's crossings; a held link may deliver it at any later
+        // time (even into a later request's window, so R43's host is not
+        // judged there).
+        let free = facts(None);
+        assert!(!holds_links(&free));
+        assert!(time_bounds(&free, 0.0, false).1.is_finite());
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scenarios/context_exact_count_tokenize.toml");
+        let text = std::fs::read_to_string(&path).expect("readable")
+            + "\n[[step]]\nhold = [\"router\", \"near-1\"]\n";
+        let held = Facts {
+            scenario: crate::scenario::parse(&path, &text).unwrap_or_else(|e| panic!("{e}")),
+            near_keys: Default::default(),
+        };
+        assert!(holds_links(&held));
+        assert_eq!(time_bounds(&held, 0.0, false).1, f64::INFINITY);
     }
 
     #[test]
