@@ -447,6 +447,14 @@ pub struct Prediction {
 }
 
 impl Prediction {
+    /// The timing bounds leave the request open: no attempts predicted.
+    fn undecided() -> Prediction {
+        Prediction {
+            undecided: true,
+            ..Prediction::default()
+        }
+    }
+
     /// The differences from what the client got and the router logged.
     pub fn diff(&self, got: &RequestRecord) -> Vec<String> {
         let mut out = Vec::new();
@@ -667,10 +675,7 @@ impl Registry {
         seen: &mut Seen,
     ) -> Result<Ordered, Prediction> {
         let fail = |status| Prediction {
-            attempts: Vec::new(),
             status,
-            done: None,
-            undecided: false,
             ..Prediction::default()
         };
         // SPEC-parity R28: unknown or inactive ids are 400 before any
@@ -694,13 +699,7 @@ impl Registry {
         let ids: Vec<&str> = cands.iter().map(|p| p.id.as_str()).collect();
         let judged = latency::demoted(&ids, &self.ttft);
         if judged.iter().any(Option::is_none) {
-            return Err(Prediction {
-                attempts: Vec::new(),
-                status: 0,
-                done: None,
-                undecided: true,
-                ..Prediction::default()
-            });
+            return Err(Prediction::undecided());
         }
         let slow: BTreeMap<String, bool> = ids
             .iter()
@@ -711,13 +710,7 @@ impl Registry {
         // the client sent and, near a window, the tokenize call its host
         // served.
         let Ok(estimate) = self.estimate(facts, spec, pubkey.is_some(), seen) else {
-            return Err(Prediction {
-                attempts: Vec::new(),
-                status: 0,
-                done: None,
-                undecided: true,
-                ..Prediction::default()
-            });
+            return Err(Prediction::undecided());
         };
         // R17/R44/R47: (overflow, demoted, latency-demoted, tier, capacity
         // rank), stable; then the leading group (equal keys) is rotated:
@@ -855,20 +848,11 @@ impl Registry {
                             done: spec
                                 .stream
                                 .then_some(matches!(end, StreamEnd::Done | StreamEnd::DoneAltered)),
-                            undecided: false,
                             ..Prediction::default()
                         };
                     }
                     Upshot::Failed(f) => f,
-                    Upshot::Undecided => {
-                        return Prediction {
-                            attempts: Vec::new(),
-                            status: 0,
-                            done: None,
-                            undecided: true,
-                            ..Prediction::default()
-                        }
-                    }
+                    Upshot::Undecided => return Prediction::undecided(),
                 };
                 // R45: a context-length 400 from a provider with a window,
                 // when a candidate's window is strictly larger: next
@@ -906,8 +890,6 @@ impl Registry {
                     return Prediction {
                         attempts,
                         status: failure.client_status(external),
-                        done: None,
-                        undecided: false,
                         ..Prediction::default()
                     };
                 }
@@ -929,8 +911,6 @@ impl Registry {
                     return Prediction {
                         attempts,
                         status: best.client_status(external),
-                        done: None,
-                        undecided: false,
                         ..Prediction::default()
                     }
                 }

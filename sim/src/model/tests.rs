@@ -1146,6 +1146,51 @@ fn r20_the_request_diff_flags_attempts_and_status_that_differ() {
 }
 
 #[test]
+fn r43_the_model_says_which_near_host_may_be_asked_for_the_count() {
+    // 3 600 bytes in one message: 900 countable + 4 = 904 tokens, within
+    // [0.7, 1.3] of near-1's 1 000 (windowed(): near-1 1 000, near-2 and
+    // near-3 2 000).
+    let near_a_window = || RequestSpec {
+        prompt: Some("aaaa".into()),
+        repeat: Some(900),
+        ..spec()
+    };
+    let asks = |(facts, mut reg): (Facts, Registry), spec: RequestSpec| {
+        reg.request(&facts, &spec, &window("", None)).tokenize
+    };
+    // The first NEAR with the smallest window.
+    assert_eq!(
+        asks(windowed(), near_a_window()),
+        Asks::Only("near-1".into())
+    );
+    let (facts, mut reg) = windowed();
+    reg.windows.insert("near-1".into(), 2000);
+    reg.windows.insert("near-2".into(), 1000);
+    assert_eq!(
+        asks((facts, reg), near_a_window()),
+        Asks::Only("near-2".into())
+    );
+    // Far from every window, or encrypted: no count.
+    assert_eq!(asks(windowed(), spec()), Asks::Nobody);
+    let encrypted = RequestSpec {
+        client_pub_key: Some("cd".into()),
+        ..near_a_window()
+    };
+    assert_eq!(asks(windowed(), encrypted), Asks::Nobody);
+    // One window, or none: nothing to choose between.
+    let (facts, mut reg) = windowed();
+    reg.windows.insert("near-1".into(), 2000);
+    assert_eq!(asks((facts, reg), near_a_window()), Asks::Nobody);
+    assert_eq!(asks(three_near(), near_a_window()), Asks::Nobody);
+    // A request refused before its estimate is not judged.
+    let unknown = RequestSpec {
+        model: "no/such-model".into(),
+        ..near_a_window()
+    };
+    assert_eq!(asks(windowed(), unknown), Asks::Unjudged);
+}
+
+#[test]
 fn r43_the_request_diff_flags_a_token_count_asked_of_a_host_r43_does_not_ask() {
     let served = [attempt_step("near-1", Decision::Served)];
     let predict = |tokenize| Prediction {
