@@ -1177,9 +1177,12 @@ fn r43_the_model_says_which_near_host_may_be_asked_for_the_count() {
         ..near_a_window()
     };
     assert_eq!(asks(windowed(), encrypted), Asks::Nobody);
-    // One window, or none: nothing to choose between.
+    // One window (however near the request is), or none: nothing to
+    // choose between.
     let (facts, mut reg) = windowed();
-    reg.windows.insert("near-1".into(), 2000);
+    for h in ["near-2", "near-3"] {
+        reg.windows.insert(h.into(), 1000);
+    }
     assert_eq!(asks((facts, reg), near_a_window()), Asks::Nobody);
     assert_eq!(asks(three_near(), near_a_window()), Asks::Nobody);
     // A request refused before its estimate is not judged.
@@ -1187,7 +1190,47 @@ fn r43_the_model_says_which_near_host_may_be_asked_for_the_count() {
         model: "no/such-model".into(),
         ..near_a_window()
     };
-    assert_eq!(asks(windowed(), unknown), Asks::Unjudged);
+    assert_eq!(asks(windowed(), unknown.clone()), Asks::Unjudged);
+    let (facts, mut reg) = windowed();
+    assert_eq!(reg.request(&facts, &unknown, &[]).status, 400);
+}
+
+#[test]
+fn r43_an_exact_count_is_used_only_from_an_answer_in_time_and_whole() {
+    // 3 600 bytes of one word: the heuristic says ceil(900 × 1.2) + 4 =
+    // 1 084 tokens, past near-1's 1 000, so near-2 leads; the simulated
+    // tokenizer counts one word, so with its count near-1 leads.
+    let body = RequestSpec {
+        prompt: Some("aaaa".into()),
+        repeat: Some(900),
+        ..spec()
+    };
+    let lead = |fault: Option<Fault>| {
+        let (facts, mut reg) = windowed();
+        let mut events = vec![HostEvent::Request {
+            host: "near-1".into(),
+            kind: RequestKind::Tokenize,
+            fault,
+        }];
+        events.extend(window("", None));
+        reg.request(&facts, &body, &events).attempts[0]
+            .provider
+            .clone()
+    };
+    assert_eq!(lead(None), "near-1");
+    for broken in [
+        http_fault(503, "busy"),
+        Some(Fault::ModelNotFound),
+        Some(Fault::LatencyMs { ms: 3000 }),
+    ] {
+        assert_eq!(lead(broken.clone()), "near-2", "{broken:?}");
+    }
+    // Held well under the 2 s deadline: still counted.
+    assert_eq!(lead(Some(Fault::LatencyMs { ms: 100 })), "near-1");
+    // No call seen (no free permit): the heuristic.
+    let (facts, mut reg) = windowed();
+    let p = reg.request(&facts, &body, &window("", None));
+    assert_eq!(p.attempts[0].provider, "near-2");
 }
 
 #[test]
