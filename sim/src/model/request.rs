@@ -1350,9 +1350,14 @@ mod parity_tests {
     use super::*;
 
     fn facts(tick: Option<&str>) -> Facts {
+        facts_with(tick, "")
+    }
+
+    /// The R43 scenario at `tick`, with `more` appended to its script.
+    fn facts_with(tick: Option<&str>, more: &str) -> Facts {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../scenarios/context_exact_count_tokenize.toml");
-        let mut text = std::fs::read_to_string(&path).expect("readable");
+        let mut text = std::fs::read_to_string(&path).expect("readable") + more;
         if let Some(tick) = tick {
             text = text.replacen("seed = ", &format!("tick = \"{tick}\"\nseed = "), 1);
         }
@@ -1401,14 +1406,7 @@ mod parity_tests {
         let free = facts(None);
         assert!(!holds_links(&free));
         assert!(time_bounds(&free, 0.0, false).1.is_finite());
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../scenarios/context_exact_count_tokenize.toml");
-        let text = std::fs::read_to_string(&path).expect("readable")
-            + "\n[[step]]\nhold = [\"router\", \"near-1\"]\n";
-        let held = Facts {
-            scenario: crate::scenario::parse(&path, &text).unwrap_or_else(|e| panic!("{e}")),
-            near_keys: Default::default(),
-        };
+        let held = facts_with(None, "\n[[step]]\nhold = [\"router\", \"near-1\"]\n");
         assert!(holds_links(&held));
         assert_eq!(time_bounds(&held, 0.0, false).1, f64::INFINITY);
     }
