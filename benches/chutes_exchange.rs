@@ -13,13 +13,12 @@
 //! by primitive.
 //!
 //! Time is the bench thread's CPU time (the machine is small and shared).
-//! `exchanges_per_seed` prints how many Chutes attempts a seed of
-//! `scenarios/sweep_mixed_traffic.toml` makes on average over a fixed batch
-//! of seeds: that count times the exchange is the CPU a seed spends in
+//! The sweep bench (`cargo bench -p tiersim --bench sweep`) prints how many
+//! Chutes attempts a seed of `scenarios/sweep_mixed_traffic.toml` makes on
+//! average: that count times the exchange is the CPU a seed spends in
 //! cryptography the rules pin, whatever the simulator costs around it.
 
 use std::hint::black_box;
-use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -31,9 +30,6 @@ use serde_json::json;
 use tiersim_benches::thread_cpu_time;
 use tiersim_engine::chutes::attest::{SimulatedVendor, VendorKey, Verifier};
 use tiersim_engine::chutes::e2ee::{seal_request_to, seal_response, InstanceKeypair, SealingKey};
-
-/// Seeds whose Chutes attempts are counted for `exchanges_per_seed`.
-const SEEDS: u64 = 100;
 
 /// Times `round` with the thread's CPU clock.
 fn cpu_iter(iters: u64, mut round: impl FnMut()) -> Duration {
@@ -132,33 +128,6 @@ fn bench(c: &mut Criterion) {
         });
     });
     group.finish();
-    exchanges_per_seed();
-}
-
-/// Prints the mean number of Chutes attempts per seed of the representative
-/// sweep (each pays one exchange's key generation and encapsulation; most
-/// the whole round).
-fn exchanges_per_seed() {
-    use tiersim::sweep::{MenuFlags, Plan};
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/sweep_mixed_traffic.toml");
-    let s = tiersim::scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
-    let plan = Plan::new(&s, &file, &MenuFlags::default(), None).expect("sweepable");
-    let mut attempts = 0usize;
-    for seed in 0..SEEDS {
-        let report = plan.run(&plan.compose(seed, &plan.schedule(seed)));
-        attempts += report
-            .steps
-            .iter()
-            .filter_map(|step| step.request.as_ref())
-            .flat_map(|r| r.attempts.iter())
-            .filter(|a| a.provider.to_string().starts_with("chutes:"))
-            .count();
-    }
-    println!(
-        "chutes/exchanges_per_seed: {:.2} Chutes attempts per seed of sweep_mixed_traffic \
-         (seeds 0..{SEEDS})",
-        attempts as f64 / SEEDS as f64
-    );
 }
 
 criterion_group!(benches, bench);
