@@ -248,6 +248,9 @@ pub(crate) struct Rounds {
     pub backoff_step_ahead: bool,
     /// A later error of equal informativeness wins (R22 broken).
     pub tie_goes_last: bool,
+    /// An undeclared window counts as larger than any declared one
+    /// (SPEC-parity R45.3 broken).
+    pub undeclared_window_is_larger: bool,
 }
 
 impl Rounds {
@@ -257,6 +260,7 @@ impl Rounds {
         keep_failures_on_success: false,
         backoff_step_ahead: false,
         tie_goes_last: false,
+        undeclared_window_is_larger: false,
     };
     /// R33: the last recorded error alone decides.
     pub const LAST_ERROR: Rounds = Rounds {
@@ -293,10 +297,16 @@ where
     Fut: Future<Output = Result<T, ProviderError>>,
 {
     // SPEC-parity R45: the largest window a candidate declares.
-    let largest_window = candidates
-        .iter()
-        .filter_map(|(p, _)| p.context_window())
-        .max();
+    let largest_window = if rounds.undeclared_window_is_larger
+        && candidates.iter().any(|(p, _)| p.context_window().is_none())
+    {
+        Some(u32::MAX)
+    } else {
+        candidates
+            .iter()
+            .filter_map(|(p, _)| p.context_window())
+            .max()
+    };
     let mut round = 1;
     loop {
         let mut retry: Option<Backoff> = None;

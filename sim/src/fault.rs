@@ -325,7 +325,7 @@ fault_table! {
         draw: |d, m| Fault::HttpStatus {
             status: m.statuses[d.below(m.statuses.len() as u64) as usize],
             code: None,
-            message: None,
+            message: m.draw_message(d),
         },
     }
     /// 404 with `error.code = "model_not_found"`, whatever the model.
@@ -591,8 +591,23 @@ pub trait Dice {
 pub struct DrawLimits<'a> {
     /// What `http_status` draws from.
     pub statuses: &'a [u16],
+    /// Texts an `http_status` fault may carry (empty: the fixed text).
+    pub messages: &'a [String],
     /// Longest `latency_ms` / `slow_first_token_ms` (at least 1).
     pub max_latency_ms: u64,
+}
+
+impl DrawLimits<'_> {
+    /// One of the messages or none (the host's fixed text), each equally
+    /// likely. Draws nothing without messages, so a menu without them
+    /// draws the schedules it always drew.
+    fn draw_message(&self, dice: &mut dyn Dice) -> Option<String> {
+        if self.messages.is_empty() {
+            return None;
+        }
+        let i = dice.below(self.messages.len() as u64 + 1) as usize;
+        i.checked_sub(1).map(|i| self.messages[i].clone())
+    }
 }
 
 impl FaultKind {
@@ -754,6 +769,7 @@ impl Dice for NoDice {
 
 const NO_LIMITS: DrawLimits<'static> = DrawLimits {
     statuses: &[500],
+    messages: &[],
     max_latency_ms: 1,
 };
 
@@ -1150,8 +1166,11 @@ mod tests {
                 u64::from(n > 1)
             }
         }
+        // A drawn message rides the wire too (`Ones` draws the first).
+        let messages = ["maximum context length is 10 tokens".to_string()];
         let limits = DrawLimits {
             statuses: &[503],
+            messages: &messages,
             max_latency_ms: 10,
         };
         for kind in FaultKind::ALL {

@@ -202,6 +202,7 @@ const SWEEP: &[&str] = &[
     "max_hold",
     "max_times",
     "statuses",
+    "messages",
     "max_latency",
 ];
 

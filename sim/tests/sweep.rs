@@ -56,6 +56,8 @@ const DEMOTION: &str = "sweep_demotion.toml";
 const CONCURRENT: &str = "concurrent_requests_round_robin.toml";
 /// SPEC-parity §C: base, long and Chutes tiers with requests of every size.
 const CONTEXT_TIERS: &str = "sweep_context_tiers.toml";
+/// SPEC-parity R45: drawn 400s carrying context-length wording.
+const CONTEXT_400: &str = "sweep_context_400.toml";
 const PINNED: &str = "oracle:pinned_never_dropped";
 const RESERVED: &str = "oracle:reserved_never_plaintext";
 
@@ -180,6 +182,12 @@ const PLANTED: &[PlantedCase] = &[
         seeds: 1,
         check: MODEL,
     },
+    PlantedCase {
+        bug: PlantedBug::ContextFallsToUndeclared,
+        scenario: CONTEXT_400,
+        seeds: 6,
+        check: MODEL,
+    },
 ];
 
 fn case(bug: PlantedBug) -> &'static PlantedCase {
@@ -265,6 +273,7 @@ planted_sweep_tests! {
     r43_sweep_finds_and_shrinks_a_tokenize_call_on_the_long_tier => TokenizeOnLongTier,
     r44_sweep_finds_and_shrinks_an_overflow_order_smallest_window_first => OverflowSmallestFirst,
     r48_sweep_finds_and_shrinks_prefix_placement_taking_a_turn => PrefixMovesTurn,
+    r45_sweep_finds_and_shrinks_a_context_400_falling_through_to_an_undeclared_window => ContextFallsToUndeclared,
 }
 
 /// Every planted bug is proved findable by a sweep (the two first ones by
@@ -292,6 +301,42 @@ fn every_planted_bug_has_a_sweep_case_and_the_sweeps_are_clean_without_it() {
         let bad: Vec<_> = clean.iter().flat_map(|o| &o.violations).collect();
         assert!(bad.is_empty(), "{scenario} without a bug: {bad:?}");
     }
+}
+
+/// `[sweep] messages`: a drawn status fault carries one of the listed
+/// texts or none (the host's fixed text), and only a status fault does.
+#[test]
+fn r45_drawn_status_faults_carry_the_menus_messages_or_none() {
+    use tiersim::fault::Fault;
+    let p = plan(CONTEXT_400, None);
+    assert_eq!(p.menu.messages.len(), 3, "the scenario's [sweep] table");
+    let mut seen: std::collections::BTreeMap<Option<String>, usize> = Default::default();
+    for seed in 0..200 {
+        for e in p.schedule(seed) {
+            let EventAction::Fault(f) = &e.action else {
+                continue;
+            };
+            if let Fault::HttpStatus { message, code, .. } = &f.rule.fault {
+                assert_eq!(code, &None, "{e}");
+                if let Some(m) = message {
+                    assert!(p.menu.messages.contains(m), "{e}");
+                }
+                *seen.entry(message.clone()).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(seen.len(), 4, "every message and the fixed text: {seen:?}");
+    // Without `messages` a status fault keeps the fixed text.
+    let p = plan(MIXED, None);
+    assert!(p.menu.messages.is_empty());
+    let carried = (0..200)
+        .flat_map(|seed| p.schedule(seed))
+        .filter(|e| {
+            matches!(&e.action, EventAction::Fault(f)
+                if matches!(&f.rule.fault, Fault::HttpStatus { message: Some(_), .. }))
+        })
+        .count();
+    assert_eq!(carried, 0);
 }
 
 #[test]

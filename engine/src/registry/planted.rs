@@ -101,6 +101,11 @@ pub enum PlantedBug {
     /// single-window model's non-streamed request (no hint: no estimate)
     /// gets a requirement and can overflow its NEAR.
     RefineSingleWindow,
+    /// SPEC-parity R45.3: a candidate without a declared window counts as
+    /// a larger one, so a context-length 400 from a NEAR whose only sibling
+    /// is an undeclared Chutes falls through to Chutes instead of reaching
+    /// the client as a 400.
+    ContextFallsToUndeclared,
 }
 
 impl PlantedBug {
@@ -125,6 +130,7 @@ impl PlantedBug {
         PlantedBug::OverflowSmallestFirst,
         PlantedBug::PrefixMovesTurn,
         PlantedBug::RefineSingleWindow,
+        PlantedBug::ContextFallsToUndeclared,
     ];
 
     /// The bug's command-line name.
@@ -150,6 +156,7 @@ impl PlantedBug {
             PlantedBug::OverflowSmallestFirst => "overflow-smallest-first",
             PlantedBug::PrefixMovesTurn => "prefix-moves-turn",
             PlantedBug::RefineSingleWindow => "refine-single-window",
+            PlantedBug::ContextFallsToUndeclared => "context-falls-to-undeclared",
         }
     }
 
@@ -199,6 +206,7 @@ impl Planted {
         r.keep_failures_on_success |= self.has(PlantedBug::SuccessKeepsFailures);
         r.backoff_step_ahead |= self.has(PlantedBug::BackoffStepAhead);
         r.tie_goes_last |= self.has(PlantedBug::ErrorTieGoesLast);
+        r.undeclared_window_is_larger |= self.has(PlantedBug::ContextFallsToUndeclared);
         r
     }
 

@@ -124,6 +124,13 @@ pub struct SweepSpec {
     /// 408, 400).
     #[schemars(with = "Option<Vec<u16>>")]
     pub statuses: Option<Spanned<Vec<u16>>>,
+    /// Error texts a drawn `http_status` fault may carry as its
+    /// `error.message`: each drawn status fault takes one of them or the
+    /// host's fixed text, by the seed (default: the fixed text only). An
+    /// engine's context-length wording, for example, makes drawn 400s reach
+    /// SPEC-parity R45.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub messages: Option<Spanned<Vec<String>>>,
     /// Longest `latency_ms` and `slow_first_token_ms` delay (default `"2s"`).
     #[schemars(with = "Option<String>")]
     pub max_latency: Option<Dur>,

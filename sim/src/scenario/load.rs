@@ -593,6 +593,15 @@ impl<'a> Validator<'a, '_> {
                 ));
             }
         }
+        if let Some(m) = &sw.messages {
+            if m.get_ref().is_empty() || m.get_ref().iter().any(|t| t.trim().is_empty()) {
+                return Err((
+                    m.span(),
+                    "messages must be a non-empty list of non-blank error texts".into(),
+                    None,
+                ));
+            }
+        }
         if let Some(st) = &sw.statuses {
             if st.get_ref().is_empty() || st.get_ref().iter().any(|s| !(400..=599).contains(s)) {
                 return Err((
@@ -1510,6 +1519,13 @@ mod tests {
         assert!(e.message.contains("unknown field `max_fault`"), "{e}");
         let e = err(&format!("{HEAD}[sweep]\nstatuses = [200]\n"));
         assert_eq!(e.line, 7, "{e}");
+        let e = err(&format!(
+            "{HEAD}[sweep]\nmessages = [\"too long\", \" \"]\n"
+        ));
+        assert_eq!((e.line, e.column), (7, 12), "{e}");
+        assert!(e.message.contains("non-blank"), "{e}");
+        let e = err(&format!("{HEAD}[sweep]\nmessages = []\n"));
+        assert!(e.message.contains("non-empty"), "{e}");
         let e = err(&format!("{HEAD}[sweep]\nhosts = [\"client\"]\n"));
         assert!(e.message.contains("client"), "{e}");
         let ok = parse(

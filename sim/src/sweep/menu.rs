@@ -22,6 +22,8 @@ pub struct Menu {
     pub max_hold: Duration,
     pub max_times: u32,
     pub statuses: Vec<u16>,
+    /// Texts a drawn `http_status` fault may carry (empty: the fixed text).
+    pub messages: Vec<String>,
     pub max_latency: Duration,
     /// Chunkings a seed draws from (empty: the scenario's own).
     pub chunkings: Vec<Chunking>,
@@ -131,6 +133,10 @@ impl Menu {
                 .statuses
                 .as_ref()
                 .map_or_else(|| DEFAULT_STATUSES.to_vec(), |s| s.get_ref().clone()),
+            messages: spec
+                .messages
+                .as_ref()
+                .map_or_else(Vec::new, |m| m.get_ref().clone()),
             max_latency: spec.max_latency.map_or(Duration::from_secs(2), |d| d.0),
             chunkings: match (&flags.chunking, &spec.chunking) {
                 (Some(c), _) => c.clone(),

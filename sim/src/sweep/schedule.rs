@@ -179,6 +179,7 @@ impl Plan {
                 k => {
                     let limits = DrawLimits {
                         statuses: &m.statuses,
+                        messages: &m.messages,
                         max_latency_ms: ms(m.max_latency).max(1),
                     };
                     let fault = k.draw(&mut rng, &limits).expect("a fault-board kind");
