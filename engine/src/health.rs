@@ -196,7 +196,13 @@ impl Ttft {
 /// R47: the fastest warmed TTFT among one request's providers, against which
 /// each is judged. `None` when no provider is warmed.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct LatencyFloor(Option<f64>);
+pub struct LatencyFloor {
+    min: Option<f64>,
+    /// A planted bug (`registry/planted.rs`): R47's absolute floor is
+    /// dropped, so twice the fastest alone demotes.
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) no_absolute_floor: bool,
+}
 
 impl LatencyFloor {
     /// The floor over `states` (one request's providers).
@@ -217,16 +223,30 @@ impl LatencyFloor {
     /// [`Health::warmed_ttft_ms`]) taken into account.
     #[inline]
     pub(crate) fn with_warmed(self, warmed_ms: Option<f64>) -> LatencyFloor {
-        match (self.0, warmed_ms) {
-            (_, None) => self,
-            (None, Some(ms)) => LatencyFloor(Some(ms)),
-            (Some(m), Some(ms)) => LatencyFloor(Some(m.min(ms))),
+        let min = match (self.min, warmed_ms) {
+            (_, None) => return self,
+            (None, Some(ms)) => ms,
+            (Some(m), Some(ms)) => m.min(ms),
+        };
+        LatencyFloor {
+            min: Some(min),
+            ..self
         }
     }
 
     /// The fastest warmed average, if any provider is warmed.
     pub fn min_ms(self) -> Option<f64> {
-        self.0
+        self.min
+    }
+
+    /// The average at or under which nobody is demoted.
+    #[inline]
+    fn absolute_ms(self) -> f64 {
+        #[cfg(feature = "planted-bugs")]
+        if self.no_absolute_floor {
+            return 0.0;
+        }
+        TTFT_DEMOTE_FLOOR_MS
     }
 
     /// R47: warmed, slower than the absolute floor, and slower than twice
@@ -234,9 +254,9 @@ impl LatencyFloor {
     /// minimum and so never demoted; an unwarmed one never is.
     #[inline]
     pub fn demotes(self, t: Ttft) -> bool {
-        match self.0 {
+        match self.min {
             Some(min) => {
-                t.warmed() && t.ema_ms > TTFT_DEMOTE_FLOOR_MS && t.ema_ms > TTFT_DEMOTE_RATIO * min
+                t.warmed() && t.ema_ms > self.absolute_ms() && t.ema_ms > TTFT_DEMOTE_RATIO * min
             }
             None => false,
         }

@@ -640,6 +640,10 @@ fn order_into<O: SelectObserver>(
             SelectError::NoProviders
         });
     }
+    #[cfg(feature = "planted-bugs")]
+    if floor.min_ms().is_some() {
+        floor.no_absolute_floor = idx.order.latency_floor_missing;
+    }
     obs.latency_floor(floor);
 
     let order = &mut buf[..n];

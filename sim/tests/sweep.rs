@@ -58,6 +58,8 @@ const CONCURRENT: &str = "concurrent_requests_round_robin.toml";
 const CONTEXT_TIERS: &str = "sweep_context_tiers.toml";
 /// SPEC-parity R45: drawn 400s carrying context-length wording.
 const CONTEXT_400: &str = "sweep_context_400.toml";
+/// SPEC-parity R46/R47: warmed backends under drawn first-token delays.
+const LATENCY: &str = "sweep_latency.toml";
 const PINNED: &str = "oracle:pinned_never_dropped";
 const RESERVED: &str = "oracle:reserved_never_plaintext";
 
@@ -188,6 +190,12 @@ const PLANTED: &[PlantedCase] = &[
         seeds: 6,
         check: MODEL,
     },
+    PlantedCase {
+        bug: PlantedBug::LatencyFloorMissing,
+        scenario: LATENCY,
+        seeds: 78,
+        check: MODEL,
+    },
 ];
 
 fn case(bug: PlantedBug) -> &'static PlantedCase {
@@ -274,6 +282,7 @@ planted_sweep_tests! {
     r44_sweep_finds_and_shrinks_an_overflow_order_smallest_window_first => OverflowSmallestFirst,
     r48_sweep_finds_and_shrinks_prefix_placement_taking_a_turn => PrefixMovesTurn,
     r45_sweep_finds_and_shrinks_a_context_400_falling_through_to_an_undeclared_window => ContextFallsToUndeclared,
+    r47_sweep_finds_and_shrinks_latency_demotion_without_its_floor => LatencyFloorMissing,
 }
 
 /// Every planted bug is proved findable by a sweep (the two first ones by

@@ -106,6 +106,10 @@ pub enum PlantedBug {
     /// is an undeclared Chutes falls through to Chutes instead of reaching
     /// the client as a 400.
     ContextFallsToUndeclared,
+    /// SPEC-parity R47: latency demotion without its 500 ms floor, so a
+    /// warmed provider at 150 ms sorts behind Chutes when another answers
+    /// in 50.
+    LatencyFloorMissing,
 }
 
 impl PlantedBug {
@@ -131,6 +135,7 @@ impl PlantedBug {
         PlantedBug::PrefixMovesTurn,
         PlantedBug::RefineSingleWindow,
         PlantedBug::ContextFallsToUndeclared,
+        PlantedBug::LatencyFloorMissing,
     ];
 
     /// The bug's command-line name.
@@ -157,6 +162,7 @@ impl PlantedBug {
             PlantedBug::PrefixMovesTurn => "prefix-moves-turn",
             PlantedBug::RefineSingleWindow => "refine-single-window",
             PlantedBug::ContextFallsToUndeclared => "context-falls-to-undeclared",
+            PlantedBug::LatencyFloorMissing => "latency-floor-missing",
         }
     }
 
@@ -236,6 +242,7 @@ impl Planted {
         order.demotion_sort_one_step = self.has(PlantedBug::DemotionSortOneStep);
         order.overflow_smallest_first = self.has(PlantedBug::OverflowSmallestFirst);
         order.prefix_moves_turn = self.has(PlantedBug::PrefixMovesTurn);
+        order.latency_floor_missing = self.has(PlantedBug::LatencyFloorMissing);
     }
 
     /// Whether a model's slots are left out of the table (R9's exception

@@ -179,6 +179,10 @@ pub(crate) struct StaticOrder {
     /// A planted bug: prefix placement (R48) also takes a round-robin turn.
     #[cfg(feature = "planted-bugs")]
     pub prefix_moves_turn: bool,
+    /// A planted bug: R47 demotes without its 500 ms floor. Read only once
+    /// some provider is warmed.
+    #[cfg(feature = "planted-bugs")]
+    pub latency_floor_missing: bool,
 }
 
 impl StaticOrder {
@@ -220,6 +224,8 @@ impl StaticOrder {
             overflow_smallest_first: false,
             #[cfg(feature = "planted-bugs")]
             prefix_moves_turn: false,
+            #[cfg(feature = "planted-bugs")]
+            latency_floor_missing: false,
         }
     }
 }
