@@ -258,6 +258,16 @@ impl Router {
             return (table, Estimate::default());
         }
         let m = context::measure(&req.body);
+        #[cfg(feature = "planted-bugs")]
+        let m = if table
+            .sources
+            .planted
+            .has(crate::registry::PlantedBug::ReserveIgnored)
+        {
+            context::Measure { reserve: 0, ..m }
+        } else {
+            m
+        };
         if !idx.order.refine {
             let tokens = stream.then(|| context::service_hint(&m));
             return (

@@ -203,6 +203,7 @@ const SWEEP: &[&str] = &[
     "max_times",
     "statuses",
     "messages",
+    "max_tokens",
     "max_latency",
 ];
 

@@ -110,6 +110,11 @@ pub enum PlantedBug {
     /// warmed provider at 150 ms sorts behind Chutes when another answers
     /// in 50.
     LatencyFloorMissing,
+    /// SPEC-parity R42.2: the output reserve (`max_completion_tokens`,
+    /// else `max_tokens`) is left out of the requirement and of R43's band,
+    /// so a request whose prompt fits a window but whose answer may not is
+    /// still sent to it first.
+    ReserveIgnored,
 }
 
 impl PlantedBug {
@@ -136,6 +141,7 @@ impl PlantedBug {
         PlantedBug::RefineSingleWindow,
         PlantedBug::ContextFallsToUndeclared,
         PlantedBug::LatencyFloorMissing,
+        PlantedBug::ReserveIgnored,
     ];
 
     /// The bug's command-line name.
@@ -163,6 +169,7 @@ impl PlantedBug {
             PlantedBug::RefineSingleWindow => "refine-single-window",
             PlantedBug::ContextFallsToUndeclared => "context-falls-to-undeclared",
             PlantedBug::LatencyFloorMissing => "latency-floor-missing",
+            PlantedBug::ReserveIgnored => "reserve-ignored",
         }
     }
 

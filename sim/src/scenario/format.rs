@@ -131,6 +131,12 @@ pub struct SweepSpec {
     /// SPEC-parity R45.
     #[schemars(with = "Option<Vec<String>>")]
     pub messages: Option<Spanned<Vec<String>>>,
+    /// Output reserves a seed draws for the script's requests that set
+    /// `max_tokens`: each such request takes one of them (default: its
+    /// own). SPEC-parity R42.2 adds the reserve to a refined requirement,
+    /// so a reserve can move a request past a window.
+    #[schemars(with = "Option<Vec<u64>>")]
+    pub max_tokens: Option<Spanned<Vec<u64>>>,
     /// Longest `latency_ms` and `slow_first_token_ms` delay (default `"2s"`).
     #[schemars(with = "Option<String>")]
     pub max_latency: Option<Dur>,

@@ -602,6 +602,15 @@ impl<'a> Validator<'a, '_> {
                 ));
             }
         }
+        if let Some(m) = &sw.max_tokens {
+            if m.get_ref().is_empty() {
+                return Err((
+                    m.span(),
+                    "max_tokens must be a non-empty list of output reserves".into(),
+                    None,
+                ));
+            }
+        }
         if let Some(st) = &sw.statuses {
             if st.get_ref().is_empty() || st.get_ref().iter().any(|s| !(400..=599).contains(s)) {
                 return Err((
@@ -1526,6 +1535,9 @@ mod tests {
         assert!(e.message.contains("non-blank"), "{e}");
         let e = err(&format!("{HEAD}[sweep]\nmessages = []\n"));
         assert!(e.message.contains("non-empty"), "{e}");
+        let e = err(&format!("{HEAD}[sweep]\nmax_tokens = []\n"));
+        assert_eq!((e.line, e.column), (7, 14), "{e}");
+        assert!(e.message.contains("output reserves"), "{e}");
         let e = err(&format!("{HEAD}[sweep]\nhosts = [\"client\"]\n"));
         assert!(e.message.contains("client"), "{e}");
         let ok = parse(

@@ -96,6 +96,27 @@ fn sent_at_once(st: &Spanned<Step>, n: usize, draw: &mut Draw) -> Spanned<Step> 
     }
 }
 
+/// `[sweep] max_tokens`: each request of `st` that sets `max_tokens` takes
+/// a drawn one of `reserves`. Every such request draws, in script order, so
+/// the reserves are a function of the seed and the script.
+fn reserves_drawn(st: &Spanned<Step>, reserves: &[u64], draw: &mut Draw) -> Spanned<Step> {
+    let mut step = st.get_ref().clone();
+    let requests = step
+        .request
+        .iter_mut()
+        .chain(step.concurrent.iter_mut().flatten());
+    let mut drawn = false;
+    for r in requests.filter(|r| r.max_tokens.is_some()) {
+        r.max_tokens = Some(reserves[draw.below(reserves.len() as u64) as usize]);
+        drawn = true;
+    }
+    if drawn {
+        spanned(step)
+    } else {
+        st.clone()
+    }
+}
+
 pub(super) fn spanned<T>(v: T) -> Spanned<T> {
     Spanned::new(0..0, v)
 }
@@ -121,6 +142,8 @@ impl Plan {
             .menu
             .concurrent
             .map(|n| (n, Draw::of(seed, "sweep/concurrent")));
+        let reserves = &self.menu.max_tokens;
+        let mut reserve_draw = (!reserves.is_empty()).then(|| Draw::of(seed, "sweep/max_tokens"));
         for (i, st) in self.base.steps.iter().enumerate() {
             let key = st
                 .get_ref()
@@ -131,9 +154,13 @@ impl Plan {
                 steps.push(spanned(step));
                 origins.push(o);
             }
-            steps.push(match &mut at_once {
-                Some((n, draw)) => sent_at_once(st, *n, draw),
+            let st = match &mut reserve_draw {
+                Some(draw) => reserves_drawn(st, reserves, draw),
                 None => st.clone(),
+            };
+            steps.push(match &mut at_once {
+                Some((n, draw)) => sent_at_once(&st, *n, draw),
+                None => st,
             });
             origins.push(Origin::Base(i));
         }

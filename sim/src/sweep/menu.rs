@@ -24,6 +24,9 @@ pub struct Menu {
     pub statuses: Vec<u16>,
     /// Texts a drawn `http_status` fault may carry (empty: the fixed text).
     pub messages: Vec<String>,
+    /// Output reserves drawn for the requests that set `max_tokens`
+    /// (empty: each keeps its own).
+    pub max_tokens: Vec<u64>,
     pub max_latency: Duration,
     /// Chunkings a seed draws from (empty: the scenario's own).
     pub chunkings: Vec<Chunking>,
@@ -135,6 +138,10 @@ impl Menu {
                 .map_or_else(|| DEFAULT_STATUSES.to_vec(), |s| s.get_ref().clone()),
             messages: spec
                 .messages
+                .as_ref()
+                .map_or_else(Vec::new, |m| m.get_ref().clone()),
+            max_tokens: spec
+                .max_tokens
                 .as_ref()
                 .map_or_else(Vec::new, |m| m.get_ref().clone()),
             max_latency: spec.max_latency.map_or(Duration::from_secs(2), |d| d.0),
