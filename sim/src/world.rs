@@ -303,7 +303,7 @@ pub fn build_with(
         mut chutes,
         near_keys,
     } = services(s, &net::url);
-    chutes.keyed_priming = plant == Some(PlantedBug::KeyedPriming);
+    chutes.plant = plant;
     for host in hosts {
         host.install(sim);
     }
@@ -394,8 +394,9 @@ pub struct ChutesWorld {
     pub chute_ids: BTreeMap<String, String>,
     pub streaming: bool,
     pub handle: Option<ChutesHandle>,
-    /// `PlantedBug::KeyedPriming` in every Chutes provider (tests only).
-    pub keyed_priming: bool,
+    /// The planted bug every Chutes provider is built with (those that
+    /// live there act on it; tests only).
+    pub plant: Option<PlantedBug>,
     /// Canonical ids whose Chutes provider fails to build
     /// (`[config] chutes_build_fails`).
     pub build_fails: std::collections::BTreeSet<String>,
@@ -459,7 +460,7 @@ fn chutes_service(s: &Scenario, board: &FaultBoard) -> Option<(Service, ChutesWo
         chute_ids,
         streaming: s.config.chutes_streaming,
         handle: Some(handle),
-        keyed_priming: false,
+        plant: None,
         build_fails: s
             .config
             .chutes_build_fails
@@ -509,12 +510,8 @@ pub fn chutes_factory(
         .streaming(chutes.streaming)
         .stream_version(version)
         .context_window(entry.context_window)
-        .timeouts(TIMEOUTS);
-        let config = if chutes.keyed_priming {
-            config.plant_keyed_priming()
-        } else {
-            config
-        };
+        .timeouts(TIMEOUTS)
+        .plant(chutes.plant);
         config
             .build(http.clone(), rng(entry))
             .map(|p| Arc::new(p) as Arc<dyn tiersim_engine::Provider>)

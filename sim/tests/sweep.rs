@@ -60,6 +60,8 @@ const CONTEXT_TIERS: &str = "sweep_context_tiers.toml";
 const CONTEXT_400: &str = "sweep_context_400.toml";
 /// SPEC-parity R46/R47: warmed backends under drawn first-token delays.
 const LATENCY: &str = "sweep_latency.toml";
+/// SPEC-parity R61: several Chutes instances under drawn evidence flaws.
+const CHUTES_INSTANCES: &str = "sweep_chutes_instances.toml";
 const PINNED: &str = "oracle:pinned_never_dropped";
 const RESERVED: &str = "oracle:reserved_never_plaintext";
 
@@ -202,6 +204,12 @@ const PLANTED: &[PlantedCase] = &[
         seeds: 1,
         check: MODEL,
     },
+    PlantedCase {
+        bug: PlantedBug::FirstCandidateOnly,
+        scenario: CHUTES_INSTANCES,
+        seeds: 1,
+        check: MODEL,
+    },
 ];
 
 fn case(bug: PlantedBug) -> &'static PlantedCase {
@@ -290,6 +298,7 @@ planted_sweep_tests! {
     r45_sweep_finds_and_shrinks_a_context_400_falling_through_to_an_undeclared_window => ContextFallsToUndeclared,
     r47_sweep_finds_and_shrinks_latency_demotion_without_its_floor => LatencyFloorMissing,
     r42_sweep_finds_and_shrinks_an_output_reserve_left_out_of_the_requirement => ReserveIgnored,
+    r61_sweep_finds_and_shrinks_a_request_that_tries_one_chutes_instance_only => FirstCandidateOnly,
 }
 
 /// Every planted bug is proved findable by a sweep (the two first ones by

@@ -55,6 +55,8 @@ use crate::openai::{
 use crate::provider::{
     ChatRequest, ChatResponse, ChatStream, Provider, ProviderError, ProviderId, Refusal, StreamItem,
 };
+#[cfg(feature = "planted-bugs")]
+use crate::registry::PlantedBug;
 use crate::tier::{Capabilities, Tier};
 
 /// Largest error body read to explain a failed status.
@@ -128,10 +130,11 @@ pub struct ChutesConfig {
     pub timeouts: Timeouts,
     /// SPEC-parity R40/R41: the window `CHUTES_MODELS`' `@n` declares.
     pub context_window: Option<u32>,
-    /// The planted issue-15 bug (`PlantedBug::KeyedPriming`): off unless a
-    /// simulation run asks for it.
+    /// The planted bug this provider acts out (`PlantedBug::KeyedPriming`,
+    /// `PlantedBug::FirstCandidateOnly`; others live elsewhere): none
+    /// unless a simulation run asks for one.
     #[cfg(feature = "planted-bugs")]
-    pub keyed_priming: bool,
+    pub planted: Option<PlantedBug>,
 }
 
 impl std::fmt::Debug for ChutesConfig {
@@ -169,7 +172,7 @@ impl ChutesConfig {
             timeouts: Timeouts::default(),
             context_window: None,
             #[cfg(feature = "planted-bugs")]
-            keyed_priming: false,
+            planted: None,
         }
     }
 
@@ -179,11 +182,12 @@ impl ChutesConfig {
         self
     }
 
-    /// Plants `PlantedBug::KeyedPriming` in the provider built from this
-    /// config (the simulation's proof that its chunking check finds it).
+    /// Plants `bug` in the provider built from this config (the
+    /// simulation's proof that its checks find it); a bug that does not
+    /// live in the Chutes provider changes nothing here.
     #[cfg(feature = "planted-bugs")]
-    pub fn plant_keyed_priming(mut self) -> Self {
-        self.keyed_priming = true;
+    pub fn plant(mut self, bug: Option<PlantedBug>) -> Self {
+        self.planted = bug;
         self
     }
 
@@ -251,7 +255,7 @@ impl ChutesConfig {
             pool: tokio::sync::Mutex::new(Pool::default()),
             context_window: self.context_window,
             #[cfg(feature = "planted-bugs")]
-            keyed_priming: self.keyed_priming,
+            planted: self.planted,
         })
     }
 }
@@ -375,7 +379,7 @@ pub struct ChutesProvider {
     /// R40/R41: the declared window.
     context_window: Option<u32>,
     #[cfg(feature = "planted-bugs")]
-    keyed_priming: bool,
+    planted: Option<PlantedBug>,
     /// Held across discovery so concurrent requests share one listing.
     pool: tokio::sync::Mutex<Pool>,
 }
@@ -463,8 +467,16 @@ impl ChutesProvider {
             .map_err(|e| chutes_failure(Stage::Evidence, e))?;
         let n = candidates.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        #[cfg(feature = "planted-bugs")]
+        let tries = if self.planted == Some(PlantedBug::FirstCandidateOnly) {
+            1
+        } else {
+            n
+        };
+        #[cfg(not(feature = "planted-bugs"))]
+        let tries = n;
         let mut last = None;
-        for k in 0..n {
+        for k in 0..tries {
             let c = &candidates[(start + k) % n];
             let skipped = match &c.pubkey {
                 None => Skipped::BadKey,
@@ -775,7 +787,7 @@ impl Provider for ChutesProvider {
             after_flush: None,
             ended: false,
             #[cfg(feature = "planted-bugs")]
-            keyed_priming: self.keyed_priming,
+            keyed_priming: self.planted == Some(PlantedBug::KeyedPriming),
         };
         // R39: a cut or stall before the first item is a transport failure
         // of the invocation; anything else the stream said keeps its kind.

@@ -76,7 +76,7 @@ pub enum PlantedBug {
     /// the router as soon as `e2e_init` keyed it, so a first frame that did
     /// not authenticate gave a 502 when it arrived in the same read as
     /// `e2e_init` and a 200 stream with an error event when it came in the
-    /// next. It lives in the Chutes provider (`ChutesConfig::plant_keyed_priming`);
+    /// next. It lives in the Chutes provider (`ChutesConfig::plant`);
     /// the registry only carries the name.
     KeyedPriming,
     /// R17 under load: the round-robin turn is taken once the JSON reply is
@@ -115,6 +115,11 @@ pub enum PlantedBug {
     /// so a request whose prompt fits a window but whose answer may not is
     /// still sent to it first.
     ReserveIgnored,
+    /// SPEC-parity R61: only the counter's candidate is tried, so an
+    /// instance absent from the evidence (or failing it) ends the request
+    /// closed although another listed instance would verify. It lives in
+    /// the Chutes provider (`ChutesConfig::plant`).
+    FirstCandidateOnly,
 }
 
 impl PlantedBug {
@@ -142,6 +147,7 @@ impl PlantedBug {
         PlantedBug::ContextFallsToUndeclared,
         PlantedBug::LatencyFloorMissing,
         PlantedBug::ReserveIgnored,
+        PlantedBug::FirstCandidateOnly,
     ];
 
     /// The bug's command-line name.
@@ -170,6 +176,7 @@ impl PlantedBug {
             PlantedBug::ContextFallsToUndeclared => "context-falls-to-undeclared",
             PlantedBug::LatencyFloorMissing => "latency-floor-missing",
             PlantedBug::ReserveIgnored => "reserve-ignored",
+            PlantedBug::FirstCandidateOnly => "first-candidate-only",
         }
     }
 
