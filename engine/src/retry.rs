@@ -251,6 +251,12 @@ pub(crate) struct Rounds {
     /// An undeclared window counts as larger than any declared one
     /// (SPEC-parity R45.3 broken).
     pub undeclared_window_is_larger: bool,
+    /// A model-not-found 4xx is returned to the client like any other
+    /// (SPEC-parity R38 broken).
+    pub not_found_fast_returns: bool,
+    /// A served JSON attempt gives its provider a TTFT sample (SPEC-parity
+    /// R46 broken: streamed chat only).
+    pub sample_on_json: bool,
 }
 
 impl Rounds {
@@ -261,6 +267,8 @@ impl Rounds {
         backoff_step_ahead: false,
         tie_goes_last: false,
         undeclared_window_is_larger: false,
+        not_found_fast_returns: false,
+        sample_on_json: false,
     };
     /// R33: the last recorded error alone decides.
     pub const LAST_ERROR: Rounds = Rounds {
@@ -320,6 +328,9 @@ where
                     if opened_is_success && !rounds.keep_failures_on_success {
                         health.record_success();
                     }
+                    if opened_is_success && rounds.sample_on_json {
+                        health.record_ttft(epoch.elapsed().saturating_sub(at));
+                    }
                     attempts.push(Attempt {
                         provider: id,
                         round,
@@ -342,6 +353,11 @@ where
                     .is_some_and(|(w, largest)| largest > w);
             let class = if context_fall_through {
                 Class::FallThrough
+            } else if rounds.not_found_fast_returns
+                && matches!(&error, ProviderError::Status { status, message }
+                    if is_model_not_found(*status, message))
+            {
+                Class::FastReturn
             } else {
                 classify(&error)
             };

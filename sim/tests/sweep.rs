@@ -210,6 +210,18 @@ const PLANTED: &[PlantedCase] = &[
         seeds: 1,
         check: MODEL,
     },
+    PlantedCase {
+        bug: PlantedBug::NotFoundFastReturns,
+        scenario: SHARED_NEAR,
+        seeds: 19,
+        check: MODEL,
+    },
+    PlantedCase {
+        bug: PlantedBug::SampleOnJson,
+        scenario: SHARED_NEAR,
+        seeds: 1,
+        check: MODEL,
+    },
 ];
 
 fn case(bug: PlantedBug) -> &'static PlantedCase {
@@ -299,6 +311,8 @@ planted_sweep_tests! {
     r47_sweep_finds_and_shrinks_latency_demotion_without_its_floor => LatencyFloorMissing,
     r42_sweep_finds_and_shrinks_an_output_reserve_left_out_of_the_requirement => ReserveIgnored,
     r61_sweep_finds_and_shrinks_a_request_that_tries_one_chutes_instance_only => FirstCandidateOnly,
+    r38_sweep_finds_and_shrinks_a_model_not_found_returned_to_the_client => NotFoundFastReturns,
+    r46_sweep_finds_and_shrinks_a_ttft_sample_taken_from_a_json_answer => SampleOnJson,
 }
 
 /// Every planted bug is proved findable by a sweep (the two first ones by

@@ -120,6 +120,13 @@ pub enum PlantedBug {
     /// closed although another listed instance would verify. It lives in
     /// the Chutes provider (`ChutesConfig::plant`).
     FirstCandidateOnly,
+    /// SPEC-parity R38: a model-not-found 404 is returned to the client as
+    /// an ordinary 4xx instead of falling through to the next provider.
+    NotFoundFastReturns,
+    /// SPEC-parity R46: a served non-streamed request also gives its
+    /// provider a TTFT sample (its whole answer time), so JSON traffic
+    /// warms and moves the averages R47 orders by.
+    SampleOnJson,
 }
 
 impl PlantedBug {
@@ -148,6 +155,8 @@ impl PlantedBug {
         PlantedBug::LatencyFloorMissing,
         PlantedBug::ReserveIgnored,
         PlantedBug::FirstCandidateOnly,
+        PlantedBug::NotFoundFastReturns,
+        PlantedBug::SampleOnJson,
     ];
 
     /// The bug's command-line name.
@@ -177,6 +186,8 @@ impl PlantedBug {
             PlantedBug::LatencyFloorMissing => "latency-floor-missing",
             PlantedBug::ReserveIgnored => "reserve-ignored",
             PlantedBug::FirstCandidateOnly => "first-candidate-only",
+            PlantedBug::NotFoundFastReturns => "not-found-fast-returns",
+            PlantedBug::SampleOnJson => "sample-on-json",
         }
     }
 
@@ -185,6 +196,7 @@ impl PlantedBug {
     }
 
     fn bit(self) -> u32 {
+        const _: () = assert!(PlantedBug::ALL.len() <= 32, "the planted set is one u32");
         1 << (self as u32)
     }
 }
@@ -227,6 +239,8 @@ impl Planted {
         r.backoff_step_ahead |= self.has(PlantedBug::BackoffStepAhead);
         r.tie_goes_last |= self.has(PlantedBug::ErrorTieGoesLast);
         r.undeclared_window_is_larger |= self.has(PlantedBug::ContextFallsToUndeclared);
+        r.not_found_fast_returns |= self.has(PlantedBug::NotFoundFastReturns);
+        r.sample_on_json |= self.has(PlantedBug::SampleOnJson);
         r
     }
 
