@@ -20,177 +20,179 @@ use super::Discovered;
 use crate::provider::ProviderId;
 use crate::retry::Rounds;
 
-/// A bug that can be switched back on. Each doc names the rule it breaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum PlantedBug {
+/// Declares every planted bug once: its variant (with the doc saying what
+/// it re-introduces), its command-line name, the rule it breaks and a
+/// one-line summary. The enum, [`PlantedBug::ALL`] and the lookups are
+/// generated from it.
+macro_rules! planted_bugs {
+    ($( $(#[doc = $doc:literal])* $Variant:ident => $name:literal, $rule:literal, $summary:literal; )*) => {
+        /// A bug that can be switched back on.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum PlantedBug {
+            $( $(#[doc = $doc])* $Variant, )*
+        }
+
+        impl PlantedBug {
+            pub const ALL: &'static [PlantedBug] = &[$(PlantedBug::$Variant,)*];
+
+            /// The bug's command-line name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( PlantedBug::$Variant => $name, )*
+                }
+            }
+
+            /// The rule it breaks (SPEC or SPEC-parity).
+            pub fn rule(self) -> &'static str {
+                match self {
+                    $( PlantedBug::$Variant => $rule, )*
+                }
+            }
+
+            /// What it does, in one line.
+            pub fn summary(self) -> &'static str {
+                match self {
+                    $( PlantedBug::$Variant => $summary, )*
+                }
+            }
+        }
+    };
+}
+
+planted_bugs! {
     /// Review round 2, blocking: the stale-prune ran on the admin PATCH's
     /// *partial* batch, so every pinned id absent from the batch was rebuilt
     /// pinned-only (an unrelated NEAR+Chutes model lost its NEAR providers).
-    PartialBatchPrune,
+    PartialBatchPrune => "partial-batch-prune", "R13",
+        "an admin PATCH's partial batch prunes every pinned id it does not name";
     /// Review round 1, blocking 2 (and round 3's client-E2EE twin), as the
     /// seed PR first had it: no capability filter, and each attempt's error
     /// overwrote the round's last error and retry decision. A streamed
     /// request after NEAR's 5xx walks into Chutes' "streaming disabled"
     /// refusal, which masks the 5xx and ends the retries.
-    RefusalMasking,
+    RefusalMasking => "refusal-masking", "R18",
+        "no capability filter, and the last error decides: a refusal masks a 5xx";
     /// R21/R17 off by one: a provider is demoted at 9 consecutive failures.
-    DemoteAtNine,
+    DemoteAtNine => "demote-at-nine", "R21",
+        "a provider is demoted at 9 consecutive failures";
     /// R21: a success does not reset the failure counter, so failures
     /// accumulate across successes until the provider is demoted.
-    SuccessKeepsFailures,
+    SuccessKeepsFailures => "success-keeps-failures", "R21",
+        "a success does not reset the failure counter";
     /// R8/R9: a refresh forgets the NEAR providers of a model that left
     /// discovery (their pubkey entries and failure counters) although the
     /// same provider still backs another model.
-    SharedProviderForgotten,
+    SharedProviderForgotten => "shared-provider-forgotten", "R8",
+        "a refresh forgets a provider another model still uses";
     /// R18: the streaming capability filter is missing (the E2EE filter and
     /// the retry rules are intact), so a streamed walk reaches a provider
     /// that cannot stream.
-    StreamingFilterMissing,
+    StreamingFilterMissing => "streaming-filter-missing", "R18",
+        "a streamed walk reaches a provider that cannot stream";
     /// R21: a stream counts as a success when it merely opened, not at its
     /// authenticated end, so a stream cut afterwards has already wiped the
     /// provider's failure count.
-    StreamOpenIsSuccess,
+    StreamOpenIsSuccess => "stream-open-is-success", "R21",
+        "a stream counts as a success when it opens";
     /// R16: the pubkey path falls back to the model's Chutes provider (after
     /// the matching NEAR providers, or instead of none).
-    PubkeyFallsBackToChutes,
+    PubkeyFallsBackToChutes => "pubkey-falls-back-to-chutes", "R16",
+        "the pubkey walk falls back to Chutes";
     /// R20: the backoff schedule is one step ahead (1 s, 2 s, 4 s for 5xx).
-    BackoffStepAhead,
+    BackoffStepAhead => "backoff-step-ahead", "R20",
+        "the backoff schedule is one step ahead";
     /// R17: round-robin rotates the whole list instead of the leading group,
     /// so Chutes leads a NEAR+Chutes model every other request.
-    RoundRobinWholeList,
+    RoundRobinWholeList => "round-robin-whole-list", "R17",
+        "round-robin rotates the whole list";
     /// R17: the demotion sort moves a demoted provider back by one place
     /// only, so with two demoted providers ahead of a healthy one a demoted
     /// provider still leads.
-    DemotionSortOneStep,
+    DemotionSortOneStep => "demotion-sort-one-step", "R17",
+        "the demotion sort moves a provider one place";
     /// R9: stale removal forgets the exception for an id with a pinned
     /// provider: a pinned id neither discovered nor external disappears
     /// (404) while its pin stays recorded.
-    StaleRemovesPinned,
+    StaleRemovesPinned => "stale-removes-pinned", "R9",
+        "stale removal drops a pinned id";
     /// R12: the external load skips pinned ids but not reserved ones, so a
     /// reserved id without a Chutes provider takes a plaintext row.
-    ExternalIgnoresReserved,
+    ExternalIgnoresReserved => "external-ignores-reserved", "R12",
+        "a plaintext external row lands on a reserved id";
     /// R22: on a tie of informativeness the later error wins instead of the
     /// primary's.
-    ErrorTieGoesLast,
+    ErrorTieGoesLast => "error-tie-goes-last", "R22",
+        "an error tie goes to the later provider";
     /// Issue 15 (not the seed PR): the Chutes provider handed its stream to
     /// the router as soon as `e2e_init` keyed it, so a first frame that did
     /// not authenticate gave a 502 when it arrived in the same read as
     /// `e2e_init` and a 200 stream with an error event when it came in the
     /// next. It lives in the Chutes provider (`ChutesConfig::plant`);
     /// the registry only carries the name.
-    KeyedPriming,
+    KeyedPriming => "keyed-priming", "R23",
+        "a Chutes stream is handed over once keyed, before it authenticates";
     /// R17 under load: the round-robin turn is taken once the JSON reply is
     /// in, not at selection, so requests in flight together read the same
     /// turn and lead on the same provider (one at a time, nothing shows).
-    TurnTakenLate,
+    TurnTakenLate => "turn-taken-late", "R17",
+        "the round-robin turn is taken when the reply is in";
     /// SPEC-parity R43: the exact count is asked of the NEAR provider with
     /// the largest declared window (the long tier) instead of the first one
     /// with the smallest window, so a request near the base window is
     /// counted by the wrong host.
-    TokenizeOnLongTier,
+    TokenizeOnLongTier => "tokenize-on-long-tier", "R43",
+        "the exact count is asked of the long tier";
     /// SPEC-parity R44: with overflow the capacity rank stays the window, so
     /// among the providers a request overflows the smallest window leads
     /// (the biggest should: it is the likeliest to take the request).
-    OverflowSmallestFirst,
+    OverflowSmallestFirst => "overflow-smallest-first", "R44",
+        "among overflowed providers the smallest window leads";
     /// SPEC-parity R48: a streamed request placed by its prefix hash also
     /// takes a round-robin turn, so the next non-streamed request of the
     /// model leads on a provider one turn further along.
-    PrefixMovesTurn,
+    PrefixMovesTurn => "prefix-moves-turn", "R48",
+        "a prefix-placed stream also takes a round-robin turn";
     /// SPEC-parity R42.2: the pool's refinement runs as soon as one provider
     /// declares a window instead of at two distinct windows, so a
     /// single-window model's non-streamed request (no hint: no estimate)
     /// gets a requirement and can overflow its NEAR.
-    RefineSingleWindow,
+    RefineSingleWindow => "refine-single-window", "R42",
+        "the pool refines a one-window model's estimate";
     /// SPEC-parity R45.3: a candidate without a declared window counts as
     /// a larger one, so a context-length 400 from a NEAR whose only sibling
     /// is an undeclared Chutes falls through to Chutes instead of reaching
     /// the client as a 400.
-    ContextFallsToUndeclared,
+    ContextFallsToUndeclared => "context-falls-to-undeclared", "R45",
+        "a context 400 falls through to an undeclared window";
     /// SPEC-parity R47: latency demotion without its 500 ms floor, so a
     /// warmed provider at 150 ms sorts behind Chutes when another answers
     /// in 50.
-    LatencyFloorMissing,
+    LatencyFloorMissing => "latency-floor-missing", "R47",
+        "latency demotion without its 500 ms floor";
     /// SPEC-parity R42.2: the output reserve (`max_completion_tokens`,
     /// else `max_tokens`) is left out of the requirement and of R43's band,
     /// so a request whose prompt fits a window but whose answer may not is
     /// still sent to it first.
-    ReserveIgnored,
+    ReserveIgnored => "reserve-ignored", "R42",
+        "the output reserve is left out of the requirement";
     /// SPEC-parity R61: only the counter's candidate is tried, so an
     /// instance absent from the evidence (or failing it) ends the request
     /// closed although another listed instance would verify. It lives in
     /// the Chutes provider (`ChutesConfig::plant`).
-    FirstCandidateOnly,
+    FirstCandidateOnly => "first-candidate-only", "R61",
+        "only one Chutes instance is tried per request";
     /// SPEC-parity R38: a model-not-found 404 is returned to the client as
     /// an ordinary 4xx instead of falling through to the next provider.
-    NotFoundFastReturns,
+    NotFoundFastReturns => "not-found-fast-returns", "R38",
+        "a model-not-found 404 reaches the client";
     /// SPEC-parity R46: a served non-streamed request also gives its
     /// provider a TTFT sample (its whole answer time), so JSON traffic
     /// warms and moves the averages R47 orders by.
-    SampleOnJson,
+    SampleOnJson => "sample-on-json", "R46",
+        "a non-streamed answer gives a TTFT sample";
 }
 
 impl PlantedBug {
-    pub const ALL: &'static [PlantedBug] = &[
-        PlantedBug::PartialBatchPrune,
-        PlantedBug::RefusalMasking,
-        PlantedBug::DemoteAtNine,
-        PlantedBug::SuccessKeepsFailures,
-        PlantedBug::SharedProviderForgotten,
-        PlantedBug::StreamingFilterMissing,
-        PlantedBug::StreamOpenIsSuccess,
-        PlantedBug::PubkeyFallsBackToChutes,
-        PlantedBug::BackoffStepAhead,
-        PlantedBug::RoundRobinWholeList,
-        PlantedBug::DemotionSortOneStep,
-        PlantedBug::StaleRemovesPinned,
-        PlantedBug::ExternalIgnoresReserved,
-        PlantedBug::ErrorTieGoesLast,
-        PlantedBug::KeyedPriming,
-        PlantedBug::TurnTakenLate,
-        PlantedBug::TokenizeOnLongTier,
-        PlantedBug::OverflowSmallestFirst,
-        PlantedBug::PrefixMovesTurn,
-        PlantedBug::RefineSingleWindow,
-        PlantedBug::ContextFallsToUndeclared,
-        PlantedBug::LatencyFloorMissing,
-        PlantedBug::ReserveIgnored,
-        PlantedBug::FirstCandidateOnly,
-        PlantedBug::NotFoundFastReturns,
-        PlantedBug::SampleOnJson,
-    ];
-
-    /// The bug's command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            PlantedBug::PartialBatchPrune => "partial-batch-prune",
-            PlantedBug::RefusalMasking => "refusal-masking",
-            PlantedBug::DemoteAtNine => "demote-at-nine",
-            PlantedBug::SuccessKeepsFailures => "success-keeps-failures",
-            PlantedBug::SharedProviderForgotten => "shared-provider-forgotten",
-            PlantedBug::StreamingFilterMissing => "streaming-filter-missing",
-            PlantedBug::StreamOpenIsSuccess => "stream-open-is-success",
-            PlantedBug::PubkeyFallsBackToChutes => "pubkey-falls-back-to-chutes",
-            PlantedBug::BackoffStepAhead => "backoff-step-ahead",
-            PlantedBug::RoundRobinWholeList => "round-robin-whole-list",
-            PlantedBug::DemotionSortOneStep => "demotion-sort-one-step",
-            PlantedBug::StaleRemovesPinned => "stale-removes-pinned",
-            PlantedBug::ExternalIgnoresReserved => "external-ignores-reserved",
-            PlantedBug::ErrorTieGoesLast => "error-tie-goes-last",
-            PlantedBug::KeyedPriming => "keyed-priming",
-            PlantedBug::TurnTakenLate => "turn-taken-late",
-            PlantedBug::TokenizeOnLongTier => "tokenize-on-long-tier",
-            PlantedBug::OverflowSmallestFirst => "overflow-smallest-first",
-            PlantedBug::PrefixMovesTurn => "prefix-moves-turn",
-            PlantedBug::RefineSingleWindow => "refine-single-window",
-            PlantedBug::ContextFallsToUndeclared => "context-falls-to-undeclared",
-            PlantedBug::LatencyFloorMissing => "latency-floor-missing",
-            PlantedBug::ReserveIgnored => "reserve-ignored",
-            PlantedBug::FirstCandidateOnly => "first-candidate-only",
-            PlantedBug::NotFoundFastReturns => "not-found-fast-returns",
-            PlantedBug::SampleOnJson => "sample-on-json",
-        }
-    }
-
     pub fn from_name(name: &str) -> Option<PlantedBug> {
         Self::ALL.iter().copied().find(|b| b.name() == name)
     }
