@@ -80,6 +80,21 @@ impl Pool {
         self.own_keys
     }
 
+    /// Whether `k` requests can each take a nonce of whichever listed
+    /// instance their turn lands on: a listing of the instances' own keys,
+    /// not stale, every instance with `k` nonces or more.
+    pub fn serves_each_of(&self, k: usize) -> bool {
+        self.own_keys
+            && !self.stale
+            && !self.nonces.is_empty()
+            && self.nonces.iter().all(|&n| n >= k)
+    }
+
+    /// Whether nothing is listed: the next request discovers.
+    pub fn unlisted(&self) -> bool {
+        self.nonces.is_empty()
+    }
+
     /// §7b / R61: the instance one request uses, given the evidence fault
     /// the gateway acted out and whether the router trusts its vendor key.
     pub fn choose(&mut self, evidence: Option<&Fault>, trusted: bool) -> Choice {

@@ -11,8 +11,11 @@
 //!   they arrive (R17, R65; a group of one takes none, so all lead on it;
 //!   a group smaller than the step wraps). Nothing that happens during the
 //!   step can change that group if its members are NEAR or external
-//!   providers (a Chutes provider's pool and nonces are per-request state
-//!   of their own), none of the model's is demoted (a success would
+//!   providers, or it is one Chutes provider that serves the whole step
+//!   from one listing (`chutes_settled`: its pool and nonces are
+//!   per-request state, R60/R61, but with a nonce for every request on
+//!   every instance and no Chutes fault in the step, which request used
+//!   which instance changes nothing after it), none of the model's is demoted (a success would
 //!   promote it), none can reach the demotion threshold from the failures
 //!   the step's other requests can add before a first attempt (`k - 1`
 //!   requests, four rounds each), no declared window makes the body's size matter (R44), the
@@ -27,13 +30,14 @@
 //!   request met which answer: each request is judged against a prediction
 //!   with its lead, and the model goes on from the serial state.
 //!
-//! Anything else (a failure, a retry, a 429 from the cap, Chutes, streams)
-//! is left to the interleaving: the model stops predicting the run there.
+//! Anything else (a failure, a retry, a 429 from the cap, streams, a
+//! Chutes step that meets a fault or could drain an instance) is left to
+//! the interleaving: the model stops predicting the run there.
 
 use super::registry::{Kind, Registry, DEMOTED_AT};
 use super::request::{Prediction, Seen, ROUNDS};
 use super::Facts;
-use crate::fault::HostEvent;
+use crate::fault::{HostEvent, RequestKind};
 use crate::record::RequestRecord;
 use crate::scenario::format::RequestSpec;
 use tiersim_engine::retry::Decision;
@@ -96,11 +100,14 @@ pub(super) fn judge(
     // The turns, taken one per request on a copy of the registry.
     let mut turns = reg.clone();
     let mut leads: Vec<String> = Vec::with_capacity(k);
+    let mut on_chutes = false;
     for spec in specs {
         let Ok(ordered) = turns.order(facts, spec, &mut Seen::over(&[])) else {
             return undecided();
         };
-        let stable = ordered.group.iter().all(|p| plain(&p.kind))
+        let settled = chutes_settled(reg, &list, &ordered.group, k, window);
+        on_chutes |= settled;
+        let stable = (ordered.group.iter().all(|p| plain(&p.kind)) || settled)
             && ordered.cands.first().map(|p| &p.id) == ordered.group.first().map(|p| &p.id);
         if !stable {
             return undecided();
@@ -136,7 +143,14 @@ pub(super) fn judge(
     // host's answers in turn order; any answer that breaks one makes the
     // step not quiet, so which request met which answer cannot matter.
     let mut after = reg.clone();
-    let mut seen = Seen::over(window);
+    // The Chutes gateway's events interleave across the step's requests
+    // (each discovers, fetches evidence and invokes in turn); all are
+    // normal answers (`chutes_settled`), so each kind is read on its own.
+    let mut seen = if on_chutes {
+        Seen::by_kind(window)
+    } else {
+        Seen::over(window)
+    };
     let mut predictions = Vec::with_capacity(k);
     for (spec, lead) in specs.iter().zip(&leads) {
         let p = after.request_seen(facts, spec, &mut seen);
@@ -162,6 +176,48 @@ pub(super) fn judge(
         }
     }
     Verdict::Judged(out, Box::new(after))
+}
+
+/// Whether a leading group of one Chutes provider serves the whole step
+/// from its listing, so that the interleaving cannot change what the step
+/// does. Each request takes the next value of R61's counter as it arrives:
+/// which instance each used depends on the order, but the instances used,
+/// the nonces spent and the counter after the step do not, provided every
+/// instance has a nonce for every request (`serves_each_of`) or none is
+/// listed yet (one discovery serves them all), the step meets no Chutes
+/// fault and discovers only then (its host events say so), and
+/// no provider of the model is demoted or could be by the step's other
+/// requests (a Chutes failure would end the quiet step anyway).
+fn chutes_settled(
+    reg: &Registry,
+    list: &[super::registry::Prov],
+    group: &[super::registry::Prov],
+    k: usize,
+    window: &[HostEvent],
+) -> bool {
+    let [lead] = group else {
+        return false;
+    };
+    if !matches!(lead.kind, Kind::Chutes { .. }) {
+        return false;
+    }
+    // Listed with a nonce for every request, or not listed at all: then
+    // the first request to arrive discovers while the others wait for its
+    // listing (the pool's lock is held across discovery), whichever it is.
+    let pool = reg.pools.get(&lead.id);
+    let unlisted = pool.is_none_or(|p| p.unlisted());
+    let listed = pool.is_some_and(|p| p.serves_each_of(k))
+        || (unlisted && crate::hosts::DEFAULT_NONCES >= k);
+    let quiet_gateway = !window.iter().any(|e| {
+        matches!(e, HostEvent::Request { host, kind, fault }
+            if host == "chutes"
+                && (fault.is_some()
+                    || (!unlisted && matches!(kind, RequestKind::Models | RequestKind::Instances))))
+    });
+    let counts_hold = list
+        .iter()
+        .all(|p| reg.failures(&p.id) + (k as u32 - 1) * ROUNDS < DEMOTED_AT);
+    listed && quiet_gateway && counts_hold
 }
 
 /// Whether two requests route alike: everything but the message text (no

@@ -552,7 +552,13 @@ fn render(steps: &[Step]) -> String {
 /// The window's host requests, consumed host by host.
 pub(super) struct Seen<'a> {
     events: &'a [HostEvent],
+    /// Per host (or per host and kinds, `by_kind`), the first event not
+    /// yet consumed.
     next: BTreeMap<String, usize>,
+    /// Each kind of a host's requests is read on its own: for requests in
+    /// flight together whose events interleave (`concurrent.rs`), where
+    /// every event of the host is a normal answer.
+    by_kind: bool,
     /// The delays faults scripted on the current attempt's way (ms), for
     /// its TTFT sample (R46).
     delay_ms: f64,
@@ -566,14 +572,29 @@ impl<'a> Seen<'a> {
         Seen {
             events,
             next: BTreeMap::new(),
+            by_kind: false,
             delay_ms: 0.0,
             asks: Asks::Unjudged,
         }
     }
 
+    /// Nothing of `window` consumed yet, each kind of a host's requests
+    /// read on its own cursor.
+    pub(super) fn by_kind(events: &'a [HostEvent]) -> Seen<'a> {
+        Seen {
+            by_kind: true,
+            ..Seen::over(events)
+        }
+    }
+
     /// The next request `host` served (of the kinds `kinds`), consumed.
     fn take(&mut self, host: &str, kinds: &[RequestKind]) -> Option<(RequestKind, Option<Fault>)> {
-        let from = self.next.get(host).copied().unwrap_or(0);
+        let cursor = if self.by_kind {
+            format!("{host}/{kinds:?}")
+        } else {
+            host.to_string()
+        };
+        let from = self.next.get(&cursor).copied().unwrap_or(0);
         for (i, e) in self.events.iter().enumerate().skip(from) {
             if let HostEvent::Request {
                 host: h,
@@ -582,7 +603,7 @@ impl<'a> Seen<'a> {
             } = e
             {
                 if h == host && kinds.contains(kind) {
-                    self.next.insert(host.to_string(), i + 1);
+                    self.next.insert(cursor, i + 1);
                     if let Some(Fault::LatencyMs { ms } | Fault::SlowFirstTokenMs { ms }) = fault {
                         self.delay_ms += *ms as f64;
                     }
@@ -590,8 +611,24 @@ impl<'a> Seen<'a> {
                 }
             }
         }
-        self.next.insert(host.to_string(), self.events.len());
+        self.next.insert(cursor, self.events.len());
         None
+    }
+
+    /// Whether the next request `host` served is of `kinds` (on that
+    /// kinds' own cursor under `by_kind`), without consuming it.
+    fn next_is(&self, host: &str, kinds: &[RequestKind]) -> bool {
+        if !self.by_kind {
+            return self.peek(host).is_some_and(|k| kinds.contains(&k));
+        }
+        let from = self
+            .next
+            .get(&format!("{host}/{kinds:?}"))
+            .copied()
+            .unwrap_or(0);
+        self.events.iter().skip(from).any(|e| {
+            matches!(e, HostEvent::Request { host: h, kind, .. } if h == host && kinds.contains(kind))
+        })
     }
 
     /// The next request `host` served, without consuming it.
@@ -1010,7 +1047,7 @@ impl Registry {
                     // R60: discovery (`/v1/models`, `/e2e/instances`) when the
                     // router's snapshot could not serve; a listing is not trust.
                     let stages = [RequestKind::Models, RequestKind::Instances];
-                    while seen.peek(host).is_some_and(|k| stages.contains(&k)) {
+                    while seen.next_is(host, &stages) {
                         let Some((kind, fault)) = seen.take(host, &stages) else {
                             break;
                         };

@@ -16,7 +16,8 @@ use super::latency::Range;
 use super::registry::{Kind, DEMOTED_AT};
 use super::request::{Asks, Step};
 use super::{Facts, Prediction, Registry};
-use crate::fault::{Fault, HostEvent, RequestKind};
+use crate::fault::{EvidenceFlaw, Fault, HostEvent, RequestKind};
+use crate::hosts::DEFAULT_NONCES;
 use crate::record::{RequestRecord, StepRecord};
 use crate::scenario::format::RequestSpec;
 
@@ -550,7 +551,6 @@ fn decisions(p: &super::Prediction) -> Vec<Decision> {
 
 #[test]
 fn r7b_every_evidence_flaw_on_the_only_instance_fails_closed_at_once() {
-    use crate::fault::EvidenceFlaw;
     for &flaw in EvidenceFlaw::ALL {
         let (facts, mut reg) = chutes_world();
         let evidence = Some(Fault::Evidence { flaw, instance: 0 });
@@ -585,7 +585,7 @@ fn r7b_untrusted_vendor_or_substituted_listing_key_binds_nothing() {
 #[test]
 fn r7b_evidence_binding_the_substituted_listing_key_verifies_that_instance_alone() {
     use super::chutes::{Choice, Pool};
-    use crate::fault::EvidenceFlaw;
+
     let other_key = |instance| Fault::Evidence {
         flaw: EvidenceFlaw::OtherKey,
         instance,
@@ -2241,32 +2241,85 @@ fn r17_a_concurrent_step_of_one_request_is_not_judged_as_requests_in_flight_toge
     assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
 }
 
-#[test]
-fn r17_r60_a_chutes_led_concurrent_step_is_left_to_the_interleaving() {
-    // Kimi's only provider is Chutes: its pool and nonces are per-request
-    // state (R60, R61), so which request met which listing, evidence and
-    // invocation is the interleaving's, even when both are served.
-    let events: Vec<HostEvent> = [
-        chutes_attempt(true, None, Some(None)),
-        chutes_attempt(false, None, Some(None)),
+/// Two Chutes requests in flight together, as the gateway saw them: their
+/// events interleave. The first to arrive discovers (the other waits for
+/// its listing), then both fetch evidence, then both invoke; `evidence`
+/// is what the first evidence fetch acted out.
+fn two_chutes_requests_interleaved(evidence: Option<Fault>) -> Vec<HostEvent> {
+    vec![
+        chutes(RequestKind::Models, None),
+        chutes(RequestKind::Instances, None),
+        chutes(RequestKind::Evidence, evidence),
+        chutes(RequestKind::Evidence, None),
+        chutes(RequestKind::Chat, None),
+        chutes(RequestKind::Chat, None),
     ]
-    .concat();
-    let (facts, mut serial) = chutes_world();
-    let mut seen = super::request::Seen::over(&events);
-    for _ in 0..2 {
-        let p = serial.request_seen(&facts, &kimi(false), &mut seen);
-        assert_eq!((p.status, decisions(&p)), (200, vec![Decision::Served]));
-        assert_eq!(p.attempts[0].provider, KIMI_ID);
-    }
-    let served = || {
-        let mut r = concurrent_record(&[(KIMI_ID, Decision::Served)], 200);
-        r.model = KIMI.into();
-        r
-    };
+}
+
+fn kimi_record(decision: Decision, status: u16) -> RequestRecord {
+    let mut r = concurrent_record(&[(KIMI_ID, decision)], status);
+    r.model = KIMI.into();
+    r
+}
+
+#[test]
+fn r17_r60_r61_a_chutes_led_concurrent_step_served_from_one_listing_is_judged() {
+    // Kimi's only provider is Chutes. Whichever request arrived first
+    // listed, and each took the next value of R61's counter: which
+    // instance each used is the interleaving's, but every instance verifies
+    // and has a nonce for both, so both are served and the pool after the
+    // step is the same in either order.
+    let events = two_chutes_requests_interleaved(None);
+    let served = || kimi_record(Decision::Served, 200);
     let mut model = judging_in(chutes_world());
     let diffs = judge_concurrent(
         &mut model,
         vec![kimi(false), kimi(false)],
+        vec![served(), served()],
+        &events,
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), None, "the step is judged");
+    // One listing served both: two of its one instance's nonces are spent.
+    let pool = &model.reg.pools[KIMI_ID];
+    assert!(pool.serves_each_of(DEFAULT_NONCES - 2));
+    assert!(!pool.serves_each_of(DEFAULT_NONCES - 1));
+
+    // So a request the engine failed is a violation, not a stop.
+    let mut model = judging_in(chutes_world());
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![kimi(false), kimi(false)],
+        vec![served(), kimi_record(Decision::FailClosed, 502)],
+        &events,
+    );
+    assert!(!diffs.is_empty(), "a failed request is judged");
+    assert_eq!(model.abstained(), None);
+}
+
+#[test]
+fn r17_r60_a_chutes_led_concurrent_step_that_meets_a_chutes_fault_is_left_to_the_interleaving() {
+    // GLM is served by Chutes alone, from two instances. Instance 0 is
+    // missing from one evidence fetch: that request skips to instance 1
+    // and both are served, but which request met the flaw decides which
+    // instance each used and so which nonces are left. The model stops.
+    let flaw = Fault::Evidence {
+        flaw: EvidenceFlaw::Missing,
+        instance: 0,
+    };
+    let events = two_chutes_requests_interleaved(Some(flaw));
+    let served = || concurrent_record(&[(GLM_ID, Decision::Served)], 200);
+    let (facts, mut serial) = chutes_world();
+    let mut seen = super::request::Seen::by_kind(&events);
+    for _ in 0..2 {
+        let p = serial.request_seen(&facts, &spec(), &mut seen);
+        assert_eq!((p.status, decisions(&p)), (200, vec![Decision::Served]));
+        assert_eq!(p.attempts[0].provider, GLM_ID);
+    }
+    let mut model = judging_in(chutes_world());
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![spec(), spec()],
         vec![served(), served()],
         &events,
     );
