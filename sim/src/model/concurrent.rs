@@ -18,7 +18,9 @@
 //!   which instance changes nothing after it), none of the model's is demoted (a success would
 //!   promote it), none can reach the demotion threshold from the failures
 //!   the step's other requests can add before a first attempt (`k - 1`
-//!   requests, four rounds each), no declared window makes the body's size matter (R44), the
+//!   requests, four rounds each), no declared window makes the body's
+//!   size matter (R44: with windows, every request sends the same body and
+//!   none may ask for an exact count, R43), the
 //!   router is neither refreshing nor restarted, and the per-model cap
 //!   (SPEC-parity R28) admits them all. Then their first attempts go to the
 //!   providers of the next `k` turns, one each: as a multiset, whichever
@@ -35,7 +37,7 @@
 //! the interleaving: the model stops predicting the run there.
 
 use super::registry::{Kind, Registry, DEMOTED_AT};
-use super::request::{Prediction, Seen, ROUNDS};
+use super::request::{Asks, Prediction, Seen, ROUNDS};
 use super::Facts;
 use crate::fault::{HostEvent, RequestKind};
 use crate::record::RequestRecord;
@@ -81,6 +83,11 @@ pub(super) fn judge(
     // window makes each body's size matter (R44). Before a request's first
     // attempt only the other `k - 1` requests can have failed, each at most
     // once per round on any one provider (R20); a quiet step fails nowhere.
+    // A declared window makes each body's size matter (R44): the requests
+    // are judged together only when they send the same body, so that one
+    // estimate orders them all, and when none may ask for a count (R43's
+    // call and permits are the interleaving's).
+    let windowed = list.iter().any(|p| p.window.is_some());
     let group_may_change = list
         .iter()
         .any(|p| plain(&p.kind) && reg.failures(&p.id) + (k as u32 - 1) * ROUNDS >= DEMOTED_AT);
@@ -92,7 +99,7 @@ pub(super) fn judge(
         || !cap_admits
         || !registry_still
         || group_may_change
-        || list.iter().any(|p| p.window.is_some())
+        || (windowed && !specs.iter().all(|s| same_body(first, s)))
     {
         return undecided();
     }
@@ -102,9 +109,13 @@ pub(super) fn judge(
     let mut leads: Vec<String> = Vec::with_capacity(k);
     let mut on_chutes = false;
     for spec in specs {
-        let Ok(ordered) = turns.order(facts, spec, &mut Seen::over(&[])) else {
+        let mut seen = Seen::over(&[]);
+        let Ok(ordered) = turns.order(facts, spec, &mut seen) else {
             return undecided();
         };
+        if windowed && *seen.asks() != Asks::Nobody {
+            return undecided();
+        }
         let settled = chutes_settled(reg, &list, &ordered.group, k, window);
         on_chutes |= settled;
         let stable = (ordered.group.iter().all(|p| plain(&p.kind)) || settled)
@@ -218,6 +229,11 @@ fn chutes_settled(
         .iter()
         .all(|p| reg.failures(&p.id) + (k as u32 - 1) * ROUNDS < DEMOTED_AT);
     listed && quiet_gateway && counts_hold
+}
+
+/// Whether two requests send the same body (so the same estimate).
+fn same_body(a: &RequestSpec, b: &RequestSpec) -> bool {
+    crate::runner::request_body(a) == crate::runner::request_body(b)
 }
 
 /// Whether two requests route alike: everything but the message text (no

@@ -615,6 +615,11 @@ impl<'a> Seen<'a> {
         None
     }
 
+    /// R43: where the request just ordered may ask for its count.
+    pub(super) fn asks(&self) -> &Asks {
+        &self.asks
+    }
+
     /// Whether the next request `host` served is of `kinds` (on that
     /// kinds' own cursor under `by_kind`), without consuming it.
     fn next_is(&self, host: &str, kinds: &[RequestKind]) -> bool {

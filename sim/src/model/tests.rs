@@ -2263,6 +2263,69 @@ fn kimi_record(decision: Decision, status: u16) -> RequestRecord {
 }
 
 #[test]
+fn r17_r44_concurrent_requests_with_one_body_are_judged_under_declared_windows() {
+    // windowed(): near-1 declares 1 000, near-2 and near-3 2 000, so a
+    // short request's leading group is near-1 alone (R44). Two copies of
+    // one short body: one estimate orders both, neither may ask for a
+    // count (R43), so both lead on near-1 whatever their order.
+    let served = || concurrent_record(&[("near-1", Decision::Served)], 200);
+    let both_on_near_1 = chats([("near-1", None), ("near-1", None)]);
+    let mut model = judging_in(windowed());
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![spec(), spec()],
+        vec![served(), served()],
+        &both_on_near_1,
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), None, "the step is judged");
+    // A request that went elsewhere is a violation.
+    let mut model = judging_in(windowed());
+    let other = concurrent_record(&[("near-2", Decision::Served)], 200);
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![spec(), spec()],
+        vec![served(), other],
+        &chats([("near-1", None), ("near-2", None)]),
+    );
+    assert!(!diffs.is_empty(), "near-2 does not lead a short request");
+
+    // Bodies of different sizes have estimates of their own, and a body
+    // near a window may be counted (R43's call and its permits are the
+    // interleaving's): the model stops.
+    let longer = RequestSpec {
+        prompt: Some("aaaa".into()),
+        repeat: Some(10),
+        ..spec()
+    };
+    let near_a_window = RequestSpec {
+        prompt: Some("aaaa".into()),
+        repeat: Some(900),
+        ..spec()
+    };
+    let mut model = judging_in(windowed());
+    judge_concurrent(
+        &mut model,
+        vec![spec(), longer],
+        vec![served(), served()],
+        &both_on_near_1,
+    );
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
+    // 904 tokens near near-1's 1 000: uncounted, the heuristic's 1 084
+    // overflows near-1, so each would take a turn of near-2 and near-3;
+    // but either may have been counted first and led on near-1.
+    let on = |host| concurrent_record(&[(host, Decision::Served)], 200);
+    let mut model = judging_in(windowed());
+    judge_concurrent(
+        &mut model,
+        vec![near_a_window.clone(), near_a_window],
+        vec![on("near-2"), on("near-3")],
+        &chats([("near-2", None), ("near-3", None)]),
+    );
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
+}
+
+#[test]
 fn r17_r60_r61_a_chutes_led_concurrent_step_served_from_one_listing_is_judged() {
     // Kimi's only provider is Chutes. Whichever request arrived first
     // listed, and each took the next value of R61's counter: which
