@@ -32,6 +32,9 @@
 //!   request met which answer: each request is judged against a prediction
 //!   with its lead, and the model goes on from the serial state.
 //!
+//! - **No provider.** When no provider serves the model, the router
+//!   answers each request alone (R28's 400), whatever the order.
+//!
 //! Anything else (a failure, a retry, a 429 from the cap, streams, a
 //! Chutes step that meets a fault or could drain an instance) is left to
 //! the interleaving: the model stops predicting the run there.
@@ -102,6 +105,22 @@ pub(super) fn judge(
         || (windowed && !specs.iter().all(|s| same_body(first, s)))
     {
         return undecided();
+    }
+
+    // No provider serves the model: the router answers each request alone
+    // (R28), the same whatever their order.
+    if list.is_empty() {
+        let mut after = reg.clone();
+        let mut seen = Seen::over(window);
+        let mut out = Vec::new();
+        for (spec, r) in specs.iter().zip(got) {
+            let p = after.request_seen(facts, spec, &mut seen);
+            if p.undecided || !p.attempts.is_empty() {
+                return undecided();
+            }
+            out.extend(p.diff(r));
+        }
+        return Verdict::Judged(out, Box::new(after));
     }
 
     // The turns, taken one per request on a copy of the registry.

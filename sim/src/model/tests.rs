@@ -2263,6 +2263,38 @@ fn kimi_record(decision: Decision, status: u16) -> RequestRecord {
 }
 
 #[test]
+fn r28_concurrent_requests_for_a_model_no_provider_serves_are_judged() {
+    // No provider serves the id: the router answers each request alone
+    // with R28's 400 and tries nothing, whatever the order.
+    let unknown = || RequestSpec {
+        model: "no-such/model".into(),
+        ..spec()
+    };
+    let answered = |status| {
+        let mut r = concurrent_record(&[], status);
+        r.model = "no-such/model".into();
+        r
+    };
+    let mut model = judging_in(three_near());
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![unknown(), unknown()],
+        vec![answered(400), answered(400)],
+        &[],
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), None, "the step is judged");
+    let mut model = judging_in(three_near());
+    let diffs = judge_concurrent(
+        &mut model,
+        vec![unknown(), unknown()],
+        vec![answered(400), answered(404)],
+        &[],
+    );
+    assert!(!diffs.is_empty(), "a 404 is not R28's answer");
+}
+
+#[test]
 fn r17_r44_concurrent_requests_with_one_body_are_judged_under_declared_windows() {
     // windowed(): near-1 declares 1 000, near-2 and near-3 2 000, so a
     // short request's leading group is near-1 alone (R44). Two copies of
