@@ -240,7 +240,7 @@ fn chutes_settled(
         || (unlisted && crate::hosts::DEFAULT_NONCES >= k);
     let quiet_gateway = !window.iter().any(|e| {
         matches!(e, HostEvent::Request { host, kind, fault }
-            if host == "chutes"
+            if host == crate::world::CHUTES
                 && (fault.is_some()
                     || (!unlisted && matches!(kind, RequestKind::Models | RequestKind::Instances))))
     });

@@ -2256,37 +2256,47 @@ fn two_chutes_requests_interleaved(evidence: Option<Fault>) -> Vec<HostEvent> {
     ]
 }
 
-fn kimi_record(decision: Decision, status: u16) -> RequestRecord {
-    let mut r = concurrent_record(&[(KIMI_ID, decision)], status);
-    r.model = KIMI.into();
-    r
+/// A concurrent request's record for `model` (the helper's is for MODEL).
+fn record_of(model: &str, attempts: &[(&str, Decision)], status: u16) -> RequestRecord {
+    RequestRecord {
+        model: model.into(),
+        ..concurrent_record(attempts, status)
+    }
+}
+
+/// One concurrent step judged in a fresh model of `world`: the model after
+/// it (where it stopped, its pools) and the differences it found.
+fn judged_step(
+    world: (Facts, Registry),
+    specs: Vec<RequestSpec>,
+    got: Vec<RequestRecord>,
+    events: &[HostEvent],
+) -> (super::Model, Vec<String>) {
+    let mut model = judging_in(world);
+    let diffs = judge_concurrent(&mut model, specs, got, events);
+    (model, diffs)
 }
 
 #[test]
 fn r28_concurrent_requests_for_a_model_no_provider_serves_are_judged() {
     // No provider serves the id: the router answers each request alone
     // with R28's 400 and tries nothing, whatever the order.
+    const UNKNOWN: &str = "no-such/model";
     let unknown = || RequestSpec {
-        model: "no-such/model".into(),
+        model: UNKNOWN.into(),
         ..spec()
     };
-    let answered = |status| {
-        let mut r = concurrent_record(&[], status);
-        r.model = "no-such/model".into();
-        r
-    };
-    let mut model = judging_in(three_near());
-    let diffs = judge_concurrent(
-        &mut model,
+    let answered = |status| record_of(UNKNOWN, &[], status);
+    let (model, diffs) = judged_step(
+        three_near(),
         vec![unknown(), unknown()],
         vec![answered(400), answered(400)],
         &[],
     );
     assert!(diffs.is_empty(), "{diffs:?}");
     assert_eq!(model.abstained(), None, "the step is judged");
-    let mut model = judging_in(three_near());
-    let diffs = judge_concurrent(
-        &mut model,
+    let (_, diffs) = judged_step(
+        three_near(),
         vec![unknown(), unknown()],
         vec![answered(400), answered(404)],
         &[],
@@ -2300,24 +2310,21 @@ fn r17_r44_concurrent_requests_with_one_body_are_judged_under_declared_windows()
     // short request's leading group is near-1 alone (R44). Two copies of
     // one short body: one estimate orders both, neither may ask for a
     // count (R43), so both lead on near-1 whatever their order.
-    let served = || concurrent_record(&[("near-1", Decision::Served)], 200);
+    let on = |host| concurrent_record(&[(host, Decision::Served)], 200);
     let both_on_near_1 = chats([("near-1", None), ("near-1", None)]);
-    let mut model = judging_in(windowed());
-    let diffs = judge_concurrent(
-        &mut model,
+    let (model, diffs) = judged_step(
+        windowed(),
         vec![spec(), spec()],
-        vec![served(), served()],
+        vec![on("near-1"), on("near-1")],
         &both_on_near_1,
     );
     assert!(diffs.is_empty(), "{diffs:?}");
     assert_eq!(model.abstained(), None, "the step is judged");
     // A request that went elsewhere is a violation.
-    let mut model = judging_in(windowed());
-    let other = concurrent_record(&[("near-2", Decision::Served)], 200);
-    let diffs = judge_concurrent(
-        &mut model,
+    let (_, diffs) = judged_step(
+        windowed(),
         vec![spec(), spec()],
-        vec![served(), other],
+        vec![on("near-1"), on("near-2")],
         &chats([("near-1", None), ("near-2", None)]),
     );
     assert!(!diffs.is_empty(), "near-2 does not lead a short request");
@@ -2335,21 +2342,18 @@ fn r17_r44_concurrent_requests_with_one_body_are_judged_under_declared_windows()
         repeat: Some(900),
         ..spec()
     };
-    let mut model = judging_in(windowed());
-    judge_concurrent(
-        &mut model,
+    let (model, _) = judged_step(
+        windowed(),
         vec![spec(), longer],
-        vec![served(), served()],
+        vec![on("near-1"), on("near-1")],
         &both_on_near_1,
     );
     assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
     // 904 tokens near near-1's 1 000: uncounted, the heuristic's 1 084
     // overflows near-1, so each would take a turn of near-2 and near-3;
     // but either may have been counted first and led on near-1.
-    let on = |host| concurrent_record(&[(host, Decision::Served)], 200);
-    let mut model = judging_in(windowed());
-    judge_concurrent(
-        &mut model,
+    let (model, _) = judged_step(
+        windowed(),
         vec![near_a_window.clone(), near_a_window],
         vec![on("near-2"), on("near-3")],
         &chats([("near-2", None), ("near-3", None)]),
@@ -2365,10 +2369,10 @@ fn r17_r60_r61_a_chutes_led_concurrent_step_served_from_one_listing_is_judged() 
     // and has a nonce for both, so both are served and the pool after the
     // step is the same in either order.
     let events = two_chutes_requests_interleaved(None);
+    let kimi_record = |decision, status| record_of(KIMI, &[(KIMI_ID, decision)], status);
     let served = || kimi_record(Decision::Served, 200);
-    let mut model = judging_in(chutes_world());
-    let diffs = judge_concurrent(
-        &mut model,
+    let (model, diffs) = judged_step(
+        chutes_world(),
         vec![kimi(false), kimi(false)],
         vec![served(), served()],
         &events,
@@ -2381,9 +2385,8 @@ fn r17_r60_r61_a_chutes_led_concurrent_step_served_from_one_listing_is_judged() 
     assert!(!pool.serves_each_of(DEFAULT_NONCES - 1));
 
     // So a request the engine failed is a violation, not a stop.
-    let mut model = judging_in(chutes_world());
-    let diffs = judge_concurrent(
-        &mut model,
+    let (model, diffs) = judged_step(
+        chutes_world(),
         vec![kimi(false), kimi(false)],
         vec![served(), kimi_record(Decision::FailClosed, 502)],
         &events,
@@ -2411,9 +2414,8 @@ fn r17_r60_a_chutes_led_concurrent_step_that_meets_a_chutes_fault_is_left_to_the
         assert_eq!((p.status, decisions(&p)), (200, vec![Decision::Served]));
         assert_eq!(p.attempts[0].provider, GLM_ID);
     }
-    let mut model = judging_in(chutes_world());
-    let diffs = judge_concurrent(
-        &mut model,
+    let (model, diffs) = judged_step(
+        chutes_world(),
         vec![spec(), spec()],
         vec![served(), served()],
         &events,
