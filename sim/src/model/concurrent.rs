@@ -18,7 +18,9 @@
 //!   which instance changes nothing after it), none of the model's is demoted (a success would
 //!   promote it), none can reach the demotion threshold from the failures
 //!   the step's other requests can add before a first attempt (`k - 1`
-//!   requests, four rounds each), no declared window makes the body's
+//!   requests, four rounds each) unless the step's answers rule it out
+//!   (`nothing_failed`, or `AnswersAlike::keep_under_threshold`: from four
+//!   requests on the bound always reaches it), no declared window makes the body's
 //!   size matter (R44: with windows, every request sends the same body and
 //!   none may ask for an exact count, R43), the
 //!   router is neither refreshing nor restarted, and the per-model cap
@@ -31,18 +33,27 @@
 //!   served providers' counts reset) is the serial order's, whichever
 //!   request met which answer: each request is judged against a prediction
 //!   with its lead, and the model goes on from the serial state.
+//! - **Hosts that answered alike.** The same holds when requests failed,
+//!   provided every host answered all the chat requests it saw alike (one
+//!   fault, or none; a silent host fails every attempt), nothing reached
+//!   the Chutes gateway, and the predictions account for every answer:
+//!   then requests with one lead do the same thing wherever they fell in
+//!   the order, and each count moves by the same amount (`AnswersAlike`).
 //!
 //! - **No provider.** When no provider serves the model, the router
 //!   answers each request alone (R28's 400), whatever the order.
 //!
-//! Anything else (a failure, a retry, a 429 from the cap, streams, a
-//! Chutes step that meets a fault or could drain an instance) is left to
-//! the interleaving: the model stops predicting the run there.
+//! Anything else (a host that answered requests differently, a 429 from
+//! the cap, streams, a Chutes step that meets a fault or could drain an
+//! instance) is left to the interleaving: the model stops predicting the
+//! run there.
 
-use super::registry::{Kind, Registry, DEMOTED_AT};
+use std::collections::BTreeMap;
+
+use super::registry::{Kind, Prov, Registry, DEMOTED_AT};
 use super::request::{Asks, Prediction, Seen, ROUNDS};
 use super::Facts;
-use crate::fault::{HostEvent, RequestKind};
+use crate::fault::{Fault, HostEvent, RequestKind};
 use crate::record::RequestRecord;
 use crate::scenario::format::RequestSpec;
 use tiersim_engine::retry::Decision;
@@ -82,18 +93,23 @@ pub(super) fn judge(
         .any(|e| matches!(e, HostEvent::RouterBoot | HostEvent::Listing { .. }));
     let list = reg.list(&first.model);
     // A provider the step's failures could demote, or one demoted that a
-    // success would promote, could change the group mid-step; a declared
-    // window makes each body's size matter (R44). Before a request's first
-    // attempt only the other `k - 1` requests can have failed, each at most
-    // once per round on any one provider (R20); a quiet step fails nowhere.
+    // success would promote, could change the group mid-step. Before a
+    // request's first attempt only the other `k - 1` requests can have
+    // failed, each at most once per round on any one provider (R20).
     // A declared window makes each body's size matter (R44): the requests
     // are judged together only when they send the same body, so that one
     // estimate orders them all, and when none may ask for a count (R43's
     // call and permits are the interleaving's).
     let windowed = list.iter().any(|p| p.window.is_some());
-    let group_may_change = list
+    let demoted_now = list
         .iter()
-        .any(|p| plain(&p.kind) && reg.failures(&p.id) + (k as u32 - 1) * ROUNDS >= DEMOTED_AT);
+        .any(|p| plain(&p.kind) && reg.failures(&p.id) >= DEMOTED_AT);
+    // Failures the step's other requests could add might reach R21's
+    // threshold mid-step and change the group later arrivals turn: then
+    // the turns hold only if nothing failed (no count moved).
+    let counts_may_reach = list
+        .iter()
+        .any(|p| reg.failures(&p.id) + (k as u32 - 1) * ROUNDS >= DEMOTED_AT);
     if k < 2
         || got.len() != k
         || first.stream
@@ -101,7 +117,7 @@ pub(super) fn judge(
         || specs.iter().any(|s| super::admission::refusal(s).is_some())
         || !cap_admits
         || !registry_still
-        || group_may_change
+        || demoted_now
         || (windowed && !specs.iter().all(|s| same_body(first, s)))
     {
         return undecided();
@@ -144,6 +160,23 @@ pub(super) fn judge(
         }
         leads.push(ordered.group[0].id.clone());
     }
+    // The counts could reach the threshold mid-step: the turns hold if
+    // nothing failed, or if every host answered alike and the failures
+    // its answers (or its silence) can add keep each of the leading
+    // NEAR or external group's providers under it.
+    let alike = if on_chutes {
+        None
+    } else {
+        answers_alike(window)
+    };
+    if counts_may_reach
+        && !nothing_failed(got, window)
+        && !alike
+            .as_ref()
+            .is_some_and(|a| a.keep_under_threshold(reg, &list, k))
+    {
+        return undecided();
+    }
 
     // Whatever the order of arrival, one request per turn.
     let mut engine: Vec<&str> = Vec::with_capacity(k);
@@ -182,17 +215,25 @@ pub(super) fn judge(
         Seen::over(window)
     };
     let mut predictions = Vec::with_capacity(k);
+    let mut quiet = true;
     for (spec, lead) in specs.iter().zip(&leads) {
         let p = after.request_seen(facts, spec, &mut seen);
-        let quiet = !p.undecided
-            && p.status == 200
-            && p.attempts.len() == 1
-            && p.attempts[0].decision == Decision::Served
-            && p.attempts[0].provider == *lead;
-        if !quiet {
+        if p.undecided || p.attempts.first().is_none_or(|a| a.provider != *lead) {
             return undecided();
         }
+        quiet &=
+            p.status == 200 && p.attempts.len() == 1 && p.attempts[0].decision == Decision::Served;
         predictions.push(p);
+    }
+    // Not quiet: still the serial order's when every host answered all
+    // its requests alike and the predictions, NEAR and external providers
+    // only, account for every answer (`AnswersAlike::accounted`).
+    if !quiet
+        && !alike
+            .as_ref()
+            .is_some_and(|a| a.accounted(&list, &predictions))
+    {
+        return undecided();
     }
     let mut out = Vec::new();
     let mut unmatched: Vec<&Prediction> = predictions.iter().collect();
@@ -220,8 +261,8 @@ pub(super) fn judge(
 /// requests (a Chutes failure would end the quiet step anyway).
 fn chutes_settled(
     reg: &Registry,
-    list: &[super::registry::Prov],
-    group: &[super::registry::Prov],
+    list: &[Prov],
+    group: &[Prov],
     k: usize,
     window: &[HostEvent],
 ) -> bool {
@@ -244,10 +285,113 @@ fn chutes_settled(
                 && (fault.is_some()
                     || (!unlisted && matches!(kind, RequestKind::Models | RequestKind::Instances))))
     });
-    let counts_hold = list
-        .iter()
-        .all(|p| reg.failures(&p.id) + (k as u32 - 1) * ROUNDS < DEMOTED_AT);
-    listed && quiet_gateway && counts_hold
+    // A demoted provider that served would be promoted mid-step; counts the
+    // step could raise to the threshold are `judge`'s (`nothing_failed`).
+    let none_demoted = list.iter().all(|p| reg.failures(&p.id) < DEMOTED_AT);
+    listed && quiet_gateway && none_demoted
+}
+
+/// Whether nothing failed during the step, by both accounts: the world's
+/// (no host acted out a fault, and hosts answered exactly one chat request
+/// per request of the step) and the records' (each request served at its
+/// only attempt). Then no R21 count rose, so none reached the threshold,
+/// whatever the step's size and whichever order its requests arrived in.
+fn nothing_failed(got: &[RequestRecord], window: &[HostEvent]) -> bool {
+    let mut chats = 0;
+    for e in window {
+        if let HostEvent::Request { kind, fault, .. } = e {
+            if fault.is_some() {
+                return false;
+            }
+            chats += usize::from(*kind == RequestKind::Chat);
+        }
+    }
+    chats == got.len()
+        && got.iter().all(|r| {
+            r.status == 200
+                && matches!(r.attempts.as_slice(), [a] if a.decision == Decision::Served)
+        })
+}
+
+/// The step's chat answers when every host answered all the chat requests
+/// it saw alike (the same fault, or none), no other request met a fault and
+/// the Chutes gateway saw none: then
+/// which request met which answer cannot matter, and each provider's
+/// count moves by the same amount whatever the order (R21: a host that
+/// fails fails every attempt it sees, one that serves resets).
+struct AnswersAlike<'w> {
+    /// Per host: how many requests it answered, and how.
+    hosts: BTreeMap<&'w str, (u32, Option<&'w Fault>)>,
+}
+
+fn answers_alike(window: &[HostEvent]) -> Option<AnswersAlike<'_>> {
+    let mut hosts: BTreeMap<&str, (u32, Option<&Fault>)> = BTreeMap::new();
+    for e in window {
+        let HostEvent::Request { host, kind, fault } = e else {
+            continue;
+        };
+        if host == crate::world::CHUTES {
+            return None;
+        }
+        // Only chat answers are attempts; any other request a fault
+        // touched (an attestation fetch) could move what follows.
+        if !matches!(kind, RequestKind::Chat | RequestKind::ChatStream) {
+            if fault.is_some() {
+                return None;
+            }
+            continue;
+        }
+        let (n, how) = hosts.entry(host.as_str()).or_insert((0, fault.as_ref()));
+        if *how != fault.as_ref() {
+            return None;
+        }
+        *n += 1;
+    }
+    Some(AnswersAlike { hosts })
+}
+
+impl AnswersAlike<'_> {
+    /// Whether no plain provider of `list` can reach R21's threshold in the
+    /// step: a host that answered can fail at most the requests it
+    /// answered with a fault; a silent one (down, cut off, or not tried)
+    /// every attempt of every request, once per round.
+    fn keep_under_threshold(&self, reg: &Registry, list: &[Prov], k: usize) -> bool {
+        list.iter().all(|p| {
+            let Some(host) = host_of(p) else {
+                return true;
+            };
+            let most = match self.hosts.get(host) {
+                Some((n, Some(_))) => *n,
+                Some((_, None)) => 0,
+                None => k as u32 * ROUNDS,
+            };
+            reg.failures(&p.id) + most < DEMOTED_AT
+        })
+    }
+
+    /// Whether `predictions` (in turn order) try NEAR and external
+    /// providers only and, at each host that answered, make exactly as
+    /// many attempts as it answered.
+    fn accounted(&self, list: &[Prov], predictions: &[Prediction]) -> bool {
+        let mut tried: BTreeMap<&str, u32> = BTreeMap::new();
+        for a in predictions.iter().flat_map(|p| &p.attempts) {
+            let Some(host) = list.iter().find(|p| p.id == a.provider).and_then(host_of) else {
+                return false;
+            };
+            *tried.entry(host).or_default() += 1;
+        }
+        self.hosts
+            .iter()
+            .all(|(host, (n, _))| tried.get(host) == Some(n))
+    }
+}
+
+/// The host of a NEAR or external provider.
+fn host_of(p: &Prov) -> Option<&str> {
+    match &p.kind {
+        Kind::Near { host, .. } | Kind::External { host } => Some(host),
+        Kind::Chutes { .. } => None,
+    }
 }
 
 /// Whether two requests send the same body (so the same estimate).

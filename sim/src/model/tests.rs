@@ -1701,6 +1701,19 @@ fn chat_served(host: &str) -> HostEvent {
     }
 }
 
+/// `host` answered a chat request with `status` (a fault it acted out).
+fn chat_failed(host: &str, status: u16) -> HostEvent {
+    HostEvent::Request {
+        host: host.into(),
+        kind: RequestKind::Chat,
+        fault: Some(Fault::HttpStatus {
+            status,
+            code: None,
+            message: None,
+        }),
+    }
+}
+
 #[test]
 fn r17_requests_in_flight_together_each_take_their_own_turn() {
     use super::concurrent::{judge, Verdict};
@@ -2033,9 +2046,10 @@ fn r17_a_concurrent_step_is_judged_only_where_its_interleaving_cannot_change_it(
     assert!(judged(&capped, &reg, &specs, &window));
 
     // A NEAR provider the step's failures could demote before a first
-    // attempt (2 requests: the other one's 4 rounds, 4 failures at most),
-    // or one already demoted.
-    for (failures, ok) in [(5, true), (6, false), (DEMOTED_AT, false)] {
+    // attempt (2 requests: the other one's 4 rounds, 4 failures at most) is
+    // judged only because the step turned out quiet; one already demoted
+    // never (a success would promote it mid-step).
+    for (failures, ok) in [(5, true), (6, true), (DEMOTED_AT, false)] {
         let mut near_limit = reg.clone();
         near_limit.health.insert("near-3".into(), failures);
         assert_eq!(
@@ -2044,7 +2058,65 @@ fn r17_a_concurrent_step_is_judged_only_where_its_interleaving_cannot_change_it(
             "{failures} failures"
         );
     }
-    // Three requests: the other two's 8 failures at most.
+    // Not quiet, and both first attempts on near-1, a turn read twice.
+    // near-3 answered one request normally and failed another, so which
+    // request met which answer is the interleaving's. From 5 failures the
+    // other request's 4 cannot demote near-3, so the turns are judged: a
+    // violation. From 6 they could, so no verdict.
+    let failing = [
+        chat_served("near-1"),
+        chat_failed("near-2", 503),
+        chat_served("near-3"),
+        chat_failed("near-3", 503),
+    ];
+    let doubled = [served("near-1"), served("near-1")];
+    // The turn violations `judge` reports, from `reg` with `counts` set,
+    // for a step it leaves to the interleaving (`None`: judged).
+    let violations = |counts: &[(&str, u32)], got: &[RequestRecord], window: &[HostEvent]| {
+        let mut at = reg.clone();
+        for (id, n) in counts {
+            at.health.insert((*id).into(), *n);
+        }
+        match judge(&facts, &at, &specs, got, window) {
+            Verdict::Undecided(d) => Some(d.len()),
+            Verdict::Judged(..) => None,
+        }
+    };
+    for (failures, want) in [(5, 1), (6, 0)] {
+        let got = violations(&[("near-3", failures)], &doubled, &failing);
+        assert_eq!(got, Some(want), "{failures} failures, not quiet");
+    }
+    // Every host answered alike (near-2 failed the one request it saw):
+    // at most one failure, so from 6 the turns are still judged, and up to
+    // 8 (8 + 1 < 10); from 9 that one failure could demote near-2.
+    let alike = [
+        chat_served("near-1"),
+        chat_failed("near-2", 503),
+        chat_served("near-3"),
+    ];
+    for (failures, want) in [(6, 1), (8, 1), (9, 0)] {
+        let got = violations(&[("near-2", failures)], &doubled, &alike);
+        assert_eq!(
+            got,
+            Some(want),
+            "{failures} failures, hosts answering alike"
+        );
+    }
+    // A host that answered nothing (down, cut off, or never tried) may
+    // fail every attempt of every request, once per round: with near-2
+    // within reach of the threshold (6 + 4) and a record that is not a
+    // plain success, near-3, silent, bounds the step at 2 × 4 failures.
+    let silent = [chat_served("near-1"), chat_served("near-2")];
+    let not_plain = [
+        served("near-1"),
+        concurrent_record(&[("near-1", Decision::Served)], 502),
+    ];
+    for (failures, want) in [(1, 1), (2, 0)] {
+        let got = violations(&[("near-2", 6), ("near-3", failures)], &not_plain, &silent);
+        assert_eq!(got, Some(want), "{failures} failures on a silent host");
+    }
+    // Three requests: the other two's 8 failures at most; quiet, judged
+    // whatever the counts under the threshold.
     let three = [spec(), spec(), spec()];
     let window3 = [
         chat_served("near-1"),
@@ -2052,7 +2124,12 @@ fn r17_a_concurrent_step_is_judged_only_where_its_interleaving_cannot_change_it(
         chat_served("near-3"),
     ];
     let got3 = [served("near-1"), served("near-2"), served("near-3")];
-    for (failures, ok) in [(1, true), (2, false)] {
+    for (failures, ok) in [
+        (1, true),
+        (2, true),
+        (DEMOTED_AT - 1, true),
+        (DEMOTED_AT, false),
+    ] {
         let mut near_limit = reg.clone();
         near_limit.health.insert("near-1".into(), failures);
         assert_eq!(
@@ -2181,23 +2258,25 @@ const STOPPED_AT_CONCURRENT: Option<super::Abstention> = Some(super::Abstention 
 });
 
 #[test]
-fn r17_r21_four_requests_in_flight_could_demote_a_provider_so_the_model_stops() {
-    // Four quiet requests on three turns (the group wraps). Before the last
-    // one's first attempt, the other three could each have failed on a NEAR
+fn r17_r21_four_requests_in_flight_are_judged_when_their_failures_cannot_demote_mid_step() {
+    // Four requests on three turns (the group wraps). Before the last one's
+    // first attempt the other three could each have failed on a NEAR
     // provider in every one of their 4 rounds: 12 failures reach R21's
-    // threshold of 10 from a clean count, and a demotion mid-step changes
-    // the group the later arrivals turn. The interleaving decides.
+    // threshold of 10 from a clean count, and a demotion mid-step would
+    // change the group the later arrivals turn. So the turns hold only
+    // when the step's own answers rule that out: nothing failed, or every
+    // host answered alike and too few failures to demote anyone.
     const { assert!(3 * super::request::ROUNDS >= DEMOTED_AT) };
     const { assert!(2 * super::request::ROUNDS < DEMOTED_AT) };
     let hosts = ["near-1", "near-2", "near-3", "near-1"];
     let events: Vec<HostEvent> = hosts.iter().map(|h| chat_served(h)).collect();
-    let got = || {
+    let got = |hosts: [&str; 4]| {
         hosts
             .iter()
             .map(|h| concurrent_record(&[(h, Decision::Served)], 200))
             .collect::<Vec<_>>()
     };
-    // Served in turn order one at a time, so only the step's size stops it.
+    // Served in turn order one at a time, as the serial model predicts.
     let (facts, mut serial) = three_near();
     for h in hosts {
         let p = serial.request(&facts, &spec(), &[chat_served(h)]);
@@ -2209,20 +2288,120 @@ fn r17_r21_four_requests_in_flight_could_demote_a_provider_so_the_model_stops() 
         .list(MODEL)
         .iter()
         .all(|p| model.reg.failures(&p.id) == 0));
-    let diffs = judge_concurrent(&mut model, vec![spec(); 4], got(), &events);
-    assert!(diffs.is_empty(), "{diffs:?}");
-    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
-    // Three of them (the other two's 8 failures at most) are judged from
-    // the same state.
-    let mut model = judging();
+
+    // Quiet, in any order of arrival: judged, and the model goes on from
+    // the serial state.
     let diffs = judge_concurrent(
         &mut model,
-        vec![spec(); 3],
-        got()[..3].to_vec(),
-        &events[..3],
+        vec![spec(); 4],
+        got(["near-3", "near-1", "near-1", "near-2"]),
+        &events,
     );
     assert!(diffs.is_empty(), "{diffs:?}");
     assert_eq!(model.abstained(), None);
+    assert_eq!(model.reg.turns, serial.turns);
+
+    // Quiet, but a turn read twice (near-2 twice, near-3 never): a
+    // violation.
+    let (_, diffs) = judged_step(
+        three_near(),
+        vec![spec(); 4],
+        got(["near-1", "near-2", "near-2", "near-1"]),
+        &events,
+    );
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert!(
+        diffs[0].contains("near-1, near-1, near-2, near-3 (in some order)"),
+        "{diffs:?}"
+    );
+
+    // near-2 answered one request normally and failed another: which
+    // request met the failure is the interleaving's, and the failures
+    // could have demoted a provider mid-step, so whatever the engine's
+    // first attempts, no verdict and no violation; the model stops.
+    let mixed = vec![
+        chat_served("near-1"),
+        chat_failed("near-2", 503),
+        chat_served("near-2"),
+        chat_served("near-3"),
+        chat_served("near-1"),
+    ];
+    let (model, diffs) = judged_step(
+        three_near(),
+        vec![spec(); 4],
+        got(["near-1", "near-1", "near-1", "near-1"]),
+        &mixed,
+    );
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
+
+    // near-2 failed the one request it saw, every other host served all
+    // of its: whichever request led on near-2 failed there and was served
+    // by near-3 at its next attempt (R17's order within the round). One
+    // failure cannot demote anyone, so the step is the serial one: judged,
+    // and the model goes on with near-2's count at 1.
+    let alike = vec![
+        chat_served("near-1"),
+        chat_failed("near-2", 503),
+        chat_served("near-3"),
+        chat_served("near-3"),
+        chat_served("near-1"),
+    ];
+    let retried = || {
+        concurrent_record(
+            &[
+                ("near-2", Decision::Retryable),
+                ("near-3", Decision::Served),
+            ],
+            200,
+        )
+    };
+    let mut records = got(["near-3", "near-1", "near-1", "near-1"]);
+    records[2] = retried();
+    let (model, diffs) = judged_step(three_near(), vec![spec(); 4], records.clone(), &alike);
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert_eq!(model.abstained(), None);
+    assert_eq!(model.reg.failures("near-2"), 1);
+    // An answer the predictions do not account for (near-1 answered a
+    // third request), the Chutes gateway answering at all (its pool is
+    // per-request state), or a fault on any other request (an attestation
+    // fetch): left to the interleaving.
+    let attestation_failed = HostEvent::Request {
+        host: "near-3".into(),
+        kind: RequestKind::Attestation,
+        fault: Some(Fault::HttpStatus {
+            status: 503,
+            code: None,
+            message: None,
+        }),
+    };
+    for stray in [
+        chat_served("near-1"),
+        chutes(RequestKind::Evidence, None),
+        attestation_failed,
+    ] {
+        let mut window = alike.clone();
+        window.push(stray);
+        let (model, diffs) = judged_step(three_near(), vec![spec(); 4], records.clone(), &window);
+        assert!(diffs.is_empty(), "{diffs:?}");
+        assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT, "{window:?}");
+    }
+    // The near-2-led request reported served by near-2 at once: a
+    // violation naming its attempts.
+    records[2] = got(["near-2"; 4]).remove(0);
+    let (_, diffs) = judged_step(three_near(), vec![spec(); 4], records, &alike);
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+
+    // Three requests (the other two's 8 failures at most) have their turns
+    // judged even when the step is not quiet.
+    let (model, diffs) = judged_step(
+        three_near(),
+        vec![spec(); 3],
+        got(["near-1", "near-1", "near-1", "near-1"])[..3].to_vec(),
+        &mixed[..4],
+    );
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert_eq!(model.abstained(), STOPPED_AT_CONCURRENT);
 }
 
 #[test]
