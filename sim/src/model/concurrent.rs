@@ -106,7 +106,7 @@ pub(super) fn judge(
         .any(|p| plain(&p.kind) && reg.failures(&p.id) >= DEMOTED_AT);
     // Failures the step's other requests could add might reach R21's
     // threshold mid-step and change the group later arrivals turn: then
-    // the turns hold only if nothing failed (no count moved).
+    // the turns hold only where the step's answers rule that out (below).
     let counts_may_reach = list
         .iter()
         .any(|p| reg.failures(&p.id) + (k as u32 - 1) * ROUNDS >= DEMOTED_AT);
@@ -286,7 +286,7 @@ fn chutes_settled(
                     || (!unlisted && matches!(kind, RequestKind::Models | RequestKind::Instances))))
     });
     // A demoted provider that served would be promoted mid-step; counts the
-    // step could raise to the threshold are `judge`'s (`nothing_failed`).
+    // step could raise to the threshold are `judge`'s (`counts_may_reach`).
     let none_demoted = list.iter().all(|p| reg.failures(&p.id) < DEMOTED_AT);
     listed && quiet_gateway && none_demoted
 }
@@ -314,11 +314,11 @@ fn nothing_failed(got: &[RequestRecord], window: &[HostEvent]) -> bool {
 }
 
 /// The step's chat answers when every host answered all the chat requests
-/// it saw alike (the same fault, or none), no other request met a fault and
-/// the Chutes gateway saw none: then
-/// which request met which answer cannot matter, and each provider's
-/// count moves by the same amount whatever the order (R21: a host that
-/// fails fails every attempt it sees, one that serves resets).
+/// it saw alike (the same fault, or none), no other request met a fault
+/// and the Chutes gateway saw none: then which request met which answer
+/// cannot matter, and each provider's count moves by the same amount
+/// whatever the order (R21: a host that fails fails every attempt it
+/// sees, one that serves resets).
 struct AnswersAlike<'w> {
     /// Per host: how many requests it answered, and how.
     hosts: BTreeMap<&'w str, (u32, Option<&'w Fault>)>,
